@@ -1,0 +1,67 @@
+"""Route raw messages to shards by customer id without parsing them.
+
+Keys are shards (``crc32(customer_id) % shards``), not customers: see
+benchmarks/RESULTS.md for why. Routing happens before the exchange between
+workers, so it must be cheap and must send a customer's events to the same
+shard whatever encoding of the id a message uses.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+
+_CUSTOMER_KEY = b'"customer_id"'
+
+
+def shard_of_id(customer_id: str, shards: int) -> int:
+    """Return the shard of a customer id.
+
+    Args:
+        customer_id: The customer key.
+        shards: Number of shards (> 0).
+
+    Returns:
+        An int in ``range(shards)``; stable across processes and restarts.
+    """
+    return zlib.crc32(customer_id.encode("utf-8", "surrogatepass")) % shards
+
+
+def shard_of_raw(raw: bytes, shards: int) -> int:
+    """Return the shard of a raw JSON event, slicing the customer id from the bytes.
+
+    Falls back to a full parse when the id is escaped or the slice is not
+    obvious, so that the same customer always lands on the same shard.
+    Messages without a usable id go to shard 0, where parsing dead-letters them.
+
+    Args:
+        raw: One message as received.
+        shards: Number of shards (> 0).
+
+    Returns:
+        An int in ``range(shards)``.
+    """
+    i = raw.find(_CUSTOMER_KEY)
+    if i >= 0 and raw.find(_CUSTOMER_KEY, i + 13) < 0:
+        colon = raw.find(b":", i + 13)
+        if colon >= 0 and raw[i + 13 : colon].strip() == b"":
+            start = raw.find(b'"', colon)
+            if start >= 0 and raw[colon + 1 : start].strip() == b"":
+                end = raw.find(b'"', start + 1)
+                if end > start:
+                    value = raw[start + 1 : end]
+                    if b"\\" not in value:
+                        return zlib.crc32(value) % shards
+    return _shard_by_parse(raw, shards)
+
+
+def _shard_by_parse(raw: bytes, shards: int) -> int:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return 0
+    cid = doc.get("customer_id") if isinstance(doc, dict) else None
+    if not isinstance(cid, str):
+        return 0
+    return shard_of_id(cid, shards)
