@@ -65,3 +65,38 @@ def _shard_by_parse(raw: bytes, shards: int) -> int:
     if not isinstance(cid, str):
         return 0
     return shard_of_id(cid, shards)
+
+
+_TS_KEY = b'"ts"'
+
+
+def ts_of_raw(raw: bytes) -> int | None:
+    """Return the integer ``ts`` of a raw JSON event without parsing it, or None.
+
+    Only used to broadcast the input's progress to idle shards (``state.batches.Tick``);
+    messages whose ts is an ISO string or not found simply do not advance it.
+
+    Args:
+        raw: One message.
+
+    Returns:
+        Epoch ms, or None.
+    """
+    i = raw.find(_TS_KEY)
+    if i < 0:
+        return None
+    colon = raw.find(b":", i + 4)
+    if colon < 0 or raw[i + 4 : colon].strip():
+        return None
+    j = colon + 1
+    n = len(raw)
+    while j < n and raw[j] in b" \t":
+        j += 1
+    k = j
+    while k < n and 48 <= raw[k] <= 57:
+        k += 1
+    if k == j or k - j > 15:
+        return None
+    if k < n and raw[k] not in b" \t\r\n,}":
+        return None
+    return int(raw[j:k])

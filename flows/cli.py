@@ -1,0 +1,228 @@
+"""``moments``: run | simulate | produce | report | check-rules."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from flows.config import DEFAULT_CLICKHOUSE_DSN, DEFAULT_METRICS_PORT, ConfigError, PipelineConfig, duration_ms
+from flows.logs import setup_logging
+from state.rules import RulePackError, load_rule_pack
+
+log = logging.getLogger("cx.cli")
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"CX_{name}", default)
+
+
+def _int_env(name: str, default: int | None) -> int | None:
+    v = _env(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ConfigError(f"CX_{name}", f"must be an integer, got {v!r}") from None
+
+
+def _add_sim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--customers", type=int, default=5_000, help="simulated customers (default 5000)")
+    p.add_argument("--minutes", type=float, default=180.0, help="simulated event-time minutes (default 180)")
+    p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the CLI's argument parser."""
+    parser = argparse.ArgumentParser(prog="moments", description="Real-time customer-experience moments on Bytewax.")
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pipeline (default: simulator → embedded ClickHouse)")
+    run.add_argument("--source", default=_env("SOURCE", "simulator"), help="simulator | file:PATH[,PATH] | kafka")
+    run.add_argument(
+        "--sink", action="append", default=None,
+        help="jsonl:DIR | clickhouse | chdb:///PATH | http(s)://… | kafka | none; repeatable (default: clickhouse)",
+    )
+    run.add_argument("--clickhouse", default=_env("CLICKHOUSE_DSN", DEFAULT_CLICKHOUSE_DSN), help="ClickHouse DSN")
+    run.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack TOML (default: built-in pack)")
+    run.add_argument("--clock", choices=["replay", "live"], default=_env("CLOCK"),
+                     help="event-time clock (default: live for kafka, replay otherwise)")
+    run.add_argument("--lateness", default=_env("LATENESS", "30s"), help="allowed lateness (default 30s)")
+    run.add_argument("--max-future", default=_env("MAX_FUTURE", "1h"), help="live mode: reject events further ahead")
+    run.add_argument("-w", "--workers", type=int, default=_int_env("WORKERS", 1), help="worker threads per process")
+    run.add_argument("-i", "--process-id", type=int, default=_int_env("PROCESS_ID", None), help="this process's id")
+    run.add_argument("-a", "--addresses", default=_env("ADDRESSES"), help="all processes' host:port, ';' separated")
+    run.add_argument("--shards", type=int, default=_int_env("SHARDS", 64), help="state shards (fixed per deployment)")
+    run.add_argument("--metrics-port", type=int, default=_int_env("METRICS_PORT", DEFAULT_METRICS_PORT))
+    run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
+    run.add_argument("--snapshot-interval", type=float, default=float(_env("SNAPSHOT_INTERVAL", "10") or 10),
+                     help="seconds per epoch/snapshot (default 10)")
+    run.add_argument("--max-customers", type=int, default=_int_env("MAX_CUSTOMERS", None),
+                     help="cap on tracked customers per process (oldest shed first)")
+    run.add_argument("--rate", type=float, default=None, help="simulator: events per second (default: unpaced)")
+    run.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"), help="Kafka bootstrap servers")
+    run.add_argument("--no-create-topics", action="store_true", help="fail if Kafka topics are missing")
+    run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))
+    _add_sim_args(run)
+
+    sim = sub.add_parser("simulate", help="write simulated events (and ground truth) to JSONL")
+    _add_sim_args(sim)
+    sim.add_argument("-o", "--output", type=Path, required=True, help="events JSONL")
+    sim.add_argument("--truth", type=Path, default=None, help="ground-truth moments JSONL")
+
+    prod = sub.add_parser("produce", help="send a JSONL file or the simulator's events to the input topic")
+    prod.add_argument("--input", default="simulator", help="PATH.jsonl or simulator")
+    prod.add_argument("--topic", default=_env("TOPIC_EVENTS", "cx.events"))
+    prod.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as possible)")
+    prod.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"))
+    _add_sim_args(prod)
+
+    rep = sub.add_parser("report", help="moments by rule and drop-off per key step, from ClickHouse")
+    rep.add_argument("--clickhouse", default=_env("CLICKHOUSE_DSN", DEFAULT_CLICKHOUSE_DSN))
+    rep.add_argument("--journey", default=None, help="journey for the funnel (default: all)")
+    rep.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack (for key steps)")
+
+    chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
+    chk.add_argument("path", type=Path, nargs="?", default=None)
+    return parser
+
+
+def config_from_args(a: argparse.Namespace) -> PipelineConfig:
+    """Build and validate the run configuration."""
+    sinks: list[str] = []
+    dsn = a.clickhouse
+    for s in a.sink or (_env("SINKS", "clickhouse") or "clickhouse").split(","):
+        s = s.strip()
+        if s.startswith(("chdb://", "http://", "https://")):
+            dsn = s
+            sinks.append("clickhouse")
+        elif s and s != "none":
+            sinks.append(s)
+    clock = a.clock or ("live" if a.source == "kafka" else "replay")
+    addresses = tuple(x for x in (a.addresses or "").replace(",", ";").split(";") if x)
+    cfg = PipelineConfig(
+        source=a.source,
+        sinks=tuple(sinks),
+        clickhouse_dsn=dsn,
+        rules=a.rules,
+        clock=clock,
+        lateness_ms=duration_ms("--lateness", a.lateness),
+        max_future_ms=duration_ms("--max-future", a.max_future),
+        shards=a.shards,
+        workers=a.workers,
+        process_id=a.process_id,
+        addresses=addresses,
+        metrics_port=None if a.no_metrics else a.metrics_port,
+        recovery_dir=a.recovery_dir,
+        snapshot_interval_s=a.snapshot_interval,
+        max_customers=a.max_customers,
+        sim_customers=a.customers,
+        sim_minutes=a.minutes,
+        sim_seed=a.seed,
+        sim_rate=a.rate,
+        kafka_bootstrap=a.kafka_bootstrap,
+        kafka_create_topics=not a.no_create_topics,
+        status=a.status,
+    )
+    return cfg.validate()
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """``moments run``."""
+    from flows.runner import run_pipeline
+
+    cfg = config_from_args(a)
+    pack = load_rule_pack(cfg.rules)
+    return run_pipeline(cfg, pack)
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    """``moments simulate``."""
+    from connectors.simulator import simulate, write_jsonl
+
+    if a.customers < 1 or a.minutes <= 0:
+        raise ConfigError("--customers/--minutes", "must be positive")
+    sim = simulate(a.customers, a.minutes, a.seed)
+    n = write_jsonl(sim, a.output, a.truth)
+    print(f"wrote {n} events to {a.output}" + (f" and ground truth to {a.truth}" if a.truth else ""))
+    return 0
+
+
+def cmd_produce(a: argparse.Namespace) -> int:
+    """``moments produce``."""
+    import orjson
+
+    from connectors.kafka import kafka_config, produce_jsonl
+
+    conf = kafka_config(overrides={"bootstrap.servers": a.kafka_bootstrap} if a.kafka_bootstrap else None)
+    if a.input == "simulator":
+        from connectors.simulator import simulate
+
+        sim = simulate(a.customers, a.minutes, a.seed)
+        source: object = (orjson.dumps(e) for e in sim.events())
+    else:
+        source = Path(a.input)
+    n = produce_jsonl(source, a.topic, conf, a.rate)  # type: ignore[arg-type]
+    print(f"produced {n} messages to {a.topic}")
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """``moments report``."""
+    from flows.report import text_report
+
+    pack = load_rule_pack(a.rules)
+    print(text_report(a.clickhouse, pack, a.journey))
+    return 0
+
+
+def cmd_check_rules(a: argparse.Namespace) -> int:
+    """``moments check-rules``."""
+    pack = load_rule_pack(a.path)
+    print(f"{pack.path}: rule pack {pack.name!r} v{pack.version} is valid")
+    print(f"  attempt timeout {pack.attempt_timeout_ms // 60000} min; eviction horizon {pack.horizon_ms // 60000} min")
+    for jd in pack.journeys.values():
+        steps = " → ".join(f"[{s}]" if s in jd.key_steps else s for s in jd.steps)
+        print(f"  journey {jd.id}: {steps}  (complete on '{jd.complete_type}'; [key steps])")
+    for r in pack.rules:
+        extra = []
+        if r.within_ms:
+            extra.append(f"window {r.within_ms // 1000}s")
+        if r.threshold:
+            extra.append(f"n={r.threshold}")
+        print(f"  rule {r.name:<26} {r.urgency}  action={r.action:<16} ttl={r.ttl_ms // 3600000}h  {', '.join(extra)}")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "simulate": cmd_simulate,
+    "produce": cmd_produce,
+    "report": cmd_report,
+    "check-rules": cmd_check_rules,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moments`` console script."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    setup_logging(a.log_level, a.log_format)
+    try:
+        return COMMANDS[a.command](a)
+    except (ConfigError, RulePackError, FileNotFoundError) as e:
+        print(f"moments {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

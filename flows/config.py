@@ -1,0 +1,154 @@
+"""Pipeline configuration: one frozen object built from CLI arguments and CX_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from state.rules import parse_duration
+
+DEFAULT_CLICKHOUSE_DSN = "chdb:///./data/cx.chdb"
+DEFAULT_METRICS_PORT = 9464
+DEFAULT_SHARDS = 64
+DEFAULT_TOPICS = {
+    "events": "cx.events",
+    "moment": "cx.moments",
+    "action": "cx.actions",
+    "tag": "cx.tags",
+    "context": "cx.context",
+    "dead_letter": "cx.deadletter",
+    "feedback": "cx.feedback",
+}
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the setting and the problem."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"configuration: {setting}: {problem}")
+        self.setting = setting
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """Everything ``moments run`` needs; secrets stay in the environment and are never stored here."""
+
+    source: str = "simulator"
+    sinks: tuple[str, ...] = ("clickhouse",)
+    clickhouse_dsn: str = DEFAULT_CLICKHOUSE_DSN
+    rules: Path | None = None
+    clock: str = "replay"
+    lateness_ms: int = 30_000
+    max_future_ms: int = 3_600_000
+    shards: int = DEFAULT_SHARDS
+    workers: int = 1
+    process_id: int | None = None
+    addresses: tuple[str, ...] = ()
+    metrics_port: int | None = DEFAULT_METRICS_PORT
+    recovery_dir: Path | None = None
+    snapshot_interval_s: float = 10.0
+    backup_interval_s: float = 0.0
+    max_customers: int | None = None
+    sim_customers: int = 5_000
+    sim_minutes: float = 180.0
+    sim_seed: int = 7
+    sim_rate: float | None = None
+    kafka_bootstrap: str | None = None
+    kafka_topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
+    kafka_create_topics: bool = True
+    kafka_partitions: int = 4
+    status: str = "auto"  # auto | tty | log | off
+    batch_lines: int = 4096
+    ch_batch_rows: int = 20_000
+
+    def kafka_overrides(self) -> dict[str, str]:
+        """librdkafka settings given on the command line (the environment supplies the rest)."""
+        return {"bootstrap.servers": self.kafka_bootstrap} if self.kafka_bootstrap else {}
+
+    @property
+    def live(self) -> bool:
+        """Whether the wall clock advances the watermark."""
+        return self.clock == "live"
+
+    @property
+    def jsonl_dirs(self) -> list[Path]:
+        """Directories of ``jsonl:DIR`` sinks."""
+        return [Path(s[6:]) for s in self.sinks if s.startswith("jsonl:")]
+
+    @property
+    def wants_clickhouse(self) -> bool:
+        """Whether a ClickHouse sink is configured."""
+        return "clickhouse" in self.sinks
+
+    @property
+    def wants_kafka(self) -> bool:
+        """Whether Kafka output topics are configured."""
+        return "kafka" in self.sinks
+
+    def validate(self) -> PipelineConfig:
+        """Check cross-field rules.
+
+        Returns:
+            self.
+
+        Raises:
+            ConfigError: naming the setting.
+        """
+        if not (self.source in ("simulator", "kafka") or self.source.startswith("file:")):
+            raise ConfigError("--source", f"must be simulator, kafka or file:PATH, got {self.source!r}")
+        if self.source.startswith("file:") and not self.source[5:]:
+            raise ConfigError("--source", "file: needs a path, e.g. file:events.jsonl")
+        for s in self.sinks:
+            if not (s in ("clickhouse", "kafka", "none") or s.startswith("jsonl:")):
+                raise ConfigError("--sink", f"must be jsonl:DIR, clickhouse, kafka or none, got {s!r}")
+        if not (self.clickhouse_dsn.startswith(("chdb://", "http://", "https://"))):
+            raise ConfigError("--clickhouse", f"DSN must start with chdb://, http:// or https://, got {_safe(self.clickhouse_dsn)!r}")
+        if self.clock not in ("replay", "live"):
+            raise ConfigError("--clock", f"must be replay or live, got {self.clock!r}")
+        if not 1 <= self.shards <= 4096:
+            raise ConfigError("--shards", f"must be 1..4096, got {self.shards}")
+        if self.workers < 1:
+            raise ConfigError("--workers", f"must be >= 1, got {self.workers}")
+        if self.process_id is not None:
+            if not self.addresses:
+                raise ConfigError("--addresses", "is required with --process-id")
+            if not 0 <= self.process_id < len(self.addresses):
+                raise ConfigError("--process-id", f"must be 0..{len(self.addresses) - 1}, got {self.process_id}")
+        if self.lateness_ms < 0:
+            raise ConfigError("--lateness", "must not be negative")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
+        if self.sim_customers < 1 or self.sim_minutes <= 0:
+            raise ConfigError("--customers/--minutes", "must be positive")
+        if self.rules is not None and not self.rules.is_file():
+            raise ConfigError("--rules", f"file not found: {self.rules}")
+        return self
+
+
+def _safe(dsn: str) -> str:
+    """Hide credentials in a DSN for messages and logs."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return dsn
+
+
+def redacted_dsn(dsn: str) -> str:
+    """Public form of ``_safe`` for start-up summaries."""
+    return _safe(dsn)
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    """Return ``CX_<NAME>`` from the environment, or the default."""
+    return os.environ.get(f"CX_{name}", default)
+
+
+def duration_ms(setting: str, value: str) -> int:
+    """Parse a duration setting ("0" allowed), raising ConfigError naming it."""
+    if value.strip() in ("0", "0s", "0ms"):
+        return 0
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(setting, str(e)) from None

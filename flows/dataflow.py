@@ -1,0 +1,109 @@
+"""The only wiring: source → per-shard detection → writers (JSONL, ClickHouse, Kafka) and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+
+import bytewax.operators as op
+import orjson
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from connectors.jsonl import JsonlWriter
+from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
+from flows.config import PipelineConfig
+from flows.operators import detect
+from flows.sink import PipelineSink, Writer
+from state.outputs import Outputs
+from state.rules import RulePack
+from state.shard import Shard, wall_ms
+
+
+def simulator_lines(cfg: PipelineConfig) -> Callable[[], Iterator[bytes]]:
+    """Return a factory of the simulator's events as JSON lines (live mode starts at the wall clock)."""
+    from connectors.simulator import DEFAULT_START_MS, simulate
+
+    start = wall_ms() if cfg.live else DEFAULT_START_MS
+    sim = simulate(cfg.sim_customers, cfg.sim_minutes, cfg.sim_seed, start_ms=start)
+
+    def lines() -> Iterator[bytes]:
+        dumps = orjson.dumps
+        for ev in sim.events():
+            yield dumps(ev)
+
+    return lines
+
+
+def make_source(cfg: PipelineConfig) -> Source:  # type: ignore[type-arg]
+    """Build the configured input."""
+    if cfg.source.startswith("file:"):
+        return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines)
+    if cfg.source == "simulator":
+        return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines)
+    if cfg.source == "kafka":
+        from connectors.kafka import KafkaRawSource, kafka_config
+
+        return KafkaRawSource(
+            kafka_config(overrides=cfg.kafka_overrides()),
+            cfg.kafka_topics["events"],
+            cfg.shards,
+            create_topics=cfg.kafka_create_topics,
+            partitions=cfg.kafka_partitions,
+        )
+    raise ValueError(f"unknown source {cfg.source!r}")
+
+
+def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
+    """Build one worker's writers for the configured sinks."""
+    writers: list[Writer] = [JsonlWriter(d) for d in cfg.jsonl_dirs]
+    if cfg.wants_clickhouse:
+        from connectors.clickhouse import ClickHouseSink
+        from flows import metrics
+
+        ch = ClickHouseSink(
+            cfg.clickhouse_dsn,
+            batch_rows=cfg.ch_batch_rows,
+            on_retry=metrics.sink_retry_hook("clickhouse"),
+            on_write=metrics.sink_write_hook("clickhouse"),
+        )
+        ch.ensure_schema()
+        metrics.register_readiness("clickhouse", ch.writable)
+        writers.append(ch)
+    if cfg.wants_kafka:
+        from connectors.kafka import KafkaJsonWriter, kafka_config
+
+        writers.append(KafkaJsonWriter(kafka_config(overrides=cfg.kafka_overrides()), cfg.kafka_topics))
+    return writers
+
+
+def build_dataflow(
+    cfg: PipelineConfig,
+    pack: RulePack,
+    on_written: Callable[[str, Outputs, int], None],
+) -> Dataflow:
+    """Assemble the dataflow for a configuration.
+
+    Args:
+        cfg: Validated configuration.
+        pack: Validated rule pack.
+        on_written: Called per shard batch once every writer has flushed it.
+
+    Returns:
+        The dataflow, ready for ``cli_main``.
+    """
+
+    def make_shard() -> Shard:
+        return Shard(
+            pack,
+            lateness_ms=cfg.lateness_ms,
+            live=cfg.live,
+            max_future_ms=cfg.max_future_ms,
+            max_customers=None if cfg.max_customers is None else max(1, cfg.max_customers // cfg.shards),
+        )
+
+    flow = Dataflow("cx_moments")
+    raw = op.input("input", flow, make_source(cfg))
+    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None)
+    op.output("sinks", outs, PipelineSink(partial(make_writers, cfg), on_written))
+    return flow

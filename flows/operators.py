@@ -1,0 +1,82 @@
+"""Thin Bytewax adapters around ``state.shard``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.operators import StatefulBatchLogic
+
+from state.batches import RawBatch, Tick
+from state.outputs import Outputs
+from state.shard import Shard, process
+
+ShardItem = RawBatch | Tick
+
+
+class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
+    """One shard's state inside Bytewax's ``stateful_batch``.
+
+    Snapshots pickle the shard only when recovery is on: Bytewax asks every
+    touched key for a snapshot every epoch even without recovery.
+    """
+
+    def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float) -> None:
+        self.shard = shard
+        if resume is not None:
+            shard.restore(resume)
+        self._recovery = recovery
+        self._tick = timedelta(seconds=tick_s)
+        self.snapshot_seconds = 0.0
+        self.snapshot_bytes = 0
+
+    def on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
+        out = process(self.shard, values)
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[Outputs], bool]:
+        self.shard.on_wall_clock()
+        out = self.shard.take_outputs()
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Outputs], bool]:
+        if not self.shard.live:
+            self.shard.flush()
+        out = self.shard.take_outputs()
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.shard.live:
+            return None
+        return datetime.now(UTC) + self._tick
+
+    def snapshot(self) -> bytes | None:
+        if not self._recovery:
+            return None
+        t0 = time.perf_counter()
+        blob = self.shard.snapshot()
+        self.snapshot_seconds = time.perf_counter() - t0
+        self.snapshot_bytes = len(blob)
+        return blob
+
+
+@operator
+def detect(
+    step_id: str, up: Stream[tuple[str, ShardItem]], make_shard: Callable[[], Shard], recovery: bool, tick_s: float = 1.0
+) -> Stream[tuple[str, Outputs]]:
+    """Run the pure shard state machine per shard key.
+
+    Args:
+        step_id: Step id.
+        up: ``(shard_key, RawBatch | Tick)`` items from a source.
+        make_shard: Builds an empty shard.
+        recovery: Whether snapshots are persisted.
+        tick_s: Live mode: how often the wall clock advances idle shards.
+
+    Returns:
+        ``(shard_key, Outputs)`` per shard batch.
+    """
+    return op.stateful_batch("shards", up, lambda resume: ShardLogic(make_shard(), resume, recovery, tick_s))

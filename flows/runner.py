@@ -1,0 +1,96 @@
+"""Run the dataflow in this process: metrics endpoint, status line, Bytewax execution, summary."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from flows.config import PipelineConfig, redacted_dsn
+from flows.dataflow import build_dataflow
+from flows.stats import STATS
+from state.outputs import Outputs
+from state.rules import RulePack
+
+log = logging.getLogger("cx.run")
+
+
+def _on_written(pack: RulePack) -> object:
+    from flows import metrics
+
+    def on_written(key: str, out: Outputs, now_ms: int) -> None:
+        STATS.add(key, out)
+        metrics.observe_outputs(key, out, now_ms, pack)
+
+    return on_written
+
+
+def _status_loop(stop: threading.Event, mode: str, interval_s: float) -> None:
+    tty = mode == "tty" or (mode == "auto" and sys.stderr.isatty())
+    while not stop.wait(interval_s):
+        line = STATS.line()
+        if tty:
+            sys.stderr.write("\r\x1b[2K" + line)
+            sys.stderr.flush()
+        else:
+            log.info("status %s", line)
+
+
+def summary(cfg: PipelineConfig, pack: RulePack) -> str:
+    """Describe what will run (no secrets)."""
+    sinks = ", ".join(redacted_dsn(cfg.clickhouse_dsn) if s == "clickhouse" else s for s in cfg.sinks)
+    return (
+        f"source={cfg.source} sinks=[{sinks}] rules={pack.name}({len(pack.rules)} rules) clock={cfg.clock} "
+        f"lateness={cfg.lateness_ms}ms shards={cfg.shards} workers={cfg.workers} "
+        f"process={cfg.process_id if cfg.process_id is not None else 'single'} "
+        f"metrics_port={cfg.metrics_port} recovery={'on' if cfg.recovery_dir else 'off'}"
+    )
+
+
+def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
+    """Run until the input ends (replay) or forever (live); return an exit code."""
+    from flows import metrics
+
+    if cfg.metrics_port is not None:
+        server = metrics.start_http(cfg.metrics_port)
+        port = server.server_address[1]
+        log.info("metrics on http://127.0.0.1:%s/metrics", port)
+    log.info("starting: %s", summary(cfg, pack))
+    metrics.set_latency_targets(pack)
+    flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
+    recovery = None
+    if cfg.recovery_dir is not None:
+        recovery = _recovery_config(cfg.recovery_dir, cfg)
+    stop = threading.Event()
+    status = None
+    if cfg.status != "off":
+        status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
+        status.start()
+    try:
+        cli_main(
+            flow,
+            workers_per_process=cfg.workers,
+            process_id=cfg.process_id,
+            addresses=list(cfg.addresses) or None,
+            epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    finally:
+        stop.set()
+        if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
+            sys.stderr.write("\n")
+    print(f"done: {STATS.line()}", flush=True)
+    return 0
+
+
+def _recovery_config(directory: Path, cfg: PipelineConfig) -> RecoveryConfig:
+    directory.mkdir(parents=True, exist_ok=True)
+    if not any(directory.glob("part-*.sqlite3")):
+        # One recovery partition per process is Bytewax's usual layout; it refuses mismatched sets later.
+        init_db_dir(directory, max(1, len(cfg.addresses) or 1))
+    return RecoveryConfig(str(directory), timedelta(seconds=cfg.backup_interval_s))

@@ -1,0 +1,49 @@
+"""Process-wide running totals for the live status line and the end-of-run summary."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from state.outputs import Outputs
+
+
+class RunStats:
+    """Totals of one process, updated once per output batch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.events = 0
+        self.invalid = 0
+        self.late = 0
+        self.moments: Counter[str] = Counter()
+        self.customers: dict[str, int] = {}
+        self.watermark_ms = 0
+        self.max_ts_ms = 0
+
+    def add(self, key: str, out: Outputs) -> None:
+        """Account one shard's outputs."""
+        with self._lock:
+            self.events += sum(out.events.values())
+            self.invalid += sum(out.invalid.values())
+            self.late += out.late
+            for m in out.moments:
+                self.moments[m["kind"]] += 1
+            self.customers[key] = out.customers
+            self.watermark_ms = max(self.watermark_ms, out.watermark_ms)
+            self.max_ts_ms = max(self.max_ts_ms, out.max_ts_ms)
+
+    def line(self) -> str:
+        """One status line: events/s, dead letters, customers, moments by kind."""
+        with self._lock:
+            secs = max(time.monotonic() - self.started, 1e-9)
+            kinds = " ".join(f"{k}={v}" for k, v in sorted(self.moments.items())) or "none yet"
+            return (
+                f"events={self.events} ({self.events / secs:,.0f}/s) dead_letters={self.invalid} late={self.late} "
+                f"customers={sum(self.customers.values())} moments={sum(self.moments.values())} [{kinds}]"
+            )
+
+
+STATS = RunStats()

@@ -1,0 +1,309 @@
+"""Per-customer state and the event/timer transitions that detect moments.
+
+Called by ``state.shard.Shard`` in event-time order (late events excepted); all
+rule semantics of DESIGN.md §4 live here and in ``state.detectors``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from state.detectors import KIND_BITS, abandoned, channel_hop, handoff, interested, maze, stuck
+from state.events import Event
+from state.journey import COMPLETED, EXPIRED, Attempt
+from state.moments import SCHEMA_VERSION, moment_id
+from state.rules import MomentRule
+
+if TYPE_CHECKING:
+    from state.shard import Shard
+
+DEDUP_SLOTS = 8  # recent event ids remembered per customer (8 bytes each)
+_B_ABANDONED = KIND_BITS["abandoned"]
+_B_FAILED = KIND_BITS["failed"]
+_B_STUCK = KIND_BITS["stuck"]
+_B_MAZE = KIND_BITS["maze"]
+_B_HOP = KIND_BITS["channel_hop"]
+_B_INTERESTED = KIND_BITS["interested"]
+_B_HANDOFF = KIND_BITS["handoff"]
+
+# Timer kinds, in the shard's heap.
+T_ABANDON = 0
+T_EXPIRE = 1
+T_EVICT = 2
+T_TAG_TTL = 3
+
+TAG_OPEN = "open"
+TAG_RESOLVED = "resolved"
+TAG_EXPIRED = "expired"
+_TAG_RANK = {TAG_OPEN: 0, "actioned": 1, TAG_RESOLVED: 2, TAG_EXPIRED: 3}
+
+
+class CustomerState:
+    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags."""
+
+    __slots__ = ("attempts", "last_seen", "dedup", "tags")
+
+    def __init__(self, n_journeys: int, ts: int) -> None:
+        self.attempts: list[Attempt | None] = [None] * n_journeys
+        self.last_seen = ts
+        self.dedup = b""
+        # rule index -> (moment_id, opened_ts, expires_ts, journey); None while no tag is open.
+        self.tags: dict[int, tuple[str, int, int, str]] | None = None
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.attempts, self.last_seen, self.dedup, self.tags)
+
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        self.attempts, self.last_seen, self.dedup, self.tags = st
+
+
+def _dedup_key(ev: Event) -> bytes:
+    return ((ev.ts_ms & 0xFFFFFFFF) << 32 | zlib.crc32(ev.event_id.encode("utf-8", "surrogatepass"))).to_bytes(8, "big")
+
+
+def seen_before(c: CustomerState, ev: Event) -> bool:
+    """Return whether the event id is among the customer's recent ones; remember it otherwise."""
+    key = _dedup_key(ev)
+    blob = c.dedup
+    # Entries are 8-byte aligned; an unaligned match of 8 hashed bytes is not a practical concern.
+    if key in blob:
+        return True
+    c.dedup = (blob + key)[-8 * DEDUP_SLOTS :]
+    return False
+
+
+def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
+    """Advance one customer by one (validated, non-duplicate) event.
+
+    Args:
+        sh: The shard (rule pack, timers, outputs).
+        c: The customer's state.
+        ev: The event.
+    """
+    if ev.ts_ms > c.last_seen:
+        c.last_seen = ev.ts_ms
+    pack = sh.pack
+    if sh.handoff_rules and ev.type == sh.handoff_type and ev.channel == sh.handoff_channel:
+        _handoffs(sh, c, ev)
+    j = ev.journey
+    if j is None:
+        return
+    jidx = sh.journey_index.get(j)
+    if jidx is None:
+        return
+    jdef = sh.journey_defs[jidx]
+    rules = pack.by_journey[j]
+    t = ev.ts_ms
+    a = c.attempts[jidx]
+    if a is None or a.ended or t - a.last_ts >= pack.attempt_timeout_ms:
+        if a is not None and not a.ended:
+            a.ended = EXPIRED
+            sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
+        a = Attempt(ev.event_id, t)
+        c.attempts[jidx] = a
+        sh.push_timer(t + pack.attempt_timeout_ms, T_EXPIRE, ev.customer_id, jidx, a.attempt_id, t)
+    cid = ev.customer_id
+    step = sh.canon(ev.step) if ev.step is not None else None
+    latest = t >= a.last_ts
+    if latest:
+        a.last_ts = t
+        a.last_eid = ev.event_id
+        if step is not None:
+            a.last_step = step
+    etype = ev.type
+
+    if step is not None:
+        idx = jdef.step_index.get(step)
+        if idx is not None and not a.reached >> idx & 1:
+            a.reached |= 1 << idx
+            sh.step_row(cid, j, a.attempt_id, step, idx, ev)
+        if not a.recent or a.recent[-1] != step:
+            n = sh.recent_steps
+            a.recent = (*a.recent[-(n - 1):], step) if n > 1 else (step,)
+
+    if etype == jdef.complete_type:
+        a.ended = COMPLETED
+        a.last_key = False
+        sh.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
+        _resolve_tags(sh, c, cid, j, a, t)
+        sh.state_row(c, cid, jidx, a, t)
+        return
+
+    fired = a.fired
+    if etype == "fail":
+        r = rules.get("failed")
+        if r is not None and not fired & _B_FAILED:
+            _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
+        r = rules.get("stuck")
+        if r is not None and not fired & _B_STUCK:
+            ev_ids = stuck.on_fail(r, a, ev)
+            if ev_ids:
+                _fire(sh, c, r, a, ev, ev_ids, t, step)
+    elif etype in interested.INTEREST_TYPES:
+        r = rules.get("interested")
+        if r is not None and not fired & _B_INTERESTED and interested.on_interest(r, a, ev):
+            _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
+    elif etype in interested.INTENT_TYPES:
+        if t > a.intent_ts:
+            a.intent_ts = t
+
+    r = rules.get("channel_hop")
+    if r is not None and not fired & _B_HOP:
+        ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel))
+        if ev_ids:
+            _fire(sh, c, r, a, ev, ev_ids, t, step)
+
+    if step is not None and step in jdef.key_steps:
+        if ev.entry is not None:
+            r = rules.get("maze")
+            if r is not None and not fired & _B_MAZE:
+                ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(ev.entry))
+                if ev_ids:
+                    _fire(sh, c, r, a, ev, ev_ids, t, step)
+        if latest:
+            a.last_key = True
+            r = rules.get("abandoned")
+            if r is not None and not a.fired & _B_ABANDONED:
+                sh.push_timer(t + r.within_ms, T_ABANDON, cid, jidx, a.attempt_id, t)
+    elif latest:
+        a.last_key = False
+    sh.mark_dirty(c, cid, jidx)
+
+
+def _handoffs(sh: Shard, c: CustomerState, ev: Event) -> None:
+    for jidx, r in sh.handoff_rules:
+        a = c.attempts[jidx]
+        if a is None or a.fired & _B_HANDOFF or not handoff.applies(r, a, ev):
+            continue
+        mid = _fire(sh, c, r, a, ev, (ev.event_id,), ev.ts_ms, a.last_step)
+        ctx = handoff.context(a)
+        open_tags = [sh.pack.rules[i].name for i in (c.tags or {}) if sh.pack.rules[i].journey == r.journey]
+        sh.out.context.append(
+            {
+                "schema": SCHEMA_VERSION,
+                "moment_id": mid,
+                "customer_id": ev.customer_id,
+                "journey": r.journey,
+                "contact_event_id": ev.event_id,
+                "contact_ts": ev.ts_ms,
+                "open_tags": open_tags,
+                **ctx,
+            }
+        )
+
+
+def _fire(
+    sh: Shard,
+    c: CustomerState,
+    r: MomentRule,
+    a: Attempt,
+    ev: Event | None,
+    evidence: tuple[str, ...],
+    due: int,
+    step: str | None,
+    anchor: str | None = None,
+) -> str:
+    a.fired |= KIND_BITS[r.kind]
+    cid = sh.current_customer if ev is None else ev.customer_id
+    anchor_id = anchor if anchor is not None else (ev.event_id if ev is not None else evidence[-1])
+    mid = moment_id(cid, r.name, anchor_id)
+    attrs = dict(ev.attrs) if ev is not None and ev.attrs else {}
+    sh.out.moments.append(
+        {
+            "schema": SCHEMA_VERSION,
+            "moment_id": mid,
+            "customer_id": cid,
+            "rule": r.name,
+            "kind": r.kind,
+            "journey": r.journey,
+            "step": step or "",
+            "urgency": r.urgency,
+            "due_ts": due,
+            "detected_at": sh.now_ms(),
+            "evidence": list(evidence),
+            "attrs": attrs,
+            "action": r.action,
+        }
+    )
+    expires = due + r.ttl_ms
+    if c.tags is None:
+        c.tags = {}
+    c.tags[r.index] = (mid, due, expires, r.journey)
+    sh.tag_row(cid, r, mid, TAG_OPEN, "", due, due)
+    sh.push_timer(expires, T_TAG_TTL, cid, r.index, mid, due)
+    return mid
+
+
+def _resolve_tags(sh: Shard, c: CustomerState, cid: str, journey: str, a: Attempt, t: int) -> None:
+    if not c.tags:
+        return
+    outcome = "recovered" if a.fired else "completed"
+    for ridx, (mid, opened, _exp, j) in list(c.tags.items()):
+        if j == journey:
+            del c.tags[ridx]
+            sh.tag_row(cid, sh.pack.rules[ridx], mid, TAG_RESOLVED, outcome, opened, t)
+    if not c.tags:
+        c.tags = None
+
+
+def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: str, armed: int, due: int) -> bool:
+    """Handle one due timer of a customer.
+
+    Args:
+        sh: The shard.
+        c: The customer's state.
+        cid: The customer id.
+        kind: ``T_ABANDON``, ``T_EXPIRE``, ``T_EVICT`` or ``T_TAG_TTL``.
+        idx: Journey index (abandon/expire) or rule index (tag TTL).
+        token: Attempt id or moment id the timer was armed for.
+        armed: Event time the timer was armed at.
+        due: The timer's due time.
+
+    Returns:
+        True when the customer should be evicted.
+    """
+    if kind == T_ABANDON:
+        a = c.attempts[idx]
+        r = sh.pack.by_journey[sh.journey_defs[idx].id].get("abandoned")
+        if a is not None and r is not None and not a.fired & _B_ABANDONED and abandoned.still_due(r, a, token, armed):
+            sh.current_customer = cid
+            _fire(sh, c, r, a, None, (a.last_eid,), due, a.last_step, anchor=a.last_eid)
+            sh.mark_dirty(c, cid, idx)
+    elif kind == T_EXPIRE:
+        a = c.attempts[idx]
+        if a is None or a.attempt_id != token or a.ended == EXPIRED:
+            return False
+        expiry = a.last_ts + sh.pack.attempt_timeout_ms
+        if a.ended:
+            # Completed attempts are kept only as the handoff window's memory; drop them now.
+            c.attempts[idx] = None
+        elif expiry <= due:
+            a.ended = EXPIRED
+            sh.state_row(c, cid, idx, a, due)
+            c.attempts[idx] = None
+        else:
+            sh.push_timer(expiry, T_EXPIRE, cid, idx, token, armed)
+    elif kind == T_TAG_TTL:
+        tag = c.tags.get(idx) if c.tags else None
+        if tag is not None and tag[0] == token and c.tags is not None:
+            del c.tags[idx]
+            if not c.tags:
+                c.tags = None
+            sh.tag_row(cid, sh.pack.rules[idx], token, TAG_EXPIRED, "expired", tag[1], due)
+    elif kind == T_EVICT:
+        evict_at = c.last_seen + sh.evict_after_ms
+        if evict_at > due:
+            sh.push_timer(evict_at, T_EVICT, cid, 0, "", c.last_seen)
+            return False
+        if c.tags:
+            later = max(t[2] for t in c.tags.values())
+            sh.push_timer(max(later, due + 1), T_EVICT, cid, 0, "", c.last_seen)
+            return False
+        return True
+    return False
+
+
+def tag_rank(state: str) -> int:
+    """Order of tag states within one timestamp, for row versions."""
+    return _TAG_RANK[state]

@@ -1,0 +1,34 @@
+"""``J.maze``: one key step reached through n distinct entry points within a window."""
+
+from __future__ import annotations
+
+from state.events import Event
+from state.journey import Attempt
+from state.rules import MomentRule
+
+
+def on_key_step(rule: MomentRule, a: Attempt, ev: Event, step: str, entry: str) -> tuple[str, ...] | None:
+    """Record an entry at a key step; return the evidence when the n-th distinct entry arrives.
+
+    Args:
+        rule: The maze rule (``threshold`` distinct entries, ``within_ms``).
+        a: The attempt; its ``entries`` window is updated.
+        ev: The event at the key step.
+        step: The key step (canonical string).
+        entry: The event's entry point.
+
+    Returns:
+        Event ids of the distinct entries (oldest first) when the rule fires, else None.
+    """
+    t = ev.ts_ms
+    w = rule.within_ms
+    # Keep the latest sighting of each (step, entry) inside the window.
+    kept = [e for e in a.entries if abs(t - e[0]) <= w and not (e[1] == step and e[2] == entry)]
+    kept.append((t, step, entry, ev.event_id))
+    a.entries = tuple(kept)
+    same = [e for e in kept if e[1] == step]
+    if len(same) >= rule.threshold:
+        same.sort()
+        if same[-1][0] - same[0][0] <= w:
+            return tuple(e[3] for e in same)
+    return None

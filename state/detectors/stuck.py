@@ -1,0 +1,29 @@
+"""``J.stuck``: the n-th ``fail`` of an attempt within a window (first to n-th)."""
+
+from __future__ import annotations
+
+from state.events import Event
+from state.journey import Attempt
+from state.rules import MomentRule
+
+
+def on_fail(rule: MomentRule, a: Attempt, ev: Event) -> tuple[str, ...] | None:
+    """Record a fail; return the evidence when it is the n-th within the window.
+
+    Args:
+        rule: The stuck rule (``threshold``, ``within_ms``).
+        a: The attempt; its ``fails`` window is updated.
+        ev: A ``fail`` event.
+
+    Returns:
+        The fail event ids (oldest first) when the rule fires, else None.
+    """
+    t = ev.ts_ms
+    kept = tuple(f for f in a.fails if abs(t - f[0]) <= rule.within_ms)
+    fails = tuple(sorted((*kept, (t, ev.event_id))))
+    need = rule.threshold
+    if len(fails) >= need and fails[-1][0] - fails[-need][0] <= rule.within_ms:
+        a.fails = ()
+        return tuple(f[1] for f in fails[-need:])
+    a.fails = fails[-(need - 1) :] if need > 1 else ()
+    return None

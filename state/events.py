@@ -1,0 +1,200 @@
+"""Input events (schema v1, DESIGN.md §3): the typed event and its validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, NamedTuple
+
+import orjson
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 128
+MAX_ATTRS = 32
+MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+CHANNELS: frozenset[str] = frozenset(
+    {"app", "web", "wechat", "ivr", "sms", "call_center", "store", "email", "other"}
+)
+BASE_TYPES: frozenset[str] = frozenset(
+    {"view", "start", "submit", "complete", "fail", "cancel", "contact", "engage", "feedback"}
+)
+
+
+class InvalidReason(StrEnum):
+    """Why an input was rejected; a bounded set, safe as a metric label."""
+
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    TOO_LARGE = "too_large"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    EMPTY_FIELD = "empty_field"
+    TOO_LONG = "too_long"
+    BAD_TS = "bad_ts"
+    UNKNOWN_CHANNEL = "unknown_channel"
+    UNKNOWN_TYPE = "unknown_type"
+    ATTRS_TOO_MANY = "attrs_too_many"
+    ATTRS_NESTED = "attrs_nested"
+    DUPLICATE = "duplicate"
+
+
+class Invalid(NamedTuple):
+    """A rejected input: the reason, a detail naming the field (never the customer), the bytes."""
+
+    reason: InvalidReason
+    detail: str
+    raw: bytes
+    field: str = ""
+
+    @property
+    def code(self) -> str:
+        """Reason code with the field, e.g. ``missing_field:customer_id``."""
+        return f"{self.reason.value}:{self.field}" if self.field else self.reason.value
+
+
+class Event(NamedTuple):
+    """One validated input event; times are epoch milliseconds."""
+
+    event_id: str
+    customer_id: str
+    ts_ms: int
+    channel: str
+    type: str
+    journey: str | None = None
+    step: str | None = None
+    entry: str | None = None
+    attrs: dict[str, Any] | None = None
+
+
+class _Reject(Exception):
+    def __init__(self, reason: InvalidReason, field: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.field = field
+        self.detail = detail
+
+
+def _ident(doc: dict[str, Any], name: str, limit: int) -> str:
+    v = doc.get(name)
+    if v is None:
+        raise _Reject(InvalidReason.MISSING_FIELD, name, f"{name} is required")
+    if type(v) is not str:
+        raise _Reject(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
+    if not v.strip():
+        raise _Reject(InvalidReason.EMPTY_FIELD, name, f"{name} must not be empty")
+    if len(v) > limit:
+        raise _Reject(InvalidReason.TOO_LONG, name, f"{name} is longer than {limit} characters")
+    return v
+
+
+def _optional(doc: dict[str, Any], name: str) -> str | None:
+    v = doc.get(name)
+    if v is None:
+        return None
+    if type(v) is not str:
+        raise _Reject(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
+    if len(v) > MAX_TEXT_CHARS:
+        raise _Reject(InvalidReason.TOO_LONG, name, f"{name} is longer than {MAX_TEXT_CHARS} characters")
+    return v or None
+
+
+def parse_ts(value: object) -> int:
+    """Return epoch ms from an int epoch-ms or an ISO-8601 string with an offset.
+
+    Args:
+        value: The ``ts`` field as decoded from JSON.
+
+    Returns:
+        Epoch milliseconds.
+
+    Raises:
+        _Reject: when the value is of the wrong type, unparseable, naive or out of range.
+    """
+    if type(value) is int:
+        ts = value
+    elif type(value) is str:
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Reject(InvalidReason.BAD_TS, "ts", "ts is not an ISO-8601 timestamp") from None
+        if dt.tzinfo is None:
+            raise _Reject(InvalidReason.BAD_TS, "ts", "ts has no UTC offset")
+        ts = math.floor(dt.timestamp() * 1000 + 0.5)
+    else:
+        raise _Reject(InvalidReason.BAD_TYPE, "ts", f"ts must be epoch ms or ISO-8601, got {type(value).__name__}")
+    if not MIN_TS_MS <= ts < MAX_TS_MS:
+        raise _Reject(InvalidReason.BAD_TS, "ts", "ts is outside 2000-01-01..2100-01-01")
+    return ts
+
+
+def _attrs(v: object) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    if type(v) is not dict:
+        raise _Reject(InvalidReason.BAD_TYPE, "attrs", f"attrs must be an object, got {type(v).__name__}")
+    if len(v) > MAX_ATTRS:
+        raise _Reject(InvalidReason.ATTRS_TOO_MANY, "attrs", f"attrs has more than {MAX_ATTRS} keys")
+    for item in v.values():
+        if isinstance(item, dict | list):
+            raise _Reject(InvalidReason.ATTRS_NESTED, "attrs", "attrs values must be scalars")
+    return v or None
+
+
+def parse_event(
+    raw: bytes,
+    *,
+    types: Collection[str] = BASE_TYPES,
+    now_ms: int | None = None,
+    max_future_ms: int | None = None,
+) -> Event | Invalid:
+    """Decode and validate one message; never raises on bad input.
+
+    Args:
+        raw: The message bytes (one JSON object).
+        types: Accepted event types (the base set plus the rule pack's).
+        now_ms: Wall clock in live mode; with ``max_future_ms`` rejects events from the future.
+        max_future_ms: How far ahead of ``now_ms`` an event may be.
+
+    Returns:
+        The typed event, or an ``Invalid`` naming the reason and field.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Invalid(InvalidReason.TOO_LARGE, f"message is larger than {MAX_MESSAGE_BYTES} bytes", raw)
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Invalid(InvalidReason.NOT_JSON, "message is not valid JSON", raw)
+    if type(doc) is not dict:
+        return Invalid(InvalidReason.NOT_OBJECT, "message is not a JSON object", raw)
+    try:
+        event_id = _ident(doc, "event_id", MAX_ID_CHARS)
+        customer_id = _ident(doc, "customer_id", MAX_ID_CHARS)
+        if "ts" not in doc or doc["ts"] is None:
+            raise _Reject(InvalidReason.MISSING_FIELD, "ts", "ts is required")
+        ts_ms = parse_ts(doc["ts"])
+        if now_ms is not None and max_future_ms is not None and ts_ms > now_ms + max_future_ms:
+            raise _Reject(InvalidReason.BAD_TS, "ts", "ts is too far in the future")
+        channel = _ident(doc, "channel", MAX_TEXT_CHARS)
+        if channel not in CHANNELS:
+            raise _Reject(InvalidReason.UNKNOWN_CHANNEL, "channel", "channel is not a known channel")
+        etype = _ident(doc, "type", MAX_TEXT_CHARS)
+        if etype not in types:
+            raise _Reject(InvalidReason.UNKNOWN_TYPE, "type", "type is not a known event type")
+        return Event(
+            event_id,
+            customer_id,
+            ts_ms,
+            channel,
+            etype,
+            _optional(doc, "journey"),
+            _optional(doc, "step"),
+            _optional(doc, "entry"),
+            _attrs(doc.get("attrs")),
+        )
+    except _Reject as r:
+        return Invalid(r.reason, r.detail, raw, r.field)
