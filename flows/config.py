@@ -103,7 +103,9 @@ class PipelineConfig:
             if not (s in ("clickhouse", "kafka", "none") or s.startswith("jsonl:")):
                 raise ConfigError("--sink", f"must be jsonl:DIR, clickhouse, kafka or none, got {s!r}")
         if not (self.clickhouse_dsn.startswith(("chdb://", "http://", "https://"))):
-            raise ConfigError("--clickhouse", f"DSN must start with chdb://, http:// or https://, got {_safe(self.clickhouse_dsn)!r}")
+            raise ConfigError(
+                "--clickhouse", f"DSN must start with chdb://, http:// or https://, got {_safe(self.clickhouse_dsn)!r}"
+            )
         if self.clock not in ("replay", "live"):
             raise ConfigError("--clock", f"must be replay or live, got {self.clock!r}")
         if not 1 <= self.shards <= 4096:

@@ -65,7 +65,11 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
 
 @operator
 def detect(
-    step_id: str, up: Stream[tuple[str, ShardItem]], make_shard: Callable[[], Shard], recovery: bool, tick_s: float = 1.0
+    step_id: str,
+    up: Stream[tuple[str, ShardItem]],
+    make_shard: Callable[[], Shard],
+    recovery: bool,
+    tick_s: float = 1.0,
 ) -> Stream[tuple[str, Outputs]]:
     """Run the pure shard state machine per shard key.
 

@@ -6,7 +6,6 @@ rule semantics of DESIGN.md §4 live here and in ``state.detectors``.
 
 from __future__ import annotations
 
-import zlib
 from typing import TYPE_CHECKING, Any
 
 from state.detectors import KIND_BITS, abandoned, channel_hop, handoff, interested, maze, stuck
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from state.shard import Shard
 
 DEDUP_SLOTS = 8  # recent event ids remembered per customer (8 bytes each)
+_DEDUP_KEEP = 8 * (DEDUP_SLOTS - 1)
 _B_ABANDONED = KIND_BITS["abandoned"]
 _B_FAILED = KIND_BITS["failed"]
 _B_STUCK = KIND_BITS["stuck"]
@@ -58,18 +58,21 @@ class CustomerState:
         self.attempts, self.last_seen, self.dedup, self.tags = st
 
 
-def _dedup_key(ev: Event) -> bytes:
-    return ((ev.ts_ms & 0xFFFFFFFF) << 32 | zlib.crc32(ev.event_id.encode("utf-8", "surrogatepass"))).to_bytes(8, "big")
-
-
 def seen_before(c: CustomerState, ev: Event) -> bool:
-    """Return whether the event id is among the customer's recent ones; remember it otherwise."""
-    key = _dedup_key(ev)
+    """Return whether the event id is among the customer's recent ones; remember it otherwise.
+
+    Ids are kept as 8-byte string hashes. Python's string hash is per process,
+    which is enough: after a restart the restored state and the replayed input
+    agree (recovery resumes input where the snapshot was taken), so only
+    duplicates that straddle a restart go unnoticed, and those carry the same
+    moment ids anyway.
+    """
+    key = hash(ev.event_id).to_bytes(8, "little", signed=True)
     blob = c.dedup
     # Entries are 8-byte aligned; an unaligned match of 8 hashed bytes is not a practical concern.
     if key in blob:
         return True
-    c.dedup = (blob + key)[-8 * DEDUP_SLOTS :]
+    c.dedup = blob[-_DEDUP_KEEP:] + key if len(blob) > _DEDUP_KEEP else blob + key
     return False
 
 
@@ -93,7 +96,6 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if jidx is None:
         return
     jdef = sh.journey_defs[jidx]
-    rules = pack.by_journey[j]
     t = ev.ts_ms
     a = c.attempts[jidx]
     if a is None or a.ended or t - a.last_ts >= pack.attempt_timeout_ms:
@@ -102,6 +104,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
         a = Attempt(ev.event_id, t)
         c.attempts[jidx] = a
+        sh.mark_dirty(c, ev.customer_id, jidx)
         sh.push_timer(t + pack.attempt_timeout_ms, T_EXPIRE, ev.customer_id, jidx, a.attempt_id, t)
     cid = ev.customer_id
     step = sh.canon(ev.step) if ev.step is not None else None
@@ -118,6 +121,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             sh.step_row(cid, j, a.attempt_id, step, idx, ev)
+            sh.mark_dirty(c, cid, jidx)
         if not a.recent or a.recent[-1] != step:
             n = sh.recent_steps
             a.recent = (*a.recent[-(n - 1):], step) if n > 1 else (step,)
@@ -132,23 +136,23 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
 
     fired = a.fired
     if etype == "fail":
-        r = rules.get("failed")
+        r = jdef.failed
         if r is not None and not fired & _B_FAILED:
             _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
-        r = rules.get("stuck")
+        r = jdef.stuck
         if r is not None and not fired & _B_STUCK:
             ev_ids = stuck.on_fail(r, a, ev)
             if ev_ids:
                 _fire(sh, c, r, a, ev, ev_ids, t, step)
     elif etype in interested.INTEREST_TYPES:
-        r = rules.get("interested")
+        r = jdef.interested
         if r is not None and not fired & _B_INTERESTED and interested.on_interest(r, a, ev):
             _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
     elif etype in interested.INTENT_TYPES:
         if t > a.intent_ts:
             a.intent_ts = t
 
-    r = rules.get("channel_hop")
+    r = jdef.channel_hop
     if r is not None and not fired & _B_HOP:
         ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel))
         if ev_ids:
@@ -156,19 +160,19 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
 
     if step is not None and step in jdef.key_steps:
         if ev.entry is not None:
-            r = rules.get("maze")
+            r = jdef.maze
             if r is not None and not fired & _B_MAZE:
                 ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(ev.entry))
                 if ev_ids:
                     _fire(sh, c, r, a, ev, ev_ids, t, step)
         if latest:
             a.last_key = True
-            r = rules.get("abandoned")
-            if r is not None and not a.fired & _B_ABANDONED:
+            r = jdef.abandoned
+            if r is not None and not a.armed and not a.fired & _B_ABANDONED:
+                a.armed = True
                 sh.push_timer(t + r.within_ms, T_ABANDON, cid, jidx, a.attempt_id, t)
     elif latest:
         a.last_key = False
-    sh.mark_dirty(c, cid, jidx)
 
 
 def _handoffs(sh: Shard, c: CustomerState, ev: Event) -> None:
@@ -206,6 +210,7 @@ def _fire(
 ) -> str:
     a.fired |= KIND_BITS[r.kind]
     cid = sh.current_customer if ev is None else ev.customer_id
+    sh.mark_dirty(c, cid, sh.journey_index[r.journey])
     anchor_id = anchor if anchor is not None else (ev.event_id if ev is not None else evidence[-1])
     mid = moment_id(cid, r.name, anchor_id)
     attrs = dict(ev.attrs) if ev is not None and ev.attrs else {}
@@ -265,11 +270,19 @@ def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: 
     """
     if kind == T_ABANDON:
         a = c.attempts[idx]
-        r = sh.pack.by_journey[sh.journey_defs[idx].id].get("abandoned")
-        if a is not None and r is not None and not a.fired & _B_ABANDONED and abandoned.still_due(r, a, token, armed):
+        r = sh.journey_defs[idx].abandoned
+        if a is None or r is None or a.attempt_id != token:
+            return False
+        a.armed = False
+        if a.fired & _B_ABANDONED:
+            return False
+        decision = abandoned.on_timer(r, a, token, due)
+        if decision == abandoned.FIRE:
             sh.current_customer = cid
-            _fire(sh, c, r, a, None, (a.last_eid,), due, a.last_step, anchor=a.last_eid)
-            sh.mark_dirty(c, cid, idx)
+            _fire(sh, c, r, a, None, (a.last_eid,), a.last_ts + r.within_ms, a.last_step, anchor=a.last_eid)
+        elif decision == abandoned.REARM:
+            a.armed = True
+            sh.push_timer(a.last_ts + r.within_ms, T_ABANDON, cid, idx, token, a.last_ts)
     elif kind == T_EXPIRE:
         a = c.attempts[idx]
         if a is None or a.attempt_id != token or a.ended == EXPIRED:

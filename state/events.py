@@ -10,6 +10,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 128
@@ -71,7 +74,7 @@ class Event(NamedTuple):
     attrs: dict[str, Any] | None = None
 
 
-class _Reject(Exception):
+class _RejectError(Exception):
     def __init__(self, reason: InvalidReason, field: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
@@ -82,13 +85,13 @@ class _Reject(Exception):
 def _ident(doc: dict[str, Any], name: str, limit: int) -> str:
     v = doc.get(name)
     if v is None:
-        raise _Reject(InvalidReason.MISSING_FIELD, name, f"{name} is required")
+        raise _RejectError(InvalidReason.MISSING_FIELD, name, f"{name} is required")
     if type(v) is not str:
-        raise _Reject(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
+        raise _RejectError(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
     if not v.strip():
-        raise _Reject(InvalidReason.EMPTY_FIELD, name, f"{name} must not be empty")
+        raise _RejectError(InvalidReason.EMPTY_FIELD, name, f"{name} must not be empty")
     if len(v) > limit:
-        raise _Reject(InvalidReason.TOO_LONG, name, f"{name} is longer than {limit} characters")
+        raise _RejectError(InvalidReason.TOO_LONG, name, f"{name} is longer than {limit} characters")
     return v
 
 
@@ -97,9 +100,9 @@ def _optional(doc: dict[str, Any], name: str) -> str | None:
     if v is None:
         return None
     if type(v) is not str:
-        raise _Reject(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
+        raise _RejectError(InvalidReason.BAD_TYPE, name, f"{name} must be a string, got {type(v).__name__}")
     if len(v) > MAX_TEXT_CHARS:
-        raise _Reject(InvalidReason.TOO_LONG, name, f"{name} is longer than {MAX_TEXT_CHARS} characters")
+        raise _RejectError(InvalidReason.TOO_LONG, name, f"{name} is longer than {MAX_TEXT_CHARS} characters")
     return v or None
 
 
@@ -113,7 +116,7 @@ def parse_ts(value: object) -> int:
         Epoch milliseconds.
 
     Raises:
-        _Reject: when the value is of the wrong type, unparseable, naive or out of range.
+        _RejectError: when the value is of the wrong type, unparseable, naive or out of range.
     """
     if type(value) is int:
         ts = value
@@ -121,14 +124,14 @@ def parse_ts(value: object) -> int:
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
-            raise _Reject(InvalidReason.BAD_TS, "ts", "ts is not an ISO-8601 timestamp") from None
+            raise _RejectError(InvalidReason.BAD_TS, "ts", "ts is not an ISO-8601 timestamp") from None
         if dt.tzinfo is None:
-            raise _Reject(InvalidReason.BAD_TS, "ts", "ts has no UTC offset")
+            raise _RejectError(InvalidReason.BAD_TS, "ts", "ts has no UTC offset")
         ts = math.floor(dt.timestamp() * 1000 + 0.5)
     else:
-        raise _Reject(InvalidReason.BAD_TYPE, "ts", f"ts must be epoch ms or ISO-8601, got {type(value).__name__}")
+        raise _RejectError(InvalidReason.BAD_TYPE, "ts", f"ts must be epoch ms or ISO-8601, got {type(value).__name__}")
     if not MIN_TS_MS <= ts < MAX_TS_MS:
-        raise _Reject(InvalidReason.BAD_TS, "ts", "ts is outside 2000-01-01..2100-01-01")
+        raise _RejectError(InvalidReason.BAD_TS, "ts", "ts is outside 2000-01-01..2100-01-01")
     return ts
 
 
@@ -136,12 +139,12 @@ def _attrs(v: object) -> dict[str, Any] | None:
     if v is None:
         return None
     if type(v) is not dict:
-        raise _Reject(InvalidReason.BAD_TYPE, "attrs", f"attrs must be an object, got {type(v).__name__}")
+        raise _RejectError(InvalidReason.BAD_TYPE, "attrs", f"attrs must be an object, got {type(v).__name__}")
     if len(v) > MAX_ATTRS:
-        raise _Reject(InvalidReason.ATTRS_TOO_MANY, "attrs", f"attrs has more than {MAX_ATTRS} keys")
+        raise _RejectError(InvalidReason.ATTRS_TOO_MANY, "attrs", f"attrs has more than {MAX_ATTRS} keys")
     for item in v.values():
         if isinstance(item, dict | list):
-            raise _Reject(InvalidReason.ATTRS_NESTED, "attrs", "attrs values must be scalars")
+            raise _RejectError(InvalidReason.ATTRS_NESTED, "attrs", "attrs values must be scalars")
     return v or None
 
 
@@ -166,25 +169,70 @@ def parse_event(
     if len(raw) > MAX_MESSAGE_BYTES:
         return Invalid(InvalidReason.TOO_LARGE, f"message is larger than {MAX_MESSAGE_BYTES} bytes", raw)
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        doc = _loads(raw)
+    except _JSONDecodeError:
         return Invalid(InvalidReason.NOT_JSON, "message is not valid JSON", raw)
     if type(doc) is not dict:
         return Invalid(InvalidReason.NOT_OBJECT, "message is not a JSON object", raw)
+    # Fast path: one pass of cheap checks for the common, valid event; anything
+    # unusual falls through to the slow path, which finds and names the problem.
+    get = doc.get
+    eid = get("event_id")
+    cid = get("customer_id")
+    ts = get("ts")
+    ch = get("channel")
+    ty = get("type")
+    j = get("journey")
+    st = get("step")
+    en = get("entry")
+    at = get("attrs")
+    if (
+        type(eid) is str
+        and 0 < len(eid) <= MAX_ID_CHARS
+        and type(cid) is str
+        and 0 < len(cid) <= MAX_ID_CHARS
+        and type(ts) is int
+        and MIN_TS_MS <= ts < MAX_TS_MS
+        and type(ch) is str
+        and ch in CHANNELS
+        and type(ty) is str
+        and ty in types
+        and (j is None or (type(j) is str and 0 < len(j) <= MAX_TEXT_CHARS))
+        and (st is None or (type(st) is str and 0 < len(st) <= MAX_TEXT_CHARS))
+        and (en is None or (type(en) is str and 0 < len(en) <= MAX_TEXT_CHARS))
+        and (now_ms is None or max_future_ms is None or ts <= now_ms + max_future_ms)
+        and not eid.isspace()
+        and not cid.isspace()
+        and (at is None or (type(at) is dict and len(at) <= MAX_ATTRS and _flat(at)))
+    ):
+        return Event(eid, cid, ts, ch, ty, j, st, en, at or None)
+    return _parse_slow(doc, raw, types, now_ms, max_future_ms)
+
+
+def _flat(attrs: dict[str, Any]) -> bool:
+    for v in attrs.values():
+        if type(v) is dict or type(v) is list:
+            return False
+    return True
+
+
+def _parse_slow(
+    doc: dict[str, Any], raw: bytes, types: Collection[str], now_ms: int | None, max_future_ms: int | None
+) -> Event | Invalid:
     try:
         event_id = _ident(doc, "event_id", MAX_ID_CHARS)
         customer_id = _ident(doc, "customer_id", MAX_ID_CHARS)
         if "ts" not in doc or doc["ts"] is None:
-            raise _Reject(InvalidReason.MISSING_FIELD, "ts", "ts is required")
+            raise _RejectError(InvalidReason.MISSING_FIELD, "ts", "ts is required")
         ts_ms = parse_ts(doc["ts"])
         if now_ms is not None and max_future_ms is not None and ts_ms > now_ms + max_future_ms:
-            raise _Reject(InvalidReason.BAD_TS, "ts", "ts is too far in the future")
+            raise _RejectError(InvalidReason.BAD_TS, "ts", "ts is too far in the future")
         channel = _ident(doc, "channel", MAX_TEXT_CHARS)
         if channel not in CHANNELS:
-            raise _Reject(InvalidReason.UNKNOWN_CHANNEL, "channel", "channel is not a known channel")
+            raise _RejectError(InvalidReason.UNKNOWN_CHANNEL, "channel", "channel is not a known channel")
         etype = _ident(doc, "type", MAX_TEXT_CHARS)
         if etype not in types:
-            raise _Reject(InvalidReason.UNKNOWN_TYPE, "type", "type is not a known event type")
+            raise _RejectError(InvalidReason.UNKNOWN_TYPE, "type", "type is not a known event type")
         return Event(
             event_id,
             customer_id,
@@ -196,5 +244,5 @@ def parse_event(
             _optional(doc, "entry"),
             _attrs(doc.get("attrs")),
         )
-    except _Reject as r:
+    except _RejectError as r:
         return Invalid(r.reason, r.detail, raw, r.field)

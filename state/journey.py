@@ -25,6 +25,7 @@ class Attempt:
         "last_eid",
         "last_step",
         "last_key",
+        "armed",
         "ended",
         "fired",
         "reached",
@@ -44,6 +45,8 @@ class Attempt:
         self.last_step: str | None = None
         # The latest event was at a key step, so an abandonment timer is pending.
         self.last_key = False
+        # An abandonment timer is in the shard's heap (re-armed lazily when it pops early).
+        self.armed = False
         self.ended = ""  # "" while active, else COMPLETED or EXPIRED
         self.fired = 0  # bit per moment kind fired in this attempt
         self.reached = 0  # bit per journey step reached in this attempt

@@ -112,7 +112,11 @@ _KIND_PARAMS: dict[str, dict[str, tuple[str, Any]]] = {
     "stuck": {"threshold": ("threshold", 3), "within": ("within_ms", "30m")},
     "maze": {"distinct_entries": ("threshold", 3), "within": ("within_ms", "30m")},
     "channel_hop": {"distinct_channels": ("threshold", 3), "within": ("within_ms", "60m")},
-    "interested": {"count": ("threshold", 2), "within": ("within_ms", "24h"), "no_intent_within": ("no_intent_ms", "24h")},
+    "interested": {
+        "count": ("threshold", 2),
+        "within": ("within_ms", "24h"),
+        "no_intent_within": ("no_intent_ms", "24h"),
+    },
     "handoff": {
         "channel": ("channel", "call_center"),
         "type": ("type", "contact"),
@@ -268,4 +272,6 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
         by_journey[r.journey][r.kind] = r
     if len(rules) > 60:
         raise RulePackError(path, "moment", "at most 60 rules per pack")
-    return RulePack(name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms)
+    return RulePack(
+        name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import pickle
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -27,7 +28,7 @@ from state.customer import (
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.journey import Attempt
 from state.outputs import Outputs, dead_letter_record
-from state.rules import MomentRule, RulePack
+from state.rules import KINDS, MomentRule, RulePack
 
 SNAPSHOT_FORMAT = 1
 
@@ -37,15 +38,19 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class _JourneyView:
-    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index")
+class JourneyView:
+    """A journey with its rules resolved to attributes, for the hot path."""
 
-    def __init__(self, jd: Any) -> None:
+    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", *KINDS)
+
+    def __init__(self, jd: Any, rules: dict[str, MomentRule]) -> None:
         self.id: str = jd.id
         self.steps: tuple[str, ...] = jd.steps
         self.key_steps: frozenset[str] = jd.key_steps
         self.complete_type: str = jd.complete_type
         self.step_index: dict[str, int] = {s: i for i, s in enumerate(jd.steps)}
+        for kind in KINDS:
+            setattr(self, kind, rules.get(kind))
 
 
 class Shard:
@@ -76,7 +81,7 @@ class Shard:
         self.max_future_ms = max_future_ms
         self.now_ms = clock
         self.max_customers = max_customers
-        self.journey_defs = [_JourneyView(jd) for jd in pack.journeys.values()]
+        self.journey_defs = [JourneyView(jd, pack.by_journey[jd.id]) for jd in pack.journeys.values()]
         self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
         self.handoff_rules: list[tuple[int, MomentRule]] = [
             (self.journey_index[r.journey], r) for r in pack.rules if r.kind == "handoff"
@@ -86,12 +91,17 @@ class Shard:
         self.handoff_channel = first.channel if first else ""
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
         self.evict_after_ms = pack.horizon_ms
+        self._fired_names: list[list[tuple[str, int]]] = [
+            [(r.name, 1 << KINDS.index(r.kind)) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
+        ]
         self._vocab: dict[str, str] = {}
         for jd in pack.journeys.values():
             for s in jd.steps:
                 self._vocab[s] = s
         # State (what snapshots carry).
         self.customers: dict[str, CustomerState] = {}
+        # Events not yet released: in-order arrivals in `queue` (already sorted), stragglers in the heap `buffer`.
+        self.queue: deque[Event] = deque()
         self.buffer: list[tuple[int, str, int, Event]] = []
         self.timers: list[tuple[int, int, int, str, int, str, int]] = []
         self.max_ts = 0
@@ -139,7 +149,7 @@ class Shard:
             "last_step": a.last_step or "",
             "last_ts": a.last_ts,
             "steps_reached": [s for i, s in enumerate(jd.steps) if a.reached >> i & 1],
-            "fired": [r.name for r in self.pack.rules if r.journey == jd.id and a.fired & (1 << _kind_bit(r.kind))],
+            "fired": [name for name, bit in self._fired_names[jidx] if a.fired & bit],
             "version": max(ts, a.last_ts) * 4 + rank,
         }
 
@@ -185,6 +195,8 @@ class Shard:
         out = self.out
         counts = out.events
         buf = self.buffer
+        queue = self.queue
+        append = queue.append
         wm = self.wm
         max_ts = self.max_ts
         offsets = batch.offsets
@@ -203,6 +215,13 @@ class Shard:
                 continue
             if ts > max_ts:
                 max_ts = ts
+                append(ev)
+                continue
+            if queue:
+                last = queue[-1]
+                if ts > last.ts_ms or (ts == last.ts_ms and ev.event_id >= last.event_id):
+                    append(ev)
+                    continue
             self.seq += 1
             heapq.heappush(buf, (ts, ev.event_id, self.seq, ev))
         self.max_ts = max_ts
@@ -239,17 +258,30 @@ class Shard:
             return
         self.wm = wm
         tlimit = wm if timers_to is None else timers_to
-        buf, timers = self.buffer, self.timers
+        buf, timers, queue = self.buffer, self.timers, self.queue
         pop = heapq.heappop
+        apply = self._apply
         while True:
-            if timers and timers[0][0] <= tlimit and (not buf or timers[0][0] <= buf[0][0]):
+            # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
+            ev: Event | None = None
+            from_heap = False
+            if queue:
+                ev = queue[0]
+            if buf and (ev is None or (buf[0][0], buf[0][1]) < (ev.ts_ms, ev.event_id)):
+                ev = buf[0][3]
+                from_heap = True
+            if timers and timers[0][0] <= tlimit and (ev is None or timers[0][0] <= ev.ts_ms):
                 due, _seq, kind, cid, idx, token, armed = pop(timers)
                 c = self.customers.get(cid)
                 if c is not None and on_timer(self, c, cid, kind, idx, token, armed, due):
                     del self.customers[cid]
                     self.out.evicted += 1
-            elif buf and buf[0][0] < wm:
-                self._apply(pop(buf)[3])
+            elif ev is not None and ev.ts_ms < wm:
+                if from_heap:
+                    pop(buf)
+                else:
+                    queue.popleft()
+                apply(ev)
             else:
                 break
 
@@ -304,8 +336,8 @@ class Shard:
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
-        state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, self.buffer, self.timers,
-                 self.max_ts, self.wm, self.seq)
+        state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
+                 self.timers, self.max_ts, self.wm, self.seq)
         return pickle.dumps(state, protocol=5)
 
     def restore(self, blob: bytes) -> None:
@@ -314,7 +346,7 @@ class Shard:
         Raises:
             ValueError: when it was taken with a different rule pack or format.
         """
-        fmt, fp, customers, buffer, timers, max_ts, wm, seq = pickle.loads(blob)  # noqa: S301 - our own snapshots
+        fmt, fp, customers, queue, buffer, timers, max_ts, wm, seq = pickle.loads(blob)  # noqa: S301 - own snapshots
         if fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
         if fp != self.pack.fingerprint():
@@ -323,16 +355,11 @@ class Shard:
                 f"now {self.pack.fingerprint()} for {self.pack.path}); start with a fresh recovery directory"
             )
         self.customers, self.buffer, self.timers = customers, buffer, timers
+        self.queue = deque(queue)
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
 
 
-def _kind_bit(kind: str) -> int:
-    from state.rules import KINDS
-
-    return KINDS.index(kind)
-
-
-def _stage(a: Attempt, jd: _JourneyView) -> str:
+def _stage(a: Attempt, jd: JourneyView) -> str:
     """Journey life-cycle stage: awareness → knowledge → intention → use."""
     if a.ended == "completed":
         return "use"

@@ -1,9 +1,10 @@
 """``J.abandoned``: the latest event of an attempt is at a key step and nothing follows for ``idle``.
 
-The detector is a timer: ``due_ms`` is armed on each event that becomes the
-attempt's latest, and ``still_due`` re-checks the attempt when the watermark
-reaches it (timers fire before events of the same time, so an event at exactly
-``idle`` later does not prevent the moment).
+The detector is a timer armed when an attempt's latest event is at a key step.
+At most one timer per attempt is in the heap: when it pops before the latest
+key-step event's due time (a later key-step event arrived meanwhile) it is
+re-armed for that time. Timers fire before events of the same time, so an event
+exactly ``idle`` later does not prevent the moment.
 """
 
 from __future__ import annotations
@@ -11,12 +12,23 @@ from __future__ import annotations
 from state.journey import Attempt
 from state.rules import MomentRule
 
+FIRE = 1
+REARM = 2
+DROP = 0
 
-def due_ms(rule: MomentRule, a: Attempt) -> int | None:
-    """Return when the attempt would be abandoned, or None if its latest event is not at a key step."""
-    return a.last_ts + rule.within_ms if a.last_key and not a.ended else None
 
+def on_timer(rule: MomentRule, a: Attempt, attempt_id: str, due: int) -> int:
+    """Decide what a popped abandonment timer does.
 
-def still_due(rule: MomentRule, a: Attempt, attempt_id: str, armed_ts: int) -> bool:
-    """Return whether a timer armed at ``armed_ts`` for ``attempt_id`` should fire now."""
-    return a.attempt_id == attempt_id and a.last_key and not a.ended and a.last_ts == armed_ts
+    Args:
+        rule: The abandonment rule (``within_ms`` is the idle time).
+        a: The journey's current attempt.
+        attempt_id: The attempt the timer was armed for.
+        due: The timer's due time.
+
+    Returns:
+        ``FIRE``, ``REARM`` (at ``a.last_ts + idle``) or ``DROP``.
+    """
+    if a.attempt_id != attempt_id or a.ended or not a.last_key:
+        return DROP
+    return FIRE if a.last_ts + rule.within_ms <= due else REARM
