@@ -32,7 +32,8 @@ class Figure:
 
     def row(self) -> str:
         """A Markdown table row."""
-        return (f"| {self.name} | {self.median:,.0f} | {min(self.values):,.0f}–{max(self.values):,.0f} "
+        f = ".2f" if self.unit == "×" else ",.0f"
+        return (f"| {self.name} | {self.median:{f}} | {min(self.values):{f}}–{max(self.values):{f}} "
                 f"| {len(self.values)} | {self.unit} |")
 
 

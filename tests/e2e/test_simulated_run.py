@@ -1,0 +1,93 @@
+"""End to end through the CLI: simulate → run (file input) → JSONL + embedded ClickHouse, against ground truth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connectors.jsonl import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _moments(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CX_LOG_LEVEL": "warning"}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    work = tmp_path_factory.mktemp("e2e")
+    sim = _moments("simulate", "--customers", "3000", "--minutes", "240", "--seed", "11",
+                   "-o", "events.jsonl", "--truth", "truth.jsonl", cwd=work)
+    assert sim.returncode == 0, sim.stderr
+    dsn = f"chdb://{work / 'ch'}"
+    run = _moments("run", "--source", "file:events.jsonl", "--sink", "jsonl:out", "--sink", dsn,
+                   "--no-metrics", "--status", "off", cwd=work)
+    assert run.returncode == 0, run.stderr
+    return {"work": work, "dsn": dsn, "stdout": run.stdout}
+
+
+def test_detected_moments_match_ground_truth_with_precision_and_recall_one(simulated_run: dict[str, object]) -> None:
+    work = simulated_run["work"]
+    assert isinstance(work, Path)
+    truth = read_jsonl(work / "truth.jsonl")
+    found = read_jsonl(work / "out" / "moments.jsonl")
+    assert truth, "the simulator planted no moments"
+    from state.moments import moment_id
+
+    expected = {moment_id(str(t["customer_id"]), str(t["rule"]), str(t["anchor_event_id"])) for t in truth}
+    got = {str(m["moment_id"]) for m in found}
+    true_pos = len(expected & got)
+    precision = true_pos / len(got) if got else 0.0
+    recall = true_pos / len(expected)
+    print(f"planted={len(expected)} detected={len(got)} precision={precision:.4f} recall={recall:.4f}")
+    assert (precision, recall) == (1.0, 1.0), sorted(expected ^ got)[:10]
+    kinds = {str(m["kind"]) for m in found}
+    assert kinds == {"abandoned", "failed", "stuck", "maze", "channel_hop", "interested", "handoff"}
+
+
+def test_due_times_match_ground_truth(simulated_run: dict[str, object]) -> None:
+    work = simulated_run["work"]
+    assert isinstance(work, Path)
+    from state.moments import moment_id
+
+    due = {moment_id(str(t["customer_id"]), str(t["rule"]), str(t["anchor_event_id"])): t["due_ts"]
+           for t in read_jsonl(work / "truth.jsonl")}
+    for m in read_jsonl(work / "out" / "moments.jsonl"):
+        assert m["due_ts"] == due[m["moment_id"]], m["rule"]
+
+
+def test_clickhouse_holds_the_same_moments_as_the_jsonl_output(simulated_run: dict[str, object]) -> None:
+    work, dsn = simulated_run["work"], simulated_run["dsn"]
+    assert isinstance(work, Path) and isinstance(dsn, str)
+    from connectors.clickhouse import open_client
+
+    jsonl = {(m["moment_id"], m["rule"], m["due_ts"]) for m in read_jsonl(work / "out" / "moments.jsonl")}
+    client = open_client(dsn)
+    try:
+        rows = client.query("SELECT moment_id, rule, due_ts FROM moments FINAL").result_rows
+        table = {(str(a), str(b), int(c)) for a, b, c in rows}
+        steps = client.query("SELECT count() FROM journey_steps").result_rows[0][0]
+        tags = client.query("SELECT count() FROM customer_tags FINAL").result_rows[0][0]
+    finally:
+        client.close()
+    assert table == jsonl
+    assert steps > 0
+    assert tags > 0
+
+
+def test_report_prints_moments_by_rule_and_funnel(simulated_run: dict[str, object]) -> None:
+    work, dsn = simulated_run["work"], simulated_run["dsn"]
+    assert isinstance(work, Path) and isinstance(dsn, str)
+    rep = _moments("report", "--clickhouse", dsn, cwd=work)
+    assert rep.returncode == 0, rep.stderr
+    assert "cart.abandoned" in rep.stdout
+    assert "Journey 5g_upgrade: funnel" in rep.stdout
+    assert "order_form" in rep.stdout
