@@ -181,7 +181,8 @@ def _script(rng: random.Random, cid: str, scenario: str, t0: int) -> tuple[list[
     t = t0
 
     def add(typ: str, step: str | None, *, channel: str | None = None, entry_: str | None = None,
-            attrs: dict[str, Any] | None = None, gap: tuple[int, int] = (20, 240), journey_: str | None = journey) -> int:
+            attrs: dict[str, Any] | None = None, gap: tuple[int, int] = (20, 240),
+            journey_: str | None = journey) -> int:
         nonlocal t
         if evs:
             t += _gap(rng, *gap)

@@ -1,0 +1,115 @@
+-- cx-moments ClickHouse schema (DESIGN.md §5). Applied by the sink on start-up; idempotent.
+-- Times are Int64 epoch milliseconds, as in the JSON records. Replacing tables collapse
+-- replays (moment ids are deterministic) and keep the latest version of a state.
+
+CREATE TABLE IF NOT EXISTS moments
+(
+    schema UInt8,
+    moment_id String,
+    customer_id String,
+    rule LowCardinality(String),
+    kind LowCardinality(String),
+    journey LowCardinality(String),
+    step LowCardinality(String),
+    urgency LowCardinality(String),
+    due_ts Int64,
+    detected_at Int64,
+    evidence Array(String),
+    attrs String,
+    action LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (rule, moment_id);
+
+CREATE TABLE IF NOT EXISTS customer_tags
+(
+    schema UInt8,
+    customer_id String,
+    tag LowCardinality(String),
+    rule LowCardinality(String),
+    journey LowCardinality(String),
+    state LowCardinality(String),
+    outcome LowCardinality(String),
+    moment_id String,
+    opened_ts Int64,
+    ts Int64,
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (customer_id, tag);
+
+CREATE TABLE IF NOT EXISTS journey_states
+(
+    schema UInt8,
+    customer_id String,
+    journey LowCardinality(String),
+    attempt_id String,
+    status LowCardinality(String),
+    stage LowCardinality(String),
+    last_step LowCardinality(String),
+    last_ts Int64,
+    steps_reached Array(LowCardinality(String)),
+    fired Array(LowCardinality(String)),
+    version UInt64
+)
+ENGINE = ReplacingMergeTree(version)
+ORDER BY (customer_id, journey);
+
+CREATE TABLE IF NOT EXISTS journey_steps
+(
+    customer_id String,
+    journey LowCardinality(String),
+    attempt_id String,
+    step LowCardinality(String),
+    step_index UInt8,
+    entry LowCardinality(String),
+    channel LowCardinality(String),
+    event_id String,
+    ts Int64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (journey, step, customer_id, event_id);
+
+CREATE TABLE IF NOT EXISTS actions
+(
+    schema UInt8,
+    moment_id String,
+    customer_id String,
+    rule LowCardinality(String),
+    journey LowCardinality(String),
+    urgency LowCardinality(String),
+    status LowCardinality(String),
+    reason LowCardinality(String),
+    channel LowCardinality(String),
+    control UInt8,
+    due_ts Int64,
+    ts Int64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (rule, moment_id);
+
+CREATE TABLE IF NOT EXISTS dead_letters
+(
+    schema UInt8,
+    reason LowCardinality(String),
+    detail String,
+    raw String,
+    raw_encoding LowCardinality(String),
+    source LowCardinality(String),
+    partition Int32,
+    offset Int64,
+    received_at Int64
+)
+ENGINE = MergeTree
+ORDER BY received_at;
+
+CREATE TABLE IF NOT EXISTS feedback
+(
+    schema UInt8,
+    moment_id String,
+    customer_id String,
+    outcome LowCardinality(String),
+    ts Int64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (moment_id, outcome, ts);
