@@ -56,9 +56,9 @@ def main() -> None:
     for _ in range(a.runs):
         ref.append(rate(n, lambda: reference_loop(raw)))
         gc.collect()
-        t_moments: list[int] = []
-        hot.append(rate(n, lambda: t_moments.append(run_hot_path(raw))))
-        moments = t_moments[0]
+        found: list[int] = []
+        hot.append(rate(n, lambda found=found: found.append(run_hot_path(raw))))
+        moments = found[0]
         gc.collect()
     ratios = [h / r for h, r in zip(hot, ref, strict=True)]
     figs = [Figure("reference loop (parse + small state update)", tuple(ref)),

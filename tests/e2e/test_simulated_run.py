@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from connectors.jsonl import read_jsonl
+from tests.chdb_query import query
 
 pytestmark = pytest.mark.slow
 
@@ -66,18 +67,13 @@ def test_due_times_match_ground_truth(simulated_run: dict[str, object]) -> None:
 
 def test_clickhouse_holds_the_same_moments_as_the_jsonl_output(simulated_run: dict[str, object]) -> None:
     work, dsn = simulated_run["work"], simulated_run["dsn"]
-    assert isinstance(work, Path) and isinstance(dsn, str)
-    from connectors.clickhouse import open_client
-
+    assert isinstance(work, Path)
+    assert isinstance(dsn, str)
     jsonl = {(m["moment_id"], m["rule"], m["due_ts"]) for m in read_jsonl(work / "out" / "moments.jsonl")}
-    client = open_client(dsn)
-    try:
-        rows = client.query("SELECT moment_id, rule, due_ts FROM moments FINAL").result_rows
-        table = {(str(a), str(b), int(c)) for a, b, c in rows}
-        steps = client.query("SELECT count() FROM journey_steps").result_rows[0][0]
-        tags = client.query("SELECT count() FROM customer_tags FINAL").result_rows[0][0]
-    finally:
-        client.close()
+    rows = query(dsn, "SELECT moment_id, rule, due_ts FROM moments FINAL")
+    table = {(str(a), str(b), int(c)) for a, b, c in rows}
+    steps = query(dsn, "SELECT count() FROM journey_steps")[0][0]
+    tags = query(dsn, "SELECT count() FROM customer_tags FINAL")[0][0]
     assert table == jsonl
     assert steps > 0
     assert tags > 0
@@ -85,7 +81,8 @@ def test_clickhouse_holds_the_same_moments_as_the_jsonl_output(simulated_run: di
 
 def test_report_prints_moments_by_rule_and_funnel(simulated_run: dict[str, object]) -> None:
     work, dsn = simulated_run["work"], simulated_run["dsn"]
-    assert isinstance(work, Path) and isinstance(dsn, str)
+    assert isinstance(work, Path)
+    assert isinstance(dsn, str)
     rep = _moments("report", "--clickhouse", dsn, cwd=work)
     assert rep.returncode == 0, rep.stderr
     assert "cart.abandoned" in rep.stdout
