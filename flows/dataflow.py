@@ -81,6 +81,8 @@ def build_dataflow(
     cfg: PipelineConfig,
     pack: RulePack,
     on_written: Callable[[str, Outputs, int], None],
+    *,
+    snapshots: bool | None = None,
 ) -> Dataflow:
     """Assemble the dataflow for a configuration.
 
@@ -88,6 +90,7 @@ def build_dataflow(
         cfg: Validated configuration.
         pack: Validated rule pack.
         on_written: Called per shard batch once every writer has flushed it.
+        snapshots: Pickle shard snapshots every epoch (default: only with recovery).
 
     Returns:
         The dataflow, ready for ``cli_main``.
@@ -104,6 +107,6 @@ def build_dataflow(
 
     flow = Dataflow("cx_moments")
     raw = op.input("input", flow, make_source(cfg))
-    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None)
-    op.output("sinks", outs, PipelineSink(partial(make_writers, cfg), on_written))
+    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots)
+    op.output("sinks", outs, PipelineSink(cfg.shards, partial(make_writers, cfg), on_written))
     return flow

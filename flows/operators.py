@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     touched key for a snapshot every epoch even without recovery.
     """
 
+    _instances = itertools.count()
+
     def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float) -> None:
+        # Bytewax does not tell the builder its key; a process-unique name keeps per-shard gauges apart.
+        shard.key = f"s{next(ShardLogic._instances)}"
+        shard.out.shard = shard.key
         self.shard = shard
         if resume is not None:
             shard.restore(resume)

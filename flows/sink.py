@@ -1,11 +1,21 @@
-"""The pipeline's output step: every shard batch goes to every configured writer, then metrics."""
+"""The pipeline's output step: every shard batch goes to every configured writer, then metrics.
+
+A ``FixedPartitionedSink`` with one partition per shard key, so that Bytewax
+calls ``snapshot()`` on it at the end of every epoch: that is where buffered
+rows are flushed (with retries, blocking while a sink is down). An epoch
+therefore closes, and with recovery its input positions and state are
+committed, only after its outputs are durable — at-least-once, never lossy.
+Between epochs writers flush by size and every ``flush_interval_s``.
+"""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from state.outputs import Outputs
 from state.shard import wall_ms
@@ -19,42 +29,100 @@ class Writer(Protocol):
     def close(self) -> None: ...  # noqa: D102
 
 
-class _Partition(StatelessSinkPartition[tuple[str, Outputs]]):
-    def __init__(self, writers: Sequence[Writer], on_written: Callable[[str, Outputs, int], None]) -> None:
-        self._writers = writers
-        self._on_written = on_written
+class _ProcessWriters:
+    """The writers of this process, shared by its workers' sink partitions."""
 
-    def write_batch(self, items: list[tuple[str, Outputs]]) -> None:
-        for w in self._writers:
-            for _key, out in items:
-                for kind, rows in out.records():
-                    w.add(kind, rows)
-            # Raising here (after retries inside the writer) keeps the epoch open, so recovery replays it.
+    def __init__(self, make: Callable[[int], Sequence[Writer]], flush_interval_s: float) -> None:
+        self._make = make
+        self._writers: Sequence[Writer] | None = None
+        self._lock = threading.Lock()
+        self._interval = flush_interval_s
+        self._last_flush = time.monotonic()
+        self._users = 0
+
+    def acquire(self) -> Sequence[Writer]:
+        with self._lock:
+            if self._writers is None:
+                self._writers = self._make(0)
+            self._users += 1
+            return self._writers
+
+    def write(self, items: list[tuple[str, Outputs]]) -> None:
+        writers = self._writers or ()
+        with self._lock:
+            for w in writers:
+                for _key, out in items:
+                    for kind, rows in out.records():
+                        w.add(kind, rows)
+            if time.monotonic() - self._last_flush >= self._interval:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        for w in self._writers or ():
+            # Raises after its own retries only on permanent errors: the epoch then stays open.
             w.flush()
+        self._last_flush = time.monotonic()
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users == 0 and self._writers is not None:
+                for w in self._writers:
+                    w.close()
+                self._writers = None
+
+
+class _Partition(StatefulSinkPartition[Outputs, None]):
+    def __init__(self, shared: _ProcessWriters, on_written: Callable[[str, Outputs, int], None]) -> None:
+        self._shared = shared
+        self._on_written = on_written
+        shared.acquire()
+
+    def write_batch(self, values: list[Outputs]) -> None:
+        items = [("", out) for out in values]
+        self._shared.write(items)
         now = wall_ms()
-        for key, out in items:
-            self._on_written(key, out, now)
+        for out in values:
+            self._on_written(out.shard, out, now)
+
+    def snapshot(self) -> None:
+        self._shared.flush()
+        return None
 
     def close(self) -> None:
-        for w in self._writers:
-            w.close()
+        self._shared.release()
 
 
-class PipelineSink(DynamicSink[tuple[str, Outputs]]):
-    """Write shard outputs to all writers; writers are built per worker.
+class PipelineSink(FixedPartitionedSink[Outputs, None]):
+    """Write shard outputs to all writers of the process; flush at every epoch's end.
 
     Args:
-        make_writers: Builds this worker's writers.
-        on_written: Called per shard batch after every writer has flushed (metrics, status).
+        shards: Number of shard keys (one sink partition each).
+        make_writers: Builds the process's writers (called once per process).
+        on_written: Called per shard batch after it was handed to every writer (metrics, status).
+        flush_interval_s: Flush buffered rows at least this often while input flows.
     """
 
     def __init__(
         self,
+        shards: int,
         make_writers: Callable[[int], Sequence[Writer]],
         on_written: Callable[[str, Outputs, int], None],
+        flush_interval_s: float = 1.0,
     ) -> None:
-        self._make = make_writers
+        self._parts = [str(i) for i in range(shards)]
+        self._shared = _ProcessWriters(make_writers, flush_interval_s)
         self._on_written = on_written
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Partition:
-        return _Partition(self._make(worker_index), self._on_written)
+    def list_parts(self) -> list[str]:
+        return self._parts
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _Partition:
+        return _Partition(self._shared, self._on_written)

@@ -42,6 +42,7 @@ class Outputs:
     """Records and counters of one batch; the flow turns them into sink writes and metrics."""
 
     __slots__ = (
+        "shard",
         "moments",
         "tags",
         "states",
@@ -57,7 +58,8 @@ class Outputs:
         "max_ts_ms",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, shard: str = "") -> None:
+        self.shard = shard
         self.moments: list[dict[str, Any]] = []
         self.tags: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []

@@ -74,7 +74,9 @@ class Shard:
         max_future_ms: int = 3_600_000,
         clock: Callable[[], int] = wall_ms,
         max_customers: int | None = None,
+        key: str = "",
     ) -> None:
+        self.key = key
         self.pack = pack
         self.lateness_ms = lateness_ms
         self.live = live
@@ -108,7 +110,7 @@ class Shard:
         self.wm = 0
         self.seq = 0
         # Per-batch scratch.
-        self.out = Outputs()
+        self.out = Outputs(key)
         self.current_customer = ""
         self._dirty: dict[tuple[str, int], CustomerState] = {}
 
@@ -330,7 +332,7 @@ class Shard:
         out.customers = len(self.customers)
         out.watermark_ms = self.wm
         out.max_ts_ms = self.max_ts
-        self.out = Outputs()
+        self.out = Outputs(self.key)
         return out
 
     # -- snapshots --------------------------------------------------------------------
