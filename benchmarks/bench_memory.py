@@ -47,7 +47,8 @@ groups = None
 gc.collect()
 after = rss()
 tracked = sum(len(s.customers) for s in shards)
-open_attempts = sum(1 for s in shards for c in s.customers.values() for a in c.attempts if a is not None and not a.ended)
+open_attempts = sum(1 for s in shards for c in s.customers.values()
+                    for a in c.attempts if a is not None and not a.ended)
 t0 = time.perf_counter()
 blobs = [s.snapshot() for s in shards]
 snap_s = time.perf_counter() - t0

@@ -1,0 +1,54 @@
+"""Build events and run them through a shard, for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from state.batches import RawBatch, Tick
+from state.outputs import Outputs
+from state.rules import RulePack, load_rule_pack
+from state.shard import Shard, process
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+MIN = 60_000
+PACK = load_rule_pack()
+
+
+def ev(eid: str, ts: int, type_: str = "view", *, customer: str = "c1", channel: str = "app",
+       journey: str | None = "cart", step: str | None = None, entry: str | None = None,
+       **attrs: Any) -> dict[str, Any]:
+    """One event dict; ``ts`` is an offset in ms from T0."""
+    d: dict[str, Any] = {"event_id": eid, "customer_id": customer, "ts": T0 + ts, "channel": channel, "type": type_}
+    if journey is not None:
+        d["journey"] = journey
+    if step is not None:
+        d["step"] = step
+    if entry is not None:
+        d["entry"] = entry
+    if attrs:
+        d["attrs"] = attrs
+    return d
+
+
+def raws(events: Iterable[dict[str, Any]]) -> list[bytes]:
+    """Serialise events."""
+    return [orjson.dumps(e) for e in events]
+
+
+def run(events: Iterable[dict[str, Any]] | Iterable[bytes], *, pack: RulePack = PACK, lateness_ms: int = 30_000,
+        end: bool = True, shard: Shard | None = None) -> Outputs:
+    """Feed events (dicts or bytes) to a shard in one batch; with ``end`` flush as at end of input."""
+    items = [e if isinstance(e, bytes) else orjson.dumps(e) for e in events]
+    sh = shard or Shard(pack, lateness_ms=lateness_ms)
+    batch: list[RawBatch | Tick] = [RawBatch("test", 0, items, list(range(len(items))))]
+    if end:
+        batch.append(Tick(0, final=True))
+    return process(sh, batch)
+
+
+def rules_fired(out: Outputs) -> list[str]:
+    """Rules of the moments, in emission order."""
+    return [m["rule"] for m in out.moments]
