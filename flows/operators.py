@@ -51,7 +51,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     def on_eof(self) -> tuple[list[Outputs], bool]:
         if not self.shard.live:
             self.shard.flush()
-        out = self.shard.take_outputs()
+        out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -62,6 +62,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     def snapshot(self) -> bytes | None:
         if not self._recovery:
             return None
+        # Pending journey-state rows travel inside the snapshot (see Shard.take_outputs).
         t0 = time.perf_counter()
         blob = self.shard.snapshot()
         self.snapshot_seconds = time.perf_counter() - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -62,6 +63,9 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         log.info("metrics on http://127.0.0.1:%s/metrics", port)
     log.info("starting: %s", summary(cfg, pack))
     metrics.set_latency_targets(pack)
+    # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the
+    # cyclic GC rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md).
+    gc.set_threshold(100_000, 50, 1000)
     flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
     recovery = None
     if cfg.recovery_dir is not None:

@@ -30,7 +30,7 @@ from state.journey import Attempt
 from state.outputs import Outputs, dead_letter_record
 from state.rules import KINDS, MomentRule, RulePack
 
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 def wall_ms() -> int:
@@ -113,6 +113,8 @@ class Shard:
         self.out = Outputs(key)
         self.current_customer = ""
         self._dirty: dict[tuple[str, int], CustomerState] = {}
+        self._states_at = 0
+        self.state_interval_ms = 1_000
 
     # -- helpers used by state.customer -------------------------------------------------
     def canon(self, s: str) -> str:
@@ -296,11 +298,10 @@ class Shard:
             c = CustomerState(len(self.journey_defs), ev.ts_ms)
             self.customers[cid] = c
             self.push_timer(ev.ts_ms + self.evict_after_ms, T_EVICT, cid, 0, "", ev.ts_ms)
+            c.dedup = hash(ev.event_id).to_bytes(8, "little", signed=True)
         elif seen_before(c, ev):
             self._dup(ev)
             return
-        if c.dedup == b"":
-            seen_before(c, ev)
         apply_event(self, c, ev)
 
     def _dup(self, ev: Event) -> None:
@@ -321,14 +322,27 @@ class Shard:
         self.out.evicted += 1
 
     # -- batch boundary ---------------------------------------------------------------
-    def take_outputs(self) -> Outputs:
-        """Return this batch's outputs (with coalesced journey state rows) and start a new batch."""
+    def take_outputs(self, states: bool | None = None) -> Outputs:
+        """Return this batch's outputs and start a new batch.
+
+        Journey state rows are coalesced: changed attempts are written at most
+        every ``state_interval_s`` of wall time (and whenever ``states`` is True,
+        e.g. at the end of input), since only the latest version matters.
+
+        Args:
+            states: Force (True) or hold back (False) the coalesced journey state rows.
+        """
         out = self.out
-        for (cid, jidx), c in self._dirty.items():
-            a = c.attempts[jidx]
-            if a is not None:
-                out.states.append(self._state_record(cid, jidx, a, a.last_ts))
-        self._dirty = {}
+        now = self.now_ms()
+        if states is None:
+            states = now - self._states_at >= self.state_interval_ms
+        if states and self._dirty:
+            for (cid, jidx), c in self._dirty.items():
+                a = c.attempts[jidx]
+                if a is not None:
+                    out.states.append(self._state_record(cid, jidx, a, a.last_ts))
+            self._dirty = {}
+            self._states_at = now
         out.customers = len(self.customers)
         out.watermark_ms = self.wm
         out.max_ts_ms = self.max_ts
@@ -339,7 +353,7 @@ class Shard:
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
         state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
-                 self.timers, self.max_ts, self.wm, self.seq)
+                 self.timers, self.max_ts, self.wm, self.seq, list(self._dirty))
         return pickle.dumps(state, protocol=5)
 
     def restore(self, blob: bytes) -> None:
@@ -348,7 +362,7 @@ class Shard:
         Raises:
             ValueError: when it was taken with a different rule pack or format.
         """
-        fmt, fp, customers, queue, buffer, timers, max_ts, wm, seq = pickle.loads(blob)  # noqa: S301 - own snapshots
+        fmt, fp, customers, queue, buffer, timers, max_ts, wm, seq, dirty = pickle.loads(blob)  # noqa: S301
         if fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
         if fp != self.pack.fingerprint():
@@ -358,6 +372,7 @@ class Shard:
             )
         self.customers, self.buffer, self.timers = customers, buffer, timers
         self.queue = deque(queue)
+        self._dirty = {k: customers[k[0]] for k in dirty if k[0] in customers}
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
 
 
@@ -374,9 +389,11 @@ def _stage(a: Attempt, jd: JourneyView) -> str:
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:
     """Feed a batch of shard items and return the outputs (the flow's single call per batch)."""
+    final = False
     for item in items:
         if type(item) is RawBatch:
             shard.feed(item)
         else:
             shard.tick(item)  # type: ignore[arg-type]
-    return shard.take_outputs()
+            final = final or item.final  # type: ignore[union-attr]
+    return shard.take_outputs(states=True if final else None)
