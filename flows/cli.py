@@ -9,7 +9,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from flows.config import DEFAULT_CLICKHOUSE_DSN, DEFAULT_METRICS_PORT, ConfigError, PipelineConfig, duration_ms
+from flows.config import (
+    DEFAULT_CLICKHOUSE_DSN,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_TOPICS,
+    ConfigError,
+    PipelineConfig,
+    duration_ms,
+)
 from flows.logs import setup_logging
 from state.rules import RulePackError, load_rule_pack
 
@@ -69,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, default=None, help="simulator: events per second (default: unpaced)")
     run.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"), help="Kafka bootstrap servers")
     run.add_argument("--no-create-topics", action="store_true", help="fail if Kafka topics are missing")
+    run.add_argument("--kafka-partitions", type=int, default=_int_env("KAFKA_PARTITIONS", 4),
+                     help="partitions for topics created at start-up")
+    run.add_argument("--kafka-stop-at-end", action="store_true",
+                     help="stop when every input partition reaches its end (backfills, tests)")
+    run.add_argument("--tick", type=float, default=1.0, help="live mode: seconds between wall-clock watermark ticks")
     run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))
     _add_sim_args(run)
 
@@ -80,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     prod = sub.add_parser("produce", help="send a JSONL file or the simulator's events to the input topic")
     prod.add_argument("--input", default="simulator", help="PATH.jsonl or simulator")
     prod.add_argument("--topic", default=_env("TOPIC_EVENTS", "cx.events"))
+    prod.add_argument("--truth", type=Path, default=None, help="simulator: also write its ground truth here")
     prod.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as possible)")
     prod.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"))
     _add_sim_args(prod)
@@ -92,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
     return parser
+
+
+def topics_from_env() -> dict[str, str]:
+    """Topic names: the defaults, each overridable by ``CX_TOPIC_<KIND>`` (e.g. ``CX_TOPIC_MOMENT``)."""
+    return {k: _env(f"TOPIC_{k.upper()}", v) or v for k, v in DEFAULT_TOPICS.items()}
 
 
 def config_from_args(a: argparse.Namespace) -> PipelineConfig:
@@ -129,6 +147,10 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         sim_rate=a.rate,
         kafka_bootstrap=a.kafka_bootstrap,
         kafka_create_topics=not a.no_create_topics,
+        kafka_partitions=a.kafka_partitions,
+        kafka_stop_at_end=a.kafka_stop_at_end,
+        kafka_topics=topics_from_env(),
+        tick_s=a.tick,
         status=a.status,
     )
     return cfg.validate()

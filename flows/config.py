@@ -58,6 +58,8 @@ class PipelineConfig:
     kafka_topics: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     kafka_create_topics: bool = True
     kafka_partitions: int = 4
+    kafka_stop_at_end: bool = False
+    tick_s: float = 1.0
     status: str = "auto"  # auto | tty | log | off
     batch_lines: int = 4096
     ch_batch_rows: int = 20_000

@@ -43,13 +43,16 @@ def make_source(cfg: PipelineConfig) -> Source:  # type: ignore[type-arg]
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines)
     if cfg.source == "kafka":
         from connectors.kafka import KafkaRawSource, kafka_config
+        from flows import metrics
 
         return KafkaRawSource(
             kafka_config(overrides=cfg.kafka_overrides()),
-            cfg.kafka_topics["events"],
+            [cfg.kafka_topics["events"], cfg.kafka_topics["feedback"]],
             cfg.shards,
             create_topics=cfg.kafka_create_topics,
             partitions=cfg.kafka_partitions,
+            stop_at_end=cfg.kafka_stop_at_end,
+            on_lag=metrics.consumer_lag_hook(),
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
@@ -71,9 +74,16 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
         metrics.register_readiness("clickhouse", ch.writable)
         writers.append(ch)
     if cfg.wants_kafka:
-        from connectors.kafka import KafkaJsonWriter, kafka_config
+        from connectors.kafka import OUTPUT_KINDS, KafkaJsonWriter, ensure_topics, kafka_config
+        from flows import metrics
 
-        writers.append(KafkaJsonWriter(kafka_config(overrides=cfg.kafka_overrides()), cfg.kafka_topics))
+        conf = kafka_config(overrides=cfg.kafka_overrides())
+        ensure_topics(conf, [cfg.kafka_topics[k] for k in OUTPUT_KINDS], create=cfg.kafka_create_topics,
+                      partitions=cfg.kafka_partitions)
+        kw = KafkaJsonWriter(conf, cfg.kafka_topics, on_retry=metrics.sink_retry_hook("kafka"),
+                             on_write=metrics.sink_write_hook("kafka"))
+        metrics.register_readiness("kafka", kw.writable)
+        writers.append(kw)
     return writers
 
 
@@ -103,10 +113,12 @@ def build_dataflow(
             live=cfg.live,
             max_future_ms=cfg.max_future_ms,
             max_customers=None if cfg.max_customers is None else max(1, cfg.max_customers // cfg.shards),
+            feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
         )
 
     flow = Dataflow("cx_moments")
     raw = op.input("input", flow, make_source(cfg))
-    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots)
+    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
+                  cfg.tick_s)
     op.output("sinks", outs, PipelineSink(cfg.shards, partial(make_writers, cfg), on_written))
     return flow

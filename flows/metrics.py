@@ -146,6 +146,16 @@ def sink_retry_hook(sink: str) -> Callable[[str, int, BaseException, float], Non
     return on_retry
 
 
+def consumer_lag_hook() -> Callable[[str, int, int], None]:
+    """Return an ``on_lag(topic, partition, lag)`` callback for the Kafka source."""
+
+    def on_lag(topic: str, partition: int, lag: int) -> None:
+        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        INPUT_UP.set(1)
+
+    return on_lag
+
+
 def register_readiness(name: str, check: Callable[[], bool]) -> None:
     """Add a check that /readyz runs; all must pass for 200."""
     _readiness[name] = check

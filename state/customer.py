@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from state.detectors import KIND_BITS, abandoned, channel_hop, handoff, interested, maze, stuck
 from state.events import Event
+from state.feedback import TRANSITIONS, Feedback
 from state.journey import COMPLETED, EXPIRED, Attempt
 from state.moments import SCHEMA_VERSION, moment_id
 from state.rules import MomentRule
@@ -315,6 +316,22 @@ def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: 
             return False
         return True
     return False
+
+
+def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:
+    """Move the tag of the moment a feedback record names (contacted → actioned, converted → resolved…)."""
+    if not c.tags:
+        return
+    for ridx, (mid, opened, _exp, _j) in list(c.tags.items()):
+        if mid != fb.moment_id:
+            continue
+        state, closes = TRANSITIONS[fb.outcome]
+        if closes:
+            del c.tags[ridx]
+            if not c.tags:
+                c.tags = None
+        sh.tag_row(fb.customer_id, sh.pack.rules[ridx], mid, state, fb.outcome, opened, fb.ts_ms)
+        return
 
 
 def tag_rank(state: str) -> int:

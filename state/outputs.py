@@ -49,6 +49,7 @@ class Outputs:
         "steps",
         "dead",
         "context",
+        "feedback",
         "events",
         "invalid",
         "late",
@@ -66,6 +67,7 @@ class Outputs:
         self.steps: list[dict[str, Any]] = []
         self.dead: list[dict[str, Any]] = []
         self.context: list[dict[str, Any]] = []
+        self.feedback: list[dict[str, Any]] = []
         self.events: dict[tuple[str, str], int] = {}  # (channel, type) -> count
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
@@ -83,9 +85,10 @@ class Outputs:
             ("journey_step", self.steps),
             ("dead_letter", self.dead),
             ("context", self.context),
+            ("feedback", self.feedback),
         )
         return [(k, rows) for k, rows in pairs if rows]
 
     def __bool__(self) -> bool:
         return bool(self.moments or self.tags or self.states or self.steps or self.dead or self.context
-                    or self.events or self.invalid or self.late or self.evicted)
+                    or self.feedback or self.events or self.invalid or self.late or self.evicted)

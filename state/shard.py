@@ -21,11 +21,13 @@ from state.customer import (
     T_EVICT,
     CustomerState,
     apply_event,
+    apply_feedback,
     on_timer,
     seen_before,
     tag_rank,
 )
 from state.events import Event, Invalid, InvalidReason, parse_event
+from state.feedback import Feedback, parse_feedback
 from state.journey import Attempt
 from state.outputs import Outputs, dead_letter_record
 from state.rules import KINDS, MomentRule, RulePack
@@ -75,8 +77,10 @@ class Shard:
         clock: Callable[[], int] = wall_ms,
         max_customers: int | None = None,
         key: str = "",
+        feedback_sources: frozenset[str] = frozenset(),
     ) -> None:
         self.key = key
+        self.feedback_sources = feedback_sources
         self.pack = pack
         self.lateness_ms = lateness_ms
         self.live = live
@@ -194,6 +198,9 @@ class Shard:
     # -- input ------------------------------------------------------------------------
     def feed(self, batch: RawBatch) -> None:
         """Parse a batch of raw messages into the buffer (invalid ones to the dead letters)."""
+        if batch.source in self.feedback_sources:
+            self.feed_feedback(batch)
+            return
         types = self.pack.types
         now = self.now_ms() if self.live else None
         out = self.out
@@ -230,6 +237,20 @@ class Shard:
             heapq.heappush(buf, (ts, ev.event_id, self.seq, ev))
         self.max_ts = max_ts
         self.advance(max_ts - self.lateness_ms)
+
+    def feed_feedback(self, batch: RawBatch) -> None:
+        """Apply feedback records to the tags they name (at once: feedback is not event-time ordered)."""
+        for i, raw in enumerate(batch.values):
+            fb = parse_feedback(raw)
+            if type(fb) is not Feedback:
+                assert isinstance(fb, Invalid)
+                self._dead(fb, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
+                continue
+            self.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
+                                      "outcome": fb.outcome, "ts": fb.ts_ms})
+            c = self.customers.get(fb.customer_id)
+            if c is not None:
+                apply_feedback(self, c, fb)
 
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
         out = self.out

@@ -1,0 +1,56 @@
+"""Run ``moments run`` as a child process for integration tests, with its log kept for failures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class Worker:
+    """A ``moments run`` child process."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "run", *args],
+            stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "CX_LOG_LEVEL": "info", **(env or {})},
+        )
+
+    def log(self) -> str:
+        """The child's output so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        """Whether the child still runs."""
+        return self.proc.poll() is None
+
+    def wait_log(self, text: str, timeout_s: float = 30) -> None:
+        """Wait until the log contains ``text``."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if text in self.log():
+                return
+            if not self.alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"worker log never showed {text!r}:\n{self.log()[-3000:]}")
+
+    def wait(self, timeout_s: float = 120) -> int:
+        """Wait for the child to exit; return its code."""
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """Terminate the child (SIGTERM, then SIGKILL)."""
+        if self.alive():
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
