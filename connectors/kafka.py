@@ -29,6 +29,43 @@ from state.routing import shard_of_raw
 log = logging.getLogger("cx.kafka")
 
 _SECRET_WORDS = ("password", "secret", "key", "token", "jaas")
+
+
+class _RateLimit(logging.Filter):
+    """Let one record per message kind through every ``interval_s`` (a broker outage repeats itself)."""
+
+    def __init__(self, interval_s: float) -> None:
+        super().__init__()
+        self._interval = interval_s
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage()[:60]
+        now = time.monotonic()
+        if now - self._last.get(key, 0.0) < self._interval:
+            return False
+        self._last[key] = now
+        return True
+
+
+# librdkafka's own log lines go through Python logging (so JSON logs stay JSON), rate-limited.
+client_log = logging.getLogger("cx.kafka.client")
+client_log.addFilter(_RateLimit(10.0))
+_error_hooks: list[Callable[[str, KafkaError], None]] = []
+
+
+def on_kafka_error(hook: Callable[[str, KafkaError], None]) -> None:
+    """Register a callback for client-level errors (broker down, transport failures), e.g. metrics."""
+    _error_hooks.append(hook)
+
+
+def _error_cb(client: str) -> Callable[[KafkaError], None]:
+    def cb(err: KafkaError) -> None:
+        client_log.warning("Kafka %s: %s (librdkafka retries)", client, err.str())
+        for hook in _error_hooks:
+            hook(client, err)
+
+    return cb
 Item = tuple[str, RawBatch]
 
 
@@ -62,6 +99,8 @@ def _consumer_conf(conf: dict[str, str]) -> dict[str, Any]:
         # librdkafka's default 1000 ms stalls a consumer that reads slower than it fetches.
         "fetch.queue.backoff.ms": 10,
         "reconnect.backoff.max.ms": 2000,
+        "logger": client_log,
+        "error_cb": _error_cb("consumer"),
     }
     c.update(conf)
     return c
@@ -70,10 +109,15 @@ def _consumer_conf(conf: dict[str, str]) -> dict[str, Any]:
 def _producer_conf(conf: dict[str, str]) -> dict[str, Any]:
     p: dict[str, Any] = {
         "acks": "all",
-        "enable.idempotence": True,
+        # Off by default: an idempotent producer stalls for good when a broker loses its producer state (seen
+        # with a restarted memory-backed broker); records are at-least-once and carry deterministic ids and
+        # versions, so duplicates are harmless. CX_KAFKA_ENABLE_IDEMPOTENCE=true turns it on.
+        "enable.idempotence": False,
         "linger.ms": 5,
         "compression.type": "lz4",
         "reconnect.backoff.max.ms": 2000,
+        "logger": client_log,
+        "error_cb": _error_cb("producer"),
     }
     p.update({k: v for k, v in conf.items() if not k.startswith(("fetch.", "group.", "auto.offset", "enable.auto"))})
     return p
@@ -81,7 +125,9 @@ def _producer_conf(conf: dict[str, str]) -> dict[str, Any]:
 
 def _admin_conf(conf: dict[str, str]) -> dict[str, Any]:
     keep = ("bootstrap.servers", "security.", "sasl.", "ssl.", "client.id", "socket.")
-    return {k: v for k, v in conf.items() if k.startswith(keep)}
+    admin: dict[str, Any] = {k: v for k, v in conf.items() if k.startswith(keep)}
+    admin["logger"] = client_log
+    return admin
 
 
 def wait_for_broker(

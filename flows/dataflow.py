@@ -42,9 +42,10 @@ def make_source(cfg: PipelineConfig) -> Source:  # type: ignore[type-arg]
     if cfg.source == "simulator":
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines)
     if cfg.source == "kafka":
-        from connectors.kafka import KafkaRawSource, kafka_config
+        from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
         from flows import metrics
 
+        on_kafka_error(metrics.kafka_error_hook())
         return KafkaRawSource(
             kafka_config(overrides=cfg.kafka_overrides()),
             [cfg.kafka_topics["events"], cfg.kafka_topics["feedback"]],

@@ -67,6 +67,8 @@ SINK_UP = Gauge("cx_sink_up", "1 when the sink's last write succeeded", ["sink"]
 CONSUMER_LAG = Gauge("cx_kafka_consumer_lag", "Kafka consumer lag (messages)", ["topic", "partition"],
                      registry=REGISTRY)
 INPUT_UP = Gauge("cx_input_up", "1 when the input is connected", registry=REGISTRY)
+KAFKA_ERRORS = Counter("cx_kafka_errors_total", "Kafka client errors (broker down, transport)", ["client"],
+                       registry=REGISTRY)
 SNAPSHOT_SECONDS = Histogram("cx_snapshot_seconds", "Time to snapshot one shard", registry=REGISTRY)
 SNAPSHOT_BYTES = Gauge("cx_snapshot_bytes", "Bytes of the last shard snapshot", registry=REGISTRY)
 
@@ -156,6 +158,17 @@ def consumer_lag_hook() -> Callable[[str, int, int], None]:
     return on_lag
 
 
+def kafka_error_hook() -> Callable[[str, Any], None]:
+    """Return a callback counting Kafka client errors; a consumer error marks the input down."""
+
+    def on_error(client: str, _err: Any) -> None:
+        KAFKA_ERRORS.labels(client).inc()
+        if client == "consumer":
+            INPUT_UP.set(0)
+
+    return on_error
+
+
 def register_readiness(name: str, check: Callable[[], bool]) -> None:
     """Add a check that /readyz runs; all must pass for 200."""
     _readiness[name] = check
@@ -225,6 +238,6 @@ def metric_names() -> set[str]:
         base = h._name  # noqa: SLF001 - labelled histograms expose no samples until used
         names.update({base, f"{base}_bucket", f"{base}_sum", f"{base}_count"})
     for c in (EVENTS, INVALID, LATE, MOMENTS, ACTIONS, TAG_TRANSITIONS, EVICTED, WITHIN_TARGET, SINK_RETRIES,
-              SINK_ERRORS):
+              SINK_ERRORS, KAFKA_ERRORS):
         names.update({c._name, f"{c._name}_total"})  # noqa: SLF001
     return names
