@@ -1,186 +1,556 @@
 """Prometheus metrics (own registry) and the /metrics, /healthz, /readyz endpoint.
 
-Metric names are a contract with infra/grafana and infra/prometheus (checked by
-tests). Labels come from bounded sets only: channels, event types, reason codes,
-rule names and urgencies of the rule pack, sink names. Never customer ids.
-The pipeline updates metrics once per shard batch, not per event.
+Metric names are a contract with ``infra/grafana`` and ``infra/prometheus`` (checked by
+``tests/unit/test_infra_files.py``). Every label value comes from a bounded set: channels,
+event types, reason codes, the rule pack's rule names, urgencies, moment kinds, sink names,
+topics. A value outside its set is exported as ``"other"``, so nothing a customer sends (and
+never a customer id) can become a label value.
+
+The pipeline calls the ``record_*``/``set_*`` functions once per shard batch with counts it
+already aggregated, never per event: a prometheus-client call takes a lock and costs about a
+microsecond, which the hot path cannot afford per event.
+
+The endpoint listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
-    generate_latest,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
 )
-from prometheus_client import platform_collector as _platform
-from prometheus_client import process_collector as _process
+from prometheus_client.exposition import choose_encoder
 
-from state.events import BASE_TYPES, CHANNELS
-from state.outputs import Outputs
-from state.rules import RulePack
+from state.events import BASE_TYPES, CHANNELS, InvalidReason
+from state.rules import KINDS, URGENCIES
+
+if TYPE_CHECKING:
+    from state.outputs import Outputs
+    from state.rules import RulePack
 
 log = logging.getLogger("cx.metrics")
 
-REGISTRY = CollectorRegistry()
-_process.ProcessCollector(registry=REGISTRY)
-_platform.PlatformCollector(registry=REGISTRY)
+DEFAULT_PORT = 9464
+PORT_ENV = "CX_METRICS_PORT"
+OTHER = "other"
 
+# `*_created` series double the series count and no dashboard uses them.
+disable_created_metrics()
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_RUNTIME = (
+    ProcessCollector(registry=REGISTRY),  # process_cpu_seconds_total, process_resident_memory_bytes, …
+    PlatformCollector(registry=REGISTRY),  # python_info
+    GCCollector(registry=REGISTRY),  # python_gc_* (the pipeline tunes the GC thresholds)
+)
+
+# Detection latency: resolve 0.1 s (a moment due in the past, published at once) up to the 60 s
+# design target and twice that, so p99 > 60 s is still measurable.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120)
 LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+SINK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SINK_ROWS_BUCKETS = (1, 10, 100, 1000, 5000, 20000, 100000)
+SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
-EVENTS = Counter("cx_events_total", "Valid events by channel and type", ["channel", "type"], registry=REGISTRY)
-INVALID = Counter("cx_invalid_events_total", "Invalid events (dead-lettered) by reason", ["reason"], registry=REGISTRY)
-LATE = Counter("cx_late_events_total", "Events later than the allowed lateness", registry=REGISTRY)
-MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["rule", "urgency"], registry=REGISTRY)
-ACTIONS = Counter("cx_actions_total", "Actions by rule, status and reason", ["rule", "status", "reason"],
-                  registry=REGISTRY)
-TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by state", ["state"], registry=REGISTRY)
-TAGS_OPEN = Gauge("cx_tags_open", "Tags currently open (this process)", registry=REGISTRY)
-CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process", registry=REGISTRY)
-EVICTED = Counter("cx_customers_evicted_total", "Customers whose idle state was dropped", registry=REGISTRY)
+_R = REGISTRY
+EVENTS = Counter("cx_events_total", "Valid events by channel and type", ["channel", "type"], registry=_R)
+INVALID = Counter("cx_invalid_events_total", "Invalid events (dead-lettered) by reason", ["reason"], registry=_R)
+LATE = Counter("cx_late_events_total", "Events later than the allowed lateness (state updated, no retraction)",
+               registry=_R)
+MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["rule", "urgency"], registry=_R)
+ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or suppressed (with the reason)",
+                  ["rule", "status", "reason"], registry=_R)
+TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new state", ["state"], registry=_R)
+TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
+CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)
+EVICTED = Counter("cx_customers_evicted_total", "Customers whose idle state was dropped", registry=_R)
 LATENCY = Histogram("cx_detection_latency_seconds", "Publish wall time minus moment due time", ["kind"],
-                    buckets=LATENCY_BUCKETS, registry=REGISTRY)
-WITHIN_TARGET = Counter("cx_detection_within_target_total", "Moments published within their urgency's target",
-                        ["urgency"], registry=REGISTRY)
+                    buckets=LATENCY_BUCKETS, registry=_R)
+WITHIN_TARGET = Counter("cx_detection_within_target_total",
+                        "Moments published within their urgency's latency target (divide by cx_moments_total)",
+                        ["urgency"], registry=_R)
 TARGET = Gauge("cx_detection_target_seconds", "Detection latency target per urgency (rule pack)", ["urgency"],
-               registry=REGISTRY)
-EVENT_LAG = Histogram("cx_event_lag_seconds", "Ingest wall time minus event time", buckets=LAG_BUCKETS,
-                      registry=REGISTRY)
-WATERMARK_LAG = Gauge("cx_watermark_lag_seconds", "Wall time minus the newest shard watermark", registry=REGISTRY)
-SINK_SECONDS = Histogram("cx_sink_batch_seconds", "Sink batch write time", ["sink"], registry=REGISTRY)
-SINK_ROWS = Histogram("cx_sink_batch_rows", "Rows per sink batch", ["sink"],
-                      buckets=(1, 10, 100, 1000, 5000, 20000, 100000), registry=REGISTRY)
-SINK_RETRIES = Counter("cx_sink_retries_total", "Sink write retries", ["sink"], registry=REGISTRY)
-SINK_ERRORS = Counter("cx_sink_errors_total", "Failed sink writes (each is retried)", ["sink"], registry=REGISTRY)
-SINK_UP = Gauge("cx_sink_up", "1 when the sink's last write succeeded", ["sink"], registry=REGISTRY)
-CONSUMER_LAG = Gauge("cx_kafka_consumer_lag", "Kafka consumer lag (messages)", ["topic", "partition"],
-                     registry=REGISTRY)
-INPUT_UP = Gauge("cx_input_up", "1 when the input is connected", registry=REGISTRY)
+               registry=_R)
+EVENT_LAG = Histogram("cx_event_lag_seconds", "Ingest wall time minus event time (newest event of each batch)",
+                      buckets=LAG_BUCKETS, registry=_R)
+WATERMARK_LAG = Gauge("cx_watermark_lag_seconds", "Wall time at scrape minus the newest shard watermark",
+                      registry=_R)
+SINK_SECONDS = Histogram("cx_sink_batch_seconds", "Sink batch write time", ["sink"], buckets=SINK_SECONDS_BUCKETS,
+                         registry=_R)
+SINK_ROWS = Histogram("cx_sink_batch_rows", "Rows per sink batch", ["sink"], buckets=SINK_ROWS_BUCKETS, registry=_R)
+SINK_RETRIES = Counter("cx_sink_retries_total", "Sink write retries", ["sink"], registry=_R)
+SINK_ERRORS = Counter("cx_sink_errors_total", "Failed sink write attempts (transient ones are retried)", ["sink"],
+                      registry=_R)
+SINK_UP = Gauge("cx_sink_up", "1 when the sink's last write succeeded", ["sink"], registry=_R)
+CONSUMER_LAG = Gauge("cx_kafka_consumer_lag", "Kafka consumer lag (messages)", ["topic", "partition"], registry=_R)
 KAFKA_ERRORS = Counter("cx_kafka_errors_total", "Kafka client errors (broker down, transport)", ["client"],
-                       registry=REGISTRY)
-SNAPSHOT_SECONDS = Histogram("cx_snapshot_seconds", "Time to snapshot one shard", registry=REGISTRY)
-SNAPSHOT_BYTES = Gauge("cx_snapshot_bytes", "Bytes of the last shard snapshot", registry=REGISTRY)
+                       registry=_R)
+INPUT_UP = Gauge("cx_input_up", "1 when the input is connected", registry=_R)
+SNAPSHOT_SECONDS = Histogram("cx_snapshot_seconds", "Time to snapshot one shard", buckets=SNAPSHOT_BUCKETS,
+                             registry=_R)
+SNAPSHOT_BYTES = Gauge("cx_snapshot_bytes", "Bytes of the last shard snapshot", registry=_R)
 
-_CHANNELS = frozenset(CHANNELS)
-_TYPES = set(BASE_TYPES)
+_METRICS = (
+    EVENTS, INVALID, LATE, MOMENTS, ACTIONS, TAG_TRANSITIONS, TAGS_OPEN, CUSTOMERS, EVICTED, LATENCY, WITHIN_TARGET,
+    TARGET, EVENT_LAG, WATERMARK_LAG, SINK_SECONDS, SINK_ROWS, SINK_RETRIES, SINK_ERRORS, SINK_UP, CONSUMER_LAG,
+    KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES,
+)
+
+# Bounded label sets. Rule names and extra event types join when a rule pack is configured.
+ACTION_STATUSES = frozenset({"sent", "suppressed"})
+ACTION_REASONS = frozenset({
+    "none", "frequency_cap", "min_gap", "quiet_hours", "converted", "control_group", "opted_out", "cooldown",
+    "no_channel", "expired", "duplicate",
+})
+TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
+SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
+KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
+_TOPICS_DEFAULT = frozenset({"cx.events", "cx.feedback", "cx.moments", "cx.actions", "cx.tags", "cx.context",
+                             "cx.deadletter"})
+_MAX_PARTITION = 4096
+
+_lock = threading.Lock()
+_channels = frozenset(CHANNELS)
+_types: set[str] = set(BASE_TYPES)
+_reasons = frozenset(r.value for r in InvalidReason)
+_kinds = frozenset(KINDS)
+_urgencies = frozenset(URGENCIES)
+_rules: set[str] = set()
+_action_reasons: set[str] = set(ACTION_REASONS)
+_topics: set[str] = set(_TOPICS_DEFAULT)
 _targets_s: dict[str, float] = {}
 _customers: dict[str, int] = {}
+_watermarks: dict[str, int] = {}
 _open_tags = 0
-_lock = threading.Lock()
 _readiness: dict[str, Callable[[], bool]] = {}
 
 
-def set_latency_targets(pack: RulePack) -> None:
-    """Export the pack's per-urgency latency targets and accept its event types as labels."""
-    _TYPES.update(pack.types)
-    for urgency, ms in pack.latency_targets_ms.items():
-        _targets_s[urgency] = ms / 1000
-        TARGET.labels(urgency).set(ms / 1000)
+def _label(value: object, allowed: frozenset[str] | set[str]) -> str:
+    return value if isinstance(value, str) and value in allowed else OTHER
 
 
-def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None = None) -> None:
-    """Account one shard batch after its records were written (publish time = ``now_ms``)."""
-    global _open_tags
-    for (channel, etype), n in out.events.items():
-        if n:
-            EVENTS.labels(channel if channel in _CHANNELS else "other", etype if etype in _TYPES else "other").inc(n)
-    for reason, n in out.invalid.items():
-        INVALID.labels(reason).inc(n)
-    if out.late:
-        LATE.inc(out.late)
-    if out.evicted:
-        EVICTED.inc(out.evicted)
-    for m in out.moments:
-        MOMENTS.labels(m["rule"], m["urgency"]).inc()
-        latency = max(0.0, (now_ms - m["due_ts"]) / 1000)
-        LATENCY.labels(m["kind"]).observe(latency)
-        target = _targets_s.get(m["urgency"])
-        if target is not None and latency <= target:
-            WITHIN_TARGET.labels(m["urgency"]).inc()
-    delta = 0
-    for t in out.tags:
-        TAG_TRANSITIONS.labels(t["state"]).inc()
-        delta += 1 if t["state"] == "open" else -1
+def _watermark_lag_s() -> float:
+    # Computed at scrape time, so a pipeline whose watermark stopped shows a growing lag.
     with _lock:
-        _customers[key] = out.customers
+        newest = max(_watermarks.values(), default=0)
+    return max(0.0, time.time() - newest / 1000) if newest > 0 else 0.0
+
+
+WATERMARK_LAG.set_function(_watermark_lag_s)
+
+
+# ---------------------------------------------------------------------------------------------- configuration
+
+
+def configure(
+    pack: RulePack | None = None,
+    *,
+    topics: Iterable[str] = (),
+    action_reasons: Iterable[str] = (),
+) -> None:
+    """Admit a deployment's bounded label values and export its latency targets.
+
+    Args:
+        pack: The rule pack: its rule names and event types become label values, its per-urgency
+            latency targets are exported as ``cx_detection_target_seconds``.
+        topics: Kafka topic names of this deployment (for ``cx_kafka_consumer_lag``).
+        action_reasons: Suppression reasons of the contact policy beyond ``ACTION_REASONS``.
+    """
+    with _lock:
+        _topics.update(topics)
+        _action_reasons.update(action_reasons)
+        if pack is not None:
+            _types.update(pack.types)
+            _rules.update(r.name for r in pack.rules)
+    if pack is not None:
+        for urgency, ms in pack.latency_targets_ms.items():
+            set_detection_target(urgency, ms / 1000)
+
+
+def set_latency_targets(pack: RulePack) -> None:
+    """Configure the metrics for a rule pack (see ``configure``).
+
+    Args:
+        pack: The rule pack that runs.
+    """
+    configure(pack)
+
+
+def set_detection_target(urgency: str, target_s: float) -> None:
+    """Export the detection latency target of one urgency.
+
+    Args:
+        urgency: ``P1``…``P4``.
+        target_s: Target in seconds.
+    """
+    u = _label(urgency, _urgencies)
+    _targets_s[u] = target_s
+    TARGET.labels(u).set(target_s)
+
+
+# ---------------------------------------------------------------------------------------------- per batch
+
+
+def record_events(counts: Mapping[tuple[str, str], int]) -> None:
+    """Count one batch's valid events.
+
+    Args:
+        counts: ``(channel, type) -> count``; unknown channels and types are counted as ``other``.
+    """
+    for (channel, etype), n in counts.items():
+        if n:
+            EVENTS.labels(_label(channel, _channels), _label(etype, _types)).inc(n)
+
+
+def record_invalid(counts: Mapping[str, int]) -> None:
+    """Count one batch's dead-lettered inputs.
+
+    Args:
+        counts: ``reason code -> count`` (``InvalidReason`` values; others count as ``other``).
+    """
+    for reason, n in counts.items():
+        if n:
+            INVALID.labels(_label(str(reason), _reasons)).inc(n)
+
+
+def record_late(n: int) -> None:
+    """Count events later than the allowed lateness.
+
+    Args:
+        n: How many in this batch.
+    """
+    if n > 0:
+        LATE.inc(n)
+
+
+def record_evicted(n: int) -> None:
+    """Count customers whose idle state was dropped.
+
+    Args:
+        n: How many in this batch.
+    """
+    if n > 0:
+        EVICTED.inc(n)
+
+
+def record_moment(rule: str, urgency: str, kind: str, latency_s: float, target_s: float | None = None) -> None:
+    """Count one published moment and its detection latency (moments are rare next to events).
+
+    Args:
+        rule: Rule name of the configured pack (``<journey>.<kind>``); others count as ``other``.
+        urgency: ``P1``…``P4``.
+        kind: Moment kind (``abandoned``, ``failed``, …).
+        latency_s: Publish wall time minus the moment's due time (clamped at 0).
+        target_s: The urgency's target; None uses the configured one (no target: not counted as within).
+    """
+    u = _label(urgency, _urgencies)
+    latency_s = max(0.0, latency_s)
+    MOMENTS.labels(_label(rule, _rules), u).inc()
+    LATENCY.labels(_label(kind, _kinds)).observe(latency_s)
+    target = _targets_s.get(u) if target_s is None else target_s
+    if target is not None and latency_s <= target:
+        WITHIN_TARGET.labels(u).inc()
+
+
+def record_actions(counts: Mapping[tuple[str, str, str], int]) -> None:
+    """Count one batch's contact-policy decisions.
+
+    Args:
+        counts: ``(rule, status, reason) -> count``; status ``sent`` or ``suppressed``, reason a
+            bounded code (``none`` or empty for sent ones).
+    """
+    for (rule, status, reason), n in counts.items():
+        if n:
+            ACTIONS.labels(_label(rule, _rules), _label(status, ACTION_STATUSES),
+                           _label(reason or "none", _action_reasons)).inc(n)
+
+
+def record_tag_transitions(counts: Mapping[str, int]) -> None:
+    """Count tag transitions and keep ``cx_tags_open`` (opened minus resolved/expired/removed).
+
+    Args:
+        counts: ``new state -> count``.
+    """
+    global _open_tags
+    delta = 0
+    for state, n in counts.items():
+        if not n:
+            continue
+        s = _label(state, TAG_STATES)
+        TAG_TRANSITIONS.labels(s).inc(n)
+        if s == "open":
+            delta += n
+        elif s in ("resolved", "expired", "removed"):
+            delta -= n
+    if delta:
+        with _lock:
+            # Clamped: after a restart, tags opened before it are closed without having been counted.
+            _open_tags = max(0, _open_tags + delta)
+            TAGS_OPEN.set(_open_tags)
+
+
+def set_customers(shard: str, n: int) -> None:
+    """Set how many customers one shard tracks; the gauge is the sum over this process's shards.
+
+    Args:
+        shard: Shard key.
+        n: Customers it holds.
+    """
+    with _lock:
+        _customers[shard] = n
         CUSTOMERS.set(sum(_customers.values()))
-        _open_tags = max(0, _open_tags + delta)
-        TAGS_OPEN.set(_open_tags)
-    if out.watermark_ms > 0:
-        WATERMARK_LAG.set(max(0.0, (now_ms - out.watermark_ms) / 1000))
+
+
+def observe_watermark(shard: str, watermark_ms: int) -> None:
+    """Note a shard's watermark; ``cx_watermark_lag_seconds`` is wall time minus the newest one.
+
+    Args:
+        shard: Shard key.
+        watermark_ms: Its event-time watermark (epoch ms; 0 = none yet).
+    """
+    if watermark_ms > 0:
+        with _lock:
+            _watermarks[shard] = watermark_ms
 
 
 def observe_event_lag(seconds: float) -> None:
-    """Record ingest time minus event time for a sample of events."""
+    """Record ingest time minus event time for one sampled event.
+
+    Args:
+        seconds: The lag (negative values, from clock skew, count as 0).
+    """
     EVENT_LAG.observe(max(0.0, seconds))
 
 
+def record_sink_batch(sink: str, rows: int, seconds: float) -> None:
+    """Record one successful sink write and mark the sink up.
+
+    Args:
+        sink: ``clickhouse``, ``kafka`` or ``jsonl``.
+        rows: Rows written.
+        seconds: Write time.
+    """
+    s = _label(sink, SINKS)
+    SINK_SECONDS.labels(s).observe(seconds)
+    SINK_ROWS.labels(s).observe(rows)
+    SINK_UP.labels(s).set(1)
+
+
+def record_sink_retry(sink: str) -> None:
+    """Count a failed write attempt that will be retried, and mark the sink down until one succeeds.
+
+    Args:
+        sink: Sink name.
+    """
+    s = _label(sink, SINKS)
+    SINK_RETRIES.labels(s).inc()
+    SINK_ERRORS.labels(s).inc()
+    SINK_UP.labels(s).set(0)
+
+
+def record_sink_error(sink: str) -> None:
+    """Count a failed write attempt that is not retried, and mark the sink down.
+
+    Args:
+        sink: Sink name.
+    """
+    s = _label(sink, SINKS)
+    SINK_ERRORS.labels(s).inc()
+    SINK_UP.labels(s).set(0)
+
+
+def set_sink_up(sink: str, up: bool) -> None:
+    """Set whether a sink is writable.
+
+    Args:
+        sink: Sink name.
+        up: True when its last write succeeded.
+    """
+    SINK_UP.labels(_label(sink, SINKS)).set(1 if up else 0)
+
+
+def set_consumer_lag(topic: str, partition: int, lag: int) -> None:
+    """Set the consumer lag of one input partition; a lag report means the input is connected.
+
+    Args:
+        topic: Topic name (configured topics only; others are ``other``).
+        partition: Partition number.
+        lag: Messages behind the high watermark.
+    """
+    p = str(partition) if isinstance(partition, int) and 0 <= partition < _MAX_PARTITION else OTHER
+    CONSUMER_LAG.labels(_label(topic, _topics), p).set(max(0, lag))
+    INPUT_UP.set(1)
+
+
+def set_input_up(up: bool) -> None:
+    """Set whether the input is connected.
+
+    Args:
+        up: True when connected.
+    """
+    INPUT_UP.set(1 if up else 0)
+
+
+def record_kafka_error(client: str) -> None:
+    """Count a Kafka client error; a consumer error marks the input down until lag is reported again.
+
+    Args:
+        client: ``consumer``, ``producer`` or ``admin``.
+    """
+    c = _label(client, KAFKA_CLIENTS)
+    KAFKA_ERRORS.labels(c).inc()
+    if c == "consumer":
+        INPUT_UP.set(0)
+
+
+def record_snapshot(seconds: float, nbytes: int) -> None:
+    """Record one shard snapshot.
+
+    Args:
+        seconds: Time to build it.
+        nbytes: Its size.
+    """
+    SNAPSHOT_SECONDS.observe(seconds)
+    SNAPSHOT_BYTES.set(nbytes)
+
+
+def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None = None) -> None:
+    """Account one shard batch after its records were written (publish time = ``now_ms``).
+
+    Args:
+        key: Shard key.
+        out: The batch's records and counters.
+        now_ms: Wall clock when the batch was published.
+        pack: The rule pack (admits its rule names if ``configure`` was not called).
+    """
+    if pack is not None and not _rules:
+        configure(pack)
+    record_events(out.events)
+    record_invalid(out.invalid)
+    record_late(out.late)
+    record_evicted(out.evicted)
+    for m in out.moments:
+        record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)
+    if out.tags:
+        states: dict[str, int] = {}
+        for t in out.tags:
+            states[t["state"]] = states.get(t["state"], 0) + 1
+        record_tag_transitions(states)
+    set_customers(key, out.customers)
+    observe_watermark(key, out.watermark_ms)
+    if out.events and out.max_ts_ms > 0:
+        observe_event_lag((now_ms - out.max_ts_ms) / 1000)
+
+
+# ---------------------------------------------------------------------------------------------- connector hooks
+
+
 def sink_write_hook(sink: str) -> Callable[[str, int, float], None]:
-    """Return an ``on_write(table, rows, seconds)`` callback for a sink."""
+    """Return an ``on_write(table, rows, seconds)`` callback for a sink.
+
+    Args:
+        sink: Sink name.
+
+    Returns:
+        The callback.
+    """
 
     def on_write(_table: str, rows: int, seconds: float) -> None:
-        SINK_SECONDS.labels(sink).observe(seconds)
-        SINK_ROWS.labels(sink).observe(rows)
-        SINK_UP.labels(sink).set(1)
+        record_sink_batch(sink, rows, seconds)
 
     return on_write
 
 
 def sink_retry_hook(sink: str) -> Callable[[str, int, BaseException, float], None]:
-    """Return an ``on_retry(table, attempt, error, delay)`` callback for a sink."""
+    """Return an ``on_retry(table, attempt, error, delay)`` callback for a sink.
+
+    Args:
+        sink: Sink name.
+
+    Returns:
+        The callback.
+    """
 
     def on_retry(_table: str, _attempt: int, _exc: BaseException, _delay: float) -> None:
-        SINK_RETRIES.labels(sink).inc()
-        SINK_ERRORS.labels(sink).inc()
-        SINK_UP.labels(sink).set(0)
+        record_sink_retry(sink)
 
     return on_retry
 
 
 def consumer_lag_hook() -> Callable[[str, int, int], None]:
-    """Return an ``on_lag(topic, partition, lag)`` callback for the Kafka source."""
+    """Return an ``on_lag(topic, partition, lag)`` callback for the Kafka source.
 
-    def on_lag(topic: str, partition: int, lag: int) -> None:
-        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
-        INPUT_UP.set(1)
-
-    return on_lag
+    Returns:
+        The callback.
+    """
+    return set_consumer_lag
 
 
 def kafka_error_hook() -> Callable[[str, Any], None]:
-    """Return a callback counting Kafka client errors; a consumer error marks the input down."""
+    """Return an ``on_error(client, error)`` callback counting Kafka client errors.
+
+    Returns:
+        The callback.
+    """
 
     def on_error(client: str, _err: Any) -> None:
-        KAFKA_ERRORS.labels(client).inc()
-        if client == "consumer":
-            INPUT_UP.set(0)
+        record_kafka_error(client)
 
     return on_error
 
 
+# ---------------------------------------------------------------------------------------------- HTTP endpoint
+
+
 def register_readiness(name: str, check: Callable[[], bool]) -> None:
-    """Add a check that /readyz runs; all must pass for 200."""
-    _readiness[name] = check
+    """Add (or replace) a check that /readyz runs; all must pass for 200.
+
+    Args:
+        name: Shown in the /readyz body.
+        check: Returns True when ready; an exception counts as not ready.
+    """
+    with _lock:
+        _readiness[name] = check
+
+
+def unregister_readiness(name: str) -> None:
+    """Remove a readiness check (no error if absent).
+
+    Args:
+        name: The check's name.
+    """
+    with _lock:
+        _readiness.pop(name, None)
 
 
 def readiness() -> dict[str, bool]:
-    """Run every readiness check (an exception counts as not ready)."""
+    """Run every readiness check.
+
+    Returns:
+        ``name -> passed``; a check that raises has not passed.
+    """
+    with _lock:
+        checks = list(_readiness.items())
     result = {}
-    for name, check in list(_readiness.items()):
+    for name, check in checks:
         try:
             result[name] = bool(check())
         except Exception:  # noqa: BLE001 - a failing check means not ready
+            log.debug("readiness check %s raised", name, exc_info=True)
             result[name] = False
     return result
 
@@ -189,16 +559,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, encoder(REGISTRY), ctype)
         elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain")
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/readyz":
             checks = readiness()
-            ok = all(checks.values())
-            body = orjson.dumps({"ready": ok, "checks": checks})
-            self._send(200 if ok else 503, body, "application/json")
+            failing = sorted(n for n, ok in checks.items() if not ok)
+            body = orjson.dumps({"ready": not failing, "failing": failing, "checks": checks})
+            self._send(503 if failing else 200, body, "application/json")
         else:
-            self._send(404, b"not found\n", "text/plain")
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
 
     def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)
@@ -211,33 +582,56 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
-def start_http(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104 - scraped from outside
-    """Serve /metrics, /healthz and /readyz in a daemon thread.
+class MetricsServer(ThreadingHTTPServer):
+    """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
+
+    daemon_threads = True
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.shutdown()
+        self.server_close()
+
+
+def start_http(port: int = DEFAULT_PORT, host: str = "0.0.0.0") -> MetricsServer:  # noqa: S104 - scraped from outside
+    """Serve /metrics, /healthz and /readyz from a daemon thread.
 
     Args:
-        port: TCP port (0 picks a free one; read it from ``server.server_address``).
+        port: TCP port (default 9464, ``CX_METRICS_PORT``); 0 picks a free one, read it from ``server.port``.
         host: Bind address.
 
     Returns:
         The running server.
     """
-    server = ThreadingHTTPServer((host, port), _Handler)
-    server.daemon_threads = True
+    server = MetricsServer((host, port), _Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server
 
 
 def metric_names() -> set[str]:
-    """Every sample name this process exports (with _total/_bucket/_sum/_count forms)."""
+    """Every series name this process exports, as Prometheus stores it.
+
+    Counters appear as ``<name>_total``, histograms as ``<name>_bucket``/``_sum``/``_count``, gauges
+    as ``<name>``; plus the process, platform and GC collectors' series.
+
+    Returns:
+        The names.
+    """
     names: set[str] = set()
-    for family in REGISTRY.collect():
-        names.add(family.name)
-        for sample in family.samples:
-            names.add(sample.name)
-    for h in (LATENCY, EVENT_LAG, SINK_SECONDS, SINK_ROWS, SNAPSHOT_SECONDS):
-        base = h._name  # noqa: SLF001 - labelled histograms expose no samples until used
-        names.update({base, f"{base}_bucket", f"{base}_sum", f"{base}_count"})
-    for c in (EVENTS, INVALID, LATE, MOMENTS, ACTIONS, TAG_TRANSITIONS, EVICTED, WITHIN_TARGET, SINK_RETRIES,
-              SINK_ERRORS, KAFKA_ERRORS):
-        names.update({c._name, f"{c._name}_total"})  # noqa: SLF001
+    for metric in _METRICS:
+        for family in metric.describe():
+            if family.type == "counter":
+                names.add(f"{family.name}_total")
+            elif family.type == "histogram":
+                names.update(f"{family.name}{s}" for s in ("_bucket", "_sum", "_count"))
+            else:
+                names.add(family.name)
+    for collector in _RUNTIME:
+        for family in collector.collect():
+            names.update(s.name for s in family.samples)
     return names
