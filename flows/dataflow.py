@@ -62,11 +62,11 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
     """Build one worker's writers for the configured sinks."""
     writers: list[Writer] = [JsonlWriter(d) for d in cfg.jsonl_dirs]
     if cfg.wants_clickhouse:
-        from connectors.clickhouse import ClickHouseSink
+        from connectors.clickhouse import ClickHouseSink, resolve_dsn
         from flows import metrics
 
         ch = ClickHouseSink(
-            cfg.clickhouse_dsn,
+            resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None),
             batch_rows=cfg.ch_batch_rows,
             on_retry=metrics.sink_retry_hook("clickhouse"),
             on_write=metrics.sink_write_hook("clickhouse"),
