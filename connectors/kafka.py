@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -66,7 +67,10 @@ def _error_cb(client: str) -> Callable[[KafkaError], None]:
             hook(client, err)
 
     return cb
+
+
 Item = tuple[str, RawBatch]
+_IDLE_BACKOFF = timedelta(milliseconds=20)
 
 
 def kafka_config(prefix: str = "CX_KAFKA_", overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -109,10 +113,11 @@ def _consumer_conf(conf: dict[str, str]) -> dict[str, Any]:
 def _producer_conf(conf: dict[str, str]) -> dict[str, Any]:
     p: dict[str, Any] = {
         "acks": "all",
-        # Off by default: an idempotent producer stalls for good when a broker loses its producer state (seen
-        # with a restarted memory-backed broker); records are at-least-once and carry deterministic ids and
-        # versions, so duplicates are harmless. CX_KAFKA_ENABLE_IDEMPOTENCE=true turns it on.
-        "enable.idempotence": False,
+        # Idempotence keeps librdkafka's own retries from duplicating or reordering records. A broker that lost
+        # its producer state (a restarted memory-backed broker) can leave such a producer looping on "unknown
+        # producer id": KafkaJsonWriter replaces a producer that is fatal or stalled. CX_KAFKA_ENABLE_IDEMPOTENCE
+        # =false turns it off; records carry deterministic ids, so the rare duplicate is harmless either way.
+        "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",
         "reconnect.backoff.max.ms": 2000,
@@ -173,7 +178,9 @@ def ensure_topics(conf: dict[str, str], topics: Iterable[str], *, create: bool, 
         raise RuntimeError(f"Kafka topic(s) {', '.join(missing)} do not exist on {conf.get('bootstrap.servers')} "
                            "(allow creation, or create them)")
     if missing:
-        futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+        # replication_factor=-1: the cluster's default.replication.factor, not 1 (one broker loss = data loss).
+        new = [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing]
+        futures = admin.create_topics(new)
         for topic, fut in futures.items():
             try:
                 fut.result()
@@ -191,8 +198,11 @@ def ensure_topics(conf: dict[str, str], topics: Iterable[str], *, create: bool, 
 
 
 class _KafkaPartition(StatefulSourcePartition[Item, int]):
+    """One topic partition: raw ``consume()`` batches routed to shards; the snapshot is the next offset."""
+
     def __init__(self, conf: dict[str, str], topic: str, partition: int, start: int | None, shards: int,
-                 batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None) -> None:
+                 batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None,
+                 on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01) -> None:
         self._consumer = Consumer(_consumer_conf(conf))
         self._topic = topic
         self._part = partition
@@ -204,20 +214,35 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
         self._stop = stop_at_end
         self._eof = False
         self._on_lag = on_lag
+        self._on_error = on_error
         self._lag_at = 0.0
         self._source = f"kafka:{topic}"
         self._errors_logged = 0.0
+        self._idle_wait = timedelta(seconds=idle_wait_s)
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[Item]:
         if self._stop and self._eof:
             raise StopIteration
-        msgs = self._consumer.consume(self._batch, 0.1)
+        # Never block here: a worker polls its partitions in turn, so a 100 ms wait on an idle partition (the
+        # feedback topic, usually) held up every busy one (measured: 39k instead of 179k msg/s). When nothing
+        # came, next_awake() spaces the polls instead of a busy loop.
+        msgs = self._consumer.consume(self._batch, 0.001)
+        now = time.monotonic()
+        if self._on_lag is not None and now - self._lag_at > 5:
+            self._lag_at = now
+            self._report_lag()
+        if not msgs:
+            self._awake = datetime.now(UTC) + self._idle_wait
+            return []
+        self._awake = None
         shards = self._shards
         values: dict[int, list[bytes]] = {}
         offsets: dict[int, list[int]] = {}
         for m in msgs:
             err = m.error()
             if err is not None:
+                # Reaching the end of the partition is news, not an error.
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = True
                 else:
@@ -226,31 +251,39 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
             self._eof = False
             raw = m.value() or b""
             s = shard_of_raw(raw, shards)
-            values.setdefault(s, []).append(raw)
-            offsets.setdefault(s, []).append(m.offset())
+            vs = values.get(s)
+            if vs is None:
+                values[s] = [raw]
+                offsets[s] = [m.offset()]
+            else:
+                vs.append(raw)
+                offsets[s].append(m.offset())
             self._next = m.offset() + 1
-        now = time.monotonic()
-        if self._on_lag is not None and now - self._lag_at > 5:
-            self._lag_at = now
-            self._report_lag()
         return [(self._keys[s], RawBatch(self._source, self._part, v, offsets[s])) for s, v in values.items()]
 
     def _log_error(self, err: KafkaError) -> None:
+        if self._on_error is not None:
+            self._on_error(self._topic, self._part, err)
         now = time.monotonic()
+        # An outage repeats the same error many times a second: one line per 10 s is enough (no message data).
         if now - self._errors_logged > 10:
             self._errors_logged = now
             log.warning("Kafka consumer %s[%d]: %s (retrying)", self._topic, self._part, err.str())
 
     def _report_lag(self) -> None:
+        if self._on_lag is None or self._next < 0:
+            return
         try:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part), timeout=1)
+            # cached=True: the high watermark of the last fetch; a network call here would block the worker
+            # for its timeout on every report while the broker is down.
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part), cached=True)
         except KafkaException:
             return
-        if self._on_lag is not None and self._next >= 0:
+        if high >= 0:
             self._on_lag(self._topic, self._part, max(0, high - self._next))
 
     def next_awake(self) -> datetime | None:
-        return None
+        return self._awake
 
     def snapshot(self) -> int:
         return self._next
@@ -262,20 +295,28 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
 class KafkaRawSource(FixedPartitionedSource[Item, int]):
     """Raw messages of Kafka topics' partitions, routed to shards by customer id.
 
+    Emits ``(str(shard), RawBatch)`` items, one per shard present in a ``consume()`` batch; no ticks (the live
+    clock moves the watermark). Snapshots are the next offset of each partition, so a restart with recovery
+    resumes where the last epoch ended; without a snapshot a partition starts at its beginning. A broker that
+    is down at start is waited for (logged with backoff); one that goes down mid-run is reconnected to by
+    librdkafka while this logs every 10 s.
+
     Args:
-        conf: librdkafka settings.
+        conf: librdkafka settings (see ``kafka_config``).
         topics: Input topic, or several (e.g. events and feedback).
         shards: Number of shards.
         create_topics: Create missing topics at start-up (else fail naming topic and broker).
         partitions: Partitions for created topics.
         batch_size: Messages per ``consume()``.
-        stop_at_end: Stop each partition at its end (tests); production runs forever.
-        on_lag: Called with (topic, partition, lag) every few seconds.
+        stop_at_end: Stop each partition at its end (tests, replays); production runs forever.
+        on_lag: Called with (topic, partition, lag) every few seconds; lag = high watermark − next offset.
+        on_error: Called with (topic, partition, error) for each consumer error (not for partition ends).
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
                  partitions: int = 4, batch_size: int = 10_000, stop_at_end: bool = False,
-                 on_lag: Callable[[str, int, int], None] | None = None) -> None:
+                 on_lag: Callable[[str, int, int], None] | None = None,
+                 on_error: Callable[[str, int, KafkaError], None] | None = None) -> None:
         self._conf = conf
         self._topics = [topics] if isinstance(topics, str) else list(topics)
         self._shards = shards
@@ -284,84 +325,200 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         self._batch = batch_size
         self._stop = stop_at_end
         self._on_lag = on_lag
+        self._on_error = on_error
 
     def list_parts(self) -> list[str]:
+        """Return ``topic:partition`` names, waiting for the broker and creating topics if allowed."""
         counts = ensure_topics(self._conf, self._topics, create=self._create, partitions=self._partitions)
         return [f"{t}:{p}" for t in self._topics for p in range(counts[t])]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
+        """Open one partition at its snapshotted offset (or its beginning)."""
         topic, _, part = for_part.rpartition(":")
         return _KafkaPartition(self._conf, topic, int(part), resume_state, self._shards, self._batch, self._stop,
-                               self._on_lag)
+                               self._on_lag, self._on_error)
 
 
 OUTPUT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
+DEFAULT_OUTPUT_TOPICS = {"moment": "cx.moments", "action": "cx.actions", "tag": "cx.tags", "context": "cx.context",
+                         "dead_letter": "cx.deadletter"}
+
+_Record = tuple[str, bytes | None, bytes]
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Whether an exception from the client carries a fatal librdkafka error (the producer is unusable)."""
+    for e in (exc, exc.__cause__):
+        if isinstance(e, KafkaException) and e.args and isinstance(e.args[0], KafkaError) and e.args[0].fatal():
+            return True
+    return False
 
 
 class KafkaJsonWriter:
     """Publish records as JSON to per-kind topics, keyed by ``customer_id``; never drops a record.
 
+    ``add``/``write`` queue records; ``flush`` blocks until every one is acknowledged (``acks=all``). A failed
+    delivery is produced again with backoff; while the broker is down, ``flush`` keeps waiting (back-pressure
+    on the dataflow) and logs every 30 s. A producer that hit a fatal error, or an idempotent producer that
+    failed or made no progress for ``stall_s`` (it can loop forever on "unknown producer id" after a broker
+    lost its state), is replaced by a new one after its queue is purged into the retry list: records may then
+    arrive twice, which deterministic ids make harmless, but never zero times.
+
     Args:
-        conf: librdkafka settings.
-        topics: Record kind → topic (kinds without a topic are not published).
+        conf: librdkafka settings (producer defaults: acks=all, idempotence, linger 5 ms, lz4).
+        topics: Record kind → topic for kinds in ``OUTPUT_KINDS`` (kinds without a topic are not published).
         on_retry: Called as (topic, attempt, error, delay) when undelivered records are produced again.
-        on_write: Called as (topic, records, seconds) after a flush delivered everything.
+        on_write: Called as (sink, records, seconds) after a flush delivered everything.
         sleep: Injectable sleep for the backoff.
+        stall_s: Seconds without progress after which an idempotent producer is replaced.
     """
 
     def __init__(self, conf: dict[str, str], topics: dict[str, str], *,
                  on_retry: Callable[[str, int, BaseException, float], None] | None = None,
                  on_write: Callable[[str, int, float], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, stall_s: float = 30.0) -> None:
         self._topics = {k: v for k, v in topics.items() if k in OUTPUT_KINDS}
-        self._producer = Producer(_producer_conf(conf))
-        self._failed: list[tuple[str, bytes | None, bytes]] = []
-        self._pending = 0
+        self._conf = _producer_conf(conf)
+        self._idempotent = str(self._conf.get("enable.idempotence", "")).lower() in ("true", "1")
+        self._failed: list[_Record] = []
+        self._fatal = False
+        self._queued = 0
         self._on_retry = on_retry
         self._on_write = on_write
         self._sleep = sleep
+        self._stall_s = stall_s
         self._ok = True
+        self._producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        conf = dict(self._conf)
+        inner = conf.get("error_cb")
+
+        def error_cb(err: KafkaError) -> None:
+            if err.fatal():
+                self._fatal = True
+            if inner is not None:
+                inner(err)
+
+        conf["error_cb"] = error_cb
+        # Reports for failures only: a Python callback per delivered record would cost more than producing it.
+        conf["on_delivery"] = self._delivered
+        conf["delivery.report.only.error"] = True
+        log.debug("Kafka producer settings: %s", redacted(conf))
+        try:
+            return Producer(conf)
+        except KafkaException as e:
+            # A librdkafka built without lz4 rejects the codec; compression is an optimisation, so go without.
+            if "compression" not in str(e) or conf.get("compression.type") == "none":
+                raise
+            log.warning("Kafka producer: %s; producing uncompressed", e)
+            self._conf["compression.type"] = conf["compression.type"] = "none"
+            return Producer(conf)
 
     def _delivered(self, err: KafkaError | None, msg: Any) -> None:
-        self._pending -= 1
         if err is not None:
-            self._ok = False
+            if err.fatal():
+                self._fatal = True
             self._failed.append((msg.topic(), msg.key(), msg.value()))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
-                self._pending += 1
+                self._producer.produce(topic, value, key)
+                self._queued += 1
                 return
             except BufferError:
-                # The local queue is full: wait for deliveries (back-pressure).
+                # The local queue is full: serve delivery reports until there is room (back-pressure).
                 self._producer.poll(0.1)
+            except KafkaException as e:
+                if not _is_fatal(e):
+                    raise
+                self._replace_producer(f"fatal error: {e.args[0].str()}")
+
+    def _replace_producer(self, why: str) -> None:
+        """Swap in a new producer; everything the old one still held goes to the retry list."""
+        old = self._producer
+        log.warning("Kafka producer replaced (%s); %d records will be produced again", why, len(old))
+        try:
+            old.purge()
+            # Purged records come back as failed delivery reports (→ self._failed).
+            old.poll(0)
+            old.flush(0)
+        except (KafkaException, SystemError) as e:
+            if not _is_fatal(e):
+                raise
+        if len(old):
+            log.warning("Kafka producer: %d records not returned by purge", len(old))
+        self._fatal = False
+        self._producer = self._new_producer()
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        """Produce rows of one kind (kinds without a topic are skipped)."""
+        """Queue rows of one kind (kinds without a topic are skipped).
+
+        Args:
+            kind: Record kind, e.g. ``moment``.
+            rows: Records; each is keyed by its ``customer_id`` (no key when it has none, e.g. dead letters).
+        """
         topic = self._topics.get(kind)
         if topic is None or not rows:
             return
         dumps = orjson.dumps
+        produce = self._produce
         for r in rows:
             cid = r.get("customer_id")
-            self._produce(topic, cid.encode() if isinstance(cid, str) else None, dumps(r))
+            produce(topic, cid.encode() if isinstance(cid, str) else None, dumps(r))
+        self._producer.poll(0)
+
+    def write(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Queue ``(kind, record)`` items.
+
+        Raises:
+            ValueError: naming the kind when a record's kind has no topic (it would be lost silently).
+        """
+        topics = self._topics
+        dumps = orjson.dumps
+        produce = self._produce
+        for kind, r in items:
+            topic = topics.get(kind)
+            if topic is None:
+                raise ValueError(f"no Kafka topic for record kind {kind!r} (topics: {topics})")
+            cid = r.get("customer_id")
+            produce(topic, cid.encode() if isinstance(cid, str) else None, dumps(r))
         self._producer.poll(0)
 
     def flush(self) -> None:
-        """Block until every record is delivered, producing failed ones again with backoff."""
+        """Block until every queued record is delivered, producing failed ones again with backoff."""
         t0 = time.perf_counter()
         attempt = 0
         delay = 0.2
+        left = -1
+        progress_at = waiting_logged = time.monotonic()
         while True:
-            self._producer.flush(10)
-            if not self._failed and self._pending <= 0:
+            try:
+                now_left = self._producer.flush(5)
+            except (KafkaException, SystemError) as e:
+                # A fatal error surfaces from flush() (sometimes wrapped by the delivery callback).
+                if not _is_fatal(e):
+                    raise
+                self._fatal = True
+                now_left = len(self._producer)
+            now = time.monotonic()
+            if now_left != left:
+                left, progress_at = now_left, now
+            replaced = False
+            if self._fatal:
+                self._replace_producer("fatal error")
+                replaced = True
+            elif self._idempotent and now_left and now - progress_at > self._stall_s:
+                self._replace_producer(f"no progress for {now - progress_at:.0f}s")
+                progress_at, replaced = now, True
+            if not self._failed and not len(self._producer):
                 break
             if self._failed:
                 attempt += 1
                 failed, self._failed = self._failed, []
                 topic = failed[0][0]
+                self._ok = False
                 err = RuntimeError(f"{len(failed)} records to {topic} not delivered")
                 log.warning("Kafka delivery failed for %d records (attempt %d); producing again in %.1fs",
                             len(failed), attempt, delay)
@@ -369,11 +526,21 @@ class KafkaJsonWriter:
                     self._on_retry(topic, attempt, err, delay)
                 self._sleep(delay)
                 delay = min(delay * 2, 10.0)
+                if self._idempotent and not replaced:
+                    # After failures an idempotent producer may be stuck on a sequence the broker forgot.
+                    self._replace_producer("deliveries failed")
+                    failed += self._failed
+                    self._failed = []
                 for t, k, v in failed:
                     self._produce(t, k, v)
+            elif now - waiting_logged > 30:
+                waiting_logged = now
+                self._ok = False
+                log.warning("Kafka: %d records waiting for delivery (broker unreachable?); still trying", now_left)
         self._ok = True
         if self._on_write is not None:
-            self._on_write("kafka", 0, time.perf_counter() - t0)
+            self._on_write("kafka", self._queued, time.perf_counter() - t0)
+        self._queued = 0
 
     def writable(self) -> bool:
         """Whether the last deliveries succeeded (for /readyz)."""
@@ -384,7 +551,60 @@ class KafkaJsonWriter:
         self.flush()
 
 
+class _KafkaSinkPartition(StatelessSinkPartition[tuple[str, dict[str, Any]]]):
+    def __init__(self, writer: KafkaJsonWriter) -> None:
+        self._writer = writer
+
+    def write_batch(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        # Flushing before returning means a batch Bytewax handed over is acknowledged by the broker; a broker
+        # outage blocks here, which is the back-pressure the dataflow needs.
+        self._writer.write(items)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class KafkaJsonSink(DynamicSink[tuple[str, dict[str, Any]]]):
+    """Bytewax sink for ``(kind, record)`` items: JSON to per-kind topics, keyed by customer id, never dropped.
+
+    Args:
+        conf: librdkafka settings (see ``kafka_config``).
+        topics: Record kind → topic; defaults to ``DEFAULT_OUTPUT_TOPICS``. A kind without a topic fails the
+            batch (naming the kind) rather than losing it.
+        on_retry: See ``KafkaJsonWriter``.
+        on_write: See ``KafkaJsonWriter``.
+    """
+
+    def __init__(self, conf: dict[str, str], topics: dict[str, str] | None = None, *,
+                 on_retry: Callable[[str, int, BaseException, float], None] | None = None,
+                 on_write: Callable[[str, int, float], None] | None = None) -> None:
+        self._conf = conf
+        self._topics = dict(DEFAULT_OUTPUT_TOPICS if topics is None else topics)
+        self._on_retry = on_retry
+        self._on_write = on_write
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
+        """One producer per worker."""
+        return _KafkaSinkPartition(KafkaJsonWriter(self._conf, self._topics, on_retry=self._on_retry,
+                                                   on_write=self._on_write))
+
+
+_CUSTOMER_KEY = b'"customer_id"'
+
+
 def _key_of(line: bytes) -> bytes | None:
+    """Return the customer id of a JSON line as bytes, sliced without parsing when that is unambiguous."""
+    i = line.find(_CUSTOMER_KEY)
+    if i >= 0:
+        j = i + len(_CUSTOMER_KEY)
+        colon = line.find(b":", j)
+        if colon >= 0 and not line[j:colon].strip():
+            start = line.find(b'"', colon)
+            if start >= 0 and not line[colon + 1:start].strip():
+                end = line.find(b'"', start + 1)
+                if end > start and b"\\" not in line[start + 1:end] and line.find(_CUSTOMER_KEY, end) < 0:
+                    return line[start + 1:end]
     try:
         cid = orjson.loads(line).get("customer_id")
     except (orjson.JSONDecodeError, AttributeError):
@@ -392,29 +612,46 @@ def _key_of(line: bytes) -> bytes | None:
     return cid.encode() if isinstance(cid, str) else None
 
 
-def produce_jsonl(source: Path | Iterable[bytes], topic: str, conf: dict[str, str], rate: float | None = None,
-                  *, create: bool = True, progress: Callable[[int], None] | None = None) -> int:
+def produce_jsonl(source: str | Path | Iterable[bytes | str], topic: str, conf: dict[str, str],
+                  rate: float | None = None, *, create: bool = True,
+                  progress: Callable[[int], None] | None = None) -> int:
     """Send lines (a JSONL file or raw messages) to a topic keyed by customer id, optionally at ``rate``/s.
+
+    Lines are sent as they are (invalid ones too: the pipeline dead-letters them); blank lines are skipped.
+
+    Args:
+        source: A JSONL file path, or an iterable of messages (bytes or str).
+        topic: Destination topic.
+        conf: librdkafka settings.
+        rate: Messages per second, or None for as fast as possible.
+        create: Create the topic if it is missing.
+        progress: Called with the count every 10,000 messages.
 
     Returns:
         The number of messages delivered.
     """
     ensure_topics(conf, [topic], create=create)
     writer = KafkaJsonWriter(conf, {})
-    if isinstance(source, Path):
-        lines: Iterator[bytes] = (ln.rstrip(b"\n") for ln in source.open("rb"))
-    else:
-        lines = iter(source)
+    if isinstance(source, str | Path):
+        with Path(source).open("rb") as f:
+            return _produce_lines(writer, (ln.rstrip(b"\r\n") for ln in f), topic, rate, progress)
+    return _produce_lines(writer, (ln.encode() if isinstance(ln, str) else ln for ln in source), topic, rate,
+                          progress)
+
+
+def _produce_lines(writer: KafkaJsonWriter, lines: Iterator[bytes], topic: str, rate: float | None,
+                   progress: Callable[[int], None] | None) -> int:
     n = 0
     t0 = time.monotonic()
+    produce = writer._produce  # noqa: SLF001 - this module's own writer
     for line in lines:
-        if not line:
+        if not line.strip():
             continue
-        writer._produce(topic, _key_of(line), line)  # noqa: SLF001 - same module family
+        produce(topic, _key_of(line), line)
         n += 1
         if rate:
             ahead = n / rate - (time.monotonic() - t0)
-            if ahead > 0:
+            if ahead > 0.001:
                 time.sleep(ahead)
         if n % 10_000 == 0:
             writer._producer.poll(0)  # noqa: SLF001
