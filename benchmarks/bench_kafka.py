@@ -92,7 +92,8 @@ def latency(addr: str, work: Path, seconds: float, background_rate: float) -> di
     pack.write_text(default.read_text().replace('idle = "10m"', 'idle = "5s"'))
     log = (work / "live.log").open("wb")
     worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--source", "kafka", "--kafka-bootstrap",
-                               addr, "--sink", "kafka", "--rules", str(pack), "--lateness", "1s", "--tick", "0.2", *EXTRA,
+                               addr, "--sink", "kafka", "--rules", str(pack), "--lateness", "1s", "--tick", "0.2",
+                               *EXTRA,
                                "--no-metrics", "--status", "log"], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "CX_TOPIC_EVENTS": "live.events", "CX_TOPIC_MOMENT": "live.moments"})
     arrivals: dict[str, float] = {}
