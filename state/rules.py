@@ -101,7 +101,9 @@ class RulePack:
         """A short hash of the pack's rule semantics, to refuse restoring state built by another pack."""
         import hashlib
 
-        text = repr((sorted(self.journeys.items()), self.rules, self.attempt_timeout_ms))
+        # Canonical text: frozensets are sorted, since their repr order follows the per-process string hash.
+        journeys = [(j.id, j.steps, sorted(j.key_steps), j.complete_type) for j in self.journeys.values()]
+        text = repr((sorted(journeys), self.rules, self.attempt_timeout_ms))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
