@@ -220,11 +220,12 @@ def record_invalid(counts: Mapping[str, int]) -> None:
     """Count one batch's dead-lettered inputs.
 
     Args:
-        counts: ``reason code -> count`` (``InvalidReason`` values; others count as ``other``).
+        counts: ``reason -> count``: ``InvalidReason`` values, or dead-letter codes such as
+            ``missing_field:customer_id`` (the field is dropped); others count as ``other``.
     """
     for reason, n in counts.items():
         if n:
-            INVALID.labels(_label(str(reason), _reasons)).inc(n)
+            INVALID.labels(_label(str(reason).split(":", 1)[0], _reasons)).inc(n)
 
 
 def record_late(n: int) -> None:
