@@ -64,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-future", default=_env("MAX_FUTURE", "1h"), help="live mode: reject events further ahead")
     run.add_argument("-w", "--workers", type=int, default=_int_env("WORKERS", 1), help="worker threads per process")
     run.add_argument("-i", "--process-id", type=int, default=_int_env("PROCESS_ID", None), help="this process's id")
-    run.add_argument("-a", "--addresses", default=_env("ADDRESSES"), help="all processes' host:port, ';' separated")
+    run.add_argument("-a", "--addresses", default=_env("ADDRESSES"),
+                     help="all processes' host:port, ';' or ',' separated")
+    run.add_argument("--processes", type=int, default=_int_env("PROCESSES", None),
+                     help="cluster size; checked against --addresses")
     run.add_argument("--shards", type=int, default=_int_env("SHARDS", 64), help="state shards (fixed per deployment)")
     run.add_argument("--metrics-port", type=int, default=_int_env("METRICS_PORT", DEFAULT_METRICS_PORT))
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
@@ -76,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--rate", type=float, default=None, help="simulator: events per second (default: unpaced)")
     run.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"), help="Kafka bootstrap servers")
     run.add_argument("--no-create-topics", action="store_true", help="fail if Kafka topics are missing")
-    run.add_argument("--kafka-partitions", type=int, default=_int_env("KAFKA_PARTITIONS", 4),
+    run.add_argument("--kafka-partitions", type=int, default=_int_env("TOPIC_PARTITIONS", 4),
                      help="partitions for topics created at start-up")
     run.add_argument("--kafka-stop-at-end", action="store_true",
                      help="stop when every input partition reaches its end (backfills, tests)")
@@ -125,6 +128,8 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
             sinks.append(s)
     clock = a.clock or ("live" if a.source == "kafka" else "replay")
     addresses = tuple(x for x in (a.addresses or "").replace(",", ";").split(";") if x)
+    if a.processes is not None and a.processes != max(1, len(addresses)):
+        raise ConfigError("--processes", f"is {a.processes} but --addresses lists {len(addresses)} processes")
     cfg = PipelineConfig(
         source=a.source,
         sinks=tuple(sinks),
