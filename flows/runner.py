@@ -88,7 +88,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         stop.set()
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
-    print(f"done: {STATS.line()}", flush=True)
+    print(f"done: {STATS.line(final=True)}", flush=True)
     return 0
 
 

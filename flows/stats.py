@@ -22,6 +22,7 @@ class RunStats:
         self.customers: dict[str, int] = {}
         self.watermark_ms = 0
         self.max_ts_ms = 0
+        self._last = (time.monotonic(), 0)
 
     def add(self, key: str, out: Outputs) -> None:
         """Account one shard's outputs."""
@@ -35,13 +36,22 @@ class RunStats:
             self.watermark_ms = max(self.watermark_ms, out.watermark_ms)
             self.max_ts_ms = max(self.max_ts_ms, out.max_ts_ms)
 
-    def line(self) -> str:
-        """One status line: events/s, dead letters, customers, moments by kind."""
+    def line(self, final: bool = False) -> str:
+        """One status line: events/s (since the last line, or overall when final), lag, dead letters, moments."""
         with self._lock:
-            secs = max(time.monotonic() - self.started, 1e-9)
+            now = time.monotonic()
+            if final:
+                rate = self.events / max(now - self.started, 1e-9)
+            else:
+                t0, n0 = self._last
+                rate = (self.events - n0) / max(now - t0, 1e-9)
+                self._last = (now, self.events)
             kinds = " ".join(f"{k}={v}" for k, v in sorted(self.moments.items())) or "none yet"
+            lag = ""
+            if self.watermark_ms:
+                lag = f" watermark_lag={max(0.0, (time.time() * 1000 - self.watermark_ms) / 1000):,.0f}s"
             return (
-                f"events={self.events} ({self.events / secs:,.0f}/s) dead_letters={self.invalid} late={self.late} "
+                f"events={self.events} ({rate:,.0f}/s){lag} dead_letters={self.invalid} late={self.late} "
                 f"customers={sum(self.customers.values())} moments={sum(self.moments.values())} [{kinds}]"
             )
 
