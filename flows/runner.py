@@ -66,6 +66,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the
     # cyclic GC rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md).
     gc.set_threshold(100_000, 50, 1000)
+    STATS.live = cfg.live
     flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
     recovery = None
     if cfg.recovery_dir is not None:

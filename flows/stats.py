@@ -23,6 +23,7 @@ class RunStats:
         self.watermark_ms = 0
         self.max_ts_ms = 0
         self._last = (time.monotonic(), 0)
+        self.live = False  # watermark lag against the wall clock means something only in live mode
 
     def add(self, key: str, out: Outputs) -> None:
         """Account one shard's outputs."""
@@ -48,7 +49,7 @@ class RunStats:
                 self._last = (now, self.events)
             kinds = " ".join(f"{k}={v}" for k, v in sorted(self.moments.items())) or "none yet"
             lag = ""
-            if self.watermark_ms:
+            if self.live and self.watermark_ms:
                 lag = f" watermark_lag={max(0.0, (time.time() * 1000 - self.watermark_ms) / 1000):,.0f}s"
             return (
                 f"events={self.events} ({rate:,.0f}/s){lag} dead_letters={self.invalid} late={self.late} "
