@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--clickhouse", default=_env("CLICKHOUSE_DSN", DEFAULT_CLICKHOUSE_DSN))
     rep.add_argument("--journey", default=None, help="journey for the funnel (default: all)")
     rep.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack (for key steps)")
+    rep.add_argument("--html", type=Path, default=None, help="also write an HTML page with charts here")
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
@@ -207,6 +208,12 @@ def cmd_report(a: argparse.Namespace) -> int:
 
     pack = load_rule_pack(a.rules)
     print(text_report(a.clickhouse, pack, a.journey))
+    if a.html is not None:
+        from connectors.clickhouse import open_client
+        from flows.report_html import html_report
+
+        a.html.write_text(html_report(open_client(a.clickhouse), pack, a.journey), encoding="utf-8")
+        print(f"wrote {a.html}")
     return 0
 
 

@@ -88,3 +88,38 @@ def test_report_prints_moments_by_rule_and_funnel(simulated_run: dict[str, objec
     assert "cart.abandoned" in rep.stdout
     assert "Journey 5g_upgrade: funnel" in rep.stdout
     assert "order_form" in rep.stdout
+
+
+def test_html_report_renders_charts_with_the_stored_numbers(simulated_run: dict[str, object]) -> None:
+    from html.parser import HTMLParser
+
+    work, dsn = simulated_run["work"], simulated_run["dsn"]
+    assert isinstance(work, Path)
+    assert isinstance(dsn, str)
+    page = work / "report.html"
+    rep = _moments("report", "--clickhouse", dsn, "--html", str(page), cwd=work)
+    assert rep.returncode == 0, rep.stderr
+
+    class Charts(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.charts: dict[str, dict[str, float]] = {}
+            self._current = ""
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            a = dict(attrs)
+            if tag == "section" and a.get("class") == "chart":
+                self._current = str(a["data-chart"])
+                self.charts[self._current] = {}
+            elif tag == "g" and "data-label" in a:
+                self.charts[self._current][str(a["data-label"])] = float(str(a["data-value"]))
+
+    parser = Charts()
+    parser.feed(page.read_text())
+    by_rule = parser.charts["Moments by rule"]
+    stored = {r: n for r, n in query(dsn, "SELECT rule, count() FROM moments FINAL GROUP BY rule")}
+    assert by_rule == {str(r): float(n) for r, n in stored.items()}
+    assert parser.charts["cart: attempts reaching each step"]["product"] > 0
+    assert set(parser.charts["cart: drop-off at key steps"]) == {"checkout", "payment"}
+    assert parser.charts["cart: abandonments per 100 key-step arrivals, by entry point"]
+    assert sum(parser.charts["Moments per hour (due time, UTC)"].values()) == sum(by_rule.values())
