@@ -1,6 +1,10 @@
 -- cx-moments ClickHouse schema (DESIGN.md §5). Applied by the sink on start-up; idempotent.
 -- Times are Int64 epoch milliseconds, as in the JSON records. Replacing tables collapse
--- replays (moment ids are deterministic) and keep the latest version of a state.
+-- replays (moment ids are deterministic) and keep the latest version of a state: read them
+-- with FINAL (or argMax by version) for exact answers.
+-- non_replicated_deduplication_window: an insert retried after a partial failure re-sends
+-- the same blocks; ClickHouse drops the blocks it already has, so even the plain MergeTree
+-- (dead_letters) stores each row once. Identical blocks are identical rows, never news.
 
 CREATE TABLE IF NOT EXISTS moments
 (
@@ -19,7 +23,8 @@ CREATE TABLE IF NOT EXISTS moments
     action LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (rule, moment_id);
+ORDER BY (rule, moment_id)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS customer_tags
 (
@@ -36,7 +41,8 @@ CREATE TABLE IF NOT EXISTS customer_tags
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (customer_id, tag);
+ORDER BY (customer_id, tag)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS journey_states
 (
@@ -53,7 +59,8 @@ CREATE TABLE IF NOT EXISTS journey_states
     version UInt64
 )
 ENGINE = ReplacingMergeTree(version)
-ORDER BY (customer_id, journey);
+ORDER BY (customer_id, journey)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS journey_steps
 (
@@ -61,14 +68,15 @@ CREATE TABLE IF NOT EXISTS journey_steps
     journey LowCardinality(String),
     attempt_id String,
     step LowCardinality(String),
-    step_index UInt8,
+    step_index UInt16,
     entry LowCardinality(String),
     channel LowCardinality(String),
     event_id String,
     ts Int64
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (journey, step, customer_id, event_id);
+ORDER BY (journey, step, customer_id, event_id)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS actions
 (
@@ -86,7 +94,8 @@ CREATE TABLE IF NOT EXISTS actions
     ts Int64
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (rule, moment_id);
+ORDER BY (rule, moment_id)
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS dead_letters
 (
@@ -101,7 +110,8 @@ CREATE TABLE IF NOT EXISTS dead_letters
     received_at Int64
 )
 ENGINE = MergeTree
-ORDER BY received_at;
+ORDER BY received_at
+SETTINGS non_replicated_deduplication_window = 1000;
 
 CREATE TABLE IF NOT EXISTS feedback
 (
@@ -112,4 +122,5 @@ CREATE TABLE IF NOT EXISTS feedback
     ts Int64
 )
 ENGINE = ReplacingMergeTree
-ORDER BY (moment_id, outcome, ts);
+ORDER BY (moment_id, outcome, ts)
+SETTINGS non_replicated_deduplication_window = 1000;
