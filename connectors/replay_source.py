@@ -10,13 +10,14 @@ follow the input (DESIGN.md §7).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from state.batches import RawBatch, Tick
+from state.events import BASE_TYPES, Event, parse_event
 from state.routing import shard_of_raw, ts_of_raw
 
 Item = tuple[str, RawBatch | Tick]
@@ -33,7 +34,9 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         shards: int,
         batch_lines: int,
         pace: Callable[[int], float | None] | None = None,
+        types: Collection[str] = BASE_TYPES,
     ) -> None:
+        self._types = types
         self._source = source
         self._lines = open_at(start)
         self._pos = start
@@ -52,6 +55,7 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         values: list[list[bytes]] = [[] for _ in range(shards)]
         offsets: list[list[int]] = [[] for _ in range(shards)]
         max_ts = self._max_ts
+        candidates: list[tuple[int, bytes]] = []
         pos = self._pos
         n = 0
         limit = self._batch
@@ -71,13 +75,19 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
             offsets[s].append(pos)
             t = ts_of_raw(raw)
             if t is not None and t > max_ts:
-                max_ts = t
+                candidates.append((t, raw))
             n += 1
             if n >= limit:
                 break
         else:
             self._done = True
         self._pos = pos
+        # Only a valid event may move the clock: a hostile line carrying a future ts would otherwise make every
+        # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
+        for t, raw in sorted(candidates, reverse=True):
+            if type(parse_event(raw, types=self._types)) is Event:
+                max_ts = t
+                break
         self._max_ts = max_ts
         keys = self._keys
         src = self._source
@@ -113,7 +123,10 @@ class JsonlFileSource(FixedPartitionedSource[Item, int]):
         batch_lines: Lines per batch.
     """
 
-    def __init__(self, paths: list[Path], shards: int, batch_lines: int = 4096) -> None:
+    def __init__(
+        self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES
+    ) -> None:
+        self._types = types
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file not found: {', '.join(missing)}")
@@ -126,7 +139,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawPartition:
         path = self._paths[int(for_part)]
-        return _RawPartition(f"file:{path.name}", _open_file_at(path), resume_state or 0, self._shards, self._batch)
+        return _RawPartition(f"file:{path.name}", _open_file_at(path), resume_state or 0, self._shards, self._batch,
+                             types=self._types)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, int]):
@@ -142,7 +156,9 @@ class SimulatorSource(FixedPartitionedSource[Item, int]):
     def __init__(
         self, make_lines: Callable[[], Iterator[bytes]], shards: int, rate: float | None = None,
         batch_lines: int = 4096,
+        types: Collection[str] = BASE_TYPES,
     ) -> None:
+        self._types = types
         self._make = make_lines
         self._shards = shards
         self._rate = rate
@@ -158,7 +174,8 @@ class SimulatorSource(FixedPartitionedSource[Item, int]):
                     yield line
 
         pace = _Pacer(self._rate) if self._rate else None
-        return _RawPartition("simulator", open_at, resume_state or 0, self._shards, self._batch, pace)
+        return _RawPartition("simulator", open_at, resume_state or 0, self._shards, self._batch, pace,
+                             types=self._types)
 
 
 class _Pacer:

@@ -35,12 +35,12 @@ def simulator_lines(cfg: PipelineConfig) -> Callable[[], Iterator[bytes]]:
     return lines
 
 
-def make_source(cfg: PipelineConfig) -> Source:  # type: ignore[type-arg]
+def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
-        return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines)
+        return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types)
     if cfg.source == "simulator":
-        return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines)
+        return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types)
     if cfg.source == "kafka":
         from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
         from flows import metrics
@@ -118,7 +118,7 @@ def build_dataflow(
         )
 
     flow = Dataflow("cx_moments")
-    raw = op.input("input", flow, make_source(cfg))
+    raw = op.input("input", flow, make_source(cfg, pack))
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s)
     op.output("sinks", outs, PipelineSink(cfg.shards, partial(make_writers, cfg), on_written))

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
 import threading
 from datetime import timedelta
 from pathlib import Path
 
+from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from flows.config import PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow
+from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
 from state.rules import RulePack
@@ -73,6 +76,8 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         recovery = _recovery_config(cfg.recovery_dir, cfg)
     stop = threading.Event()
     status = None
+    # SIGTERM (Kubernetes, docker stop) ends the run like Ctrl-C; buffered outputs are flushed on the way out.
+    signal.signal(signal.SIGTERM, _terminate)
     if cfg.status != "off":
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
@@ -85,12 +90,29 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
             recovery_config=recovery,
         )
+    except KeyboardInterrupt:
+        log.info("stopping on signal; flushing outputs")
+    except BytewaxRuntimeError:
+        # The interrupt surfaces wrapped when it lands inside a Python step called by Bytewax.
+        if not _STOPPING:
+            raise
+        log.info("stopping on signal; flushing outputs")
     finally:
+        flush_all()
         stop.set()
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
     print(f"done: {STATS.line(final=True)}", flush=True)
     return 0
+
+
+_STOPPING = False
+
+
+def _terminate(_signum: int, _frame: object) -> None:
+    global _STOPPING
+    _STOPPING = True
+    raise KeyboardInterrupt
 
 
 def _recovery_config(directory: Path, cfg: PipelineConfig) -> RecoveryConfig:

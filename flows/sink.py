@@ -10,6 +10,7 @@ Between epochs writers flush by size and every ``flush_interval_s``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +30,21 @@ class Writer(Protocol):
     def close(self) -> None: ...  # noqa: D102
 
 
+_LIVE: list[_ProcessWriters] = []
+
+
+def flush_all() -> None:
+    """Flush every writer of this process (graceful shutdown)."""
+    for pw in list(_LIVE):
+        pw.flush()
+
+
 class _ProcessWriters:
-    """The writers of this process, shared by its workers' sink partitions."""
+    """The writers of this process, shared by its workers' sink partitions.
+
+    A background thread flushes rows that have waited ``flush_interval_s``, so an
+    output arrives even when no further batch follows it (live traffic that stops).
+    """
 
     def __init__(self, make: Callable[[int], Sequence[Writer]], flush_interval_s: float) -> None:
         self._make = make
@@ -38,14 +52,27 @@ class _ProcessWriters:
         self._lock = threading.Lock()
         self._interval = flush_interval_s
         self._last_flush = time.monotonic()
+        self._pending = False
         self._users = 0
+        self._stop = threading.Event()
 
     def acquire(self) -> Sequence[Writer]:
         with self._lock:
             if self._writers is None:
                 self._writers = self._make(0)
+                _LIVE.append(self)
+                threading.Thread(target=self._flusher, name="sink-flusher", daemon=True).start()
             self._users += 1
             return self._writers
+
+    def _flusher(self) -> None:
+        while not self._stop.wait(self._interval / 2):
+            with self._lock:
+                if self._pending and time.monotonic() - self._last_flush >= self._interval:
+                    try:
+                        self._flush_locked()
+                    except Exception:  # noqa: BLE001 - the dataflow's own flush raises and keeps the epoch open
+                        logging.getLogger("cx.sink").exception("background flush failed; retried by the epoch")
 
     def write(self, items: list[tuple[str, Outputs]]) -> None:
         writers = self._writers or ()
@@ -54,6 +81,7 @@ class _ProcessWriters:
                 for _key, out in items:
                     for kind, rows in out.records():
                         w.add(kind, rows)
+            self._pending = True
             if time.monotonic() - self._last_flush >= self._interval:
                 self._flush_locked()
 
@@ -65,15 +93,19 @@ class _ProcessWriters:
         for w in self._writers or ():
             # Raises after its own retries only on permanent errors: the epoch then stays open.
             w.flush()
+        self._pending = False
         self._last_flush = time.monotonic()
 
     def release(self) -> None:
         with self._lock:
             self._users -= 1
             if self._users == 0 and self._writers is not None:
+                self._stop.set()
                 for w in self._writers:
                     w.close()
                 self._writers = None
+                if self in _LIVE:
+                    _LIVE.remove(self)
 
 
 class _Partition(StatefulSinkPartition[Outputs, None]):

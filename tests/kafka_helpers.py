@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -49,19 +49,22 @@ class Broker:
         self.addr = f"127.0.0.1:{port}"
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def command(self) -> list[str]:
+        """The command line: memory storage, listening and advertising on loopback only."""
+        return [self.binary, "broker", "--listener-url", f"tcp://{self.addr}", "--advertised-listener-url",
+                f"tcp://{self.addr}", "--storage-engine", "memory://tansu/"]
 
     def start(self, wait: bool = True) -> None:
         """Start the process (and wait until it answers metadata requests)."""
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "broker", "--listener-url", f"tcp://{self.addr}", "--advertised-listener-url",
-             f"tcp://{self.addr}", "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT)
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT)
         if wait:
             wait_ready(self.addr, self.proc, self.log_path)
 
     def stop(self) -> None:
-        """Stop the process."""
+        """Stop the process (SIGTERM, then SIGKILL); the port is free again afterwards."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -70,6 +73,15 @@ class Broker:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self, down_s: float) -> None:
+        """Stop, stay down for ``down_s`` seconds, and start again on the same port (it comes back empty)."""
+        self.stop()
+        time.sleep(down_s)
+        self.start()
 
 
 def wait_ready(addr: str, proc: subprocess.Popen[bytes], log_path: Path, deadline_s: float = 30) -> None:
@@ -151,6 +163,49 @@ def read_topic(addr: str, topic: str, timeout_s: float = 20) -> list[tuple[bytes
     finally:
         c.close()
     return out
+
+
+def read_topic_to_end(addr: str, topic: str, timeout_s: float = 30) -> list[tuple[bytes | None, bytes]]:
+    """Read every message of an existing topic up to its end, in partition order; fail if the end is not reached.
+
+    Uses ``assign()`` and partition EOF rather than a group ``subscribe()`` (group joins are slow on Tansu).
+
+    Returns:
+        ``(key, value)`` pairs, partition by partition, in offset order.
+    """
+    admin = AdminClient({"bootstrap.servers": addr})
+    md = admin.list_topics(topic, timeout=10).topics.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        raise AssertionError(f"topic {topic!r} does not exist on {addr}")
+    parts = sorted(md.partitions)
+    c = Consumer({"bootstrap.servers": addr, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False, "enable.partition.eof": True, "fetch.queue.backoff.ms": 10})
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    by_part: dict[int, list[tuple[bytes | None, bytes]]] = {p: [] for p in parts}
+    done: set[int] = set()
+    end = time.monotonic() + timeout_s
+    try:
+        while len(done) < len(parts):
+            if time.monotonic() > end:
+                raise AssertionError(f"{topic!r} on {addr}: partitions {sorted(set(parts) - done)} did not reach "
+                                     f"their end within {timeout_s}s")
+            for m in c.consume(1000, 0.2):
+                err = m.error()
+                part: int = m.partition()  # type: ignore[assignment]  # set on every consumed event
+                if err is not None:
+                    if err.code() != KafkaError._PARTITION_EOF:
+                        raise AssertionError(f"reading {topic!r} on {addr}: {err.str()}")
+                    done.add(part)
+                    continue
+                by_part[part].append((m.key(), m.value() or b""))
+    finally:
+        c.close()
+    return [kv for p in parts for kv in by_part[p]]
+
+
+def produce_lines(addr: str, topic: str, lines: Iterable[bytes | str], key_of: Any = None) -> int:
+    """Produce lines (str or bytes) with a plain client, keyed by ``key_of(line)`` when given; wait for delivery."""
+    return produce(addr, topic, (ln.encode() if isinstance(ln, str) else ln for ln in lines), key_of=key_of)
 
 
 def wait_for_messages(addr: str, topic: str, count: int, timeout_s: float = 60) -> list[tuple[bytes | None, bytes]]:
