@@ -16,7 +16,7 @@ from state.moments import SCHEMA_VERSION, moment_id
 from state.rules import MomentRule
 
 if TYPE_CHECKING:
-    from state.shard import Shard
+    from state.shard import JourneyView, Shard
 
 DEDUP_SLOTS = 8  # recent event ids remembered per customer (8 bytes each)
 _DEDUP_KEEP = 8 * (DEDUP_SLOTS - 1)
@@ -88,7 +88,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if ev.ts_ms > c.last_seen:
         c.last_seen = ev.ts_ms
     pack = sh.pack
-    if sh.handoff_rules and ev.type == sh.handoff_type and ev.channel == sh.handoff_channel:
+    if sh.handoff_rules and ev.type in sh.handoff_types and ev.channel in sh.handoff_channels:
         _handoffs(sh, c, ev)
     j = ev.journey
     if j is None:
@@ -103,7 +103,11 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         if a is not None and not a.ended:
             a.ended = EXPIRED
             sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
+        prev = a
         a = Attempt(ev.event_id, t)
+        if prev is not None:
+            # `interested` looks back over J's views and intents in time (DESIGN.md §4), not per attempt.
+            a.views, a.intent_ts = prev.views, prev.intent_ts
         c.attempts[jidx] = a
         sh.mark_dirty(c, ev.customer_id, jidx)
         sh.push_timer(t + pack.attempt_timeout_ms, T_EXPIRE, ev.customer_id, jidx, a.attempt_id, t)
@@ -147,7 +151,8 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
                 _fire(sh, c, r, a, ev, ev_ids, t, step)
     elif etype in interested.INTEREST_TYPES:
         r = jdef.interested
-        if r is not None and not fired & _B_INTERESTED and interested.on_interest(r, a, ev):
+        # Views are recorded even once the rule fired: they carry over to the next attempt's window.
+        if r is not None and interested.on_interest(r, a, ev) and not fired & _B_INTERESTED:
             _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
     elif etype in interested.INTENT_TYPES:
         if t > a.intent_ts:
@@ -179,7 +184,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
 def _handoffs(sh: Shard, c: CustomerState, ev: Event) -> None:
     for jidx, r in sh.handoff_rules:
         a = c.attempts[jidx]
-        if a is None or a.fired & _B_HANDOFF or not handoff.applies(r, a, ev):
+        if a is None or a.fired & _B_HANDOFF or not handoff.is_contact(r, ev) or not handoff.applies(r, a, ev):
             continue
         mid = _fire(sh, c, r, a, ev, (ev.event_id,), ev.ts_ms, a.last_step)
         ctx = handoff.context(a)
@@ -286,18 +291,23 @@ def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: 
             sh.push_timer(a.last_ts + r.within_ms, T_ABANDON, cid, idx, token, a.last_ts)
     elif kind == T_EXPIRE:
         a = c.attempts[idx]
-        if a is None or a.attempt_id != token or a.ended == EXPIRED:
+        if a is None or a.attempt_id != token:
             return False
-        expiry = a.last_ts + sh.pack.attempt_timeout_ms
-        if a.ended:
-            # Completed attempts are kept only as the handoff window's memory; drop them now.
-            c.attempts[idx] = None
-        elif expiry <= due:
+        if not a.ended:
+            expiry = a.last_ts + sh.pack.attempt_timeout_ms
+            if expiry > due:
+                sh.push_timer(expiry, T_EXPIRE, cid, idx, token, armed)
+                return False
             a.ended = EXPIRED
             sh.state_row(c, cid, idx, a, due)
+        # An ended attempt is kept only while a contact may still hand it off or its interest
+        # windows still reach into the next attempt; timers fire before events of their time,
+        # so the last moment it is needed at must have passed (due > keep) before it goes.
+        keep = _ended_needed_until(sh.journey_defs[idx], a)
+        if keep < due:
             c.attempts[idx] = None
         else:
-            sh.push_timer(expiry, T_EXPIRE, cid, idx, token, armed)
+            sh.push_timer(keep + 1, T_EXPIRE, cid, idx, token, armed)
     elif kind == T_TAG_TTL:
         tag = c.tags.get(idx) if c.tags else None
         if tag is not None and tag[0] == token and c.tags is not None:
@@ -316,6 +326,21 @@ def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: 
             return False
         return True
     return False
+
+
+def _ended_needed_until(jd: JourneyView, a: Attempt) -> int:
+    """Return the last event time at which an ended attempt still matters to the handoff or interested rules."""
+    keep = a.last_ts
+    r = jd.handoff
+    if r is not None:
+        keep = a.last_ts + r.within_ms
+    r = jd.interested
+    if r is not None:
+        if a.views:
+            keep = max(keep, max(a.views) + r.within_ms)
+        if a.intent_ts:
+            keep = max(keep, a.intent_ts + r.no_intent_ms)
+    return keep
 
 
 def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:

@@ -12,6 +12,8 @@ import zlib
 
 import orjson
 
+from state.events import MAX_TS_MS, MIN_TS_MS
+
 _CUSTOMER_KEY = b'"customer_id"'
 
 
@@ -74,7 +76,8 @@ def ts_of_raw(raw: bytes) -> int | None:
     """Return the integer ``ts`` of a raw JSON event without parsing it, or None.
 
     Only used to broadcast the input's progress to idle shards (``state.batches.Tick``);
-    messages whose ts is an ISO string or not found simply do not advance it.
+    messages whose ts is an ISO string, not found, or outside the valid range
+    (2000..2100, which parsing rejects) simply do not advance it.
 
     Args:
         raw: One message.
@@ -85,6 +88,9 @@ def ts_of_raw(raw: bytes) -> int | None:
     i = raw.find(_TS_KEY)
     if i < 0:
         return None
+    if raw.find(_TS_KEY, i + 4) >= 0:
+        # "ts" also names something else (an attrs key, a value): only a parse tells which is the event's.
+        return _ts_by_parse(raw)
     colon = raw.find(b":", i + 4)
     if colon < 0 or raw[i + 4 : colon].strip():
         return None
@@ -99,4 +105,15 @@ def ts_of_raw(raw: bytes) -> int | None:
         return None
     if k < n and raw[k] not in b" \t\r\n,}":
         return None
-    return int(raw[j:k])
+    ts = int(raw[j:k])
+    # An out-of-range ts is dead-lettered by parsing; it must not move every shard's watermark.
+    return ts if MIN_TS_MS <= ts < MAX_TS_MS else None
+
+
+def _ts_by_parse(raw: bytes) -> int | None:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    ts = doc.get("ts") if isinstance(doc, dict) else None
+    return ts if type(ts) is int and MIN_TS_MS <= ts < MAX_TS_MS else None

@@ -165,6 +165,10 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RulePackError(p, "(file)", "file not found") from None
+    except OSError as e:
+        raise RulePackError(p, "(file)", f"cannot be read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise RulePackError(p, "(file)", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise RulePackError(p, "(syntax)", str(e)) from None
     return rule_pack_from_dict(data, str(p))

@@ -44,6 +44,14 @@ class JourneyView:
     """A journey with its rules resolved to attributes, for the hot path."""
 
     __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", *KINDS)
+    # The rule of each kind (set from KINDS in __init__), declared for the type checker.
+    abandoned: MomentRule | None
+    failed: MomentRule | None
+    stuck: MomentRule | None
+    maze: MomentRule | None
+    channel_hop: MomentRule | None
+    interested: MomentRule | None
+    handoff: MomentRule | None
 
     def __init__(self, jd: Any, rules: dict[str, MomentRule]) -> None:
         self.id: str = jd.id
@@ -95,8 +103,13 @@ class Shard:
         first = self.handoff_rules[0][1] if self.handoff_rules else None
         self.handoff_type = first.type if first else ""
         self.handoff_channel = first.channel if first else ""
+        # Each handoff rule may name its own contact channel and type; the hot path checks these sets first.
+        self.handoff_types = frozenset(r.type for _, r in self.handoff_rules)
+        self.handoff_channels = frozenset(r.channel for _, r in self.handoff_rules)
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
-        self.evict_after_ms = pack.horizon_ms
+        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
+        # horizon_ms after the customer's last one must still meet the state.
+        self.evict_after_ms = pack.horizon_ms + 1
         self._fired_names: list[list[tuple[str, int]]] = [
             [(r.name, 1 << KINDS.index(r.kind)) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
@@ -204,7 +217,6 @@ class Shard:
         types = self.pack.types
         now = self.now_ms() if self.live else None
         out = self.out
-        counts = out.events
         buf = self.buffer
         queue = self.queue
         append = queue.append
@@ -217,8 +229,6 @@ class Shard:
                 assert isinstance(ev, Invalid)
                 self._dead(ev, batch, offsets[i] if i < len(offsets) else -1)
                 continue
-            key = (ev.channel, ev.type)
-            counts[key] = counts.get(key, 0) + 1
             ts = ev.ts_ms
             if ts < wm:
                 out.late += 1
@@ -311,6 +321,9 @@ class Shard:
                 break
 
     def _apply(self, ev: Event) -> None:
+        # Events are counted when applied, after de-duplication, so counters only ever grow.
+        counts = self.out.events
+        key = (ev.channel, ev.type)
         cid = ev.customer_id
         c = self.customers.get(cid)
         if c is None:
@@ -323,21 +336,24 @@ class Shard:
         elif seen_before(c, ev):
             self._dup(ev)
             return
+        elif self.max_customers is not None:
+            # Keep the map in order of last sighting, so that shedding drops the least recently seen.
+            del self.customers[cid]
+            self.customers[cid] = c
+        counts[key] = counts.get(key, 0) + 1
         apply_event(self, c, ev)
 
     def _dup(self, ev: Event) -> None:
         inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", b"", "event_id")
         out = self.out
         out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
-        k = (ev.channel, ev.type)
-        out.events[k] = out.events.get(k, 0) - 1
         rec = dead_letter_record(inv, "dedup", -1, -1, self.now_ms())
         rec["raw"] = ev.event_id
         out.dead.append(rec)
 
     def _shed(self) -> None:
-        # Dicts keep insertion order; the first keys are the customers created longest ago.
-        # Shedding the least recently *seen* would need a scan; creation order is the cheap proxy.
+        # Dicts keep insertion order and `_apply` moves a customer to the end when seen (only
+        # when capped): the first key is the customer seen least recently.
         oldest = next(iter(self.customers))
         del self.customers[oldest]
         self.out.evicted += 1
@@ -401,9 +417,10 @@ def _stage(a: Attempt, jd: JourneyView) -> str:
     """Journey life-cycle stage: awareness → knowledge → intention → use."""
     if a.ended == "completed":
         return "use"
-    if a.intent_ts:
+    # Views and intents carried over from an earlier attempt (for `interested`) do not count here.
+    if a.intent_ts >= a.start_ts:
         return "intention"
-    if a.reached or a.views:
+    if a.reached or any(v >= a.start_ts for v in a.views):
         return "knowledge"
     return "awareness"
 

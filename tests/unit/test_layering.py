@@ -1,0 +1,75 @@
+"""Layering (DESIGN.md §2): state/ is pure domain code, importable and testable without any I/O stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE = ROOT / "state"
+IO_PACKAGES = {"bytewax", "confluent_kafka", "clickhouse_connect", "chdb"}
+OUR_OUTER_LAYERS = {"flows", "connectors"}
+ALLOWED_THIRD_PARTY = {"orjson"}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Top-level module names imported by a file (absolute imports; relative ones stay inside state/)."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) in (
+                "__import__", "import_module") and node.args and isinstance(node.args[0], ast.Constant):
+            found.append((node.lineno, str(node.args[0].value)))
+    return found
+
+
+STATE_FILES = sorted(STATE.rglob("*.py"))
+
+
+def test_state_package_has_the_modules_of_the_layout() -> None:
+    names = {p.relative_to(STATE).as_posix() for p in STATE_FILES}
+    assert {"events.py", "rules.py", "shard.py", "customer.py", "moments.py", "detectors/__init__.py"} <= names
+
+
+@pytest.mark.parametrize("path", STATE_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_state_module_imports_no_bytewax_kafka_or_clickhouse(path: Path) -> None:
+    bad = [(line, name) for line, name in _imports(path) if name.split(".")[0] in IO_PACKAGES]
+    assert bad == [], f"{path.relative_to(ROOT)} imports I/O packages: {bad}"
+
+
+@pytest.mark.parametrize("path", STATE_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_state_module_imports_nothing_from_flows_or_connectors(path: Path) -> None:
+    bad = [(line, name) for line, name in _imports(path) if name.split(".")[0] in OUR_OUTER_LAYERS]
+    assert bad == [], f"{path.relative_to(ROOT)} imports outer layers: {bad}"
+
+
+@pytest.mark.parametrize("path", STATE_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_state_module_uses_only_the_standard_library_and_orjson(path: Path) -> None:
+    allowed = set(sys.stdlib_module_names) | ALLOWED_THIRD_PARTY | {"state", "__future__"}
+    bad = [(line, name) for line, name in _imports(path) if name.split(".")[0] not in allowed]
+    assert bad == [], f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_importing_state_loads_no_io_package() -> None:
+    code = (
+        "import sys\n"
+        "import state.shard, state.routing, state.events, state.rules, state.outputs, state.feedback\n"
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(IO_PACKAGES | OUR_OUTER_LAYERS)!r})\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_the_scan_sees_imports_of_every_form(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import bytewax.operators as op\nfrom confluent_kafka import Producer\n"
+                     "import importlib\nm = importlib.import_module('chdb')\nfrom . import sibling\n")
+    assert [name for _, name in _imports(probe)] == ["bytewax.operators", "confluent_kafka", "importlib", "chdb"]

@@ -1,0 +1,132 @@
+"""Routing raw bytes to shards: the same customer always meets the same shard, whatever the encoding."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state.events import MAX_TS_MS, MIN_TS_MS, Event, parse_event
+from state.routing import shard_of_id, shard_of_raw, ts_of_raw
+from tests.helpers import T0
+
+SHARDS = 16
+
+
+def _raw(cid: object, **extra: object) -> bytes:
+    return orjson.dumps({"event_id": "e1", "customer_id": cid, "ts": T0, "channel": "app", "type": "view", **extra})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id":"e1","customer_id":"c123","ts":1,"channel":"app","type":"view"}',
+        b'{"event_id":"e1", "customer_id" : "c123" ,"ts":1}',
+        b'{"event_id":"e1",\n  "customer_id":\n\t"c123"}',
+        b'{"customer_id":"\\u0063123"}',
+        b'{"customer_id":"c\\u0031\\u00323"}',
+        b'{"attrs":{"customer_id":"other"},"customer_id":"c123"}',
+        b'{"note":"customer_id","customer_id":"c123"}',
+    ],
+)
+def test_encodings_of_one_customer_id_route_to_one_shard(raw: bytes) -> None:
+    assert orjson.loads(raw)["customer_id"] == "c123"
+    assert shard_of_raw(raw, SHARDS) == shard_of_id("c123", SHARDS)
+
+
+def test_unicode_ids_route_like_their_parsed_value_raw_or_escaped() -> None:
+    cid = "客户-ü-😀"
+    plain = _raw(cid)
+    escaped = json.dumps(orjson.loads(plain), ensure_ascii=True).encode()
+    assert b"\\u" in escaped
+    assert shard_of_raw(plain, SHARDS) == shard_of_raw(escaped, SHARDS) == shard_of_id(cid, SHARDS)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"event_id":"e1","ts":1}',
+        b'{"customer_id":42}',
+        b'{"customer_id":null,"x":"y"}',
+        b'{"customer_id":["c1"]}',
+        b"not json",
+        b"[1,2]",
+        b"",
+    ],
+)
+def test_messages_without_a_usable_customer_id_go_to_shard_zero(raw: bytes) -> None:
+    assert shard_of_raw(raw, SHARDS) == 0
+
+
+def test_shard_of_id_is_stable_and_in_range() -> None:
+    # crc32 of the UTF-8 bytes: the same in every process and after restarts (no per-process string hash).
+    assert shard_of_id("c1", 1_000_000) == 159457
+    assert shard_of_id("客户", 1_000_000) == 704597
+    assert all(0 <= shard_of_id(f"c{i}", 5) < 5 for i in range(200))
+    assert len({shard_of_id(f"c{i}", 5) for i in range(200)}) == 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.integers(1, 64), st.sampled_from(["orjson", "ascii", "spaced", "attrs_first"]))
+def test_shard_of_raw_agrees_with_the_parsed_customer_id(cid: str, shards: int, style: str) -> None:
+    doc = {"event_id": "e1", "customer_id": cid, "ts": T0, "channel": "app", "type": "view"}
+    if style == "orjson":
+        raw = orjson.dumps(doc)
+    elif style == "ascii":
+        raw = json.dumps(doc, ensure_ascii=True).encode()
+    elif style == "spaced":
+        raw = json.dumps(doc, ensure_ascii=False, indent=2, separators=(" , ", " : ")).encode()
+    else:
+        raw = json.dumps({"attrs": {"customer_id": cid + "x"}, **doc}, ensure_ascii=False).encode()
+    assert shard_of_raw(raw, shards) == shard_of_id(cid, shards)
+    parsed = parse_event(raw)
+    if isinstance(parsed, Event):
+        assert shard_of_raw(raw, shards) == shard_of_id(parsed.customer_id, shards)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.integers(1, 8))
+def test_shard_of_raw_never_raises_and_stays_in_range(raw: bytes, shards: int) -> None:
+    assert 0 <= shard_of_raw(raw, shards) < shards
+
+
+# -- ts_of_raw -------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "ts"),
+    [
+        (b'{"ts":1767225600000}', T0),
+        (b'{"event_id":"e","ts" : 1767225600000 ,"type":"view"}', T0),
+        (b'{"ts":\t1767225600000\n}', T0),
+        (b'{"step":"ts","ts":1767225600000}', T0),
+        (b'{"attrs":{"ts":4000000000000},"ts":1767225600000}', T0),
+        (b'{"ts":1767225600000,"attrs":{"ts":1}}', T0),
+        (b'{"ts":"2026-01-01T00:00:00Z"}', None),
+        (b'{"ts":1767225600000.5}', None),
+        (b'{"ts":-1767225600000}', None),
+        (b'{"ts":1e12}', None),
+        (b'{"ts":null}', None),
+        (b'{"event_id":"e"}', None),
+        (b'{"ts":99999999999999}', None),
+        (b'{"ts":946684799999}', None),
+        (b'{"ts":4102444800000}', None),
+        (b'{"ts":12345678901234567890}', None),
+        (b"not json", None),
+    ],
+)
+def test_ts_of_raw_reads_the_integer_event_time_or_nothing(raw: bytes, ts: int | None) -> None:
+    assert ts_of_raw(raw) == ts
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(MIN_TS_MS - 10, MAX_TS_MS + 10),
+       st.dictionaries(st.sampled_from(["ts", "reason", "t"]), st.integers(0, 2**53), max_size=3),
+       st.booleans())
+def test_ts_of_raw_is_the_parsed_ts_or_none(ts: int, attrs: dict[str, int], attrs_first: bool) -> None:
+    doc: dict[str, object] = {"event_id": "e1", "customer_id": "c", "ts": ts, "channel": "app", "type": "view"}
+    doc = {"attrs": attrs, **doc} if attrs_first else {**doc, "attrs": attrs}
+    raw = orjson.dumps(doc)
+    got = ts_of_raw(raw)
+    assert got == (ts if MIN_TS_MS <= ts < MAX_TS_MS else None)
