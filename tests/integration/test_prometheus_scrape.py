@@ -49,7 +49,8 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
     create_topics(kafka, topics.values(), partitions=2)
     metrics_port, prom_port = free_port(), free_port()
     out = tmp_path / "out"
-    worker = Worker(["--source", "kafka", "--kafka-bootstrap", kafka, "--clock", "replay", "--sink", f"jsonl:{out}",
+    # Live clock: the wall clock releases every buffered event, so all of them are counted.
+    worker = Worker(["--source", "kafka", "--kafka-bootstrap", kafka, "--sink", f"jsonl:{out}",
                      "--metrics-port", str(metrics_port), "--status", "off"], tmp_path / "worker.log", env=topics)
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: cx\n"
