@@ -599,13 +599,19 @@ def simulate(customers: int, minutes: float, seed: int, start_ms: int = DEFAULT_
     return Simulation(customers, minutes, seed, start_ms)
 
 
-def write_jsonl(sim: Simulation, events_path: Path | str, truth_path: Path | str | None = None) -> int:
+def write_jsonl(
+    sim: Simulation,
+    events_path: Path | str,
+    truth_path: Path | str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Write the events (and optionally the ground truth) as JSONL, one orjson object per line.
 
     Args:
         sim: The simulation.
         events_path: Where the events go.
         truth_path: Where the ground truth goes, or None to skip it.
+        progress: Called with the number of events written so far, every 8,192 events.
 
     Returns:
         The number of events written.
@@ -620,6 +626,8 @@ def write_jsonl(sim: Simulation, events_path: Path | str, truth_path: Path | str
                 n += len(buf)
                 f.write(b"\n".join(buf) + b"\n")
                 buf.clear()
+                if progress is not None:
+                    progress(n)
         if buf:
             n += len(buf)
             f.write(b"\n".join(buf) + b"\n")

@@ -6,7 +6,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from flows.config import (
@@ -162,6 +163,31 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
     return cfg.validate()
 
 
+def _progress(verb: str) -> Callable[[int], None]:
+    """A progress callback: a rewritten line on a terminal, a log line every ~2 s otherwise."""
+    started = time.monotonic()
+    last = [0.0]
+
+    def show(n: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < (0.2 if sys.stderr.isatty() else 2.0):
+            return
+        last[0] = now
+        line = f"{verb} {n:,} events ({n / max(now - started, 1e-9):,.0f}/s)"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[2K" + line)
+            sys.stderr.flush()
+        else:
+            log.info("%s", line)
+
+    return show
+
+
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     """``moments run``."""
     from flows.runner import run_pipeline
@@ -178,7 +204,8 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     if a.customers < 1 or a.minutes <= 0:
         raise ConfigError("--customers/--minutes", "must be positive")
     sim = simulate(a.customers, a.minutes, a.seed)
-    n = write_jsonl(sim, a.output, a.truth)
+    n = write_jsonl(sim, a.output, a.truth, progress=_progress("simulated"))
+    _progress_done()
     print(f"wrote {n} events to {a.output}" + (f" and ground truth to {a.truth}" if a.truth else ""))
     return 0
 
@@ -197,7 +224,8 @@ def cmd_produce(a: argparse.Namespace) -> int:
         source: object = (orjson.dumps(e) for e in sim.events())
     else:
         source = Path(a.input)
-    n = produce_jsonl(source, a.topic, conf, a.rate)  # type: ignore[arg-type]
+    n = produce_jsonl(source, a.topic, conf, a.rate, progress=_progress("produced"))  # type: ignore[arg-type]
+    _progress_done()
     print(f"produced {n} messages to {a.topic}")
     return 0
 

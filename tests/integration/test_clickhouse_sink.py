@@ -643,3 +643,45 @@ def test_unreachable_server_makes_the_sink_retry_then_give_up_when_bounded() -> 
         assert not sink.writable()
     finally:
         sink.close()
+
+
+def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, reader: Any) -> None:
+    import urllib.error
+    import urllib.request
+
+    from flows import metrics
+
+    server = metrics.start_http(0, host="127.0.0.1")
+
+    def ready() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/readyz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    seen: list[int] = []
+
+    def during_outage() -> None:
+        seen.append(ready())
+        _recover(reader, "moments")
+
+    rec = Recorder(recover_after=2, recover=during_outage)
+    sink = make_sink(dsn, rec)
+    metrics.register_readiness("clickhouse-test", sink.writable)
+    try:
+        sink.ensure_schema()
+        _stop_merges(reader, "moments")
+        for i in range(2):
+            sink.add("moment", moments(10, prefix=f"p{i}"))
+            sink.flush()
+        assert ready() == 200
+        _too_many_parts(reader, "moments")
+        sink.add("moment", moments(10, prefix="during"))
+        sink.flush()  # blocks in backoff; /readyz is asked while the writes fail
+        assert ready() == 200
+    finally:
+        metrics.register_readiness("clickhouse-test", lambda: True)
+        sink.close()
+        server.stop()
+    assert seen == [503]
