@@ -75,7 +75,6 @@ def _error_cb(client: str) -> Callable[[KafkaError], None]:
 
 
 Item = tuple[str, RawBatch]
-_IDLE_BACKOFF = timedelta(milliseconds=20)
 
 
 def kafka_config(prefix: str = "CX_KAFKA_", overrides: dict[str, str] | None = None) -> dict[str, str]:

@@ -74,11 +74,11 @@ class _ProcessWriters:
                     except Exception:  # noqa: BLE001 - the dataflow's own flush raises and keeps the epoch open
                         logging.getLogger("cx.sink").exception("background flush failed; retried by the epoch")
 
-    def write(self, items: list[tuple[str, Outputs]]) -> None:
+    def write(self, outputs: list[Outputs]) -> None:
         writers = self._writers or ()
         with self._lock:
             for w in writers:
-                for _key, out in items:
+                for out in outputs:
                     for kind, rows in out.records():
                         w.add(kind, rows)
             self._pending = True
@@ -115,8 +115,7 @@ class _Partition(StatefulSinkPartition[Outputs, None]):
         shared.acquire()
 
     def write_batch(self, values: list[Outputs]) -> None:
-        items = [("", out) for out in values]
-        self._shared.write(items)
+        self._shared.write(values)
         now = wall_ms()
         for out in values:
             self._on_written(out.shard, out, now)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from state.detectors import KIND_BITS, abandoned, channel_hop, handoff, interested, maze, stuck
+from state.detectors import KIND_BITS, abandoned, channel_hop, failed, handoff, interested, maze, stuck
 from state.events import Event
 from state.feedback import TRANSITIONS, Feedback
 from state.journey import COMPLETED, EXPIRED, Attempt
@@ -143,7 +143,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if etype == "fail":
         r = jdef.failed
         if r is not None and not fired & _B_FAILED:
-            _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
+            _fire(sh, c, r, a, ev, failed.on_fail(a, ev), t, step)
         r = jdef.stuck
         if r is not None and not fired & _B_STUCK:
             ev_ids = stuck.on_fail(r, a, ev)
