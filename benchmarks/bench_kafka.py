@@ -124,7 +124,7 @@ def latency(addr: str, work: Path, seconds: float, background_rate: float, tag: 
     while time.monotonic() < deadline:
         warm = {"event_id": f"w{w}", "customer_id": f"probe-w{w}", "ts": time.time_ns() // 1_000_000,
                 "channel": "app", "type": "fail", "journey": "cart"}
-        p.produce(f"live.events{tag}", orjson.dumps(warm), key=warm["customer_id"].encode())
+        _produce(p, f"live.events{tag}", orjson.dumps(warm), warm["customer_id"].encode())
         p.flush(5)
         time.sleep(1.0)
         if any(moment_id(f"probe-w{j}", "cart.failed", f"w{j}") + "cart.failed" in arrivals for j in range(w + 1)):
@@ -146,12 +146,7 @@ def latency(addr: str, work: Path, seconds: float, background_rate: float, tag: 
             d["ts"] = now_ms
             d["event_id"] = f"bg{i}"
             d["customer_id"] = f"bg{d['customer_id']}"
-            while True:
-                try:
-                    p.produce(f"live.events{tag}", orjson.dumps(d), key=d["customer_id"].encode())
-                    break
-                except BufferError:
-                    p.poll(0.01)
+            _produce(p, f"live.events{tag}", orjson.dumps(d), d["customer_id"].encode())
             i += 1
             if i % 1000 == 0:
                 p.poll(0)
@@ -161,8 +156,8 @@ def latency(addr: str, work: Path, seconds: float, background_rate: float, tag: 
                     "journey": "cart", "step": "payment"}
             key_step = {"event_id": f"pa{k}", "customer_id": f"probe-a{k}", "ts": now_ms, "channel": "app",
                         "type": "submit", "journey": "cart", "step": "checkout"}
-            p.produce(f"live.events{tag}", orjson.dumps(fail), key=fail["customer_id"].encode())
-            p.produce(f"live.events{tag}", orjson.dumps(key_step), key=key_step["customer_id"].encode())
+            _produce(p, f"live.events{tag}", orjson.dumps(fail), fail["customer_id"].encode())
+            _produce(p, f"live.events{tag}", orjson.dumps(key_step), key_step["customer_id"].encode())
             p.poll(0)
             sent_fail[moment_id(fail["customer_id"], "cart.failed", fail["event_id"]) + "cart.failed"] = now_ms
             mid = moment_id(key_step["customer_id"], "cart.abandoned", key_step["event_id"])
@@ -178,6 +173,15 @@ def latency(addr: str, work: Path, seconds: float, background_rate: float, tag: 
     abandons = [(arrivals[k] - t) / 1000 for k, t in due_abandon.items() if k in arrivals]
     return {"failed": fails, "abandoned": abandons, "sent": [float(len(sent_fail))], "bg": [float(i)],
             "bg_rate": [i / seconds]}
+
+
+def _produce(p: Producer, topic: str, value: bytes, key: bytes) -> None:
+    while True:
+        try:
+            p.produce(topic, value, key=key)
+            return
+        except BufferError:
+            p.poll(0.01)
 
 
 def _pct(xs: list[float], q: float) -> float:
