@@ -15,6 +15,8 @@ from typing import IO, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.worker import stop_process
+
 
 def free_port() -> int:
     """A free TCP port on loopback."""
@@ -65,13 +67,8 @@ class Broker:
 
     def stop(self) -> None:
         """Stop the process (SIGTERM, then SIGKILL); the port is free again afterwards."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         if self._log is not None:
             self._log.close()

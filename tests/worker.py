@@ -9,6 +9,17 @@ import time
 from pathlib import Path
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a child process: SIGTERM, then SIGKILL if it has not exited within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 class Worker:
     """A ``moments run`` child process."""
 
@@ -46,11 +57,5 @@ class Worker:
 
     def stop(self) -> None:
         """Terminate the child (SIGTERM, then SIGKILL)."""
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self._log.close()

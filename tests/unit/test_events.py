@@ -292,15 +292,6 @@ def test_invalid_input_never_moves_the_watermark() -> None:
     assert out.moments == []
 
 
-def test_duplicate_event_ids_are_dead_lettered_as_duplicates() -> None:
-    out = run([ev("f1", 0, "fail"), ev("f1", 0, "fail"), ev("f2", MIN, "fail"), ev("f1", 0, "fail"),
-               ev("f3", 2 * MIN, "fail")])
-    assert rules_fired(out) == ["cart.failed", "cart.stuck"]
-    assert out.invalid == {"duplicate": 2}
-    assert [d["reason"] for d in out.dead] == ["duplicate:event_id", "duplicate:event_id"]
-    assert sum(out.events.values()) == 3
-
-
 def test_same_event_id_of_different_customers_is_not_a_duplicate() -> None:
     out = run([ev("e", 0, "fail"), ev("e", 0, "fail", customer="c2")])
     assert out.dead == []
