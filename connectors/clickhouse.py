@@ -88,8 +88,8 @@ TABLES: Mapping[str, TableSpec] = {
     ),
     "action": TableSpec(
         "actions",
-        ("schema", "moment_id", "customer_id", "rule", "journey", "urgency", "status", "reason", "channel",
-         "control", "due_ts", "ts"),
+        ("schema", "moment_id", "customer_id", "rule", "kind", "journey", "urgency", "status", "reason", "channel",
+         "template", "control", "suppressed_channels", "due_ts", "send_ts", "detected_at"),
     ),
     "feedback": TableSpec("feedback", ("schema", "moment_id", "customer_id", "outcome", "ts")),
 }

@@ -495,6 +495,9 @@ class KafkaJsonWriter:
         topic = self._topics.get(kind)
         if topic is None or not rows:
             return
+        if kind == "action":
+            # cx.actions carries what downstream must do; suppressed and hold-out decisions are stored only.
+            rows = [r for r in rows if r.get("status") == "sent"]
         dumps = orjson.dumps
         produce = self._produce
         for r in rows:

@@ -19,7 +19,7 @@ from flows.config import (
     duration_ms,
 )
 from flows.logs import setup_logging
-from state.rules import RulePackError, load_rule_pack
+from state.rules import STAGES, RulePack, RulePackError, load_rule_pack
 
 log = logging.getLogger("cx.cli")
 
@@ -101,11 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--kafka-bootstrap", default=_env("KAFKA_BOOTSTRAP_SERVERS"))
     _add_sim_args(prod)
 
-    rep = sub.add_parser("report", help="moments by rule and drop-off per key step, from ClickHouse")
+    rep = sub.add_parser("report", help="moments by rule and drop-off per key step, or rule effectiveness")
+    rep.add_argument("view", nargs="?", choices=["overview", "rules"], default="overview",
+                     help="overview: moments by rule, funnels (default); rules: sent vs control uplift per rule")
     rep.add_argument("--clickhouse", default=_env("CLICKHOUSE_DSN", DEFAULT_CLICKHOUSE_DSN))
     rep.add_argument("--journey", default=None, help="journey for the funnel (default: all)")
-    rep.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack (for key steps)")
+    rep.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack (key steps, effect defaults)")
     rep.add_argument("--html", type=Path, default=None, help="also write an HTML page with charts here")
+    rep.add_argument("--from", dest="from_", default=None,
+                     help="rules: moments due at or after (ISO date/datetime, UTC unless an offset; or epoch ms)")
+    rep.add_argument("--to", default=None, help="rules: moments due before this (exclusive; same forms)")
+    rep.add_argument("--json", action="store_true", help="rules: print JSON instead of a table")
+    rep.add_argument("--min-sample", type=int, default=None,
+                     help="rules: sent and control moments needed for a verdict (default: rule pack, else 200)")
+    rep.add_argument("--confidence", type=float, default=None,
+                     help="rules: confidence level of the uplift interval (default: rule pack, else 0.95)")
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
@@ -231,10 +241,16 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    """``moments report``."""
+    """``moments report [overview|rules]``."""
     from flows.report import text_report
 
     pack = load_rule_pack(a.rules)
+    if a.view == "rules":
+        return _report_rules(a, pack)
+    for flag, value in (("--from", a.from_), ("--to", a.to), ("--json", a.json or None),
+                        ("--min-sample", a.min_sample), ("--confidence", a.confidence)):
+        if value is not None:
+            raise ConfigError(flag, "applies to `moments report rules` only")
     print(text_report(a.clickhouse, pack, a.journey))
     if a.html is not None:
         from connectors.clickhouse import open_client
@@ -242,6 +258,37 @@ def cmd_report(a: argparse.Namespace) -> int:
 
         a.html.write_text(html_report(open_client(a.clickhouse), pack, a.journey), encoding="utf-8")
         print(f"wrote {a.html}")
+    return 0
+
+
+def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
+    """``moments report rules``: sent vs control uplift per rule."""
+    from connectors.clickhouse import open_client
+    from flows.rule_report import parse_time_ms, render_json, render_text, rule_report
+
+    if a.html is not None or a.journey is not None:
+        raise ConfigError("--html/--journey", "apply to `moments report overview` only")
+    bounds: dict[str, int | None] = {}
+    for flag, value in (("--from", a.from_), ("--to", a.to)):
+        try:
+            bounds[flag] = None if value is None else parse_time_ms(value)
+        except ValueError as e:
+            raise ConfigError(flag, str(e)) from None
+    if bounds["--from"] is not None and bounds["--to"] is not None and bounds["--from"] >= bounds["--to"]:
+        raise ConfigError("--from/--to", f"empty range: {a.from_} is not before {a.to}")
+    # getattr: packs loaded by older code (or test doubles) may lack the effect settings.
+    min_sample = a.min_sample if a.min_sample is not None else getattr(pack, "effect_min_sample", 200)
+    confidence = a.confidence if a.confidence is not None else getattr(pack, "effect_confidence", 0.95)
+    if min_sample < 1:
+        raise ConfigError("--min-sample", f"must be at least 1, got {min_sample}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError("--confidence", f"must be between 0 and 1 (exclusive), got {confidence}")
+    client = open_client(a.clickhouse)
+    try:
+        report = rule_report(client, bounds["--from"], bounds["--to"], confidence=confidence, min_sample=min_sample)
+    finally:
+        client.close()  # releases the chDB path lock for the next process
+    print(render_json(report) if a.json else render_text(report))
     return 0
 
 
@@ -260,6 +307,20 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
         if r.threshold:
             extra.append(f"n={r.threshold}")
         print(f"  rule {r.name:<26} {r.urgency}  action={r.action:<16} ttl={r.ttl_ms // 3600000}h  {', '.join(extra)}")
+        how = "→".join(r.channels) or "(no channel)"
+        print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
+              + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")
+              + ("" if r.contact else "; not a customer contact (no caps)"))
+    pol = pack.policy
+    quiet = (f"{pol.quiet[0] // 60:02d}:{pol.quiet[0] % 60:02d}-{pol.quiet[1] // 60:02d}:{pol.quiet[1] % 60:02d} "
+             f"({pol.timezone} unless events carry attrs.tz; {', '.join(sorted(pol.quiet_bypass)) or 'none'} "
+             "may bypass)" if pol.quiet else "none")
+    caps = ", ".join(f"{ch} {n}/24h" for ch, n in sorted(pol.channel_caps.items())) or "none"
+    print(f"  contact policy: at most {pol.max_per_day or '∞'} per 24 h and {pol.max_per_week or '∞'} per 7 days, "
+          f"{pol.min_gap_ms // 60000} min apart; quiet hours {quiet}")
+    print(f"    channel caps {caps}; no actions for {pol.after_complete_ms // 3600000} h after a journey is completed")
+    print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
+          f"at {pack.effect_confidence:.0%} confidence")
     return 0
 
 

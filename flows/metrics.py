@@ -36,6 +36,8 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
+from state.policy import HOLDOUT
+from state.policy import REASONS as POLICY_REASONS
 from state.rules import KINDS, URGENCIES
 
 if TYPE_CHECKING:
@@ -111,11 +113,8 @@ _METRICS = (
 )
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
-ACTION_STATUSES = frozenset({"sent", "suppressed"})
-ACTION_REASONS = frozenset({
-    "none", "frequency_cap", "min_gap", "quiet_hours", "converted", "control_group", "opted_out", "cooldown",
-    "no_channel", "expired", "duplicate",
-})
+ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
+ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
@@ -446,6 +445,12 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     record_evicted(out.evicted)
     for m in out.moments:
         record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)
+    if out.actions:
+        decisions: dict[tuple[str, str, str], int] = {}
+        for a in out.actions:
+            k = (a["rule"], a["status"], a["reason"])
+            decisions[k] = decisions.get(k, 0) + 1
+        record_actions(decisions)
     if out.tags:
         states: dict[str, int] = {}
         for t in out.tags:

@@ -13,7 +13,20 @@ from state.events import Event
 from state.feedback import TRANSITIONS, Feedback
 from state.journey import COMPLETED, EXPIRED, Attempt
 from state.moments import SCHEMA_VERSION, moment_id
-from state.rules import MomentRule
+from state.policy import (
+    CONTROL,
+    HOLDOUT,
+    SENT,
+    Contact,
+    action_record,
+    evaluate,
+    in_holdout,
+    order,
+    remember_completion,
+    remember_send,
+    remember_tz,
+)
+from state.rules import STAGE_REUSE, STAGE_USE, MomentRule
 
 if TYPE_CHECKING:
     from state.shard import JourneyView, Shard
@@ -35,28 +48,33 @@ T_EVICT = 2
 T_TAG_TTL = 3
 
 TAG_OPEN = "open"
+TAG_ACTIONED = "actioned"
 TAG_RESOLVED = "resolved"
 TAG_EXPIRED = "expired"
-_TAG_RANK = {TAG_OPEN: 0, "actioned": 1, TAG_RESOLVED: 2, TAG_EXPIRED: 3}
+_TAG_RANK = {TAG_OPEN: 0, TAG_ACTIONED: 1, TAG_RESOLVED: 2, TAG_EXPIRED: 3}
+_TAG_STATES = (TAG_OPEN, TAG_ACTIONED)  # states of a tag still held, by the index kept in the tag tuple
 
 
 class CustomerState:
-    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags."""
+    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags, contact history."""
 
-    __slots__ = ("attempts", "last_seen", "dedup", "tags")
+    __slots__ = ("attempts", "last_seen", "dedup", "tags", "contact")
 
     def __init__(self, n_journeys: int, ts: int) -> None:
         self.attempts: list[Attempt | None] = [None] * n_journeys
         self.last_seen = ts
         self.dedup = b""
-        # rule index -> (moment_id, opened_ts, expires_ts, journey); None while no tag is open.
-        self.tags: dict[int, tuple[str, int, int, str]] | None = None
+        # rule index -> (moment_id, opened_ts, expires_ts, journey, state: 0 open | 1 actioned);
+        # None while no tag is held.
+        self.tags: dict[int, tuple[str, int, int, str, int]] | None = None
+        # Created at the first moment, completion or time zone: most customers never need one.
+        self.contact: Contact | None = None
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.attempts, self.last_seen, self.dedup, self.tags)
+        return (self.attempts, self.last_seen, self.dedup, self.tags, self.contact)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
-        self.attempts, self.last_seen, self.dedup, self.tags = st
+        self.attempts, self.last_seen, self.dedup, self.tags, self.contact = st
 
 
 def seen_before(c: CustomerState, ev: Event) -> bool:
@@ -88,6 +106,11 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if ev.ts_ms > c.last_seen:
         c.last_seen = ev.ts_ms
     pack = sh.pack
+    attrs = ev.attrs
+    if attrs and "tz" in attrs:
+        if c.contact is None:
+            c.contact = Contact()
+        remember_tz(c.contact, attrs["tz"])
     if sh.handoff_rules and ev.type in sh.handoff_types and ev.channel in sh.handoff_channels:
         _handoffs(sh, c, ev)
     j = ev.journey
@@ -108,6 +131,8 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         if prev is not None:
             # `interested` looks back over J's views and intents in time (DESIGN.md §4), not per attempt.
             a.views, a.intent_ts = prev.views, prev.intent_ts
+        if _completed_before(c, prev, jidx):
+            a.stage = STAGE_USE  # a returning user: completing again is reuse
         c.attempts[jidx] = a
         sh.mark_dirty(c, ev.customer_id, jidx)
         sh.push_timer(t + pack.attempt_timeout_ms, T_EXPIRE, ev.customer_id, jidx, a.attempt_id, t)
@@ -120,6 +145,14 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         if step is not None:
             a.last_step = step
     etype = ev.type
+    st = jdef.stage_types.get(etype, 0)
+    if step is not None:
+        st2 = jdef.stage_steps.get(step, 0)
+        if st2 > st:
+            st = st2
+    if st > a.stage:
+        a.stage = st
+        sh.mark_dirty(c, cid, jidx)
 
     if step is not None:
         idx = jdef.step_index.get(step)
@@ -134,6 +167,11 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if etype == jdef.complete_type:
         a.ended = COMPLETED
         a.last_key = False
+        a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
+        if pack.policy.after_complete_ms:
+            if c.contact is None:
+                c.contact = Contact()
+            remember_completion(c.contact, jidx, t)
         sh.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
         _resolve_tags(sh, c, cid, j, a, t)
         sh.state_row(c, cid, jidx, a, t)
@@ -240,20 +278,67 @@ def _fire(
     expires = due + r.ttl_ms
     if c.tags is None:
         c.tags = {}
-    c.tags[r.index] = (mid, due, expires, r.journey)
+    c.tags[r.index] = (mid, due, expires, r.journey, 0)
     sh.tag_row(cid, r, mid, TAG_OPEN, "", due, due)
     sh.push_timer(expires, T_TAG_TTL, cid, r.index, mid, due)
+    sh.pending.append((r, sh.out.moments[-1], a.stage))
     return mid
+
+
+def decide(sh: Shard, c: CustomerState, cid: str) -> None:
+    """Turn the moments one event or timer fired for a customer into actions or suppressions.
+
+    Moments fired at the same instant compete: the most urgent is decided first, and once one
+    of them is acted on (sent or held out), the other customer contacts are ``outranked``.
+    """
+    pending = order(sh.pending) if len(sh.pending) > 1 else sh.pending
+    sh.pending = []
+    policy = sh.pack.policy
+    clock = sh.decision_clock()
+    acted = False
+    out = sh.out.actions
+    for r, m, stage in pending:
+        due = m["due_ts"]
+        status, reason, channel, skipped = evaluate(
+            policy, r, c.contact, due_ms=due, lag_ms=clock - due, stage=stage,
+            journey_index=sh.journey_index[r.journey], acted_now=acted,
+        )
+        control = in_holdout(cid, r.name, r.holdout)
+        if status == SENT:
+            if control:
+                status, reason = CONTROL, HOLDOUT
+            if r.contact:
+                acted = True
+                if c.contact is None:
+                    c.contact = Contact()
+                remember_send(policy, c.contact, due, channel)
+            if status == SENT:
+                _mark_actioned(sh, c, cid, r, m["moment_id"], due)
+        out.append(action_record(r, m, status, reason, channel, skipped, control, m["detected_at"]))
+
+
+def _mark_actioned(sh: Shard, c: CustomerState, cid: str, r: MomentRule, mid: str, t: int) -> None:
+    tag = c.tags.get(r.index) if c.tags else None
+    if c.tags is not None and tag is not None and tag[0] == mid and tag[4] == 0:
+        c.tags[r.index] = (*tag[:4], 1)
+        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", tag[1], t)
+
+
+def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool:
+    """Return whether the customer is known to have completed the journey before."""
+    if prev is not None and prev.ended == COMPLETED:
+        return True
+    return c.contact is not None and any(j == jidx for j, _t in c.contact.done)
 
 
 def _resolve_tags(sh: Shard, c: CustomerState, cid: str, journey: str, a: Attempt, t: int) -> None:
     if not c.tags:
         return
-    outcome = "recovered" if a.fired else "completed"
-    for ridx, (mid, opened, _exp, j) in list(c.tags.items()):
+    # The customer finished what the moment was about (in this attempt or, within the tag's TTL, a later one).
+    for ridx, (mid, opened, _exp, j, _st) in list(c.tags.items()):
         if j == journey:
             del c.tags[ridx]
-            sh.tag_row(cid, sh.pack.rules[ridx], mid, TAG_RESOLVED, outcome, opened, t)
+            sh.tag_row(cid, sh.pack.rules[ridx], mid, TAG_RESOLVED, "recovered", opened, t)
     if not c.tags:
         c.tags = None
 
@@ -320,9 +405,12 @@ def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: 
         if evict_at > due:
             sh.push_timer(evict_at, T_EVICT, cid, 0, "", c.last_seen)
             return False
-        if c.tags:
-            later = max(t[2] for t in c.tags.values())
-            sh.push_timer(max(later, due + 1), T_EVICT, cid, 0, "", c.last_seen)
+        later = max(t[2] for t in c.tags.values()) if c.tags else 0
+        if c.contact is not None:
+            # Caps, gaps and the after-completion rule look back further than the detection rules.
+            later = max(later, c.contact.needed_until(sh.pack.policy))
+        if later >= due:
+            sh.push_timer(max(later, due) + 1, T_EVICT, cid, 0, "", c.last_seen)
             return False
         return True
     return False
@@ -347,7 +435,8 @@ def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:
     """Move the tag of the moment a feedback record names (contacted → actioned, converted → resolved…)."""
     if not c.tags:
         return
-    for ridx, (mid, opened, _exp, _j) in list(c.tags.items()):
+    for ridx, tag in list(c.tags.items()):
+        mid, opened = tag[0], tag[1]
         if mid != fb.moment_id:
             continue
         state, closes = TRANSITIONS[fb.outcome]
@@ -355,7 +444,10 @@ def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:
             del c.tags[ridx]
             if not c.tags:
                 c.tags = None
-        sh.tag_row(fb.customer_id, sh.pack.rules[ridx], mid, state, fb.outcome, opened, fb.ts_ms)
+        else:
+            c.tags[ridx] = (*tag[:4], 1)
+        # A feedback clock behind the moment's must not order the transition before the opening.
+        sh.tag_row(fb.customer_id, sh.pack.rules[ridx], mid, state, fb.outcome, opened, max(fb.ts_ms, opened))
         return
 
 

@@ -35,6 +35,7 @@ class Attempt:
         "views",
         "intent_ts",
         "recent",
+        "stage",
     )
 
     def __init__(self, attempt_id: str, ts: int) -> None:
@@ -56,6 +57,7 @@ class Attempt:
         self.views: tuple[int, ...] = ()
         self.intent_ts = 0
         self.recent: tuple[str, ...] = ()
+        self.stage = 0  # life-cycle stage reached (index into state.rules.STAGES)
 
     @property
     def status(self) -> str:

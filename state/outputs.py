@@ -44,6 +44,7 @@ class Outputs:
     __slots__ = (
         "shard",
         "moments",
+        "actions",
         "tags",
         "states",
         "steps",
@@ -62,6 +63,7 @@ class Outputs:
     def __init__(self, shard: str = "") -> None:
         self.shard = shard
         self.moments: list[dict[str, Any]] = []
+        self.actions: list[dict[str, Any]] = []  # one contact-policy decision per moment
         self.tags: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
@@ -80,6 +82,7 @@ class Outputs:
         """Return ``(kind, rows)`` pairs for the kinds that have rows."""
         pairs = (
             ("moment", self.moments),
+            ("action", self.actions),
             ("tag", self.tags),
             ("journey_state", self.states),
             ("journey_step", self.steps),
@@ -90,5 +93,5 @@ class Outputs:
         return [(k, rows) for k, rows in pairs if rows]
 
     def __bool__(self) -> bool:
-        return bool(self.moments or self.tags or self.states or self.steps or self.dead or self.context
+        return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
                     or self.feedback or self.events or self.invalid or self.late or self.evicted)

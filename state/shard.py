@@ -22,6 +22,7 @@ from state.customer import (
     CustomerState,
     apply_event,
     apply_feedback,
+    decide,
     on_timer,
     seen_before,
     tag_rank,
@@ -30,9 +31,9 @@ from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.journey import Attempt
 from state.outputs import Outputs, dead_letter_record
-from state.rules import KINDS, MomentRule, RulePack
+from state.rules import KINDS, STAGES, MomentRule, RulePack
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 
 
 def wall_ms() -> int:
@@ -43,7 +44,7 @@ def wall_ms() -> int:
 class JourneyView:
     """A journey with its rules resolved to attributes, for the hot path."""
 
-    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", *KINDS)
+    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", "stage_types", "stage_steps", *KINDS)
     # The rule of each kind (set from KINDS in __init__), declared for the type checker.
     abandoned: MomentRule | None
     failed: MomentRule | None
@@ -59,6 +60,8 @@ class JourneyView:
         self.key_steps: frozenset[str] = jd.key_steps
         self.complete_type: str = jd.complete_type
         self.step_index: dict[str, int] = {s: i for i, s in enumerate(jd.steps)}
+        self.stage_types: dict[str, int] = jd.stage_types
+        self.stage_steps: dict[str, int] = jd.stage_steps
         for kind in KINDS:
             setattr(self, kind, rules.get(kind))
 
@@ -129,6 +132,9 @@ class Shard:
         # Per-batch scratch.
         self.out = Outputs(key)
         self.current_customer = ""
+        # Moments fired by the current event or timer, awaiting their contact-policy decision.
+        self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
+        self.event_now = 0  # event time of the event or timer being applied
         self._dirty: dict[tuple[str, int], CustomerState] = {}
         self._states_at = 0
         self.state_interval_ms = 1_000
@@ -147,6 +153,14 @@ class Shard:
         """Arm an event-time timer."""
         self.seq += 1
         heapq.heappush(self.timers, (due, self.seq, kind, cid, idx, token, armed))
+
+    def decision_clock(self) -> int:
+        """The clock staleness is judged by: the wall clock live; in replay the event time being processed.
+
+        Replay re-enacts what a live worker would have done at the time, and stays deterministic
+        whatever the batching; a live worker catching up on a backlog sees how late it is.
+        """
+        return self.now_ms() if self.live else self.event_now
 
     def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
         """Note that a journey state row must be written at the end of the batch."""
@@ -204,7 +218,7 @@ class Shard:
                 "moment_id": mid,
                 "opened_ts": opened,
                 "ts": ts,
-                "version": ts * 4 + tag_rank(state),
+                "version": max(ts, opened) * 4 + tag_rank(state),
             }
         )
 
@@ -307,10 +321,13 @@ class Shard:
                 from_heap = True
             if timers and timers[0][0] <= tlimit and (ev is None or timers[0][0] <= ev.ts_ms):
                 due, _seq, kind, cid, idx, token, armed = pop(timers)
+                self.event_now = due
                 c = self.customers.get(cid)
                 if c is not None and on_timer(self, c, cid, kind, idx, token, armed, due):
                     del self.customers[cid]
                     self.out.evicted += 1
+                elif self.pending and c is not None:
+                    decide(self, c, cid)
             elif ev is not None and ev.ts_ms < wm:
                 if from_heap:
                     pop(buf)
@@ -341,7 +358,10 @@ class Shard:
             del self.customers[cid]
             self.customers[cid] = c
         counts[key] = counts.get(key, 0) + 1
+        self.event_now = ev.ts_ms
         apply_event(self, c, ev)
+        if self.pending:
+            decide(self, c, cid)
 
     def _dup(self, ev: Event) -> None:
         inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", b"", "event_id")
@@ -414,15 +434,8 @@ class Shard:
 
 
 def _stage(a: Attempt, jd: JourneyView) -> str:
-    """Journey life-cycle stage: awareness → knowledge → intention → use."""
-    if a.ended == "completed":
-        return "use"
-    # Views and intents carried over from an earlier attempt (for `interested`) do not count here.
-    if a.intent_ts >= a.start_ts:
-        return "intention"
-    if a.reached or any(v >= a.start_ts for v in a.views):
-        return "knowledge"
-    return "awareness"
+    """Journey life-cycle stage: awareness → knowledge → intention → use → reuse (marks from the rule pack)."""
+    return STAGES[a.stage]
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

@@ -78,20 +78,25 @@ ENGINE = ReplacingMergeTree
 ORDER BY (journey, step, customer_id, event_id)
 SETTINGS non_replicated_deduplication_window = 1000;
 
+-- One contact-policy decision per moment: status sent | suppressed | control (hold-out).
 CREATE TABLE IF NOT EXISTS actions
 (
     schema UInt8,
     moment_id String,
     customer_id String,
     rule LowCardinality(String),
+    kind LowCardinality(String),
     journey LowCardinality(String),
     urgency LowCardinality(String),
     status LowCardinality(String),
     reason LowCardinality(String),
     channel LowCardinality(String),
+    template LowCardinality(String),
     control UInt8,
+    suppressed_channels Array(String),
     due_ts Int64,
-    ts Int64
+    send_ts Int64,
+    detected_at Int64
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (rule, moment_id)

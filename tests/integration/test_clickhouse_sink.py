@@ -50,9 +50,11 @@ RECORDS: dict[str, dict[str, Any]] = {
                      "entry": "home_banner", "channel": "app", "event_id": "e7", "ts": T0 + 7},
     "dead_letter": {"schema": 1, "reason": "not_json", "detail": "line 3", "raw": "eyJ9", "raw_encoding": "base64",
                     "source": "kafka:cx.events", "partition": 2, "offset": 12345678901, "received_at": T0 + 1},
-    "action": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "journey": "cart",
-               "urgency": "P2", "status": "suppressed", "reason": "quiet_hours", "channel": "sms", "control": True,
-               "due_ts": T0 + 600_000, "ts": T0 + 600_100},
+    "action": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "kind": "abandonment",
+               "journey": "cart", "urgency": "P2", "status": "suppressed", "reason": "quiet_hours", "channel": "",
+               "template": "cart_reminder", "control": True,
+               "suppressed_channels": ["sms:quiet_hours", "email:min_gap"], "due_ts": T0 + 600_000, "send_ts": 0,
+               "detected_at": T0 + 600_100},
     "feedback": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "outcome": "converted", "ts": T0 + 900_000},
 }
 
@@ -147,6 +149,8 @@ def test_schema_is_created_idempotently_with_every_table(dsn: str, reader: Any) 
         "moments": "ReplacingMergeTree", "customer_tags": "ReplacingMergeTree", "journey_states": "ReplacingMergeTree",
         "journey_steps": "ReplacingMergeTree", "actions": "ReplacingMergeTree", "feedback": "ReplacingMergeTree",
         "dead_letters": "MergeTree",
+        # Derived, for `moments report rules` (002_effectiveness.sql): not written by the sink.
+        "tag_history": "ReplacingMergeTree", "tag_history_mv": "MaterializedView", "rule_outcomes": "View",
     }
 
 

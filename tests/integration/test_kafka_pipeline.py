@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from state.moments import moment_id
+from state.policy import in_holdout
 from tests.chdb_query import query
 from tests.kafka_helpers import create_topics, kcat, produce, read_topic, unique, wait_for_messages
 from tests.worker import Worker
@@ -84,8 +85,13 @@ def test_events_flow_to_every_output_topic_keyed_by_customer(kafka: str, topics:
     failed = next(orjson.loads(v) for _k, v in moments if b"cart.failed" in v)
     assert failed["moment_id"] == moment_id("cust-1", "cart.failed", "e2")
     assert failed["attrs"] == {"reason": "card_declined"}
-    tags = wait_for_messages(kafka, topics["tag"], 2)
-    assert {orjson.loads(v)["state"] for _k, v in tags} == {"open"}
+    # Both moments are acted on (the failure is P1, which may act in quiet hours; the handoff is agent context).
+    actions = [orjson.loads(v) for _k, v in wait_for_messages(kafka, topics["action"], 2)]
+    assert sorted((a["rule"], a["status"], a["channel"]) for a in actions) == [
+        ("cart.failed", "sent", "outbound_call"), ("cart.handoff", "sent", "agent_screen")]
+    assert {a["moment_id"] for a in actions} == {orjson.loads(v)["moment_id"] for _k, v in moments}
+    tags = wait_for_messages(kafka, topics["tag"], 4)
+    assert sorted(orjson.loads(v)["state"] for _k, v in tags) == ["actioned", "actioned", "open", "open"]
     context = wait_for_messages(kafka, topics["context"], 1)
     assert orjson.loads(context[0][1])["recent_steps"] == ["product", "payment"]
     # kcat, an independent client, sees the same records with the same keys.
@@ -153,6 +159,8 @@ def test_feedback_changes_the_tag_state_in_clickhouse(kafka: str, topics: dict[s
     produce(kafka, topics["feedback"], [orjson.dumps({"moment_id": mid, "customer_id": "cust-4",
                                                       "outcome": "converted", "ts": t + 60_000})], key_of=_key)
     tags = wait_for_messages(kafka, topics["tag"], 2)
+    # cust-4 is in cart.failed's 10 % hold-out: no action, so the tag goes from open straight to resolved.
+    assert in_holdout("cust-4", "cart.failed", 0.1)
     assert [orjson.loads(v)["state"] for _k, v in tags] == ["open", "resolved"]
     time.sleep(2.5)  # one flush interval for ClickHouse
     worker.stop()  # type: ignore[attr-defined]  # chDB allows one process per path: read after the worker ends

@@ -82,6 +82,12 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
         assert scraped["cx_invalid_events_total"] == len(dead) == 3
         assert scraped["cx_moments_total"] == len(moments) > 0
         assert scraped["cx_detection_latency_seconds_count"] == len(moments)
+        # One contact-policy decision per moment, counted by status and reason.
+        actions = read_jsonl(out / "actions.jsonl")
+        assert scraped["cx_actions_total"] == len(actions) == len(moments)
+        # The simulated events are months old for this live worker: all too late to act on.
+        stale = sum(1 for a in actions if a["reason"] == "stale")
+        assert stale == len(actions)
         # Prometheus itself scraped the same numbers.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _prom_query(prom_port, "sum(cx_moments_total)") != len(moments):
@@ -90,6 +96,7 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
         assert _prom_query(prom_port, "sum(cx_events_total)") == len(events)
         assert _prom_query(prom_port, "sum(cx_invalid_events_total)") == 3
         assert _prom_query(prom_port, "sum(cx_detection_latency_seconds_count)") == len(moments)
+        assert _prom_query(prom_port, 'sum(cx_actions_total{status="suppressed",reason="stale"})') == stale
         assert _prom_query(prom_port, 'up{job="cx"}') == 1
     finally:
         prom.terminate()

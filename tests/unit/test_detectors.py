@@ -7,7 +7,8 @@ from typing import Any
 
 from state.moments import moment_id
 from state.rules import load_rule_pack
-from tests.helpers import MIN, T0, ev, rules_fired, run
+from state.shard import Shard
+from tests.helpers import MIN, PACK, T0, ev, rules_fired, run
 
 SEC = 1_000
 HOUR = 60 * MIN
@@ -89,7 +90,8 @@ def test_completion_prevents_abandonment() -> None:
 def test_completion_ten_minutes_later_comes_too_late_and_recovers_the_abandonment() -> None:
     out = run([_checkout("k", 0), ev("c", 10 * MIN, "complete", step="payment")])
     assert rules_fired(out) == ["cart.abandoned"]
-    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("resolved", "recovered")]
+    # The abandonment is acted on at its due time (the contact policy lets it through), then recovered.
+    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("actioned", ""), ("resolved", "recovered")]
 
 
 def test_events_of_other_journeys_do_not_prevent_abandonment() -> None:
@@ -373,18 +375,21 @@ def test_completion_resolves_open_tags_of_the_journey_as_recovered() -> None:
     out = run([ev("f", 0, "fail", step="payment"), ev("g", MIN, "fail", journey="5g_upgrade"),
                ev("c", 5 * MIN, "complete", step="payment")])
     states = [(t["tag"], t["state"], t["outcome"]) for t in out.tags]
-    assert states == [("cart.failed", "open", ""), ("5g_upgrade.failed", "open", ""),
+    # The second failure a minute later is not acted on (minimum gap), so its tag stays open.
+    assert states == [("cart.failed", "open", ""), ("cart.failed", "actioned", ""), ("5g_upgrade.failed", "open", ""),
                       ("cart.failed", "resolved", "recovered")]
-    assert out.tags[2]["version"] > out.tags[0]["version"]
-    assert out.tags[2]["moment_id"] == out.moments[0]["moment_id"]
-    assert out.tags[2]["ts"] == T0 + 5 * MIN
+    assert out.tags[3]["version"] > out.tags[1]["version"] > out.tags[0]["version"]
+    assert out.tags[3]["moment_id"] == out.moments[0]["moment_id"]
+    assert out.tags[3]["ts"] == T0 + 5 * MIN
 
 
-def test_completion_after_an_idle_day_resolves_older_tags_as_completed() -> None:
+def test_completion_after_an_idle_day_still_recovers_the_older_tag() -> None:
     # The abandonment tag (TTL 48 h) outlives its attempt; the next attempt completes without a moment.
     out = run([_checkout("k", 0), ev("v", 30 * HOUR, "view", step="product"), ev("c", 30 * HOUR + MIN, "complete")])
     assert rules_fired(out) == ["cart.abandoned"]
-    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("resolved", "completed")]
+    # Replay judges staleness in event time: the abandonment was acted on when it was due.
+    assert [(a["status"], a["reason"]) for a in out.actions] == [("sent", "")]
+    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("actioned", ""), ("resolved", "recovered")]
 
 
 def test_completion_without_moments_changes_no_tags() -> None:
@@ -426,8 +431,8 @@ def test_each_rule_fires_at_most_once_in_a_busy_attempt() -> None:
 
 def test_tags_expire_after_their_ttl() -> None:
     out = run([ev("f", 0, "fail"), ev("later", 25 * HOUR, journey=None, customer="c2")])
-    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("expired", "expired")]
-    assert out.tags[1]["ts"] == T0 + DAY
+    assert [(t["state"], t["outcome"]) for t in out.tags] == [("open", ""), ("actioned", ""), ("expired", "expired")]
+    assert out.tags[2]["ts"] == T0 + DAY
 
 
 def test_journey_steps_record_first_arrival_per_step_and_completion() -> None:
@@ -441,10 +446,23 @@ def test_journey_steps_record_first_arrival_per_step_and_completion() -> None:
 
 
 def test_journey_stage_of_a_new_attempt_ignores_the_previous_attempts_intent() -> None:
-    out = run([ev("s", 0, "start", step="cart"), ev("c", MIN, "complete"), ev("n", 2 * MIN, "cancel")])
+    # The first attempt expires (a day idle) after an intent; the next one starts over.
+    out = run([ev("s", 0, "start", step="cart"), ev("n", 25 * HOUR, "cancel")])
     latest = [s for s in out.states if s["attempt_id"] == "n"]
     assert latest
     assert latest[-1]["stage"] == "awareness"
+
+
+def test_journey_stage_moves_forward_through_the_life_cycle_and_reuse_follows_a_second_completion() -> None:
+    events = [ev("v", 0, "view"), ev("p", MIN, step="product"), ev("k", 2 * MIN, step="checkout"),
+              ev("b", 3 * MIN, step="product"), ev("c", 4 * MIN, "complete"),
+              ev("n", 5 * MIN, step="product"), ev("c2", 6 * MIN, "complete")]
+    sh = Shard(PACK)
+    stages = []
+    for e in events:  # one batch per event, so each step's state row is seen
+        stages += [s["stage"] for s in run([e], shard=sh).states]
+    # "b" changes nothing (stages never go back), so it writes no state row.
+    assert stages == ["knowledge", "knowledge", "intention", "use", "use", "reuse"]
 
 
 # -- identity and record shape ---------------------------------------------------------------------

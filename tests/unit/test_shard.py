@@ -198,9 +198,13 @@ def test_customers_with_open_tags_are_kept_until_the_tags_expire() -> None:
     process(sh, [Tick(T0 + DAY + 2 * MIN, final=True)])
     assert "c1" in sh.customers
     out = process(sh, [Tick(T0 + 73 * HOUR, final=True)])
+    assert [(t["state"], t["outcome"]) for t in out.tags] == [("expired", "expired")]
+    # The offer was sent at T0 + 1 min: the weekly cap needs that send for 7 days more.
+    assert "c1" in sh.customers
+    assert process(sh, [Tick(T0 + MIN + 7 * DAY, final=True)]).evicted == 0
+    out = process(sh, [Tick(T0 + MIN + 7 * DAY + 1, final=True)])
     assert "c1" not in sh.customers
     assert out.evicted == 1
-    assert [(t["state"], t["outcome"]) for t in out.tags] == [("expired", "expired")]
 
 
 def test_customer_cap_sheds_the_oldest_customers() -> None:

@@ -1,0 +1,206 @@
+"""Contact policy: every moment becomes one action (on one channel) or one suppression with its reason.
+
+Decisions use event time: an action's send time is its moment's due time, so caps, gaps and
+quiet hours give the same answers in replay, live mode and after a recovery. Only staleness
+looks at the processing clock (the wall clock in live mode, the input's event time in replay):
+a backlog replayed after an outage is detected late, and its moments are no longer worth acting on.
+
+The hold-out (control) group passes through the same checks as treated customers and is
+recorded as a would-be send, so "sent" and "control" decisions are comparable and both arms
+see the same caps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Any
+
+from state.rules import STAGES, MomentRule, Policy, zone
+
+SENT = "sent"
+SUPPRESSED = "suppressed"
+CONTROL = "control"
+# Suppression reasons, in the order they are checked.
+REASONS = ("stale", "journey_completed", "stage", "outranked", "quiet_hours", "min_gap", "daily_cap", "weekly_cap",
+           "channel_cap", "no_channel")
+HOLDOUT = "holdout"
+NOT_CHOSEN = "not_chosen"
+_URGENCY_RANK = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
+_DAY_MS = 86_400_000
+_WEEK_MS = 7 * _DAY_MS
+_MAX_TZ_CHARS = 64
+
+
+class Contact:
+    """What the policy remembers of one customer: recent sends, recent completions, time zone."""
+
+    __slots__ = ("sends", "done", "tz")
+
+    def __init__(self) -> None:
+        self.sends: tuple[tuple[int, str], ...] = ()  # (send ts, channel), including hold-out would-be sends
+        self.done: tuple[tuple[int, int], ...] = ()  # (journey index, completion ts), latest per journey
+        self.tz: str | None = None
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.sends, self.done, self.tz)
+
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        self.sends, self.done, self.tz = st
+
+    def needed_until(self, policy: Policy) -> int:
+        """Return the event time after which nothing here can change a decision (for eviction)."""
+        last = max((t for t, _ in self.sends), default=0) + policy.history_ms if self.sends else 0
+        for _j, t in self.done:
+            last = max(last, t + policy.after_complete_ms)
+        return last
+
+
+def in_holdout(customer_id: str, rule: str, share: float) -> bool:
+    """Return whether the customer is in the rule's control group: stable across runs, processes and restarts."""
+    if share <= 0:
+        return False
+    h = hashlib.blake2b(f"{rule}\x00{customer_id}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(h, "big") < share * 2**64
+
+
+def local_minute(ts_ms: int, tz: str | None, default_tz: str) -> int:
+    """Return minutes since local midnight of ``ts_ms`` in ``tz`` (an unknown zone falls back to ``default_tz``)."""
+    z = zone(tz) if tz else None
+    if z is None:
+        z = zone(default_tz)
+    d = datetime.fromtimestamp(ts_ms / 1000, z)
+    return d.hour * 60 + d.minute
+
+
+def is_quiet(policy: Policy, ts_ms: int, tz: str | None) -> bool:
+    """Return whether ``ts_ms`` falls in the quiet hours of the customer's time zone."""
+    if policy.quiet is None:
+        return False
+    start, end = policy.quiet
+    m = local_minute(ts_ms, tz, policy.timezone)
+    return start <= m < end if start < end else (m >= start or m < end)
+
+
+def _near(sends: tuple[tuple[int, str], ...], t: int, span: int, channel: str | None = None) -> int:
+    # Windows are checked on both sides of t: a late event can make a decision out of time order,
+    # and every window of length `span` containing t must stay within the cap.
+    return sum(1 for s, ch in sends if t - span < s < t + span and (channel is None or ch == channel))
+
+
+def evaluate(
+    policy: Policy,
+    rule: MomentRule,
+    contact: Contact | None,
+    *,
+    due_ms: int,
+    lag_ms: int,
+    stage: int,
+    journey_index: int,
+    acted_now: bool,
+) -> tuple[str, str, str, list[str]]:
+    """Decide one moment (before the hold-out split).
+
+    Args:
+        policy: The pack's contact policy.
+        rule: The moment's rule.
+        contact: The customer's contact history (None when there is none).
+        due_ms: The moment's due time (= the action's send time).
+        lag_ms: How late the decision is, processing clock minus due time.
+        stage: The journey attempt's life-cycle stage (index into ``STAGES``).
+        journey_index: The journey's index in the pack.
+        acted_now: Whether a more urgent moment of this customer was acted on at this instant.
+
+    Returns:
+        ``(status, reason, channel, suppressed_channels)``: status ``sent`` or ``suppressed``;
+        suppressed channels as ``"channel:reason"``.
+    """
+    if lag_ms > rule.act_within_ms:
+        return SUPPRESSED, "stale", "", []
+    if rule.stages and stage not in rule.stages:
+        return SUPPRESSED, "stage", "", []
+    if not rule.contact:
+        if not rule.channels:
+            return SUPPRESSED, "no_channel", "", []
+        return SENT, "", rule.channels[0], [f"{ch}:{NOT_CHOSEN}" for ch in rule.channels[1:]]
+    sends = contact.sends if contact is not None else ()
+    if contact is not None and policy.after_complete_ms:
+        for j, t in contact.done:
+            if j == journey_index and 0 <= due_ms - t < policy.after_complete_ms:
+                return SUPPRESSED, "journey_completed", "", []
+    if acted_now:
+        return SUPPRESSED, "outranked", "", []
+    if rule.urgency not in policy.quiet_bypass and is_quiet(policy, due_ms, contact.tz if contact else None):
+        return SUPPRESSED, "quiet_hours", "", []
+    if policy.min_gap_ms and _near(sends, due_ms, policy.min_gap_ms):
+        return SUPPRESSED, "min_gap", "", []
+    if policy.max_per_day and _near(sends, due_ms, _DAY_MS) >= policy.max_per_day:
+        return SUPPRESSED, "daily_cap", "", []
+    if policy.max_per_week and _near(sends, due_ms, _WEEK_MS) >= policy.max_per_week:
+        return SUPPRESSED, "weekly_cap", "", []
+    if not rule.channels:
+        return SUPPRESSED, "no_channel", "", []
+    skipped: list[str] = []
+    for i, ch in enumerate(rule.channels):
+        cap = policy.channel_caps.get(ch)
+        if cap is not None and _near(sends, due_ms, _DAY_MS, ch) >= cap:
+            skipped.append(f"{ch}:channel_cap")
+            continue
+        return SENT, "", ch, skipped + [f"{c}:{NOT_CHOSEN}" for c in rule.channels[i + 1:]]
+    return SUPPRESSED, "channel_cap", "", skipped
+
+
+def remember_send(policy: Policy, contact: Contact, t: int, channel: str) -> None:
+    """Add a send to the history, dropping what no longer matters to any window."""
+    keep_from = t - policy.history_ms
+    sends = [s for s in contact.sends if s[0] > keep_from]
+    sends.append((t, channel))
+    sends.sort()
+    contact.sends = tuple(sends)
+
+
+def remember_completion(contact: Contact, journey_index: int, t: int) -> None:
+    """Note that the customer completed a journey at ``t`` (the latest completion per journey is kept)."""
+    contact.done = (*((j, s) for j, s in contact.done if j != journey_index), (journey_index, t))
+
+
+def remember_tz(contact: Contact, tz: object) -> None:
+    """Keep the customer's time zone from an event's ``attrs.tz`` when it names a known zone."""
+    if type(tz) is str and len(tz) <= _MAX_TZ_CHARS and tz != contact.tz and zone(tz) is not None:
+        contact.tz = tz
+
+
+def order(pending: list[tuple[MomentRule, dict[str, Any], int]]) -> list[tuple[MomentRule, dict[str, Any], int]]:
+    """Return competing moments most urgent first (pack order breaks ties)."""
+    return sorted(pending, key=lambda p: (_URGENCY_RANK.get(p[0].urgency, 9), p[0].index))
+
+
+def action_record(
+    rule: MomentRule, moment: dict[str, Any], status: str, reason: str, channel: str, skipped: list[str],
+    control: bool, detected_at: int,
+) -> dict[str, Any]:
+    """Return the decision record (``actions`` table; sent ones also go to ``cx.actions``)."""
+    acted = status != SUPPRESSED
+    return {
+        "schema": 1,
+        "moment_id": moment["moment_id"],
+        "customer_id": moment["customer_id"],
+        "rule": rule.name,
+        "kind": rule.kind,
+        "journey": rule.journey,
+        "urgency": rule.urgency,
+        "status": status,
+        "reason": reason,
+        "channel": channel,
+        "template": rule.action,
+        "control": 1 if control else 0,
+        "suppressed_channels": skipped,
+        "due_ts": moment["due_ts"],
+        "send_ts": moment["due_ts"] if acted else 0,
+        "detected_at": detected_at,
+    }
+
+
+def stage_name(stage: int) -> str:
+    """Return the name of a stage index."""
+    return STAGES[stage]
