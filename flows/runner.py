@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sqlite3
 import sys
+import tempfile
 import threading
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from flows.config import PipelineConfig, redacted_dsn
+from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow
 from flows.sink import flush_all
 from flows.stats import STATS
@@ -115,9 +119,64 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _partition_counts(directory: Path) -> dict[str, int]:
+    """Return the cluster size each recovery partition in ``directory`` was created for.
+
+    Read from Bytewax 0.21's ``parts`` table (``part_index``, ``part_count``; ``src/recovery.rs``); files that
+    cannot be read are left out and left to Bytewax to judge.
+    """
+    counts: dict[str, int] = {}
+    for part in sorted(directory.glob("part-*.sqlite3")):
+        try:
+            with closing(sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)) as db:
+                row = db.execute("SELECT part_count FROM parts").fetchone()
+        except sqlite3.Error:
+            continue
+        if row is not None:
+            counts[part.name] = int(row[0])
+    return counts
+
+
 def _recovery_config(directory: Path, cfg: PipelineConfig) -> RecoveryConfig:
+    """Return the recovery configuration, creating this process's recovery partition on its first start.
+
+    Bytewax needs the cluster as a whole to hold every recovery partition; any one process may hold any
+    subset (Bytewax 0.21 ``docs/guide/concepts/recovery.md``, "Setup"). Each worker lists the partitions
+    in its own ``db_dir`` and worker 0 picks one holder per partition (``calc_primaries`` in
+    ``src/timely.rs``); only that copy is read and written. So process ``i`` of ``N`` creates only
+    partition ``i`` of ``N``: with one volume per process (a Kubernetes StatefulSet) each volume holds the
+    one partition its process writes, and with a directory shared by the processes the set is complete
+    too. Creating all ``N`` in every directory left empty copies that Bytewax may pick instead of the
+    written one once the worker layout changes (``-w``): the restart then began again from the start of
+    the input, or panicked.
+
+    Args:
+        directory: ``--recovery-dir``; created if missing.
+        cfg: The run configuration (cluster size, this process's id, backup interval).
+
+    Returns:
+        Bytewax's recovery configuration for ``directory``.
+
+    Raises:
+        ConfigError: The directory holds partitions of a smaller cluster. A process added to it would create a
+            partition of the new size, which Bytewax cannot combine with the old ones (it panics without a
+            message), so this is refused here with one.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    if not any(directory.glob("part-*.sqlite3")):
-        # One recovery partition per process is Bytewax's usual layout; it refuses mismatched sets later.
-        init_db_dir(directory, max(1, len(cfg.addresses) or 1))
+    count = max(1, len(cfg.addresses))
+    smaller = {name: n for name, n in _partition_counts(directory).items() if n < count}
+    if smaller:
+        name, n = min(smaller.items())
+        raise ConfigError("--recovery-dir", f"{directory / name} belongs to a cluster of {n} process(es), this one "
+                          f"has {count}: the number of processes is fixed for the life of the recovery state")
+    index = cfg.process_id or 0
+    own = directory / f"part-{index}.sqlite3"
+    if not own.exists():
+        # init_db_dir makes all `count` partitions; keep only ours. Built next to the target and renamed so a
+        # process listing a shared directory never opens a half-written file (Bytewax only reads *.sqlite3
+        # files directly in the directory, not this staging sub-directory).
+        with tempfile.TemporaryDirectory(prefix=".init-", dir=directory) as staging:
+            init_db_dir(Path(staging), count)
+            os.replace(Path(staging) / own.name, own)
+        log.info("created recovery partition %d of %d at %s", index, count, own)
     return RecoveryConfig(str(directory), timedelta(seconds=cfg.backup_interval_s))
