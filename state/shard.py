@@ -135,7 +135,9 @@ class Shard:
         # Moments fired by the current event or timer, awaiting their contact-policy decision.
         self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
         self.event_now = 0  # event time of the event or timer being applied
-        self._dirty: dict[tuple[str, int], CustomerState] = {}
+        # (customer, journey) -> (state, event time of its latest change): the row's version must grow with
+        # every change, including those made by timers, which do not move the attempt's last event time.
+        self._dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
         self._states_at = 0
         self.state_interval_ms = 1_000
 
@@ -164,7 +166,11 @@ class Shard:
 
     def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
         """Note that a journey state row must be written at the end of the batch."""
-        self._dirty[(cid, jidx)] = c
+        t = self.event_now
+        prev = self._dirty.get((cid, jidx))
+        if prev is not None and prev[1] > t:
+            t = prev[1]
+        self._dirty[(cid, jidx)] = (c, t)
 
     def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
         """Emit a journey state row now (attempt ended)."""
@@ -394,10 +400,10 @@ class Shard:
         if states is None:
             states = now - self._states_at >= self.state_interval_ms
         if states and self._dirty:
-            for (cid, jidx), c in self._dirty.items():
+            for (cid, jidx), (c, changed) in self._dirty.items():
                 a = c.attempts[jidx]
                 if a is not None:
-                    out.states.append(self._state_record(cid, jidx, a, a.last_ts))
+                    out.states.append(self._state_record(cid, jidx, a, changed))
             self._dirty = {}
             self._states_at = now
         out.customers = len(self.customers)
@@ -410,7 +416,7 @@ class Shard:
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
         state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
-                 self.timers, self.max_ts, self.wm, self.seq, list(self._dirty))
+                 self.timers, self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()])
         return pickle.dumps(state, protocol=5)
 
     def restore(self, blob: bytes) -> None:
@@ -429,7 +435,7 @@ class Shard:
             )
         self.customers, self.buffer, self.timers = customers, buffer, timers
         self.queue = deque(queue)
-        self._dirty = {k: customers[k[0]] for k in dirty if k[0] in customers}
+        self._dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
 
 

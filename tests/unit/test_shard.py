@@ -310,3 +310,27 @@ def test_restoring_a_snapshot_of_an_unknown_format_is_refused() -> None:
     state[0] = 999
     with pytest.raises(ValueError, match="snapshot format 999"):
         Shard(PACK).restore(pickle.dumps(tuple(state)))
+
+
+def test_a_timer_that_changes_a_journey_state_gives_its_row_a_higher_version() -> None:
+    # The abandonment fires from a timer, 10 min after the attempt's last event: its row must outrank
+    # the row written before, or a ReplacingMergeTree could keep the older one.
+    sh = Shard(PACK)
+    before = run([ev("k", 0, step="checkout")], shard=sh).states
+    after = process(sh, [Tick(T0 + 11 * MIN, final=True)]).states
+    assert [s["fired"] for s in before] == [[]]
+    assert [s["fired"] for s in after] == [["cart.abandoned"]]
+    assert after[0]["version"] > before[0]["version"]
+    assert after[0]["last_ts"] == before[0]["last_ts"]
+
+
+def test_snapshot_keeps_pending_state_rows_with_their_change_time() -> None:
+    sh = Shard(PACK)
+    sh.state_interval_ms = 10**14  # hold the coalesced rows back
+    _feed(sh, [ev("k", 0, step="checkout")])
+    process(sh, [Tick(T0 + 11 * MIN)])
+    restored = Shard(PACK)
+    restored.restore(sh.snapshot())
+    rows = restored.take_outputs(states=True).states
+    assert [r["fired"] for r in rows] == [["cart.abandoned"]]
+    assert rows[0]["version"] == sh.take_outputs(states=True).states[0]["version"]
