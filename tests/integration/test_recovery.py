@@ -59,16 +59,17 @@ def test_sigkill_mid_stream_loses_no_moment_from_a_file(tmp_path: Path, seed: in
 
 
 @pytest.mark.kafka
-def test_sigkill_mid_stream_loses_no_moment_from_kafka(kafka: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("seed", [5, 9])
+def test_sigkill_mid_stream_loses_no_moment_from_kafka(kafka: str, tmp_path: Path, seed: int) -> None:
     topics = {"CX_TOPIC_EVENTS": unique("cx.events"), "CX_TOPIC_FEEDBACK": unique("cx.feedback")}
     create_topics(kafka, topics.values(), partitions=1)
-    values = [orjson.dumps(e) for e in simulate(30_000, 600, seed=5).events()]
+    values = [orjson.dumps(e) for e in simulate(30_000, 600, seed=seed).events()]
     produce(kafka, topics["CX_TOPIC_EVENTS"], values)
     args = ["--source", "kafka", "--kafka-bootstrap", kafka, "--clock", "replay", "--kafka-stop-at-end",
             "--no-metrics", "--status", "off"]
     clean = Worker([*args, "--sink", f"jsonl:{tmp_path / 'clean'}"], tmp_path / "clean.log", env=topics)
     assert clean.wait(300) == 0, clean.log()[-3000:]
-    kills = _crash_and_resume(args, tmp_path / "crashed", tmp_path / "recovery", tmp_path, 5, topics)
+    kills = _crash_and_resume(args, tmp_path / "crashed", tmp_path / "recovery", tmp_path, seed, topics)
     assert kills >= 1
     assert set(_ids(tmp_path / "crashed")) == set(_ids(tmp_path / "clean"))
 
