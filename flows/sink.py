@@ -5,7 +5,9 @@ calls ``snapshot()`` on it at the end of every epoch: that is where buffered
 rows are flushed (with retries, blocking while a sink is down). An epoch
 therefore closes, and with recovery its input positions and state are
 committed, only after its outputs are durable — at-least-once, never lossy.
-Between epochs writers flush by size and every ``flush_interval_s``.
+Between epochs writers flush by size and every ``flush_interval_s``; a writer that
+inserts on its own thread (ClickHouse: ``start_flush``) is only handed its rows
+then, so that the dataflow waits for those inserts at the epoch's end alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ from state.shard import wall_ms
 
 
 class Writer(Protocol):
-    """What a sink backend offers (JSONL, ClickHouse, Kafka)."""
+    """What a sink backend offers (JSONL, ClickHouse, Kafka).
+
+    A writer may also offer ``start_flush()``: hand its buffered rows over to be written without waiting
+    (``flush`` must then wait for everything handed over).
+    """
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None: ...  # noqa: D102
     def flush(self) -> None: ...  # noqa: D102
@@ -70,7 +76,7 @@ class _ProcessWriters:
             with self._lock:
                 if self._pending and time.monotonic() - self._last_flush >= self._interval:
                     try:
-                        self._flush_locked()
+                        self._flush_locked(wait=False)
                     except Exception:  # noqa: BLE001 - the dataflow's own flush raises and keeps the epoch open
                         logging.getLogger("cx.sink").exception("background flush failed; retried by the epoch")
 
@@ -83,16 +89,18 @@ class _ProcessWriters:
                         w.add(kind, rows)
             self._pending = True
             if time.monotonic() - self._last_flush >= self._interval:
-                self._flush_locked()
+                self._flush_locked(wait=False)
 
     def flush(self) -> None:
         with self._lock:
             self._flush_locked()
 
-    def _flush_locked(self) -> None:
+    def _flush_locked(self, wait: bool = True) -> None:
         for w in self._writers or ():
-            # Raises after its own retries only on permanent errors: the epoch then stays open.
-            w.flush()
+            # Raises after its own retries only on permanent errors: the epoch then stays open. Between epochs
+            # nothing needs to be durable yet: waiting for another thread's inserts would only stall the flow.
+            start = None if wait else getattr(w, "start_flush", None)
+            (start or w.flush)()
         self._pending = False
         self._last_flush = time.monotonic()
 
@@ -102,7 +110,13 @@ class _ProcessWriters:
             if self._users == 0 and self._writers is not None:
                 self._stop.set()
                 for w in self._writers:
-                    w.close()
+                    try:
+                        w.close()
+                    except Exception:  # noqa: BLE001 - see below
+                        # Bytewax closes partitions from a destructor, where a raise is a panic during the unwinding
+                        # of the error that stopped the worker, and the process hangs instead of exiting. Rows a
+                        # writer cannot write by now were refused before (epochs end with a flush that raises).
+                        logging.getLogger("cx.sink").exception("closing a writer failed")
                 self._writers = None
                 if self in _LIVE:
                     _LIVE.remove(self)

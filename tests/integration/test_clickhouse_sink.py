@@ -10,7 +10,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,14 @@ def moments(n: int, prefix: str = "m") -> list[dict[str, Any]]:
 def count(client: Any, sql: str) -> int:
     """The single integer a query returns."""
     return int(client.query(sql).result_rows[0][0])
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll until ``done()`` (the insert thread works on its own time)."""
+    end = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.01)
 
 
 # -- schema ----------------------------------------------------------------------------------
@@ -298,9 +307,12 @@ def test_journey_states_final_returns_the_highest_version(dsn: str, reader: Any)
 # -- buffering -------------------------------------------------------------------------------
 
 
-def test_rows_are_written_when_a_buffer_reaches_batch_rows_and_on_flush(dsn: str, reader: Any) -> None:
+@pytest.mark.parametrize("background", [True, False], ids=["insert-thread", "caller-thread"])
+def test_rows_are_written_when_a_buffer_reaches_batch_rows_and_on_flush(
+    background: bool, dsn: str, reader: Any
+) -> None:
     rec = Recorder()
-    sink = make_sink(dsn, rec, batch_rows=3)
+    sink = make_sink(dsn, rec, batch_rows=3, background=background)
     try:
         sink.ensure_schema()
         batch = moments(4)
@@ -309,7 +321,7 @@ def test_rows_are_written_when_a_buffer_reaches_batch_rows_and_on_flush(dsn: str
         assert rec.writes == []
         assert count(reader, "SELECT count() FROM moments") == 0
         sink.add("moment", batch[2:3])
-        assert rec.writes == [("moments", 3)]
+        wait_until(lambda: rec.writes == [("moments", 3)])  # written without a flush
         assert count(reader, "SELECT count() FROM moments") == 3
         sink.add("moment", batch[3:])
         assert sink.buffered() == {"moment": 1, "journey_step": 1}
@@ -380,14 +392,15 @@ def test_permanent_error_raises_at_once_and_keeps_the_rows(dsn: str, reader: Any
     try:
         sink.ensure_schema()
         sink.add("journey_step", [dict(RECORDS["journey_step"], ts="not a number")])
-        with pytest.raises(ValueError, match="not a number"):
+        with pytest.raises(DatabaseError, match="not a number") as info:
             sink.flush()
+        assert not is_transient_clickhouse_error(info.value)
         assert rec.retries == []
         assert rec.sleeps == []
         assert sink.buffered() == {"journey_step": 1}
         assert not sink.writable()
     finally:
-        with pytest.raises(ValueError, match="not a number"):
+        with pytest.raises(DatabaseError, match="not a number"):
             sink.close()
     assert count(reader, "SELECT count() FROM journey_steps") == 0
 
@@ -446,6 +459,7 @@ def test_outage_blocks_with_backoff_then_rows_arrive_exactly_once(dsn: str, read
         _stop_merges(reader, "journey_steps")
         sink.add("journey_step", steps[:1_000])  # two parts on disk
         sink.add("journey_step", steps[1_000:2_000])
+        sink.flush()  # both were handed over at batch_rows: wait until they are written
         _too_many_parts(reader, "journey_steps")
         sink.add("journey_step", steps[2_000:])
         sink.flush()  # blocks in backoff until the fake sleep ends the outage
@@ -509,6 +523,169 @@ def test_concurrent_worker_threads_share_one_client_and_lose_nothing(dsn: str, r
         for s in sinks:
             s.close()
     assert count(reader, "SELECT count() FROM moments") == 12_000
+
+
+# -- the insert thread ---------------------------------------------------------------------------
+
+
+def test_record_with_a_field_its_table_lacks_raises_naming_it(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+        sink.add("feedback", [dict(RECORDS["feedback"], note="not a column")])
+        with pytest.raises(ValueError, match="feedback record with field 'note' that table feedback lacks"):
+            sink.flush()
+    finally:
+        with pytest.raises(ValueError, match="'note'"):
+            sink.close()
+    assert count(reader, "SELECT count() FROM feedback") == 0
+
+
+def test_inserts_run_on_the_sink_thread_in_hand_over_order(dsn: str, reader: Any) -> None:
+    threads: list[str] = []
+    rec = Recorder()
+
+    def on_write(table: str, rows: int, seconds: float) -> None:
+        threads.append(threading.current_thread().name)
+        rec.on_write(table, rows, seconds)
+
+    sink = ClickHouseSink(dsn, batch_rows=5, on_write=on_write)
+    try:
+        sink.ensure_schema()
+        for i in range(6):
+            sink.add("moment", moments(5, prefix=f"b{i}"))
+            sink.add("feedback", [dict(RECORDS["feedback"], moment_id=f"b{i}", ts=T0 + i)])
+        sink.flush()
+    finally:
+        sink.close()
+    assert set(threads) == {"clickhouse-insert"}
+    assert rec.writes == [("moments", 5)] * 5 + [("feedback", 5), ("moments", 5), ("feedback", 1)]
+    assert count(reader, "SELECT count() FROM moments") == 30
+
+
+class BlockedRetry:
+    """A backoff sleep that holds the insert thread in its retry until released (an outage of any length)."""
+
+    def __init__(self) -> None:
+        self.sleeping = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, seconds: float) -> None:
+        self.sleeping.set()
+        assert self.release.wait(30), "never released"
+
+
+def _in_thread(fn: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, errors
+
+
+def test_add_blocks_while_the_insert_thread_retries_then_every_row_arrives_once(dsn: str, reader: Any) -> None:
+    blocked = BlockedRetry()
+    rec = Recorder()
+    sink = ClickHouseSink(dsn, batch_rows=10, on_write=rec.on_write, on_retry=rec.on_retry, sleep=blocked)
+    try:
+        sink.ensure_schema()
+        _stop_merges(reader, "moments")
+        for i in range(2):
+            sink.add("moment", moments(10, prefix=f"before{i}"))
+        sink.flush()
+        _too_many_parts(reader, "moments")
+        sink.add("moment", moments(10, prefix="refused"))  # handed over; its insert is refused and retried
+        assert blocked.sleeping.wait(30)
+        assert not sink.writable()
+        # Back-pressure: while the batch is retried the caller stands still, as if it inserted itself.
+        adder, errors = _in_thread(lambda: sink.add("moment", moments(3, prefix="after")))
+        adder.join(0.5)
+        assert adder.is_alive()
+        _recover(reader, "moments")
+        blocked.release.set()
+        adder.join(30)
+        assert not adder.is_alive()
+        assert errors == []
+        sink.flush()
+        assert sink.writable()
+    finally:
+        blocked.release.set()
+        sink.close()
+    assert [(t, c) for t, _, c in rec.retries] == [("moments", TOO_MANY_PARTS)]
+    assert count(reader, "SELECT count() FROM moments") == 33  # no FINAL: nothing doubled
+    assert count(reader, "SELECT uniqExact(moment_id) FROM moments") == 33
+
+
+def test_add_blocks_while_max_pending_rows_wait_to_be_written(dsn: str, reader: Any) -> None:
+    go = threading.Event()
+    written: list[int] = []
+
+    def slow_write(table: str, rows: int, seconds: float) -> None:
+        written.append(rows)
+        assert go.wait(30), "never released"
+
+    sink = ClickHouseSink(dsn, batch_rows=10, max_pending_rows=20, on_write=slow_write)
+    try:
+        sink.ensure_schema()
+        sink.add("moment", moments(10, prefix="a"))  # taken by the insert thread, which then hangs in on_write
+        wait_until(lambda: written == [10])
+        sink.add("moment", moments(10, prefix="b"))  # 20 rows pending: the bound
+        adder, errors = _in_thread(lambda: sink.add("moment", moments(10, prefix="c")))
+        adder.join(0.5)
+        assert adder.is_alive()
+        go.set()
+        adder.join(30)
+        assert not adder.is_alive()
+        assert errors == []
+        sink.flush()
+    finally:
+        go.set()
+        sink.close()
+    assert count(reader, "SELECT count() FROM moments") == 30
+
+
+def test_permanent_error_on_the_insert_thread_is_raised_to_the_caller_and_loses_nothing(
+    dsn: str, reader: Any
+) -> None:
+    rec = Recorder()
+    sink = make_sink(dsn, rec, batch_rows=5)
+    try:
+        sink.ensure_schema()
+        # A real permanent refusal that can be lifted: a constraint the rows violate.
+        reader.command(f"ALTER TABLE feedback ADD CONSTRAINT early CHECK ts < {T0 + 3}")
+        sink.add("feedback", [dict(RECORDS["feedback"], moment_id=f"m-{i}", ts=T0 + i) for i in range(5)])
+        wait_until(lambda: not sink.writable())  # the handed-over batch was refused on the insert thread
+        # The next call on the caller's thread raises it: the worker stops instead of running on without a sink.
+        with pytest.raises(DatabaseError) as info:
+            sink.add("feedback", [dict(RECORDS["feedback"], moment_id="m-5", ts=T0 + 5)])
+        assert not is_transient_clickhouse_error(info.value)
+        assert rec.retries == []
+        with pytest.raises(DatabaseError):
+            sink.flush()  # tried again, refused again
+        assert sink.buffered() == {"feedback": 6}
+        reader.command("ALTER TABLE feedback DROP CONSTRAINT early")
+        sink.flush()  # the kept batch, and what came after it
+        assert sink.writable()
+        assert sink.buffered() == {}
+    finally:
+        sink.close()
+    assert count(reader, "SELECT count() FROM feedback") == 6
+    assert count(reader, "SELECT uniqExact(moment_id) FROM feedback") == 6
+
+
+def test_close_writes_rows_handed_over_but_not_yet_written(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn, batch_rows=100)
+    sink.ensure_schema()
+    for i in range(10):
+        sink.add("journey_step", [dict(RECORDS["journey_step"], event_id=f"e{i}-{j}") for j in range(100)])
+    sink.close()
+    assert count(reader, "SELECT count() FROM journey_steps") == 1_000
 
 
 # -- chDB facts: one engine per process, one process per path ----------------------------------
