@@ -2,29 +2,92 @@
 
 Lines are not parsed here: each is routed by a customer id sliced from its
 bytes, so parsing happens after the exchange, on the worker that owns the shard.
-After every batch the source broadcasts the largest event time it has seen to
-every shard (a ``Tick``), and a final tick at the end, so idle shards' clocks
+After every batch the source sends the largest valid event time it has read to
+its shards (a ``Tick``), and a final tick at the end, so idle shards' clocks
 follow the input (DESIGN.md §7).
+
+In a cluster every process reads the whole input but keeps only the lines of the
+shards its own workers run (``connectors.placement``): raw lines then never cross
+between processes, where Bytewax would pickle them. Each source partition sees
+every line, so its ticks carry the largest event time of the whole input read so
+far, and each shard hears from exactly one partition per input, as with one process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import zlib
 from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.placement import Placement
 from state.batches import RawBatch, Tick
-from state.events import BASE_TYPES, Event, parse_event
+from state.events import BASE_TYPES, MAX_TS_MS, MIN_TS_MS, Event, parse_event
 from state.routing import shard_of_raw, ts_of_raw
 
 Item = tuple[str, RawBatch | Tick]
+Position = int | tuple[int, tuple[int, ...]]
+"""A partition's resume state: the next line, and in a cluster also the shards it feeds."""
+
+_log = logging.getLogger("cx.source")
+
+_CUSTOMER_KEY = b'"customer_id"'
+_TS_KEY = b'"ts"'
+# The common spellings of state.routing's slicing, as one C call each; anything else falls back to it.
+_ID_AT = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"').match
+_TS_AT = re.compile(rb'"ts"\s*:[ \t]*([0-9]{1,15})(?:[ \t\r\n,}]|\Z)').match
 
 
-class _RawPartition(StatefulSourcePartition[Item, int]):
-    """Reads raw lines from an iterator factory that can skip to a position."""
+def shard_of_line(raw: bytes, shards: int) -> int:
+    """Return ``state.routing.shard_of_raw(raw, shards)``, faster on plain ids.
+
+    Every process of a cluster routes every line to decide which it keeps, so this is on the hot path.
+
+    Args:
+        raw: One message.
+        shards: Number of shards (> 0).
+
+    Returns:
+        An int in ``range(shards)``.
+    """
+    i = raw.find(_CUSTOMER_KEY)
+    if i >= 0 and raw.find(_CUSTOMER_KEY, i + 13) < 0:
+        m = _ID_AT(raw, i)
+        if m is not None:
+            return zlib.crc32(m.group(1)) % shards
+    return shard_of_raw(raw, shards)
+
+
+def ts_of_line(raw: bytes) -> int | None:
+    """Return ``state.routing.ts_of_raw(raw)``, faster on plain integer times.
+
+    Args:
+        raw: One message.
+
+    Returns:
+        Epoch ms, or None.
+    """
+    i = raw.find(_TS_KEY)
+    if i >= 0 and raw.find(_TS_KEY, i + 4) < 0:
+        m = _TS_AT(raw, i)
+        if m is None:
+            return None
+        ts = int(m.group(1))
+        return ts if MIN_TS_MS <= ts < MAX_TS_MS else None
+    return ts_of_raw(raw)
+
+
+class _RawPartition(StatefulSourcePartition[Item, Position]):
+    """Reads raw lines from an iterator factory that can skip to a position.
+
+    With ``own`` set, only lines of those shards are emitted, and ticks go to those shards only;
+    every line still counts for the position and the largest event time.
+    """
 
     def __init__(
         self,
@@ -35,6 +98,7 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         batch_lines: int,
         pace: Callable[[int], float | None] | None = None,
         types: Collection[str] = BASE_TYPES,
+        own: frozenset[int] | None = None,
     ) -> None:
         self._types = types
         self._source = source
@@ -46,7 +110,11 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         self._done = False
         self._pace = pace
         self._awake: datetime | None = None
+        self._own = own
+        kept = range(shards) if own is None else sorted(own)
+        self._keep = [own is None or s in own for s in range(shards)]
         self._keys = [str(s) for s in range(shards)]
+        self._tick_keys = [str(s) for s in kept]
 
     def next_batch(self) -> list[Item]:
         if self._done:
@@ -54,6 +122,7 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         shards = self._shards
         values: list[list[bytes]] = [[] for _ in range(shards)]
         offsets: list[list[int]] = [[] for _ in range(shards)]
+        keep = self._keep
         max_ts = self._max_ts
         candidates: list[tuple[int, bytes]] = []
         pos = self._pos
@@ -70,10 +139,11 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
             pos += 1
             if not raw:
                 continue
-            s = shard_of_raw(raw, shards)
-            values[s].append(raw)
-            offsets[s].append(pos)
-            t = ts_of_raw(raw)
+            s = shard_of_line(raw, shards)
+            if keep[s]:
+                values[s].append(raw)
+                offsets[s].append(pos)
+            t = ts_of_line(raw)
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
             n += 1
@@ -84,24 +154,64 @@ class _RawPartition(StatefulSourcePartition[Item, int]):
         self._pos = pos
         # Only a valid event may move the clock: a hostile line carrying a future ts would otherwise make every
         # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
-        for t, raw in sorted(candidates, reverse=True):
-            if type(parse_event(raw, types=self._types)) is Event:
-                max_ts = t
-                break
+        if candidates:
+            best = max(candidates)
+            if type(parse_event(best[1], types=self._types)) is Event:
+                max_ts = best[0]
+            else:
+                for t, raw in sorted(candidates, reverse=True):
+                    if type(parse_event(raw, types=self._types)) is Event:
+                        max_ts = t
+                        break
         self._max_ts = max_ts
         keys = self._keys
         src = self._source
         items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s])) for s in range(shards) if values[s]]
         if n or self._done:
             tick = Tick(max_ts, final=self._done)
-            items.extend((k, tick) for k in keys)
+            items.extend((k, tick) for k in self._tick_keys)
         return items
 
     def next_awake(self) -> datetime | None:
         return None
 
-    def snapshot(self) -> int:
-        return self._pos
+    def snapshot(self) -> Position:
+        if self._own is None:
+            return self._pos
+        # The shards travel with the position: a restart with another -w moves shards between processes, and
+        # a shard must go on hearing from the partition whose position matches its state.
+        return self._pos, tuple(sorted(self._own))
+
+
+def _resume(
+    resume_state: Position | None, own: frozenset[int] | None, part: str
+) -> tuple[int, frozenset[int] | None]:
+    """Return the start line and the shards to feed of a partition being built."""
+    if resume_state is None:
+        return 0, own
+    if isinstance(resume_state, int):
+        return resume_state, own
+    pos, recorded = resume_state
+    kept = frozenset(recorded)
+    if kept != own:
+        _log.warning("input partition %s resumes feeding the shards it fed before the restart (the cluster's "
+                     "workers changed): their lines cross between processes until the recovery state is reset",
+                     part)
+    return pos, kept
+
+
+def _part_name(index: int, placement: Placement | None) -> str:
+    if placement is None or placement.processes == 1:
+        return str(index)  # as before clusters read by shard: one-process recovery state stays valid
+    return f"{index}-p{placement.process}"
+
+
+def _part_of(name: str, placement: Placement | None, shards: int) -> tuple[int, frozenset[int] | None]:
+    """Return the input index and the shards a partition feeds (None: all)."""
+    index, _, proc = name.partition("-p")
+    if not proc or placement is None:
+        return int(index), None
+    return int(index), placement.own_shards(shards, int(proc))
 
 
 def _open_file_at(path: Path) -> Callable[[int], Iterator[bytes]]:
@@ -114,17 +224,23 @@ def _open_file_at(path: Path) -> Callable[[int], Iterator[bytes]]:
     return open_at
 
 
-class JsonlFileSource(FixedPartitionedSource[Item, int]):
-    """Replay JSONL files (one partition per file), resuming at the next unread line.
+class JsonlFileSource(FixedPartitionedSource[Item, Position]):
+    """Replay JSONL files, resuming at the next unread line.
+
+    One partition per file; in a cluster, one per file and process, each reading the whole file for the
+    shards of its own process.
 
     Args:
         paths: The files.
         shards: Number of shards to route to.
-        batch_lines: Lines per batch.
+        batch_lines: Lines read per batch.
+        types: Event types the rule pack knows (for the tick's validity check).
+        placement: This process's place in the cluster (None: a single process).
     """
 
     def __init__(
-        self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES
+        self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
+        placement: Placement | None = None,
     ) -> None:
         self._types = types
         missing = [str(p) for p in paths if not p.is_file()]
@@ -133,49 +249,63 @@ class JsonlFileSource(FixedPartitionedSource[Item, int]):
         self._paths = paths
         self._shards = shards
         self._batch = batch_lines
+        self._placement = placement
 
     def list_parts(self) -> list[str]:
-        return [str(i) for i in range(len(self._paths))]
+        # Bytewax takes each process's list as the partitions it can read: listing only our own keeps each
+        # partition in the process that runs its shards.
+        return [_part_name(i, self._placement) for i in range(len(self._paths))]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawPartition:
-        path = self._paths[int(for_part)]
-        return _RawPartition(f"file:{path.name}", _open_file_at(path), resume_state or 0, self._shards, self._batch,
-                             types=self._types)
+    def build_part(self, step_id: str, for_part: str, resume_state: Position | None) -> _RawPartition:
+        index, own = _part_of(for_part, self._placement, self._shards)
+        start, own = _resume(resume_state, own, for_part)
+        path = self._paths[index]
+        return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
+                             types=self._types, own=own)
 
 
-class SimulatorSource(FixedPartitionedSource[Item, int]):
-    """The built-in traffic simulator as an input (one partition), optionally paced.
+class SimulatorSource(FixedPartitionedSource[Item, Position]):
+    """The built-in traffic simulator as an input, optionally paced.
+
+    One partition; in a cluster, one per process, each generating the whole (deterministic) stream and
+    keeping the shards of its own process.
 
     Args:
         make_lines: Factory of the simulator's serialised events (deterministic).
         shards: Number of shards.
         rate: Events per second of wall time, or None for as fast as possible.
         batch_lines: Lines per batch.
+        types: Event types the rule pack knows (for the tick's validity check).
+        placement: This process's place in the cluster (None: a single partition for the whole cluster).
     """
 
     def __init__(
         self, make_lines: Callable[[], Iterator[bytes]], shards: int, rate: float | None = None,
         batch_lines: int = 4096,
         types: Collection[str] = BASE_TYPES,
+        placement: Placement | None = None,
     ) -> None:
         self._types = types
         self._make = make_lines
         self._shards = shards
         self._rate = rate
         self._batch = batch_lines
+        self._placement = placement
 
     def list_parts(self) -> list[str]:
-        return ["0"]
+        return [_part_name(0, self._placement)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _RawPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: Position | None) -> _RawPartition:
         def open_at(start: int) -> Iterator[bytes]:
             for i, line in enumerate(self._make()):
                 if i >= start:
                     yield line
 
+        _index, own = _part_of(for_part, self._placement, self._shards)
+        start, own = _resume(resume_state, own, for_part)
         pace = _Pacer(self._rate) if self._rate else None
-        return _RawPartition("simulator", open_at, resume_state or 0, self._shards, self._batch, pace,
-                             types=self._types)
+        return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
+                             types=self._types, own=own)
 
 
 class _Pacer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from typing import Any
 
 import bytewax.operators as op
 import orjson
@@ -11,6 +12,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from connectors.jsonl import JsonlWriter
+from connectors.placement import Placement
 from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
 from flows.config import PipelineConfig
 from flows.operators import detect
@@ -35,12 +37,20 @@ def simulator_lines(cfg: PipelineConfig) -> Callable[[], Iterator[bytes]]:
     return lines
 
 
+def placement_of(cfg: PipelineConfig) -> Placement:
+    """Return this process's place in the configured cluster."""
+    return Placement(cfg.process_id or 0, max(1, len(cfg.addresses)), cfg.workers)
+
+
 def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
-        return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types)
+        return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types,
+                               placement=placement_of(cfg))
     if cfg.source == "simulator":
-        return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types)
+        # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
+        return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
+                               placement=None if cfg.live else placement_of(cfg))
     if cfg.source == "kafka":
         from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
         from flows import metrics
@@ -88,6 +98,27 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
     return writers
 
 
+class _OwnShardsSink(PipelineSink):
+    """The pipeline sink with each shard's partition listed only by the process that runs the shard.
+
+    Bytewax sends an item to a worker that lists its sink partition; if every process listed every
+    partition, half of all outputs would be pickled across to another process.
+    """
+
+    def __init__(self, shards: int, placement: Placement, *args: Any) -> None:
+        super().__init__(shards, *args)
+        parts = super().list_parts()
+        self._own = [p for p in parts if placement.process_of(p) == placement.process]
+        # Bytewax picks the partition at part_fn's index in the sorted union of all processes' lists.
+        self._index = {p: i for i, p in enumerate(sorted(parts))}
+
+    def list_parts(self) -> list[str]:
+        return self._own
+
+    def part_fn(self, item_key: str) -> int:
+        return self._index[item_key]
+
+
 def build_dataflow(
     cfg: PipelineConfig,
     pack: RulePack,
@@ -121,5 +152,8 @@ def build_dataflow(
     raw = op.input("input", flow, make_source(cfg, pack))
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s)
-    op.output("sinks", outs, PipelineSink(cfg.shards, partial(make_writers, cfg), on_written))
+    placement = placement_of(cfg)
+    sink = (PipelineSink(cfg.shards, partial(make_writers, cfg), on_written) if placement.processes == 1
+            else _OwnShardsSink(cfg.shards, placement, partial(make_writers, cfg), on_written))
+    op.output("sinks", outs, sink)
     return flow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,3 +53,17 @@ def run(events: Iterable[dict[str, Any]] | Iterable[bytes], *, pack: RulePack = 
 def rules_fired(out: Outputs) -> list[str]:
     """Rules of the moments, in emission order."""
     return [m["rule"] for m in out.moments]
+
+
+def styled(doc: dict[str, Any], style: str, attrs: dict[str, Any] | None = None) -> bytes:
+    """Encode ``doc`` as a producer might: ``orjson``, ``ascii`` escapes, ``spaced`` separators, or with a
+    decoy ``attrs`` object (``attrs``) placed first (``attrs_first``) or last (``attrs_last``)."""
+    if style == "orjson":
+        return orjson.dumps(doc)
+    if style == "ascii":
+        return json.dumps(doc, ensure_ascii=True).encode()
+    if style == "spaced":
+        return json.dumps(doc, ensure_ascii=False, indent=2, separators=(" , ", " : ")).encode()
+    if style == "attrs_first":
+        return json.dumps({"attrs": attrs, **doc}, ensure_ascii=False).encode()
+    return orjson.dumps({**doc, "attrs": attrs})

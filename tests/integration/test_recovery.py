@@ -122,6 +122,18 @@ def _kill_after_progress(cluster: list[Worker], victims: list[int], out: Path, l
         w.stop()
 
 
+def _start_cluster(args: list[str], tmp_path: Path, recovery: list[Path], attempt: int, workers: int,
+                   env: dict[str, str] | None = None) -> list[Worker]:
+    """Start a two-process cluster, each process with its own recovery directory.
+
+    One output directory per run (``run-<attempt>``), to tell what each restart re-emitted.
+    """
+    ports = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    return [Worker([*args, "--sink", f"jsonl:{tmp_path / f'run-{attempt}'}", "--recovery-dir", str(recovery[i]),
+                    "--snapshot-interval", "0.5", "-w", str(workers), "-i", str(i), "-a", ports],
+                   tmp_path / f"run-{attempt}-{i}.log", env=env) for i in range(2)]
+
+
 @pytest.mark.kafka
 def test_two_process_cluster_with_a_recovery_dir_each_resumes_after_sigkill(kafka: str, tmp_path: Path) -> None:
     """As in a StatefulSet: each process has its own recovery volume, holding only its own partition."""
@@ -137,11 +149,7 @@ def test_two_process_cluster_with_a_recovery_dir_each_resumes_after_sigkill(kafk
     recovery = [tmp_path / "recovery-0", tmp_path / "recovery-1"]
 
     def start(attempt: int, workers: int) -> list[Worker]:
-        # One output directory per run, to tell what each restart re-emitted.
-        ports = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-        return [Worker([*args, "--sink", f"jsonl:{tmp_path / f'run-{attempt}'}", "--recovery-dir", str(recovery[i]),
-                        "--snapshot-interval", "0.5", "-w", str(workers), "-i", str(i), "-a", ports],
-                       tmp_path / f"run-{attempt}-{i}.log", env=topics) for i in range(2)]
+        return _start_cluster(args, tmp_path, recovery, attempt, workers, env=topics)
 
     # Kill both processes, then only process 1 (process 0 must exit by itself), each once the run has committed
     # snapshots of its own so the restart has a point to resume from. The first run waits for two epochs and 40%
@@ -165,3 +173,30 @@ def test_two_process_cluster_with_a_recovery_dir_each_resumes_after_sigkill(kafk
     for a in (1, 2):
         before = set().union(*runs[:a])
         assert len(runs[a] & before) < len(before) / 2, (a, resumed_at, len(runs[a] & before), len(before))
+
+
+def test_two_process_cluster_replaying_a_file_resumes_after_sigkill_with_other_workers(tmp_path: Path) -> None:
+    """Each process reads the file for its own shards; a restart with another -w moves shards between processes,
+    and each resumed input partition goes on feeding the shards whose state matches its position."""
+    events = tmp_path / "events.jsonl"
+    write_jsonl(simulate(45_000, 600, seed=4), events, None)
+    args = ["--source", f"file:{events}", "--no-metrics", "--status", "off"]
+    clean = Worker([*args, "--sink", f"jsonl:{tmp_path / 'clean'}"], tmp_path / "clean.log")
+    assert clean.wait(300) == 0, clean.log()[-3000:]
+    expected = set(_ids(tmp_path / "clean"))
+    recovery = [tmp_path / "recovery-0", tmp_path / "recovery-1"]
+
+    def start(attempt: int, workers: int) -> list[Worker]:
+        return _start_cluster(args, tmp_path, recovery, attempt, workers)
+
+    cluster = start(0, workers=1)
+    # Both processes write to one directory, so 30% of the moments means both have made progress.
+    _kill_after_progress(cluster, [0, 1], tmp_path / "run-0" / "moments.jsonl", int(0.3 * len(expected)), recovery,
+                         2)
+    final = start(1, workers=2)
+    for w in final:
+        assert w.wait(300) == 0, w.log()[-3000:]
+    assert any("resumes feeding the shards it fed before" in w.log() for w in final)
+    runs = [set(_ids(tmp_path / f"run-{a}")) for a in range(2)]
+    assert runs[0] | runs[1] == expected
+    assert len(runs[1] & runs[0]) < len(runs[0]) / 2, "the restart resumed from its snapshot, not the beginning"

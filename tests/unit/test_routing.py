@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from state.events import MAX_TS_MS, MIN_TS_MS, Event, parse_event
 from state.routing import shard_of_id, shard_of_raw, ts_of_raw
-from tests.helpers import T0
+from tests.helpers import T0, styled
 
 SHARDS = 16
 
@@ -73,14 +73,7 @@ def test_shard_of_id_is_stable_and_in_range() -> None:
 @given(st.text(max_size=40), st.integers(1, 64), st.sampled_from(["orjson", "ascii", "spaced", "attrs_first"]))
 def test_shard_of_raw_agrees_with_the_parsed_customer_id(cid: str, shards: int, style: str) -> None:
     doc = {"event_id": "e1", "customer_id": cid, "ts": T0, "channel": "app", "type": "view"}
-    if style == "orjson":
-        raw = orjson.dumps(doc)
-    elif style == "ascii":
-        raw = json.dumps(doc, ensure_ascii=True).encode()
-    elif style == "spaced":
-        raw = json.dumps(doc, ensure_ascii=False, indent=2, separators=(" , ", " : ")).encode()
-    else:
-        raw = json.dumps({"attrs": {"customer_id": cid + "x"}, **doc}, ensure_ascii=False).encode()
+    raw = styled(doc, style, attrs={"customer_id": cid + "x"})
     assert shard_of_raw(raw, shards) == shard_of_id(cid, shards)
     parsed = parse_event(raw)
     if isinstance(parsed, Event):

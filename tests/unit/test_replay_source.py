@@ -1,0 +1,205 @@
+"""Replay sources read by shard ownership: each process keeps its own shards' lines, ticks follow the whole input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectors.placement import Placement, siphash13, worker_of_key
+from connectors.replay_source import JsonlFileSource, SimulatorSource, shard_of_line, ts_of_line
+from state.batches import RawBatch, Tick
+from state.events import MAX_TS_MS, MIN_TS_MS
+from state.routing import shard_of_raw, ts_of_raw
+from tests.helpers import T0, styled
+
+SHARDS = 16
+
+
+# -- the fast slicing agrees with state.routing -------------------------------------------------------
+_ODD_LINES = [
+    b'{"event_id":"e1","customer_id":"c123","ts":1767225600000,"channel":"app","type":"view"}',
+    b'{"event_id":"e1", "customer_id" : "c123" ,"ts" : 1767225600000 }',
+    b'{"event_id":"e1",\n  "customer_id":\n\t"c123","ts":\t1767225600000\n}',
+    b'{"customer_id":"\\u0063123"}',
+    b'{"attrs":{"customer_id":"other"},"customer_id":"c123"}',
+    b'{"note":"customer_id","customer_id":"c123"}',
+    b'{"customer_id":42}',
+    b'{"customer_id":"unterminated',
+    b'{"step":"ts","ts":1767225600000}',
+    b'{"attrs":{"ts":4000000000000},"ts":1767225600000}',
+    b'{"ts":"2026-01-01T00:00:00Z"}',
+    b'{"ts":1767225600000.5}',
+    b'{"ts":12345678901234567890}',
+    b'{"ts":946684799999}',
+    b'{"ts":4102444800000}',
+    b'{"ts"ts":1767225600000}',
+    b'{"ts" x:1767225600000}',
+    b'{"ts":1767225600000',
+    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"channel":"app"}',
+    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000}',
+    b'{"event_id":"ts","customer_id":"c1","ts":1767225600000,"x":1}',
+    b'{"event_id":"customer_id","customer_id":"c1","ts":1767225600000,"x":1}',
+    b'{"event_id":"e1","customer_id":"ts","ts":1767225600000,"x":1}',
+    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"attrs":{"ts":4000000000000}}',
+    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"customer_id":"c2"}',
+    b'{"event_id":"e1","customer_id":"c\\u0031","ts":1767225600000,"x":1}',
+    b'{"event_id":"e1","customer_id":"c1","ts":1234567890123456,"x":1}',
+    b'{"event_id":"e1","customer_id":"c1","ts":4102444800000,"x":1}',
+    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000.5,"x":1}',
+    b'{"event_id":"e1","customer_id":"\xff\xfe","ts":1767225600000}',
+    b"not json",
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", _ODD_LINES)
+def test_fast_slicing_agrees_with_routing_on_odd_lines(raw: bytes) -> None:
+    assert shard_of_line(raw, SHARDS) == shard_of_raw(raw, SHARDS)
+    assert ts_of_line(raw) == ts_of_raw(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30), st.integers(MIN_TS_MS - 10, MAX_TS_MS + 10), st.integers(1, 64),
+       st.sampled_from(["orjson", "ascii", "spaced", "attrs_first", "attrs_last"]))
+def test_fast_slicing_agrees_with_routing_on_events(cid: str, ts: int, shards: int, style: str) -> None:
+    doc = {"event_id": "e1", "customer_id": cid, "ts": ts, "channel": "app", "type": "view"}
+    raw = styled(doc, style, attrs={"customer_id": cid, "ts": ts})
+    assert shard_of_line(raw, shards) == shard_of_raw(raw, shards)
+    assert ts_of_line(raw) == ts_of_raw(raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b'"customer_id"', b'"ts"', b":", b" ", b"\t", b'"', b"\\", b"c1", b"17672256",
+                                 b"00000", b",", b"}", b"{", b"\n", b"x", b'{"event_id":"', b'","customer_id":"',
+                                 b'","ts":', b"1767225600000", b'"ts","']), max_size=14).map(b"".join))
+def test_fast_slicing_agrees_with_routing_on_hostile_bytes(raw: bytes) -> None:
+    assert shard_of_line(raw, SHARDS) == shard_of_raw(raw, SHARDS)
+    assert ts_of_line(raw) == ts_of_raw(raw)
+
+
+# -- where Bytewax runs a key -------------------------------------------------------------------------
+def test_siphash_matches_rusts_default_hasher_on_shard_keys() -> None:
+    # Values printed by Rust 1.95 for `#[derive(Hash)] struct StateKey(String)` through
+    # `BuildHasherDefault::<DefaultHasher>`, as Bytewax 0.21's stateful_batch hashes its keys.
+    assert siphash13(b"0\xff") == 18187302216140149989
+    assert siphash13(b"1\xff") == 16569625464242099095
+    assert siphash13(b"4\xff") == 17458395330688339326
+    assert worker_of_key("2", 7) == 10421790385219844055 % 7
+
+
+def test_every_shard_has_exactly_one_owner_process() -> None:
+    for processes, workers in [(1, 1), (2, 1), (2, 2), (3, 2)]:
+        owners = [Placement(p, processes, workers).own_shards(64) for p in range(processes)]
+        assert frozenset().union(*owners) == frozenset(range(64))
+        assert sum(map(len, owners)) == 64
+        assert all(owners), "with 64 shards every process owns some"
+
+
+# -- partitioned file source -----------------------------------------------------------------------
+def _events(n: int) -> list[bytes]:
+    # Event times rise but not strictly with the line, so the batch's largest time is not always its last line.
+    return [orjson.dumps({"event_id": f"e{i}", "customer_id": f"c{i % 37}", "ts": T0 + 1000 * i + 700 * (i % 3),
+                          "channel": "app", "type": "view"}) for i in range(n)]
+
+
+def _drain(part: object) -> list[list[tuple[str, RawBatch | Tick]]]:
+    batches = []
+    while True:
+        try:
+            batches.append(part.next_batch())  # type: ignore[attr-defined]
+        except StopIteration:
+            return batches
+
+
+def _file(tmp_path: Path, lines: list[bytes]) -> Path:
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def test_each_process_reads_every_line_but_keeps_only_its_own_shards(tmp_path: Path) -> None:
+    lines = _events(500)
+    path = _file(tmp_path, lines)
+    kept: dict[int, list[tuple[int, bytes]]] = {}
+    for p in range(2):
+        placement = Placement(p, 2, 1)
+        src = JsonlFileSource([path], SHARDS, batch_lines=64, placement=placement)
+        (name,) = src.list_parts()
+        assert name == f"0-p{p}"
+        own = placement.own_shards(SHARDS)
+        batches = _drain(src.build_part("input", name, None))
+        for items in batches:
+            ticks = [k for k, v in items if type(v) is Tick]
+            assert sorted(ticks, key=int) == sorted(map(str, own), key=int), "ticks go to own shards only"
+        for k, v in (kv for items in batches for kv in items):
+            if type(v) is RawBatch:
+                assert int(k) in own
+                kept.setdefault(p, []).extend(zip(v.offsets, v.values, strict=True))
+        # The last tick of either process carries the largest event time of the whole file.
+        final = [v for k, v in batches[-1] if type(v) is Tick]
+        assert final
+        assert all(t.final and t.max_ts_ms == max(map(ts_of_raw, lines)) for t in final)  # type: ignore
+    both = sorted(kept[0] + kept[1])
+    assert both == [(i + 1, raw) for i, raw in enumerate(lines)], "every line is kept by exactly one process"
+
+
+def test_ticks_follow_every_line_read_not_only_the_kept_ones(tmp_path: Path) -> None:
+    lines = _events(300)
+    path = _file(tmp_path, lines)
+    one = _drain(JsonlFileSource([path], SHARDS, batch_lines=50).build_part("input", "0", None))
+    split = _drain(JsonlFileSource([path], SHARDS, batch_lines=50, placement=Placement(1, 2, 1))
+                   .build_part("input", "0-p1", None))
+
+    def ticks(batches: list[list[tuple[str, RawBatch | Tick]]]) -> list[Tick]:
+        return [next(v for _k, v in items if type(v) is Tick) for items in batches]  # type: ignore[misc]
+
+    assert ticks(one) == ticks(split)
+
+
+def test_a_single_process_keeps_the_plain_positions_and_partition_names(tmp_path: Path) -> None:
+    path = _file(tmp_path, _events(10))
+    src = JsonlFileSource([path, path], SHARDS, batch_lines=4, placement=Placement(0, 1, 2))
+    assert src.list_parts() == ["0", "1"]
+    part = src.build_part("input", "1", 3)
+    items = part.next_batch()
+    assert part.snapshot() == 7
+    assert sorted(o for _k, v in items if type(v) is RawBatch for o in v.offsets) == [4, 5, 6, 7]
+
+
+def test_a_resumed_partition_feeds_the_shards_it_fed_before_the_restart(tmp_path: Path) -> None:
+    """After a restart with other -w, shards move between processes; positions stay with the shards they fed."""
+    path = _file(tmp_path, _events(200))
+    before = JsonlFileSource([path], SHARDS, batch_lines=40, placement=Placement(0, 2, 1)).build_part(
+        "input", "0-p0", None)
+    before.next_batch()
+    pos, shards = before.snapshot()  # type: ignore[misc]
+    assert pos == 40
+    assert frozenset(shards) == Placement(0, 2, 1).own_shards(SHARDS)
+    now = Placement(0, 2, 3)
+    assert now.own_shards(SHARDS) != frozenset(shards), "the test needs a layout that moves shards"
+    after = JsonlFileSource([path], SHARDS, batch_lines=40, placement=now).build_part("input", "0-p0", (pos, shards))
+    items = after.next_batch()
+    assert {int(k) for k, v in items if type(v) is RawBatch} <= set(shards)
+    assert {int(k) for k, v in items if type(v) is Tick} == set(shards)
+    assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) > 40
+    assert after.snapshot() == (80, shards)
+
+
+def test_simulator_partitions_split_one_stream_between_processes() -> None:
+    lines = _events(120)
+
+    def make() -> Iterator[bytes]:
+        return iter(lines)
+
+    seen: list[bytes] = []
+    for p in range(2):
+        src = SimulatorSource(make, SHARDS, batch_lines=32, placement=Placement(p, 2, 1))
+        (name,) = src.list_parts()
+        for items in _drain(src.build_part("input", name, None)):
+            seen += [raw for _k, v in items if type(v) is RawBatch for raw in v.values]
+    assert sorted(seen) == sorted(lines)
