@@ -2,8 +2,16 @@
 
 Each child feeds simulated traffic through ``state.shard.Shard`` objects (64
 shards, as the pipeline keys them) without firing end-of-input timers, so every
-customer is still tracked with a typical open journey, then reports RSS growth
-per customer and the pickled snapshot size and time of all shards.
+customer is still tracked as it was when its traffic stopped, then reports RSS
+growth per tracked customer and the pickled snapshot size and time of all
+shards (what one epoch costs with recovery on when every shard was touched).
+
+The input is held as one bytes object per shard while RSS is measured, and each
+shard's lines are split out only while it is processed: ten million small line
+objects would otherwise share allocator arenas with the state and make RSS
+depend on when they are freed. With ``--breakdown`` the child also sums the
+live objects reachable from the shards by component (``sys.getsizeof`` rounded
+up to the allocator's 16-byte size classes, shared objects counted once).
 """
 
 from __future__ import annotations
@@ -23,13 +31,15 @@ from state.routing import shard_of_raw
 from state.rules import load_rule_pack
 from state.shard import Shard, process
 
-customers = int(sys.argv[1])
+customers, breakdown = int(sys.argv[1]), sys.argv[2] == "1"
 raw = lines(events_file(customers, 720, seed=5))
 S = 64
 groups = [[] for _ in range(S)]
 for r in raw:
     groups[shard_of_raw(r, S)].append(r)
 del raw
+blobs = [b"\n".join(g) for g in groups]
+del groups
 pack = load_rule_pack()
 gc.collect()
 
@@ -39,28 +49,97 @@ def rss():
 
 before = rss()
 shards = [Shard(pack, lateness_ms=30_000) for _ in range(S)]
-for s, g in enumerate(groups):
+t0 = time.perf_counter()
+events = 0
+for s, blob in enumerate(blobs):
+    g = blob.split(b"\n")
+    events += len(g)
     for i in range(0, len(g), 4096):
         chunk = g[i:i + 4096]
         process(shards[s], [RawBatch("m", 0, chunk, list(range(len(chunk))))])
-groups = None
+    del g, chunk
+process_s = time.perf_counter() - t0
 gc.collect()
 after = rss()
 tracked = sum(len(s.customers) for s in shards)
 open_attempts = sum(1 for s in shards for c in s.customers.values()
                     for a in c.attempts if a is not None and not a.ended)
 t0 = time.perf_counter()
-blobs = [s.snapshot() for s in shards]
+snaps = [s.snapshot() for s in shards]
 snap_s = time.perf_counter() - t0
-print(json.dumps({"tracked": tracked, "open": open_attempts, "bytes_per_customer": (after - before) / tracked,
-                  "snapshot_bytes": sum(map(len, blobs)), "snapshot_s": snap_s}))
+res = {"tracked": tracked, "open": open_attempts, "events": events, "process_s": process_s,
+       "bytes_per_customer": (after - before) / tracked, "snapshot_bytes": sum(map(len, snaps)), "snapshot_s": snap_s}
+del snaps
+if breakdown:
+    seen = set()
+    acc, cnt = {}, {}
+    for sh in shards:  # vocabularies and the pack are per process, not per customer
+        seen.update(id(v) for v in sh._vocab.values())
+        seen.update(id(v) for v in getattr(sh, "_paths", {}).values())
+        seen.add(id(getattr(sh, "no_attempts", None)))
+    for r in pack.rules:
+        seen.update(id(x) for x in (r.journey, *r.channels))
+
+    def add(cat, o):
+        if o is None or type(o) is bool or id(o) in seen or (type(o) is int and -5 <= o <= 256) or o == ():
+            return False
+        seen.add(id(o))
+        acc[cat] = acc.get(cat, 0) + (sys.getsizeof(o) + 15) // 16 * 16
+        cnt[cat] = cnt.get(cat, 0) + 1
+        return True
+
+    def deep(cat, o):
+        if not add(cat, o):
+            return
+        if isinstance(o, (tuple, list)):
+            for x in o:
+                deep(cat, x)
+        elif isinstance(o, dict):
+            for k, v in o.items():
+                deep(cat, k)
+                deep(cat, v)
+        elif hasattr(type(o), "__slots__"):
+            for f in type(o).__slots__:
+                deep(f"{cat}.{f}", getattr(o, f))
+
+    for sh in shards:
+        add("customers dict (table)", sh.customers)
+        for cid, c in sh.customers.items():
+            add("customer id string", cid)
+            add("CustomerState object", c)
+            for f in type(c).__slots__:
+                v = getattr(c, f)
+                if f == "attempts":
+                    add("attempts container", v)
+                    for a in v:
+                        deep("Attempt", a)
+                else:
+                    deep(f"CustomerState.{f}", v)
+        for name in ("_wheel", "_buckets", "_near", "timers"):
+            deep("timers / wake-ups", vars(sh).get(name))
+        deep("reorder buffer", list(sh.queue))
+        deep("reorder buffer", sh.buffer)
+    res["breakdown"] = {k: (acc[k] / tracked, cnt[k] / tracked) for k in acc}
+    n_attempts = sum(1 for s in shards for c in s.customers.values() for a in c.attempts if a is not None)
+    res["attempts_per_customer"] = n_attempts / tracked
+print(json.dumps(res))
 """
 
 
-def measure(customers: int) -> dict[str, float]:
+def measure(customers: int, breakdown: bool = False) -> dict[str, float]:
     """Run one child and return its figures."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers), "1" if breakdown else "0"],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def _breakdown_table(res: dict[str, object]) -> str:
+    rows = sorted(res["breakdown"].items(), key=lambda kv: -kv[1][0])  # type: ignore[attr-defined]
+    total = sum(b for b, _n in (v for _k, v in rows))
+    lines = ["| component | bytes per tracked customer | objects per tracked customer |", "|---|---:|---:|"]
+    lines += [f"| {k} | {b:,.0f} | {n:.2f} |" for k, (b, n) in rows if b >= 0.5]
+    lines.append(f"| **live objects, total** | **{total:,.0f}** | |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -68,20 +147,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the per-component breakdown at the largest size")
     a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",")]
     figs = []
     notes = []
-    for size in (int(x) for x in a.sizes.split(",")):
+    breakdown = ""
+    for size in sizes:
         res = [measure(size) for _ in range(a.runs)]
         figs.append(Figure(f"RSS per tracked customer, {size:,} simulated customers",
                            tuple(r["bytes_per_customer"] for r in res), unit="bytes"))
         figs.append(Figure(f"snapshot bytes per tracked customer, {size:,}",
                            tuple(r["snapshot_bytes"] / r["tracked"] for r in res), unit="bytes"))
-        figs.append(Figure(f"snapshot time of all 64 shards, {size:,}",
+        figs.append(Figure(f"snapshot of all 64 shards (one epoch, every shard touched), {size:,}",
                            tuple(r["snapshot_s"] * 1000 for r in res), unit="ms"))
-        notes.append(f"{size:,}: {int(res[0]['tracked']):,} customers tracked, {int(res[0]['open']):,} open attempts")
+        r0 = res[0]
+        notes.append(f"{size:,}: {int(r0['events']):,} events; {int(r0['tracked']):,} customers tracked, "
+                     f"{int(r0['open']):,} open attempts; snapshot {r0['snapshot_bytes'] / 1e6:,.0f} MB")
+        if size == sizes[-1] and not a.no_breakdown:
+            b = measure(size, breakdown=True)
+            breakdown = (f"\n\nLive objects by component at {size:,} simulated customers "
+                         f"({b['attempts_per_customer']:.2f} attempts per tracked customer):\n\n{_breakdown_table(b)}")
     body = (f"## Memory per tracked customer and snapshot cost\n\n{machine()}\n\n{table(figs)}\n\n"
-            + "\n".join(f"- {n}" for n in notes))
+            + "\n".join(f"- {n}" for n in notes) + breakdown)
     print(body)
     write_section("memory", body)
 

@@ -31,8 +31,8 @@ from state.rules import STAGE_REUSE, STAGE_USE, MomentRule
 if TYPE_CHECKING:
     from state.shard import JourneyView, Shard
 
-DEDUP_SLOTS = 8  # recent event ids remembered per customer (8 bytes each)
-_DEDUP_KEEP = 8 * (DEDUP_SLOTS - 1)
+DEDUP_SLOTS = 8  # recent event ids remembered per customer
+_TAG = 4  # fields per record in CustomerState.tags
 _B_ABANDONED = KIND_BITS["abandoned"]
 _B_FAILED = KIND_BITS["failed"]
 _B_STUCK = KIND_BITS["stuck"]
@@ -41,76 +41,203 @@ _B_HOP = KIND_BITS["channel_hop"]
 _B_INTERESTED = KIND_BITS["interested"]
 _B_HANDOFF = KIND_BITS["handoff"]
 
-# Timer kinds, in the shard's heap.
-T_ABANDON = 0
-T_EXPIRE = 1
-T_EVICT = 2
-T_TAG_TTL = 3
-
 TAG_OPEN = "open"
 TAG_ACTIONED = "actioned"
 TAG_RESOLVED = "resolved"
 TAG_EXPIRED = "expired"
 _TAG_RANK = {TAG_OPEN: 0, TAG_ACTIONED: 1, TAG_RESOLVED: 2, TAG_EXPIRED: 3}
-_TAG_STATES = (TAG_OPEN, TAG_ACTIONED)  # states of a tag still held, by the index kept in the tag tuple
+
+
+# CustomerState.rec: a customer's small fields packed in one bytes object, little-endian. Separate
+# ints, tuples and records cost several times as much, and a shard holds millions of customers
+# (contacted ones for a week, for the contact policy's caps).
+#   last_seen:6  wake:6  n:1  n × event-id hash:6                     (rewritten by every event)
+#   t:2  t × (rule index:2  state:1  opened_ts:6  moment id:16)       held tags
+#   tz_len:1  tz  s:2  s × (ts:6  len:1  channel)  d:2  d × (journey index:2  ts:6)   contact history,
+#                                                                     absent while there is none
+_TS = 6  # bytes of an event time (enough until the year 6000)
+_ID = 6  # bytes of a remembered event id's hash
+_ID_MASK = (1 << 8 * _ID) - 1
+_IDS = 2 * _TS  # offset of the id count
+_RING = _IDS + 1  # offset of the first id hash
+_TAG_BYTES = 25
+_NO_WAKE = bytes(_TS)
+_NO_TAGS = bytes(2)
+
+
+def _u(b: bytes, i: int, n: int) -> int:
+    return int.from_bytes(b[i : i + n], "little")
 
 
 class CustomerState:
-    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags, contact history."""
+    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags, contact history.
 
-    __slots__ = ("attempts", "last_seen", "dedup", "tags", "contact")
+    No timer is stored: every pending deadline (abandonment, attempt expiry, tag TTL, eviction) is
+    derived from the state by ``next_deadline``, and the shard keeps one wake-up per customer at
+    the earliest of them (``wake``). All but the attempts live packed in ``rec`` (layout above);
+    the properties decode and re-encode it, which the hot path only does for ids and times.
+    """
 
-    def __init__(self, n_journeys: int, ts: int) -> None:
-        self.attempts: list[Attempt | None] = [None] * n_journeys
-        self.last_seen = ts
-        self.dedup = b""
-        # rule index -> (moment_id, opened_ts, expires_ts, journey, state: 0 open | 1 actioned);
-        # None while no tag is held.
-        self.tags: dict[int, tuple[str, int, int, str, int]] | None = None
-        # Created at the first moment, completion or time zone: most customers never need one.
-        self.contact: Contact | None = None
+    __slots__ = ("cid", "attempts", "rec")
+
+    def __init__(self, journeys: tuple[Attempt | None, ...] | int, ts: int, cid: str = "") -> None:
+        # The very string object the shard's dict is keyed by, so wake-ups do not pin copies of it.
+        self.cid = cid
+        # The current attempt per journey index; the shard's shared all-None tuple while there is none.
+        self.attempts: tuple[Attempt | None, ...] = journeys if isinstance(journeys, tuple) else (None,) * journeys
+        self.rec = ts.to_bytes(_TS, "little") + _NO_WAKE + b"\0" + _NO_TAGS
+
+    @property
+    def last_seen(self) -> int:
+        """Latest event time, moved further while open tags or contact history keep an idle customer.
+
+        The customer is evicted ``evict_after_ms`` after it.
+        """
+        return _u(self.rec, 0, _TS)
+
+    @last_seen.setter
+    def last_seen(self, ts: int) -> None:
+        self.rec = ts.to_bytes(_TS, "little") + self.rec[_TS:]
+
+    @property
+    def wake(self) -> int:
+        """Event time of the customer's wake-up in the shard (0 while it is being handled)."""
+        return _u(self.rec, _TS, _TS)
+
+    @wake.setter
+    def wake(self, due: int) -> None:
+        r = self.rec
+        self.rec = r[:_TS] + due.to_bytes(_TS, "little") + r[_IDS:]
+
+    def _tags_at(self) -> int:
+        return _RING + _ID * self.rec[_IDS]
+
+    @property
+    def tags(self) -> tuple[Any, ...] | None:
+        """Held tags: flat (rule index, moment_id, opened_ts, state: 0 open | 1 actioned) records.
+
+        One per rule, in the order the rules first got one (a newer moment of a rule takes the older
+        one's place); None while no tag is held.
+        """
+        r = self.rec
+        i = self._tags_at()
+        n = _u(r, i, 2)
+        if not n:
+            return None
+        out: list[Any] = []
+        for k in range(i + 2, i + 2 + n * _TAG_BYTES, _TAG_BYTES):
+            out += (_u(r, k, 2), r[k + 9 : k + 25].hex(), _u(r, k + 3, _TS), r[k + 2])
+        return tuple(out)
+
+    @tags.setter
+    def tags(self, tags: tuple[Any, ...] | None) -> None:
+        r = self.rec
+        i = self._tags_at()
+        end = i + 2 + _u(r, i, 2) * _TAG_BYTES
+        n = len(tags) // _TAG if tags else 0
+        body = b"".join(
+            tags[k].to_bytes(2, "little") + bytes((tags[k + 3],)) + tags[k + 2].to_bytes(_TS, "little")
+            + bytes.fromhex(tags[k + 1])
+            for k in range(0, n * _TAG, _TAG)
+        ) if tags else b""
+        self.rec = r[:i] + n.to_bytes(2, "little") + body + r[end:]
+
+    def _contact_at(self) -> int:
+        i = self._tags_at()
+        return i + 2 + _u(self.rec, i, 2) * _TAG_BYTES
+
+    @property
+    def contact(self) -> Contact | None:
+        """The contact policy's memory of the customer, None while there is none."""
+        r = self.rec
+        i = self._contact_at()
+        if i == len(r):
+            return None
+        tz_len = r[i]
+        tz = r[i + 1 : i + 1 + tz_len].decode() if tz_len else None
+        i += 1 + tz_len
+        sends: list[tuple[int, str]] = []
+        for _ in range(_u(r, i, 2)):
+            ch_len = r[i + 2 + _TS]
+            sends.append((_u(r, i + 2, _TS), r[i + 3 + _TS : i + 3 + _TS + ch_len].decode()))
+            i += _TS + 1 + ch_len
+        i += 2
+        done = [(_u(r, k, 2), _u(r, k + 2, _TS)) for k in range(i + 2, i + 2 + _u(r, i, 2) * 8, 8)]
+        return Contact.of(tz, sends, done)
+
+    @contact.setter
+    def contact(self, contact: Contact | None) -> None:
+        r = self.rec
+        head = r[: self._contact_at()]
+        if contact is None:
+            self.rec = head
+            return
+        tz = contact.tz.encode() if contact.tz else b""
+        sends = contact.send_records()
+        done = contact.done_records()
+        self.rec = b"".join((
+            head, bytes((len(tz),)), tz, len(sends).to_bytes(2, "little"),
+            *(t.to_bytes(_TS, "little") + bytes((len(ch),)) + ch.encode() for t, ch in sends),
+            len(done).to_bytes(2, "little"),
+            *(j.to_bytes(2, "little") + t.to_bytes(_TS, "little") for j, t in done),
+        ))
+
+    @property
+    def tz(self) -> str | None:
+        """The customer's time zone, if known (without decoding the rest of the contact history)."""
+        r = self.rec
+        i = self._contact_at()
+        return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.attempts, self.last_seen, self.dedup, self.tags, self.contact)
+        return (self.cid, self.attempts, self.rec)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
-        self.attempts, self.last_seen, self.dedup, self.tags, self.contact = st
+        self.cid, self.attempts, self.rec = st
 
 
 def seen_before(c: CustomerState, ev: Event) -> bool:
-    """Return whether the event id is among the customer's recent ones; remember it otherwise.
+    """Return whether the event id is among the customer's recent ones; else remember it and its time.
 
-    Ids are kept as 8-byte string hashes. Python's string hash is per process,
-    which is enough: after a restart the restored state and the replayed input
-    agree (recovery resumes input where the snapshot was taken), so only
-    duplicates that straddle a restart go unnoticed, and those carry the same
-    moment ids anyway.
+    Ids are kept as 48-bit string hashes (a false match is ~1 in 3·10^13 per event). Python's
+    string hash is per process, which is enough: after a restart the restored state and the
+    replayed input agree (recovery resumes input where the snapshot was taken), so only
+    duplicates that straddle a restart go unnoticed, and those carry the same moment ids anyway.
     """
-    key = hash(ev.event_id).to_bytes(8, "little", signed=True)
-    blob = c.dedup
-    # Entries are 8-byte aligned; an unaligned match of 8 hashed bytes is not a practical concern.
-    if key in blob:
-        return True
-    c.dedup = blob[-_DEDUP_KEEP:] + key if len(blob) > _DEDUP_KEEP else blob + key
+    key = (hash(ev.event_id) & _ID_MASK).to_bytes(_ID, "little")
+    r = c.rec
+    n = r[_IDS]
+    end = _RING + n * _ID
+    i = r.find(key, _RING, end)
+    while i >= 0:
+        if (i - _RING) % _ID == 0:  # only whole entries count
+            return True
+        i = r.find(key, i + 1, end)
+    # The oldest id goes when the ring is full.
+    ids = r[_RING + _ID : end] + key if n >= DEDUP_SLOTS else r[_RING:end] + key
+    ts = ev.ts_ms
+    first = ts.to_bytes(_TS, "little") + r[_TS:_IDS] if ts > _u(r, 0, _TS) else r[:_IDS]
+    c.rec = first + bytes((len(ids) // _ID,)) + ids + r[end:]
     return False
 
 
 def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     """Advance one customer by one (validated, non-duplicate) event.
 
+    ``seen_before`` has checked the event's id and recorded its time as last seen.
+
     Args:
-        sh: The shard (rule pack, timers, outputs).
+        sh: The shard (rule pack, wake-ups, outputs).
         c: The customer's state.
         ev: The event.
     """
-    if ev.ts_ms > c.last_seen:
-        c.last_seen = ev.ts_ms
     pack = sh.pack
     attrs = ev.attrs
-    if attrs and "tz" in attrs:
-        if c.contact is None:
-            c.contact = Contact()
-        remember_tz(c.contact, attrs["tz"])
+    if attrs and "tz" in attrs and attrs["tz"] != c.tz:
+        old = c.contact
+        new = remember_tz(old, attrs["tz"])
+        if new is not old:
+            c.contact = new
     if sh.handoff_rules and ev.type in sh.handoff_types and ev.channel in sh.handoff_channels:
         _handoffs(sh, c, ev)
     j = ev.journey
@@ -124,7 +251,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     a = c.attempts[jidx]
     if a is None or a.ended or t - a.last_ts >= pack.attempt_timeout_ms:
         if a is not None and not a.ended:
-            a.ended = EXPIRED
+            a.end(EXPIRED)
             sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
         prev = a
         a = Attempt(ev.event_id, t)
@@ -133,12 +260,13 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             a.views, a.intent_ts = prev.views, prev.intent_ts
         if _completed_before(c, prev, jidx):
             a.stage = STAGE_USE  # a returning user: completing again is reuse
-        c.attempts[jidx] = a
+        set_attempt(sh, c, jidx, a)
         sh.mark_dirty(c, ev.customer_id, jidx)
-        sh.push_timer(t + pack.attempt_timeout_ms, T_EXPIRE, ev.customer_id, jidx, a.attempt_id, t)
+        sh.schedule(c, t + pack.attempt_timeout_ms)
     cid = ev.customer_id
     step = sh.canon(ev.step) if ev.step is not None else None
     latest = t >= a.last_ts
+    prev_ts, prev_eid = a.last_ts, a.last_eid
     if latest:
         a.last_ts = t
         a.last_eid = ev.event_id
@@ -162,16 +290,14 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             sh.mark_dirty(c, cid, jidx)
         if not a.recent or a.recent[-1] != step:
             n = sh.recent_steps
-            a.recent = (*a.recent[-(n - 1):], step) if n > 1 else (step,)
+            a.recent = sh.canon_steps((*a.recent[-(n - 1):], step) if n > 1 else (step,))
 
     if etype == jdef.complete_type:
-        a.ended = COMPLETED
+        a.end(COMPLETED)
         a.last_key = False
         a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
         if pack.policy.after_complete_ms:
-            if c.contact is None:
-                c.contact = Contact()
-            remember_completion(c.contact, jidx, t)
+            c.contact = remember_completion(c.contact, jidx, t)
         sh.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
         _resolve_tags(sh, c, cid, j, a, t)
         sh.state_row(c, cid, jidx, a, t)
@@ -181,7 +307,9 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
     if etype == "fail":
         r = jdef.failed
         if r is not None and not fired & _B_FAILED:
-            _fire(sh, c, r, a, ev, failed.on_fail(a, ev), t, step)
+            ev_ids = failed.on_fail(a, ev)
+            if ev_ids:
+                _fire(sh, c, r, a, ev, ev_ids, t, step)
         r = jdef.stuck
         if r is not None and not fired & _B_STUCK:
             ev_ids = stuck.on_fail(r, a, ev)
@@ -198,7 +326,7 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
 
     r = jdef.channel_hop
     if r is not None and not fired & _B_HOP:
-        ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel))
+        ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel), prev_ts, prev_eid)
         if ev_ids:
             _fire(sh, c, r, a, ev, ev_ids, t, step)
 
@@ -208,15 +336,23 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             if r is not None and not fired & _B_MAZE:
                 ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(ev.entry))
                 if ev_ids:
+                    a.entries = ()  # the rule fires once per attempt: its window is not read again
                     _fire(sh, c, r, a, ev, ev_ids, t, step)
         if latest:
             a.last_key = True
             r = jdef.abandoned
-            if r is not None and not a.armed and not a.fired & _B_ABANDONED:
-                a.armed = True
-                sh.push_timer(t + r.within_ms, T_ABANDON, cid, jidx, a.attempt_id, t)
+            if r is not None and not a.fired & _B_ABANDONED:
+                sh.schedule(c, t + r.within_ms)
     elif latest:
         a.last_key = False
+
+
+def set_attempt(sh: Shard, c: CustomerState, jidx: int, a: Attempt | None) -> None:
+    """Put ``a`` in the customer's slot for journey ``jidx`` (None empties it)."""
+    old = c.attempts
+    new = (*old[:jidx], a, *old[jidx + 1:])
+    # Customers without attempts (most of them) share one tuple.
+    c.attempts = sh.no_attempts if a is None and new.count(None) == len(new) else new
 
 
 def _handoffs(sh: Shard, c: CustomerState, ev: Event) -> None:
@@ -226,7 +362,9 @@ def _handoffs(sh: Shard, c: CustomerState, ev: Event) -> None:
             continue
         mid = _fire(sh, c, r, a, ev, (ev.event_id,), ev.ts_ms, a.last_step)
         ctx = handoff.context(a)
-        open_tags = [sh.pack.rules[i].name for i in (c.tags or {}) if sh.pack.rules[i].journey == r.journey]
+        rules = sh.pack.rules
+        tags = c.tags or ()
+        open_tags = [rules[tags[i]].name for i in range(0, len(tags), _TAG) if rules[tags[i]].journey == r.journey]
         sh.out.context.append(
             {
                 "schema": SCHEMA_VERSION,
@@ -275,12 +413,9 @@ def _fire(
             "action": r.action,
         }
     )
-    expires = due + r.ttl_ms
-    if c.tags is None:
-        c.tags = {}
-    c.tags[r.index] = (mid, due, expires, r.journey, 0)
+    _put_tag(c, r.index, mid, due, 0)
     sh.tag_row(cid, r, mid, TAG_OPEN, "", due, due)
-    sh.push_timer(expires, T_TAG_TTL, cid, r.index, mid, due)
+    sh.schedule(c, due + r.ttl_ms)
     sh.pending.append((r, sh.out.moments[-1], a.stage))
     return mid
 
@@ -309,111 +444,203 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
                 status, reason = CONTROL, HOLDOUT
             if r.contact:
                 acted = True
-                if c.contact is None:
-                    c.contact = Contact()
-                remember_send(policy, c.contact, due, channel)
+                c.contact = remember_send(policy, c.contact, due, channel)
             if status == SENT:
                 _mark_actioned(sh, c, cid, r, m["moment_id"], due)
         out.append(action_record(r, m, status, reason, channel, skipped, control, m["detected_at"]))
 
 
+# -- tags: flat records in CustomerState.tags ---------------------------------------------------
+def _tag_at(tags: tuple[Any, ...], ridx: int) -> int:
+    """Return the position of rule ``ridx``'s record in ``tags``, or -1."""
+    for i in range(0, len(tags), _TAG):
+        if tags[i] == ridx:
+            return i
+    return -1
+
+
+def _put_tag(c: CustomerState, ridx: int, mid: str, opened: int, state: int) -> None:
+    tags = c.tags
+    if tags is None:
+        c.tags = (ridx, mid, opened, state)
+        return
+    i = _tag_at(tags, ridx)
+    if i < 0:
+        c.tags = (*tags, ridx, mid, opened, state)
+    else:
+        c.tags = (*tags[:i], ridx, mid, opened, state, *tags[i + _TAG:])
+
+
+
+
 def _mark_actioned(sh: Shard, c: CustomerState, cid: str, r: MomentRule, mid: str, t: int) -> None:
-    tag = c.tags.get(r.index) if c.tags else None
-    if c.tags is not None and tag is not None and tag[0] == mid and tag[4] == 0:
-        c.tags[r.index] = (*tag[:4], 1)
-        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", tag[1], t)
+    tags = c.tags
+    i = _tag_at(tags, r.index) if tags else -1
+    if tags is not None and i >= 0 and tags[i + 1] == mid and tags[i + 3] == 0:
+        c.tags = (*tags[:i + 3], 1, *tags[i + _TAG:])
+        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", tags[i + 2], t)
 
 
 def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool:
     """Return whether the customer is known to have completed the journey before."""
     if prev is not None and prev.ended == COMPLETED:
         return True
-    return c.contact is not None and any(j == jidx for j, _t in c.contact.done)
+    contact = c.contact
+    return contact is not None and contact.completed_at(jidx) is not None
 
 
 def _resolve_tags(sh: Shard, c: CustomerState, cid: str, journey: str, a: Attempt, t: int) -> None:
-    if not c.tags:
-        return
     # The customer finished what the moment was about (in this attempt or, within the tag's TTL, a later one).
-    for ridx, (mid, opened, _exp, j, _st) in list(c.tags.items()):
-        if j == journey:
-            del c.tags[ridx]
-            sh.tag_row(cid, sh.pack.rules[ridx], mid, TAG_RESOLVED, "recovered", opened, t)
-    if not c.tags:
-        c.tags = None
+    tags = c.tags
+    if not tags:
+        return
+    rules = sh.pack.rules
+    kept: list[Any] = []
+    for i in range(0, len(tags), _TAG):
+        ridx, mid, opened = tags[i : i + 3]
+        if rules[ridx].journey == journey:
+            sh.tag_row(cid, rules[ridx], mid, TAG_RESOLVED, "recovered", opened, t)
+        else:
+            kept += tags[i : i + _TAG]
+    if len(kept) != len(tags):
+        c.tags = tuple(kept) or None
 
 
-def on_timer(sh: Shard, c: CustomerState, cid: str, kind: int, idx: int, token: str, armed: int, due: int) -> bool:
-    """Handle one due timer of a customer.
+def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:
+    """Move the tag of the moment a feedback record names (contacted → actioned, converted → resolved…)."""
+    tags = c.tags
+    if not tags:
+        return
+    for i in range(0, len(tags), _TAG):
+        ridx, mid, opened = tags[i : i + 3]
+        if mid != fb.moment_id:
+            continue
+        state, closes = TRANSITIONS[fb.outcome]
+        if closes:
+            c.tags = (tags[:i] + tags[i + _TAG:]) or None
+        else:
+            c.tags = (*tags[:i + 3], 1, *tags[i + _TAG:])
+        # A feedback clock behind the moment's must not order the transition before the opening.
+        sh.tag_row(fb.customer_id, sh.pack.rules[ridx], mid, state, fb.outcome, opened, max(fb.ts_ms, opened))
+        return
+
+
+# -- timers: derived from the state, one wake-up per customer ------------------------------------
+def next_deadline(sh: Shard, c: CustomerState) -> int:
+    """Return the earliest event time at which something of the customer is due.
+
+    That is the earliest of: a pending abandonment (``last_ts + idle``), an attempt's expiry
+    check (``expiry_from + attempt_timeout``), a held tag's TTL, and the eviction check
+    (``last_seen + evict_after``). Deadlines that move later need no bookkeeping: a wake-up
+    that finds nothing due just asks for the next one.
+    """
+    due = c.last_seen + sh.evict_after_ms
+    timeout = sh.pack.attempt_timeout_ms
+    for jidx, a in enumerate(c.attempts):
+        if a is None:
+            continue
+        d = a.expiry_from + timeout
+        if d < due:
+            due = d
+        r = sh.journey_defs[jidx].abandoned
+        if r is not None and a.last_key:
+            ab = abandoned.due_at(r, a)
+            if ab is not None and ab < due:
+                due = ab
+    tags = c.tags
+    if tags:
+        rules = sh.pack.rules
+        for i in range(0, len(tags), _TAG):
+            d = tags[i + 2] + rules[tags[i]].ttl_ms
+            if d < due:
+                due = d
+    return due
+
+
+def on_wake(sh: Shard, c: CustomerState, cid: str, due: int) -> bool:
+    """Handle everything of a customer that is due at ``due`` (its wake-up time), then re-arm it.
+
+    Same-time deadlines run in a fixed order: tag TTLs, abandonments, attempt expiry checks, eviction.
+    Each abandonment is decided on its own, as when each had its own timer.
 
     Args:
         sh: The shard.
         c: The customer's state.
         cid: The customer id.
-        kind: ``T_ABANDON``, ``T_EXPIRE``, ``T_EVICT`` or ``T_TAG_TTL``.
-        idx: Journey index (abandon/expire) or rule index (tag TTL).
-        token: Attempt id or moment id the timer was armed for.
-        armed: Event time the timer was armed at.
-        due: The timer's due time.
+        due: The wake-up time (the earliest deadline; the shard's clock is there).
 
     Returns:
         True when the customer should be evicted.
     """
-    if kind == T_ABANDON:
-        a = c.attempts[idx]
-        r = sh.journey_defs[idx].abandoned
-        if a is None or r is None or a.attempt_id != token:
-            return False
-        a.armed = False
-        if a.fired & _B_ABANDONED:
-            return False
-        decision = abandoned.on_timer(r, a, token, due)
-        if decision == abandoned.FIRE:
-            sh.current_customer = cid
-            _fire(sh, c, r, a, None, (a.last_eid,), a.last_ts + r.within_ms, a.last_step, anchor=a.last_eid)
-        elif decision == abandoned.REARM:
-            a.armed = True
-            sh.push_timer(a.last_ts + r.within_ms, T_ABANDON, cid, idx, token, a.last_ts)
-    elif kind == T_EXPIRE:
-        a = c.attempts[idx]
-        if a is None or a.attempt_id != token:
-            return False
-        if not a.ended:
-            expiry = a.last_ts + sh.pack.attempt_timeout_ms
-            if expiry > due:
-                sh.push_timer(expiry, T_EXPIRE, cid, idx, token, armed)
-                return False
-            a.ended = EXPIRED
-            sh.state_row(c, cid, idx, a, due)
-        # An ended attempt is kept only while a contact may still hand it off or its interest
-        # windows still reach into the next attempt; timers fire before events of their time,
-        # so the last moment it is needed at must have passed (due > keep) before it goes.
-        keep = _ended_needed_until(sh.journey_defs[idx], a)
-        if keep < due:
-            c.attempts[idx] = None
-        else:
-            sh.push_timer(keep + 1, T_EXPIRE, cid, idx, token, armed)
-    elif kind == T_TAG_TTL:
-        tag = c.tags.get(idx) if c.tags else None
-        if tag is not None and tag[0] == token and c.tags is not None:
-            del c.tags[idx]
-            if not c.tags:
-                c.tags = None
-            sh.tag_row(cid, sh.pack.rules[idx], token, TAG_EXPIRED, "expired", tag[1], due)
-    elif kind == T_EVICT:
-        evict_at = c.last_seen + sh.evict_after_ms
-        if evict_at > due:
-            sh.push_timer(evict_at, T_EVICT, cid, 0, "", c.last_seen)
-            return False
-        later = max(t[2] for t in c.tags.values()) if c.tags else 0
-        if c.contact is not None:
+    c.wake = 0  # moments fired below must not file wake-ups of their own: one is filed at the end
+    rules = sh.pack.rules
+    tags = c.tags
+    if tags:
+        kept: list[Any] = []
+        for i in range(0, len(tags), _TAG):
+            ridx, mid, opened = tags[i : i + 3]
+            if opened + rules[ridx].ttl_ms <= due:
+                sh.tag_row(cid, rules[ridx], mid, TAG_EXPIRED, "expired", opened, due)
+            else:
+                kept += tags[i : i + _TAG]
+        if len(kept) != len(tags):
+            c.tags = tuple(kept) or None
+    defs = sh.journey_defs
+    due_now: list[tuple[int, str, Attempt, MomentRule]] = []
+    for jidx, a in enumerate(c.attempts):
+        if a is not None and a.last_key:
+            r2 = defs[jidx].abandoned
+            if r2 is not None:
+                ab = abandoned.due_at(r2, a)
+                if ab is not None and ab <= due:
+                    due_now.append((a.last_ts, a.last_eid, a, r2))
+    if len(due_now) > 1:
+        # Several journeys abandoned at the same instant: decided one by one in the order of the events
+        # that left them at a key step, as their timers were armed.
+        due_now.sort(key=lambda x: (x[0], x[1]))
+    for _ts, _eid, a, r2 in due_now:
+        sh.current_customer = cid
+        _fire(sh, c, r2, a, None, (a.last_eid,), a.last_ts + r2.within_ms, a.last_step, anchor=a.last_eid)
+        if sh.pending:
+            decide(sh, c, cid)
+    timeout = sh.pack.attempt_timeout_ms
+    for jidx, a in enumerate(c.attempts):
+        if a is not None and a.expiry_from + timeout <= due:
+            _check_expiry(sh, c, cid, jidx, a, due)
+    if c.last_seen + sh.evict_after_ms <= due:
+        later = 0
+        tags = c.tags
+        if tags:
+            later = max(tags[k + 2] + rules[tags[k]].ttl_ms for k in range(0, len(tags), _TAG))
+        contact = c.contact
+        if contact is not None:
             # Caps, gaps and the after-completion rule look back further than the detection rules.
-            later = max(later, c.contact.needed_until(sh.pack.policy))
-        if later >= due:
-            sh.push_timer(max(later, due) + 1, T_EVICT, cid, 0, "", c.last_seen)
-            return False
-        return True
+            later = max(later, contact.needed_until(sh.pack.policy))
+        if later < due:
+            return True
+        c.last_seen = later + 1 - sh.evict_after_ms  # check again just after the last of them
+    c.wake = next_deadline(sh, c)
+    sh.file_wake(c)
     return False
+
+
+def _check_expiry(sh: Shard, c: CustomerState, cid: str, jidx: int, a: Attempt, due: int) -> None:
+    """The attempt's expiry check (``due`` = ``expiry_from + attempt_timeout``)."""
+    timeout = sh.pack.attempt_timeout_ms
+    if not a.ended:
+        if a.last_ts + timeout > due:
+            a.expiry_from = a.last_ts  # events came meanwhile: check again a timeout after the latest
+            return
+        a.end(EXPIRED)
+        sh.state_row(c, cid, jidx, a, due)
+    # An ended attempt is kept only while a contact may still hand it off or its interest
+    # windows still reach into the next attempt; timers fire before events of their time,
+    # so the last moment it is needed at must have passed (due > keep) before it goes.
+    keep = _ended_needed_until(sh.journey_defs[jidx], a)
+    if keep < due:
+        set_attempt(sh, c, jidx, None)
+    else:
+        a.expiry_from = keep + 1 - timeout
 
 
 def _ended_needed_until(jd: JourneyView, a: Attempt) -> int:
@@ -429,26 +656,6 @@ def _ended_needed_until(jd: JourneyView, a: Attempt) -> int:
         if a.intent_ts:
             keep = max(keep, a.intent_ts + r.no_intent_ms)
     return keep
-
-
-def apply_feedback(sh: Shard, c: CustomerState, fb: Feedback) -> None:
-    """Move the tag of the moment a feedback record names (contacted → actioned, converted → resolved…)."""
-    if not c.tags:
-        return
-    for ridx, tag in list(c.tags.items()):
-        mid, opened = tag[0], tag[1]
-        if mid != fb.moment_id:
-            continue
-        state, closes = TRANSITIONS[fb.outcome]
-        if closes:
-            del c.tags[ridx]
-            if not c.tags:
-                c.tags = None
-        else:
-            c.tags[ridx] = (*tag[:4], 1)
-        # A feedback clock behind the moment's must not order the transition before the opening.
-        sh.tag_row(fb.customer_id, sh.pack.rules[ridx], mid, state, fb.outcome, opened, max(fb.ts_ms, opened))
-        return
 
 
 def tag_rank(state: str) -> int:

@@ -32,26 +32,50 @@ _WEEK_MS = 7 * _DAY_MS
 _MAX_TZ_CHARS = 64
 
 
-class Contact:
-    """What the policy remembers of one customer: recent sends, recent completions, time zone."""
+class Contact(tuple[Any, ...]):
+    """What the policy remembers of one customer: time zone, recent sends, latest completions.
 
-    __slots__ = ("sends", "done", "tz")
+    Created only for customers with a moment, a completion or a time zone, and immutable: the
+    ``remember_*`` functions return a new one. It is one flat tuple,
+    ``(tz, n, send_ts, channel, … n send records …, journey_index, completed_ts, …)``, since a
+    tracked customer usually has one: a record object holding tuples of tuples cost ~100 bytes more.
+    Sends are in time order and include hold-out would-be sends; completions are the latest per journey.
+    """
 
-    def __init__(self) -> None:
-        self.sends: tuple[tuple[int, str], ...] = ()  # (send ts, channel), including hold-out would-be sends
-        self.done: tuple[tuple[int, int], ...] = ()  # (journey index, completion ts), latest per journey
-        self.tz: str | None = None
+    __slots__ = ()
 
-    def __getstate__(self) -> tuple[object, ...]:
-        return (self.sends, self.done, self.tz)
+    @staticmethod
+    def of(tz: str | None, sends: list[tuple[int, str]], done: list[tuple[int, int]]) -> Contact:
+        """Build one from its parts."""
+        return Contact((tz, len(sends), *(x for s in sends for x in s), *(x for d in done for x in d)))
 
-    def __setstate__(self, st: tuple[Any, ...]) -> None:
-        self.sends, self.done, self.tz = st
+    @property
+    def tz(self) -> str | None:
+        """The customer's time zone (``attrs.tz`` of an event), if known."""
+        tz: str | None = self[0]
+        return tz
+
+    def send_records(self) -> list[tuple[int, str]]:
+        """Return the sends as (ts, channel) pairs, oldest first."""
+        end = 2 + 2 * self[1]
+        return [(self[i], self[i + 1]) for i in range(2, end, 2)]
+
+    def done_records(self) -> list[tuple[int, int]]:
+        """Return the completions as (journey index, ts) pairs."""
+        return [(self[i], self[i + 1]) for i in range(2 + 2 * self[1], len(self), 2)]
+
+    def completed_at(self, journey_index: int) -> int | None:
+        """Return when the customer last completed the journey, if remembered."""
+        for j, t in self.done_records():
+            if j == journey_index:
+                return t
+        return None
 
     def needed_until(self, policy: Policy) -> int:
         """Return the event time after which nothing here can change a decision (for eviction)."""
-        last = max((t for t, _ in self.sends), default=0) + policy.history_ms if self.sends else 0
-        for _j, t in self.done:
+        n = self[1]
+        last: int = self[2 * n] + policy.history_ms if n else 0  # the latest send is the last record
+        for _j, t in self.done_records():
             last = max(last, t + policy.after_complete_ms)
         return last
 
@@ -82,7 +106,7 @@ def is_quiet(policy: Policy, ts_ms: int, tz: str | None) -> bool:
     return start <= m < end if start < end else (m >= start or m < end)
 
 
-def _near(sends: tuple[tuple[int, str], ...], t: int, span: int, channel: str | None = None) -> int:
+def _near(sends: list[tuple[int, str]], t: int, span: int, channel: str | None = None) -> int:
     # Windows are checked on both sides of t: a late event can make a decision out of time order,
     # and every window of length `span` containing t must stay within the cap.
     return sum(1 for s, ch in sends if t - span < s < t + span and (channel is None or ch == channel))
@@ -123,11 +147,11 @@ def evaluate(
         if not rule.channels:
             return SUPPRESSED, "no_channel", "", []
         return SENT, "", rule.channels[0], [f"{ch}:{NOT_CHOSEN}" for ch in rule.channels[1:]]
-    sends = contact.sends if contact is not None else ()
+    sends = contact.send_records() if contact is not None else []
     if contact is not None and policy.after_complete_ms:
-        for j, t in contact.done:
-            if j == journey_index and 0 <= due_ms - t < policy.after_complete_ms:
-                return SUPPRESSED, "journey_completed", "", []
+        t = contact.completed_at(journey_index)
+        if t is not None and 0 <= due_ms - t < policy.after_complete_ms:
+            return SUPPRESSED, "journey_completed", "", []
     if acted_now:
         return SUPPRESSED, "outranked", "", []
     if rule.urgency not in policy.quiet_bypass and is_quiet(policy, due_ms, contact.tz if contact else None):
@@ -150,24 +174,33 @@ def evaluate(
     return SUPPRESSED, "channel_cap", "", skipped
 
 
-def remember_send(policy: Policy, contact: Contact, t: int, channel: str) -> None:
-    """Add a send to the history, dropping what no longer matters to any window."""
+def remember_send(policy: Policy, contact: Contact | None, t: int, channel: str) -> Contact:
+    """Return the history with a send added, dropping what no longer matters to any window."""
+    if contact is None:
+        return Contact.of(None, [(t, channel)], [])
     keep_from = t - policy.history_ms
-    sends = [s for s in contact.sends if s[0] > keep_from]
+    sends = [s for s in contact.send_records() if s[0] > keep_from]
     sends.append((t, channel))
     sends.sort()
-    contact.sends = tuple(sends)
+    return Contact.of(contact.tz, sends, contact.done_records())
 
 
-def remember_completion(contact: Contact, journey_index: int, t: int) -> None:
-    """Note that the customer completed a journey at ``t`` (the latest completion per journey is kept)."""
-    contact.done = (*((j, s) for j, s in contact.done if j != journey_index), (journey_index, t))
+def remember_completion(contact: Contact | None, journey_index: int, t: int) -> Contact:
+    """Return the history noting that the customer completed a journey at ``t`` (latest per journey kept)."""
+    if contact is None:
+        return Contact.of(None, [], [(journey_index, t)])
+    done = [d for d in contact.done_records() if d[0] != journey_index]
+    done.append((journey_index, t))
+    return Contact.of(contact.tz, contact.send_records(), done)
 
 
-def remember_tz(contact: Contact, tz: object) -> None:
-    """Keep the customer's time zone from an event's ``attrs.tz`` when it names a known zone."""
-    if type(tz) is str and len(tz) <= _MAX_TZ_CHARS and tz != contact.tz and zone(tz) is not None:
-        contact.tz = tz
+def remember_tz(contact: Contact | None, tz: object) -> Contact | None:
+    """Return the history keeping the customer's time zone from an event's ``attrs.tz``, if it names a known zone."""
+    if type(tz) is not str or len(tz) > _MAX_TZ_CHARS or (contact is not None and tz == contact.tz) or zone(tz) is None:
+        return contact
+    if contact is None:
+        return Contact.of(tz, [], [])
+    return Contact((tz, *contact[1:]))
 
 
 def order(pending: list[tuple[MomentRule, dict[str, Any], int]]) -> list[tuple[MomentRule, dict[str, Any], int]]:

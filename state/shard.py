@@ -18,12 +18,11 @@ from typing import Any
 
 from state.batches import RawBatch, Tick
 from state.customer import (
-    T_EVICT,
     CustomerState,
     apply_event,
     apply_feedback,
     decide,
-    on_timer,
+    on_wake,
     seen_before,
     tag_rank,
 )
@@ -33,7 +32,11 @@ from state.journey import Attempt
 from state.outputs import Outputs, dead_letter_record
 from state.rules import KINDS, STAGES, MomentRule, RulePack
 
-SNAPSHOT_FORMAT = 3
+SNAPSHOT_FORMAT = 4
+
+# Wake-ups are filed in buckets of 2**22 ms (about 70 minutes) of event time and sorted in a heap only
+# once their bucket comes near: a filing costs one list slot rather than a heap tuple and its due time.
+_BUCKET_BITS = 22
 
 
 def wall_ms() -> int:
@@ -117,15 +120,24 @@ class Shard:
             [(r.name, 1 << KINDS.index(r.kind)) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
         self._vocab: dict[str, str] = {}
+        self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
         for jd in pack.journeys.values():
             for s in jd.steps:
                 self._vocab[s] = s
+        # Customers without any attempt share this.
+        self.no_attempts: tuple[None, ...] = (None,) * len(self.journey_defs)
         # State (what snapshots carry).
         self.customers: dict[str, CustomerState] = {}
         # Events not yet released: in-order arrivals in `queue` (already sorted), stragglers in the heap `buffer`.
         self.queue: deque[Event] = deque()
         self.buffer: list[tuple[int, str, int, Event]] = []
-        self.timers: list[tuple[int, int, int, str, int, str, int]] = []
+        # Wake-ups: each customer has one, at `CustomerState.wake`. Far ones are filed by bucket (customer
+        # ids; a filing whose customer's wake moved elsewhere is skipped); buckets up to `_near_upto` have
+        # been moved into the heap `_near` of (due, customer id). Rebuilt from the customers on restore.
+        self._wheel: dict[int, list[str]] = {}
+        self._buckets: list[int] = []
+        self._near: list[tuple[int, str]] = []
+        self._near_upto = -1
         self.max_ts = 0
         self.wm = 0
         self.seq = 0
@@ -151,10 +163,48 @@ class Shard:
             return s
         return v
 
-    def push_timer(self, due: int, kind: int, cid: str, idx: int, token: str, armed: int) -> None:
-        """Arm an event-time timer."""
-        self.seq += 1
-        heapq.heappush(self.timers, (due, self.seq, kind, cid, idx, token, armed))
+    def canon_steps(self, steps: tuple[str, ...]) -> tuple[str, ...]:
+        """Return one shared tuple per distinct recent-steps path: most customers walk the same few."""
+        v = self._paths.get(steps)
+        if v is None:
+            if len(self._paths) < 10_000:
+                self._paths[steps] = steps
+            return steps
+        return v
+
+    def schedule(self, c: CustomerState, due: int) -> None:
+        """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
+        if due < c.wake:
+            c.wake = due
+            self.file_wake(c)
+
+    def file_wake(self, c: CustomerState) -> None:
+        """File the customer's wake-up at ``c.wake``; an earlier filing of it becomes stale."""
+        due, cid = c.wake, c.cid
+        b = due >> _BUCKET_BITS
+        if b <= self._near_upto:
+            heapq.heappush(self._near, (due, cid))
+            return
+        filed = self._wheel.get(b)
+        if filed is None:
+            self._wheel[b] = [cid]
+            heapq.heappush(self._buckets, b)
+        else:
+            filed.append(cid)
+
+    def _open_bucket(self, b: int) -> None:
+        """Move the live wake-ups of bucket ``b`` into the near heap."""
+        self._near_upto = b
+        near, customers = self._near, self.customers
+        for cid in self._wheel.pop(b):
+            c = customers.get(cid)
+            if c is not None and c.wake >> _BUCKET_BITS == b:
+                heapq.heappush(near, (c.wake, cid))
+
+    @property
+    def timers(self) -> list[tuple[int, str]]:
+        """Pending wake-ups as (event time, customer id), earliest first: one per tracked customer."""
+        return sorted((c.wake, cid) for cid, c in self.customers.items())
 
     def decision_clock(self) -> int:
         """The clock staleness is judged by: the wall clock live; in replay the event time being processed.
@@ -313,7 +363,8 @@ class Shard:
             return
         self.wm = wm
         tlimit = wm if timers_to is None else timers_to
-        buf, timers, queue = self.buffer, self.timers, self.queue
+        buf, near, buckets, queue = self.buffer, self._near, self._buckets, self.queue
+        customers = self.customers
         pop = heapq.heappop
         apply = self._apply
         while True:
@@ -325,15 +376,20 @@ class Shard:
             if buf and (ev is None or (buf[0][0], buf[0][1]) < (ev.ts_ms, ev.event_id)):
                 ev = buf[0][3]
                 from_heap = True
-            if timers and timers[0][0] <= tlimit and (ev is None or timers[0][0] <= ev.ts_ms):
-                due, _seq, kind, cid, idx, token, armed = pop(timers)
+            if buckets:
+                # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
+                h = tlimit if ev is None or ev.ts_ms > tlimit else ev.ts_ms
+                while buckets and buckets[0] << _BUCKET_BITS <= h:
+                    self._open_bucket(pop(buckets))
+            if near and near[0][0] <= tlimit and (ev is None or near[0][0] <= ev.ts_ms):
+                due, cid = pop(near)
+                c = customers.get(cid)
+                if c is None or c.wake != due:
+                    continue  # a stale filing: the customer's wake-up moved, or it is gone
                 self.event_now = due
-                c = self.customers.get(cid)
-                if c is not None and on_timer(self, c, cid, kind, idx, token, armed, due):
-                    del self.customers[cid]
+                if on_wake(self, c, cid, due):
+                    del customers[cid]
                     self.out.evicted += 1
-                elif self.pending and c is not None:
-                    decide(self, c, cid)
             elif ev is not None and ev.ts_ms < wm:
                 if from_heap:
                     pop(buf)
@@ -352,17 +408,18 @@ class Shard:
         if c is None:
             if self.max_customers is not None and len(self.customers) >= self.max_customers:
                 self._shed()
-            c = CustomerState(len(self.journey_defs), ev.ts_ms)
+            c = CustomerState(self.no_attempts, ev.ts_ms, cid)
             self.customers[cid] = c
-            self.push_timer(ev.ts_ms + self.evict_after_ms, T_EVICT, cid, 0, "", ev.ts_ms)
-            c.dedup = hash(ev.event_id).to_bytes(8, "little", signed=True)
+            c.wake = ev.ts_ms + self.evict_after_ms
+            self.file_wake(c)
+            seen_before(c, ev)
         elif seen_before(c, ev):
             self._dup(ev)
             return
         elif self.max_customers is not None:
             # Keep the map in order of last sighting, so that shedding drops the least recently seen.
             del self.customers[cid]
-            self.customers[cid] = c
+            self.customers[c.cid] = c
         counts[key] = counts.get(key, 0) + 1
         self.event_now = ev.ts_ms
         apply_event(self, c, ev)
@@ -415,8 +472,9 @@ class Shard:
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
+        # Wake-ups are not included: every customer carries its own (`wake`), and restore files them again.
         state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
-                 self.timers, self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()])
+                 self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()])
         return pickle.dumps(state, protocol=5)
 
     def restore(self, blob: bytes) -> None:
@@ -425,7 +483,7 @@ class Shard:
         Raises:
             ValueError: when it was taken with a different rule pack or format.
         """
-        fmt, fp, customers, queue, buffer, timers, max_ts, wm, seq, dirty = pickle.loads(blob)  # noqa: S301
+        fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty = pickle.loads(blob)  # noqa: S301
         if fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
         if fp != self.pack.fingerprint():
@@ -433,8 +491,11 @@ class Shard:
                 f"recovery state was built with a different rule pack (fingerprint {fp}, "
                 f"now {self.pack.fingerprint()} for {self.pack.path}); start with a fresh recovery directory"
             )
-        self.customers, self.buffer, self.timers = customers, buffer, timers
+        self.customers, self.buffer = customers, buffer
         self.queue = deque(queue)
+        self._wheel, self._buckets, self._near, self._near_upto = {}, [], [], -1
+        for c in customers.values():
+            self.file_wake(c)
         self._dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
 

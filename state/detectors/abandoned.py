@@ -1,34 +1,33 @@
 """``J.abandoned``: the latest event of an attempt is at a key step and nothing follows for ``idle``.
 
-The detector is a timer armed when an attempt's latest event is at a key step.
-At most one timer per attempt is in the heap: when it pops before the latest
-key-step event's due time (a later key-step event arrived meanwhile) it is
-re-armed for that time. Timers fire before events of the same time, so an event
-exactly ``idle`` later does not prevent the moment.
+No timer object is kept per attempt: the abandonment's due time is derived from
+the attempt (``last_ts + idle`` while its latest event is at a key step), and the
+customer's single housekeeping wake-up (``state.customer.next_deadline``) covers
+it. A later event moves or cancels it just by changing the attempt. Timers fire
+before events of the same time, so an event exactly ``idle`` later does not
+prevent the moment.
 """
 
 from __future__ import annotations
 
+from state.detectors import KIND_BITS
 from state.journey import Attempt
 from state.rules import MomentRule
 
-FIRE = 1
-REARM = 2
-DROP = 0
+_BIT = KIND_BITS["abandoned"]
 
 
-def on_timer(rule: MomentRule, a: Attempt, attempt_id: str, due: int) -> int:
-    """Decide what a popped abandonment timer does.
+def due_at(rule: MomentRule, a: Attempt) -> int | None:
+    """Return when the attempt's abandonment is due, or None when none is pending.
 
     Args:
         rule: The abandonment rule (``within_ms`` is the idle time).
         a: The journey's current attempt.
-        attempt_id: The attempt the timer was armed for.
-        due: The timer's due time.
 
     Returns:
-        ``FIRE``, ``REARM`` (at ``a.last_ts + idle``) or ``DROP``.
+        ``a.last_ts + idle`` while the attempt is active, its latest event is at a key step and the
+        rule has not fired in it; else None.
     """
-    if a.attempt_id != attempt_id or a.ended or not a.last_key:
-        return DROP
-    return FIRE if a.last_ts + rule.within_ms <= due else REARM
+    if a.ended or not a.last_key or a.fired & _BIT:
+        return None
+    return a.last_ts + rule.within_ms

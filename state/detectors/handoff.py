@@ -19,11 +19,12 @@ def applies(rule: MomentRule, a: Attempt, ev: Event) -> bool:
 
 def context(a: Attempt) -> dict[str, object]:
     """Return what an agent's screen shows of the journey so far."""
+    chans = a.channel_records()
     return {
         "attempt_id": a.attempt_id,
         "recent_steps": list(a.recent),
-        "channels": [c[1] for c in sorted(a.channels)],
-        "fails": len(a.fails),
+        "channels": [c[1] for c in sorted(chans[i : i + 3] for i in range(0, len(chans), 3))],
+        "fails": len(a.fails) // 2,
         "last_step": a.last_step or "",
         "last_ts": a.last_ts,
         "status": a.status,
