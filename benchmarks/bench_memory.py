@@ -32,7 +32,17 @@ from state.rules import load_rule_pack
 from state.shard import Shard, process
 
 customers, breakdown = int(sys.argv[1]), sys.argv[2] == "1"
-raw = lines(events_file(customers, 720, seed=5))
+scenario = sys.argv[3] if len(sys.argv) > 3 else "simulated"
+if scenario == "open":
+    # Every customer mid-journey: landing and plan choice in the app, then the order form on the web (a key
+    # step: an abandonment is pending), all within six minutes, so nothing fires or expires.
+    T0, STEPS = 1_767_225_600_000, (("landing", "app"), ("plan_select", "app"), ("order_form", "web"))
+    raw = [b'{"event_id":"e%d-%d","customer_id":"c%07d","ts":%d,"channel":"%s","type":"view",'
+           b'"journey":"5g_upgrade","step":"%s","entry":"home_banner"}'
+           % (i, k, i, T0 + k * 120_000 + i * 100_000 // customers, ch.encode(), step.encode())
+           for k, (step, ch) in enumerate(STEPS) for i in range(customers)]
+else:
+    raw = lines(events_file(customers, 720, seed=5))
 S = 64
 groups = [[] for _ in range(S)]
 for r in raw:
@@ -126,9 +136,9 @@ print(json.dumps(res))
 """
 
 
-def measure(customers: int, breakdown: bool = False) -> dict[str, float]:
-    """Run one child and return its figures."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers), "1" if breakdown else "0"],
+def measure(customers: int, breakdown: bool = False, scenario: str = "simulated") -> dict[str, float]:
+    """Run one child and return its figures (``scenario``: simulated traffic, or ``open``: all mid-journey)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers), "1" if breakdown else "0", scenario],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -148,19 +158,26 @@ def main() -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-breakdown", action="store_true", help="skip the per-component breakdown at the largest size")
+    ap.add_argument("--open-size", type=int, default=1_000_000,
+                    help="customers in the all-mid-journey scenario (0 skips it)")
+    ap.add_argument("--large-runs", type=int, default=1,
+                    help="runs at 1M customers and more (RSS is deterministic for one input; each run takes minutes)")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     figs = []
     notes = []
     breakdown = ""
     for size in sizes:
-        res = [measure(size) for _ in range(a.runs)]
+        n_runs = a.runs if size < 1_000_000 else a.large_runs
+        res = [measure(size) for _ in range(n_runs)]
         figs.append(Figure(f"RSS per tracked customer, {size:,} simulated customers",
                            tuple(r["bytes_per_customer"] for r in res), unit="bytes"))
         figs.append(Figure(f"snapshot bytes per tracked customer, {size:,}",
                            tuple(r["snapshot_bytes"] / r["tracked"] for r in res), unit="bytes"))
         figs.append(Figure(f"snapshot of all 64 shards (one epoch, every shard touched), {size:,}",
                            tuple(r["snapshot_s"] * 1000 for r in res), unit="ms"))
+        figs.append(Figure(f"state update cost per event (events fed shard by shard), {size:,}",
+                           tuple(r["process_s"] / r["events"] * 1e6 for r in res), unit="µs"))
         r0 = res[0]
         notes.append(f"{size:,}: {int(r0['events']):,} events; {int(r0['tracked']):,} customers tracked, "
                      f"{int(r0['open']):,} open attempts; snapshot {r0['snapshot_bytes'] / 1e6:,.0f} MB")
@@ -168,6 +185,15 @@ def main() -> None:
             b = measure(size, breakdown=True)
             breakdown = (f"\n\nLive objects by component at {size:,} simulated customers "
                          f"({b['attempts_per_customer']:.2f} attempts per tracked customer):\n\n{_breakdown_table(b)}")
+    if a.open_size:
+        n_runs = a.runs if a.open_size < 1_000_000 else a.large_runs
+        res = [measure(a.open_size, scenario="open") for _ in range(n_runs)]
+        figs.append(Figure(f"RSS per customer with an open journey (all {a.open_size:,} mid-journey, at a key step)",
+                           tuple(r["bytes_per_customer"] for r in res), unit="bytes"))
+        figs.append(Figure(f"snapshot bytes per customer with an open journey, {a.open_size:,}",
+                           tuple(r["snapshot_bytes"] / r["tracked"] for r in res), unit="bytes"))
+        notes.append(f"open journeys: {int(res[0]['tracked']):,} customers tracked, {int(res[0]['open']):,} open "
+                     "attempts (landing and plan choice in the app, order form on the web; an abandonment pending)")
     body = (f"## Memory per tracked customer and snapshot cost\n\n{machine()}\n\n{table(figs)}\n\n"
             + "\n".join(f"- {n}" for n in notes) + breakdown)
     print(body)
