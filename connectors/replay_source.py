@@ -20,7 +20,8 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Collection, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from itertools import chain
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -29,6 +30,7 @@ from connectors.placement import Placement
 from state.batches import RawBatch, Tick
 from state.events import BASE_TYPES, MAX_TS_MS, MIN_TS_MS, Event, parse_event
 from state.routing import shard_of_raw, ts_of_raw
+from state.shard import wall_ms
 
 Item = tuple[str, RawBatch | Tick]
 Position = int | tuple[int, tuple[int, ...]]
@@ -99,8 +101,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         pace: Callable[[int], float | None] | None = None,
         types: Collection[str] = BASE_TYPES,
         own: frozenset[int] | None = None,
+        realtime: bool = False,
     ) -> None:
         self._types = types
+        self._realtime = realtime
+        self._held: bytes | None = None  # realtime: the next line, read but not yet due
         self._source = source
         self._lines = open_at(start)
         self._pos = start
@@ -134,8 +139,21 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
                 limit = min(limit, int(allowed))
             if limit <= 0:
                 return []
-        for raw in self._lines:
+        lines: Iterator[bytes] = self._lines
+        if self._held is not None:
+            lines = chain((self._held,), lines)
+            self._held = None
+        now = wall_ms() if self._realtime else None
+        self._awake = None
+        for raw in lines:
             raw = raw.rstrip(b"\r\n")
+            if now is not None:
+                due = ts_of_line(raw)
+                if due is not None and due > now:
+                    # Not yet: a live simulation releases each event at its own time, never ahead of the clock.
+                    self._held = raw
+                    self._awake = datetime.now(UTC) + timedelta(milliseconds=min(due - now, 200))
+                    break
             pos += 1
             if not raw:
                 continue
@@ -173,7 +191,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         return items
 
     def next_awake(self) -> datetime | None:
-        return None
+        return self._awake
 
     def snapshot(self) -> Position:
         if self._own is None:
@@ -274,6 +292,7 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         make_lines: Factory of the simulator's serialised events (deterministic).
         shards: Number of shards.
         rate: Events per second of wall time, or None for as fast as possible.
+        realtime: Release each event only once the wall clock reaches its event time (live mode).
         batch_lines: Lines per batch.
         types: Event types the rule pack knows (for the tick's validity check).
         placement: This process's place in the cluster (None: a single partition for the whole cluster).
@@ -284,8 +303,10 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         batch_lines: int = 4096,
         types: Collection[str] = BASE_TYPES,
         placement: Placement | None = None,
+        realtime: bool = False,
     ) -> None:
         self._types = types
+        self._realtime = realtime
         self._make = make_lines
         self._shards = shards
         self._rate = rate
@@ -305,7 +326,7 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         start, own = _resume(resume_state, own, for_part)
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
-                             types=self._types, own=own)
+                             types=self._types, own=own, realtime=self._realtime)
 
 
 class _Pacer:

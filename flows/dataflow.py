@@ -50,7 +50,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
     if cfg.source == "simulator":
         # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
-                               placement=None if cfg.live else placement_of(cfg))
+                               placement=None if cfg.live else placement_of(cfg), realtime=cfg.live)
     if cfg.source == "kafka":
         from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
         from flows import metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import gc
 import logging
 import os
@@ -10,6 +11,7 @@ import sqlite3
 import sys
 import tempfile
 import threading
+import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
@@ -82,6 +84,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     status = None
     # SIGTERM (Kubernetes, docker stop) ends the run like Ctrl-C; buffered outputs are flushed on the way out.
     signal.signal(signal.SIGTERM, _terminate)
+    _watch_sigterm()
     if cfg.status != "off":
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
@@ -104,6 +107,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     finally:
         flush_all()
         stop.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
     print(f"done: {STATS.line(final=True)}", flush=True)
@@ -117,6 +121,38 @@ def _terminate(_signum: int, _frame: object) -> None:
     global _STOPPING
     _STOPPING = True
     raise KeyboardInterrupt
+
+
+SIGTERM_GRACE_S = 5.0
+_WATCHER: threading.Thread | None = None
+
+
+def _watch_sigterm() -> None:
+    """Take SIGTERM on a thread of its own, so that it ends the process even while Bytewax runs no Python.
+
+    A cluster process waiting for its peers to connect stays inside Bytewax's Rust code, where a Python signal
+    handler never gets to run. The watcher hands the signal to the main thread (``_terminate``: flush and exit)
+    and exits the process itself if the main thread has not taken it within ``SIGTERM_GRACE_S``.
+    """
+    global _WATCHER
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    if _WATCHER is None:  # one per process; it keeps waiting after a run (the main thread then takes SIGTERM)
+        _WATCHER = threading.Thread(target=_sigterm_watcher, name="sigterm", daemon=True)
+        _WATCHER.start()
+
+
+def _sigterm_watcher() -> None:
+    signal.sigwait({signal.SIGTERM})
+    _thread.interrupt_main(signal.SIGTERM)
+    deadline = time.monotonic() + SIGTERM_GRACE_S
+    while time.monotonic() < deadline:
+        if _STOPPING:
+            return  # the main thread is flushing and exiting
+        time.sleep(0.05)
+    log.warning("stopping on signal: the dataflow did not respond within %.0f s (waiting for the other processes "
+                "of the cluster?); exiting without a flush", SIGTERM_GRACE_S)
+    logging.shutdown()
+    os._exit(143)
 
 
 def _partition_counts(directory: Path) -> dict[str, int]:

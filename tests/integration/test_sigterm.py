@@ -1,0 +1,58 @@
+"""SIGTERM (Kubernetes, docker stop) ends a worker: flushing what it holds, or at once while nothing runs yet."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kafka_helpers import free_port
+from tests.worker import Worker
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_while_waiting_for_cluster_peers_exits_promptly(tmp_path: Path) -> None:
+    # Process 0 of a two-process cluster whose process 1 never starts: Bytewax waits in Rust for the peer.
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    w = Worker(["--source", "simulator", "--customers", "100", "--sink", f"jsonl:{tmp_path / 'out'}", "--no-metrics",
+                "--status", "off", "-i", "0", "-a", addrs], tmp_path / "w.log")
+    try:
+        w.wait_log("starting:")
+        time.sleep(2)
+        assert w.alive(), w.log()[-3000:]
+        t0 = time.monotonic()
+        w.proc.send_signal(signal.SIGTERM)
+        code = w.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        w.stop()
+    assert code == 143, w.log()[-3000:]
+    assert took < 15, took
+    assert "did not respond" in w.log()
+
+
+def test_sigterm_on_a_live_worker_flushes_its_outputs_and_exits_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # A live simulation runs in real time: 3,000 customers' journeys over two minutes, from the wall clock on.
+    w = Worker(["--source", "simulator", "--clock", "live", "--customers", "3000", "--minutes", "2", "--lateness",
+                "1s", "--sink", f"jsonl:{out}", "--no-metrics", "--status", "off", "--snapshot-interval", "600"],
+               tmp_path / "w.log")
+    try:
+        w.wait_log("starting:")
+        time.sleep(6)
+        assert w.alive(), w.log()[-3000:]
+        w.proc.send_signal(signal.SIGTERM)
+        code = w.wait(30)
+    finally:
+        w.stop()
+    assert code == 0, w.log()[-3000:]
+    assert "stopping on signal; flushing outputs" in w.log()
+    done = re.search(r"done: events=(\d+) .* dead_letters=(\d+) ", w.log())
+    assert done, w.log()[-3000:]
+    # Events flowed, and none ran ahead of the clock (they would be dead letters: "ts is too far in the future").
+    assert int(done.group(1)) > 20, done.group(0)
+    assert int(done.group(2)) == 0, done.group(0)
