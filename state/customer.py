@@ -40,6 +40,8 @@ _B_MAZE = KIND_BITS["maze"]
 _B_HOP = KIND_BITS["channel_hop"]
 _B_INTERESTED = KIND_BITS["interested"]
 _B_HANDOFF = KIND_BITS["handoff"]
+_INTEREST_TYPES = interested.INTEREST_TYPES
+_INTENT_TYPES = interested.INTENT_TYPES
 
 TAG_OPEN = "open"
 TAG_ACTIONED = "actioned"
@@ -63,6 +65,7 @@ _RING = _IDS + 1  # offset of the first id hash
 _TAG_BYTES = 25
 _NO_WAKE = bytes(_TS)
 _NO_TAGS = bytes(2)
+_COUNTS = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
 
 
 def _u(b: bytes, i: int, n: int) -> int:
@@ -213,11 +216,17 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
         if (i - _RING) % _ID == 0:  # only whole entries count
             return True
         i = r.find(key, i + 1, end)
-    # The oldest id goes when the ring is full.
-    ids = r[_RING + _ID : end] + key if n >= DEDUP_SLOTS else r[_RING:end] + key
+    # One join builds the new record (this runs for every event): last_seen (if later), wake, the id
+    # count, the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
+    if n >= DEDUP_SLOTS:
+        first, count = _RING + _ID, r[_IDS:_RING]
+    else:
+        first, count = _RING, _COUNTS[n + 1]
     ts = ev.ts_ms
-    first = ts.to_bytes(_TS, "little") + r[_TS:_IDS] if ts > _u(r, 0, _TS) else r[:_IDS]
-    c.rec = first + bytes((len(ids) // _ID,)) + ids + r[end:]
+    if ts > int.from_bytes(r[:_TS], "little"):
+        c.rec = b"".join((ts.to_bytes(_TS, "little"), r[_TS:_IDS], count, r[first:end], key, r[end:]))
+    else:
+        c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))
     return False
 
 
@@ -231,48 +240,51 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         c: The customer's state.
         ev: The event.
     """
-    pack = sh.pack
-    attrs = ev.attrs
+    # This runs for every event: fields are unpacked once and the shard's helpers that are trivial in
+    # the common case (canon, mark_dirty, channel_hop on an unchanged channel) are inlined or skipped.
+    eid, cid, t, channel, etype, j, step, entry, attrs = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
         old = c.contact
         new = remember_tz(old, attrs["tz"])
         if new is not old:
             c.contact = new
-    if sh.handoff_rules and ev.type in sh.handoff_types and ev.channel in sh.handoff_channels:
+    if sh.handoff_rules and etype in sh.handoff_types and channel in sh.handoff_channels:
         _handoffs(sh, c, ev)
-    j = ev.journey
     if j is None:
         return
     jidx = sh.journey_index.get(j)
     if jidx is None:
         return
     jdef = sh.journey_defs[jidx]
-    t = ev.ts_ms
     a = c.attempts[jidx]
-    if a is None or a.ended or t - a.last_ts >= pack.attempt_timeout_ms:
+    # Whether (cid, jidx) is already marked dirty by this event: marking it again would change nothing.
+    marked = False
+    if a is None or a.ended or t - a.last_ts >= sh.pack.attempt_timeout_ms:
+        timeout = sh.pack.attempt_timeout_ms
         if a is not None and not a.ended:
             a.end(EXPIRED)
-            sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
+            sh.state_row(c, cid, jidx, a, a.last_ts + timeout)
         prev = a
-        a = Attempt(ev.event_id, t)
+        a = Attempt(eid, t)
         if prev is not None:
             # `interested` looks back over J's views and intents in time (DESIGN.md §4), not per attempt.
             a.views, a.intent_ts = prev.views, prev.intent_ts
         if _completed_before(c, prev, jidx):
             a.stage = STAGE_USE  # a returning user: completing again is reuse
         set_attempt(sh, c, jidx, a)
-        sh.mark_dirty(c, ev.customer_id, jidx)
-        sh.schedule(c, t + pack.attempt_timeout_ms)
-    cid = ev.customer_id
-    step = sh.canon(ev.step) if ev.step is not None else None
+        sh.mark_dirty(c, cid, jidx)
+        marked = True
+        sh.schedule(c, t + timeout)
+    if step is not None:
+        canonical = sh._vocab.get(step)
+        step = canonical if canonical is not None else sh.canon(step)
     latest = t >= a.last_ts
     prev_ts, prev_eid = a.last_ts, a.last_eid
     if latest:
         a.last_ts = t
-        a.last_eid = ev.event_id
+        a.last_eid = eid
         if step is not None:
             a.last_step = step
-    etype = ev.type
     st = jdef.stage_types.get(etype, 0)
     if step is not None:
         st2 = jdef.stage_steps.get(step, 0)
@@ -280,23 +292,27 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             st = st2
     if st > a.stage:
         a.stage = st
-        sh.mark_dirty(c, cid, jidx)
+        if not marked:
+            sh.mark_dirty(c, cid, jidx)
+            marked = True
 
     if step is not None:
         idx = jdef.step_index.get(step)
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             sh.step_row(cid, j, a.attempt_id, step, idx, ev)
-            sh.mark_dirty(c, cid, jidx)
-        if not a.recent or a.recent[-1] != step:
+            if not marked:
+                sh.mark_dirty(c, cid, jidx)
+        recent = a.recent
+        if not recent or recent[-1] != step:
             n = sh.recent_steps
-            a.recent = sh.canon_steps((*a.recent[-(n - 1):], step) if n > 1 else (step,))
+            a.recent = sh.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
 
     if etype == jdef.complete_type:
         a.end(COMPLETED)
         a.last_key = False
         a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
-        if pack.policy.after_complete_ms:
+        if sh.pack.policy.after_complete_ms:
             c.contact = remember_completion(c.contact, jidx, t)
         sh.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
         _resolve_tags(sh, c, cid, j, a, t)
@@ -315,26 +331,29 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             ev_ids = stuck.on_fail(r, a, ev)
             if ev_ids:
                 _fire(sh, c, r, a, ev, ev_ids, t, step)
-    elif etype in interested.INTEREST_TYPES:
+    elif etype in _INTEREST_TYPES:
         r = jdef.interested
         # Views are recorded even once the rule fired: they carry over to the next attempt's window.
         if r is not None and interested.on_interest(r, a, ev) and not fired & _B_INTERESTED:
-            _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
-    elif etype in interested.INTENT_TYPES:
+            _fire(sh, c, r, a, ev, (eid,), t, step)
+    elif etype in _INTENT_TYPES:
         if t > a.intent_ts:
             a.intent_ts = t
 
     r = jdef.channel_hop
     if r is not None and not fired & _B_HOP:
-        ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel), prev_ts, prev_eid)
-        if ev_ids:
-            _fire(sh, c, r, a, ev, ev_ids, t, step)
+        chans = a.channels
+        # A customer staying on one channel (the bare-name form, see channel_hop.on_event) changes nothing.
+        if type(chans) is not str or chans != channel:
+            ev_ids = channel_hop.on_event(r, a, ev, sh.canon(channel), prev_ts, prev_eid)
+            if ev_ids:
+                _fire(sh, c, r, a, ev, ev_ids, t, step)
 
     if step is not None and step in jdef.key_steps:
-        if ev.entry is not None:
+        if entry is not None:
             r = jdef.maze
             if r is not None and not fired & _B_MAZE:
-                ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(ev.entry))
+                ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(entry))
                 if ev_ids:
                     a.entries = ()  # the rule fires once per attempt: its window is not read again
                     _fire(sh, c, r, a, ev, ev_ids, t, step)
