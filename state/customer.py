@@ -96,7 +96,7 @@ class CustomerState:
 
         The customer is evicted ``evict_after_ms`` after it.
         """
-        return _u(self.rec, 0, _TS)
+        return int.from_bytes(self.rec[:_TS], "little")  # not via _u: read on every wake-up check
 
     @last_seen.setter
     def last_seen(self, ts: int) -> None:
@@ -105,7 +105,7 @@ class CustomerState:
     @property
     def wake(self) -> int:
         """Event time of the customer's wake-up in the shard (0 while it is being handled)."""
-        return _u(self.rec, _TS, _TS)
+        return int.from_bytes(self.rec[_TS:_IDS], "little")  # not via _u: read on every schedule()
 
     @wake.setter
     def wake(self, due: int) -> None:
@@ -123,8 +123,8 @@ class CustomerState:
         one's place); None while no tag is held.
         """
         r = self.rec
-        i = self._tags_at()
-        n = _u(r, i, 2)
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
         if not n:
             return None
         out: list[Any] = []
@@ -146,8 +146,9 @@ class CustomerState:
         self.rec = r[:i] + n.to_bytes(2, "little") + body + r[end:]
 
     def _contact_at(self) -> int:
-        i = self._tags_at()
-        return i + 2 + _u(self.rec, i, 2) * _TAG_BYTES
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        return i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
 
     @property
     def contact(self) -> Contact | None:
@@ -451,10 +452,12 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
     clock = sh.decision_clock()
     acted = False
     out = sh.out.actions
+    # Decoded from the packed record once: only remember_send below changes it (tags are stored apart).
+    contact = c.contact
     for r, m, stage in pending:
         due = m["due_ts"]
         status, reason, channel, skipped = evaluate(
-            policy, r, c.contact, due_ms=due, lag_ms=clock - due, stage=stage,
+            policy, r, contact, due_ms=due, lag_ms=clock - due, stage=stage,
             journey_index=sh.journey_index[r.journey], acted_now=acted,
         )
         control = in_holdout(cid, r.name, r.holdout)
@@ -463,7 +466,7 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
                 status, reason = CONTROL, HOLDOUT
             if r.contact:
                 acted = True
-                c.contact = remember_send(policy, c.contact, due, channel)
+                c.contact = contact = remember_send(policy, contact, due, channel)
             if status == SENT:
                 _mark_actioned(sh, c, cid, r, m["moment_id"], due)
         out.append(action_record(r, m, status, reason, channel, skipped, control, m["detected_at"]))
@@ -638,8 +641,8 @@ def on_wake(sh: Shard, c: CustomerState, cid: str, due: int) -> bool:
         if later < due:
             return True
         c.last_seen = later + 1 - sh.evict_after_ms  # check again just after the last of them
-    c.wake = next_deadline(sh, c)
-    sh.file_wake(c)
+    c.wake = wake = next_deadline(sh, c)
+    sh.file_wake(c, wake)
     return False
 
 
