@@ -65,6 +65,7 @@ _RING = _IDS + 1  # offset of the first id hash
 _TAG_BYTES = 25
 _NO_WAKE = bytes(_TS)
 _NO_TAGS = bytes(2)
+_STATE_BYTE = (b"\0", b"\1")  # a tag record's state byte: open, actioned
 _COUNTS = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
 
 
@@ -144,6 +145,41 @@ class CustomerState:
             for k in range(0, n * _TAG, _TAG)
         ) if tags else b""
         self.rec = r[:i] + n.to_bytes(2, "little") + body + r[end:]
+
+    def put_tag(self, ridx: int, mid: str, opened: int, state: int) -> None:
+        """Hold a tag of rule ``ridx`` (replacing that rule's record in place, else appending one).
+
+        The same as setting ``tags`` to the decoded tuple so edited, without decoding it: this runs
+        for every moment.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
+        end = i + 2 + n * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        new = b"".join((key, _STATE_BYTE[state], opened.to_bytes(_TS, "little"), bytes.fromhex(mid)))
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                self.rec = b"".join((r[:k], new, r[k + _TAG_BYTES :]))
+                return
+        self.rec = b"".join((r[:i], (n + 1).to_bytes(2, "little"), r[i + 2 : end], new, r[end:]))
+
+    def mark_tag_actioned(self, ridx: int, mid: str) -> int | None:
+        """Move rule ``ridx``'s tag to actioned if it is the open tag of moment ``mid``; return its opened_ts.
+
+        Returns None (and changes nothing) when the rule holds no such open tag.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        end = i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                if r[k + 2] != 0 or r[k + 9 : k + 25].hex() != mid:
+                    return None
+                self.rec = b"".join((r[: k + 2], _STATE_BYTE[1], r[k + 3 :]))
+                return int.from_bytes(r[k + 3 : k + 9], "little")
+        return None
 
     def _contact_at(self) -> int:
         r = self.rec
@@ -433,7 +469,7 @@ def _fire(
             "action": r.action,
         }
     )
-    _put_tag(c, r.index, mid, due, 0)
+    c.put_tag(r.index, mid, due, 0)
     sh.tag_row(cid, r, mid, TAG_OPEN, "", due, due)
     sh.schedule(c, due + r.ttl_ms)
     sh.pending.append((r, sh.out.moments[-1], a.stage))
@@ -473,34 +509,10 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
 
 
 # -- tags: flat records in CustomerState.tags ---------------------------------------------------
-def _tag_at(tags: tuple[Any, ...], ridx: int) -> int:
-    """Return the position of rule ``ridx``'s record in ``tags``, or -1."""
-    for i in range(0, len(tags), _TAG):
-        if tags[i] == ridx:
-            return i
-    return -1
-
-
-def _put_tag(c: CustomerState, ridx: int, mid: str, opened: int, state: int) -> None:
-    tags = c.tags
-    if tags is None:
-        c.tags = (ridx, mid, opened, state)
-        return
-    i = _tag_at(tags, ridx)
-    if i < 0:
-        c.tags = (*tags, ridx, mid, opened, state)
-    else:
-        c.tags = (*tags[:i], ridx, mid, opened, state, *tags[i + _TAG:])
-
-
-
-
 def _mark_actioned(sh: Shard, c: CustomerState, cid: str, r: MomentRule, mid: str, t: int) -> None:
-    tags = c.tags
-    i = _tag_at(tags, r.index) if tags else -1
-    if tags is not None and i >= 0 and tags[i + 1] == mid and tags[i + 3] == 0:
-        c.tags = (*tags[:i + 3], 1, *tags[i + _TAG:])
-        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", tags[i + 2], t)
+    opened = c.mark_tag_actioned(r.index, mid)
+    if opened is not None:
+        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", opened, t)
 
 
 def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool:

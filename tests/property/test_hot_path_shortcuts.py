@@ -46,6 +46,48 @@ def test_seen_before_is_a_ring_of_the_last_ids_and_keeps_the_rest_of_the_record(
         assert c.contact == want_contact
 
 
+def _put_tag_plainly(tags: tuple[Any, ...] | None, ridx: int, mid: str, opened: int, state: int) -> tuple[Any, ...]:
+    tags = tags or ()
+    for i in range(0, len(tags), 4):
+        if tags[i] == ridx:
+            return (*tags[:i], ridx, mid, opened, state, *tags[i + 4 :])
+    return (*tags, ridx, mid, opened, state)
+
+
+_MIDS = st.sampled_from(["00" * 16, "ab" * 16, "0123456789abcdef" * 2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 5), _MIDS, st.integers(0, 10**7), st.integers(0, 1)), max_size=12),
+    st.integers(0, 9),
+    st.booleans(),
+)
+def test_tag_edits_on_the_packed_record_agree_with_editing_the_decoded_tuple(
+    ops: list[tuple[bool, int, str, int, int]], ids: int, contact: bool
+) -> None:
+    c = CustomerState(1, T0, "c")
+    for i in range(ids):
+        seen_before(c, Event(f"e{i}", "c", T0 + i, "app", "view"))
+    if contact:
+        c.contact = Contact.of(None, [(T0 + 5, "sms")], [])
+    want = c.tags
+    rest = (c.last_seen, c.wake, c.contact)
+    for put, ridx, mid, opened, state in ops:
+        if put:
+            c.put_tag(ridx, mid, T0 + opened, state)
+            want = _put_tag_plainly(want, ridx, mid, T0 + opened, state)
+        else:
+            got = c.mark_tag_actioned(ridx, mid)
+            tags = want or ()
+            hit = [i for i in range(0, len(tags), 4) if tags[i] == ridx and tags[i + 1] == mid and tags[i + 3] == 0]
+            assert got == (tags[hit[0] + 2] if hit else None)
+            if hit:
+                want = (*tags[: hit[0] + 3], 1, *tags[hit[0] + 4 :])
+        assert c.tags == (want or None)
+        assert (c.last_seen, c.wake, c.contact) == rest
+
+
 @st.composite
 def _streams(draw: Any) -> list[dict[str, Any]]:
     n = draw(st.integers(1, 30))
