@@ -40,6 +40,8 @@ _B_MAZE = KIND_BITS["maze"]
 _B_HOP = KIND_BITS["channel_hop"]
 _B_INTERESTED = KIND_BITS["interested"]
 _B_HANDOFF = KIND_BITS["handoff"]
+_INTEREST_TYPES = interested.INTEREST_TYPES
+_INTENT_TYPES = interested.INTENT_TYPES
 
 TAG_OPEN = "open"
 TAG_ACTIONED = "actioned"
@@ -63,6 +65,8 @@ _RING = _IDS + 1  # offset of the first id hash
 _TAG_BYTES = 25
 _NO_WAKE = bytes(_TS)
 _NO_TAGS = bytes(2)
+_STATE_BYTE = (b"\0", b"\1")  # a tag record's state byte: open, actioned
+_COUNTS = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
 
 
 def _u(b: bytes, i: int, n: int) -> int:
@@ -93,7 +97,7 @@ class CustomerState:
 
         The customer is evicted ``evict_after_ms`` after it.
         """
-        return _u(self.rec, 0, _TS)
+        return int.from_bytes(self.rec[:_TS], "little")  # not via _u: read on every wake-up check
 
     @last_seen.setter
     def last_seen(self, ts: int) -> None:
@@ -102,7 +106,7 @@ class CustomerState:
     @property
     def wake(self) -> int:
         """Event time of the customer's wake-up in the shard (0 while it is being handled)."""
-        return _u(self.rec, _TS, _TS)
+        return int.from_bytes(self.rec[_TS:_IDS], "little")  # not via _u: read on every schedule()
 
     @wake.setter
     def wake(self, due: int) -> None:
@@ -120,8 +124,8 @@ class CustomerState:
         one's place); None while no tag is held.
         """
         r = self.rec
-        i = self._tags_at()
-        n = _u(r, i, 2)
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
         if not n:
             return None
         out: list[Any] = []
@@ -142,9 +146,45 @@ class CustomerState:
         ) if tags else b""
         self.rec = r[:i] + n.to_bytes(2, "little") + body + r[end:]
 
+    def put_tag(self, ridx: int, mid: str, opened: int, state: int) -> None:
+        """Hold a tag of rule ``ridx`` (replacing that rule's record in place, else appending one).
+
+        The same as setting ``tags`` to the decoded tuple so edited, without decoding it: this runs
+        for every moment.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
+        end = i + 2 + n * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        new = b"".join((key, _STATE_BYTE[state], opened.to_bytes(_TS, "little"), bytes.fromhex(mid)))
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                self.rec = b"".join((r[:k], new, r[k + _TAG_BYTES :]))
+                return
+        self.rec = b"".join((r[:i], (n + 1).to_bytes(2, "little"), r[i + 2 : end], new, r[end:]))
+
+    def mark_tag_actioned(self, ridx: int, mid: str) -> int | None:
+        """Move rule ``ridx``'s tag to actioned if it is the open tag of moment ``mid``; return its opened_ts.
+
+        Returns None (and changes nothing) when the rule holds no such open tag.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        end = i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                if r[k + 2] != 0 or r[k + 9 : k + 25].hex() != mid:
+                    return None
+                self.rec = b"".join((r[: k + 2], _STATE_BYTE[1], r[k + 3 :]))
+                return int.from_bytes(r[k + 3 : k + 9], "little")
+        return None
+
     def _contact_at(self) -> int:
-        i = self._tags_at()
-        return i + 2 + _u(self.rec, i, 2) * _TAG_BYTES
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        return i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
 
     @property
     def contact(self) -> Contact | None:
@@ -213,11 +253,17 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
         if (i - _RING) % _ID == 0:  # only whole entries count
             return True
         i = r.find(key, i + 1, end)
-    # The oldest id goes when the ring is full.
-    ids = r[_RING + _ID : end] + key if n >= DEDUP_SLOTS else r[_RING:end] + key
+    # One join builds the new record (this runs for every event): last_seen (if later), wake, the id
+    # count, the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
+    if n >= DEDUP_SLOTS:
+        first, count = _RING + _ID, r[_IDS:_RING]
+    else:
+        first, count = _RING, _COUNTS[n + 1]
     ts = ev.ts_ms
-    first = ts.to_bytes(_TS, "little") + r[_TS:_IDS] if ts > _u(r, 0, _TS) else r[:_IDS]
-    c.rec = first + bytes((len(ids) // _ID,)) + ids + r[end:]
+    if ts > int.from_bytes(r[:_TS], "little"):
+        c.rec = b"".join((ts.to_bytes(_TS, "little"), r[_TS:_IDS], count, r[first:end], key, r[end:]))
+    else:
+        c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))
     return False
 
 
@@ -231,48 +277,51 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
         c: The customer's state.
         ev: The event.
     """
-    pack = sh.pack
-    attrs = ev.attrs
+    # This runs for every event: fields are unpacked once and the shard's helpers that are trivial in
+    # the common case (canon, mark_dirty, channel_hop on an unchanged channel) are inlined or skipped.
+    eid, cid, t, channel, etype, j, step, entry, attrs = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
         old = c.contact
         new = remember_tz(old, attrs["tz"])
         if new is not old:
             c.contact = new
-    if sh.handoff_rules and ev.type in sh.handoff_types and ev.channel in sh.handoff_channels:
+    if sh.handoff_rules and etype in sh.handoff_types and channel in sh.handoff_channels:
         _handoffs(sh, c, ev)
-    j = ev.journey
     if j is None:
         return
     jidx = sh.journey_index.get(j)
     if jidx is None:
         return
     jdef = sh.journey_defs[jidx]
-    t = ev.ts_ms
     a = c.attempts[jidx]
-    if a is None or a.ended or t - a.last_ts >= pack.attempt_timeout_ms:
+    # Whether (cid, jidx) is already marked dirty by this event: marking it again would change nothing.
+    marked = False
+    if a is None or a.ended or t - a.last_ts >= sh.pack.attempt_timeout_ms:
+        timeout = sh.pack.attempt_timeout_ms
         if a is not None and not a.ended:
             a.end(EXPIRED)
-            sh.state_row(c, ev.customer_id, jidx, a, a.last_ts + pack.attempt_timeout_ms)
+            sh.state_row(c, cid, jidx, a, a.last_ts + timeout)
         prev = a
-        a = Attempt(ev.event_id, t)
+        a = Attempt(eid, t)
         if prev is not None:
             # `interested` looks back over J's views and intents in time (DESIGN.md §4), not per attempt.
             a.views, a.intent_ts = prev.views, prev.intent_ts
         if _completed_before(c, prev, jidx):
             a.stage = STAGE_USE  # a returning user: completing again is reuse
         set_attempt(sh, c, jidx, a)
-        sh.mark_dirty(c, ev.customer_id, jidx)
-        sh.schedule(c, t + pack.attempt_timeout_ms)
-    cid = ev.customer_id
-    step = sh.canon(ev.step) if ev.step is not None else None
+        sh.mark_dirty(c, cid, jidx)
+        marked = True
+        sh.schedule(c, t + timeout)
+    if step is not None:
+        canonical = sh._vocab.get(step)
+        step = canonical if canonical is not None else sh.canon(step)
     latest = t >= a.last_ts
     prev_ts, prev_eid = a.last_ts, a.last_eid
     if latest:
         a.last_ts = t
-        a.last_eid = ev.event_id
+        a.last_eid = eid
         if step is not None:
             a.last_step = step
-    etype = ev.type
     st = jdef.stage_types.get(etype, 0)
     if step is not None:
         st2 = jdef.stage_steps.get(step, 0)
@@ -280,23 +329,27 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             st = st2
     if st > a.stage:
         a.stage = st
-        sh.mark_dirty(c, cid, jidx)
+        if not marked:
+            sh.mark_dirty(c, cid, jidx)
+            marked = True
 
     if step is not None:
         idx = jdef.step_index.get(step)
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             sh.step_row(cid, j, a.attempt_id, step, idx, ev)
-            sh.mark_dirty(c, cid, jidx)
-        if not a.recent or a.recent[-1] != step:
+            if not marked:
+                sh.mark_dirty(c, cid, jidx)
+        recent = a.recent
+        if not recent or recent[-1] != step:
             n = sh.recent_steps
-            a.recent = sh.canon_steps((*a.recent[-(n - 1):], step) if n > 1 else (step,))
+            a.recent = sh.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
 
     if etype == jdef.complete_type:
         a.end(COMPLETED)
         a.last_key = False
         a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
-        if pack.policy.after_complete_ms:
+        if sh.pack.policy.after_complete_ms:
             c.contact = remember_completion(c.contact, jidx, t)
         sh.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
         _resolve_tags(sh, c, cid, j, a, t)
@@ -315,26 +368,29 @@ def apply_event(sh: Shard, c: CustomerState, ev: Event) -> None:
             ev_ids = stuck.on_fail(r, a, ev)
             if ev_ids:
                 _fire(sh, c, r, a, ev, ev_ids, t, step)
-    elif etype in interested.INTEREST_TYPES:
+    elif etype in _INTEREST_TYPES:
         r = jdef.interested
         # Views are recorded even once the rule fired: they carry over to the next attempt's window.
         if r is not None and interested.on_interest(r, a, ev) and not fired & _B_INTERESTED:
-            _fire(sh, c, r, a, ev, (ev.event_id,), t, step)
-    elif etype in interested.INTENT_TYPES:
+            _fire(sh, c, r, a, ev, (eid,), t, step)
+    elif etype in _INTENT_TYPES:
         if t > a.intent_ts:
             a.intent_ts = t
 
     r = jdef.channel_hop
     if r is not None and not fired & _B_HOP:
-        ev_ids = channel_hop.on_event(r, a, ev, sh.canon(ev.channel), prev_ts, prev_eid)
-        if ev_ids:
-            _fire(sh, c, r, a, ev, ev_ids, t, step)
+        chans = a.channels
+        # A customer staying on one channel (the bare-name form, see channel_hop.on_event) changes nothing.
+        if type(chans) is not str or chans != channel:
+            ev_ids = channel_hop.on_event(r, a, ev, sh.canon(channel), prev_ts, prev_eid)
+            if ev_ids:
+                _fire(sh, c, r, a, ev, ev_ids, t, step)
 
     if step is not None and step in jdef.key_steps:
-        if ev.entry is not None:
+        if entry is not None:
             r = jdef.maze
             if r is not None and not fired & _B_MAZE:
-                ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(ev.entry))
+                ev_ids = maze.on_key_step(r, a, ev, step, sh.canon(entry))
                 if ev_ids:
                     a.entries = ()  # the rule fires once per attempt: its window is not read again
                     _fire(sh, c, r, a, ev, ev_ids, t, step)
@@ -413,7 +469,7 @@ def _fire(
             "action": r.action,
         }
     )
-    _put_tag(c, r.index, mid, due, 0)
+    c.put_tag(r.index, mid, due, 0)
     sh.tag_row(cid, r, mid, TAG_OPEN, "", due, due)
     sh.schedule(c, due + r.ttl_ms)
     sh.pending.append((r, sh.out.moments[-1], a.stage))
@@ -432,10 +488,12 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
     clock = sh.decision_clock()
     acted = False
     out = sh.out.actions
+    # Decoded from the packed record once: only remember_send below changes it (tags are stored apart).
+    contact = c.contact
     for r, m, stage in pending:
         due = m["due_ts"]
         status, reason, channel, skipped = evaluate(
-            policy, r, c.contact, due_ms=due, lag_ms=clock - due, stage=stage,
+            policy, r, contact, due_ms=due, lag_ms=clock - due, stage=stage,
             journey_index=sh.journey_index[r.journey], acted_now=acted,
         )
         control = in_holdout(cid, r.name, r.holdout)
@@ -444,41 +502,17 @@ def decide(sh: Shard, c: CustomerState, cid: str) -> None:
                 status, reason = CONTROL, HOLDOUT
             if r.contact:
                 acted = True
-                c.contact = remember_send(policy, c.contact, due, channel)
+                c.contact = contact = remember_send(policy, contact, due, channel)
             if status == SENT:
                 _mark_actioned(sh, c, cid, r, m["moment_id"], due)
         out.append(action_record(r, m, status, reason, channel, skipped, control, m["detected_at"]))
 
 
 # -- tags: flat records in CustomerState.tags ---------------------------------------------------
-def _tag_at(tags: tuple[Any, ...], ridx: int) -> int:
-    """Return the position of rule ``ridx``'s record in ``tags``, or -1."""
-    for i in range(0, len(tags), _TAG):
-        if tags[i] == ridx:
-            return i
-    return -1
-
-
-def _put_tag(c: CustomerState, ridx: int, mid: str, opened: int, state: int) -> None:
-    tags = c.tags
-    if tags is None:
-        c.tags = (ridx, mid, opened, state)
-        return
-    i = _tag_at(tags, ridx)
-    if i < 0:
-        c.tags = (*tags, ridx, mid, opened, state)
-    else:
-        c.tags = (*tags[:i], ridx, mid, opened, state, *tags[i + _TAG:])
-
-
-
-
 def _mark_actioned(sh: Shard, c: CustomerState, cid: str, r: MomentRule, mid: str, t: int) -> None:
-    tags = c.tags
-    i = _tag_at(tags, r.index) if tags else -1
-    if tags is not None and i >= 0 and tags[i + 1] == mid and tags[i + 3] == 0:
-        c.tags = (*tags[:i + 3], 1, *tags[i + _TAG:])
-        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", tags[i + 2], t)
+    opened = c.mark_tag_actioned(r.index, mid)
+    if opened is not None:
+        sh.tag_row(cid, r, mid, TAG_ACTIONED, "", opened, t)
 
 
 def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool:
@@ -619,8 +653,8 @@ def on_wake(sh: Shard, c: CustomerState, cid: str, due: int) -> bool:
         if later < due:
             return True
         c.last_seen = later + 1 - sh.evict_after_ms  # check again just after the last of them
-    c.wake = next_deadline(sh, c)
-    sh.file_wake(c)
+    c.wake = wake = next_deadline(sh, c)
+    sh.file_wake(c, wake)
     return False
 
 

@@ -74,6 +74,9 @@ class Event(NamedTuple):
     attrs: dict[str, Any] | None = None
 
 
+_tuple_new = tuple.__new__
+
+
 class _RejectError(Exception):
     def __init__(self, reason: InvalidReason, field: str, detail: str) -> None:
         super().__init__(detail)
@@ -205,7 +208,8 @@ def parse_event(
         and not cid.isspace()
         and (at is None or (type(at) is dict and len(at) <= MAX_ATTRS and _flat(at)))
     ):
-        return Event(eid, cid, ts, ch, ty, j, st, en, at or None)
+        # tuple.__new__ is what Event() runs, minus its Python-level frame (this is per event).
+        return _tuple_new(Event, (eid, cid, ts, ch, ty, j, st, en, at or None))
     return _parse_slow(doc, raw, types, now_ms, max_future_ms)
 
 

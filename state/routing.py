@@ -46,6 +46,15 @@ def shard_of_raw(raw: bytes, shards: int) -> int:
     """
     i = raw.find(_CUSTOMER_KEY)
     if i >= 0 and raw.find(_CUSTOMER_KEY, i + 13) < 0:
+        if raw.startswith(b':"', i + 13):
+            # Compact JSON (what producers send): the value's opening quote follows the colon,
+            # exactly where the general search below would find it.
+            end = raw.find(b'"', i + 15)
+            if end > i + 14:
+                value = raw[i + 15 : end]
+                if b"\\" not in value:
+                    return zlib.crc32(value) % shards
+            return _shard_by_parse(raw, shards)
         colon = raw.find(b":", i + 13)
         if colon >= 0 and raw[i + 13 : colon].strip() == b"":
             start = raw.find(b'"', colon)

@@ -176,11 +176,16 @@ class Shard:
         """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
         if due < c.wake:
             c.wake = due
-            self.file_wake(c)
+            self.file_wake(c, due)
 
-    def file_wake(self, c: CustomerState) -> None:
-        """File the customer's wake-up at ``c.wake``; an earlier filing of it becomes stale."""
-        due, cid = c.wake, c.cid
+    def file_wake(self, c: CustomerState, due: int | None = None) -> None:
+        """File the customer's wake-up at ``c.wake`` (``due`` if the caller has it decoded already).
+
+        An earlier filing of it becomes stale.
+        """
+        if due is None:
+            due = c.wake
+        cid = c.cid
         b = due >> _BUCKET_BITS
         if b <= self._near_upto:
             heapq.heappush(self._near, (due, cid))
@@ -229,7 +234,7 @@ class Shard:
 
     def _state_record(self, cid: str, jidx: int, a: Attempt, ts: int) -> dict[str, Any]:
         jd = self.journey_defs[jidx]
-        rank = {"active": 0, "completed": 1, "expired": 2}[a.status]
+        rank = _STATUS_RANK[a.status]
         return {
             "schema": 1,
             "customer_id": cid,
@@ -367,9 +372,24 @@ class Shard:
         customers = self.customers
         pop = heapq.heappop
         apply = self._apply
+        popleft = queue.popleft
         while True:
+            if not buf:
+                # The common case, only in-order arrivals waiting: apply them in a tight loop while
+                # no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
+                # Anything else goes once round the general loop below, which this shortcut agrees with.
+                while queue:
+                    ev = queue[0]
+                    t = ev.ts_ms
+                    if t >= wm:
+                        break
+                    h = t if t < tlimit else tlimit
+                    if (near and near[0][0] <= h) or (buckets and buckets[0] << _BUCKET_BITS <= h):
+                        break
+                    popleft()
+                    apply(ev)
             # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
-            ev: Event | None = None
+            ev = None
             from_heap = False
             if queue:
                 ev = queue[0]
@@ -394,7 +414,7 @@ class Shard:
                 if from_heap:
                     pop(buf)
                 else:
-                    queue.popleft()
+                    popleft()
                 apply(ev)
             else:
                 break
@@ -410,8 +430,8 @@ class Shard:
                 self._shed()
             c = CustomerState(self.no_attempts, ev.ts_ms, cid)
             self.customers[cid] = c
-            c.wake = ev.ts_ms + self.evict_after_ms
-            self.file_wake(c)
+            c.wake = due = ev.ts_ms + self.evict_after_ms
+            self.file_wake(c, due)
             seen_before(c, ev)
         elif seen_before(c, ev):
             self._dup(ev)
@@ -498,6 +518,9 @@ class Shard:
             self.file_wake(c)
         self._dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
+
+
+_STATUS_RANK = {"active": 0, "completed": 1, "expired": 2}
 
 
 def _stage(a: Attempt, jd: JourneyView) -> str:

@@ -1,0 +1,157 @@
+"""Shortcuts taken on the hot path agree with the plain reading they replace."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from state.batches import RawBatch, Tick
+from state.customer import DEDUP_SLOTS, CustomerState, on_wake, seen_before
+from state.events import Event
+from state.policy import Contact
+from state.rules import load_rule_pack
+from state.shard import _BUCKET_BITS, Shard, process
+from tests.helpers import T0, ev, raws
+
+_IDS = st.sampled_from([f"e{i}" for i in range(12)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_IDS, st.integers(0, 10**6)), max_size=40), st.booleans(), st.booleans())
+def test_seen_before_is_a_ring_of_the_last_ids_and_keeps_the_rest_of_the_record(
+    events: list[tuple[str, int]], tags: bool, contact: bool
+) -> None:
+    c = CustomerState(1, T0, "c")
+    c.wake = T0 + 12345
+    if tags:
+        c.tags = (3, "ab" * 16, T0 + 7, 1)
+    if contact:
+        c.contact = Contact.of("Europe/Paris", [(T0 + 5, "sms")], [(0, T0 + 9)])
+    want_tags, want_contact = c.tags, c.contact
+    ring: list[str] = []
+    last = T0
+    for eid, dt in events:
+        e = Event(eid, "c", T0 + dt, "app", "view")
+        expected = eid in ring
+        assert seen_before(c, e) is expected
+        if not expected:
+            ring = (ring + [eid])[-DEDUP_SLOTS:]
+            last = max(last, T0 + dt)
+        assert c.last_seen == last
+        assert c.wake == T0 + 12345
+        assert c.tags == want_tags
+        assert c.contact == want_contact
+
+
+def _put_tag_plainly(tags: tuple[Any, ...] | None, ridx: int, mid: str, opened: int, state: int) -> tuple[Any, ...]:
+    tags = tags or ()
+    for i in range(0, len(tags), 4):
+        if tags[i] == ridx:
+            return (*tags[:i], ridx, mid, opened, state, *tags[i + 4 :])
+    return (*tags, ridx, mid, opened, state)
+
+
+_MIDS = st.sampled_from(["00" * 16, "ab" * 16, "0123456789abcdef" * 2])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 5), _MIDS, st.integers(0, 10**7), st.integers(0, 1)), max_size=12),
+    st.integers(0, 9),
+    st.booleans(),
+)
+def test_tag_edits_on_the_packed_record_agree_with_editing_the_decoded_tuple(
+    ops: list[tuple[bool, int, str, int, int]], ids: int, contact: bool
+) -> None:
+    c = CustomerState(1, T0, "c")
+    for i in range(ids):
+        seen_before(c, Event(f"e{i}", "c", T0 + i, "app", "view"))
+    if contact:
+        c.contact = Contact.of(None, [(T0 + 5, "sms")], [])
+    want = c.tags
+    rest = (c.last_seen, c.wake, c.contact)
+    for put, ridx, mid, opened, state in ops:
+        if put:
+            c.put_tag(ridx, mid, T0 + opened, state)
+            want = _put_tag_plainly(want, ridx, mid, T0 + opened, state)
+        else:
+            got = c.mark_tag_actioned(ridx, mid)
+            tags = want or ()
+            hit = [i for i in range(0, len(tags), 4) if tags[i] == ridx and tags[i + 1] == mid and tags[i + 3] == 0]
+            assert got == (tags[hit[0] + 2] if hit else None)
+            if hit:
+                want = (*tags[: hit[0] + 3], 1, *tags[hit[0] + 4 :])
+        assert c.tags == (want or None)
+        assert (c.last_seen, c.wake, c.contact) == rest
+
+
+@st.composite
+def _streams(draw: Any) -> list[dict[str, Any]]:
+    n = draw(st.integers(1, 30))
+    out = []
+    for i in range(n):
+        t = draw(st.integers(0, 120)) * 5 * 60_000  # coarse times: timers often fall on an event's time
+        kind = draw(st.sampled_from(["view", "submit", "fail", "complete"]))
+        step = draw(st.sampled_from(["cart", "checkout", "payment", None]))
+        cust = draw(st.sampled_from(["a", "b"]))
+        out.append(ev(f"x{i}", t, kind, step=step, customer=cust))
+    return out
+
+
+class _GeneralLoopShard(Shard):
+    """The shard with ``advance`` as it was before the in-order shortcut: the general loop only."""
+
+    def advance(self, wm: int, timers_to: int | None = None) -> None:
+        if wm <= self.wm:
+            return
+        self.wm = wm
+        tlimit = wm if timers_to is None else timers_to
+        buf, near, buckets, queue = self.buffer, self._near, self._buckets, self.queue
+        while True:
+            e: Event | None = queue[0] if queue else None
+            from_heap = False
+            if buf and (e is None or (buf[0][0], buf[0][1]) < (e.ts_ms, e.event_id)):
+                e, from_heap = buf[0][3], True
+            if buckets:
+                h = tlimit if e is None or e.ts_ms > tlimit else e.ts_ms
+                while buckets and buckets[0] << _BUCKET_BITS <= h:
+                    self._open_bucket(heapq.heappop(buckets))
+            if near and near[0][0] <= tlimit and (e is None or near[0][0] <= e.ts_ms):
+                due, cid = heapq.heappop(near)
+                c = self.customers.get(cid)
+                if c is None or c.wake != due:
+                    continue
+                self.event_now = due
+                if on_wake(self, c, cid, due):
+                    del self.customers[cid]
+                    self.out.evicted += 1
+            elif e is not None and e.ts_ms < wm:
+                if from_heap:
+                    heapq.heappop(buf)
+                else:
+                    queue.popleft()
+                self._apply(e)
+            else:
+                break
+
+
+@settings(max_examples=150, deadline=None)
+@given(_streams(), st.integers(1, 7), st.integers(0, 3))
+def test_in_order_shortcut_of_advance_gives_what_the_general_loop_gives(
+    events: list[dict[str, Any]], k: int, lateness_min: int
+) -> None:
+    pack = load_rule_pack()
+
+    def run(cls: type[Shard]) -> list[Any]:
+        sh = cls(pack, lateness_ms=lateness_min * 60_000, clock=lambda: 0)
+        outs = []
+        for i in range(0, len(events), k):
+            part = events[i : i + k]
+            outs.append(process(sh, [RawBatch("t", 0, raws(part), list(range(len(part))))]))
+        outs.append(process(sh, [Tick(0, final=True)]))
+        return [(kind, rows) for o in outs for kind, rows in o.records()] + [sh.snapshot()]
+
+    assert run(Shard) == run(_GeneralLoopShard)
