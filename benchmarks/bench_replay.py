@@ -90,14 +90,12 @@ def _child(variant: str, argv: list[str]) -> int:
     return cli(argv)
 
 
-def exchange_micro(path: Path, limit: int = 300_000) -> tuple[float, float, float]:
-    """Per line of input, in µs: pickling (dumps + loads) of what crosses with routed lines, the source's scan
-    of every line (read, route, event time) as each process of the cluster runs it, and the same scan with
-    ``state.routing``'s functions."""
+def exchange_micro(path: Path, limit: int = 300_000) -> tuple[float, float]:
+    """Per line of input, in µs: pickling (dumps + loads) of what crosses with routed lines, and the source's scan
+    of every line (read, route, event time) as each process of the cluster runs it."""
     from connectors.placement import Placement
     from connectors.replay_source import _RawPartition
     from state.batches import RawBatch
-    from state.routing import shard_of_raw, ts_of_raw
 
     gc.set_threshold(100_000, 50, 1000)  # as the pipeline runs (flows/runner.py)
 
@@ -127,16 +125,7 @@ def exchange_micro(path: Path, limit: int = 300_000) -> tuple[float, float, floa
     pickling = time.perf_counter() - t0
     _, scan = drain(Placement(0, 2, 1).own_shards(64))
     n = sum(len(v.values) for items in batches for _k, v in items if type(v) is RawBatch)
-    t0 = time.perf_counter()
-    with path.open("rb") as f:
-        for i, line in enumerate(f):
-            if i >= limit:
-                break
-            raw = line.rstrip(b"\r\n")
-            shard_of_raw(raw, 64)
-            ts_of_raw(raw)
-    routing = time.perf_counter() - t0
-    return pickling / n * 1e6, scan / n * 1e6, routing / n * 1e6
+    return pickling / n * 1e6, scan / n * 1e6
 
 
 def startup(out: Path) -> tuple[float, float]:
@@ -202,7 +191,7 @@ def main() -> None:
         ch.append(rch)
         up1.append(s1)
         up2.append(s2)
-    pickling, scan, routing = exchange_micro(path)
+    pickling, scan = exchange_micro(path)
     figs = [
         Figure("replay, 1 process, JSONL sink", tuple(one)),
         Figure("replay, 2 processes (cluster), JSONL sink", tuple(two)),
@@ -222,7 +211,7 @@ def main() -> None:
             f"{table(figs)}\n\nReplaying {n:,} events takes {secs:.1f} s (median, one process, start-up included). "
             f"CPU seconds of both cluster processes together (median): {cpu_line}. Per input line (first 300,000): "
             f"pickling what routed lines send across {pickling:.2f} µs; each process's scan of every line (read, "
-            f"route, event time) {scan:.2f} µs ({routing:.2f} µs with `state.routing`'s functions). "
+            f"route, event time) {scan:.2f} µs. "
             f"Rounds run again because other processes used the CPUs meanwhile: {discarded}.")
     print(body)
     write_section("replay", body)

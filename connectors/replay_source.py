@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import zlib
 from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -28,7 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.placement import Placement
 from state.batches import RawBatch, Tick
-from state.events import BASE_TYPES, MAX_TS_MS, MIN_TS_MS, Event, parse_event
+from state.events import BASE_TYPES, Event, parse_event
 from state.routing import shard_of_raw, ts_of_raw
 from state.shard import wall_ms
 
@@ -37,52 +35,6 @@ Position = int | tuple[int, tuple[int, ...]]
 """A partition's resume state: the next line, and in a cluster also the shards it feeds."""
 
 _log = logging.getLogger("cx.source")
-
-_CUSTOMER_KEY = b'"customer_id"'
-_TS_KEY = b'"ts"'
-# The common spellings of state.routing's slicing, as one C call each; anything else falls back to it.
-_ID_AT = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"').match
-_TS_AT = re.compile(rb'"ts"\s*:[ \t]*([0-9]{1,15})(?:[ \t\r\n,}]|\Z)').match
-
-
-def shard_of_line(raw: bytes, shards: int) -> int:
-    """Return ``state.routing.shard_of_raw(raw, shards)``, faster on plain ids.
-
-    Every process of a cluster routes every line to decide which it keeps, so this is on the hot path.
-
-    Args:
-        raw: One message.
-        shards: Number of shards (> 0).
-
-    Returns:
-        An int in ``range(shards)``.
-    """
-    i = raw.find(_CUSTOMER_KEY)
-    if i >= 0 and raw.find(_CUSTOMER_KEY, i + 13) < 0:
-        m = _ID_AT(raw, i)
-        if m is not None:
-            return zlib.crc32(m.group(1)) % shards
-    return shard_of_raw(raw, shards)
-
-
-def ts_of_line(raw: bytes) -> int | None:
-    """Return ``state.routing.ts_of_raw(raw)``, faster on plain integer times.
-
-    Args:
-        raw: One message.
-
-    Returns:
-        Epoch ms, or None.
-    """
-    i = raw.find(_TS_KEY)
-    if i >= 0 and raw.find(_TS_KEY, i + 4) < 0:
-        m = _TS_AT(raw, i)
-        if m is None:
-            return None
-        ts = int(m.group(1))
-        return ts if MIN_TS_MS <= ts < MAX_TS_MS else None
-    return ts_of_raw(raw)
-
 
 class _RawPartition(StatefulSourcePartition[Item, Position]):
     """Reads raw lines from an iterator factory that can skip to a position.
@@ -148,7 +100,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         for raw in lines:
             raw = raw.rstrip(b"\r\n")
             if now is not None:
-                due = ts_of_line(raw)
+                due = ts_of_raw(raw)
                 if due is not None and due > now:
                     # Not yet: a live simulation releases each event at its own time, never ahead of the clock.
                     self._held = raw
@@ -157,11 +109,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             pos += 1
             if not raw:
                 continue
-            s = shard_of_line(raw, shards)
+            s = shard_of_raw(raw, shards)
             if keep[s]:
                 values[s].append(raw)
                 offsets[s].append(pos)
-            t = ts_of_line(raw)
+            t = ts_of_raw(raw)
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
             n += 1

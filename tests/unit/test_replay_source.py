@@ -6,80 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from connectors.placement import Placement, siphash13, worker_of_key
-from connectors.replay_source import JsonlFileSource, SimulatorSource, shard_of_line, ts_of_line
+from connectors.replay_source import JsonlFileSource, SimulatorSource
 from state.batches import RawBatch, Tick
-from state.events import MAX_TS_MS, MIN_TS_MS
-from state.routing import shard_of_raw, ts_of_raw
-from tests.helpers import T0, styled
+from state.routing import ts_of_raw
+from tests.helpers import T0
 
 SHARDS = 16
-
-
-# -- the fast slicing agrees with state.routing -------------------------------------------------------
-_ODD_LINES = [
-    b'{"event_id":"e1","customer_id":"c123","ts":1767225600000,"channel":"app","type":"view"}',
-    b'{"event_id":"e1", "customer_id" : "c123" ,"ts" : 1767225600000 }',
-    b'{"event_id":"e1",\n  "customer_id":\n\t"c123","ts":\t1767225600000\n}',
-    b'{"customer_id":"\\u0063123"}',
-    b'{"attrs":{"customer_id":"other"},"customer_id":"c123"}',
-    b'{"note":"customer_id","customer_id":"c123"}',
-    b'{"customer_id":42}',
-    b'{"customer_id":"unterminated',
-    b'{"step":"ts","ts":1767225600000}',
-    b'{"attrs":{"ts":4000000000000},"ts":1767225600000}',
-    b'{"ts":"2026-01-01T00:00:00Z"}',
-    b'{"ts":1767225600000.5}',
-    b'{"ts":12345678901234567890}',
-    b'{"ts":946684799999}',
-    b'{"ts":4102444800000}',
-    b'{"ts"ts":1767225600000}',
-    b'{"ts" x:1767225600000}',
-    b'{"ts":1767225600000',
-    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"channel":"app"}',
-    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000}',
-    b'{"event_id":"ts","customer_id":"c1","ts":1767225600000,"x":1}',
-    b'{"event_id":"customer_id","customer_id":"c1","ts":1767225600000,"x":1}',
-    b'{"event_id":"e1","customer_id":"ts","ts":1767225600000,"x":1}',
-    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"attrs":{"ts":4000000000000}}',
-    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000,"customer_id":"c2"}',
-    b'{"event_id":"e1","customer_id":"c\\u0031","ts":1767225600000,"x":1}',
-    b'{"event_id":"e1","customer_id":"c1","ts":1234567890123456,"x":1}',
-    b'{"event_id":"e1","customer_id":"c1","ts":4102444800000,"x":1}',
-    b'{"event_id":"e1","customer_id":"c1","ts":1767225600000.5,"x":1}',
-    b'{"event_id":"e1","customer_id":"\xff\xfe","ts":1767225600000}',
-    b"not json",
-    b"",
-]
-
-
-@pytest.mark.parametrize("raw", _ODD_LINES)
-def test_fast_slicing_agrees_with_routing_on_odd_lines(raw: bytes) -> None:
-    assert shard_of_line(raw, SHARDS) == shard_of_raw(raw, SHARDS)
-    assert ts_of_line(raw) == ts_of_raw(raw)
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.text(max_size=30), st.integers(MIN_TS_MS - 10, MAX_TS_MS + 10), st.integers(1, 64),
-       st.sampled_from(["orjson", "ascii", "spaced", "attrs_first", "attrs_last"]))
-def test_fast_slicing_agrees_with_routing_on_events(cid: str, ts: int, shards: int, style: str) -> None:
-    doc = {"event_id": "e1", "customer_id": cid, "ts": ts, "channel": "app", "type": "view"}
-    raw = styled(doc, style, attrs={"customer_id": cid, "ts": ts})
-    assert shard_of_line(raw, shards) == shard_of_raw(raw, shards)
-    assert ts_of_line(raw) == ts_of_raw(raw)
-
-
-@settings(max_examples=1000, deadline=None)
-@given(st.lists(st.sampled_from([b'"customer_id"', b'"ts"', b":", b" ", b"\t", b'"', b"\\", b"c1", b"17672256",
-                                 b"00000", b",", b"}", b"{", b"\n", b"x", b'{"event_id":"', b'","customer_id":"',
-                                 b'","ts":', b"1767225600000", b'"ts","']), max_size=14).map(b"".join))
-def test_fast_slicing_agrees_with_routing_on_hostile_bytes(raw: bytes) -> None:
-    assert shard_of_line(raw, SHARDS) == shard_of_raw(raw, SHARDS)
-    assert ts_of_line(raw) == ts_of_raw(raw)
 
 
 # -- where Bytewax runs a key -------------------------------------------------------------------------
