@@ -52,6 +52,7 @@ blobs = [b"\n".join(g) for g in groups]
 del groups
 pack = load_rule_pack()
 gc.collect()
+gc.set_threshold(100_000, 50, 1000)  # as the pipeline runs (flows/runner.py)
 
 def rss():
     with open("/proc/self/statm") as f:
