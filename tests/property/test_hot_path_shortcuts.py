@@ -14,7 +14,7 @@ from state.events import Event
 from state.policy import Contact
 from state.rules import load_rule_pack
 from state.shard import _BUCKET_BITS, Shard, process
-from tests.helpers import T0, ev, raws
+from tests.helpers import PACK, T0, ev, raws, run
 
 _IDS = st.sampled_from([f"e{i}" for i in range(12)])
 
@@ -155,3 +155,16 @@ def test_in_order_shortcut_of_advance_gives_what_the_general_loop_gives(
         return [(kind, rows) for o in outs for kind, rows in o.records()] + [sh.snapshot()]
 
     assert run(Shard) == run(_GeneralLoopShard)
+
+
+def test_a_wake_up_due_exactly_at_an_in_order_event_comes_first() -> None:
+    # Abandonment is due 10 min after the checkout view; the customer's next event comes at exactly that time.
+    # Wake-ups go first on ties (DESIGN.md §4), so the customer had been idle for the whole window: abandoned.
+    # Fed one event per batch, so the release shortcut for in-order arrivals handles the tie.
+    events = [ev("a1", 0, "view", step="checkout"), ev("b1", 1_000, "view", customer="c2", step="cart"),
+              ev("a2", 600_000, "view", step="cart"), ev("b2", 700_000, "view", customer="c2", step="cart")]
+    sh = Shard(PACK, lateness_ms=1_000)
+    outs = [run([e], shard=sh, end=False) for e in events]
+    outs.append(run([], shard=sh))
+    fired = [m for o in outs for m in o.moments if m["kind"] == "abandoned"]
+    assert [(m["customer_id"], m["rule"]) for m in fired] == [("c1", "cart.abandoned")]
