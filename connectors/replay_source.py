@@ -99,13 +99,12 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._awake = None
         for raw in lines:
             raw = raw.rstrip(b"\r\n")
-            if now is not None:
-                due = ts_of_raw(raw)
-                if due is not None and due > now:
-                    # Not yet: a live simulation releases each event at its own time, never ahead of the clock.
-                    self._held = raw
-                    self._awake = datetime.now(UTC) + timedelta(milliseconds=min(due - now, 200))
-                    break
+            t = ts_of_raw(raw)
+            if now is not None and t is not None and t > now:
+                # Not yet: a live simulation releases each event at its own time, never ahead of the clock.
+                self._held = raw
+                self._awake = datetime.now(UTC) + timedelta(milliseconds=min(t - now, 200))
+                break
             pos += 1
             if not raw:
                 continue
@@ -113,7 +112,6 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             if keep[s]:
                 values[s].append(raw)
                 offsets[s].append(pos)
-            t = ts_of_raw(raw)
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
             n += 1
