@@ -16,7 +16,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from state.rules import STAGES, MomentRule, Policy, zone
+from state.rules import MomentRule, Policy, zone
 
 SENT = "sent"
 SUPPRESSED = "suppressed"
@@ -232,8 +232,3 @@ def action_record(
         "send_ts": moment["due_ts"] if acted else 0,
         "detected_at": detected_at,
     }
-
-
-def stage_name(stage: int) -> str:
-    """Return the name of a stage index."""
-    return STAGES[stage]
