@@ -373,6 +373,7 @@ class Shard:
         pop = heapq.heappop
         apply = self._apply
         popleft = queue.popleft
+        ev: Event | None
         while True:
             if not buf:
                 # The common case, only in-order arrivals waiting: apply them in a tight loop while

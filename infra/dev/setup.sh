@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine with Python 3.11+ and the OS package manager:
+# Idempotent set-up on a fresh machine with Python 3.11 or 3.12 and the OS package manager:
 # a virtualenv in .venv with cx-moments installed editable; with --test also the test
 # extras and the Debian tools the tests use as independent parts (kcat, promtool).
 set -euo pipefail
@@ -8,10 +8,33 @@ cd "$(dirname "$0")/../.."
 want_test=0
 [[ "${1:-}" == "--test" ]] && want_test=1
 
-PY="${PYTHON:-python3}"
-if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-  echo "setup: need Python 3.11+ as '$PY' (set PYTHON=/path/to/python3.11)" >&2
-  exit 1
+# Bytewax 0.21.1 publishes wheels for CPython 3.11 and 3.12 only: a newer python3 (3.13 on Debian 13,
+# recent Fedora, Homebrew) fails inside pip, so look for a supported interpreter next to it.
+supported() { "$1" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; }
+if [[ -n "${PYTHON:-}" ]]; then
+  supported "$PYTHON" || {
+    echo "setup: PYTHON=$PYTHON is not Python 3.11 or 3.12 (Bytewax 0.21.1 has no wheels for other versions)" >&2
+    exit 1
+  }
+  PY="$PYTHON"
+else
+  PY=""
+  for candidate in python3 python3.12 python3.11; do
+    if supported "$candidate"; then PY="$candidate"; break; fi
+  done
+  if [[ -z "$PY" ]]; then
+    found=""
+    command -v python3 >/dev/null && found=$(python3 --version 2>&1 | head -n1 || true)
+    echo "setup: need Python 3.11 or 3.12 (python3 is ${found:-missing}): install python3.12 (apt install python3.12-venv, brew install python@3.12, pyenv install 3.12) or set PYTHON=/path/to/python3.12" >&2
+    exit 1
+  fi
+fi
+# --print-python: only say which interpreter the virtualenv would be made with.
+if [[ "${1:-}" == "--print-python" ]]; then command -v "$PY"; exit 0; fi
+# A .venv left by an unsupported interpreter (an earlier run with python3 = 3.13) cannot install Bytewax.
+if [[ -x .venv/bin/python ]] && ! supported .venv/bin/python; then
+  echo "setup: .venv uses $(.venv/bin/python --version 2>&1); re-creating it with $PY" >&2
+  rm -rf .venv
 fi
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }

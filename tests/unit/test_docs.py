@@ -1,0 +1,238 @@
+"""docs/ stays in step with the code: record fields, ClickHouse columns, input schema, rule-pack keys, links."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.clickhouse import TABLES
+from connectors.jsonl import DEFAULT_KINDS, FILE_NAMES
+from connectors.kafka import DEFAULT_OUTPUT_TOPICS, OUTPUT_KINDS
+from state.batches import RawBatch, Tick
+from state.events import Event, InvalidReason
+from state.feedback import Feedback
+from state.outputs import Outputs
+from state.rules import KINDS, RulePackError, load_rule_pack, rule_pack_from_dict
+from state.shard import Shard, process
+from tests.helpers import MIN, PACK, T0, ev, raws
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+OUTPUTS_MD = DOCS / "moments-and-outputs.md"
+EVENTS_MD = DOCS / "events.md"
+RULES_MD = DOCS / "rule-packs.md"
+SCHEMA_SQL = ROOT / "infra" / "clickhouse" / "001_schema.sql"
+NOT_STORED = "—"
+
+_MARKED_TABLE = re.compile(r"<!-- (record|keys|reasons): ([\w.]+) -->\n((?:\|.*\|\n?)+)")
+_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\)\s*ENGINE", re.S)
+_LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _rows(table: str) -> list[list[str]]:
+    """Body rows of a markdown table (header and separator dropped), cells stripped of spaces and backticks."""
+    lines = [ln for ln in table.strip().splitlines() if ln.startswith("|")][2:]
+    return [[c.strip().strip("`") for c in ln.strip().strip("|").split("|")] for ln in lines]
+
+
+def _marked(path: Path, what: str) -> dict[str, list[list[str]]]:
+    found: dict[str, list[list[str]]] = {}
+    for m in _MARKED_TABLE.finditer(path.read_text()):
+        if m.group(1) == what:
+            assert m.group(2) not in found, f"{path.name}: two tables marked {what}: {m.group(2)}"
+            found[m.group(2)] = _rows(m.group(3))
+    assert found, f"{path.name}: no tables marked <!-- {what}: … -->"
+    return found
+
+
+def _diff(documented: list[str], actual: list[str]) -> str:
+    missing = [f for f in actual if f not in documented]
+    extra = [f for f in documented if f not in actual]
+    return f"not documented: {missing}; documented but not in the code: {extra}; code order: {actual}"
+
+
+# -- records the code really emits ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def emitted() -> dict[str, list[dict[str, Any]]]:
+    """Run a shard of the default pack over a journey that produces every record kind."""
+    sh = Shard(PACK, feedback_sources=frozenset({"kafka:cx.feedback"}))
+    events = [
+        ev("v1", 0, "view", step="product"),
+        ev("s1", MIN, "submit", step="checkout", entry="banner"),
+        ev("f1", 2 * MIN, "fail", step="payment"),
+        ev("k1", 3 * MIN, "contact", channel="call_center", journey=None),
+        ev("v1", 4 * MIN, "view", step="product"),  # a duplicate id
+        ev("x", 60 * MIN, journey=None, customer="c2"),  # time passes
+    ]
+    lines = [*raws(events), b"not json"]
+    first = process(sh, [RawBatch("file:t.jsonl", 0, lines, list(range(len(lines))))])
+    failed = next(m for m in first.moments if m["kind"] == "failed")
+    fb = orjson.dumps({"moment_id": failed["moment_id"], "customer_id": "c1", "outcome": "converted",
+                       "ts": T0 + 5 * MIN})
+    second = process(sh, [RawBatch("kafka:cx.feedback", 0, [fb], [0]), Tick(0, final=True)])
+    records: dict[str, list[dict[str, Any]]] = {}
+    for out in (first, second):
+        assert isinstance(out, Outputs)
+        for kind, rows in out.records():
+            records.setdefault(kind, []).extend(rows)
+    return records
+
+
+def test_the_fixture_journey_emits_every_record_kind(emitted: dict[str, list[dict[str, Any]]]) -> None:
+    kinds = {"moment", "action", "tag", "journey_state", "journey_step", "dead_letter", "context", "feedback"}
+    assert set(emitted) == kinds
+    for kind, rows in emitted.items():
+        assert len({tuple(r) for r in rows}) == 1, f"{kind} records differ in their fields: {rows}"
+
+
+def test_every_record_table_lists_the_fields_the_code_emits(emitted: dict[str, list[dict[str, Any]]]) -> None:
+    documented = _marked(OUTPUTS_MD, "record")
+    assert set(documented) == set(emitted), "record tables in moments-and-outputs.md vs record kinds emitted"
+    for kind, rows in emitted.items():
+        doc_fields = [r[0] for r in documented[kind]]
+        actual = list(rows[0])
+        assert doc_fields == actual, f"moments-and-outputs.md, {kind} record: {_diff(doc_fields, actual)}"
+
+
+def _ddl() -> dict[str, list[tuple[str, str]]]:
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for name, body in _CREATE.findall(SCHEMA_SQL.read_text()):
+        cols = [ln.strip().rstrip(",").split(None, 1) for ln in body.splitlines() if ln.strip()]
+        tables[name] = [(c[0], c[1]) for c in cols]
+    return tables
+
+
+def test_record_tables_give_the_clickhouse_columns_and_types_of_the_schema() -> None:
+    ddl = _ddl()
+    for kind, rows in _marked(OUTPUTS_MD, "record").items():
+        stored = [(r[0], r[2]) for r in rows if r[2] != NOT_STORED]
+        if kind not in TABLES:
+            assert stored == [], f"{kind} is not stored in ClickHouse, yet its table gives columns {stored}"
+            continue
+        spec = TABLES[kind]
+        assert stored == ddl[spec.table], f"{kind} record vs {SCHEMA_SQL.name} table {spec.table}"
+        assert [f for f, _ in stored] == list(spec.columns), f"{kind} record vs connectors.clickhouse.TABLES"
+
+
+def test_the_table_of_kinds_names_each_kinds_file_table_and_topic() -> None:
+    text = OUTPUTS_MD.read_text()
+    table = text[text.index("| kind |"):]
+    rows = {r[0]: r for r in _rows(table.split("\n\n")[0])}
+    assert set(rows) == set(TABLES) | set(OUTPUT_KINDS) | set(DEFAULT_KINDS)
+    for kind, (_, _builder, jsonl, ch, topic) in rows.items():
+        assert jsonl == (FILE_NAMES[kind] if kind in DEFAULT_KINDS else NOT_STORED), kind
+        assert ch.split("`")[0] == (TABLES[kind].table if kind in TABLES else NOT_STORED), kind
+        if kind in OUTPUT_KINDS:
+            assert topic.startswith(DEFAULT_OUTPUT_TOPICS[kind]), kind
+        else:
+            assert topic.startswith(NOT_STORED), kind
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+def _input_fields(fields: tuple[str, ...]) -> list[str]:
+    # Records hold times as `*_ms`; the JSON input field is `ts`.
+    return ["ts" if f == "ts_ms" else f for f in fields]
+
+
+def test_the_event_table_lists_the_fields_of_event() -> None:
+    documented = [r[0] for r in _marked(EVENTS_MD, "record")["event"]]
+    assert documented == _input_fields(Event._fields), _diff(documented, _input_fields(Event._fields))
+
+
+def test_the_feedback_input_table_lists_the_fields_of_feedback() -> None:
+    documented = [r[0] for r in _marked(EVENTS_MD, "record")["feedback_input"]]
+    assert documented == _input_fields(Feedback._fields)
+
+
+def test_every_dead_letter_reason_is_documented() -> None:
+    documented = [r[0] for r in _marked(EVENTS_MD, "reasons")["dead_letter"]]
+    actual = [r.value for r in InvalidReason]
+    assert sorted(documented) == sorted(actual), _diff(documented, actual)
+
+
+# -- rule packs -------------------------------------------------------------------------------------
+_JOURNEY = {"id": "j", "steps": ["a", "b"], "key_steps": ["b"]}
+
+
+def _allowed(data: dict[str, Any]) -> set[str]:
+    """The keys the loader accepts where ``data`` has the unknown key ``zz_unknown`` (from its error)."""
+    with pytest.raises(RulePackError, match="unknown field") as err:
+        rule_pack_from_dict(data)
+    allowed = re.search(r"\(allowed: ([^)]*)\)", err.value.problem)
+    assert allowed is not None, err.value
+    return set(allowed.group(1).split(", "))
+
+
+@pytest.mark.parametrize(("section", "data"), [
+    ("top", {"zz_unknown": 1}),
+    ("pack", {"pack": {"zz_unknown": 1}}),
+    ("journey", {"journey": [{**_JOURNEY, "zz_unknown": 1}]}),
+    ("policy", {"journey": [_JOURNEY], "policy": {"zz_unknown": 1}}),
+    ("effectiveness", {"journey": [_JOURNEY], "effectiveness": {"zz_unknown": 1}}),
+])
+def test_rule_pack_reference_lists_every_key_the_loader_accepts(section: str, data: dict[str, Any]) -> None:
+    documented = {r[0] for r in _marked(RULES_MD, "keys")[section]}
+    actual = _allowed(data)
+    assert documented == actual, f"rule-packs.md, {section}: {_diff(sorted(documented), sorted(actual))}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rule_pack_reference_lists_every_key_of_each_moment_kind(kind: str) -> None:
+    tables = _marked(RULES_MD, "keys")
+    assert {k for k in tables if k.startswith("moment.")} == {f"moment.{k}" for k in KINDS}
+    documented = {r[0] for r in tables["moment"]} | {r[0] for r in tables[f"moment.{kind}"]}
+    actual = _allowed({"journey": [_JOURNEY], "moment": [{"kind": kind, "zz_unknown": 1}]})
+    assert documented == actual, f"rule-packs.md, moment kind {kind}: {_diff(sorted(documented), sorted(actual))}"
+
+
+def test_the_worked_example_pack_loads_and_does_what_the_text_says(tmp_path: Path) -> None:
+    toml = re.search(r"## A worked example.*?```toml\n(.*?)```", RULES_MD.read_text(), re.S)
+    assert toml is not None
+    path = tmp_path / "telecom.toml"
+    path.write_text(toml.group(1))
+    pack = load_rule_pack(path)
+    assert [r.name for r in pack.rules] == ["roaming.abandoned", "roaming.stuck"]
+    events = [
+        ev("c", 0, "submit", journey="roaming", step="confirm"),
+        ev("f1", 20 * MIN, "fail", journey="roaming", step="select"),
+        ev("f2", 29 * MIN, "fail", journey="roaming", step="select"),
+        ev("x", 60 * MIN, journey=None, customer="c2"),
+    ]
+    out = process(Shard(pack), [RawBatch("t", 0, raws(events), list(range(len(events)))), Tick(0, final=True)])
+    moments = {m["rule"]: m for m in out.moments}
+    assert set(moments) == {"roaming.abandoned", "roaming.stuck"}
+    assert moments["roaming.abandoned"]["due_ts"] == T0 + 5 * MIN
+    assert moments["roaming.stuck"]["evidence"] == ["f1", "f2"]
+
+
+# -- links ------------------------------------------------------------------------------------------
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_links_stay_inside_the_repository_and_resolve(page: Path) -> None:
+    for target in _LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / file).resolve() if file else page
+        assert dest.is_relative_to(ROOT), f"{page.name} links outside the repository: {target}"
+        assert dest.exists(), f"{page.name}: broken link {target}"
+        if anchor:
+            headings = {_slug(h) for h in re.findall(r"^#+ (.*)$", dest.read_text(), re.M)}
+            assert anchor in headings, f"{page.name}: no heading #{anchor} in {dest.name}"
+
+
+def test_the_readme_links_every_page_of_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    index = (DOCS / "README.md").read_text()
+    assert "docs/README.md" in readme
+    for page in DOCS.glob("*.md"):
+        if page.name != "README.md":
+            assert f"({page.name})" in index, f"docs/README.md does not link {page.name}"
