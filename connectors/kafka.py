@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -366,6 +367,33 @@ def _is_fatal(exc: BaseException) -> bool:
     return False
 
 
+# Errors that refuse one record for what it is (its size or content): producing it again cannot succeed, so
+# the record is replaced by a small notice on the dead-letter topic instead of blocking the epoch forever.
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+                      KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE})
+
+
+def _refused_error(exc: BaseException) -> KafkaError | None:
+    """The error of a ``produce()`` exception when it refuses the record itself, else None."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        if err.code() in _REFUSED and not err.fatal():
+            return err
+    return None
+
+
+def refusal_notice(topic: str, value: bytes, error: str, now_ms: int) -> dict[str, Any]:
+    """Return the dead-letter record that stands in for an output record the broker refused.
+
+    It has the fields of an input dead letter (``state.outputs.dead_letter_record``) without the record's
+    content (it may be large, and it holds customer data): reason ``output_refused``, the refused record's
+    topic as ``source``, its size and SHA-256, and the error as ``detail``.
+    """
+    return {"schema": 1, "reason": "output_refused", "detail": error[:500], "raw": "", "raw_encoding": "utf8",
+            "raw_len": len(value), "raw_sha256": hashlib.sha256(value).hexdigest(), "truncated": True,
+            "source": f"output:{topic}", "partition": -1, "offset": -1, "received_at": now_ms}
+
+
 class KafkaJsonWriter:
     """Publish records as JSON to per-kind topics, keyed by ``customer_id``; never drops a record.
 
@@ -381,6 +409,11 @@ class KafkaJsonWriter:
       replaced, and every unacknowledged record is produced again by the new one. Records may then arrive
       twice, which deterministic ids make harmless, but never zero times.
 
+    A record the broker or the client refuses for what it is (too large, invalid: ``_REFUSED``, raised by
+    ``produce()`` or reported on delivery) is not produced again: it is replaced by a ``refusal_notice`` on the
+    dead-letter topic, and if that too is refused (or there is no dead-letter topic) counted and logged (size
+    and hash only). No output record can stop the worker.
+
     Args:
         conf: librdkafka settings (producer defaults: acks=all, idempotence, linger 5 ms, lz4).
         topics: Record kind → topic for kinds in ``OUTPUT_KINDS`` (kinds without a topic are not published).
@@ -388,17 +421,22 @@ class KafkaJsonWriter:
         on_write: Called as (sink, records, seconds) after a flush delivered everything.
         sleep: Injectable sleep for the backoff.
         stall_s: Seconds without progress after which an idempotent producer is replaced.
+        on_refused: Called with the topic of each record refused for what it is.
     """
 
     def __init__(self, conf: dict[str, str], topics: dict[str, str], *,
                  on_retry: Callable[[str, int, BaseException, float], None] | None = None,
                  on_write: Callable[[str, int, float], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, stall_s: float = 15.0) -> None:
+                 sleep: Callable[[float], None] = time.sleep, stall_s: float = 15.0,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._topics = {k: v for k, v in topics.items() if k in OUTPUT_KINDS}
         self._conf = _producer_conf(conf)
         self._idempotent = str(self._conf.get("enable.idempotence", "")).lower() in ("true", "1")
         self._unacked: list[_Record] = []  # everything since the last complete flush
         self._failed: list[_Record] = []
+        self._refused: list[tuple[_Record, str]] = []  # refused records with the error, handled by flush
+        self._notices: set[bytes] = set()  # values of refusal notices not yet acknowledged
+        self._on_refused = on_refused
         self._fatal = False
         self._generation = 0
         self._on_retry = on_retry
@@ -425,6 +463,9 @@ class KafkaJsonWriter:
             if err is not None and generation == self._generation:
                 if err.fatal():
                     self._fatal = True
+                elif err.code() in _REFUSED:
+                    self._refused.append(((msg.topic(), msg.key(), msg.value()), err.str()))
+                    return
                 self._failed.append((msg.topic(), msg.key(), msg.value()))
 
         conf["error_cb"] = error_cb
@@ -452,9 +493,38 @@ class KafkaJsonWriter:
                 # The local queue is full: serve delivery reports until there is room (back-pressure).
                 self._poll(0.1)
             except KafkaException as e:
+                refused = _refused_error(e)
+                if refused is not None:
+                    self._refused.append(((topic, key, value), refused.str()))
+                    return
                 if not _is_fatal(e):
                     raise
                 self._fatal = True
+
+    def _handle_refused(self) -> None:
+        """Replace refused records by refusal notices (or count and log them); none is produced again."""
+        refused, self._refused = self._refused, []
+        dead_topic = self._topics.get("dead_letter")
+        for rec, error in refused:
+            topic, key, value = rec
+            try:
+                self._unacked.remove(rec)
+            except ValueError:
+                continue  # reported again after a producer replacement: already handled
+            if self._on_refused is not None:
+                self._on_refused(topic)
+            digest = hashlib.sha256(value).hexdigest()
+            if value in self._notices or dead_topic is None:
+                self._notices.discard(value)
+                # Size and hash only: the record holds customer data.
+                log.error("Kafka refused a %d-byte record for %s (sha256 %s): %s; dropped, counted in "
+                          "cx_output_refused_total", len(value), topic, digest, error)
+                continue
+            log.error("Kafka refused a %d-byte record for %s (sha256 %s): %s; sent to %s as output_refused",
+                      len(value), topic, digest, error, dead_topic)
+            notice = orjson.dumps(refusal_notice(topic, value, error, int(time.time() * 1000)))
+            self._notices.add(notice)
+            self._produce(dead_topic, key, notice)
 
     def _poll(self, timeout_s: float) -> None:
         try:
@@ -482,7 +552,7 @@ class KafkaJsonWriter:
         self._fatal = False
         self._failed = []
         self._producer = self._new_producer()
-        for t, k, v in self._unacked:
+        for t, k, v in list(self._unacked):
             self._send(t, k, v)
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
@@ -541,6 +611,9 @@ class KafkaJsonWriter:
                 self._fatal = True
                 now_left = len(self._producer)
             now = time.monotonic()
+            if self._refused:
+                self._handle_refused()
+                continue
             if now_left != left:
                 left, progress_at = now_left, now
             stalled = self._idempotent and now_left > 0 and now - progress_at > self._stall_s
@@ -575,6 +648,7 @@ class KafkaJsonWriter:
         if self._on_write is not None:
             self._on_write("kafka", len(self._unacked), time.perf_counter() - t0)
         self._unacked = []
+        self._notices.clear()
 
     def writable(self) -> bool:
         """Whether the last deliveries succeeded (for /readyz)."""
@@ -608,20 +682,23 @@ class KafkaJsonSink(DynamicSink[tuple[str, dict[str, Any]]]):
             batch (naming the kind) rather than losing it.
         on_retry: See ``KafkaJsonWriter``.
         on_write: See ``KafkaJsonWriter``.
+        on_refused: See ``KafkaJsonWriter``.
     """
 
     def __init__(self, conf: dict[str, str], topics: dict[str, str] | None = None, *,
                  on_retry: Callable[[str, int, BaseException, float], None] | None = None,
-                 on_write: Callable[[str, int, float], None] | None = None) -> None:
+                 on_write: Callable[[str, int, float], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._conf = conf
         self._topics = dict(DEFAULT_OUTPUT_TOPICS if topics is None else topics)
         self._on_retry = on_retry
         self._on_write = on_write
+        self._on_refused = on_refused
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
         """One producer per worker."""
         return _KafkaSinkPartition(KafkaJsonWriter(self._conf, self._topics, on_retry=self._on_retry,
-                                                   on_write=self._on_write))
+                                                   on_write=self._on_write, on_refused=self._on_refused))
 
 
 # The common case (an unescaped string id) in one C-level search; anything else is parsed.
