@@ -64,6 +64,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             partitions=cfg.kafka_partitions,
             stop_at_end=cfg.kafka_stop_at_end,
             on_lag=metrics.consumer_lag_hook(),
+            on_reset=metrics.record_offset_reset,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
