@@ -16,6 +16,7 @@ import pytest
 
 from connectors.kafka import KafkaJsonWriter
 from tests.kafka_helpers import create_topics, kcat, read_topic_to_end, unique
+from tests.worker import Worker
 
 pytestmark = pytest.mark.kafka
 
@@ -72,3 +73,27 @@ def test_a_refused_record_without_a_dead_letter_topic_is_counted_and_logged_not_
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("refused" in m and topic in m for m in errors), errors
     assert not any(secret_customer in r.getMessage() for r in caplog.records)
+
+
+def test_a_worker_with_sink_kafka_survives_a_dead_letter_the_producer_refuses(kafka: str, tmp_path: Path) -> None:
+    # The poison pill in a file run with --sink kafka. The bound is raised to its maximum and the
+    # producer's limit lowered below the resulting record (6 bytes per NUL), so the dead letter itself is refused.
+    kinds = {"moment": "MOMENT", "action": "ACTION", "tag": "TAG", "context": "CONTEXT", "dead_letter": "DEAD_LETTER"}
+    names = {k: unique(f"cx.{k}") for k in kinds}
+    create_topics(kafka, names.values())
+    src = tmp_path / "events.jsonl"
+    fail = orjson.dumps({"event_id": "e1", "customer_id": "c1", "ts": 1_700_000_000_000, "channel": "app",
+                         "type": "fail", "journey": "cart", "step": "payment"})
+    nuls = b"\x00" * (200 * 1024)
+    src.write_bytes(nuls + b"\n" + fail + b"\n")
+    env = {"CX_KAFKA_MESSAGE_MAX_BYTES": "300000", **{f"CX_TOPIC_{v}": names[k] for k, v in kinds.items()}}
+    worker = Worker(["--source", f"file:{src}", "--sink", "kafka", "--kafka-bootstrap", kafka,
+                     "--dead-letter-max-bytes", "131072", "--no-metrics", "--status", "off"],
+                    tmp_path / "w.log", env=env)
+    assert worker.wait(120) == 0, worker.log()[-3000:]
+    assert [orjson.loads(v)["rule"] for _, v in read_topic_to_end(kafka, names["moment"])] == ["cart.failed"]
+    (notice,) = [orjson.loads(v) for _, v in read_topic_to_end(kafka, names["dead_letter"])]
+    assert notice["reason"] == "output_refused"
+    assert notice["source"] == f"output:{names['dead_letter']}"
+    assert notice["raw_len"] > 6 * 131072
+    assert "refused" in worker.log()
