@@ -652,7 +652,7 @@ OUTPUT_REFUSED = Counter("cx_output_refused_total",
 OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
                         "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
 
 
 def record_output_refused(topic: str) -> None:
