@@ -102,10 +102,14 @@ class JsonlWriter:
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
-                except OSError:
+                except OSError as e:
                     # A part of the batch may be on disk: cut it off so the file ends with a whole line.
-                    os.ftruncate(fd, start)
-                    raise
+                    try:
+                        os.ftruncate(fd, start)
+                    except OSError as cut:
+                        # The torn tail stays; the next open cuts it off (repair_tail).
+                        log.error("%s: could not cut a failed write back to %d bytes: %s", path, start, cut)
+                    raise e from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
