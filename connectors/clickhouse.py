@@ -84,7 +84,8 @@ TABLES: Mapping[str, TableSpec] = {
     ),
     "dead_letter": TableSpec(
         "dead_letters",
-        ("schema", "reason", "detail", "raw", "raw_encoding", "source", "partition", "offset", "received_at"),
+        ("schema", "reason", "detail", "raw", "raw_encoding", "raw_len", "raw_sha256", "truncated", "source",
+         "partition", "offset", "received_at"),
     ),
     "action": TableSpec(
         "actions",

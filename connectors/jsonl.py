@@ -1,7 +1,9 @@
-"""JSONL output: one file per output kind in a directory, appended in whole batches."""
+"""JSONL output: one file per output kind in a directory, appended in whole batches of whole lines."""
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import threading
 from pathlib import Path
@@ -21,12 +23,47 @@ FILE_NAMES = {
 }
 DEFAULT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
 
+log = logging.getLogger("cx.jsonl")
+
+
+class JsonlError(ValueError):
+    """A line of a JSONL file that is not a JSON object; the message names the file and the line number."""
+
+
+def repair_tail(fd: int, path: Path) -> int:
+    """Cut a torn last line (one without its newline, e.g. after a full disk) off an open file.
+
+    The caller holds the file's lock. Logs a warning naming the file and the bytes dropped.
+
+    Returns:
+        The number of bytes dropped (0 when the file ends with a whole line or is empty).
+    """
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return 0
+    # Search backwards for the last newline, a block at a time (a torn line may be long).
+    end = size
+    keep = 0
+    while end > 0:
+        start = max(0, end - 65536)
+        i = os.pread(fd, end - start, start).rfind(b"\n")
+        if i >= 0:
+            keep = start + i + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
+    log.warning("%s ended with a torn line (no newline): dropped its last %d bytes", path, size - keep)
+    return size - keep
+
 
 class JsonlWriter:
     """Append records to ``DIR/<kind>.jsonl``.
 
-    Each batch is one ``write()`` on an ``O_APPEND`` descriptor, so several
-    workers or processes can share a directory without interleaving lines.
+    Each batch is one ``write()`` on an ``O_APPEND`` descriptor under an exclusive ``flock``, so several
+    workers or processes can share a directory without interleaving lines. Files hold whole lines only: a
+    torn last line found when a file is opened (a crash or full disk mid-write) is cut off with a warning,
+    and a batch whose write fails midway (ENOSPC, EFBIG) is cut back to where it began before the error is
+    raised, so a restart finds whole lines.
 
     Args:
         directory: Output directory (created if missing).
@@ -47,13 +84,34 @@ class JsonlWriter:
         data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
         with self._lock:
             fd = self._fds.get(kind)
+            path = self._dir / FILE_NAMES[kind]
             if fd is None:
-                fd = os.open(self._dir / FILE_NAMES[kind], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                # O_RDWR: the tail check reads the file.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    repair_tail(fd, path)
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 self._fds[kind] = fd
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                start = os.fstat(fd).st_size
+                view = memoryview(data)
+                try:
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                except OSError as e:
+                    # A part of the batch may be on disk: cut it off so the file ends with a whole line.
+                    try:
+                        os.ftruncate(fd, start)
+                    except OSError as cut:
+                        # The torn tail stays; the next open cuts it off (repair_tail).
+                        log.error("%s: could not cut a failed write back to %d bytes: %s", path, start, cut)
+                    raise e from None
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
 
     def flush(self) -> None:
         """Nothing is buffered in the process; kept for the sink interface."""
@@ -67,8 +125,24 @@ class JsonlWriter:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by ``JsonlWriter`` (missing file → empty list)."""
+    """Read a JSONL file written by ``JsonlWriter`` (missing file → empty list).
+
+    Raises:
+        JsonlError: naming the file and the line number of a line that is not a JSON object.
+    """
     if not path.exists():
         return []
+    rows: list[dict[str, Any]] = []
     with path.open("rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                torn = "" if line.endswith(b"\n") else " (a torn last line: no newline)"
+                raise JsonlError(f"{path}: line {number} is not valid JSON{torn}: {e}") from None
+            if not isinstance(row, dict):
+                raise JsonlError(f"{path}: line {number} is not a JSON object")
+            rows.append(row)
+    return rows

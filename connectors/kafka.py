@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -111,7 +112,27 @@ def _consumer_conf(conf: dict[str, str]) -> dict[str, Any]:
         "error_cb": _error_cb("consumer"),
     }
     c.update(conf)
+    if str(c["auto.offset.reset"]).lower() == "none":
+        c["auto.offset.reset"] = "error"  # Kafka's Java name for it; librdkafka knows only "error"
     return c
+
+
+_EARLIEST = frozenset({"earliest", "smallest", "beginning"})
+_LATEST = frozenset({"latest", "largest", "end"})
+
+
+def reset_policy(conf: dict[str, str]) -> str:
+    """Return ``earliest``, ``latest`` or ``error``: where an input position outside its partition goes.
+
+    From ``auto.offset.reset`` (``CX_KAFKA_AUTO_OFFSET_RESET``), ``earliest`` by default: replaying is harmless
+    (moment ids are stable), skipping is not. librdkafka's synonyms are accepted, and ``none`` means ``error``.
+    """
+    v = str(conf.get("auto.offset.reset", "earliest")).lower()
+    return "earliest" if v in _EARLIEST else "latest" if v in _LATEST else "error"
+
+
+def _ignore_lag(_topic: str, _partition: int, _lag: int) -> None:
+    """Lag callback of a partition nobody asked lag reports of (its position check still runs)."""
 
 
 def _producer_conf(conf: dict[str, str]) -> dict[str, Any]:
@@ -207,11 +228,20 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
     def __init__(self, conf: dict[str, str], topic: str, partition: int, start: int | None, shards: int,
                  batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
-                 lag_interval_s: float = 5.0) -> None:
+                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None) -> None:
         self._consumer = Consumer(_consumer_conf(conf))
         self._topic = topic
         self._part = partition
         self._next = start if start is not None else OFFSET_BEGINNING
+        self._on_reset = on_reset
+        self._policy = reset_policy(conf)
+        self._beyond: int | None = None  # a position the last position check found beyond the partition's end
+        if start is not None:
+            try:
+                self._next = self._checked_start(start)
+            except RuntimeError:
+                self._consumer.close()
+                raise
         self._consumer.assign([TopicPartition(topic, partition, self._next)])
         self._shards = shards
         self._keys = [str(s) for s in range(shards)]
@@ -220,6 +250,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
         self._eof = False
         self._on_lag = on_lag
         self._on_error = on_error
+        # The position check rides on the lag check: it runs even when nobody wants lag reports.
+        self._on_lag = self._on_lag or _ignore_lag
         self._lag_at = 0.0
         self._lag_interval = lag_interval_s
         self._source = f"kafka:{topic}"
@@ -268,7 +300,72 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
             self._maybe_report_lag()
         return [(self._keys[s], RawBatch(self._source, self._part, v, offsets[s])) for s, v in values.items()]
 
+    def _checked_start(self, start: int) -> int:
+        """Return the restored position, or where ``auto.offset.reset`` moves it when it lies outside the partition.
+
+        A broker that lost its log (memory storage restarted, topic re-created) has partitions that end before
+        the saved position: reading on would wait silently and then skip what arrives below it.
+        """
+        tp = TopicPartition(self._topic, self._part)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as e:
+            log.warning("Kafka input %s[%d]: could not check saved position %d against the partition's offsets "
+                        "(%s); checked again while running", self._topic, self._part, start, e)
+            return start
+        if low <= start <= high:
+            return start
+        # Some brokers (Tansu) answer ListOffsets with less than the partition's end; the offsets a fetch reports
+        # are right. Fetch at the saved position (nothing is consumed here) and judge by what it reports.
+        self._consumer.assign([TopicPartition(self._topic, self._part, start)])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            fetched_low, fetched_high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if fetched_high >= 0:
+                low, high = fetched_low, fetched_high
+                break
+            time.sleep(0.02)
+        if low <= start <= high:
+            return start
+        return self._reset("saved", start, low, high)
+
+    def _reset(self, what: str, position: int, low: int, high: int) -> int:
+        """Log and count a position outside ``low..high``; return where the policy moves it (or raise)."""
+        if self._on_reset is not None:
+            self._on_reset(self._topic)
+        where = "beyond the partition's end" if position > high else "before the partition's start"
+        if self._policy == "error":
+            log.error("Kafka input %s[%d]: %s position %d is %s (offsets %d..%d); auto.offset.reset=error: stopping",
+                      self._topic, self._part, what, position, where, low, high)
+            raise RuntimeError(
+                f"Kafka input {self._topic}[{self._part}]: {what} position {position} is {where} (offsets "
+                f"{low}..{high}; did the broker lose its log?) and auto.offset.reset (CX_KAFKA_AUTO_OFFSET_RESET) "
+                "is error: check the broker, then set it to earliest (replay the partition) or latest (skip to "
+                "its end), or start with a fresh recovery directory")
+        target = low if self._policy == "earliest" else high
+        log.error("Kafka input %s[%d]: %s position %d is %s (offsets %d..%d; did the broker lose its log?); "
+                  "auto.offset.reset=%s: continuing from offset %d", self._topic, self._part, what, position, where,
+                  low, high, self._policy, target)
+        return target
+
+    def _move(self, what: str, position: int, low: int, high: int) -> None:
+        """Apply ``_reset`` to the running consumer."""
+        self._next = self._reset(what, position, max(low, 0), high)
+        self._consumer.assign([TopicPartition(self._topic, self._part, self._next)])
+        self._beyond = None
+
     def _log_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET) and self._next >= 0:
+            # The broker itself says the position is out of range (librdkafka reports it when the policy is error).
+            tp = TopicPartition(self._topic, self._part)
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high < 0:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            except KafkaException:
+                low, high = -1, -1
+            self._move("fetch", self._next, low, high)
+            return
         if self._on_error is not None:
             self._on_error(self._topic, self._part, err)
         now = time.monotonic()
@@ -285,10 +382,19 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
         try:
             # cached=True: the high watermark of the last fetch; a network call here would block the worker
             # for its timeout on every report while the broker is down.
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part), cached=True)
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, self._part), cached=True)
         except KafkaException:
             return
         if high >= 0:
+            if self._next > high:
+                # The offsets of the last fetch: a new leader may briefly report less, so act on the second
+                # report in a row, one interval later, at the same position.
+                if self._beyond == self._next:
+                    self._move("current", self._next, low, high)
+                else:
+                    self._beyond = self._next
+                return
+            self._beyond = None
             self._on_lag(self._topic, self._part, max(0, high - self._next))
 
     def next_awake(self) -> datetime | None:
@@ -320,15 +426,18 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         stop_at_end: Stop each partition at its end (tests, replays); production runs forever.
         on_lag: Called with (topic, partition, lag) every few seconds; lag = high watermark − next offset.
         on_error: Called with (topic, partition, error) for each consumer error (not for partition ends).
-        lag_interval_s: Seconds between ``on_lag`` reports per partition.
+        lag_interval_s: Seconds between ``on_lag`` reports (and position checks) per partition.
+        on_reset: Called with the topic when a partition's position lay outside its offsets and was moved per
+            ``auto.offset.reset`` (checked at start-up, on out-of-range errors and with each lag report).
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
                  partitions: int = 4, batch_size: int = 10_000, stop_at_end: bool = False,
                  on_lag: Callable[[str, int, int], None] | None = None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None,
-                 lag_interval_s: float = 5.0) -> None:
+                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None) -> None:
         self._conf = conf
+        self._on_reset = on_reset
         self._topics = [topics] if isinstance(topics, str) else list(topics)
         self._shards = shards
         self._create = create_topics
@@ -348,7 +457,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         """Open one partition at its snapshotted offset (or its beginning)."""
         topic, _, part = for_part.rpartition(":")
         return _KafkaPartition(self._conf, topic, int(part), resume_state, self._shards, self._batch, self._stop,
-                               self._on_lag, self._on_error, lag_interval_s=self._lag_interval)
+                               self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
+                               on_reset=self._on_reset)
 
 
 OUTPUT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
@@ -366,6 +476,33 @@ def _is_fatal(exc: BaseException) -> bool:
     return False
 
 
+# Errors that refuse one record for what it is (its size or content): producing it again cannot succeed, so
+# the record is replaced by a small notice on the dead-letter topic instead of blocking the epoch forever.
+_REFUSED = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD,
+                      KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE})
+
+
+def _refused_error(exc: BaseException) -> KafkaError | None:
+    """The error of a ``produce()`` exception when it refuses the record itself, else None."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err: KafkaError = exc.args[0]
+        if err.code() in _REFUSED and not err.fatal():
+            return err
+    return None
+
+
+def refusal_notice(topic: str, value: bytes, error: str, now_ms: int) -> dict[str, Any]:
+    """Return the dead-letter record that stands in for an output record the broker refused.
+
+    It has the fields of an input dead letter (``state.outputs.dead_letter_record``) without the record's
+    content (it may be large, and it holds customer data): reason ``output_refused``, the refused record's
+    topic as ``source``, its size and SHA-256, and the error as ``detail``.
+    """
+    return {"schema": 1, "reason": "output_refused", "detail": error[:500], "raw": "", "raw_encoding": "utf8",
+            "raw_len": len(value), "raw_sha256": hashlib.sha256(value).hexdigest(), "truncated": True,
+            "source": f"output:{topic}", "partition": -1, "offset": -1, "received_at": now_ms}
+
+
 class KafkaJsonWriter:
     """Publish records as JSON to per-kind topics, keyed by ``customer_id``; never drops a record.
 
@@ -381,6 +518,11 @@ class KafkaJsonWriter:
       replaced, and every unacknowledged record is produced again by the new one. Records may then arrive
       twice, which deterministic ids make harmless, but never zero times.
 
+    A record the broker or the client refuses for what it is (too large, invalid: ``_REFUSED``, raised by
+    ``produce()`` or reported on delivery) is not produced again: it is replaced by a ``refusal_notice`` on the
+    dead-letter topic, and if that too is refused (or there is no dead-letter topic) counted and logged (size
+    and hash only). No output record can stop the worker.
+
     Args:
         conf: librdkafka settings (producer defaults: acks=all, idempotence, linger 5 ms, lz4).
         topics: Record kind → topic for kinds in ``OUTPUT_KINDS`` (kinds without a topic are not published).
@@ -388,17 +530,22 @@ class KafkaJsonWriter:
         on_write: Called as (sink, records, seconds) after a flush delivered everything.
         sleep: Injectable sleep for the backoff.
         stall_s: Seconds without progress after which an idempotent producer is replaced.
+        on_refused: Called with the topic of each record refused for what it is.
     """
 
     def __init__(self, conf: dict[str, str], topics: dict[str, str], *,
                  on_retry: Callable[[str, int, BaseException, float], None] | None = None,
                  on_write: Callable[[str, int, float], None] | None = None,
-                 sleep: Callable[[float], None] = time.sleep, stall_s: float = 15.0) -> None:
+                 sleep: Callable[[float], None] = time.sleep, stall_s: float = 15.0,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._topics = {k: v for k, v in topics.items() if k in OUTPUT_KINDS}
         self._conf = _producer_conf(conf)
         self._idempotent = str(self._conf.get("enable.idempotence", "")).lower() in ("true", "1")
         self._unacked: list[_Record] = []  # everything since the last complete flush
         self._failed: list[_Record] = []
+        self._refused: list[tuple[_Record, str]] = []  # refused records with the error, handled by flush
+        self._notices: set[bytes] = set()  # values of refusal notices not yet acknowledged
+        self._on_refused = on_refused
         self._fatal = False
         self._generation = 0
         self._on_retry = on_retry
@@ -425,6 +572,9 @@ class KafkaJsonWriter:
             if err is not None and generation == self._generation:
                 if err.fatal():
                     self._fatal = True
+                elif err.code() in _REFUSED:
+                    self._refused.append(((msg.topic(), msg.key(), msg.value()), err.str()))
+                    return
                 self._failed.append((msg.topic(), msg.key(), msg.value()))
 
         conf["error_cb"] = error_cb
@@ -452,9 +602,38 @@ class KafkaJsonWriter:
                 # The local queue is full: serve delivery reports until there is room (back-pressure).
                 self._poll(0.1)
             except KafkaException as e:
+                refused = _refused_error(e)
+                if refused is not None:
+                    self._refused.append(((topic, key, value), refused.str()))
+                    return
                 if not _is_fatal(e):
                     raise
                 self._fatal = True
+
+    def _handle_refused(self) -> None:
+        """Replace refused records by refusal notices (or count and log them); none is produced again."""
+        refused, self._refused = self._refused, []
+        dead_topic = self._topics.get("dead_letter")
+        for rec, error in refused:
+            topic, key, value = rec
+            try:
+                self._unacked.remove(rec)
+            except ValueError:
+                continue  # reported again after a producer replacement: already handled
+            if self._on_refused is not None:
+                self._on_refused(topic)
+            digest = hashlib.sha256(value).hexdigest()
+            if value in self._notices or dead_topic is None:
+                self._notices.discard(value)
+                # Size and hash only: the record holds customer data.
+                log.error("Kafka refused a %d-byte record for %s (sha256 %s): %s; dropped, counted in "
+                          "cx_output_refused_total", len(value), topic, digest, error)
+                continue
+            log.error("Kafka refused a %d-byte record for %s (sha256 %s): %s; sent to %s as output_refused",
+                      len(value), topic, digest, error, dead_topic)
+            notice = orjson.dumps(refusal_notice(topic, value, error, int(time.time() * 1000)))
+            self._notices.add(notice)
+            self._produce(dead_topic, key, notice)
 
     def _poll(self, timeout_s: float) -> None:
         try:
@@ -482,7 +661,7 @@ class KafkaJsonWriter:
         self._fatal = False
         self._failed = []
         self._producer = self._new_producer()
-        for t, k, v in self._unacked:
+        for t, k, v in list(self._unacked):
             self._send(t, k, v)
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
@@ -541,6 +720,9 @@ class KafkaJsonWriter:
                 self._fatal = True
                 now_left = len(self._producer)
             now = time.monotonic()
+            if self._refused:
+                self._handle_refused()
+                continue
             if now_left != left:
                 left, progress_at = now_left, now
             stalled = self._idempotent and now_left > 0 and now - progress_at > self._stall_s
@@ -575,6 +757,7 @@ class KafkaJsonWriter:
         if self._on_write is not None:
             self._on_write("kafka", len(self._unacked), time.perf_counter() - t0)
         self._unacked = []
+        self._notices.clear()
 
     def writable(self) -> bool:
         """Whether the last deliveries succeeded (for /readyz)."""
@@ -608,20 +791,23 @@ class KafkaJsonSink(DynamicSink[tuple[str, dict[str, Any]]]):
             batch (naming the kind) rather than losing it.
         on_retry: See ``KafkaJsonWriter``.
         on_write: See ``KafkaJsonWriter``.
+        on_refused: See ``KafkaJsonWriter``.
     """
 
     def __init__(self, conf: dict[str, str], topics: dict[str, str] | None = None, *,
                  on_retry: Callable[[str, int, BaseException, float], None] | None = None,
-                 on_write: Callable[[str, int, float], None] | None = None) -> None:
+                 on_write: Callable[[str, int, float], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self._conf = conf
         self._topics = dict(DEFAULT_OUTPUT_TOPICS if topics is None else topics)
         self._on_retry = on_retry
         self._on_write = on_write
+        self._on_refused = on_refused
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaSinkPartition:
         """One producer per worker."""
         return _KafkaSinkPartition(KafkaJsonWriter(self._conf, self._topics, on_retry=self._on_retry,
-                                                   on_write=self._on_write))
+                                                   on_write=self._on_write, on_refused=self._on_refused))
 
 
 # The common case (an unescaped string id) in one C-level search; anything else is parsed.

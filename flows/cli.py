@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="partitions for topics created at start-up")
     run.add_argument("--kafka-stop-at-end", action="store_true",
                      help="stop when every input partition reaches its end (backfills, tests)")
+    run.add_argument("--dead-letter-max-bytes", type=int, default=_int_env("DEAD_LETTER_MAX_BYTES", 16384),
+                     help="original bytes a dead letter keeps; longer inputs are cut, with length and hash (16384)")
     run.add_argument("--tick", type=float, default=1.0, help="live mode: seconds between wall-clock watermark ticks")
     run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))
     _add_sim_args(run)
@@ -169,6 +171,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         kafka_topics=topics_from_env(),
         tick_s=a.tick,
         status=a.status,
+        dead_letter_max_bytes=a.dead_letter_max_bytes,
     )
     return cfg.validate()
 

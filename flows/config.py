@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, MAX_DEAD_LETTER_MAX_BYTES
 from state.rules import parse_duration
 
 DEFAULT_CLICKHOUSE_DSN = "chdb:///./data/cx.chdb"
@@ -63,6 +64,7 @@ class PipelineConfig:
     status: str = "auto"  # auto | tty | log | off
     batch_lines: int = 4096
     ch_batch_rows: int = 20_000
+    dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
 
     def kafka_overrides(self) -> dict[str, str]:
         """librdkafka settings given on the command line (the environment supplies the rest)."""
@@ -125,6 +127,9 @@ class PipelineConfig:
             raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
         if self.sim_customers < 1 or self.sim_minutes <= 0:
             raise ConfigError("--customers/--minutes", "must be positive")
+        if not 1 <= self.dead_letter_max_bytes <= MAX_DEAD_LETTER_MAX_BYTES:
+            raise ConfigError("--dead-letter-max-bytes", f"must be 1..{MAX_DEAD_LETTER_MAX_BYTES} (the encoded record "
+                              f"must stay below Kafka's 1 MB message limit), got {self.dead_letter_max_bytes}")
         if self.rules is not None and not self.rules.is_file():
             raise ConfigError("--rules", f"file not found: {self.rules}")
         return self

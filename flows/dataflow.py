@@ -64,6 +64,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             partitions=cfg.kafka_partitions,
             stop_at_end=cfg.kafka_stop_at_end,
             on_lag=metrics.consumer_lag_hook(),
+            on_reset=metrics.record_offset_reset,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
@@ -92,7 +93,7 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
         ensure_topics(conf, [cfg.kafka_topics[k] for k in OUTPUT_KINDS], create=cfg.kafka_create_topics,
                       partitions=cfg.kafka_partitions)
         kw = KafkaJsonWriter(conf, cfg.kafka_topics, on_retry=metrics.sink_retry_hook("kafka"),
-                             on_write=metrics.sink_write_hook("kafka"))
+                             on_write=metrics.sink_write_hook("kafka"), on_refused=metrics.record_output_refused)
         metrics.register_readiness("kafka", kw.writable)
         writers.append(kw)
     return writers
@@ -146,6 +147,7 @@ def build_dataflow(
             max_future_ms=cfg.max_future_ms,
             max_customers=None if cfg.max_customers is None else max(1, cfg.max_customers // cfg.shards),
             feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
+            dead_letter_max_bytes=cfg.dead_letter_max_bytes,
         )
 
     flow = Dataflow("cx_moments")

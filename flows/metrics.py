@@ -641,3 +641,33 @@ def metric_names() -> set[str]:
         for family in collector.collect():
             names.update(s.name for s in family.samples)
     return names
+
+
+# ------------------------------------------------------------------------------ output refusals, offset resets
+
+OUTPUT_REFUSED = Counter("cx_output_refused_total",
+                         "Output records the Kafka broker or client refused for what they are (too large, invalid); "
+                         "replaced by an output_refused dead letter, or dropped when that too was refused",
+                         ["topic"], registry=_R)
+OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
+                        "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
+                        "auto.offset.reset", ["topic"], registry=_R)
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
+
+
+def record_output_refused(topic: str) -> None:
+    """Count one refused output record.
+
+    Args:
+        topic: Its topic (configured topics only; others are ``other``).
+    """
+    OUTPUT_REFUSED.labels(_label(topic, _topics)).inc()
+
+
+def record_offset_reset(topic: str) -> None:
+    """Count one input position reset because it lay outside its partition's offsets.
+
+    Args:
+        topic: The input topic (configured topics only; others are ``other``).
+    """
+    OFFSET_RESETS.labels(_label(topic, _topics)).inc()

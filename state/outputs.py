@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 from state.events import Invalid
 
+# 16 KiB of original bytes: even when every byte becomes a 6-character JSON escape (``\\u0000``) the encoded
+# record stays near 100 KiB, far below Kafka's default 1 MB message limit.
+DEFAULT_DEAD_LETTER_MAX_BYTES = 16 * 1024
+# The largest allowed setting: 6 × 128 KiB plus the record's other fields still fits in 1 MB.
+MAX_DEAD_LETTER_MAX_BYTES = 128 * 1024
 
-def dead_letter_record(inv: Invalid, source: str, partition: int, offset: int, now_ms: int) -> dict[str, Any]:
-    """Return the dead-letter record for an invalid input, keeping the original bytes.
+
+def _text_or_base64(raw: bytes, cut: bool) -> tuple[str, str]:
+    """Return ``(text, encoding)``: UTF-8 text when ``raw`` decodes, else base64.
+
+    When ``raw`` was ``cut`` from a longer input, a multi-byte character split at the end is dropped and the
+    rest still counts as text.
+    """
+    try:
+        return raw.decode("utf-8"), "utf8"
+    except UnicodeDecodeError as e:
+        if cut and e.end == len(raw) and e.reason == "unexpected end of data" and len(raw) - e.start < 4:
+            try:
+                return raw[: e.start].decode("utf-8"), "utf8"
+            except UnicodeDecodeError:
+                pass
+    return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def dead_letter_record(inv: Invalid, source: str, partition: int, offset: int, now_ms: int,
+                       max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES) -> dict[str, Any]:
+    """Return the dead-letter record for an invalid input, keeping at most ``max_bytes`` of the original bytes.
+
+    Every output (Kafka, ClickHouse, JSONL) gets this same bounded record, so no input of any size can make a
+    dead letter that an output refuses.
 
     Args:
         inv: The rejection.
@@ -17,20 +45,25 @@ def dead_letter_record(inv: Invalid, source: str, partition: int, offset: int, n
         partition: Source partition.
         offset: Position in the partition.
         now_ms: Wall clock.
+        max_bytes: Original bytes kept in ``raw``.
 
     Returns:
-        A dead-letter record (schema v1); ``raw`` is UTF-8 text or base64.
+        A dead-letter record (schema v1); ``raw`` is UTF-8 text or base64 of the first ``max_bytes`` bytes,
+        ``raw_len`` the original length, ``raw_sha256`` the hex SHA-256 of the original bytes and
+        ``truncated`` whether ``raw`` holds less than the original.
     """
-    try:
-        raw, enc = inv.raw.decode("utf-8"), "utf8"
-    except UnicodeDecodeError:
-        raw, enc = base64.b64encode(inv.raw).decode("ascii"), "base64"
+    data = inv.raw
+    truncated = len(data) > max_bytes
+    raw, enc = _text_or_base64(data[:max_bytes] if truncated else data, truncated)
     return {
         "schema": 1,
         "reason": inv.code,
         "detail": inv.detail,
         "raw": raw,
         "raw_encoding": enc,
+        "raw_len": len(data),
+        "raw_sha256": hashlib.sha256(data).hexdigest(),
+        "truncated": truncated,
         "source": source,
         "partition": partition,
         "offset": offset,

@@ -29,7 +29,7 @@ from state.customer import (
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.journey import Attempt
-from state.outputs import Outputs, dead_letter_record
+from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
 from state.rules import KINDS, STAGES, MomentRule, RulePack
 
 SNAPSHOT_FORMAT = 4
@@ -79,6 +79,7 @@ class Shard:
         max_future_ms: In live mode, how far ahead of the wall clock an event may be.
         clock: Wall clock in epoch ms (injectable for tests).
         max_customers: Cap on tracked customers; the least recently seen are shed first.
+        dead_letter_max_bytes: Original bytes a dead letter keeps (see ``dead_letter_record``).
     """
 
     def __init__(
@@ -92,8 +93,10 @@ class Shard:
         max_customers: int | None = None,
         key: str = "",
         feedback_sources: frozenset[str] = frozenset(),
+        dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.key = key
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.feedback_sources = feedback_sources
         self.pack = pack
         self.lateness_ms = lateness_ms
@@ -340,7 +343,8 @@ class Shard:
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
         out = self.out
         out.invalid[inv.reason.value] = out.invalid.get(inv.reason.value, 0) + 1
-        out.dead.append(dead_letter_record(inv, batch.source, batch.partition, offset, self.now_ms()))
+        out.dead.append(dead_letter_record(inv, batch.source, batch.partition, offset, self.now_ms(),
+                                           self.dead_letter_max_bytes))
 
     def tick(self, t: Tick) -> None:
         """Follow the input's largest event time; on a final tick flush everything due."""
@@ -448,12 +452,12 @@ class Shard:
             decide(self, c, cid)
 
     def _dup(self, ev: Event) -> None:
-        inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", b"", "event_id")
+        # raw is the event id (≤128 characters), so raw_len and raw_sha256 describe what the record holds.
+        inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", ev.event_id.encode(),
+                      "event_id")
         out = self.out
         out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
-        rec = dead_letter_record(inv, "dedup", -1, -1, self.now_ms())
-        rec["raw"] = ev.event_id
-        out.dead.append(rec)
+        out.dead.append(dead_letter_record(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes))
 
     def _shed(self) -> None:
         # Dicts keep insertion order and `_apply` moves a customer to the end when seen (only

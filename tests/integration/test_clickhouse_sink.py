@@ -50,7 +50,8 @@ RECORDS: dict[str, dict[str, Any]] = {
     "journey_step": {"customer_id": "c1", "journey": "cart", "attempt_id": "a-1", "step": "cart", "step_index": 1,
                      "entry": "home_banner", "channel": "app", "event_id": "e7", "ts": T0 + 7},
     "dead_letter": {"schema": 1, "reason": "not_json", "detail": "line 3", "raw": "eyJ9", "raw_encoding": "base64",
-                    "source": "kafka:cx.events", "partition": 2, "offset": 12345678901, "received_at": T0 + 1},
+                    "raw_len": 2_000_000, "raw_sha256": "ab" * 32, "truncated": True, "source": "kafka:cx.events",
+                    "partition": 2, "offset": 12345678901, "received_at": T0 + 1},
     "action": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "kind": "abandonment",
                "journey": "cart", "urgency": "P2", "status": "suppressed", "reason": "quiet_hours", "channel": "",
                "template": "cart_reminder", "control": True,
@@ -172,6 +173,25 @@ def test_schema_columns_match_the_record_fields(dsn: str, reader: Any) -> None:
     for spec in TABLES.values():
         cols = tuple(r[0] for r in reader.query(f"DESCRIBE TABLE {spec.table}").result_rows)
         assert cols == spec.columns, spec.table
+
+
+def test_an_existing_dead_letters_table_gets_the_bounded_record_columns(dsn: str, reader: Any) -> None:
+    # A table from before dead letters were bounded: the sink's schema step adds raw_len, raw_sha256, truncated.
+    reader.command("CREATE TABLE dead_letters (schema UInt8, reason LowCardinality(String), detail String, "
+                   "raw String, raw_encoding LowCardinality(String), source LowCardinality(String), "
+                   "partition Int32, offset Int64, received_at Int64) ENGINE = MergeTree ORDER BY received_at")
+    reader.command("INSERT INTO dead_letters VALUES (1, 'not_json', 'old', 'x', 'utf8', 'file:a', 0, 1, 5)")
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+        sink.add("dead_letter", [RECORDS["dead_letter"]])
+        sink.flush()
+    finally:
+        sink.close()
+    cols = tuple(r[0] for r in reader.query("DESCRIBE TABLE dead_letters").result_rows)
+    assert cols == TABLES["dead_letter"].columns
+    rows = reader.query("SELECT detail, raw_len, raw_sha256, truncated FROM dead_letters ORDER BY received_at")
+    assert rows.result_rows == [("old", 0, "", 0), ("line 3", 2_000_000, "ab" * 32, 1)]
 
 
 def test_times_are_int64_and_small_sets_low_cardinality(dsn: str, reader: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any
 
@@ -25,7 +26,7 @@ from state.events import (
     InvalidReason,
     parse_event,
 )
-from state.outputs import dead_letter_record
+from state.outputs import MAX_DEAD_LETTER_MAX_BYTES, dead_letter_record
 from state.shard import Shard, process
 from tests.helpers import MIN, PACK, T0, ev, raws, rules_fired, run
 
@@ -260,6 +261,38 @@ def test_dead_letter_record_keeps_original_bytes_and_base64_for_binary() -> None
     rec = dead_letter_record(binary, "file:x", 0, 7, 1)
     assert rec["raw_encoding"] == "base64"
     assert base64.b64decode(rec["raw"]) == b"\x00\xff\x10"
+
+
+def test_a_huge_dead_letter_keeps_a_bounded_prefix_with_the_original_length_and_hash() -> None:
+    # The poison pill: 200 KiB of NULs; every NUL is 6 bytes of JSON escape when kept whole.
+    nuls = parse_event(b"\x00" * 200 * 1024)
+    assert isinstance(nuls, Invalid)
+    rec = dead_letter_record(nuls, "kafka:cx.events", 0, 1, 1)
+    assert rec["raw"] == "\x00" * 16 * 1024
+    assert rec["raw_encoding"] == "utf8"
+    assert (rec["raw_len"], rec["truncated"]) == (200 * 1024, True)
+    assert rec["raw_sha256"] == hashlib.sha256(b"\x00" * 200 * 1024).hexdigest()
+    assert len(orjson.dumps(rec)) < 110_000  # far below Kafka's default 1 MB limit
+    # Every setting up to the largest allowed stays below the limit even when every byte is escaped.
+    rec = dead_letter_record(nuls, "kafka:cx.events", 0, 1, 1, max_bytes=MAX_DEAD_LETTER_MAX_BYTES)
+    assert len(orjson.dumps(rec)) < 1_000_000
+
+
+def test_a_cut_dead_letter_stays_text_when_the_cut_splits_a_character() -> None:
+    raw = ("é" * 10).encode()  # 20 bytes; a cut at 7 splits the fourth character
+    rec = dead_letter_record(Invalid(InvalidReason.NOT_JSON, "x", raw), "file:x", 0, 0, 1, max_bytes=7)
+    assert (rec["raw"], rec["raw_encoding"], rec["raw_len"], rec["truncated"]) == ("ééé", "utf8", 20, True)
+    binary = dead_letter_record(Invalid(InvalidReason.NOT_JSON, "x", b"\xff" * 20), "file:x", 0, 0, 1, max_bytes=7)
+    assert (base64.b64decode(binary["raw"]), binary["raw_encoding"]) == (b"\xff" * 7, "base64")
+    # Not cut: a short input keeps all its bytes, and an incomplete last character makes it binary.
+    whole = dead_letter_record(Invalid(InvalidReason.NOT_JSON, "x", raw[:7]), "file:x", 0, 0, 1)
+    assert (base64.b64decode(whole["raw"]), whole["truncated"], whole["raw_len"]) == (raw[:7], False, 7)
+
+
+def test_duplicate_dead_letters_describe_the_event_id_they_hold() -> None:
+    out = run([ev("f1", 0, "fail"), ev("f1", 0, "fail")])
+    (rec,) = out.dead
+    assert (rec["raw"], rec["raw_len"], rec["raw_sha256"]) == ("f1", 2, hashlib.sha256(b"f1").hexdigest())
 
 
 def test_invalid_messages_reach_the_dead_letters_with_bytes_reason_and_position() -> None:
