@@ -38,6 +38,16 @@ def _int_env(name: str, default: int | None) -> int | None:
         raise ConfigError(f"CX_{name}", f"must be an integer, got {v!r}") from None
 
 
+def _float_env(name: str, default: float) -> float:
+    v = _env(name)
+    if v is None or v == "":
+        return default
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"CX_{name}", f"must be a number, got {v!r}") from None
+
+
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--customers", type=int, default=5_000, help="simulated customers (default 5000)")
     p.add_argument("--minutes", type=float, default=180.0, help="simulated event-time minutes (default 180)")
@@ -73,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=_int_env("METRICS_PORT", DEFAULT_METRICS_PORT))
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
-    run.add_argument("--snapshot-interval", type=float, default=float(_env("SNAPSHOT_INTERVAL", "10") or 10),
+    run.add_argument("--snapshot-interval", type=float, default=_float_env("SNAPSHOT_INTERVAL", 10.0),
                      help="seconds per epoch/snapshot (default 10)")
     run.add_argument("--max-customers", type=int, default=_int_env("MAX_CUSTOMERS", None),
                      help="cap on tracked customers per process (oldest shed first)")
@@ -335,7 +345,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``moments`` console script."""
-    parser = build_parser()
+    try:
+        parser = build_parser()  # reads the CX_* defaults: a bad one is a configuration error, not a traceback
+    except ConfigError as e:
+        print(f"moments: error: {e}", file=sys.stderr)
+        return 2
     a = parser.parse_args(argv)
     setup_logging(a.log_level, a.log_format)
     try:
