@@ -210,11 +210,15 @@ def _progress_done() -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     """``moments run``."""
+    from connectors.replay_source import InputFileError
     from flows.runner import run_pipeline
 
     cfg = config_from_args(a)
     pack = load_rule_pack(cfg.rules)
-    return run_pipeline(cfg, pack)
+    try:
+        return run_pipeline(cfg, pack)
+    except InputFileError as e:
+        raise ConfigError("--source", str(e)) from None
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
