@@ -16,6 +16,7 @@ from flows.config import (
     DEFAULT_TOPICS,
     ConfigError,
     PipelineConfig,
+    RunError,
     duration_ms,
 )
 from flows.logs import setup_logging
@@ -361,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RulePackError, FileNotFoundError) as e:
         print(f"moments {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"moments {a.command}: error: {e}", file=sys.stderr)
+        return e.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -31,6 +31,14 @@ class ConfigError(ValueError):
         self.setting = setting
 
 
+class RunError(RuntimeError):
+    """A failure while running whose message names the file or setting and the problem; exits with ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True, slots=True)
 class PipelineConfig:
     """Everything ``moments run`` needs; secrets stay in the environment and are never stored here."""
