@@ -239,6 +239,8 @@ def _check_partitions(directory: Path) -> None:
                 tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
                 rows = db.execute("SELECT count(*) FROM parts").fetchone() if "parts" in tables else (0,)
         except sqlite3.Error as e:
+            if "locked" in str(e) or "busy" in str(e):
+                continue  # another process of the cluster is writing it: in use, so not ours to judge
             problem = str(e)
         else:
             missing = sorted(_BYTEWAX_TABLES - tables)
@@ -295,7 +297,8 @@ def _recovery_config(directory: Path, cfg: PipelineConfig) -> RecoveryConfig:
     Raises:
         ConfigError: The directory holds partitions of a smaller cluster. A process added to it would create a
             partition of the new size, which Bytewax cannot combine with the old ones (it panics without a
-            message), so this is refused here with one.
+            message), so this is refused here with one. Also when another process holds this process's
+            partition (``_lock_partition``) or a partition is damaged (``_check_partitions``).
     """
     directory.mkdir(parents=True, exist_ok=True)
     count = max(1, len(cfg.addresses))
