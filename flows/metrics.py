@@ -115,7 +115,7 @@ _METRICS = (
     TARGET, EVENT_LAG, WATERMARK_LAG, SINK_SECONDS, SINK_ROWS, SINK_RETRIES, SINK_ERRORS, SINK_UP, CONSUMER_LAG,
     KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES,
 )
-_METRICS = (*_METRICS, SHED, SHED_MOMENTS)
+_SHED_METRICS = (SHED, SHED_MOMENTS)
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
@@ -670,7 +670,7 @@ def metric_names() -> set[str]:
         The names.
     """
     names: set[str] = set()
-    for metric in _METRICS:
+    for metric in (*_METRICS, *_SHED_METRICS):
         for family in metric.describe():
             if family.type == "counter":
                 names.add(f"{family.name}_total")
