@@ -8,6 +8,7 @@ import fcntl
 import gc
 import logging
 import os
+import pickle
 import signal
 import sqlite3
 import sys
@@ -175,10 +176,12 @@ def _recovery_failure(e: BaseException, directory: Path | None) -> Exception | N
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
     for x in chain:
-        if isinstance(x, SnapshotRestoreError):
-            return ConfigError("--recovery-dir", f"{directory}: a shard snapshot cannot be restored ({x}); restore the "
-                               f"directory from a backup, or remove its part-*.sqlite3* files to start over without "
-                               f"state")
+        # Bytewax unpickles each stored snapshot before handing it to our restore: either may find it unusable.
+        if isinstance(x, SnapshotRestoreError | pickle.UnpicklingError):
+            problem = str(x) if isinstance(x, SnapshotRestoreError) else f"{type(x).__name__}: {x}"
+            return ConfigError("--recovery-dir", f"{directory}: a shard snapshot cannot be restored ({problem}); "
+                               f"restore the directory from a backup, or remove its part-*.sqlite3* files to start "
+                               f"over without state")
     text = str(e)
     if "SqliteFailure" in text or ("database" in text.lower() and "sqlite" in text.lower()):
         problem = text.rsplit("Some(", 1)[-1].rstrip(")").strip('"') if "Some(" in text else text

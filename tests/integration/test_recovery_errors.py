@@ -88,11 +88,12 @@ def test_a_damaged_recovery_partition_is_named_before_bytewax_opens_it(tmp_path:
     assert "restore it from a backup" in line
 
 
-def test_a_snapshot_that_cannot_be_restored_names_the_recovery_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", [pickle.dumps(b"not a shard"), b"\x80\x05truncated"], ids=["ours", "bytewax"])
+def test_a_snapshot_that_cannot_be_restored_names_the_recovery_dir(tmp_path: Path, stored: bytes) -> None:
+    # Bytewax unpickles the stored value (the second fails there), then Shard.restore unpickles ours (the first).
     src, rec = _first_run(tmp_path)
     with closing(sqlite3.connect(rec / "part-0.sqlite3")) as db:
-        db.execute("UPDATE snaps SET ser_change = ? WHERE step_id LIKE '%shards' AND state_key = '0'",
-                   (pickle.dumps(b"not a shard"),))
+        db.execute("UPDATE snaps SET ser_change = ? WHERE step_id LIKE '%shards' AND state_key = '0'", (stored,))
         db.commit()
     p = _moments_run(_args(f"file:{src}", rec))
     assert p.returncode == 2, p.stderr[-3000:]
