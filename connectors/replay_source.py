@@ -182,14 +182,61 @@ def _part_of(name: str, placement: Placement | None, shards: int) -> tuple[int, 
     return int(index), placement.own_shards(shards, int(proc))
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _open_file_at(path: Path) -> Callable[[int], Iterator[bytes]]:
     def open_at(start: int) -> Iterator[bytes]:
         with path.open("rb", buffering=1 << 20) as f:
-            for i, line in enumerate(f):
+            first = f.readline()
+            if start == 0 and first:
+                # Editors on Windows write a UTF-8 byte-order mark: left on, it made the first event invalid JSON.
+                yield first[3:] if first.startswith(_UTF8_BOM) else first
+            for i, line in enumerate(f, 1):
                 if i >= start:
                     yield line
 
     return open_at
+
+
+class InputFileError(ValueError):
+    """An input file that cannot be read as JSONL; the message names the file and what to do."""
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """Return "UTF-16" or "UTF-32" when a file's first bytes show one (a byte-order mark or NUL bytes), else None."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    sample = head[:64]
+    # JSON text is ASCII at the start ('{"event_id"…'): UTF-16 without a mark puts a NUL beside every character,
+    # UTF-32 three. UTF-8 JSONL never has NUL bytes there.
+    nuls = sample.count(0)
+    if sample and nuls * 4 >= len(sample):
+        return "UTF-32" if nuls * 4 >= len(sample) * 3 - 4 else "UTF-16"
+    return None
+
+
+def check_input_file(path: Path) -> bool:
+    """Check that an input file can be read as UTF-8 JSONL before the dataflow starts.
+
+    Returns:
+        False (after a warning naming it) when the file is empty, else True.
+
+    Raises:
+        InputFileError: the file is UTF-16 or UTF-32, whose every line would be dead-lettered.
+    """
+    with path.open("rb") as f:
+        head = f.read(256)
+    if not head:
+        _log.warning("input: %s is empty: nothing to read from it", path)
+        return False
+    wide = _wide_encoding(head)
+    if wide is not None:
+        raise InputFileError(f"{path} is {wide}-encoded, not UTF-8: every line would be dead-lettered; "
+                             f"convert it to UTF-8 (e.g. with iconv -f {wide} -t UTF-8)")
+    return True
 
 
 class JsonlFileSource(FixedPartitionedSource[Item, Position]):
@@ -214,6 +261,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file not found: {', '.join(missing)}")
+        if not [p for p in paths if check_input_file(p)]:
+            _log.warning("input: no events to read (%s)", ", ".join(map(str, paths)) or "no files")
         self._paths = paths
         self._shards = shards
         self._batch = batch_lines
@@ -307,6 +356,12 @@ def file_paths(spec: str) -> list[Path]:
     paths: list[Path] = []
     for part in spec.split(","):
         p = Path(os.path.expanduser(part))
-        paths.extend(sorted(p.glob("*.jsonl")) if p.is_dir() else [p])
+        if p.is_dir():
+            found = sorted(p.glob("*.jsonl"))
+            if not found:
+                _log.warning("input: directory %s holds no *.jsonl files: nothing to read from it", p)
+            paths.extend(found)
+        else:
+            paths.append(p)
     return paths
 

@@ -16,6 +16,7 @@ from flows.config import (
     DEFAULT_TOPICS,
     ConfigError,
     PipelineConfig,
+    RunError,
     duration_ms,
 )
 from flows.logs import setup_logging
@@ -36,6 +37,16 @@ def _int_env(name: str, default: int | None) -> int | None:
         return int(v)
     except ValueError:
         raise ConfigError(f"CX_{name}", f"must be an integer, got {v!r}") from None
+
+
+def _float_env(name: str, default: float) -> float:
+    v = _env(name)
+    if v is None or v == "":
+        return default
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"CX_{name}", f"must be a number, got {v!r}") from None
 
 
 def _add_sim_args(p: argparse.ArgumentParser) -> None:
@@ -73,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=_int_env("METRICS_PORT", DEFAULT_METRICS_PORT))
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
-    run.add_argument("--snapshot-interval", type=float, default=float(_env("SNAPSHOT_INTERVAL", "10") or 10),
+    run.add_argument("--snapshot-interval", type=float, default=_float_env("SNAPSHOT_INTERVAL", 10.0),
                      help="seconds per epoch/snapshot (default 10)")
     run.add_argument("--max-customers", type=int, default=_int_env("MAX_CUSTOMERS", None),
                      help="cap on tracked customers per process (oldest shed first)")
@@ -203,11 +214,15 @@ def _progress_done() -> None:
 
 def cmd_run(a: argparse.Namespace) -> int:
     """``moments run``."""
+    from connectors.replay_source import InputFileError
     from flows.runner import run_pipeline
 
     cfg = config_from_args(a)
     pack = load_rule_pack(cfg.rules)
-    return run_pipeline(cfg, pack)
+    try:
+        return run_pipeline(cfg, pack)
+    except InputFileError as e:
+        raise ConfigError("--source", str(e)) from None
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
@@ -338,7 +353,11 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``moments`` console script."""
-    parser = build_parser()
+    try:
+        parser = build_parser()  # reads the CX_* defaults: a bad one is a configuration error, not a traceback
+    except ConfigError as e:
+        print(f"moments: error: {e}", file=sys.stderr)
+        return 2
     a = parser.parse_args(argv)
     setup_logging(a.log_level, a.log_format)
     try:
@@ -346,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RulePackError, FileNotFoundError) as e:
         print(f"moments {a.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"moments {a.command}: error: {e}", file=sys.stderr)
+        return e.status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

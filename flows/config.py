@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, MAX_DEAD_LETTER_MAX_BYTES
 from state.rules import parse_duration
@@ -29,6 +30,14 @@ class ConfigError(ValueError):
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"configuration: {setting}: {problem}")
         self.setting = setting
+
+
+class RunError(RuntimeError):
+    """A failure while running whose message names the file or setting and the problem; exits with ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +119,9 @@ class PipelineConfig:
             raise ConfigError(
                 "--clickhouse", f"DSN must start with chdb://, http:// or https://, got {_safe(self.clickhouse_dsn)!r}"
             )
+        dsn_problem = _dsn_problem(self.clickhouse_dsn)
+        if dsn_problem:
+            raise ConfigError("--clickhouse/--sink", f"{_safe(self.clickhouse_dsn)!r}: {dsn_problem}")
         if self.clock not in ("replay", "live"):
             raise ConfigError("--clock", f"must be replay or live, got {self.clock!r}")
         if not 1 <= self.shards <= 4096:
@@ -121,6 +133,14 @@ class PipelineConfig:
                 raise ConfigError("--addresses", "is required with --process-id")
             if not 0 <= self.process_id < len(self.addresses):
                 raise ConfigError("--process-id", f"must be 0..{len(self.addresses) - 1}, got {self.process_id}")
+        if not self.snapshot_interval_s > 0:  # also refuses NaN
+            raise ConfigError("--snapshot-interval", f"must be a positive number of seconds, got "
+                              f"{self.snapshot_interval_s}")
+        if self.max_customers is not None and self.max_customers < self.shards:
+            # The cap is shared out among the shards (max_customers // shards each): below one per shard a
+            # shard would have no room and every new customer would shed the previous one.
+            raise ConfigError("--max-customers", f"must be at least --shards ({self.shards}) so that every shard "
+                              f"can hold a customer, got {self.max_customers}")
         if self.lateness_ms < 0:
             raise ConfigError("--lateness", "must not be negative")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
@@ -141,6 +161,27 @@ def _safe(dsn: str) -> str:
         scheme, rest = dsn.split("://", 1)
         return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return dsn
+
+
+def _dsn_problem(dsn: str) -> str | None:
+    """Return what is wrong with a ClickHouse DSN's location, or None."""
+    parsed = urlparse(dsn)
+    if parsed.scheme == "chdb":
+        if parsed.netloc in ("memory", ":memory:"):
+            return None
+        if parsed.netloc:
+            return "use chdb:///absolute/path, chdb:///./relative/path or chdb://memory"
+        if parsed.path.strip("/") in ("", ".", "~"):
+            return "no database path: use chdb:///absolute/path or chdb:///./relative/path (chdb://memory for none)"
+        return None
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError as e:  # a port that is not a number or out of range
+        return f"bad port ({e})"
+    if not host:
+        return "no host: use http(s)://[user@]host[:port][/database]"
+    del port
+    return None
 
 
 def redacted_dsn(dsn: str) -> str:

@@ -105,12 +105,17 @@ INPUT_UP = Gauge("cx_input_up", "1 when the input is connected", registry=_R)
 SNAPSHOT_SECONDS = Histogram("cx_snapshot_seconds", "Time to snapshot one shard", buckets=SNAPSHOT_BUCKETS,
                              registry=_R)
 SNAPSHOT_BYTES = Gauge("cx_snapshot_bytes", "Bytes of the last shard snapshot", registry=_R)
+SHED = Counter("cx_customers_shed", "Customers dropped by the --max-customers cap, by whether they had pending "
+               "moments (also in cx_customers_evicted_total)", ["pending"], registry=_R)
+SHED_MOMENTS = Counter("cx_shed_pending_moments", "Pending moments (abandonments not yet due) dropped with customers "
+                       "shed by the --max-customers cap", registry=_R)
 
 _METRICS = (
     EVENTS, INVALID, LATE, MOMENTS, ACTIONS, TAG_TRANSITIONS, TAGS_OPEN, CUSTOMERS, EVICTED, LATENCY, WITHIN_TARGET,
     TARGET, EVENT_LAG, WATERMARK_LAG, SINK_SECONDS, SINK_ROWS, SINK_RETRIES, SINK_ERRORS, SINK_UP, CONSUMER_LAG,
     KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES,
 )
+_SHED_METRICS = (SHED, SHED_MOMENTS)
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
@@ -245,6 +250,41 @@ def record_evicted(n: int) -> None:
     """
     if n > 0:
         EVICTED.inc(n)
+
+
+SHED_WARN_INTERVAL_S = 60.0
+_shed_lock = threading.Lock()
+_shed_unwarned = [0, 0]  # customers with pending moments, pending moments: shed since the last warning
+_shed_warned_at = [float("-inf")]
+
+
+def record_shed(customers: int, pending_customers: int, pending_moments: int) -> None:
+    """Count customers shed by the ``--max-customers`` cap; warn (at most once a minute) when moments went too.
+
+    Args:
+        customers: Customers shed in this batch.
+        pending_customers: How many of them had pending moments.
+        pending_moments: The pending moments dropped with them.
+    """
+    if customers <= 0:
+        return
+    if customers > pending_customers:
+        SHED.labels("no").inc(customers - pending_customers)
+    if pending_customers <= 0:
+        return
+    SHED.labels("yes").inc(pending_customers)
+    SHED_MOMENTS.inc(pending_moments)
+    with _shed_lock:
+        _shed_unwarned[0] += pending_customers
+        _shed_unwarned[1] += pending_moments
+        now = time.monotonic()
+        if now - _shed_warned_at[0] < SHED_WARN_INTERVAL_S:
+            return
+        n, m = _shed_unwarned
+        _shed_unwarned[:] = [0, 0]
+        _shed_warned_at[0] = now
+    log.warning("--max-customers: %d customer(s) with pending moments were shed, dropping %d pending moment(s) "
+                "(abandonments that will not fire); raise --max-customers (cx_shed_pending_moments_total)", n, m)
 
 
 def record_moment(rule: str, urgency: str, kind: str, latency_s: float, target_s: float | None = None) -> None:
@@ -443,6 +483,7 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     record_invalid(out.invalid)
     record_late(out.late)
     record_evicted(out.evicted)
+    record_shed(out.shed, out.shed_pending, out.shed_moments)
     for m in out.moments:
         record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)
     if out.actions:
@@ -629,7 +670,7 @@ def metric_names() -> set[str]:
         The names.
     """
     names: set[str] = set()
-    for metric in _METRICS:
+    for metric in (*_METRICS, *_SHED_METRICS):
         for family in metric.describe():
             if family.type == "counter":
                 names.add(f"{family.name}_total")

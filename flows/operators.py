@@ -18,6 +18,10 @@ from state.shard import Shard, process
 ShardItem = RawBatch | Tick
 
 
+class SnapshotRestoreError(Exception):
+    """A shard snapshot from the recovery store could not be loaded (corrupt, or from another rule pack)."""
+
+
 class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     """One shard's state inside Bytewax's ``stateful_batch``.
 
@@ -33,7 +37,10 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         shard.out.shard = shard.key
         self.shard = shard
         if resume is not None:
-            shard.restore(resume)
+            try:
+                shard.restore(resume)
+            except Exception as e:  # noqa: BLE001 - any failure here means the stored snapshot is unusable
+                raise SnapshotRestoreError(f"{type(e).__name__}: {e}") from e
         self._recovery = recovery
         self._tick = timedelta(seconds=tick_s)
         self.snapshot_seconds = 0.0

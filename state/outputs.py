@@ -88,6 +88,9 @@ class Outputs:
         "invalid",
         "late",
         "evicted",
+        "shed",
+        "shed_pending",
+        "shed_moments",
         "customers",
         "watermark_ms",
         "max_ts_ms",
@@ -107,6 +110,11 @@ class Outputs:
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
         self.evicted = 0
+        # Customers shed by the --max-customers cap (also counted in `evicted`), those of them with pending
+        # moments, and how many pending moments (abandonments not yet due) went with them.
+        self.shed = 0
+        self.shed_pending = 0
+        self.shed_moments = 0
         self.customers = 0
         self.watermark_ms = 0
         self.max_ts_ms = 0

@@ -26,6 +26,7 @@ from state.customer import (
     seen_before,
     tag_rank,
 )
+from state.detectors import abandoned
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.journey import Attempt
@@ -463,8 +464,20 @@ class Shard:
         # Dicts keep insertion order and `_apply` moves a customer to the end when seen (only
         # when capped): the first key is the customer seen least recently.
         oldest = next(iter(self.customers))
-        del self.customers[oldest]
-        self.out.evicted += 1
+        c = self.customers.pop(oldest)
+        out = self.out
+        out.evicted += 1
+        out.shed += 1
+        # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
+        # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
+        pending = 0
+        for jd, a in zip(self.journey_defs, c.attempts, strict=True):
+            r = jd.abandoned
+            if a is not None and r is not None and abandoned.due_at(r, a) is not None:
+                pending += 1
+        if pending:
+            out.shed_pending += 1
+            out.shed_moments += pending
 
     # -- batch boundary ---------------------------------------------------------------
     def take_outputs(self, states: bool | None = None) -> Outputs:

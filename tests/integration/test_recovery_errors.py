@@ -1,0 +1,115 @@
+"""Recovery directories: one process per partition, and damaged or unwritable stores named with what to do."""
+
+from __future__ import annotations
+
+import pickle
+import resource
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import orjson
+import pytest
+
+from connectors.simulator import simulate
+from tests.worker import Worker
+
+
+def _events(tmp_path: Path) -> Path:
+    src = tmp_path / "events.jsonl"
+    src.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in simulate(200, 60, seed=3).events()))
+    return src
+
+
+def _args(src: str, rec: Path) -> list[str]:
+    return ["--source", src, "--sink", "none", "--no-metrics", "--status", "off", "--shards", "4",
+            "--recovery-dir", str(rec)]
+
+
+def _moments_run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    kw.setdefault("timeout", 300)
+    return subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], capture_output=True, text=True,
+                          **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def _error_line(p: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in p.stderr.splitlines() if line.startswith("moments run: error:")]
+    assert len(lines) == 1, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_second_process_on_the_same_recovery_dir_is_refused_naming_the_partition(tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    # A paced simulator keeps the first worker running while the second starts.
+    first = Worker([*_args("simulator", rec), "--customers", "2000", "--minutes", "120", "--rate", "500"],
+                   tmp_path / "first.log")
+    try:
+        first.wait_log("created recovery partition 0 of 1")
+        second = _moments_run(_args("simulator", rec), timeout=120)
+        assert second.returncode == 2, second.stderr[-3000:]
+        line = _error_line(second)
+        assert f"{rec / 'part-0.sqlite3'} is in use by another process (pid {first.proc.pid})" in line
+        assert first.alive()
+    finally:
+        first.proc.kill()  # as a crash would: the kernel drops the lock with the process
+        first.stop()
+    again = _moments_run([*_args("simulator", rec), "--customers", "50", "--minutes", "30"])
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def _first_run(tmp_path: Path) -> tuple[Path, Path]:
+    src, rec = _events(tmp_path), tmp_path / "rec"
+    p = _moments_run(_args(f"file:{src}", rec))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return src, rec
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign"])
+def test_a_damaged_recovery_partition_is_named_before_bytewax_opens_it(tmp_path: Path, damage: str) -> None:
+    src, rec = _first_run(tmp_path)
+    part = rec / "part-0.sqlite3"
+    if damage == "truncated":
+        data = part.read_bytes()
+        part.write_bytes(data[: len(data) // 3])
+    elif damage == "garbage":
+        part.write_bytes(b"not a database at all\n" * 500)
+    else:
+        part.unlink()
+        with closing(sqlite3.connect(part)) as db:
+            db.execute("CREATE TABLE parts (part_index INTEGER, part_count INTEGER)")
+            db.commit()
+    p = _moments_run(_args(f"file:{src}", rec))
+    assert p.returncode == 2, p.stderr[-3000:]
+    line = _error_line(p)
+    assert f"{part} is damaged" in line
+    assert "restore it from a backup" in line
+
+
+@pytest.mark.parametrize("stored", [pickle.dumps(b"not a shard"), b"\x80\x05truncated"], ids=["ours", "bytewax"])
+def test_a_snapshot_that_cannot_be_restored_names_the_recovery_dir(tmp_path: Path, stored: bytes) -> None:
+    # Bytewax unpickles the stored value (the second fails there), then Shard.restore unpickles ours (the first).
+    src, rec = _first_run(tmp_path)
+    with closing(sqlite3.connect(rec / "part-0.sqlite3")) as db:
+        db.execute("UPDATE snaps SET ser_change = ? WHERE step_id LIKE '%shards' AND state_key = '0'", (stored,))
+        db.commit()
+    p = _moments_run(_args(f"file:{src}", rec))
+    assert p.returncode == 2, p.stderr[-3000:]
+    line = _error_line(p)
+    assert f"--recovery-dir: {rec}: a shard snapshot cannot be restored (UnpicklingError" in line
+
+
+def _small_files() -> None:
+    # Snapshots hit the file-size limit as they would a full disk (Python ignores SIGXFSZ: writes fail with EFBIG).
+    resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
+
+
+def test_a_recovery_store_that_cannot_be_written_names_the_directory(tmp_path: Path) -> None:
+    src, rec = _events(tmp_path), tmp_path / "rec"
+    p = _moments_run([*_args(f"file:{src}", rec), "--snapshot-interval", "0.05"], preexec_fn=_small_files)
+    assert p.returncode == 1, p.stderr[-3000:]
+    line = _error_line(p)
+    assert f"recovery: writing snapshots to {rec} failed: disk I/O error" in line
+    assert "disk full" in line
