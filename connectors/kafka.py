@@ -139,6 +139,26 @@ def _admin_conf(conf: dict[str, str]) -> dict[str, Any]:
     return admin
 
 
+class KafkaHandshakeError(ConnectionError):
+    """The broker answered but the security handshake (SASL or TLS) failed: retrying cannot fix the settings."""
+
+
+# librdkafka's codes for a refused SASL or TLS handshake (reported through error_cb, not by list_topics).
+_HANDSHAKE_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+                               KafkaError.UNSUPPORTED_SASL_MECHANISM, KafkaError.ILLEGAL_SASL_STATE})
+# Settings whose values are shown in errors; every other security setting is only named (it may be a secret).
+_SHOWN_SETTINGS = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
+
+
+def security_settings(conf: dict[str, str]) -> str:
+    """Name the security settings in effect as their ``CX_KAFKA_*`` variables, values only where not secret."""
+    names = []
+    for key in sorted(k for k in conf if k.startswith(("security.", "sasl.", "ssl."))):
+        env = "CX_KAFKA_" + key.upper().replace(".", "_")
+        names.append(f"{env}={conf[key]}" if key in _SHOWN_SETTINGS else f"{env} (set)")
+    return ", ".join(names) or "none set (CX_KAFKA_SECURITY_PROTOCOL, CX_KAFKA_SASL_*, CX_KAFKA_SSL_*)"
+
+
 def wait_for_broker(
     conf: dict[str, str], *, deadline_s: float | None = None, sleep: Callable[[float], None] = time.sleep
 ) -> AdminClient:
@@ -146,8 +166,16 @@ def wait_for_broker(
 
     Raises:
         TimeoutError: naming the bootstrap servers when ``deadline_s`` passes.
+        KafkaHandshakeError: the broker refused the SASL or TLS handshake (naming the security settings, never
+            their secret values): wrong protocol, mechanism or credentials are not fixed by waiting.
     """
-    admin = AdminClient(_admin_conf(conf))
+    refused: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in _HANDSHAKE_ERRORS:
+            refused.append(err)
+
+    admin = AdminClient({**_admin_conf(conf), "error_cb": on_error})
     start = time.monotonic()
     delay = 0.5
     attempt = 0
@@ -159,6 +187,11 @@ def wait_for_broker(
             return admin
         except KafkaException as e:
             attempt += 1
+            admin.poll(0)  # serves error_cb: list_topics only says "transport failure"
+            if refused:
+                raise KafkaHandshakeError(
+                    f"Kafka at {conf.get('bootstrap.servers')}: authentication/handshake failed with "
+                    f"{security_settings(conf)}: {refused[-1].str()}") from None
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 raise TimeoutError(f"Kafka at {conf.get('bootstrap.servers')} not reachable: {e}") from None
             log.warning("Kafka at %s not reachable yet (attempt %d); retrying in %.1fs",
