@@ -615,7 +615,7 @@ class MetricsServer(ThreadingHTTPServer):
         """Note a client that went away at debug level; anything else as socketserver does (a traceback)."""
         exc = sys.exc_info()[1]
         if isinstance(exc, _CLIENT_GONE):
-            log.debug("metrics client disconnected early: %s", type(exc).__name__)
+            log.debug("metrics client disconnected early (errno %s)", getattr(exc, "errno", None))
             return
         super().handle_error(request, client_address)
 
