@@ -175,7 +175,9 @@ def wait_for_broker(
         if err.code() in _HANDSHAKE_ERRORS:
             refused.append(err)
 
-    admin = AdminClient({**_admin_conf(conf), "error_cb": on_error})
+    admin_conf = _admin_conf(conf)
+    admin_conf["error_cb"] = on_error
+    admin = AdminClient(admin_conf)
     start = time.monotonic()
     delay = 0.5
     attempt = 0
