@@ -211,6 +211,8 @@ def _await_workers_stopped(timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while _worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
 _WATCHER: threading.Thread | None = None
 
 
@@ -230,10 +232,11 @@ def _watch_sigterm() -> None:
 
 def _sigterm_watcher() -> None:
     signal.sigwait({signal.SIGTERM})
-    stopping.request_stop()
     if _SINGLE_WORKER:
-        # Give the ended input a moment to finish the dataflow; Bytewax's one-worker loop can only be interrupted
+        # End the input and give the dataflow a moment to finish. Bytewax's one-worker loop can only be interrupted
         # by a panic (a backtrace on stderr), kept for a dataflow that does not finish, e.g. a sink that blocks.
+        # With several workers or processes Bytewax stops its worker threads at a flag instead: no panic there.
+        stopping.request_stop()
         deadline = time.monotonic() + INPUT_STOP_GRACE_S
         while time.monotonic() < deadline and not _STOPPING:
             time.sleep(0.05)
