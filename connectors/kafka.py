@@ -150,6 +150,26 @@ _HANDSHAKE_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, Kafk
 _SHOWN_SETTINGS = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
 
 
+class _HandshakeWatch(logging.Filter):
+    """Note librdkafka log lines of connections that failed during the TLS or SASL handshake; pass every record.
+
+    A TLS client at a plaintext listener gets no error code of its own: the connection times out "in state
+    SSL_HANDSHAKE" and the client only reports all brokers down.
+    """
+
+    _STATES = ("in state SSL_HANDSHAKE", "in state AUTH_HANDSHAKE", "in state AUTH_REQ", "in state AUTH_LEGACY")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if any(s in msg for s in self._STATES):
+            self.failures.append(msg.split("]: ", 1)[-1])
+        return True
+
+
 def security_settings(conf: dict[str, str]) -> str:
     """Name the security settings in effect as their ``CX_KAFKA_*`` variables, values only where not secret."""
     names = []
@@ -175,8 +195,15 @@ def wait_for_broker(
         if err.code() in _HANDSHAKE_ERRORS:
             refused.append(err)
 
+    watch = _HandshakeWatch()
+    # A logger of its own (records still reach client_log's handlers) so the watch sees only this client.
+    admin_log = logging.Logger(client_log.name)
+    admin_log.parent = client_log
+    admin_log.addFilter(watch)
+    admin_log.addFilter(_RateLimit(10.0))
     admin_conf = _admin_conf(conf)
     admin_conf["error_cb"] = on_error
+    admin_conf["logger"] = admin_log
     admin = AdminClient(admin_conf)
     start = time.monotonic()
     delay = 0.5
@@ -190,10 +217,11 @@ def wait_for_broker(
         except KafkaException as e:
             attempt += 1
             admin.poll(0)  # serves error_cb: list_topics only says "transport failure"
-            if refused:
+            if refused or watch.failures:
+                reason = refused[-1].str() if refused else watch.failures[-1]
                 raise KafkaHandshakeError(
                     f"Kafka at {conf.get('bootstrap.servers')}: authentication/handshake failed with "
-                    f"{security_settings(conf)}: {refused[-1].str()}") from None
+                    f"{security_settings(conf)}: {reason}") from None
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 raise TimeoutError(f"Kafka at {conf.get('bootstrap.servers')} not reachable: {e}") from None
             log.warning("Kafka at %s not reachable yet (attempt %d); retrying in %.1fs",

@@ -40,3 +40,18 @@ def test_a_refused_sasl_handshake_is_one_line_naming_the_security_settings(
     assert SECRET not in run.stderr + run.stdout
     assert "not reachable" not in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_tls_at_a_plaintext_listener_is_reported_as_a_handshake_failure(kafka: str, tmp_path: Path) -> None:
+    # librdkafka gives this no error code: the connection times out "in state SSL_HANDSHAKE" (after its 30 s
+    # connection setup timeout) and only "all brokers down" is reported. Before: retried forever as "not reachable".
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CX_LOG_LEVEL": "warning", "CX_KAFKA_SECURITY_PROTOCOL": "SSL"}
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--source", "kafka", "--kafka-bootstrap", kafka,
+                          "--sink", "none", "--no-metrics", "--status", "off"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2, run.stderr[-3000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("moments run: error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    assert f"Kafka at {kafka}: authentication/handshake failed with CX_KAFKA_SECURITY_PROTOCOL=SSL" in errors[0]
+    assert "SSL_HANDSHAKE" in errors[0]
+    assert "Traceback" not in run.stderr
