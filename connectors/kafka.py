@@ -151,13 +151,14 @@ _SHOWN_SETTINGS = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
 
 
 class _HandshakeWatch(logging.Filter):
-    """Note librdkafka log lines of connections that failed during the TLS or SASL handshake; pass every record.
+    """Note librdkafka log lines of connections that failed during the TLS handshake; pass every record on.
 
     A TLS client at a plaintext listener gets no error code of its own: the connection times out "in state
     SSL_HANDSHAKE" and the client only reports all brokers down.
     """
 
-    _STATES = ("in state SSL_HANDSHAKE", "in state AUTH_HANDSHAKE", "in state AUTH_REQ", "in state AUTH_LEGACY")
+    # SASL failures arrive through error_cb (_AUTHENTICATION); only TLS needs the log line.
+    _STATES = ("in state SSL_HANDSHAKE", "SSL handshake failed")
 
     def __init__(self) -> None:
         super().__init__()
