@@ -160,6 +160,47 @@ def _admin_conf(conf: dict[str, str]) -> dict[str, Any]:
     return admin
 
 
+class KafkaHandshakeError(ConnectionError):
+    """The broker answered but the security handshake (SASL or TLS) failed: retrying cannot fix the settings."""
+
+
+# librdkafka's codes for a refused SASL or TLS handshake (reported through error_cb, not by list_topics).
+_HANDSHAKE_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED,
+                               KafkaError.UNSUPPORTED_SASL_MECHANISM, KafkaError.ILLEGAL_SASL_STATE})
+# Settings whose values are shown in errors; every other security setting is only named (it may be a secret).
+_SHOWN_SETTINGS = ("security.protocol", "sasl.mechanism", "sasl.mechanisms")
+
+
+class _HandshakeWatch(logging.Filter):
+    """Note librdkafka log lines of connections that failed during the TLS handshake; pass every record on.
+
+    A TLS client at a plaintext listener gets no error code of its own: the connection times out "in state
+    SSL_HANDSHAKE" and the client only reports all brokers down.
+    """
+
+    # SASL failures arrive through error_cb (_AUTHENTICATION); only TLS needs the log line.
+    _STATES = ("in state SSL_HANDSHAKE", "SSL handshake failed")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if any(s in msg for s in self._STATES):
+            self.failures.append(msg.split("]: ", 1)[-1])
+        return True
+
+
+def security_settings(conf: dict[str, str]) -> str:
+    """Name the security settings in effect as their ``CX_KAFKA_*`` variables, values only where not secret."""
+    names = []
+    for key in sorted(k for k in conf if k.startswith(("security.", "sasl.", "ssl."))):
+        env = "CX_KAFKA_" + key.upper().replace(".", "_")
+        names.append(f"{env}={conf[key]}" if key in _SHOWN_SETTINGS else f"{env} (set)")
+    return ", ".join(names) or "none set (CX_KAFKA_SECURITY_PROTOCOL, CX_KAFKA_SASL_*, CX_KAFKA_SSL_*)"
+
+
 def wait_for_broker(
     conf: dict[str, str], *, deadline_s: float | None = None, sleep: Callable[[float], None] = time.sleep
 ) -> AdminClient:
@@ -167,8 +208,25 @@ def wait_for_broker(
 
     Raises:
         TimeoutError: naming the bootstrap servers when ``deadline_s`` passes.
+        KafkaHandshakeError: the broker refused the SASL or TLS handshake (naming the security settings, never
+            their secret values): wrong protocol, mechanism or credentials are not fixed by waiting.
     """
-    admin = AdminClient(_admin_conf(conf))
+    refused: list[KafkaError] = []
+
+    def on_error(err: KafkaError) -> None:
+        if err.code() in _HANDSHAKE_ERRORS:
+            refused.append(err)
+
+    watch = _HandshakeWatch()
+    # A logger of its own (records still reach client_log's handlers) so the watch sees only this client.
+    admin_log = logging.Logger(client_log.name)
+    admin_log.parent = client_log
+    admin_log.addFilter(watch)
+    admin_log.addFilter(_RateLimit(10.0))
+    admin_conf = _admin_conf(conf)
+    admin_conf["error_cb"] = on_error
+    admin_conf["logger"] = admin_log
+    admin = AdminClient(admin_conf)
     start = time.monotonic()
     delay = 0.5
     attempt = 0
@@ -180,6 +238,12 @@ def wait_for_broker(
             return admin
         except KafkaException as e:
             attempt += 1
+            admin.poll(0)  # serves error_cb: list_topics only says "transport failure"
+            if refused or watch.failures:
+                reason = refused[-1].str() if refused else watch.failures[-1]
+                raise KafkaHandshakeError(
+                    f"Kafka at {conf.get('bootstrap.servers')}: authentication/handshake failed with "
+                    f"{security_settings(conf)}: {reason}") from None
             if deadline_s is not None and time.monotonic() - start > deadline_s:
                 raise TimeoutError(f"Kafka at {conf.get('bootstrap.servers')} not reachable: {e}") from None
             log.warning("Kafka at %s not reachable yet (attempt %d); retrying in %.1fs",

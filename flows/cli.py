@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flows.config import (
     DEFAULT_CLICKHOUSE_DSN,
+    DEFAULT_HTTP_HOST,
     DEFAULT_METRICS_PORT,
     DEFAULT_TOPICS,
     ConfigError,
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cluster size; checked against --addresses")
     run.add_argument("--shards", type=int, default=_int_env("SHARDS", 64), help="state shards (fixed per deployment)")
     run.add_argument("--metrics-port", type=int, default=_int_env("METRICS_PORT", DEFAULT_METRICS_PORT))
+    run.add_argument("--http-host", default=_env("HTTP_HOST", DEFAULT_HTTP_HOST),
+                     help="address /metrics, /healthz, /readyz bind to (default 0.0.0.0: every interface; "
+                          "127.0.0.1: this machine only)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
     run.add_argument("--snapshot-interval", type=float, default=_float_env("SNAPSHOT_INTERVAL", 10.0),
@@ -168,6 +172,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         process_id=a.process_id,
         addresses=addresses,
         metrics_port=None if a.no_metrics else a.metrics_port,
+        http_host=a.http_host,
         recovery_dir=a.recovery_dir,
         snapshot_interval_s=a.snapshot_interval,
         max_customers=a.max_customers,
@@ -242,7 +247,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
     """``moments produce``."""
     import orjson
 
-    from connectors.kafka import kafka_config, produce_jsonl
+    from connectors.kafka import KafkaHandshakeError, kafka_config, produce_jsonl
 
     conf = kafka_config(overrides={"bootstrap.servers": a.kafka_bootstrap} if a.kafka_bootstrap else None)
     if a.input == "simulator":
@@ -252,7 +257,10 @@ def cmd_produce(a: argparse.Namespace) -> int:
         source: object = (orjson.dumps(e) for e in sim.events())
     else:
         source = Path(a.input)
-    n = produce_jsonl(source, a.topic, conf, a.rate, progress=_progress("produced"))  # type: ignore[arg-type]
+    try:
+        n = produce_jsonl(source, a.topic, conf, a.rate, progress=_progress("produced"))  # type: ignore[arg-type]
+    except KafkaHandshakeError as e:
+        raise ConfigError("CX_KAFKA_SECURITY_PROTOCOL/CX_KAFKA_SASL_*/CX_KAFKA_SSL_*", str(e)) from None
     _progress_done()
     print(f"produced {n} messages to {a.topic}")
     return 0
@@ -260,7 +268,7 @@ def cmd_produce(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     """``moments report [overview|rules]``."""
-    from flows.report import text_report
+    from flows.report import OVERVIEW_TABLES, text_report
 
     pack = load_rule_pack(a.rules)
     if a.view == "rules":
@@ -269,6 +277,8 @@ def cmd_report(a: argparse.Namespace) -> int:
                         ("--min-sample", a.min_sample), ("--confidence", a.confidence)):
         if value is not None:
             raise ConfigError(flag, "applies to `moments report rules` only")
+    if _no_report_data(a, OVERVIEW_TABLES):
+        return 0
     print(text_report(a.clickhouse, pack, a.journey))
     if a.html is not None:
         from connectors.clickhouse import open_client
@@ -282,7 +292,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
     """``moments report rules``: sent vs control uplift per rule."""
     from connectors.clickhouse import open_client
-    from flows.rule_report import parse_time_ms, render_json, render_text, rule_report
+    from flows.report import RULES_TABLES
+    from flows.rule_report import RuleReport, parse_time_ms, render_json, render_text, rule_report
 
     if a.html is not None or a.journey is not None:
         raise ConfigError("--html/--journey", "apply to `moments report overview` only")
@@ -301,6 +312,8 @@ def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
         raise ConfigError("--min-sample", f"must be at least 1, got {min_sample}")
     if not 0.0 < confidence < 1.0:
         raise ConfigError("--confidence", f"must be between 0 and 1 (exclusive), got {confidence}")
+    if _no_report_data(a, RULES_TABLES, RuleReport(bounds["--from"], bounds["--to"], confidence, min_sample, ())):
+        return 0
     client = open_client(a.clickhouse)
     try:
         report = rule_report(client, bounds["--from"], bounds["--to"], confidence=confidence, min_sample=min_sample)
@@ -308,6 +321,30 @@ def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
         client.close()  # releases the chDB path lock for the next process
     print(render_json(report) if a.json else render_text(report))
     return 0
+
+
+def _no_report_data(a: argparse.Namespace, tables: tuple[str, ...], empty: object = None) -> bool:
+    """Say so and return True when the database lacks the report's tables (nothing was written there yet).
+
+    With ``--json`` the empty report ``empty`` goes to stdout (still valid JSON) and the line to stderr.
+    """
+    from connectors.clickhouse import open_client
+    from flows.report import missing_tables, no_data_message
+    from flows.rule_report import RuleReport, render_json
+
+    client = open_client(a.clickhouse)
+    try:
+        missing = missing_tables(client, tables)
+    finally:
+        client.close()  # releases the chDB path lock (the report opens its own client)
+    if not missing:
+        return False
+    if getattr(a, "json", False) and isinstance(empty, RuleReport):
+        print(render_json(empty))
+        print(no_data_message(a.clickhouse, missing), file=sys.stderr)
+    else:
+        print(no_data_message(a.clickhouse, missing))
+    return True
 
 
 def cmd_check_rules(a: argparse.Namespace) -> int:

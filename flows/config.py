@@ -12,6 +12,7 @@ from state.rules import parse_duration
 
 DEFAULT_CLICKHOUSE_DSN = "chdb:///./data/cx.chdb"
 DEFAULT_METRICS_PORT = 9464
+DEFAULT_HTTP_HOST = "0.0.0.0"  # noqa: S104 - Prometheus scrapes a worker from another pod or container
 DEFAULT_SHARDS = 64
 DEFAULT_TOPICS = {
     "events": "cx.events",
@@ -56,6 +57,7 @@ class PipelineConfig:
     process_id: int | None = None
     addresses: tuple[str, ...] = ()
     metrics_port: int | None = DEFAULT_METRICS_PORT
+    http_host: str = DEFAULT_HTTP_HOST
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0
     backup_interval_s: float = 0.0
@@ -145,6 +147,8 @@ class PipelineConfig:
             raise ConfigError("--lateness", "must not be negative")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
+        if not self.http_host.strip():
+            raise ConfigError("--http-host", "must be an address to bind, e.g. 0.0.0.0 (every interface) or 127.0.0.1")
         if self.sim_customers < 1 or self.sim_minutes <= 0:
             raise ConfigError("--customers/--minutes", "must be positive")
         if not 1 <= self.dead_letter_max_bytes <= MAX_DEAD_LETTER_MAX_BYTES:

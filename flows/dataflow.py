@@ -17,6 +17,7 @@ from connectors.replay_source import JsonlFileSource, SimulatorSource, file_path
 from flows.config import PipelineConfig
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
+from flows.stopping import stoppable
 from state.outputs import Outputs
 from state.rules import RulePack
 from state.shard import Shard, wall_ms
@@ -151,7 +152,7 @@ def build_dataflow(
         )
 
     flow = Dataflow("cx_moments")
-    raw = op.input("input", flow, make_source(cfg, pack))
+    raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s)
     placement = placement_of(cfg)

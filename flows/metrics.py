@@ -10,12 +10,14 @@ The pipeline calls the ``record_*``/``set_*`` functions once per shard batch wit
 already aggregated, never per event: a prometheus-client call takes a lock and costs about a
 microsecond, which the hot path cannot afford per event.
 
-The endpoint listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``).
+The endpoint listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``), on every interface
+unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine only).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -48,6 +50,8 @@ log = logging.getLogger("cx.metrics")
 
 DEFAULT_PORT = 9464
 PORT_ENV = "CX_METRICS_PORT"
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - scraped from outside the pod/container
+HOST_ENV = "CX_HTTP_HOST"
 OTHER = "other"
 
 # `*_created` series double the series count and no dashboard uses them.
@@ -629,6 +633,10 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
 
+# A scraper or probe that gives up before the answer is written (a timeout, `curl | head`) is routine.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
 class MetricsServer(ThreadingHTTPServer):
     """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
 
@@ -639,21 +647,38 @@ class MetricsServer(ThreadingHTTPServer):
         """The bound TCP port."""
         return int(self.server_address[1])
 
+    @property
+    def host(self) -> str:
+        """The bound address (``0.0.0.0``: every interface)."""
+        return str(self.server_address[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Note a client that went away at debug level; anything else as socketserver does (a traceback)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            log.debug("metrics client disconnected early (errno %s)", getattr(exc, "errno", None))
+            return
+        super().handle_error(request, client_address)
+
     def stop(self) -> None:
         """Stop serving and close the socket."""
         self.shutdown()
         self.server_close()
 
 
-def start_http(port: int = DEFAULT_PORT, host: str = "0.0.0.0") -> MetricsServer:  # noqa: S104 - scraped from outside
+def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsServer:
     """Serve /metrics, /healthz and /readyz from a daemon thread.
 
     Args:
         port: TCP port (default 9464, ``CX_METRICS_PORT``); 0 picks a free one, read it from ``server.port``.
-        host: Bind address.
+        host: Bind address (default every interface: Prometheus scrapes from another host or pod;
+            ``--http-host``/``CX_HTTP_HOST``).
 
     Returns:
         The running server.
+
+    Raises:
+        OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is taken).
     """
     server = MetricsServer((host, port), _Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()

@@ -11,6 +11,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from flows.stopping import stop_requested
 from state.batches import RawBatch, Tick
 from state.outputs import Outputs
 from state.shard import Shard, process
@@ -67,7 +68,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:
-        if not self.shard.live:
+        # A replay's end releases everything still held; an input ended by SIGTERM has not really ended.
+        if not self.shard.live and not stop_requested():
             self.shard.flush()
         out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN

@@ -11,6 +11,28 @@ def _rows(client: Any, sql: str, params: dict[str, Any] | None = None) -> list[t
     return list(client.query(sql, parameters=params or {}).result_rows)
 
 
+# What each view reads; `moments run` creates them (ClickHouseSink.ensure_schema) when it first writes.
+OVERVIEW_TABLES = ("moments", "journey_steps")
+RULES_TABLES = ("moments", "actions", "rule_outcomes")
+
+
+def missing_tables(client: Any, names: tuple[str, ...]) -> list[str]:
+    """Return those of ``names`` that the client's database lacks (tables or views), in the given order."""
+    present = {str(r[0]) for r in _rows(
+        client, "SELECT name FROM system.tables WHERE database = currentDatabase() AND name IN {names:Array(String)}",
+        {"names": list(names)})}
+    return [n for n in names if n not in present]
+
+
+def no_data_message(dsn: str, missing: list[str]) -> str:
+    """One line for a database the pipeline has not written to yet (no credentials in it)."""
+    from flows.config import redacted_dsn
+
+    what = ", ".join(missing) + (" tables" if len(missing) > 1 else " table")
+    return (f"no data yet: {redacted_dsn(dsn)} has no {what} "
+            "(`moments run` creates them when it first writes there)")
+
+
 def moments_by_rule(client: Any) -> list[tuple[str, str, int]]:
     """Return (rule, urgency, moments) over the whole table, most first."""
     return [

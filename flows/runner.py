@@ -18,11 +18,13 @@ import time
 from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from flows import stopping
 from flows.config import ConfigError, PipelineConfig, RunError, redacted_dsn
 from flows.dataflow import build_dataflow
 from flows.operators import SnapshotRestoreError
@@ -30,6 +32,9 @@ from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
 from state.rules import RulePack
+
+if TYPE_CHECKING:
+    from flows.metrics import MetricsServer
 
 log = logging.getLogger("cx.run")
 
@@ -71,22 +76,30 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     from flows import metrics
 
     if cfg.metrics_port is not None:
-        server = metrics.start_http(cfg.metrics_port)
-        port = server.server_address[1]
-        log.info("metrics on http://127.0.0.1:%s/metrics", port)
+        server = _start_metrics(cfg)
+        everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
+        log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
+                 " (every interface)" if everywhere else "")
     log.info("starting: %s", summary(cfg, pack))
     metrics.set_latency_targets(pack)
     # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the
     # cyclic GC rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md).
     gc.set_threshold(100_000, 50, 1000)
     STATS.live = cfg.live
+    if cfg.source == "kafka" or cfg.wants_kafka:
+        _check_kafka(cfg)
     flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = _recovery_config(cfg.recovery_dir, cfg)
     stop = threading.Event()
     status = None
-    # SIGTERM (Kubernetes, docker stop) ends the run like Ctrl-C; buffered outputs are flushed on the way out.
+    # SIGTERM (Kubernetes, docker stop) ends the input (flows.stopping), or the run like Ctrl-C where that does not
+    # end it; buffered outputs are flushed on the way out.
+    global _STOPPING, _SINGLE_WORKER
+    _STOPPING = False
+    _SINGLE_WORKER = cfg.workers == 1 and not cfg.addresses
+    stopping.reset()
     signal.signal(signal.SIGTERM, _terminate)
     _watch_sigterm()
     if cfg.status != "off":
@@ -101,7 +114,11 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             epoch_interval=timedelta(seconds=cfg.snapshot_interval_s),
             recovery_config=recovery,
         )
+        if stopping.stop_requested():
+            _STOPPING = True
+            log.info("stopping on signal; flushing outputs")
     except KeyboardInterrupt:
+        _await_workers_stopped(SIGTERM_GRACE_S)
         log.info("stopping on signal; flushing outputs")
     except Exception as e:
         # The interrupt surfaces wrapped when it lands inside a Python step called by Bytewax.
@@ -110,6 +127,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             if named is None:
                 raise
             raise named from None
+        _await_workers_stopped(SIGTERM_GRACE_S)
         log.info("stopping on signal; flushing outputs")
     finally:
         flush_all()
@@ -121,7 +139,47 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     return 0
 
 
+KAFKA_SECURITY = "CX_KAFKA_SECURITY_PROTOCOL/CX_KAFKA_SASL_*/CX_KAFKA_SSL_*"
+
+
+def _check_kafka(cfg: PipelineConfig) -> None:
+    """Wait for the broker before Bytewax starts, so that a refused handshake ends the run with one line.
+
+    Inside the dataflow (the source's ``list_parts``) the same error would surface wrapped in Bytewax's errors.
+    """
+    from connectors.kafka import KafkaHandshakeError, kafka_config, wait_for_broker
+
+    try:
+        wait_for_broker(kafka_config(overrides=cfg.kafka_overrides()))
+    except KafkaHandshakeError as e:
+        raise ConfigError(KAFKA_SECURITY, str(e)) from None
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
+    """Start the HTTP endpoint, turning a bind failure into one line naming the setting to change."""
+    from flows import metrics
+
+    assert cfg.metrics_port is not None
+    try:
+        return metrics.start_http(cfg.metrics_port, cfg.http_host)
+    except OSError as e:
+        fix = "(set --metrics-port or CX_METRICS_PORT, or --no-metrics)"
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--metrics-port {cfg.metrics_port}", f"address already in use {fix}") from None
+        if e.errno == errno.EACCES:
+            raise ConfigError(f"--metrics-port {cfg.metrics_port}",
+                              f"permission denied (ports below 1024 need privileges) {fix}") from None
+        # Anything else is the address: not one of this machine's (EADDRNOTAVAIL) or not resolvable (gaierror).
+        raise ConfigError(f"--http-host {cfg.http_host}", f"cannot listen there: {e.strerror or e} "
+                          "(set --http-host or CX_HTTP_HOST, e.g. 0.0.0.0 or 127.0.0.1)") from None
+
+
 _STOPPING = False
+_SINGLE_WORKER = False
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -131,6 +189,36 @@ def _terminate(_signum: int, _frame: object) -> None:
 
 
 SIGTERM_GRACE_S = 5.0
+INPUT_STOP_GRACE_S = 5.0
+_TASKS = Path("/proc/self/task")
+
+
+def _worker_threads() -> int:
+    """Count this process's Bytewax worker threads (Timely names them ``timely:work-N``); 0 where unknown."""
+    count = 0
+    try:
+        for task in _TASKS.iterdir():
+            try:
+                if (task / "comm").read_text().startswith("timely:work"):
+                    count += 1
+            except OSError:
+                continue  # the thread ended while listing
+    except OSError:
+        return 0
+    return count
+
+
+def _await_workers_stopped(timeout_s: float) -> None:
+    """Wait until the worker threads have left the dataflow, so the final flush sees every output.
+
+    On a signal Bytewax returns as soon as it has told the workers to stop; a worker may still be finishing
+    the step it was in, and rows it writes after ``flush_all`` would be lost.
+    """
+    deadline = time.monotonic() + timeout_s
+    while _worker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 _WATCHER: threading.Thread | None = None
 
 
@@ -150,7 +238,16 @@ def _watch_sigterm() -> None:
 
 def _sigterm_watcher() -> None:
     signal.sigwait({signal.SIGTERM})
-    _thread.interrupt_main(signal.SIGTERM)
+    if _SINGLE_WORKER:
+        # End the input and give the dataflow a moment to finish. Bytewax's one-worker loop can only be interrupted
+        # by a panic (a backtrace on stderr), kept for a dataflow that does not finish, e.g. a sink that blocks.
+        # With several workers or processes Bytewax stops its worker threads at a flag instead: no panic there.
+        stopping.request_stop()
+        deadline = time.monotonic() + INPUT_STOP_GRACE_S
+        while time.monotonic() < deadline and not _STOPPING:
+            time.sleep(0.05)
+    if not _STOPPING:
+        _thread.interrupt_main(signal.SIGTERM)
     deadline = time.monotonic() + SIGTERM_GRACE_S
     while time.monotonic() < deadline:
         if _STOPPING:
