@@ -64,6 +64,8 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             partitions=cfg.kafka_partitions,
             stop_at_end=cfg.kafka_stop_at_end,
             on_lag=metrics.consumer_lag_hook(),
+            final_tick=cfg.kafka_stop_at_end and not cfg.live,
+            types=pack.types,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
@@ -146,6 +148,7 @@ def build_dataflow(
             max_future_ms=cfg.max_future_ms,
             max_customers=None if cfg.max_customers is None else max(1, cfg.max_customers // cfg.shards),
             feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
+            shards=cfg.shards,
         )
 
     flow = Dataflow("cx_moments")

@@ -60,8 +60,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:
-        if not self.shard.live:
-            self.shard.flush()
+        # Bytewax calls this once every input partition of every process has ended.
+        self.shard.end_of_input()
         out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
