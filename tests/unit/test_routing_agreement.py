@@ -92,11 +92,13 @@ def test_an_event_routed_by_another_id_is_dead_lettered_and_never_reaches_state(
     assert [(d["reason"], d["offset"]) for d in out.dead] == [("routing_mismatch:customer_id", 7)]
     assert "c1" not in out.dead[0]["detail"]  # never a customer id in a detail
     assert out.invalid == {"routing_mismatch": 1}
-    assert sh.customers == {} and out.events == {}
+    assert sh.customers == {}
+    assert out.events == {}
     # Routed to its own shard, the same line is simply an event of c1.
     sh = Shard(PACK, shards=SHARDS)
     out = process(sh, [RawBatch("t", 0, [decoy], [7], shard_of_id("c1", SHARDS)), Tick(0, final=True)])
-    assert out.dead == [] and list(sh.customers) == ["c1"]
+    assert out.dead == []
+    assert list(sh.customers) == ["c1"]
 
 
 def test_a_replay_tick_never_carries_a_time_parsing_does_not_read() -> None:
