@@ -3,8 +3,9 @@
 Lines are not parsed here: each is routed by a customer id sliced from its
 bytes, so parsing happens after the exchange, on the worker that owns the shard.
 After every batch the source sends the largest valid event time it has read to
-its shards (a ``Tick``), and a final tick at the end, so idle shards' clocks
-follow the input (DESIGN.md §7).
+its shards (a ``Tick``), so idle live shards' clocks follow the input (DESIGN.md §7),
+and a final tick naming the partition at the end: at end of input every shard fires
+what is due by the largest time any partition reported.
 
 In a cluster every process reads the whole input but keeps only the lines of the
 shards its own workers run (``connectors.placement``): raw lines then never cross
