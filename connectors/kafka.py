@@ -19,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,9 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from state.batches import RawBatch
-from state.routing import shard_of_raw
+from state.batches import RawBatch, Tick
+from state.events import BASE_TYPES
+from state.routing import shard_of_raw, ts_of_raw, validated_max_ts
 
 log = logging.getLogger("cx.kafka")
 
@@ -75,7 +76,7 @@ def _error_cb(client: str) -> Callable[[KafkaError], None]:
     return cb
 
 
-Item = tuple[str, RawBatch]
+Item = tuple[str, RawBatch | Tick]
 
 
 def kafka_config(prefix: str = "CX_KAFKA_", overrides: dict[str, str] | None = None) -> dict[str, str]:
@@ -292,7 +293,11 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
     def __init__(self, conf: dict[str, str], topic: str, partition: int, start: int | None, shards: int,
                  batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
-                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None) -> None:
+                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
+                 final_tick: bool = False, types: Collection[str] = BASE_TYPES) -> None:
+        self._final_tick = final_tick and stop_at_end
+        self._types = types
+        self._max_ts = 0
         self._consumer = Consumer(_consumer_conf(conf))
         self._topic = topic
         self._part = partition
@@ -339,6 +344,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
         shards = self._shards
         values: dict[int, list[bytes]] = {}
         offsets: dict[int, list[int]] = {}
+        track = self._final_tick
+        candidates: list[tuple[int, bytes]] = []
+        max_ts = self._max_ts
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -352,6 +360,10 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
             raw = m.value() or b""
             off: int = m.offset()  # type: ignore[assignment]  # None only on error events, skipped above
             s = shard_of_raw(raw, shards)
+            if track:
+                t = ts_of_raw(raw)
+                if t is not None and t > max_ts:
+                    candidates.append((t, raw))
             vs = values.get(s)
             if vs is None:
                 values[s] = [raw]
@@ -362,7 +374,17 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
             self._next = off + 1
         if self._on_lag is not None:
             self._maybe_report_lag()
-        return [(self._keys[s], RawBatch(self._source, self._part, v, offsets[s])) for s, v in values.items()]
+        items: list[Item] = [(self._keys[s], RawBatch(self._source, self._part, v, offsets[s], s))
+                             for s, v in values.items()]
+        if track:
+            if candidates:
+                self._max_ts = max(max_ts, validated_max_ts(candidates, self._types))
+            if self._eof:
+                # The partition's end in a replay: every shard (in every process: the exchange routes by key)
+                # hears its largest valid event time, and flushes to the whole input's largest at end of input.
+                tick = Tick(self._max_ts, final=True, partition=f"{self._source}[{self._part}]")
+                items.extend((k, tick) for k in self._keys)
+        return items
 
     def _checked_start(self, start: int) -> int:
         """Return the restored position, or where ``auto.offset.reset`` moves it when it lies outside the partition.
@@ -475,10 +497,11 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
     """Raw messages of Kafka topics' partitions, routed to shards by customer id.
 
     Emits ``(str(shard), RawBatch)`` items, one per shard present in a ``consume()`` batch; no ticks (the live
-    clock moves the watermark). Snapshots are the next offset of each partition, so a restart with recovery
-    resumes where the last epoch ended; without a snapshot a partition starts at its beginning. A broker that
-    is down at start is waited for (logged with backoff); one that goes down mid-run is reconnected to by
-    librdkafka while this logs every 10 s.
+    clock moves the watermark) except, in a replay (``final_tick``), a final one per partition to every shard.
+    Snapshots are the next offset of each partition, so a restart with recovery resumes where the last epoch
+    ended; without a snapshot a partition starts at its beginning. A broker that is down at start is waited
+    for (logged with backoff); one that goes down mid-run is reconnected to by librdkafka while this logs
+    every 10 s.
 
     Args:
         conf: librdkafka settings (see ``kafka_config``).
@@ -493,13 +516,20 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         lag_interval_s: Seconds between ``on_lag`` reports (and position checks) per partition.
         on_reset: Called with the topic when a partition's position lay outside its offsets and was moved per
             ``auto.offset.reset`` (checked at start-up, on out-of-range errors and with each lag report).
+        final_tick: With ``stop_at_end`` (a replay), send every shard a final ``Tick`` with the partition's
+            largest valid event time when the partition ends, so that at end of input every shard fires what
+            is due by the whole input's largest time, as a file replay does.
+        types: Event types the rule pack knows (for the final tick's validity check).
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
                  partitions: int = 4, batch_size: int = 10_000, stop_at_end: bool = False,
                  on_lag: Callable[[str, int, int], None] | None = None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None,
-                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None) -> None:
+                 lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
+                 final_tick: bool = False, types: Collection[str] = BASE_TYPES) -> None:
+        self._final_tick = final_tick
+        self._types = types
         self._conf = conf
         self._on_reset = on_reset
         self._topics = [topics] if isinstance(topics, str) else list(topics)
@@ -522,7 +552,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         topic, _, part = for_part.rpartition(":")
         return _KafkaPartition(self._conf, topic, int(part), resume_state, self._shards, self._batch, self._stop,
                                self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
-                               on_reset=self._on_reset)
+                               on_reset=self._on_reset,
+                               final_tick=self._final_tick, types=self._types)
 
 
 OUTPUT_KINDS = ("moment", "action", "tag", "context", "dead_letter")

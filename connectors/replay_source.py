@@ -3,8 +3,9 @@
 Lines are not parsed here: each is routed by a customer id sliced from its
 bytes, so parsing happens after the exchange, on the worker that owns the shard.
 After every batch the source sends the largest valid event time it has read to
-its shards (a ``Tick``), and a final tick at the end, so idle shards' clocks
-follow the input (DESIGN.md §7).
+its shards (a ``Tick``), so idle live shards' clocks follow the input (DESIGN.md §7),
+and a final tick naming the partition at the end: at end of input every shard fires
+what is due by the largest time any partition reported.
 
 In a cluster every process reads the whole input but keeps only the lines of the
 shards its own workers run (``connectors.placement``): raw lines then never cross
@@ -26,8 +27,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.placement import Placement
 from state.batches import RawBatch, Tick
-from state.events import BASE_TYPES, Event, parse_event
-from state.routing import shard_of_raw, ts_of_raw
+from state.events import BASE_TYPES
+from state.routing import shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
 Item = tuple[str, RawBatch | Tick]
@@ -122,21 +123,17 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._pos = pos
         # Only a valid event may move the clock: a hostile line carrying a future ts would otherwise make every
         # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
+        # The parsed ts must be the sliced one too: a key spelled with escapes would otherwise let a decoy
+        # (e.g. in attrs) move the clock.
         if candidates:
-            best = max(candidates)
-            if type(parse_event(best[1], types=self._types)) is Event:
-                max_ts = best[0]
-            else:
-                for t, raw in sorted(candidates, reverse=True):
-                    if type(parse_event(raw, types=self._types)) is Event:
-                        max_ts = t
-                        break
+            max_ts = max(max_ts, validated_max_ts(candidates, self._types))
         self._max_ts = max_ts
         keys = self._keys
         src = self._source
-        items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s])) for s in range(shards) if values[s]]
+        items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s], s)) for s in range(shards)
+                             if values[s]]
         if n or self._done:
-            tick = Tick(max_ts, final=self._done)
+            tick = Tick(max_ts, final=self._done, partition=src if self._done else "")
             items.extend((k, tick) for k in self._tick_keys)
         return items
 

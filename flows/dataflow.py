@@ -66,6 +66,8 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             stop_at_end=cfg.kafka_stop_at_end,
             on_lag=metrics.consumer_lag_hook(),
             on_reset=metrics.record_offset_reset,
+            final_tick=cfg.kafka_stop_at_end and not cfg.live,
+            types=pack.types,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
@@ -149,6 +151,7 @@ def build_dataflow(
             max_customers=None if cfg.max_customers is None else max(1, cfg.max_customers // cfg.shards),
             feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
             dead_letter_max_bytes=cfg.dead_letter_max_bytes,
+            shards=cfg.shards,
         )
 
     flow = Dataflow("cx_moments")

@@ -68,9 +68,10 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:
-        # A replay's end releases everything still held; an input ended by SIGTERM has not really ended.
-        if not self.shard.live and not stop_requested():
-            self.shard.flush()
+        # Bytewax calls this once every input partition of every process has ended; an input ended by
+        # SIGTERM has not really ended, so nothing is released early.
+        if not stop_requested():
+            self.shard.end_of_input()
         out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 

@@ -13,24 +13,31 @@ class RawBatch(NamedTuple):
         partition: Source partition number.
         values: The raw message bytes.
         offsets: Position of each value in its partition (line number or Kafka offset).
+        shard: The shard routing sent them to (-1: not said); the shard checks that each parsed
+            ``customer_id`` belongs there (DESIGN.md §4, routing and parsing must agree).
     """
 
     source: str
     partition: int
     values: list[bytes]
     offsets: list[int]
+    shard: int = -1
 
 
 class Tick(NamedTuple):
     """The largest event time a source partition has seen, broadcast to every shard.
 
-    A tick lets an idle shard's watermark follow the whole input (DESIGN.md §7).
-    With ``final`` set the partition has ended: the shard releases every buffered
-    event and fires every timer due at or before ``max_ts_ms``.
+    A tick lets an idle live shard's watermark follow the whole input (DESIGN.md §7); a replay shard's
+    watermark follows only its own events, so non-final ticks do not move it. With ``final`` set the
+    partition has ended. A final tick naming its ``partition`` is one of several a shard may hear: the shard
+    keeps the largest such time and, at end of input (once every partition of every process has ended),
+    releases every buffered event and fires every timer due at or before it. A final tick without a
+    partition flushes at once (one partition feeds the shard).
     """
 
     max_ts_ms: int
     final: bool = False
+    partition: str = ""
 
 
 ShardItem = RawBatch | Tick

@@ -44,6 +44,7 @@ class InvalidReason(StrEnum):
     ATTRS_TOO_MANY = "attrs_too_many"
     ATTRS_NESTED = "attrs_nested"
     DUPLICATE = "duplicate"
+    ROUTING_MISMATCH = "routing_mismatch"
 
 
 class Invalid(NamedTuple):

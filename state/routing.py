@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Collection
 
 import orjson
 
-from state.events import MAX_TS_MS, MIN_TS_MS
+from state.events import MAX_TS_MS, MIN_TS_MS, Event, parse_event
 
 _CUSTOMER_KEY = b'"customer_id"'
 # The common spellings, as one C call each (measured ≈0.2 µs a line faster than slicing by hand); anything
@@ -41,6 +42,11 @@ def shard_of_raw(raw: bytes, shards: int) -> int:
     Falls back to a full parse when the id is escaped or the slice is not
     obvious, so that the same customer always lands on the same shard.
     Messages without a usable id go to shard 0, where parsing dead-letters them.
+    A crafted message (the top-level key spelled with escapes, a literal decoy
+    key inside ``attrs``) can still be routed by the decoy: the shard checks each
+    parsed id against the shard it was routed to and dead-letters a mismatch
+    (``routing_mismatch``). Scanning every message for escapes instead would cost
+    more than routing itself (measured: +0.3 µs on 1.1 µs a line).
 
     Args:
         raw: One message as received.
@@ -92,7 +98,9 @@ def ts_of_raw(raw: bytes) -> int | None:
 
     Only used to broadcast the input's progress to idle shards (``state.batches.Tick``);
     messages whose ts is an ISO string, not found, or outside the valid range
-    (2000..2100, which parsing rejects) simply do not advance it.
+    (2000..2100, which parsing rejects) simply do not advance it. A crafted
+    message may show a decoy (a key spelled ``"t\\u0073"`` next to an ``attrs.ts``):
+    ``validated_max_ts`` takes a time only from a line whose parsed ts equals it.
 
     Args:
         raw: One message.
@@ -143,3 +151,24 @@ def _ts_by_parse(raw: bytes) -> int | None:
         return None
     ts = doc.get("ts") if isinstance(doc, dict) else None
     return ts if type(ts) is int and MIN_TS_MS <= ts < MAX_TS_MS else None
+
+
+def validated_max_ts(candidates: list[tuple[int, bytes]], types: Collection[str]) -> int:
+    """Return the largest sliced ts among ``(ts, raw)`` candidates whose line parses as a valid event with
+    exactly that ts (0 if none): only such a line may move the input's clock.
+
+    Usually the newest candidate is valid, so this parses about one line per batch.
+    """
+    best = max(candidates, key=_first)
+    ev = parse_event(best[1], types=types)
+    if type(ev) is Event and ev.ts_ms == best[0]:
+        return best[0]
+    for t, raw in sorted(candidates, key=_first, reverse=True):
+        ev = parse_event(raw, types=types)
+        if type(ev) is Event and ev.ts_ms == t:
+            return t
+    return 0
+
+
+def _first(c: tuple[int, bytes]) -> int:
+    return c[0]

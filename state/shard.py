@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import pickle
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -81,6 +82,8 @@ class Shard:
         clock: Wall clock in epoch ms (injectable for tests).
         max_customers: Cap on tracked customers; the least recently seen are shed first.
         dead_letter_max_bytes: Original bytes a dead letter keeps (see ``dead_letter_record``).
+        shards: Number of shards routing divides customers into (0: unknown, no routing check); an event
+            whose parsed customer does not belong to the shard its batch was routed to is dead-lettered.
     """
 
     def __init__(
@@ -95,9 +98,11 @@ class Shard:
         key: str = "",
         feedback_sources: frozenset[str] = frozenset(),
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES,
+        shards: int = 0,
     ) -> None:
         self.key = key
         self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.shards = shards
         self.feedback_sources = feedback_sources
         self.pack = pack
         self.lateness_ms = lateness_ms
@@ -145,6 +150,8 @@ class Shard:
         self.max_ts = 0
         self.wm = 0
         self.seq = 0
+        # Final ticks heard so far (partition -> its largest valid event time): the end-of-input flush limit.
+        self.finals: dict[str, int] = {}
         # Per-batch scratch.
         self.out = Outputs(key)
         self.current_customer = ""
@@ -299,22 +306,38 @@ class Shard:
         buf = self.buffer
         queue = self.queue
         append = queue.append
-        wm = self.wm
+        lateness = self.lateness_ms
         max_ts = self.max_ts
+        # The watermark as one-event-at-a-time processing would have it: lateness is judged per event, so it
+        # does not depend on where batches begin and end.
+        wm = max(self.wm, max_ts - lateness)
         offsets = batch.offsets
+        shards = self.shards
+        routed = batch.shard if shards else -1
+        crc32 = zlib.crc32
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms)
             if type(ev) is not Event:
                 assert isinstance(ev, Invalid)
                 self._dead(ev, batch, offsets[i] if i < len(offsets) else -1)
                 continue
+            if routed >= 0 and crc32(ev.customer_id.encode("utf-8", "surrogatepass")) % shards != routed:
+                # shard_of_id, inlined (per event): a crafted message routed by a decoy id must not reach the
+                # state of the customer it names, which lives on another shard.
+                self._misrouted(ev, raw, batch, offsets[i] if i < len(offsets) else -1)
+                continue
             ts = ev.ts_ms
             if ts < wm:
+                # Rare: bring the state to where per-event processing would have it, then apply the straggler.
+                self.max_ts = max_ts
+                self.advance(wm)
                 out.late += 1
                 self._apply(ev)
                 continue
             if ts > max_ts:
                 max_ts = ts
+                if ts - lateness > wm:
+                    wm = ts - lateness
                 append(ev)
                 continue
             if queue:
@@ -341,6 +364,11 @@ class Shard:
             if c is not None:
                 apply_feedback(self, c, fb)
 
+    def _misrouted(self, ev: Event, raw: bytes, batch: RawBatch, offset: int) -> None:
+        inv = Invalid(InvalidReason.ROUTING_MISMATCH, f"customer_id parsed does not belong to shard {batch.shard} "
+                      f"of {self.shards} that routing chose (escaped or duplicate keys?)", raw, "customer_id")
+        self._dead(inv, batch, offset)
+
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
         out = self.out
         out.invalid[inv.reason.value] = out.invalid.get(inv.reason.value, 0) + 1
@@ -348,9 +376,18 @@ class Shard:
                                            self.dead_letter_max_bytes))
 
     def tick(self, t: Tick) -> None:
-        """Follow the input's largest event time; on a final tick flush everything due."""
+        """Follow the input's largest event time (live only); note or act on a final tick.
+
+        A replay shard's watermark follows its own events only: ticks arrive once per source batch, and
+        letting them move it would make lateness depend on batch boundaries.
+        """
         if t.final:
-            self.flush(max(t.max_ts_ms, self.max_ts))
+            if not t.partition:
+                self.flush(max(t.max_ts_ms, self.max_ts))
+            elif t.max_ts_ms > self.finals.get(t.partition, -1):
+                self.finals[t.partition] = t.max_ts_ms
+            return
+        if not self.live:
             return
         if t.max_ts_ms > self.max_ts:
             self.max_ts = t.max_ts_ms
@@ -360,6 +397,17 @@ class Shard:
         """Live mode: advance the watermark with the wall clock while input is idle."""
         if self.live:
             self.advance(self.now_ms() - self.lateness_ms)
+
+    def end_of_input(self) -> None:
+        """Every partition of every process has ended: fire what is due by the whole input's largest time.
+
+        That is the largest time any partition's final tick reported (each validated at its source), or
+        the shard's own; a live shard that heard no final tick is left to its wall clock.
+        """
+        if self.finals:
+            self.flush(max(self.max_ts, *self.finals.values()))
+        elif not self.live:
+            self.flush()
 
     def flush(self, up_to_ms: int | None = None) -> None:
         """End of input: apply every buffered event and fire every timer due at or before ``up_to_ms``."""
@@ -512,7 +560,7 @@ class Shard:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
         # Wake-ups are not included: every customer carries its own (`wake`), and restore files them again.
         state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
-                 self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()])
+                 self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()], self.finals)
         return pickle.dumps(state, protocol=5)
 
     def restore(self, blob: bytes) -> None:
@@ -521,7 +569,7 @@ class Shard:
         Raises:
             ValueError: when it was taken with a different rule pack or format.
         """
-        fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty = pickle.loads(blob)  # noqa: S301
+        fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
         if fmt != SNAPSHOT_FORMAT:
             raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
         if fp != self.pack.fingerprint():
@@ -536,6 +584,8 @@ class Shard:
             self.file_wake(c)
         self._dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
         self.max_ts, self.wm, self.seq = max_ts, wm, seq
+        # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
+        self.finals = dict(rest[0]) if rest else {}
 
 
 _STATUS_RANK = {"active": 0, "completed": 1, "expired": 2}

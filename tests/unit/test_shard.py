@@ -125,8 +125,8 @@ def test_replay_clock_ignores_the_wall_clock() -> None:
     assert sh.take_outputs().moments == []
 
 
-def test_a_tick_moves_an_idle_shards_watermark_and_fires_due_timers() -> None:
-    sh = Shard(PACK, lateness_ms=30_000)
+def test_a_tick_moves_an_idle_live_shards_watermark_and_fires_due_timers() -> None:
+    sh = Shard(PACK, lateness_ms=30_000, live=True, clock=lambda: T0)
     _feed(sh, [ev("k", 0, "submit", step="checkout")])
     assert process(sh, [Tick(T0 + 10 * MIN)]).moments == []  # watermark 30 s short of due
     out = process(sh, [Tick(T0 + 10 * MIN + 30_000)])
@@ -328,7 +328,7 @@ def test_snapshot_keeps_pending_state_rows_with_their_change_time() -> None:
     sh = Shard(PACK)
     sh.state_interval_ms = 10**14  # hold the coalesced rows back
     _feed(sh, [ev("k", 0, step="checkout")])
-    process(sh, [Tick(T0 + 11 * MIN)])
+    sh.tick(Tick(T0 + 11 * MIN, final=True))  # not through `process`, which writes the rows at the end
     restored = Shard(PACK)
     restored.restore(sh.snapshot())
     rows = restored.take_outputs(states=True).states
