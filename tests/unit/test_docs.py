@@ -290,6 +290,17 @@ def test_links_stay_inside_the_repository_and_resolve(page: Path) -> None:
             assert anchor in headings, f"{page.name}: no heading #{anchor} in {dest.name}"
 
 
+def test_the_readme_links_nothing_outside_the_repository() -> None:
+    outside = [t for t in _LINK.findall((ROOT / "README.md").read_text()) if "://" in t or t.startswith("//")]
+    assert not outside, f"README.md links outside the repository: {outside}"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_refers_to_the_design_file_outside_the_repository(page: Path) -> None:
+    assert "DESIGN.md" not in page.read_text(), f"{page.name} mentions DESIGN.md, which is not in the repository"
+
+
 def test_the_readme_links_every_page_of_the_docs() -> None:
     readme = (ROOT / "README.md").read_text()
     index = (DOCS / "README.md").read_text()
