@@ -1,4 +1,5 @@
-"""docs/ stays in step with the code: record fields, ClickHouse columns, input schema, rule-pack keys, links."""
+"""docs/ stays in step with the code: record fields, ClickHouse columns, input schema, rule-pack keys, settings,
+metrics, alerts, links."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from connectors.clickhouse import TABLES
 from connectors.jsonl import DEFAULT_KINDS, FILE_NAMES
 from connectors.kafka import DEFAULT_OUTPUT_TOPICS, OUTPUT_KINDS
+from flows import metrics
+from flows.cli import build_parser
 from state.batches import RawBatch, Tick
 from state.events import Event, InvalidReason
 from state.feedback import Feedback
@@ -25,10 +29,12 @@ DOCS = ROOT / "docs"
 OUTPUTS_MD = DOCS / "moments-and-outputs.md"
 EVENTS_MD = DOCS / "events.md"
 RULES_MD = DOCS / "rule-packs.md"
+OPERATIONS_MD = DOCS / "operations.md"
+ALERTS_YML = ROOT / "infra" / "prometheus" / "alerts.yml"
 SCHEMA_SQL = ROOT / "infra" / "clickhouse" / "001_schema.sql"
 NOT_STORED = "—"
 
-_MARKED_TABLE = re.compile(r"<!-- (record|keys|reasons): ([\w.]+) -->\n((?:\|.*\|\n?)+)")
+_MARKED_TABLE = re.compile(r"<!-- (record|keys|reasons|metrics|alerts|settings): ([\w.]+) -->\n((?:\|.*\|\n?)+)")
 _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\((.*?)\)\s*ENGINE", re.S)
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
@@ -209,6 +215,61 @@ def test_the_worked_example_pack_loads_and_does_what_the_text_says(tmp_path: Pat
     assert moments["roaming.stuck"]["evidence"] == ["f1", "f2"]
 
 
+# -- operations: settings, metrics, alerts ----------------------------------------------------------
+def _exported_metrics() -> dict[str, str]:
+    """Every cx_* metric registered in flows/metrics.py, by the name Prometheus stores (counters with _total)."""
+    found: dict[str, str] = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name.startswith("cx_"):
+            found[f"{family.name}_total" if family.type == "counter" else family.name] = family.type
+    return found
+
+
+def _alerts() -> list[str]:
+    rules = yaml.safe_load(ALERTS_YML.read_text())["groups"]
+    return [r["alert"] for g in rules for r in g["rules"] if "alert" in r]
+
+
+def test_operations_lists_every_metric_with_its_type() -> None:
+    documented = {r[0]: r[1] for r in _marked(OPERATIONS_MD, "metrics")["cx"]}
+    actual = _exported_metrics()
+    assert sorted(documented) == sorted(actual), f"operations.md metrics: {_diff(sorted(documented), sorted(actual))}"
+    wrong = {n: (documented[n], t) for n, t in actual.items() if documented[n] != t}
+    assert not wrong, f"operations.md metrics with the wrong type (documented, real): {wrong}"
+
+
+def test_operations_lists_every_alert_with_what_to_do() -> None:
+    rows = _marked(OPERATIONS_MD, "alerts")["cx"]
+    documented = [r[0] for r in rows]
+    actual = _alerts()
+    assert sorted(documented) == sorted(actual), f"operations.md alerts: {_diff(sorted(documented), sorted(actual))}"
+    assert all(r[1] and r[2] for r in rows), "every alert row says when it fires and what to do"
+
+
+def test_operations_lists_every_option_of_moments_run() -> None:
+    parser = build_parser()
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]  # noqa: SLF001
+    options = {s for act in [*run._actions, *parser._actions] for s in act.option_strings}  # noqa: SLF001
+    options -= {"-h", "--help"}
+    cells = " ".join(r[0] for r in _marked(OPERATIONS_MD, "settings")["run"])
+    documented = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", cells))
+    assert documented == options, f"operations.md settings: {_diff(sorted(documented), sorted(options))}"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_names_a_metric_or_alert_that_does_not_exist(page: Path) -> None:
+    text = page.read_text()
+    exported = _exported_metrics()
+    series = set(exported) | {f"{n}{s}" for n, t in exported.items() if t == "histogram"
+                              for s in ("_bucket", "_sum", "_count")}
+    unknown = sorted(set(re.findall(r"\bcx_[a-z0-9_]+", text)) - series)
+    assert not unknown, f"{page.name} names metrics flows/metrics.py does not register: {unknown}"
+    alerts = set(_alerts())
+    unknown = sorted(set(re.findall(r"\bCx[A-Z][A-Za-z0-9]+", text)) - alerts)
+    assert not unknown, f"{page.name} names alerts {ALERTS_YML.name} does not define: {unknown}"
+
+
 # -- links ------------------------------------------------------------------------------------------
 def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
@@ -227,6 +288,17 @@ def test_links_stay_inside_the_repository_and_resolve(page: Path) -> None:
         if anchor:
             headings = {_slug(h) for h in re.findall(r"^#+ (.*)$", dest.read_text(), re.M)}
             assert anchor in headings, f"{page.name}: no heading #{anchor} in {dest.name}"
+
+
+def test_the_readme_links_nothing_outside_the_repository() -> None:
+    outside = [t for t in _LINK.findall((ROOT / "README.md").read_text()) if "://" in t or t.startswith("//")]
+    assert not outside, f"README.md links outside the repository: {outside}"
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md", *sorted(DOCS.glob("*.md"))],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_page_refers_to_the_design_file_outside_the_repository(page: Path) -> None:
+    assert "DESIGN.md" not in page.read_text(), f"{page.name} mentions DESIGN.md, which is not in the repository"
 
 
 def test_the_readme_links_every_page_of_the_docs() -> None:
