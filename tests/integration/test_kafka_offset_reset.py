@@ -89,7 +89,7 @@ def test_latest_skips_to_the_end_and_error_stops_naming_the_setting(kafka: str) 
     part = _source(kafka, topic, resets, stop=False, **{"auto.offset.reset": "latest"}).build_part(
         "inp", f"{topic}:0", 5_000)
     try:
-        assert part.snapshot() == 10
+        assert part.snapshot() == (10, 0)
         produce_lines(kafka, topic, [_event(i) for i in range(10, 13)])
         assert _read(part, 3) == [10, 11, 12]
     finally:
