@@ -296,9 +296,10 @@ def _kafka_resume(state: KafkaPosition | None) -> tuple[int | None, int]:
     """Return the next offset (None: the beginning) and the largest event time read of a partition's resume state."""
     if state is None:
         return None, 0
-    if isinstance(state, int):
-        return state, 0
-    return state[0], state[1]
+    offset, max_ts = (state, 0) if isinstance(state, int) else state
+    # A partition that had read nothing saved a logical offset (OFFSET_BEGINNING): it starts at the beginning
+    # again, which is no lost log to report.
+    return (offset if offset >= 0 else None), max_ts
 
 
 class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
