@@ -502,7 +502,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> KafkaPosition:
+    def snapshot(self) -> tuple[int, int]:
         return self._next, self._max_ts
 
     def close(self) -> None:

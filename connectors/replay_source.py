@@ -35,6 +35,8 @@ Item = tuple[str, RawBatch | Tick]
 Position = int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
 """A partition's resume state: the next line, the shards it feeds (None: all) and the largest valid event time
 it has read. Older recovery state holds a bare line number, or the line and the shards."""
+Snapshot = tuple[int, tuple[int, ...] | None, int]
+"""The resume state partitions write now: (next line, shards fed or None for all, largest valid event time)."""
 
 _log = logging.getLogger("cx.source")
 
@@ -142,7 +144,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> Position:
+    def snapshot(self) -> Snapshot:
         # The shards travel with the position: a restart with another -w moves shards between processes, and
         # a shard must go on hearing from the partition whose position matches its state. The largest time
         # too: after a restart the final tick must still cover what was read before it.

@@ -213,13 +213,13 @@ def test_a_resumed_replay_partitions_final_tick_covers_what_was_read_before_the_
     before = source().build_part("inp", f"{topic}:0", None)
     try:
         deadline = time.monotonic() + 30
-        while before.snapshot()[0] < 1:  # type: ignore[index]
+        while before.snapshot()[0] < 1:
             assert time.monotonic() < deadline, "nothing read"
             before.next_batch()
         state = before.snapshot()
     finally:
         before.close()
-    assert state[1] == peak  # type: ignore[index]
+    assert state[1] == peak
     after = source().build_part("inp", f"{topic}:0", state)
     try:
         ticks = _final_ticks(after)

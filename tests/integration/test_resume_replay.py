@@ -128,6 +128,7 @@ def _stopped_then_resumed(monkeypatch: pytest.MonkeyPatch, cfg: Callable[[str, i
     def source(stop_at: int | None, tune: Callable[[Any], None]) -> Callable[[PipelineConfig, Any], Any]:
         def make(c: PipelineConfig, pack: Any) -> Any:
             inner = make_source(c, pack)
+            assert isinstance(inner, FixedPartitionedSource)
             tune(inner)
             return _StopAfter(inner, part, _position, stop_at, resumed)
 

@@ -101,7 +101,7 @@ def test_a_single_process_keeps_the_plain_positions_and_partition_names(tmp_path
     assert src.list_parts() == ["0", "1"]
     part = src.build_part("input", "1", 3)
     items = part.next_batch()
-    assert part.snapshot()[:2] == (7, None)  # type: ignore[index]
+    assert part.snapshot()[:2] == (7, None)
     assert sorted(o for _k, v in items if type(v) is RawBatch for o in v.offsets) == [4, 5, 6, 7]
 
 
@@ -121,7 +121,7 @@ def test_a_resumed_partition_feeds_the_shards_it_fed_before_the_restart(tmp_path
     assert {int(k) for k, v in items if type(v) is RawBatch} <= set(shards)
     assert {int(k) for k, v in items if type(v) is Tick} == set(shards)
     assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) > 40
-    assert after.snapshot()[:2] == (80, shards)  # type: ignore[index]
+    assert after.snapshot()[:2] == (80, shards)
 
 
 def test_simulator_partitions_split_one_stream_between_processes() -> None:
@@ -163,11 +163,11 @@ def test_realtime_partition_holds_each_event_until_the_wall_clock_reaches_it() -
     assert sorted(first) == sorted(lines[:2])
     awake = part.next_awake()
     assert awake is not None  # asks Bytewax to come back rather than spin
-    assert part.snapshot()[0] == 2  # type: ignore[index]  # the held line is not consumed: a restart reads it again
+    assert part.snapshot()[0] == 2  # the held line is not consumed: a restart reads it again
     assert released(part.next_batch()) == []
     time.sleep(0.5)
     assert sorted(released(part.next_batch())) == sorted(lines[2:4])
-    assert part.snapshot()[0] == 4  # type: ignore[index]
+    assert part.snapshot()[0] == 4
     assert released(part.next_batch()) == []  # the last one is a minute ahead: held, the input not finished
     resumed = _RawPartition("simulator", open_at, part.snapshot()[0], SHARDS, 100, realtime=True)
     assert released(resumed.next_batch()) == []
