@@ -287,17 +287,33 @@ def ensure_topics(conf: dict[str, str], topics: Iterable[str], *, create: bool, 
     raise RuntimeError(f"Kafka topics {wanted} have no partitions on {conf.get('bootstrap.servers')}")
 
 
-class _KafkaPartition(StatefulSourcePartition[Item, int]):
-    """One topic partition: raw ``consume()`` batches routed to shards; the snapshot is the next offset."""
+KafkaPosition = int | tuple[int, int]
+"""A Kafka partition's resume state: the next offset and the largest valid event time read (older state: the
+offset alone)."""
+
+
+def _kafka_resume(state: KafkaPosition | None) -> tuple[int | None, int]:
+    """Return the next offset (None: the beginning) and the largest event time read of a partition's resume state."""
+    if state is None:
+        return None, 0
+    offset, max_ts = (state, 0) if isinstance(state, int) else state
+    # A partition that had read nothing saved a logical offset (OFFSET_BEGINNING): it starts at the beginning
+    # again, which is no lost log to report.
+    return (offset if offset >= 0 else None), max_ts
+
+
+class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
+    """One topic partition: raw ``consume()`` batches routed to shards; the snapshot is the next offset and the
+    largest valid event time read (a replay's final tick must cover what was read before a restart)."""
 
     def __init__(self, conf: dict[str, str], topic: str, partition: int, start: int | None, shards: int,
                  batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
-                 final_tick: bool = False, types: Collection[str] = BASE_TYPES) -> None:
+                 final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0) -> None:
         self._final_tick = final_tick and stop_at_end
         self._types = types
-        self._max_ts = 0
+        self._max_ts = max_ts
         self._consumer = Consumer(_consumer_conf(conf))
         self._topic = topic
         self._part = partition
@@ -486,22 +502,22 @@ class _KafkaPartition(StatefulSourcePartition[Item, int]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> int:
-        return self._next
+    def snapshot(self) -> tuple[int, int]:
+        return self._next, self._max_ts
 
     def close(self) -> None:
         self._consumer.close()
 
 
-class KafkaRawSource(FixedPartitionedSource[Item, int]):
+class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
     """Raw messages of Kafka topics' partitions, routed to shards by customer id.
 
     Emits ``(str(shard), RawBatch)`` items, one per shard present in a ``consume()`` batch; no ticks (the live
     clock moves the watermark) except, in a replay (``final_tick``), a final one per partition to every shard.
-    Snapshots are the next offset of each partition, so a restart with recovery resumes where the last epoch
-    ended; without a snapshot a partition starts at its beginning. A broker that is down at start is waited
-    for (logged with backoff); one that goes down mid-run is reconnected to by librdkafka while this logs
-    every 10 s.
+    Snapshots are the next offset of each partition (with the largest valid event time read), so a restart
+    with recovery resumes where the last epoch ended; without a snapshot a partition starts at its beginning.
+    A broker that is down at start is waited for (logged with backoff); one that goes down mid-run is
+    reconnected to by librdkafka while this logs every 10 s.
 
     Args:
         conf: librdkafka settings (see ``kafka_config``).
@@ -547,13 +563,14 @@ class KafkaRawSource(FixedPartitionedSource[Item, int]):
         counts = ensure_topics(self._conf, self._topics, create=self._create, partitions=self._partitions)
         return [f"{t}:{p}" for t in self._topics for p in range(counts[t])]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _KafkaPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: KafkaPosition | None) -> _KafkaPartition:
         """Open one partition at its snapshotted offset (or its beginning)."""
         topic, _, part = for_part.rpartition(":")
-        return _KafkaPartition(self._conf, topic, int(part), resume_state, self._shards, self._batch, self._stop,
+        start, max_ts = _kafka_resume(resume_state)
+        return _KafkaPartition(self._conf, topic, int(part), start, self._shards, self._batch, self._stop,
                                self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
                                on_reset=self._on_reset,
-                               final_tick=self._final_tick, types=self._types)
+                               final_tick=self._final_tick, types=self._types, max_ts=max_ts)
 
 
 OUTPUT_KINDS = ("moment", "action", "tag", "context", "dead_letter")

@@ -32,8 +32,11 @@ from state.routing import shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
 Item = tuple[str, RawBatch | Tick]
-Position = int | tuple[int, tuple[int, ...]]
-"""A partition's resume state: the next line, and in a cluster also the shards it feeds."""
+Position = int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
+"""A partition's resume state: the next line, the shards it feeds (None: all) and the largest valid event time
+it has read. Older recovery state holds a bare line number, or the line and the shards."""
+Snapshot = tuple[int, tuple[int, ...] | None, int]
+"""The resume state partitions write now: (next line, shards fed or None for all, largest valid event time)."""
 
 _log = logging.getLogger("cx.source")
 
@@ -55,6 +58,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         types: Collection[str] = BASE_TYPES,
         own: frozenset[int] | None = None,
         realtime: bool = False,
+        max_ts: int = 0,
     ) -> None:
         self._types = types
         self._realtime = realtime
@@ -64,7 +68,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._pos = start
         self._shards = shards
         self._batch = batch_lines
-        self._max_ts = 0
+        self._max_ts = max_ts
         self._done = False
         self._pace = pace
         self._awake: datetime | None = None
@@ -140,29 +144,35 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> Position:
-        if self._own is None:
-            return self._pos
+    def snapshot(self) -> Snapshot:
         # The shards travel with the position: a restart with another -w moves shards between processes, and
-        # a shard must go on hearing from the partition whose position matches its state.
-        return self._pos, tuple(sorted(self._own))
+        # a shard must go on hearing from the partition whose position matches its state. The largest time
+        # too: after a restart the final tick must still cover what was read before it.
+        return self._pos, None if self._own is None else tuple(sorted(self._own)), self._max_ts
 
 
 def _resume(
     resume_state: Position | None, own: frozenset[int] | None, part: str
-) -> tuple[int, frozenset[int] | None]:
-    """Return the start line and the shards to feed of a partition being built."""
+) -> tuple[int, frozenset[int] | None, int]:
+    """Return the start line, the shards to feed and the largest event time read so far of a partition being built.
+
+    Recovery state written before the time was stored resumes with 0: its final tick then covers only what is
+    read after the restart, as it did then.
+    """
     if resume_state is None:
-        return 0, own
+        return 0, own, 0
     if isinstance(resume_state, int):
-        return resume_state, own
-    pos, recorded = resume_state
+        return resume_state, own, 0
+    pos, recorded, *rest = resume_state
+    max_ts = int(rest[0]) if rest else 0
+    if recorded is None:
+        return pos, own, max_ts
     kept = frozenset(recorded)
     if kept != own:
         _log.warning("input partition %s resumes feeding the shards it fed before the restart (the cluster's "
                      "workers changed): their lines cross between processes until the recovery state is reset",
                      part)
-    return pos, kept
+    return pos, kept, max_ts
 
 
 def _part_name(index: int, placement: Placement | None) -> str:
@@ -272,10 +282,10 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Position | None) -> _RawPartition:
         index, own = _part_of(for_part, self._placement, self._shards)
-        start, own = _resume(resume_state, own, for_part)
+        start, own, max_ts = _resume(resume_state, own, for_part)
         path = self._paths[index]
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
-                             types=self._types, own=own)
+                             types=self._types, own=own, max_ts=max_ts)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):
@@ -300,6 +310,7 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         types: Collection[str] = BASE_TYPES,
         placement: Placement | None = None,
         realtime: bool = False,
+        max_ts: int = 0,
     ) -> None:
         self._types = types
         self._realtime = realtime
@@ -319,10 +330,10 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
                     yield line
 
         _index, own = _part_of(for_part, self._placement, self._shards)
-        start, own = _resume(resume_state, own, for_part)
+        start, own, max_ts = _resume(resume_state, own, for_part)
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
-                             types=self._types, own=own, realtime=self._realtime)
+                             types=self._types, own=own, realtime=self._realtime, max_ts=max_ts)
 
 
 class _Pacer:

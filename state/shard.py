@@ -324,7 +324,7 @@ class Shard:
             if routed >= 0 and crc32(ev.customer_id.encode("utf-8", "surrogatepass")) % shards != routed:
                 # shard_of_id, inlined (per event): a crafted message routed by a decoy id must not reach the
                 # state of the customer it names, which lives on another shard.
-                self._misrouted(ev, raw, batch, offsets[i] if i < len(offsets) else -1)
+                self._misrouted(raw, batch, offsets[i] if i < len(offsets) else -1)
                 continue
             ts = ev.ts_ms
             if ts < wm:
@@ -351,12 +351,20 @@ class Shard:
         self.advance(max_ts - self.lateness_ms)
 
     def feed_feedback(self, batch: RawBatch) -> None:
-        """Apply feedback records to the tags they name (at once: feedback is not event-time ordered)."""
+        """Apply feedback records to the tags they name (at once: feedback is not event-time ordered).
+
+        A record whose parsed customer does not belong to the shard routing chose is dead-lettered
+        (``routing_mismatch``), as events are: here it would find no customer and silently do nothing.
+        """
+        routed = batch.shard if self.shards else -1
         for i, raw in enumerate(batch.values):
             fb = parse_feedback(raw)
             if type(fb) is not Feedback:
                 assert isinstance(fb, Invalid)
                 self._dead(fb, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
+                continue
+            if routed >= 0 and zlib.crc32(fb.customer_id.encode("utf-8", "surrogatepass")) % self.shards != routed:
+                self._misrouted(raw, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
                 continue
             self.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
                                       "outcome": fb.outcome, "ts": fb.ts_ms})
@@ -364,7 +372,7 @@ class Shard:
             if c is not None:
                 apply_feedback(self, c, fb)
 
-    def _misrouted(self, ev: Event, raw: bytes, batch: RawBatch, offset: int) -> None:
+    def _misrouted(self, raw: bytes, batch: RawBatch, offset: int) -> None:
         inv = Invalid(InvalidReason.ROUTING_MISMATCH, f"customer_id parsed does not belong to shard {batch.shard} "
                       f"of {self.shards} that routing chose (escaped or duplicate keys?)", raw, "customer_id")
         self._dead(inv, batch, offset)

@@ -25,7 +25,7 @@ from connectors.kafka import (
     produce_jsonl,
     redacted,
 )
-from state.batches import RawBatch
+from state.batches import RawBatch, Tick
 from state.routing import shard_of_raw
 from tests.kafka_helpers import Broker, create_topics, kcat, produce_lines, read_topic_to_end, unique
 
@@ -179,10 +179,62 @@ def test_source_resumes_from_the_snapshotted_offset_and_reports_lag(kafka: str) 
     finally:
         part.close()
     assert got == list(range(12, 20))
-    assert part.snapshot() == 20
+    assert part.snapshot() == (20, 0)
     assert lags, "no lag reported"
     assert lags[-1] == (topic, 0, 0)
     assert all(0 <= lag <= 8 for _t, _p, lag in lags)
+
+
+def _final_ticks(part: Any, deadline_s: float = 30) -> list[Tick]:
+    """Read a stop-at-end partition to its end; return the final ticks it sent."""
+    ticks: list[Tick] = []
+    deadline = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < deadline:
+            ticks += [v for _k, v in part.next_batch() if type(v) is Tick and v.final]
+        raise AssertionError("the partition never ended")
+    except StopIteration:
+        return ticks
+
+
+def test_a_resumed_replay_partitions_final_tick_covers_what_was_read_before_the_restart(kafka: str) -> None:
+    topic = unique("cx.events")
+    create_topics(kafka, [topic], partitions=1)
+    peak = 1_700_000_000_000 + 3_600_000
+    # The largest time comes first: everything after it is older.
+    lines = [orjson.dumps({"event_id": "p", "customer_id": "cust-1", "ts": peak, "channel": "app", "type": "view"})]
+    lines += [_event(i, "cust-1") for i in range(30)]
+    produce_lines(kafka, topic, lines)
+
+    def source() -> KafkaRawSource:
+        return KafkaRawSource({"bootstrap.servers": kafka}, topic, 4, create_topics=False, batch_size=5,
+                              stop_at_end=True, final_tick=True)
+
+    before = source().build_part("inp", f"{topic}:0", None)
+    try:
+        deadline = time.monotonic() + 30
+        while before.snapshot()[0] < 1:
+            assert time.monotonic() < deadline, "nothing read"
+            before.next_batch()
+        state = before.snapshot()
+    finally:
+        before.close()
+    assert state[1] == peak
+    after = source().build_part("inp", f"{topic}:0", state)
+    try:
+        ticks = _final_ticks(after)
+    finally:
+        after.close()
+    assert {t.max_ts_ms for t in ticks} == {peak}
+    assert after.snapshot() == (31, peak)
+    # Recovery state from before the time was stored (the offset alone) still resumes at its offset.
+    old = source().build_part("inp", f"{topic}:0", 25)
+    try:
+        ticks = _final_ticks(old)
+    finally:
+        old.close()
+    assert {t.max_ts_ms for t in ticks} == {1_700_000_000_000 + 29}
+    assert old.snapshot() == (31, 1_700_000_000_000 + 29)
 
 
 def test_source_fails_naming_topic_and_broker_when_the_topic_is_missing(kafka: str) -> None:

@@ -101,7 +101,7 @@ def test_a_single_process_keeps_the_plain_positions_and_partition_names(tmp_path
     assert src.list_parts() == ["0", "1"]
     part = src.build_part("input", "1", 3)
     items = part.next_batch()
-    assert part.snapshot() == 7
+    assert part.snapshot()[:2] == (7, None)
     assert sorted(o for _k, v in items if type(v) is RawBatch for o in v.offsets) == [4, 5, 6, 7]
 
 
@@ -111,7 +111,7 @@ def test_a_resumed_partition_feeds_the_shards_it_fed_before_the_restart(tmp_path
     before = JsonlFileSource([path], SHARDS, batch_lines=40, placement=Placement(0, 2, 1)).build_part(
         "input", "0-p0", None)
     before.next_batch()
-    pos, shards = before.snapshot()  # type: ignore[misc]
+    pos, shards, _max_ts = before.snapshot()  # type: ignore[misc]
     assert pos == 40
     assert frozenset(shards) == Placement(0, 2, 1).own_shards(SHARDS)
     now = Placement(0, 2, 3)
@@ -121,7 +121,7 @@ def test_a_resumed_partition_feeds_the_shards_it_fed_before_the_restart(tmp_path
     assert {int(k) for k, v in items if type(v) is RawBatch} <= set(shards)
     assert {int(k) for k, v in items if type(v) is Tick} == set(shards)
     assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) > 40
-    assert after.snapshot() == (80, shards)
+    assert after.snapshot()[:2] == (80, shards)
 
 
 def test_simulator_partitions_split_one_stream_between_processes() -> None:
@@ -163,13 +163,13 @@ def test_realtime_partition_holds_each_event_until_the_wall_clock_reaches_it() -
     assert sorted(first) == sorted(lines[:2])
     awake = part.next_awake()
     assert awake is not None  # asks Bytewax to come back rather than spin
-    assert part.snapshot() == 2  # the held line is not consumed: a restart reads it again
+    assert part.snapshot()[0] == 2  # the held line is not consumed: a restart reads it again
     assert released(part.next_batch()) == []
     time.sleep(0.5)
     assert sorted(released(part.next_batch())) == sorted(lines[2:4])
-    assert part.snapshot() == 4
+    assert part.snapshot()[0] == 4
     assert released(part.next_batch()) == []  # the last one is a minute ahead: held, the input not finished
-    resumed = _RawPartition("simulator", open_at, part.snapshot(), SHARDS, 100, realtime=True)
+    resumed = _RawPartition("simulator", open_at, part.snapshot()[0], SHARDS, 100, realtime=True)
     assert released(resumed.next_batch()) == []
 
 
@@ -181,3 +181,59 @@ def test_replay_partition_ignores_event_times_ahead_of_the_clock() -> None:
     part = _RawPartition("file:x", lambda start: iter(lines[start:]), 0, SHARDS, 100)
     assert [raw for _k, v in part.next_batch() if isinstance(v, RawBatch) for raw in v.values] == lines
     assert part.next_awake() is None
+
+
+# -- a resumed partition's final tick covers what was read before the restart -------------------------------------
+def _final_tick(part: object) -> Tick:
+    ticks = [v for items in _drain(part) for _k, v in items if type(v) is Tick and v.final]
+    assert ticks
+    assert len({t.max_ts_ms for t in ticks}) == 1
+    return ticks[0]  # type: ignore[return-value]
+
+
+def _late_peak(n: int) -> list[bytes]:
+    # The largest time is the second line: everything read after it is older.
+    return [orjson.dumps({"event_id": f"e{i}", "customer_id": f"c{i % 37}", "ts": T0 + (3_600_000 if i == 1 else i),
+                          "channel": "app", "type": "view"}) for i in range(n)]
+
+
+def test_a_resumed_file_partitions_final_tick_reports_the_largest_time_read_before_the_restart(tmp_path: Path
+                                                                                              ) -> None:
+    path = _file(tmp_path, _late_peak(100))
+    for placement, name in [(None, "0"), (Placement(1, 2, 1), "0-p1")]:
+        src = JsonlFileSource([path], SHARDS, batch_lines=10, placement=placement)
+        before = src.build_part("input", name, None)
+        before.next_batch()
+        state = before.snapshot()
+        after = JsonlFileSource([path], SHARDS, batch_lines=10, placement=placement).build_part("input", name, state)
+        final = _final_tick(after)
+        assert final.max_ts_ms == T0 + 3_600_000, placement
+        assert after.snapshot() == (100, None if placement is None else tuple(sorted(placement.own_shards(SHARDS))),
+                                    T0 + 3_600_000)
+
+
+def test_a_simulator_partition_resumes_with_its_largest_time_too() -> None:
+    lines = _late_peak(50)
+    src = SimulatorSource(lambda: iter(lines), SHARDS, batch_lines=5)
+    before = src.build_part("input", "0", None)
+    before.next_batch()
+    after = src.build_part("input", "0", before.snapshot())
+    assert _final_tick(after).max_ts_ms == T0 + 3_600_000
+
+
+def test_recovery_state_of_the_older_shapes_still_resumes_at_its_position(tmp_path: Path) -> None:
+    """A bare line number (one process) and (line, shards) (a cluster), written before the time was stored."""
+    path = _file(tmp_path, _late_peak(100))
+    plain = JsonlFileSource([path], SHARDS, batch_lines=200).build_part("input", "0", 40)
+    items = plain.next_batch()
+    assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) == 41
+    # No time was stored: the final tick covers what was read after the restart, as before.
+    assert [v.max_ts_ms for _k, v in items if type(v) is Tick][0] == T0 + 99
+    placement = Placement(0, 2, 1)
+    own = tuple(sorted(placement.own_shards(SHARDS)))
+    cluster = JsonlFileSource([path], SHARDS, batch_lines=200, placement=placement).build_part("input", "0-p0",
+                                                                                            (40, own))
+    items = cluster.next_batch()
+    assert {int(k) for k, v in items if type(v) is Tick} == set(own)
+    assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) > 40
+    assert cluster.snapshot() == (100, own, T0 + 99)

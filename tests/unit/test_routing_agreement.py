@@ -117,3 +117,22 @@ def test_a_replay_tick_never_carries_a_time_parsing_does_not_read() -> None:
             break
         ticks += [t.max_ts_ms for _k, t in items if isinstance(t, Tick)]
     assert max(ticks) == T0 + 2 * MIN
+
+
+def test_feedback_routed_by_a_decoy_id_is_dead_lettered_not_applied_on_the_wrong_shard() -> None:
+    # The top-level key spelled with an escape, a literal decoy key nested inside: routing slices the decoy.
+    fb = (b'{"moment_id":"m1","customer\\u005fid":"c1","outcome":"declined","ts":%d,'
+          b'"context":{"customer_id":"decoy"}}' % T0)
+    wrong = shard_of_raw(fb, SHARDS)
+    assert wrong == shard_of_id("decoy", SHARDS) != shard_of_id("c1", SHARDS)
+    sh = Shard(PACK, shards=SHARDS, feedback_sources=frozenset({"kafka:fb"}))
+    out = process(sh, [RawBatch("kafka:fb", 0, [fb], [3], wrong)])
+    assert [(d["reason"], d["offset"], d["source"]) for d in out.dead] == [("routing_mismatch:customer_id", 3,
+                                                                            "kafka:fb")]
+    assert out.invalid == {"routing_mismatch": 1}
+    assert out.feedback == []
+    # On its own shard the same record is feedback about c1's moment.
+    sh = Shard(PACK, shards=SHARDS, feedback_sources=frozenset({"kafka:fb"}))
+    out = process(sh, [RawBatch("kafka:fb", 0, [fb], [3], shard_of_id("c1", SHARDS))])
+    assert out.dead == []
+    assert [(f["customer_id"], f["outcome"]) for f in out.feedback] == [("c1", "declined")]
