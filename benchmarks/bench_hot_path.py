@@ -23,7 +23,8 @@ BATCH = 4096
 def run_hot_path(raw: list[bytes], shards: int = 64) -> int:
     """Route, parse and detect over all lines as the dataflow does (per-shard batches); return moments."""
     pack = load_rule_pack()
-    shard_objs = [Shard(pack) for _ in range(shards)]
+    # As flows/dataflow.py builds them: each shard knows its index, so it checks where each event was routed.
+    shard_objs = [Shard(pack, key=str(s), shards=shards) for s in range(shards)]
     moments = 0
     max_ts = 0
     for start in range(0, len(raw), BATCH):
@@ -33,7 +34,7 @@ def run_hot_path(raw: list[bytes], shards: int = 64) -> int:
             groups[shard_of_raw(line, shards)].append(line)
         for s, g in enumerate(groups):
             if g:
-                out = process(shard_objs[s], [RawBatch("bench", 0, g, list(range(len(g))))])
+                out = process(shard_objs[s], [RawBatch("bench", 0, g, list(range(len(g))), s)])
                 moments += len(out.moments)
                 max_ts = max(max_ts, out.max_ts_ms)
     for sh in shard_objs:
