@@ -217,11 +217,16 @@ def _wide_encoding(head: bytes) -> str | None:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16"
     sample = head[:64]
+    sample = sample[: len(sample) // 4 * 4]
     # JSON text is ASCII at the start ('{"event_id"…'): UTF-16 without a mark puts a NUL beside every character,
-    # UTF-32 three. UTF-8 JSONL never has NUL bytes there.
-    nuls = sample.count(0)
-    if sample and nuls * 4 >= len(sample):
-        return "UTF-32" if nuls * 4 >= len(sample) * 3 - 4 else "UTF-16"
+    # UTF-32 three. Only that layout counts: a line of NUL bytes is garbage to dead-letter, not an encoding.
+    if len(sample) < 8:
+        return None
+    for name, width, at in (("UTF-32", 4, 0), ("UTF-32", 4, 3), ("UTF-16", 2, 0), ("UTF-16", 2, 1)):
+        chars = sample[at::width]
+        others = [b for i, b in enumerate(sample) if i % width != at]
+        if not any(others) and all(32 <= c < 127 or c in (9, 10, 13) for c in chars):
+            return name
     return None
 
 

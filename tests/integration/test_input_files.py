@@ -65,3 +65,13 @@ def test_an_empty_file_or_a_directory_without_jsonl_is_named_in_a_warning(tmp_pa
     p = _moments_run(str(folder), tmp_path / "out")
     assert p.returncode == 0, p.stderr
     assert f"directory {folder} holds no *.jsonl files" in p.stderr
+
+
+@pytest.mark.parametrize("head", [b"\x00" * 4096, b"\x00\x00\x00{" + b"\x00" * 64, b"\xff\x00" * 64])
+def test_nul_garbage_is_input_to_dead_letter_not_an_encoding(head: bytes) -> None:
+    # Only ASCII laid out as UTF-16/32 (a NUL beside every character) is a wide encoding; a hostile first line of
+    # NULs must reach the dead letters like any bad line, not make the whole file refused.
+    from connectors.replay_source import _wide_encoding
+
+    assert _wide_encoding(head) is None
+    assert _wide_encoding('{"event_id":"e1","customer_id":"c1"}\n'.encode("utf-16-le")) == "UTF-16"
