@@ -102,6 +102,12 @@ class Outage(threading.Thread):
             "t": time.monotonic(),
         }
 
+    def _still(self) -> bool:
+        a = self._observe()
+        time.sleep(0.3)
+        b = self._observe()
+        return (a["jsonl_moments"], a["events_processed"]) == (b["jsonl_moments"], b["events_processed"])
+
     def _wait(self, what: str, done: Any, timeout_s: float = 60) -> None:
         end = time.monotonic() + timeout_s
         while not done():
@@ -121,6 +127,9 @@ class Outage(threading.Thread):
         self.report["before"] = before
         # The pipeline's next insert is refused and retried: from then on it is blocked.
         self._wait("refused insert", lambda: self._observe()["retries"] > before["retries"])
+        # The batch in hand when the insert was refused may still reach the JSONL sink (written through, ahead of
+        # the bounded hand-over to ClickHouse): blocked means nothing moves any more.
+        self._wait("the dataflow to stand still", self._still)
         self.report["blocked"] = self._observe()
         time.sleep(self._hold_s)
         self.report["held"] = self._observe()
