@@ -104,7 +104,7 @@ class Outage(threading.Thread):
 
     def _still(self) -> bool:
         a = self._observe()
-        time.sleep(0.3)
+        time.sleep(0.3)  # standing still has no signal of its own: no progress across one short interval
         b = self._observe()
         return (a["jsonl_moments"], a["events_processed"]) == (b["jsonl_moments"], b["events_processed"])
 
@@ -131,7 +131,7 @@ class Outage(threading.Thread):
         # the bounded hand-over to ClickHouse): blocked means nothing moves any more.
         self._wait("the dataflow to stand still", self._still)
         self.report["blocked"] = self._observe()
-        time.sleep(self._hold_s)
+        time.sleep(self._hold_s)  # the outage's length is the scenario: it lasts hold_s while the pipeline waits
         self.report["held"] = self._observe()
         for t in BLOCKED:
             self._client.command(f"ALTER TABLE {t} RESET SETTING parts_to_throw_insert")

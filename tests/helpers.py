@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -67,3 +68,21 @@ def styled(doc: dict[str, Any], style: str, attrs: dict[str, Any] | None = None)
     if style == "attrs_first":
         return json.dumps({"attrs": attrs, **doc}, ensure_ascii=False).encode()
     return orjson.dumps({**doc, "attrs": attrs})
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str, *, interval: float = 0.1,
+               detail: Callable[[], str] | None = None) -> object:
+    """Poll ``cond`` until it returns something truthy and return that; fail naming ``what`` after ``timeout`` s.
+
+    ``detail`` (e.g. a worker's log tail) is added to the failure message. Tests wait on a condition this way
+    rather than sleeping for a guessed time: they go on as soon as it holds and fail clearly when it never does.
+    """
+    end = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() >= end:
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{extra}")
+        time.sleep(interval)

@@ -77,7 +77,7 @@ class Broker:
     def restart(self, down_s: float) -> None:
         """Stop, stay down for ``down_s`` seconds, and start again on the same port (it comes back empty)."""
         self.stop()
-        time.sleep(down_s)
+        time.sleep(down_s)  # the scenario: how long the broker stays away
         self.start()
 
 

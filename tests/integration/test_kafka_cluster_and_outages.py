@@ -10,6 +10,7 @@ import pytest
 
 from connectors.jsonl import read_jsonl
 from connectors.simulator import simulate
+from tests.helpers import wait_until
 from tests.kafka_helpers import Broker, create_topics, free_port, produce, unique, wait_for_messages
 from tests.worker import Worker
 
@@ -99,8 +100,11 @@ def test_broker_outage_mid_run_is_survived_without_restart(own_broker: Broker, t
 
         produce(own_broker.addr, "cx.events", [fail_event("b1", "before", t)], key_of=_key)
         wait_for_messages(own_broker.addr, "cx.moments", 1, timeout_s=60)
+        seen = worker.log().count("Kafka consumer")
         own_broker.stop()
-        time.sleep(10)
+        # The worker has met the outage once its consumer logs it (rate-limited); it must still run then.
+        wait_until(lambda: worker.log().count("Kafka consumer") > seen or not worker.alive(), 60,
+                   "the worker to log the outage", detail=lambda: worker.log()[-3000:])
         assert worker.alive(), worker.log()[-3000:]
         own_broker.start()
         # The test broker keeps data in memory: it returns empty, so the topics are created again.

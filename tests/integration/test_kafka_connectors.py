@@ -27,6 +27,7 @@ from connectors.kafka import (
 )
 from state.batches import RawBatch, Tick
 from state.routing import shard_of_raw
+from tests.helpers import wait_until
 from tests.kafka_helpers import Broker, create_topics, kcat, produce_lines, read_topic_to_end, unique
 
 pytestmark = pytest.mark.kafka
@@ -307,7 +308,9 @@ def test_writer_keeps_retrying_while_the_broker_is_down_and_delivers_after_resta
 
     flusher = threading.Thread(target=flush, daemon=True)
     flusher.start()
-    time.sleep(10)
+    # Blocked, observed: the writer gave failed records back to the producer twice (the message timeout ran out
+    # during the outage, then again) and still holds the flush.
+    wait_until(lambda: len(retries) >= 2 or done.is_set(), 60, "the writer to produce failed records again twice")
     assert not done.is_set(), f"flush returned while the broker was down: {failure}"
     assert not writer.writable()
     own_broker.start()

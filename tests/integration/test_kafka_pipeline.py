@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,8 +130,10 @@ def test_abandonment_is_published_within_the_live_bound_after_input_stops(
     default = (Path(__file__).resolve().parents[2] / "flows" / "rulepacks" / "default.toml").read_text()
     pack.write_text(default.replace('idle = "10m"', 'idle = "5s"'))
     worker = worker_factory(kafka, topics, "--rules", str(pack))  # type: ignore[operator]
-    worker.wait_log("starting:")  # type: ignore[attr-defined]
-    time.sleep(3)  # let the consumer get its partitions
+    # The event must reach the worker within its 1 s lateness: first make sure the consumer of its partition
+    # fetches. A line that is not JSON, keyed like the event (same partition), comes back as a dead letter.
+    produce(kafka, topics["events"], [b"not json"], key_of=lambda _v: b"cust-3")
+    assert wait_for_messages(kafka, topics["dead_letter"], 1), worker.log()[-3000:]  # type: ignore[attr-defined]
     t = _now()
     produce(kafka, topics["events"], [_ev("k1", t, "submit", customer="cust-3", journey="cart", step="checkout")],
             key_of=_key)
@@ -162,8 +165,11 @@ def test_feedback_changes_the_tag_state_in_clickhouse(kafka: str, topics: dict[s
     # cust-4 is in cart.failed's 10 % hold-out: no action, so the tag goes from open straight to resolved.
     assert in_holdout("cust-4", "cart.failed", 0.1)
     assert [orjson.loads(v)["state"] for _k, v in tags] == ["open", "resolved"]
-    time.sleep(2.5)  # one flush interval for ClickHouse
-    worker.stop()  # type: ignore[attr-defined]  # chDB allows one process per path: read after the worker ends
+    # chDB allows one process per path: read after the worker ends. SIGTERM flushes every sink on the way out
+    # (exit code 0 and the log line say it did), so no flush interval needs waiting for.
+    worker.proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+    assert worker.wait(60) == 0, worker.log()[-3000:]  # type: ignore[attr-defined]
+    assert "stopping on signal; flushing outputs" in worker.log()  # type: ignore[attr-defined]
     rows = query(f"chdb://{tmp_path / 'w' / 'ch'}", "SELECT state, outcome FROM customer_tags FINAL "
                  "WHERE customer_id = 'cust-4'")
     assert rows == [["resolved", "converted"]]

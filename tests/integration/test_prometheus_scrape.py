@@ -16,6 +16,7 @@ import pytest
 
 from connectors.jsonl import read_jsonl
 from connectors.simulator import simulate
+from tests.helpers import wait_until
 from tests.kafka_helpers import create_topics, free_port, produce, unique
 from tests.worker import Worker
 
@@ -40,6 +41,11 @@ def _scrape(port: int) -> dict[str, float]:
         name = line.split("{", 1)[0].split(" ", 1)[0]
         sums[name] = sums.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return sums
+
+
+def _lines(path: Path) -> int:
+    """Complete lines in a JSONL file being written (a half-written last line is not counted)."""
+    return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
 def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, tmp_path: Path) -> None:
@@ -74,7 +80,21 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
             if scraped.get("cx_events_total", 0) + scraped.get("cx_invalid_events_total", 0) >= len(events) + 3:
                 break
             time.sleep(0.5)
-        time.sleep(3)
+        # The abandonments of these old events fire at the wall-clock ticks (1 s) once the input is idle, and
+        # nothing announces the last one: wait until the counters match the files and stayed put for 2 ticks.
+        settled: dict[str, object] = {"key": None, "since": 0.0}
+
+        def quiet() -> bool:
+            got = _scrape(metrics_port)
+            key = (got.get("cx_events_total"), got.get("cx_moments_total"), got.get("cx_actions_total"),
+                   _lines(out / "moments.jsonl"), _lines(out / "actions.jsonl"))
+            now = time.monotonic()
+            if key != settled["key"]:
+                settled.update(key=key, since=now)
+            return key[1] == key[3] and key[2] == key[4] and now - settled["since"] >= 2.0  # type: ignore[operator]
+
+        wait_until(quiet, 60, "the counters to match the output files and stay put", interval=0.25,
+                   detail=lambda: worker.log()[-3000:])
         scraped = _scrape(metrics_port)
         moments = read_jsonl(out / "moments.jsonl")
         dead = read_jsonl(out / "deadletter.jsonl")
@@ -89,10 +109,8 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
         stale = sum(1 for a in actions if a["reason"] == "stale")
         assert stale == len(actions)
         # Prometheus itself scraped the same numbers.
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _prom_query(prom_port, "sum(cx_moments_total)") != len(moments):
-            time.sleep(1)
-        assert _prom_query(prom_port, "sum(cx_moments_total)") == len(moments)
+        wait_until(lambda: _prom_query(prom_port, "sum(cx_moments_total)") == len(moments), 30,
+                   "Prometheus to scrape the final moment count", interval=0.5)
         assert _prom_query(prom_port, "sum(cx_events_total)") == len(events)
         assert _prom_query(prom_port, "sum(cx_invalid_events_total)") == 3
         assert _prom_query(prom_port, "sum(cx_detection_latency_seconds_count)") == len(moments)

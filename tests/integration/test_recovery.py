@@ -32,7 +32,7 @@ def _crash_and_resume(args: list[str], out: Path, recovery: Path, tmp: Path, see
         w = Worker([*args, "--sink", f"jsonl:{out}", "--recovery-dir", str(recovery), "--snapshot-interval", "0.5"],
                    tmp / f"run-{seed}-{attempt}.log", env=env)
         if attempt < 2:
-            time.sleep(rng.uniform(2.5, 5.0))
+            time.sleep(rng.uniform(2.5, 5.0))  # the scenario: a crash at a random moment of the run, not a wait
             if w.alive():
                 w.proc.send_signal(signal.SIGKILL)
                 w.proc.wait(timeout=10)

@@ -9,20 +9,44 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.kafka_helpers import free_port
 from tests.worker import Worker
 
 pytestmark = pytest.mark.slow
 
 
+def _listening(port: int) -> bool:
+    """Whether some socket on this host listens on TCP ``port`` (read from /proc: connecting would disturb it)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                return True
+    return False
+
+
+def _status_events(log: str) -> int:
+    """The event count of the last status line, 0 before the first."""
+    counts = re.findall(r"status events=(\d+)", log)
+    return int(counts[-1]) if counts else 0
+
+
 def test_sigterm_while_waiting_for_cluster_peers_exits_promptly(tmp_path: Path) -> None:
     # Process 0 of a two-process cluster whose process 1 never starts: Bytewax waits in Rust for the peer.
-    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    port = free_port()
+    addrs = f"127.0.0.1:{port};127.0.0.1:{free_port()}"
     w = Worker(["--source", "simulator", "--customers", "100", "--sink", f"jsonl:{tmp_path / 'out'}", "--no-metrics",
                 "--status", "off", "-i", "0", "-a", addrs], tmp_path / "w.log")
     try:
         w.wait_log("starting:")
-        time.sleep(2)
+        # Bytewax listens on process 0's address once it waits for its peers: the signal then lands there.
+        wait_until(lambda: _listening(port) or not w.alive(), 60, f"process 0 to listen on port {port}",
+                   detail=lambda: w.log()[-3000:])
         assert w.alive(), w.log()[-3000:]
         t0 = time.monotonic()
         w.proc.send_signal(signal.SIGTERM)
@@ -39,11 +63,12 @@ def test_sigterm_on_a_live_worker_flushes_its_outputs_and_exits_cleanly(tmp_path
     out = tmp_path / "out"
     # A live simulation runs in real time: 3,000 customers' journeys over two minutes, from the wall clock on.
     w = Worker(["--source", "simulator", "--clock", "live", "--customers", "3000", "--minutes", "2", "--lateness",
-                "1s", "--sink", f"jsonl:{out}", "--no-metrics", "--status", "off", "--snapshot-interval", "600"],
+                "1s", "--sink", f"jsonl:{out}", "--no-metrics", "--status", "log", "--snapshot-interval", "600"],
                tmp_path / "w.log")
     try:
-        w.wait_log("starting:")
-        time.sleep(6)
+        # The status line counts events the dataflow has run: signal once more than 20 went through.
+        wait_until(lambda: _status_events(w.log()) > 20 or not w.alive(), 60, "a status line with events > 20",
+                   detail=lambda: w.log()[-3000:])
         assert w.alive(), w.log()[-3000:]
         w.proc.send_signal(signal.SIGTERM)
         code = w.wait(30)

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import pytest
 
 from connectors.placement import Placement, siphash13, worker_of_key
 from connectors.replay_source import JsonlFileSource, SimulatorSource
@@ -140,13 +141,14 @@ def test_simulator_partitions_split_one_stream_between_processes() -> None:
 
 
 # -- a live simulation releases events at their own time ---------------------------------------------------------
-def test_realtime_partition_holds_each_event_until_the_wall_clock_reaches_it() -> None:
-    import time
-
+def test_realtime_partition_holds_each_event_until_the_wall_clock_reaches_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connectors import replay_source
     from connectors.replay_source import _RawPartition
     from state.shard import wall_ms
 
     now = wall_ms()
+    clock = [now]  # the partition's wall clock, moved by the test
+    monkeypatch.setattr(replay_source, "wall_ms", lambda: clock[0])
     times = [now - 1_000, now - 500, now + 400, now + 400, now + 60_000]
     lines = [b'{"event_id":"e%d","customer_id":"c%d","ts":%d,"channel":"app","type":"view"}' % (i, i, t)
              for i, t in enumerate(times)]
@@ -165,7 +167,7 @@ def test_realtime_partition_holds_each_event_until_the_wall_clock_reaches_it() -
     assert awake is not None  # asks Bytewax to come back rather than spin
     assert part.snapshot()[0] == 2  # the held line is not consumed: a restart reads it again
     assert released(part.next_batch()) == []
-    time.sleep(0.5)
+    clock[0] = now + 500
     assert sorted(released(part.next_batch())) == sorted(lines[2:4])
     assert part.snapshot()[0] == 4
     assert released(part.next_batch()) == []  # the last one is a minute ahead: held, the input not finished
