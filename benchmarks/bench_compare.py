@@ -6,12 +6,17 @@ compares runs made under the same conditions. The revision is exported with ``gi
 ``benchmarks/.work`` and imported by running from that folder (the current directory comes first
 on ``sys.path``, ahead of the editable install).
 
-    python -m benchmarks.bench_compare --base 76463b8 --runs 5
+    python -m benchmarks.bench_compare --base 76463b8 --runs 5 [--callgrind 30000]
+
+Wall-clock figures on a shared machine swing by tens of percent; ``--callgrind N`` adds a measure that
+does not: instructions per line of each tree's hot path over the first N lines, counted by valgrind's
+callgrind (the same input and start-up, run with an empty input, subtracted).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import statistics
 import subprocess
@@ -58,6 +63,19 @@ def hot_path(tree: Path, events: Path) -> float:
     return float(out.strip().splitlines()[-1])
 
 
+def instructions(tree: Path, events: Path) -> int:
+    """Instructions valgrind counts for the tree's hot path over ``events`` (start-up included)."""
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
+                          _HOT, str(events)], cwd=tree, check=True, capture_output=True, text=True).stderr
+    return int(re.search(r"Collected : (\d+)", out).group(1))  # type: ignore[union-attr]
+
+
+def per_line(tree: Path, events: Path, empty: Path, n: int) -> float:
+    """Instructions per line of the tree's hot path (start-up subtracted)."""
+    instructions(tree, empty)  # compile the tree's bytecode first: it would count in the first run
+    return (instructions(tree, events) - instructions(tree, empty)) / n
+
+
 def replay(tree: Path, events: Path, out: Path) -> float:
     """Events/s of wall time of one ``moments run`` process of the tree (file in, JSONL out)."""
     shutil.rmtree(out, ignore_errors=True)
@@ -76,6 +94,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=240)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions over N lines")
     a = ap.parse_args()
     events = events_file(a.customers, a.minutes)
     base = export(a.base)
@@ -106,6 +125,15 @@ def main() -> None:
             f"`python -m benchmarks.bench_compare --base {a.base}`: {a.customers:,} customers, {a.minutes:g} "
             f"simulated minutes; trees alternate within each round.\n\n{table(figs)}\n\n"
             f"Median ratio: hot path {statistics.median(hot_ratio):.3f}×, replay {statistics.median(rep_ratio):.3f}×.")
+    if a.callgrind:
+        lines = events.read_bytes().splitlines(keepends=True)[: a.callgrind]
+        sample, empty = WORK / f"compare-{len(lines)}.jsonl", WORK / "compare-empty.jsonl"
+        sample.write_bytes(b"".join(lines))
+        empty.write_bytes(b"")
+        counts = {name: per_line(tree, sample, empty, len(lines)) for name, tree in trees.items()}
+        body += (f"\n\nInstructions per line of the hot path (callgrind, first {len(lines):,} lines, start-up "
+                 f"subtracted): base {counts['base']:,.0f}, this tree {counts['this']:,.0f}: "
+                 f"{counts['this'] / counts['base']:.3f}×.")
     write_section("compare", body)
     print(body)
 
