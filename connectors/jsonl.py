@@ -30,8 +30,14 @@ class JsonlError(ValueError):
     """A line of a JSONL file that is not a JSON object; the message names the file and the line number."""
 
 
+# A record longer than this cannot be one the pipeline wrote (dead letters are bounded): never worth parsing.
+_MAX_WHOLE_TAIL = 1 << 20
+
+
 def repair_tail(fd: int, path: Path) -> int:
     """Cut a torn last line (one without its newline, e.g. after a full disk) off an open file.
+
+    A last line that is a whole JSON object only lacks its newline, which is added instead.
 
     The caller holds the file's lock. Logs a warning naming the file and the bytes dropped.
 
@@ -51,6 +57,17 @@ def repair_tail(fd: int, path: Path) -> int:
             keep = start + i + 1
             break
         end = start
+    if size - keep <= _MAX_WHOLE_TAIL:
+        tail = os.pread(fd, size - keep, keep)
+        try:
+            whole = isinstance(orjson.loads(tail), dict)
+        except orjson.JSONDecodeError:
+            whole = False
+        if whole:
+            # Cut off right after the record: it is whole and only its newline is missing. Keep it.
+            os.write(fd, b"\n")
+            log.warning("%s ended with a whole record but no newline: added the newline", path)
+            return 0
     os.ftruncate(fd, keep)
     log.warning("%s ended with a torn line (no newline): dropped its last %d bytes", path, size - keep)
     return size - keep

@@ -19,11 +19,15 @@ from flows.config import (
     PipelineConfig,
     RunError,
     duration_ms,
+    simulation_problem,
 )
 from flows.logs import setup_logging
 from state.rules import STAGES, RulePack, RulePackError, load_rule_pack
 
 log = logging.getLogger("cx.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -59,8 +63,8 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the CLI's argument parser."""
     parser = argparse.ArgumentParser(prog="moments", description="Real-time customer-experience moments on Bytewax.")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=["text", "json"])
+    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"), choices=LOG_LEVELS)
+    parser.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), choices=LOG_FORMATS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the pipeline (default: simulator → embedded ClickHouse)")
@@ -150,6 +154,8 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
     dsn = a.clickhouse
     for s in a.sink or (_env("SINKS", "clickhouse") or "clickhouse").split(","):
         s = s.strip()
+        if not s:
+            raise ConfigError("--sink (CX_SINKS)", "has an empty entry; name a sink, or none for no outputs")
         if s.startswith(("chdb://", "http://", "https://")):
             dsn = s
             sinks.append("clickhouse")
@@ -234,8 +240,9 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     """``moments simulate``."""
     from connectors.simulator import simulate, write_jsonl
 
-    if a.customers < 1 or a.minutes <= 0:
-        raise ConfigError("--customers/--minutes", "must be positive")
+    problem = simulation_problem(a.customers, a.minutes)
+    if problem:
+        raise ConfigError("--customers/--minutes", problem)
     sim = simulate(a.customers, a.minutes, a.seed)
     n = write_jsonl(sim, a.output, a.truth, progress=_progress("simulated"))
     _progress_done()
@@ -396,6 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"moments: error: {e}", file=sys.stderr)
         return 2
     a = parser.parse_args(argv)
+    # Defaults from CX_* variables bypass argparse's choices.
+    for opt, value, allowed in (("--log-level (CX_LOG_LEVEL)", a.log_level, LOG_LEVELS),
+                                ("--log-format (CX_LOG_FORMAT)", a.log_format, LOG_FORMATS)):
+        if value not in allowed:
+            print(f"moments: error: configuration: {opt}: must be one of {', '.join(allowed)}, got {value!r}",
+                  file=sys.stderr)
+            return 2
     setup_logging(a.log_level, a.log_format)
     try:
         return COMMANDS[a.command](a)

@@ -114,9 +114,16 @@ class PipelineConfig:
             raise ConfigError("--source", f"must be simulator, kafka or file:PATH, got {self.source!r}")
         if self.source.startswith("file:") and not self.source[5:]:
             raise ConfigError("--source", "file: needs a path, e.g. file:events.jsonl")
+        if self.source.startswith("file:") and any(not p.strip() for p in self.source[5:].split(",")):
+            # An empty entry would read the current directory's *.jsonl (a trailing comma, say).
+            raise ConfigError("--source", f"{self.source!r} has an empty path in its list")
         for s in self.sinks:
             if not (s in ("clickhouse", "kafka", "none") or s.startswith("jsonl:")):
                 raise ConfigError("--sink", f"must be jsonl:DIR, clickhouse, kafka or none, got {s!r}")
+            if s.startswith("jsonl:") and not s[6:].strip():
+                raise ConfigError("--sink", "jsonl: needs a directory, e.g. jsonl:out")
+        if self.status not in ("auto", "tty", "log", "off"):
+            raise ConfigError("--status (CX_STATUS)", f"must be auto, tty, log or off, got {self.status!r}")
         if not (self.clickhouse_dsn.startswith(("chdb://", "http://", "https://"))):
             raise ConfigError(
                 "--clickhouse", f"DSN must start with chdb://, http:// or https://, got {_safe(self.clickhouse_dsn)!r}"
@@ -135,28 +142,49 @@ class PipelineConfig:
                 raise ConfigError("--addresses", "is required with --process-id")
             if not 0 <= self.process_id < len(self.addresses):
                 raise ConfigError("--process-id", f"must be 0..{len(self.addresses) - 1}, got {self.process_id}")
-        if not self.snapshot_interval_s > 0:  # also refuses NaN
-            raise ConfigError("--snapshot-interval", f"must be a positive number of seconds, got "
+        if not 0 < self.snapshot_interval_s <= 86_400:  # also refuses NaN and infinity
+            raise ConfigError("--snapshot-interval", f"must be a positive number of seconds, at most 86400, got "
                               f"{self.snapshot_interval_s}")
+        if not 0 < self.tick_s <= 60:
+            raise ConfigError("--tick", f"must be a number of seconds in (0, 60], got {self.tick_s}")
+        if self.sim_rate is not None and not 0 < self.sim_rate <= 1e9:
+            raise ConfigError("--rate", f"must be a positive number of events per second, got {self.sim_rate}")
         if self.max_customers is not None and self.max_customers < self.shards:
             # The cap is shared out among the shards (max_customers // shards each): below one per shard a
             # shard would have no room and every new customer would shed the previous one.
             raise ConfigError("--max-customers", f"must be at least --shards ({self.shards}) so that every shard "
                               f"can hold a customer, got {self.max_customers}")
-        if self.lateness_ms < 0:
-            raise ConfigError("--lateness", "must not be negative")
+        if not 0 <= self.lateness_ms <= MAX_LATENESS_MS:
+            raise ConfigError("--lateness", f"must be 0..30d, got {self.lateness_ms} ms")
+        if not 0 < self.max_future_ms <= MAX_LATENESS_MS:
+            raise ConfigError("--max-future", f"must be more than 0 and at most 30d, got {self.max_future_ms} ms")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
         if not self.http_host.strip():
             raise ConfigError("--http-host", "must be an address to bind, e.g. 0.0.0.0 (every interface) or 127.0.0.1")
-        if self.sim_customers < 1 or self.sim_minutes <= 0:
-            raise ConfigError("--customers/--minutes", "must be positive")
+        sim_problem = simulation_problem(self.sim_customers, self.sim_minutes)
+        if sim_problem:
+            raise ConfigError("--customers/--minutes", sim_problem)
         if not 1 <= self.dead_letter_max_bytes <= MAX_DEAD_LETTER_MAX_BYTES:
             raise ConfigError("--dead-letter-max-bytes", f"must be 1..{MAX_DEAD_LETTER_MAX_BYTES} (the encoded record "
                               f"must stay below Kafka's 1 MB message limit), got {self.dead_letter_max_bytes}")
         if self.rules is not None and not self.rules.is_file():
             raise ConfigError("--rules", f"file not found: {self.rules}")
         return self
+
+
+MAX_LATENESS_MS = 30 * 86_400_000
+# Simulated traffic starts in 2026; ten years keeps every event inside the valid 2000..2100 range.
+MAX_SIM_MINUTES = 10 * 365 * 24 * 60
+
+
+def simulation_problem(customers: int, minutes: float) -> str | None:
+    """Return what is wrong with simulator settings, or None."""
+    if customers < 1 or not minutes > 0:
+        return "must be positive"
+    if minutes > MAX_SIM_MINUTES:
+        return f"--minutes must be at most {MAX_SIM_MINUTES} (ten years), got {minutes:g}"
+    return None
 
 
 def _safe(dsn: str) -> str:

@@ -6,7 +6,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import tzinfo
-from functools import cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -475,9 +475,13 @@ def _effectiveness(path: str, raw: object) -> tuple[int, float]:
     return n, float(c)
 
 
-@cache
+@lru_cache(maxsize=1024)
 def zone(name: str) -> tzinfo | None:
-    """Return the time zone of an IANA name, or None when unknown (cached: event attrs repeat few names)."""
+    """Return the time zone of an IANA name, or None when unknown.
+
+    Cached, but bounded: event attrs repeat a few hundred real names at most, and a stream of made-up names
+    (any string up to 64 characters is tried) must not grow the cache without end.
+    """
     try:
         return ZoneInfo(name)
     except (ValueError, OSError, ZoneInfoNotFoundError):

@@ -65,3 +65,59 @@ def test_a_numeric_environment_variable_that_is_not_a_number_is_named(
     err = _run_error(capsys)
     assert var in err
     assert repr(value) in err
+
+
+# Found by an adversarial pass after the first round: values at the edges of every numeric setting, empty list
+# entries, and CX_* variables whose values argparse's choices never see.
+@pytest.mark.parametrize(("args", "named"), [
+    (("--snapshot-interval", "inf"), "--snapshot-interval"),
+    (("--snapshot-interval", "1e300"), "--snapshot-interval"),
+    (("--rate", "nan"), "--rate"),
+    (("--rate", "inf"), "--rate"),
+    (("--rate", "-3"), "--rate"),
+    (("--tick", "nan"), "--tick"),
+    (("--tick", "inf"), "--tick"),
+    (("--lateness", "99999999999999999999d"), "--lateness"),
+    (("--max-future", "0"), "--max-future"),
+    (("--minutes", "100000000"), "--minutes"),
+    (("--sink", "jsonl:"), "--sink"),
+])
+def test_edge_values_are_refused_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], named: str
+) -> None:
+    assert named in _run_error(capsys, *args)
+
+
+def test_an_empty_entry_in_a_file_list_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # A trailing comma used to read every *.jsonl of the current directory.
+    assert main(["run", "--no-metrics", "--source", "file:a.jsonl,", "--sink", "none"]) == 2
+    assert "empty path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("var", "value", "named"), [
+    ("CX_SINKS", ",", "CX_SINKS"), ("CX_STATUS", "bogus", "CX_STATUS"), ("CX_LOG_LEVEL", "trace", "CX_LOG_LEVEL"),
+    ("CX_LOG_FORMAT", "xml", "CX_LOG_FORMAT"),
+])
+def test_bad_values_of_choice_variables_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], var: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(var, value)
+    assert main(["run", "--no-metrics", "--source", "file:/nonexistent/cx-never.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert named in err
+    assert "Traceback" not in err
+
+
+def test_simulate_refuses_minutes_past_the_valid_time_range(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    assert main(["simulate", "--customers", "10", "--minutes", "1e8", "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "--minutes" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_the_time_zone_cache_is_bounded() -> None:
+    from state.rules import zone
+
+    for i in range(3000):
+        assert zone(f"Nope/{i:06d}") is None
+    assert zone("Europe/Paris") is not None
+    assert zone.cache_info().currsize <= zone.cache_info().maxsize == 1024

@@ -29,6 +29,16 @@ def test_a_torn_last_line_is_cut_off_when_the_file_is_opened(tmp_path: Path,
     assert f"{len(torn)} bytes" in warning
 
 
+def test_a_whole_last_record_without_its_newline_is_kept(tmp_path: Path) -> None:
+    # Cut exactly between a record and its newline: the record is whole, only the newline is missing.
+    path = tmp_path / "actions.jsonl"
+    path.write_bytes(b'{"moment_id": "m1"}\n{"moment_id": "m2", "status": "sent"}')
+    writer = JsonlWriter(tmp_path, kinds=("action",))
+    writer.add("action", [{"moment_id": "m3"}])
+    writer.close()
+    assert [r["moment_id"] for r in read_jsonl(path)] == ["m1", "m2", "m3"]
+
+
 def test_a_file_that_is_one_torn_line_is_emptied_and_whole_files_are_left_alone(tmp_path: Path) -> None:
     (tmp_path / "moments.jsonl").write_bytes(b'{"moment_id": "m' * 10_000)  # no newline at all, > one read block
     (tmp_path / "tags.jsonl").write_bytes(b'{"tag": "t1"}\n')
