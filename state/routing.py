@@ -148,14 +148,18 @@ def _ts_by_slicing(raw: bytes) -> int | None:
 
 
 def _iso_ts(raw: bytes, start: int) -> int | None:
-    # The string's bytes up to its closing quote; an escape or non-ASCII byte in an ISO time is left to parsing.
+    # The string's bytes up to its closing quote: without an escape they are what JSON decoding gives. An
+    # escaped ISO time is left out (None): only a full parse could read it, and this runs before parsing.
     end = raw.find(b'"', start)
-    if end < 0 or end - start > 64:
+    if end < 0:
         return None
     value = raw[start:end]
-    if b"\\" in value or not value.isascii():
+    if b"\\" in value:
         return None
-    return _ts_value(value.decode("ascii"))
+    try:
+        return _ts_value(value.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None
 
 
 def _ts_value(value: object) -> int | None:
