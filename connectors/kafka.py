@@ -394,7 +394,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                              for s, v in values.items()]
         if track:
             if candidates:
-                self._max_ts = max(max_ts, validated_max_ts(candidates, self._types))
+                # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the flush.
+                self._max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards))
             if self._eof:
                 # The partition's end in a replay: every shard (in every process: the exchange routes by key)
                 # hears its largest valid event time, and flushes to the whole input's largest at end of input.

@@ -59,9 +59,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         own: frozenset[int] | None = None,
         realtime: bool = False,
         max_ts: int = 0,
+        max_future_ms: int | None = None,
     ) -> None:
         self._types = types
         self._realtime = realtime
+        self._max_future = max_future_ms
         self._held: bytes | None = None  # realtime: the next line, read but not yet due
         self._source = source
         self._lines = open_at(start)
@@ -129,8 +131,12 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
         # The parsed ts must be the sliced one too: a key spelled with escapes would otherwise let a decoy
         # (e.g. in attrs) move the clock.
+        # It must also be routed to its own customer's shard, and (live) not too far ahead of the wall clock:
+        # a line the shard dead-letters must not move the clock either.
         if candidates:
-            max_ts = max(max_ts, validated_max_ts(candidates, self._types))
+            live_now = None if self._max_future is None else wall_ms()
+            max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards, now_ms=live_now,
+                                                  max_future_ms=self._max_future))
         self._max_ts = max_ts
         keys = self._keys
         src = self._source
@@ -263,13 +269,16 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         batch_lines: Lines read per batch.
         types: Event types the rule pack knows (for the tick's validity check).
         placement: This process's place in the cluster (None: a single process).
+        max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
+            (the shards' ``--max-future``); None in replay.
     """
 
     def __init__(
         self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
-        placement: Placement | None = None,
+        placement: Placement | None = None, max_future_ms: int | None = None,
     ) -> None:
         self._types = types
+        self._max_future = max_future_ms
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file not found: {', '.join(missing)}")
@@ -290,7 +299,7 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part)
         path = self._paths[index]
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
-                             types=self._types, own=own, max_ts=max_ts)
+                             types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):
@@ -307,6 +316,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         batch_lines: Lines per batch.
         types: Event types the rule pack knows (for the tick's validity check).
         placement: This process's place in the cluster (None: a single partition for the whole cluster).
+        max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
+            (the shards' ``--max-future``); None in replay.
     """
 
     def __init__(
@@ -316,8 +327,10 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         placement: Placement | None = None,
         realtime: bool = False,
         max_ts: int = 0,
+        max_future_ms: int | None = None,
     ) -> None:
         self._types = types
+        self._max_future = max_future_ms
         self._realtime = realtime
         self._make = make_lines
         self._shards = shards
@@ -338,7 +351,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part)
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
-                             types=self._types, own=own, realtime=self._realtime, max_ts=max_ts)
+                             types=self._types, own=own, realtime=self._realtime, max_ts=max_ts,
+                             max_future_ms=self._max_future)
 
 
 class _Pacer:

@@ -47,11 +47,12 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
     """Build the configured input."""
     if cfg.source.startswith("file:"):
         return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types,
-                               placement=placement_of(cfg))
+                               placement=placement_of(cfg), max_future_ms=cfg.max_future_ms if cfg.live else None)
     if cfg.source == "simulator":
         # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
-                               placement=None if cfg.live else placement_of(cfg), realtime=cfg.live)
+                               placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
+                               max_future_ms=cfg.max_future_ms if cfg.live else None)
     if cfg.source == "kafka":
         from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
         from flows import metrics

@@ -96,7 +96,15 @@ def test_shard_of_raw_never_raises_and_stays_in_range(raw: bytes, shards: int) -
         (b'{"step":"ts","ts":1767225600000}', T0),
         (b'{"attrs":{"ts":4000000000000},"ts":1767225600000}', T0),
         (b'{"ts":1767225600000,"attrs":{"ts":1}}', T0),
-        (b'{"ts":"2026-01-01T00:00:00Z"}', None),
+        (b'{"ts":"2026-01-01T00:00:00Z"}', T0),
+        (b'{"ts" : "2026-01-01T00:00:11.153+00:00","x":1}', T0 + 11_153),
+        (b'{"ts":"2026-01-01T08:00:00.0005+08:00"}', T0 + 1),
+        (b'{"ts":"2026-01-01T00:00:00"}', None),
+        (b'{"ts":"1999-12-31T23:59:59Z"}', None),
+        (b'{"ts":"not a time"}', None),
+        (b'{"ts":"2026-01-01T00:00:00\\u005a"}', None),
+        (b'{"ts":"2026-01-01T00:00:00Z}', None),
+        (b'{"step":"ts","ts":"2026-01-01T00:00:00Z"}', T0),
         (b'{"ts":1767225600000.5}', None),
         (b'{"ts":-1767225600000}', None),
         (b'{"ts":1e12}', None),
@@ -109,7 +117,7 @@ def test_shard_of_raw_never_raises_and_stays_in_range(raw: bytes, shards: int) -
         (b"not json", None),
     ],
 )
-def test_ts_of_raw_reads_the_integer_event_time_or_nothing(raw: bytes, ts: int | None) -> None:
+def test_ts_of_raw_reads_the_integer_or_iso_event_time_or_nothing(raw: bytes, ts: int | None) -> None:
     assert ts_of_raw(raw) == ts
 
 
@@ -125,6 +133,27 @@ def test_ts_of_raw_is_the_parsed_ts_or_none(ts: int, attrs: dict[str, int], attr
     assert got == (ts if MIN_TS_MS <= ts < MAX_TS_MS else None)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.integers(MIN_TS_MS - 10_000, MAX_TS_MS + 10_000), st.integers(-14 * 60, 14 * 60),
+       st.sampled_from(["milliseconds", "microseconds", "seconds"]), st.booleans())
+def test_ts_of_raw_reads_an_iso_ts_as_parsing_does(ts: int, offset_min: int, spec: str, attrs_ts: bool) -> None:
+    """The end-of-input flush and the live release must see ISO-8601 times, and read them as parsing does."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    tz = timezone(timedelta(minutes=offset_min))
+    try:
+        iso = datetime.fromtimestamp(ts / 1000, UTC).astimezone(tz).isoformat(timespec=spec)
+    except (OverflowError, ValueError):
+        return  # outside datetime's years
+    doc: dict[str, object] = {"event_id": "e1", "customer_id": "c", "ts": iso, "channel": "app", "type": "view"}
+    if attrs_ts:
+        doc["attrs"] = {"ts": 1}
+    raw = orjson.dumps(doc)
+    ev = parse_event(raw)
+    assert ts_of_raw(raw) == (ev.ts_ms if type(ev) is Event else None)
+    assert ts_of_raw(raw) == _ts_by_slicing(raw)
+
+
 # -- the patterns agree with slicing byte by byte -------------------------------------------------------
 _ODD_LINES = [
     b'{"event_id":"e1","customer_id":"c123","ts":1767225600000,"channel":"app","type":"view"}',
@@ -138,6 +167,9 @@ _ODD_LINES = [
     b'{"step":"ts","ts":1767225600000}',
     b'{"attrs":{"ts":4000000000000},"ts":1767225600000}',
     b'{"ts":"2026-01-01T00:00:00Z"}',
+    b'{"ts": "2026-01-01T00:00:11.153+00:00"}',
+    b'{"ts":"2026-01-01T00:00:00"}',
+    b'{"ts":"2026-01-01T00:00:00Z',
     b'{"ts":1767225600000.5}',
     b'{"ts":12345678901234567890}',
     b'{"ts":946684799999}',

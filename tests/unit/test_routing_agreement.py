@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,10 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.replay_source import _RawPartition
+from flows.config import PipelineConfig
+from flows.dataflow import make_source
 from state.batches import RawBatch, Tick
 from state.events import Event, parse_event
 from state.routing import shard_of_id, shard_of_raw, ts_of_raw, validated_max_ts
-from state.shard import Shard, process
+from state.shard import Shard, process, wall_ms
 from tests.helpers import MIN, PACK, T0
 
 SHARDS = 16
@@ -77,6 +80,9 @@ def test_a_valid_event_reaches_its_parsed_customer_or_a_dead_letter_and_ticks_re
         assert "\\" in raw.decode("utf-8", "surrogatepass")  # only a crafted message is routed by a decoy
     t = ts_of_raw(raw)
     assert t is None or validated_max_ts([(t, raw)], PACK.types) in (0, ev.ts_ms)
+    # A line its shard dead-letters as routing_mismatch never moves a clock.
+    if t is not None and routed != shard_of_id(ev.customer_id, shards):
+        assert validated_max_ts([(t, raw)], PACK.types, shards=shards) == 0
 
 
 def _line(eid: str, cid_key: str, cid: str, ts_key: str, ts: int, **extra: Any) -> bytes:
@@ -117,6 +123,48 @@ def test_a_replay_tick_never_carries_a_time_parsing_does_not_read() -> None:
             break
         ticks += [t.max_ts_ms for _k, t in items if isinstance(t, Tick)]
     assert max(ticks) == T0 + 2 * MIN
+
+
+def _ticks(part: _RawPartition) -> list[Tick]:
+    ticks: list[Tick] = []
+    while True:
+        try:
+            items = part.next_batch()
+        except StopIteration:
+            return ticks
+        ticks += [t for _k, t in items if isinstance(t, Tick)]
+
+
+def test_a_line_dead_lettered_as_routing_mismatch_never_moves_a_tick() -> None:
+    """Adversary 4: the escaped top-level key and a literal decoy in attrs route the line to the decoy's shard,
+    where it is dead-lettered; its future time must not become the end-of-input flush time."""
+    cids = [f"c{i:07d}" for i in range(40)]
+    cid = next(c for c in cids if shard_of_id(c, SHARDS) != shard_of_id("zz1", SHARDS))
+    lines = [_line("a", "customer_id", cid, "ts", T0, journey="cart"),
+             _line("evil-1", "customer\\u005fid", cid, "ts", T0 + 1440 * MIN, attrs={"customer_id": "zz1"}),
+             _line("b", "customer_id", cid, "ts", T0 + MIN)]
+    assert shard_of_raw(lines[1], SHARDS) != shard_of_id(cid, SHARDS)
+    ticks = _ticks(_RawPartition("file:x", lambda start: iter(lines[start:]), 0, SHARDS, 1))
+    assert ticks[-1].final
+    assert max(t.max_ts_ms for t in ticks) == T0 + MIN
+
+
+def test_a_live_line_too_far_in_the_future_never_moves_a_tick(tmp_path: Path) -> None:
+    """Adversary 3: with the live clock the shard dead-letters a line beyond --max-future as bad_ts:ts; the
+    source's ticks, which live shards follow, must not carry its time."""
+    now = wall_ms()
+    lines = [_line("a", "customer_id", "c1", "ts", now - 2 * MIN),
+             _line("evil-f", "customer_id", "zz-evil", "ts", now + 10 * 1440 * MIN),
+             _line("b", "customer_id", "c2", "ts", now - MIN)]
+    assert parse_event(lines[1], now_ms=now, max_future_ms=3_600_000).code == "bad_ts:ts"  # type: ignore[union-attr]
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(b"".join(line + b"\n" for line in lines))
+    # Built as the pipeline builds it: the live clock and --max-future must reach the source.
+    src = make_source(PipelineConfig(source=f"file:{path}", clock="live", shards=4, batch_lines=1), PACK)
+    (name,) = src.list_parts()  # type: ignore[attr-defined]
+    ticks = _ticks(src.build_part("input", name, None))  # type: ignore[attr-defined]
+    assert ticks
+    assert max(t.max_ts_ms for t in ticks) == now - MIN
 
 
 def test_feedback_routed_by_a_decoy_id_is_dead_lettered_not_applied_on_the_wrong_shard() -> None:
