@@ -34,6 +34,8 @@ from state.outputs import Outputs
 from state.rules import RulePack
 
 if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
+
     from flows.metrics import MetricsServer
 
 log = logging.getLogger("cx.run")
@@ -71,10 +73,11 @@ def summary(cfg: PipelineConfig, pack: RulePack) -> str:
     )
 
 
-def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
-    """Run until the input ends (replay) or forever (live); return an exit code."""
+def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None, Dataflow, RecoveryConfig | None]:
+    """Start the metrics endpoint, check Kafka, build the dataflow and its recovery configuration."""
     from flows import metrics
 
+    server = None
     if cfg.metrics_port is not None:
         server = _start_metrics(cfg)
         everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
@@ -92,16 +95,29 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = _recovery_config(cfg.recovery_dir, cfg)
-    stop = threading.Event()
-    status = None
+    return server, flow, recovery
+
+
+def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
+    """Run until the input ends (replay) or forever (live); return an exit code."""
     # SIGTERM (Kubernetes, docker stop) ends the input (flows.stopping), or the run like Ctrl-C where that does not
-    # end it; buffered outputs are flushed on the way out.
+    # end it; buffered outputs are flushed on the way out. Armed before any thread starts: a thread inherits the
+    # signal mask of its creator, and one started earlier (the metrics server's) would leave SIGTERM unblocked
+    # there, so the kernel could deliver it to that thread instead of the watcher; Python then ran ``_terminate``
+    # inside Bytewax's worker loop, which stopped by panicking ("Box<dyn Any>").
     global _STOPPING, _SINGLE_WORKER
     _STOPPING = False
     _SINGLE_WORKER = cfg.workers == 1 and not cfg.addresses
     stopping.reset()
     signal.signal(signal.SIGTERM, _terminate)
     _watch_sigterm()
+    try:
+        server, flow, recovery = _prepare(cfg, pack)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: SIGTERM ends the process again
+        raise
+    stop = threading.Event()
+    status = None
     if cfg.status != "off":
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
@@ -132,6 +148,8 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     finally:
         flush_all()
         stop.set()
+        if server is not None:
+            server.stop()  # handler threads are daemons: an idle client does not hold the exit
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
