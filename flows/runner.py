@@ -114,7 +114,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     try:
         server, flow, recovery = _prepare(cfg, pack)
     except BaseException:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: SIGTERM ends the process again
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: the main thread takes SIGTERM again
         raise
     stop = threading.Event()
     status = None
