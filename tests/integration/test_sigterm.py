@@ -158,22 +158,35 @@ def test_sigterm_with_recovery_then_restart_gives_the_moments_of_an_uninterrupte
 # These runs keep the endpoint on (a free port) as a deployment does.
 
 
-def _stop_with_metrics_on(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> str:
-    """Run a worker with the metrics endpoint on, SIGTERM it once events flowed; check a clean, flushed stop."""
+def _stop_with_metrics_on(args: list[str], tmp_path: Path, env: dict[str, str] | None = None,
+                          idle_clients: int = 0) -> str:
+    """Run a worker with the metrics endpoint on, SIGTERM it once events flowed; check a clean, flushed stop.
+
+    ``idle_clients`` connections that sent half a request stay open across the signal.
+    """
+    import socket
+
     out = tmp_path / "out"
     port = free_port()
     w = Worker([*args, "--sink", f"jsonl:{out}", "--metrics-port", str(port), "--http-host", "127.0.0.1",
                 "--status", "log", "--snapshot-interval", "600"], tmp_path / "w.log",
                env={"RUST_BACKTRACE": "1", **(env or {})})
+    clients: list[socket.socket] = []
     try:
         wait_until(lambda: re.search(r"status events=[1-9]", w.log()) or not w.alive(), 90,
                    "a status line with events", detail=lambda: w.log()[-3000:])
         assert w.alive(), w.log()[-3000:]  # still running: the signal lands inside the dataflow
         assert _listening(port), w.log()[-3000:]
+        for _ in range(idle_clients):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"GET /metrics HTTP/1.1\r\n")
+            clients.append(c)
         w.proc.send_signal(signal.SIGTERM)
         code = w.wait(60)
     finally:
         w.stop()
+        for c in clients:
+            c.close()
     log = w.log()
     assert code == 0, log[-3000:]
     for noise in NOISE:
@@ -190,7 +203,7 @@ def _stop_with_metrics_on(args: list[str], tmp_path: Path, env: dict[str, str] |
 
 def test_sigterm_with_the_metrics_endpoint_on_stops_a_live_simulator_cleanly(tmp_path: Path) -> None:
     _stop_with_metrics_on(["--source", "simulator", "--clock", "live", "--customers", "3000", "--minutes", "2",
-                           "--lateness", "1s"], tmp_path)
+                           "--lateness", "1s"], tmp_path, idle_clients=50)
 
 
 def test_sigterm_with_the_metrics_endpoint_on_stops_a_paced_simulator_cleanly(tmp_path: Path) -> None:
