@@ -606,7 +606,13 @@ def readiness() -> dict[str, bool]:
     return result
 
 
+# A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
+HTTP_READ_TIMEOUT_S = 10.0
+
+
 class _Handler(BaseHTTPRequestHandler):
+    timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
@@ -634,13 +640,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # A scraper or probe that gives up before the answer is written (a timeout, `curl | head`) is routine.
-_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
 
 
 class MetricsServer(ThreadingHTTPServer):
     """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
 
     daemon_threads = True
+    block_on_close = False  # stopping never waits on a client's connection (threads end by HTTP_READ_TIMEOUT_S)
 
     @property
     def port(self) -> int:
@@ -661,7 +668,7 @@ class MetricsServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
+        """Stop serving and close the socket, without waiting for open connections."""
         self.shutdown()
         self.server_close()
 

@@ -34,6 +34,8 @@ from state.outputs import Outputs
 from state.rules import RulePack
 
 if TYPE_CHECKING:
+    from bytewax.dataflow import Dataflow
+
     from flows.metrics import MetricsServer
 
 log = logging.getLogger("cx.run")
@@ -71,10 +73,11 @@ def summary(cfg: PipelineConfig, pack: RulePack) -> str:
     )
 
 
-def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
-    """Run until the input ends (replay) or forever (live); return an exit code."""
+def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None, Dataflow, RecoveryConfig | None]:
+    """Start the metrics endpoint, check Kafka, build the dataflow and its recovery configuration."""
     from flows import metrics
 
+    server = None
     if cfg.metrics_port is not None:
         server = _start_metrics(cfg)
         everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
@@ -92,16 +95,28 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = _recovery_config(cfg.recovery_dir, cfg)
-    stop = threading.Event()
-    status = None
+    return server, flow, recovery
+
+
+def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
+    """Run until the input ends (replay) or forever (live); return an exit code."""
     # SIGTERM (Kubernetes, docker stop) ends the input (flows.stopping), or the run like Ctrl-C where that does not
-    # end it; buffered outputs are flushed on the way out.
-    global _STOPPING, _SINGLE_WORKER
+    # end it; buffered outputs are flushed on the way out. Armed before any thread starts: a thread inherits the
+    # signal mask of its creator, and one started earlier (the metrics server's) would leave SIGTERM unblocked
+    # there, so the kernel could deliver it to that thread instead of the watcher; Python then ran ``_terminate``
+    # inside Bytewax's worker loop, which stopped by panicking ("Box<dyn Any>").
+    global _STOPPING
     _STOPPING = False
-    _SINGLE_WORKER = cfg.workers == 1 and not cfg.addresses
     stopping.reset()
     signal.signal(signal.SIGTERM, _terminate)
     _watch_sigterm()
+    try:
+        server, flow, recovery = _prepare(cfg, pack)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: the main thread takes SIGTERM again
+        raise
+    stop = threading.Event()
+    status = None
     if cfg.status != "off":
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
@@ -132,6 +147,8 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     finally:
         flush_all()
         stop.set()
+        if server is not None:
+            server.stop()  # handler threads are daemons: an idle client does not hold the exit
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
@@ -179,7 +196,6 @@ def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
 
 
 _STOPPING = False
-_SINGLE_WORKER = False
 
 
 def _terminate(_signum: int, _frame: object) -> None:
@@ -226,8 +242,9 @@ def _watch_sigterm() -> None:
     """Take SIGTERM on a thread of its own, so that it ends the process even while Bytewax runs no Python.
 
     A cluster process waiting for its peers to connect stays inside Bytewax's Rust code, where a Python signal
-    handler never gets to run. The watcher hands the signal to the main thread (``_terminate``: flush and exit)
-    and exits the process itself if the main thread has not taken it within ``SIGTERM_GRACE_S``.
+    handler never gets to run. The watcher ends the input (``flows.stopping``); if the dataflow has not finished
+    within ``INPUT_STOP_GRACE_S`` it hands the signal to the main thread (``_terminate``: flush and exit), and
+    exits the process itself if the main thread has not taken it within ``SIGTERM_GRACE_S`` more.
     """
     global _WATCHER
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -238,14 +255,14 @@ def _watch_sigterm() -> None:
 
 def _sigterm_watcher() -> None:
     signal.sigwait({signal.SIGTERM})
-    if _SINGLE_WORKER:
-        # End the input and give the dataflow a moment to finish. Bytewax's one-worker loop can only be interrupted
-        # by a panic (a backtrace on stderr), kept for a dataflow that does not finish, e.g. a sink that blocks.
-        # With several workers or processes Bytewax stops its worker threads at a flag instead: no panic there.
-        stopping.request_stop()
-        deadline = time.monotonic() + INPUT_STOP_GRACE_S
-        while time.monotonic() < deadline and not _STOPPING:
-            time.sleep(0.05)
+    # End the input and give the dataflow a moment to finish. Interrupting Bytewax instead is kept for a dataflow
+    # that does not finish: its one-worker loop stops by panicking (a backtrace on stderr), and a cluster process
+    # interrupted while it resumes from recovery state could abort ("non-unwinding panic", status 134). A cluster
+    # finishes once every process ended its input (each gets the signal from its orchestrator).
+    stopping.request_stop()
+    deadline = time.monotonic() + INPUT_STOP_GRACE_S
+    while time.monotonic() < deadline and not _STOPPING:
+        time.sleep(0.05)
     if not _STOPPING:
         _thread.interrupt_main(signal.SIGTERM)
     deadline = time.monotonic() + SIGTERM_GRACE_S
@@ -254,7 +271,7 @@ def _sigterm_watcher() -> None:
             return  # the main thread is flushing and exiting
         time.sleep(0.05)
     log.warning("stopping on signal: the dataflow did not respond within %.0f s (waiting for the other processes "
-                "of the cluster?); exiting without a flush", SIGTERM_GRACE_S)
+                "of the cluster?); exiting without a flush", INPUT_STOP_GRACE_S + SIGTERM_GRACE_S)
     logging.shutdown()
     os._exit(143)
 

@@ -1,7 +1,8 @@
 """A requested stop (SIGTERM) ends the input, and Bytewax then finishes the dataflow as at the end of its input.
 
 Bytewax 0.21 stops a single-worker run on a signal only by panicking inside its Rust worker loop, which prints a
-"thread panicked … Box<dyn Any>" backtrace on stderr. Ending every input partition instead lets the dataflow
+"thread panicked … Box<dyn Any>" backtrace on stderr; a cluster process interrupted while it resumes from recovery
+state could abort ("non-unwinding panic"). Ending every input partition instead lets the dataflow
 complete normally: each shard emits its pending rows (``ShardLogic.on_eof``), the sink's last epoch flushes them
 (and, with recovery, commits the input positions), and ``cli_main`` returns.
 """
