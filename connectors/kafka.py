@@ -350,6 +350,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._idle_wait = timedelta(seconds=idle_wait_s)
         self._awake: datetime | None = None
         self._failing = (-1, 0)  # (offset, fetches failed in a row) of a message that cannot be decoded
+        self._condemned = -1  # the reported (batch) offset of the last message skipped as undecodable
 
     def next_batch(self) -> list[Item]:
         if self._stop and self._eof:
@@ -477,16 +478,18 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
     def _undecodable(self, err: KafkaError, offset: int) -> tuple[int, str] | None:
         """Count a fetch that failed on one message; after ``UNDECODABLE_RETRIES`` in a row at the same position,
         seek past it and return ``(offset, error)`` for its dead letter."""
-        # A compressed batch reports its first offset: once past that, the position itself is what fails.
+        # A compressed batch reports its first offset: once past that, the position itself is what fails, and
+        # the rest of a batch already found undecodable is skipped without more retries.
         position = max(offset, self._next)
         failing, count = self._failing
         count = count + 1 if failing == position else 1
-        if count < UNDECODABLE_RETRIES:
+        if count < UNDECODABLE_RETRIES and offset != self._condemned:
             self._failing = (position, count)
             if self._on_error is not None:
                 self._on_error(self._topic, self._part, err)
             return None
         self._failing = (-1, 0)
+        self._condemned = offset
         self._next = position + 1
         # assign() (not seek) also drops what was already fetched for the old position.
         self._consumer.assign([TopicPartition(self._topic, self._part, self._next)])

@@ -124,3 +124,33 @@ def test_a_decompression_bomb_on_the_feedback_topic_is_skipped_and_dead_lettered
     # The records on both sides of the bomb were stored (feedback goes to ClickHouse only).
     stored = query(ch, "SELECT moment_id FROM feedback ORDER BY moment_id")
     assert stored == [[f"m{i}"] for i in range(6)]
+
+
+def test_honest_messages_compressed_in_the_bombs_batch_are_dead_lettered_each_and_the_rest_is_read(
+        kafka: str, tmp_path: Path) -> None:
+    # A compressed batch fails as a whole: the client reports its first offset for every position inside it.
+    valid = [orjson.dumps(e) for e in simulate(300, 60, seed=4).events()]
+    names = _topics(kafka)
+    p = Producer({"bootstrap.servers": kafka, "compression.type": "zstd", "message.max.bytes": 300_000_000,
+                  "linger.ms": 500, "batch.size": 100_000_000, "enable.idempotence": False})
+    offsets: list[int] = []
+    for v in [*valid[:2], BOMB, *valid[2:4]]:
+        p.produce(names["events"], value=v, on_delivery=lambda _e, m: offsets.append(m.offset()))
+    assert p.flush(30) == 0
+    assert offsets == list(range(5))
+    p = Producer({"bootstrap.servers": kafka, "compression.type": "zstd", "linger.ms": 5, "batch.size": 100_000})
+    for v in valid[4:]:
+        p.produce(names["events"], value=v)
+    assert p.flush(30) == 0
+
+    worker = _run(kafka, names, "kafka", tmp_path / "kafka", tmp_path / "kafka.log")
+    assert worker.wait(120) == 0, worker.log()[-3000:]
+    dead = list(read_jsonl(tmp_path / "kafka" / "deadletter.jsonl"))
+    assert [(d["reason"], d["offset"]) for d in dead] == [("undecodable", o) for o in range(5)]
+
+    src = tmp_path / "clean.jsonl"
+    src.write_bytes(b"".join(v + b"\n" for v in valid[4:]))
+    clean = _run(kafka, _topics(kafka), f"file:{src}", tmp_path / "clean", tmp_path / "clean.log")
+    assert clean.wait(120) == 0, clean.log()[-3000:]
+    clean_ids = sorted(m["moment_id"] for m in read_jsonl(tmp_path / "clean" / "moments.jsonl"))
+    assert sorted(m["moment_id"] for m in read_jsonl(tmp_path / "kafka" / "moments.jsonl")) == clean_ids
