@@ -287,6 +287,12 @@ def ensure_topics(conf: dict[str, str], topics: Iterable[str], *, create: bool, 
     raise RuntimeError(f"Kafka topics {wanted} have no partitions on {conf.get('bootstrap.servers')}")
 
 
+# Errors of one message the client cannot fetch or unpack (a zstd bomb over receive.message.max.bytes, a corrupt
+# record): every fetch of that offset fails the same way, so without a skip the partition never moves again.
+_UNDECODABLE = frozenset({KafkaError._BAD_COMPRESSION, KafkaError._BAD_MSG, KafkaError.MSG_SIZE_TOO_LARGE})
+# Fetches of the same offset failing so before it is skipped: a one-off fault (a corrupt transfer) gets retries.
+UNDECODABLE_RETRIES = 3
+
 KafkaPosition = int | tuple[int, int]
 """A Kafka partition's resume state: the next offset and the largest valid event time read (older state: the
 offset alone)."""
@@ -343,6 +349,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._errors_logged = 0.0
         self._idle_wait = timedelta(seconds=idle_wait_s)
         self._awake: datetime | None = None
+        self._failing = (-1, 0)  # (offset, fetches failed in a row) of a message that cannot be decoded
+        self._condemned = -1  # the reported (batch) offset of the last message skipped as undecodable
 
     def next_batch(self) -> list[Item]:
         if self._stop and self._eof:
@@ -363,16 +371,23 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         track = self._final_tick
         candidates: list[tuple[int, bytes]] = []
         max_ts = self._max_ts
+        skipped: list[tuple[int, str]] = []
         for m in msgs:
             err = m.error()
             if err is not None:
                 # Reaching the end of the partition is news, not an error.
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = True
+                elif err.code() in _UNDECODABLE and (bad_at := m.offset()) is not None and bad_at >= 0:
+                    bad = self._undecodable(err, bad_at)
+                    if bad is not None:
+                        skipped.append(bad)
+                        break  # the rest of this batch was fetched before the seek
                 else:
                     self._log_error(err)
                 continue
             self._eof = False
+            self._failing = (-1, 0)
             raw = m.value() or b""
             off: int = m.offset()  # type: ignore[assignment]  # None only on error events, skipped above
             s = shard_of_raw(raw, shards)
@@ -392,6 +407,10 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             self._maybe_report_lag()
         items: list[Item] = [(self._keys[s], RawBatch(self._source, self._part, v, offsets[s], s))
                              for s, v in values.items()]
+        if skipped:
+            # No customer id to route by: shard 0 writes the dead letter (any shard's dead letters reach the
+            # same outputs and counter), in the same epoch as the position that skips it.
+            items.append((self._keys[0], RawBatch(self._source, self._part, [], [], 0, tuple(skipped))))
         if track:
             if candidates:
                 # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the flush.
@@ -456,6 +475,28 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._next = self._reset(what, position, max(low, 0), high)
         self._consumer.assign([TopicPartition(self._topic, self._part, self._next)])
         self._beyond = None
+
+    def _undecodable(self, err: KafkaError, offset: int) -> tuple[int, str] | None:
+        """Count a fetch that failed on one message; after ``UNDECODABLE_RETRIES`` in a row at the same position,
+        seek past it and return ``(offset, error)`` for its dead letter."""
+        # A compressed batch reports its first offset: once past that, the position itself is what fails, and
+        # the rest of a batch already found undecodable is skipped without more retries.
+        position = max(offset, self._next)
+        failing, count = self._failing
+        count = count + 1 if failing == position else 1
+        if count < UNDECODABLE_RETRIES and offset != self._condemned:
+            self._failing = (position, count)
+            if self._on_error is not None:
+                self._on_error(self._topic, self._part, err)
+            return None
+        self._failing = (-1, 0)
+        self._condemned = offset
+        self._next = position + 1
+        # assign() (not seek) also drops what was already fetched for the old position.
+        self._consumer.assign([TopicPartition(self._topic, self._part, self._next)])
+        log.error("Kafka input %s[%d]: message at offset %d cannot be fetched or decoded (%s; failed %d times); "
+                  "skipped, dead-lettered as undecodable", self._topic, self._part, position, err.str(), count)
+        return position, err.str()
 
     def _log_error(self, err: KafkaError) -> None:
         if err.code() in (KafkaError.OFFSET_OUT_OF_RANGE, KafkaError._AUTO_OFFSET_RESET) and self._next >= 0:

@@ -15,6 +15,8 @@ class RawBatch(NamedTuple):
         offsets: Position of each value in its partition (line number or Kafka offset).
         shard: The shard routing sent them to (-1: not said); the shard checks that each parsed
             ``customer_id`` belongs there (DESIGN.md §4, routing and parsing must agree).
+        undecodable: ``(offset, error)`` of messages the client could not fetch or decode (a compressed
+            message too large to unpack); the shard dead-letters them as ``undecodable``.
     """
 
     source: str
@@ -22,6 +24,7 @@ class RawBatch(NamedTuple):
     values: list[bytes]
     offsets: list[int]
     shard: int = -1
+    undecodable: tuple[tuple[int, str], ...] = ()
 
 
 class Tick(NamedTuple):

@@ -45,6 +45,7 @@ class InvalidReason(StrEnum):
     ATTRS_NESTED = "attrs_nested"
     DUPLICATE = "duplicate"
     ROUTING_MISMATCH = "routing_mismatch"
+    UNDECODABLE = "undecodable"
 
 
 class Invalid(NamedTuple):

@@ -297,6 +297,9 @@ class Shard:
     # -- input ------------------------------------------------------------------------
     def feed(self, batch: RawBatch) -> None:
         """Parse a batch of raw messages into the buffer (invalid ones to the dead letters)."""
+        for offset, error in batch.undecodable:
+            # No bytes to keep: the client never had the message (raw empty, raw_len 0).
+            self._dead(Invalid(InvalidReason.UNDECODABLE, error[:500], b""), batch, offset)
         if batch.source in self.feedback_sources:
             self.feed_feedback(batch)
             return

@@ -334,3 +334,13 @@ def test_snapshot_keeps_pending_state_rows_with_their_change_time() -> None:
     rows = restored.take_outputs(states=True).states
     assert [r["fired"] for r in rows] == [["cart.abandoned"]]
     assert rows[0]["version"] == sh.take_outputs(states=True).states[0]["version"]
+
+
+# -- messages the Kafka client could not decode ---------------------------------------------------
+@pytest.mark.parametrize("source", ["kafka:cx.events", "kafka:cx.feedback"])
+def test_undecodable_messages_of_a_batch_become_dead_letters_without_bytes(source: str) -> None:
+    sh = Shard(PACK, feedback_sources=frozenset({"kafka:cx.feedback"}))
+    out = process(sh, [RawBatch(source, 3, [], [], 0, ((1000, "Decompression (codec 0x4) failed"),))])
+    assert out.invalid == {"undecodable": 1}
+    assert [(d["reason"], d["source"], d["partition"], d["offset"], d["raw"], d["raw_len"], d["detail"])
+            for d in out.dead] == [("undecodable", source, 3, 1000, "", 0, "Decompression (codec 0x4) failed")]
