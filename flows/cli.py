@@ -335,15 +335,20 @@ def _no_report_data(a: argparse.Namespace, tables: tuple[str, ...], empty: objec
 
     With ``--json`` the empty report ``empty`` goes to stdout (still valid JSON) and the line to stderr.
     """
-    from connectors.clickhouse import open_client
+    from connectors.clickhouse import chdb_path, open_client
     from flows.report import missing_tables, no_data_message
     from flows.rule_report import RuleReport, render_json
 
-    client = open_client(a.clickhouse)
-    try:
-        missing = missing_tables(client, tables)
-    finally:
-        client.close()  # releases the chDB path lock (the report opens its own client)
+    path = chdb_path(a.clickhouse)
+    if path is not None and not Path(path).exists():
+        # Opening the engine would create the directories: a report only reads.
+        missing = list(tables)
+    else:
+        client = open_client(a.clickhouse)
+        try:
+            missing = missing_tables(client, tables)
+        finally:
+            client.close()  # releases the chDB path lock (the report opens its own client)
     if not missing:
         return False
     if getattr(a, "json", False) and isinstance(empty, RuleReport):

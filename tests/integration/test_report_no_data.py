@@ -33,6 +33,16 @@ def test_report_on_a_new_embedded_database_says_there_is_no_data_yet(tmp_path: P
     assert "moments run" in lines[0]
 
 
+@pytest.mark.parametrize("view", [[], ["rules"], ["--html", "r.html"]])
+def test_a_report_on_a_missing_embedded_path_creates_nothing(tmp_path: Path, view: list[str]) -> None:
+    # A report only reads: a mistyped path must not leave new directories behind.
+    path = tmp_path / "nonexistent" / "deeper" / "db"
+    run = _moments("report", *view, "--clickhouse", f"chdb://{path}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "no data yet" in run.stdout, run.stdout
+    assert not (tmp_path / "nonexistent").exists()
+
+
 def test_report_rules_json_on_a_new_database_is_an_empty_report(tmp_path: Path) -> None:
     run = _moments("report", "rules", "--json", "--clickhouse", f"chdb://{tmp_path / 'new.chdb'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
