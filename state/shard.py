@@ -32,6 +32,7 @@ from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.journey import Attempt
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
+from state.routing import shard_of_id
 from state.rules import KINDS, STAGES, MomentRule, RulePack
 
 SNAPSHOT_FORMAT = 4
@@ -370,7 +371,7 @@ class Shard:
                 assert isinstance(fb, Invalid)
                 self._dead(fb, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
                 continue
-            if routed >= 0 and zlib.crc32(fb.customer_id.encode("utf-8", "surrogatepass")) % self.shards != routed:
+            if routed >= 0 and shard_of_id(fb.customer_id, self.shards) != routed:
                 self._misrouted(raw, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
                 continue
             self.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
