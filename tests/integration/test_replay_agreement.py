@@ -72,10 +72,13 @@ def _file_run(files: list[list[bytes]], tmp: Path, name: str, batch_lines: int =
 
 
 def _kafka_run(kafka: str, lines: list[bytes], tmp: Path, name: str, partitions: int,
-               lateness_ms: int = 30_000) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
+               lateness_ms: int = 30_000, feedback: list[bytes] | None = None,
+               ) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
     topics = {**DEFAULT_TOPICS, "events": unique("cx.events"), "feedback": unique("cx.feedback")}
     create_topics(kafka, [topics["events"], topics["feedback"]], partitions=partitions)
     produce(kafka, topics["events"], lines, key_of=_key)
+    if feedback:
+        produce(kafka, topics["feedback"], feedback, key_of=_key)
     out = tmp / name
     cfg = PipelineConfig(source="kafka", sinks=(f"jsonl:{out}",), metrics_port=None, shards=SHARDS,
                          lateness_ms=lateness_ms, kafka_bootstrap=kafka, kafka_topics=topics,
