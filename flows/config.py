@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -165,6 +166,11 @@ class PipelineConfig:
             raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
         if not self.http_host.strip():
             raise ConfigError("--http-host", "must be an address to bind, e.g. 0.0.0.0 (every interface) or 127.0.0.1")
+        if not 1 <= self.kafka_partitions <= MAX_KAFKA_PARTITIONS:
+            # Partitions of the topics this run creates: each is a consumer in the worker; 100,000 were created
+            # on the broker and the worker never got going.
+            raise ConfigError("--kafka-partitions (CX_TOPIC_PARTITIONS)",
+                              f"must be 1..{MAX_KAFKA_PARTITIONS}, got {self.kafka_partitions}")
         sim_problem = simulation_problem(self.sim_customers, self.sim_minutes)
         if sim_problem:
             raise ConfigError("--customers/--minutes", sim_problem)
@@ -196,15 +202,28 @@ def _directory_problem(d: Path) -> str:
         return "is not a directory"
     if not os.access(d, os.W_OK | os.X_OK):
         return "the directory is not writable"
+    for f in sorted(d.glob("*.jsonl")):
+        if not f.is_file():
+            return f"{f.name} in it is not a regular file"
+    try:
+        # Root passes access() everywhere; some file systems (/sys) still refuse new files.
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".cx-probe-"):
+            pass
+    except OSError as e:
+        return f"cannot create files in it ({e.strerror or e})"
     return ""
 # Simulated traffic starts in 2026; ten years keeps every event inside the valid 2000..2100 range.
 MAX_SIM_MINUTES = 10 * 365 * 24 * 60
+MAX_SIM_CUSTOMERS = 10_000_000
+MAX_KAFKA_PARTITIONS = 1000
 
 
 def simulation_problem(customers: int, minutes: float) -> str | None:
     """Return what is wrong with simulator settings, or None."""
     if customers < 1 or not minutes > 0:
         return "must be positive"
+    if customers > MAX_SIM_CUSTOMERS:
+        return f"--customers must be at most {MAX_SIM_CUSTOMERS:,} (about ten events each), got {customers:,}"
     if minutes > MAX_SIM_MINUTES:
         return f"--minutes must be at most {MAX_SIM_MINUTES} (ten years), got {minutes:g}"
     return None

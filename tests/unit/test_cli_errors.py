@@ -146,3 +146,30 @@ def test_a_jsonl_sink_that_cannot_be_a_directory_is_refused_naming_it(
     err = _run_error(capsys, "--sink", f"jsonl:{d}")
     assert "--sink" in err
     assert d in err
+
+
+def test_a_jsonl_sink_whose_output_file_is_a_directory_is_refused(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path) -> None:
+    (tmp_path / "moments.jsonl").mkdir()
+    err = _run_error(capsys, "--sink", f"jsonl:{tmp_path}")
+    assert "moments.jsonl" in err
+
+
+def test_a_jsonl_sink_where_no_file_can_be_created_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Root passes access() on /sys/kernel; creating a file there is still refused.
+    if not __import__("os").path.isdir("/sys/kernel"):
+        pytest.skip("no /sys/kernel here")
+    err = _run_error(capsys, "--sink", "jsonl:/sys/kernel")
+    assert "/sys/kernel" in err
+
+
+@pytest.mark.parametrize("n", ["0", "-1", "1001", "100000"])
+def test_kafka_partitions_for_created_topics_are_bounded(capsys: pytest.CaptureFixture[str], n: str) -> None:
+    assert "--kafka-partitions" in _run_error(capsys, "--kafka-partitions", n)
+
+
+def test_simulated_customers_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    # 100 billion were accepted and the worker never produced an event.
+    assert main(["run", "--no-metrics", "--sink", "none", "--source", "simulator", "--customers",
+                 "100000000000"]) == 2
+    assert "--customers" in capsys.readouterr().err
