@@ -32,10 +32,11 @@ from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
 Item = tuple[str, RawBatch | Tick]
-Position = int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
+Position = (int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
+            | tuple[int, tuple[int, ...] | None, int, str])
 """A partition's resume state: the next line, the shards it feeds (None: all) and the largest valid event time
 it has read. Older recovery state holds a bare line number, or the line and the shards."""
-Snapshot = tuple[int, tuple[int, ...] | None, int]
+Snapshot = tuple[int, tuple[int, ...] | None, int, str]
 """The resume state partitions write now: (next line, shards fed or None for all, largest valid event time)."""
 
 _log = logging.getLogger("cx.source")
@@ -60,8 +61,10 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         realtime: bool = False,
         max_ts: int = 0,
         max_future_ms: int | None = None,
+        name: str = "",
     ) -> None:
         self._types = types
+        self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
         self._realtime = realtime
         self._max_future = max_future_ms
         self._held: bytes | None = None  # realtime: the next line, read but not yet due
@@ -157,23 +160,38 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         # The shards travel with the position: a restart with another -w moves shards between processes, and
         # a shard must go on hearing from the partition whose position matches its state. The largest time
         # too: after a restart the final tick must still cover what was read before it.
-        return self._pos, None if self._own is None else tuple(sorted(self._own)), self._max_ts
+        # The file's name too: positions are kept per place in the input list, and another file in that place
+        # (a different list, a directory that lost a file) must not be read from this one's position.
+        return self._pos, None if self._own is None else tuple(sorted(self._own)), self._max_ts, self._name
+
+
+class InputPositionError(ValueError):
+    """Recovery state holds a position for another input file than the one in its place now."""
 
 
 def _resume(
-    resume_state: Position | None, own: frozenset[int] | None, part: str
+    resume_state: Position | None, own: frozenset[int] | None, part: str, name: str = ""
 ) -> tuple[int, frozenset[int] | None, int]:
     """Return the start line, the shards to feed and the largest event time read so far of a partition being built.
 
     Recovery state written before the time was stored resumes with 0: its final tick then covers only what is
     read after the restart, as it did then.
+
+    Raises:
+        InputPositionError: the position was saved for a file of another name (``name``) in this place.
     """
     if resume_state is None:
         return 0, own, 0
     if isinstance(resume_state, int):
         return resume_state, own, 0
     pos, recorded, *rest = resume_state
-    max_ts = int(rest[0]) if rest else 0
+    max_ts = int(rest[0]) if rest else 0  # type: ignore[call-overload]
+    saved = str(rest[1]) if len(rest) > 1 else ""
+    if saved and name and saved != name and pos > 0:
+        raise InputPositionError(
+            f"input {part}: the recovery state holds line {pos} of {saved!r}, but that place in the input list "
+            f"is now {name!r}; list the same files in the same order as before, or start over with an empty "
+            f"--recovery-dir")
     if recorded is None:
         return pos, own, max_ts
     kept = frozenset(recorded)
@@ -299,10 +317,11 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Position | None) -> _RawPartition:
         index, own = _part_of(for_part, self._placement, self._shards)
-        start, own, max_ts = _resume(resume_state, own, for_part)
         path = self._paths[index]
+        start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
-                             types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future)
+                             types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
+                             name=path.name)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):

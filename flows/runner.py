@@ -24,10 +24,12 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from connectors.replay_source import InputPositionError, file_paths
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig, RunError, redacted_dsn
 from flows.dataflow import build_dataflow
 from flows.operators import SnapshotRestoreError
+from flows.recovery_layout import check_input_files, check_shards
 from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
@@ -95,6 +97,9 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = _recovery_config(cfg.recovery_dir, cfg)
+        check_shards(cfg.recovery_dir, cfg.shards)
+        if cfg.source.startswith("file:"):
+            check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     return server, flow, recovery
 
 
@@ -290,6 +295,8 @@ def _recovery_failure(e: BaseException, directory: Path | None) -> Exception | N
         chain.append(cur)
         cur = cur.__cause__ or cur.__context__
     for x in chain:
+        if isinstance(x, InputPositionError):
+            return ConfigError("--recovery-dir", f"{directory}: {x}")
         # Bytewax unpickles each stored snapshot before handing it to our restore: either may find it unusable.
         if isinstance(x, SnapshotRestoreError | pickle.UnpicklingError):
             problem = str(x) if isinstance(x, SnapshotRestoreError) else f"{type(x).__name__}: {x}"

@@ -113,3 +113,46 @@ def test_a_recovery_store_that_cannot_be_written_names_the_directory(tmp_path: P
     line = _error_line(p)
     assert f"recovery: writing snapshots to {rec} failed: disk I/O error" in line
     assert "disk full" in line
+
+
+def _shards_args(src: str, rec: Path, shards: int) -> list[str]:
+    args = _args(src, rec)
+    args[args.index("--shards") + 1] = str(shards)
+    return args
+
+
+@pytest.mark.parametrize("shards", [5, 3])
+def test_a_restart_with_other_shards_is_refused_before_it_mixes_state(tmp_path: Path, shards: int) -> None:
+    # More shards: customers silently met other shards' state (more customers than exist); fewer: a Rust panic.
+    src, rec = f"file:{_events(tmp_path)}", tmp_path / "rec"
+    assert _moments_run(_args(src, rec)).returncode == 0
+    again = _moments_run(_shards_args(src, rec, shards))
+    assert again.returncode == 2, again.stderr[-3000:]
+    line = _error_line(again)
+    assert "--shards" in line
+    assert "written with --shards 4" in line
+    assert "panicked" not in again.stderr
+    assert _moments_run(_args(src, rec)).returncode == 0  # the same --shards still resumes
+
+
+def test_a_recovery_dir_from_before_the_layout_file_still_refuses_fewer_shards(tmp_path: Path) -> None:
+    src, rec = f"file:{_events(tmp_path)}", tmp_path / "rec"
+    assert _moments_run(_args(src, rec)).returncode == 0
+    (rec / "cx-layout.json").unlink()  # as written by an older version
+    again = _moments_run(_shards_args(src, rec, 2))
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "at least --shards" in _error_line(again)
+
+
+def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_path: Path) -> None:
+    # The second file's lines were skipped up to the first file's position: events=0, exit 0.
+    first = _events(tmp_path)
+    second = tmp_path / "later.jsonl"
+    second.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in simulate(50, 30, seed=9).events()))
+    rec = tmp_path / "rec"
+    assert _moments_run(_args(f"file:{first}", rec)).returncode == 0
+    again = _moments_run(_args(f"file:{second}", rec))
+    assert again.returncode == 2, again.stderr[-3000:]
+    line = _error_line(again)
+    assert "events.jsonl" in line
+    assert "later.jsonl" in line

@@ -112,7 +112,8 @@ def test_a_resumed_partition_feeds_the_shards_it_fed_before_the_restart(tmp_path
     before = JsonlFileSource([path], SHARDS, batch_lines=40, placement=Placement(0, 2, 1)).build_part(
         "input", "0-p0", None)
     before.next_batch()
-    pos, shards, _max_ts = before.snapshot()  # type: ignore[misc]
+    pos, shards, _max_ts, name = before.snapshot()  # type: ignore[misc]
+    assert name == path.name
     assert pos == 40
     assert frozenset(shards) == Placement(0, 2, 1).own_shards(SHARDS)
     now = Placement(0, 2, 3)
@@ -211,7 +212,7 @@ def test_a_resumed_file_partitions_final_tick_reports_the_largest_time_read_befo
         final = _final_tick(after)
         assert final.max_ts_ms == T0 + 3_600_000, placement
         assert after.snapshot() == (100, None if placement is None else tuple(sorted(placement.own_shards(SHARDS))),
-                                    T0 + 3_600_000)
+                                    T0 + 3_600_000, path.name)
 
 
 def test_a_simulator_partition_resumes_with_its_largest_time_too() -> None:
@@ -238,4 +239,20 @@ def test_recovery_state_of_the_older_shapes_still_resumes_at_its_position(tmp_pa
     items = cluster.next_batch()
     assert {int(k) for k, v in items if type(v) is Tick} == set(own)
     assert min(o for _k, v in items if type(v) is RawBatch for o in v.offsets) > 40
-    assert cluster.snapshot() == (100, own, T0 + 99)
+    assert cluster.snapshot() == (100, own, T0 + 99, path.name)
+
+
+def test_a_position_saved_for_another_file_in_the_same_place_is_refused(tmp_path: Path) -> None:
+    """Positions are kept per place in the input list: another file there must not be read from the old one's."""
+    from connectors.replay_source import InputPositionError
+
+    a = _file(tmp_path, _events(100))
+    b = a.with_name("other.jsonl")
+    b.write_bytes(a.read_bytes())
+    before = JsonlFileSource([a], SHARDS, batch_lines=40).build_part("input", "0", None)
+    before.next_batch()
+    with pytest.raises(InputPositionError, match="other.jsonl"):
+        JsonlFileSource([b], SHARDS, batch_lines=40).build_part("input", "0", before.snapshot())
+    # The same file resumes; so does a position that read nothing yet.
+    JsonlFileSource([a], SHARDS, batch_lines=40).build_part("input", "0", before.snapshot())
+    JsonlFileSource([b], SHARDS, batch_lines=40).build_part("input", "0", (0, None, 0, a.name))
