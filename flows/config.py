@@ -177,6 +177,10 @@ class PipelineConfig:
         if not 1 <= self.dead_letter_max_bytes <= MAX_DEAD_LETTER_MAX_BYTES:
             raise ConfigError("--dead-letter-max-bytes", f"must be 1..{MAX_DEAD_LETTER_MAX_BYTES} (the encoded record "
                               f"must stay below Kafka's 1 MB message limit), got {self.dead_letter_max_bytes}")
+        dirs = [d.resolve() for d in self.jsonl_dirs]
+        twice = sorted({str(d) for d in dirs if dirs.count(d) > 1})
+        if twice:
+            raise ConfigError("--sink", f"jsonl:{twice[0]} is given twice: every record would be written twice")
         for d in self.jsonl_dirs:
             problem = _directory_problem(d)
             if problem:

@@ -173,3 +173,9 @@ def test_simulated_customers_are_bounded(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["run", "--no-metrics", "--sink", "none", "--source", "simulator", "--customers",
                  "100000000000"]) == 2
     assert "--customers" in capsys.readouterr().err
+
+
+def test_the_same_jsonl_sink_twice_is_refused(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    # Every record was written twice to the same files.
+    err = _run_error(capsys, "--sink", f"jsonl:{tmp_path}", "--sink", f"jsonl:{tmp_path}/.")
+    assert "twice" in err
