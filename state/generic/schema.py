@@ -236,7 +236,7 @@ def describe(rule: GenericRule | Predicate | Any) -> str:
     elif isinstance(rule, absence.AbsenceRule):
         s = rule.spec
         after = "any event in the journey" if s.until is None else f"an event {_pred(s.until)}"
-        text = f"fires {_ms(s.idle_ms)} after an event {_pred(s.when)} unless {after} comes first"
+        return f"fires {_ms(s.idle_ms)} after an event {_pred(s.when)} unless {after} comes first"
     elif isinstance(rule, sequence.SequenceRule):
         s = rule.spec
         text = f"fires when an event {_pred(s.then)} follows one {_pred(s.first)} within {_ms(s.within_ms)}"
