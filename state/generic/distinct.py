@@ -18,8 +18,8 @@ from state.generic.predicates import FieldRef, Predicate, types_of
 KIND: Final = "distinct"
 PARAMS: Final = frozenset({"when", "field", "threshold", "within", "per", "unless", "unless_within"})
 MAX_THRESHOLD: Final = 100
-# Per group: distinct value -> [ts, event_id] of its most recent event.
-Values = dict[str, list[int | str]]
+# Per group, flat: [value, ts, event_id, ...], the most recent event of each distinct value, oldest first.
+Values = list[int | str]
 
 
 class DistinctSpec:
@@ -54,7 +54,7 @@ def parse(chk: Checker) -> DistinctSpec | None:
 
 
 class DistinctState(RuleState):
-    """Per attempt: per ``per`` group, each distinct value's most recent event."""
+    """Per attempt: per ``per`` group, each distinct value's most recent event (flat records)."""
 
     __slots__ = ("groups", "values")
 
@@ -110,38 +110,41 @@ class DistinctRule(GenericRule):
 
     def _add(self, s: DistinctState, ev: Event, v: str) -> Firing | None:
         if self.per is None:
-            values = s.values
-            if values is None:
-                values = s.values = {}
+            recs = s.values
+            if recs is None:
+                recs = s.values = []
         else:
             groups = s.groups
             if groups is None:
                 groups = s.groups = {}
             g = self.per.value(ev)
-            values = groups.get(g)
-            if values is None:
-                values = groups[g] = {}
+            recs = groups.get(g)
+            if recs is None:
+                recs = groups[g] = []
         ts = ev.ts_ms
-        rec = values.get(v)
-        if rec is None:
-            values[v] = [ts, ev.event_id]
-        else:
-            rec[0] = ts
-            rec[1] = ev.event_id
+        # Records stay in (ts, event_id) order: a value seen again moves to the end.
+        for i in range(0, len(recs), 3):
+            if recs[i] == v:
+                del recs[i : i + 3]
+                break
+        recs.append(v)
+        recs.append(ts)
+        recs.append(ev.event_id)
         if self.within_ms is not None:
             oldest = ts - self.within_ms
-            stale = [k for k, r in values.items() if cast(int, r[0]) < oldest]
-            for k in stale:
-                del values[k]
-        if len(values) < self.threshold:
+            drop = 0
+            while cast(int, recs[drop + 1]) < oldest:
+                drop += 3
+            if drop:
+                del recs[:drop]
+        if len(recs) < 3 * self.threshold:
             return None
         if self.unless is not None and s.unless_ms != NO_TS and s.unless_ms >= ts - self.unless_within_ms:
             return None
-        recs = sorted((cast(int, r[0]), cast(str, r[1])) for r in values.values())
         s.fired = True
         s.values = None
         s.groups = None
-        return Firing(self.name, ts, ev.event_id, tuple(i for _, i in recs))
+        return Firing(self.name, ts, ev.event_id, tuple(cast(str, recs[i]) for i in range(2, len(recs), 3)))
 
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when no window and no live ``unless`` look-back is held."""

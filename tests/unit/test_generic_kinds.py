@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
+from state.events import Event
+from state.generic.base import RuleState
 from state.generic.schema import compile_rules
-from tests.generic_driver import compile_pack, run
+from tests.generic_driver import compile_pack, run, to_event
 from tests.helpers import MIN, T0, ev
 
 HOUR = 60 * MIN
@@ -274,3 +277,33 @@ def test_a_rule_reacts_only_to_the_types_its_predicates_name() -> None:
     assert [r.reacts_to for r in rules] == [
         frozenset({"fail", "start"}), frozenset({"fail", "contact"}), None, None, frozenset({"start", "submit"}),
     ]
+
+
+def test_rule_states_survive_a_pickle_round_trip_mid_window() -> None:
+    moments: list[Any] = [COUNT3, MAZE, ABANDON, SEQ, {**UNLESS, "name": "u", "per": "step"}]
+    _, rules, _ = compile_pack(pack(*moments))
+    events = [to_event(e) for e in [
+        ev("a", 0, "fail", step="checkout", entry="x"), ev("u", MIN, "contact"),
+        ev("b", 2 * MIN, "fail", step="checkout", entry="y"), ev("c", 3 * MIN, "start", step="checkout", entry="z"),
+        ev("d", 4 * MIN, "fail", step="cart"),
+    ]]
+
+    def feed(states: list[RuleState], evs: list[Event]) -> list[tuple[str, int, str, tuple[str, ...]]]:
+        out = []
+        for e in evs:
+            for r, s in zip(rules, states, strict=True):
+                f = r.on_event(s, e)
+                if f is not None:
+                    out.append((f.rule, f.due_ms, f.anchor, f.evidence))
+        return out
+
+    straight = [r.new_state() for r in rules]
+    expected = feed(straight, events)
+    restored = [r.new_state() for r in rules]
+    first = feed(restored, events[:2])
+    restored = pickle.loads(pickle.dumps(restored))
+    assert first + feed(restored, events[2:]) == expected
+    assert [r.due_ms(s) for r, s in zip(rules, restored, strict=True)] == [
+        r.due_ms(s) for r, s in zip(rules, straight, strict=True)
+    ]
+    assert len(expected) == 3
