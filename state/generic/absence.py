@@ -15,8 +15,8 @@ from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, 
 from state.generic.checker import Checker
 from state.generic.predicates import Predicate, types_of
 
-KIND: Final = "absence"
-PARAMS: Final = frozenset({"when", "idle", "until"})
+KIND: Final[str] = "absence"
+PARAMS: Final[frozenset[str]] = frozenset({"when", "idle", "until"})
 
 
 class AbsenceSpec:

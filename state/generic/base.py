@@ -12,7 +12,7 @@ from typing import Final, Protocol
 
 from state.events import Event
 
-NO_TS: Final = -1
+NO_TS: Final[int] = -1
 # Flat window records: [ts, event_id, ts, event_id, ...], oldest first (one list, no tuple per event).
 Records = list[int | str]
 

@@ -8,7 +8,7 @@ from state.events import CHANNELS
 from state.generic.predicates import ATTRS_PREFIX, KEY_STEPS, FieldRef
 from state.rules import RulePackError, parse_duration
 
-PREDICATE_FIELDS: Final = ("channel", "type", "step", "entry")
+PREDICATE_FIELDS: Final[tuple[str, ...]] = ("channel", "type", "step", "entry")
 
 
 class Checker:

@@ -15,9 +15,9 @@ from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, 
 from state.generic.checker import Checker
 from state.generic.predicates import FieldRef, Predicate, types_of
 
-KIND: Final = "count"
-PARAMS: Final = frozenset({"when", "threshold", "within", "per", "unless", "unless_within"})
-MAX_THRESHOLD: Final = 100
+KIND: Final[str] = "count"
+PARAMS: Final[frozenset[str]] = frozenset({"when", "threshold", "within", "per", "unless", "unless_within"})
+MAX_THRESHOLD: Final[int] = 100
 
 
 class CountSpec:

@@ -15,9 +15,9 @@ from state.generic.checker import Checker
 from state.generic.count import check_unless
 from state.generic.predicates import FieldRef, Predicate, types_of
 
-KIND: Final = "distinct"
-PARAMS: Final = frozenset({"when", "field", "threshold", "within", "per", "unless", "unless_within"})
-MAX_THRESHOLD: Final = 100
+KIND: Final[str] = "distinct"
+PARAMS: Final[frozenset[str]] = frozenset({"when", "field", "threshold", "within", "per", "unless", "unless_within"})
+MAX_THRESHOLD: Final[int] = 100
 # Per group, flat: [value, ts, event_id, ...], the most recent event of each distinct value, oldest first.
 Values = list[int | str]
 

@@ -12,16 +12,16 @@ from typing import Final
 
 from state.events import Event
 
-KEY_STEPS: Final = "$key"
+KEY_STEPS: Final[str] = "$key"
 # Event fields a predicate, `per` or `field` may name; attributes are `attrs.<key>`.
-PLAIN_FIELDS: Final = ("channel", "type", "step", "entry")
-ATTRS_PREFIX: Final = "attrs."
+PLAIN_FIELDS: Final[tuple[str, ...]] = ("channel", "type", "step", "entry")
+ATTRS_PREFIX: Final[str] = "attrs."
 
-F_CHANNEL: Final = 0
-F_TYPE: Final = 1
-F_STEP: Final = 2
-F_ENTRY: Final = 3
-F_ATTR: Final = 4
+F_CHANNEL: Final[int] = 0
+F_TYPE: Final[int] = 1
+F_STEP: Final[int] = 2
+F_ENTRY: Final[int] = 3
+F_ATTR: Final[int] = 4
 
 
 class FieldRef:

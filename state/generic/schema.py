@@ -17,14 +17,14 @@ from state.generic.checker import Checker
 from state.generic.predicates import KEY_STEPS, Predicate
 from state.rules import RulePackError, parse_duration
 
-KINDS: Final = ("count", "distinct", "absence", "sequence")
-URGENCIES: Final = ("P1", "P2", "P3", "P4")
-STAGES: Final = ("awareness", "knowledge", "intention", "use", "reuse")
-COMMON: Final = frozenset({"kind", "name", "journeys", "urgency", "action", "ttl", "channels", "act_within", "holdout",
-                           "stages", "contact"})
-PARAMS: Final = {"count": count.PARAMS, "distinct": distinct.PARAMS, "absence": absence.PARAMS,
-                 "sequence": sequence.PARAMS}
-_NAME: Final = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+KINDS: Final[tuple[str, ...]] = ("count", "distinct", "absence", "sequence")
+URGENCIES: Final[tuple[str, ...]] = ("P1", "P2", "P3", "P4")
+STAGES: Final[tuple[str, ...]] = ("awareness", "knowledge", "intention", "use", "reuse")
+COMMON: Final[frozenset[str]] = frozenset({"kind", "name", "journeys", "urgency", "action", "ttl", "channels",
+                                           "act_within", "holdout", "stages", "contact"})
+PARAMS: Final[dict[str, frozenset[str]]] = {"count": count.PARAMS, "distinct": distinct.PARAMS,
+                                            "absence": absence.PARAMS, "sequence": sequence.PARAMS}
+_NAME: Final[re.Pattern[str]] = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 Spec = count.CountSpec | distinct.DistinctSpec | absence.AbsenceSpec | sequence.SequenceSpec
 
 

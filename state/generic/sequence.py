@@ -16,8 +16,8 @@ from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, 
 from state.generic.checker import Checker
 from state.generic.predicates import Predicate, types_of
 
-KIND: Final = "sequence"
-PARAMS: Final = frozenset({"first", "then", "within", "unless"})
+KIND: Final[str] = "sequence"
+PARAMS: Final[frozenset[str]] = frozenset({"first", "then", "within", "unless"})
 
 
 class SequenceSpec:
