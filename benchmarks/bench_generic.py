@@ -18,7 +18,8 @@ from typing import Any
 from benchmarks.harness import Figure, machine, write_section
 from benchmarks.traffic import events_file, lines
 from state.events import Event, parse_event
-from state.generic.base import NO_TS, GenericRule, RuleState
+from state.generic.base import NO_TS
+from state.generic.dispatch import JourneyRules, States
 from state.generic.schema import compile_rules
 from state.rules import load_rule_pack
 
@@ -41,76 +42,37 @@ MOMENTS: list[dict[str, Any]] = [
 ]
 
 
-class Compiled:
-    """Rules per journey, the dispatch table by (journey, type) and the timed (absence) rules."""
-
-    def __init__(self, rules: list[GenericRule], journeys: list[str]) -> None:
-        self.by_journey: dict[str, list[GenericRule]] = {j: [r for r in rules if r.journey == j] for j in journeys}
-        self.timed = {j: [i for i, r in enumerate(rs) if r.kind == "absence"] for j, rs in self.by_journey.items()}
-        self.dispatch: dict[tuple[str, str], list[int]] = {}
-
-    def targets(self, j: str, t: str) -> list[int]:
-        """Indices of the journey's rules that react to type ``t``."""
-        k = (j, t)
-        d = self.dispatch.get(k)
-        if d is None:
-            d = self.dispatch[k] = [i for i, r in enumerate(self.by_journey[j])
-                                    if r.reacts_to is None or t in r.reacts_to]
-        return d
-
-
-def evaluate(customers: list[list[Event]], c: Compiled, complete: dict[str, str], timeout: int,
-             keep: list[dict[str, list[RuleState | None]]] | None = None) -> int:
-    """Run every customer's ordered events through the rules; return the number of firings.
-
-    A rule's state is created when the rule first reacts to an event, and dropped at attempt end when it
-    holds nothing that matters (no ``unless`` look-back left), as the shard should keep them.
-    """
+def evaluate(customers: list[list[Event]], table: dict[str, JourneyRules], complete: dict[str, str], timeout: int,
+             keep: list[dict[str, States]] | None = None) -> int:
+    """Run every customer's ordered events through the rules as the shard would; return the number of firings."""
     fired = 0
     for evs in customers:
-        states: dict[str, list[RuleState | None]] = {}
+        states: dict[str, States] = {}
         last: dict[str, int] = {}
         for ev in evs:
             j = ev.journey
             if j is None:
                 continue
-            rules = c.by_journey.get(j)
-            if rules is None:
+            jr = table.get(j)
+            if jr is None:
                 continue
             sts = states.get(j)
             if sts is None:
-                sts = states[j] = [None] * len(rules)
+                sts = states[j] = jr.new_states()
             t = ev.ts_ms
-            for i in c.timed[j]:
-                st = sts[i]
-                if st is not None:
-                    due = rules[i].due_ms(st)
-                    if due != NO_TS and due <= t and rules[i].on_wake(st, t) is not None:
-                        fired += 1
+            due = jr.next_due(sts)
+            if due != NO_TS and due <= t:
+                fired += len(jr.wake(sts, t))
             prev = last.get(j)
             if prev is not None and t >= prev + timeout:
-                end_attempt(rules, sts, t)
+                jr.end_attempt(sts, t)
             last[j] = t
-            for i in c.targets(j, ev.type):
-                st = sts[i]
-                if st is None:
-                    st = sts[i] = rules[i].new_state()
-                if rules[i].on_event(st, ev) is not None:
-                    fired += 1
+            fired += len(jr.on_event(sts, ev))
             if ev.type == complete[j]:
-                end_attempt(rules, sts, t)
+                jr.end_attempt(sts, t)
         if keep is not None:
             keep.append(states)
     return fired
-
-
-def end_attempt(rules: list[GenericRule], sts: list[RuleState | None], now_ms: int) -> None:
-    """End the attempt for every rule; drop the states left empty."""
-    for i, st in enumerate(sts):
-        if st is not None:
-            rules[i].end_attempt(st)
-            if rules[i].is_empty(st, now_ms):
-                sts[i] = None
 
 
 def deep_size(o: object, seen: set[int] | None = None) -> int:
@@ -150,7 +112,8 @@ def main() -> None:
     customers = [sorted(evs, key=lambda e: (e.ts_ms, e.event_id)) for evs in per.values()]
     n = sum(len(evs) for evs in customers)
     gc.set_threshold(100_000, 50, 1000)
-    with_rules, bare = Compiled(rules, journeys), Compiled([], journeys)
+    with_rules = {j: JourneyRules(j, rules, pack.types) for j in journeys}
+    bare = {j: JourneyRules(j, [], pack.types) for j in journeys}
     t_rules: list[float] = []
     t_bare: list[float] = []
     fired = 0
@@ -161,7 +124,7 @@ def main() -> None:
             f = evaluate(customers, c, complete, pack.attempt_timeout_ms)
             out.append((time.perf_counter() - t0) / n * 1e6)
             fired = max(fired, f)
-    keep: list[dict[str, list[RuleState | None]]] = []
+    keep: list[dict[str, States]] = []
     evaluate(customers, with_rules, complete, pack.attempt_timeout_ms, keep)
     pairs = [sts for states in keep for sts in states.values()]
     sizes = sorted(sum(deep_size(s) for s in sts) + sys.getsizeof(sts) for sts in pairs)

@@ -12,7 +12,8 @@ from collections import defaultdict
 from typing import Any
 
 from state.events import Event
-from state.generic.base import NO_TS, Firing, GenericRule, RuleState
+from state.generic.base import NO_TS, Firing, GenericRule
+from state.generic.dispatch import JourneyRules, States
 from state.generic.schema import compile_rules
 from state.rules import parse_duration
 
@@ -46,10 +47,7 @@ def run(pack: dict[str, Any], events: list[dict[str, Any]]) -> list[Moment]:
         (customer_id, rule, due_ts, anchor_event_id, evidence) tuples.
     """
     journeys, rules, timeout = compile_pack(pack)
-    by_journey: dict[str, list[GenericRule]] = defaultdict(list)
-    for r in rules:
-        by_journey[r.journey].append(r)
-    dispatch: dict[tuple[str, str], list[int]] = {}
+    table = {jid: JourneyRules(jid, rules) for jid in journeys}
 
     seen: set[tuple[str, str]] = set()
     per_customer: dict[str, list[Event]] = defaultdict(list)
@@ -63,45 +61,29 @@ def run(pack: dict[str, Any], events: list[dict[str, Any]]) -> list[Moment]:
         per_customer[ev.customer_id].append(ev)
 
     out: list[Moment] = []
-
-    def emit(cid: str, f: Firing | None) -> None:
-        if f is not None:
-            out.append((cid, f.rule, f.due_ms, f.anchor, f.evidence))
-
     for cid, evs in per_customer.items():
         evs.sort(key=lambda e: (e.ts_ms, e.event_id))
-        states: dict[str, list[RuleState]] = {}
+        states: dict[str, States] = {}
         last: dict[str, int] = {}
+        fired: list[Firing] = []
         for ev in evs:
             jid = ev.journey
             if jid is None or jid not in journeys:
                 continue
-            jrules = by_journey[jid]
+            jr = table[jid]
             sts = states.get(jid)
             if sts is None:
-                sts = states[jid] = [r.new_state() for r in jrules]
-            for r, st in zip(jrules, sts, strict=True):
-                due = r.due_ms(st)
-                if due != NO_TS and due <= ev.ts_ms:
-                    emit(cid, r.on_wake(st, ev.ts_ms))
+                sts = states[jid] = jr.new_states()
+            due = jr.next_due(sts)
+            if due != NO_TS and due <= ev.ts_ms:
+                fired += jr.wake(sts, ev.ts_ms)
             if jid in last and ev.ts_ms >= last[jid] + timeout:
-                for r, st in zip(jrules, sts, strict=True):
-                    r.end_attempt(st)
+                jr.end_attempt(sts, ev.ts_ms)
             last[jid] = ev.ts_ms
-            key = (jid, ev.type)
-            targets = dispatch.get(key)
-            if targets is None:
-                targets = dispatch[key] = [
-                    i for i, r in enumerate(jrules) if r.reacts_to is None or ev.type in r.reacts_to
-                ]
-            for i in targets:
-                emit(cid, jrules[i].on_event(sts[i], ev))
+            fired += jr.on_event(sts, ev)
             if ev.type == journeys[jid].complete_type:
-                for r, st in zip(jrules, sts, strict=True):
-                    r.end_attempt(st)
+                jr.end_attempt(sts, ev.ts_ms)
         for jid, sts in states.items():
-            for r, st in zip(by_journey[jid], sts, strict=True):
-                due = r.due_ms(st)
-                if due != NO_TS and due <= max_ts:
-                    emit(cid, r.on_wake(st, max_ts))
+            fired += table[jid].wake(sts, max_ts)
+        out += [(cid, f.rule, f.due_ms, f.anchor, f.evidence) for f in fired]
     return sorted(out)

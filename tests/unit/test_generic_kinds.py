@@ -7,6 +7,7 @@ from typing import Any
 
 from state.events import Event
 from state.generic.base import RuleState
+from state.generic.dispatch import JourneyRules
 from state.generic.schema import compile_rules
 from tests.generic_driver import compile_pack, run, to_event
 from tests.helpers import MIN, T0, ev
@@ -307,3 +308,22 @@ def test_rule_states_survive_a_pickle_round_trip_mid_window() -> None:
         r.due_ms(s) for r, s in zip(rules, straight, strict=True)
     ]
     assert len(expected) == 3
+
+
+def test_journey_rules_create_states_lazily_and_drop_them_at_attempt_end() -> None:
+    _, rules, _ = compile_pack(pack(COUNT3, SEQ, ABANDON, UNLESS | {"name": "u"}))
+    jr = JourneyRules("cart", rules, ["view", "fail"])
+    assert jr.by_type["fail"] == (0, 1, 2, 3)
+    assert jr.by_type["view"] == (2,)  # only the absence without `until` reacts to every type
+    sts = jr.new_states()
+    assert jr.on_event(sts, to_event(ev("a", 0, "view", step="checkout"))) == []
+    assert [s is not None for s in sts] == [False, False, True, False]
+    assert jr.next_due(sts) == T0 + 10 * MIN
+    assert [f.key() for f in jr.wake(sts, T0 + 10 * MIN)] == [("cart.abandoned", T0 + 10 * MIN, "a")]
+    jr.on_event(sts, to_event(ev("u", 11 * MIN, "contact")))
+    assert sts[3] is not None
+    # The `unless` look-back outlives the attempt until unless_within has passed.
+    assert not jr.end_attempt(sts, T0 + 12 * MIN)
+    assert [s is not None for s in sts] == [False, False, False, True]
+    assert jr.end_attempt(sts, T0 + 41 * MIN + 1)
+    assert sts == [None] * 4
