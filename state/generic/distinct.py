@@ -47,6 +47,9 @@ def parse(chk: Checker) -> DistinctSpec | None:
     within = chk.duration("within", required=False)
     per = chk.field_name("per", required=False)
     unless, unless_within, ok = check_unless(chk)
+    if field is not None and per is not None and per.name == field.name:
+        chk.error("per", f"names the same field as `field` ({field.name!r}): each group would hold one value")
+        per = None
     if (when is None or field is None or threshold is None or (within is None and "within" in chk.table)
             or (per is None and "per" in chk.table) or not ok):
         return None
