@@ -8,7 +8,7 @@ does not disarm. Due = arm.ts + idle; anchor and evidence = the arming event.
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Final
 
 from state.events import Event
 from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, RuleState
@@ -84,7 +84,7 @@ class AbsenceRule(GenericRule):
 
     def on_event(self, st: RuleState, ev: Event) -> Firing | None:
         """Disarm on ``until`` (any event without it), then arm on ``when``; never fires here."""
-        s = cast(AbsenceState, st)
+        s: AbsenceState = st  # type: ignore[assignment]
         if s.fired:
             return None
         if self.until is None or self.until.matches(ev):
@@ -97,12 +97,12 @@ class AbsenceRule(GenericRule):
 
     def due_ms(self, st: RuleState) -> int:
         """Arm ts + idle while armed, else ``NO_TS``."""
-        s = cast(AbsenceState, st)
+        s: AbsenceState = st  # type: ignore[assignment]
         return s.arm_ms + self.idle_ms if s.arm_ms != NO_TS else NO_TS
 
     def on_wake(self, st: RuleState, now_ms: int) -> Firing | None:
         """Fire when the armed timer is due at or before ``now_ms``."""
-        s = cast(AbsenceState, st)
+        s: AbsenceState = st  # type: ignore[assignment]
         if s.arm_ms == NO_TS or s.arm_ms + self.idle_ms > now_ms:
             return None
         f = Firing(self.name, s.arm_ms + self.idle_ms, s.arm_id, (s.arm_id,))
@@ -113,5 +113,5 @@ class AbsenceRule(GenericRule):
 
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when not armed and not fired."""
-        s = cast(AbsenceState, st)
+        s: AbsenceState = st  # type: ignore[assignment]
         return not s.fired and s.arm_ms == NO_TS

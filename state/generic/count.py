@@ -108,7 +108,7 @@ class CountRule(GenericRule):
 
     def on_event(self, st: RuleState, ev: Event) -> Firing | None:
         """Count ``ev`` in its group's window; return a firing when the threshold is reached and not blocked."""
-        s = cast(CountState, st)
+        s: CountState = st  # type: ignore[assignment]
         fired: Firing | None = None
         if not s.fired and self.when.matches(ev):
             fired = self._count(s, ev)
@@ -146,5 +146,5 @@ class CountRule(GenericRule):
 
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when no window and no live ``unless`` look-back is held."""
-        s = cast(CountState, st)
+        s: CountState = st  # type: ignore[assignment]
         return not s.fired and s.recs is None and s.groups is None and super().is_empty(st, now_ms)

@@ -40,12 +40,12 @@ class JourneyRules:
         """Return the per-customer slots for a journey the customer has just entered (all empty)."""
         return [None] * len(self.rules)
 
-    def on_event(self, states: States, ev: Event) -> list[Firing]:
+    def on_event(self, states: States, ev: Event) -> tuple[Firing, ...]:
         """Apply an event of the journey (after ``wake`` up to its ts); return the firings, in rule order."""
         targets = self.by_type.get(ev.type)
         if targets is None:
             targets = self._index(ev.type)
-        out: list[Firing] = []
+        out: list[Firing] | None = None  # most events fire nothing: no list then
         rules = self.rules
         for i in targets:
             st = states[i]
@@ -53,8 +53,11 @@ class JourneyRules:
                 st = states[i] = rules[i].new_state()
             f = rules[i].on_event(st, ev)
             if f is not None:
-                out.append(f)
-        return out
+                if out is None:
+                    out = [f]
+                else:
+                    out.append(f)
+        return () if out is None else tuple(out)
 
     def next_due(self, states: States) -> int:
         """Return the earliest wake-up the customer's rules of this journey need, or ``NO_TS``."""
@@ -67,7 +70,7 @@ class JourneyRules:
                     due = d
         return due
 
-    def wake(self, states: States, now_ms: int) -> list[Firing]:
+    def wake(self, states: States, now_ms: int) -> tuple[Firing, ...]:
         """Fire every timer due at or before ``now_ms`` (call before applying events at ``now_ms``)."""
         out: list[Firing] = []
         for i in self.timed:
@@ -76,7 +79,7 @@ class JourneyRules:
                 f = self.rules[i].on_wake(st, now_ms)
                 if f is not None:
                     out.append(f)
-        return out
+        return tuple(out)
 
     def end_attempt(self, states: States, now_ms: int) -> bool:
         """End the attempt (after its completion event, or on timeout); return True when no state is left."""

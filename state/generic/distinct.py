@@ -47,9 +47,6 @@ def parse(chk: Checker) -> DistinctSpec | None:
     within = chk.duration("within", required=False)
     per = chk.field_name("per", required=False)
     unless, unless_within, ok = check_unless(chk)
-    if field is not None and per is not None and per.name == field.name:
-        chk.error("per", f"names the same field as `field` ({field.name!r}): each group would hold one value")
-        per = None
     if (when is None or field is None or threshold is None or (within is None and "within" in chk.table)
             or (per is None and "per" in chk.table) or not ok):
         return None
@@ -101,7 +98,7 @@ class DistinctRule(GenericRule):
 
     def on_event(self, st: RuleState, ev: Event) -> Firing | None:
         """Record ``ev``'s value; return a firing when enough distinct values are in the window and not blocked."""
-        s = cast(DistinctState, st)
+        s: DistinctState = st  # type: ignore[assignment]
         fired: Firing | None = None
         if not s.fired and self.when.matches(ev):
             v = self.field.value(ev)
@@ -125,18 +122,24 @@ class DistinctRule(GenericRule):
             if recs is None:
                 recs = groups[g] = []
         ts = ev.ts_ms
-        # Records stay in (ts, event_id) order: a value seen again moves to the end.
-        for i in range(0, len(recs), 3):
-            if recs[i] == v:
-                del recs[i : i + 3]
-                break
-        recs.append(v)
-        recs.append(ts)
-        recs.append(ev.event_id)
+        n = len(recs)
+        if n and recs[n - 3] == v:
+            # The common case (the same channel, entry, ... as the last event): refresh the newest record.
+            recs[n - 2] = ts
+            recs[n - 1] = ev.event_id
+        else:
+            # Records stay in (ts, event_id) order: a value seen again moves to the end.
+            for i in range(0, n - 3, 3):
+                if recs[i] == v:
+                    del recs[i : i + 3]
+                    break
+            recs.append(v)
+            recs.append(ts)
+            recs.append(ev.event_id)
         if self.within_ms is not None:
             oldest = ts - self.within_ms
             drop = 0
-            while cast(int, recs[drop + 1]) < oldest:
+            while recs[drop + 1] < oldest:  # type: ignore[operator]
                 drop += 3
             if drop:
                 del recs[:drop]
@@ -151,5 +154,5 @@ class DistinctRule(GenericRule):
 
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when no window and no live ``unless`` look-back is held."""
-        s = cast(DistinctState, st)
+        s: DistinctState = st  # type: ignore[assignment]
         return not s.fired and s.values is None and s.groups is None and super().is_empty(st, now_ms)

@@ -9,7 +9,7 @@ earlier ``first`` (and may fire), then opens its own. Due = then.ts; anchor = th
 
 from __future__ import annotations
 
-from typing import Final, cast
+from typing import Final
 
 from state.events import Event
 from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, RuleState
@@ -83,7 +83,7 @@ class SequenceRule(GenericRule):
 
     def on_event(self, st: RuleState, ev: Event) -> Firing | None:
         """Close (and maybe fire) on ``then``, close on ``unless``, then open on ``first``."""
-        s = cast(SequenceState, st)
+        s: SequenceState = st  # type: ignore[assignment]
         if s.fired:
             return None
         ts = ev.ts_ms
@@ -103,5 +103,5 @@ class SequenceRule(GenericRule):
 
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when nothing is open and the rule has not fired."""
-        s = cast(SequenceState, st)
+        s: SequenceState = st  # type: ignore[assignment]
         return not s.fired and s.first_ms == NO_TS

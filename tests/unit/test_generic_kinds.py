@@ -316,7 +316,7 @@ def test_journey_rules_create_states_lazily_and_drop_them_at_attempt_end() -> No
     assert jr.by_type["fail"] == (0, 1, 2, 3)
     assert jr.by_type["view"] == (2,)  # only the absence without `until` reacts to every type
     sts = jr.new_states()
-    assert jr.on_event(sts, to_event(ev("a", 0, "view", step="checkout"))) == []
+    assert jr.on_event(sts, to_event(ev("a", 0, "view", step="checkout"))) == ()
     assert [s is not None for s in sts] == [False, False, True, False]
     assert jr.next_due(sts) == T0 + 10 * MIN
     assert [f.key() for f in jr.wake(sts, T0 + 10 * MIN)] == [("cart.abandoned", T0 + 10 * MIN, "a")]

@@ -67,7 +67,6 @@ def test_every_problem_of_every_rule_is_reported_with_file_rule_and_field() -> N
         ({"kind": "count"}, "threshold", "is required"),
         ({"kind": "distinct", "threshold": 2}, "field", "is required"),
         ({"kind": "absence"}, "idle", "is required"),
-        ({"kind": "distinct", "threshold": 2, "field": "step", "per": "step"}, "per", "names the same field"),
         ({"kind": "sequence", "first": {}, "then": {}, "within": "1m", "unless_within": "1m"}, "unless_within",
          "unknown field for kind sequence"),
         ({"kind": "count", "threshold": 1, "urgency": "P9"}, "urgency", "must be one of P1, P2, P3, P4"),
