@@ -14,7 +14,7 @@ from typing import Any, Final
 from state.generic import absence, count, distinct, sequence
 from state.generic.base import Common, GenericRule, JourneyLike
 from state.generic.checker import Checker
-from state.generic.predicates import KEY_STEPS, Predicate
+from state.generic.predicates import KEY_STEPS
 from state.rules import RulePackError, parse_duration
 
 KINDS: Final[tuple[str, ...]] = ("count", "distinct", "absence", "sequence")
@@ -218,35 +218,36 @@ def _pred(p: dict[str, list[str]] | None) -> str:
     return " ".join(parts)
 
 
-def describe(rule: GenericRule | Predicate | Any) -> str:
+def describe(rule: GenericRule) -> str:
     """Return a one-line summary of a generic rule in plain words.
 
     Example: ``fires when 3 events of type fail fall within 30m, per step``.
     """
+    if isinstance(rule, absence.AbsenceRule):
+        a = rule.spec
+        after = "any event in the journey" if a.until is None else f"an event {_pred(a.until)}"
+        return f"fires {_ms(a.idle_ms)} after an event {_pred(a.when)} unless {after} comes first"
+    if isinstance(rule, sequence.SequenceRule):
+        q = rule.spec
+        text = f"fires when an event {_pred(q.then)} follows one {_pred(q.first)} within {_ms(q.within_ms)}"
+        return text + (f", with no event {_pred(q.unless)} in between" if q.unless is not None else "")
     if isinstance(rule, count.CountRule):
-        s: Any = rule.spec
-        n = "an event" if s.threshold == 1 else f"{s.threshold} events"
-        text = f"fires when {n} {_pred(s.when)}"
-        text += f" fall within {_ms(s.within_ms)}" if s.within_ms is not None and s.threshold > 1 else (
-            " occur in one attempt" if s.threshold > 1 else " occurs")
+        c = rule.spec
+        text = f"fires when {'an event' if c.threshold == 1 else f'{c.threshold} events'} {_pred(c.when)}"
+        if c.threshold == 1:
+            text += " occurs"
+        else:
+            text += f" fall within {_ms(c.within_ms)}" if c.within_ms is not None else " occur in one attempt"
+        per, unless, unless_within = c.per, c.unless, c.unless_within_ms
     elif isinstance(rule, distinct.DistinctRule):
-        s = rule.spec
-        text = f"fires when events {_pred(s.when)} carry {s.threshold} distinct values of {s.field.name}"
-        text += f" within {_ms(s.within_ms)}" if s.within_ms is not None else " in one attempt"
-    elif isinstance(rule, absence.AbsenceRule):
-        s = rule.spec
-        after = "any event in the journey" if s.until is None else f"an event {_pred(s.until)}"
-        return f"fires {_ms(s.idle_ms)} after an event {_pred(s.when)} unless {after} comes first"
-    elif isinstance(rule, sequence.SequenceRule):
-        s = rule.spec
-        text = f"fires when an event {_pred(s.then)} follows one {_pred(s.first)} within {_ms(s.within_ms)}"
-        if s.unless is not None:
-            text += f", with no event {_pred(s.unless)} in between"
-        return text
+        d = rule.spec
+        text = f"fires when events {_pred(d.when)} carry {d.threshold} distinct values of {d.field.name}"
+        text += f" within {_ms(d.within_ms)}" if d.within_ms is not None else " in one attempt"
+        per, unless, unless_within = d.per, d.unless, d.unless_within_ms
     else:
         raise TypeError(f"not a generic rule: {rule!r}")
-    if s.per is not None:
-        text += f", per {s.per.name}"
-    if s.unless is not None:
-        text += f", unless an event {_pred(s.unless)} came in the {_ms(s.unless_within_ms)} before"
+    if per is not None:
+        text += f", per {per.name}"
+    if unless is not None and unless_within is not None:
+        text += f", unless an event {_pred(unless)} came in the {_ms(unless_within)} before"
     return text
