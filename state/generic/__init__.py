@@ -2,5 +2,6 @@
 
 One module per kind (its parameters, validation, per-attempt state, event and wake-up handling, evidence);
 ``predicates`` compiles the field tests, ``schema`` validates and compiles a pack's generic rules and describes
-them. Pure: standard library only.
+them, ``dispatch`` holds one journey's rules with their table by event type and the calls the shard makes.
+Pure: standard library only.
 """
