@@ -47,7 +47,9 @@ class CountRule(WindowRule):
         s: WindowState = st  # type: ignore[assignment]
         fired: Firing | None = None
         if not s.fired and self.when.matches(ev):
-            recs = self.records(s, ev)
+            recs = s.recs if self.per is None else None
+            if recs is None:
+                recs = self.records(s, ev)
             ts = ev.ts_ms
             recs.append(ts)
             recs.append(ev.event_id)
@@ -55,5 +57,6 @@ class CountRule(WindowRule):
             trim(recs, n, ts - self.within_ms if self.within_ms is not None else NO_TS)
             if len(recs) == 2 * n and not self.blocked(s, ts):
                 fired = self.fire(s, ev, tuple(cast(str, recs[i]) for i in range(1, len(recs), 2)))
-        self.note_unless(s, ev)
+        if self.unless is not None:
+            self.note_unless(s, ev)
         return fired

@@ -58,11 +58,14 @@ class DistinctRule(WindowRule):
             v = self.field.value(ev)
             if v is not None:
                 fired = self._add(s, ev, v)
-        self.note_unless(s, ev)
+        if self.unless is not None:
+            self.note_unless(s, ev)
         return fired
 
     def _add(self, s: WindowState, ev: Event, v: str) -> Firing | None:
-        recs = self.records(s, ev)
+        recs = s.recs if self.per is None else None
+        if recs is None:
+            recs = self.records(s, ev)
         ts = ev.ts_ms
         n = len(recs)
         if n and recs[n - 3] == v:
