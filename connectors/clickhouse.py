@@ -36,64 +36,15 @@ import orjson
 from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from connectors.records import KINDS, STORED, RecordKind
 from connectors.retry import retry
 
 log = logging.getLogger("cx.clickhouse")
 
 DEFAULT_DSN = "chdb:///./data/cx.chdb"
 PASSWORD_ENV = "CX_CLICKHOUSE_PASSWORD"
-# Record kinds that go to Kafka only; anything else without a table is a bug and raises.
-NOT_STORED = frozenset({"context"})
-
-
-@dataclass(frozen=True, slots=True)
-class TableSpec:
-    """Where one record kind is stored.
-
-    Attributes:
-        table: Table name (in the DSN's database).
-        columns: Record fields, in insert order; each is a column of the same name.
-        json_columns: Fields holding a dict, stored as a JSON ``String``.
-    """
-
-    table: str
-    columns: tuple[str, ...]
-    json_columns: frozenset[str] = frozenset()
-
-
-TABLES: Mapping[str, TableSpec] = {
-    "moment": TableSpec(
-        "moments",
-        ("schema", "moment_id", "customer_id", "rule", "kind", "journey", "step", "urgency", "due_ts",
-         "detected_at", "evidence", "attrs", "action"),
-        frozenset({"attrs"}),
-    ),
-    "tag": TableSpec(
-        "customer_tags",
-        ("schema", "customer_id", "tag", "rule", "journey", "state", "outcome", "moment_id", "opened_ts", "ts",
-         "version"),
-    ),
-    "journey_state": TableSpec(
-        "journey_states",
-        ("schema", "customer_id", "journey", "attempt_id", "status", "stage", "last_step", "last_ts",
-         "steps_reached", "fired", "version"),
-    ),
-    "journey_step": TableSpec(
-        "journey_steps",
-        ("customer_id", "journey", "attempt_id", "step", "step_index", "entry", "channel", "event_id", "ts"),
-    ),
-    "dead_letter": TableSpec(
-        "dead_letters",
-        ("schema", "reason", "detail", "raw", "raw_encoding", "raw_len", "raw_sha256", "truncated", "source",
-         "partition", "offset", "received_at"),
-    ),
-    "action": TableSpec(
-        "actions",
-        ("schema", "moment_id", "customer_id", "rule", "kind", "journey", "urgency", "status", "reason", "channel",
-         "template", "control", "suppressed_channels", "due_ts", "send_ts", "detected_at"),
-    ),
-    "feedback": TableSpec("feedback", ("schema", "moment_id", "customer_id", "outcome", "ts")),
-}
+# Record kind -> its definition (table, columns), for the kinds stored in ClickHouse.
+TABLES: Mapping[str, RecordKind] = STORED
 
 UNKNOWN_TABLE = 60
 UNKNOWN_DATABASE = 81
@@ -446,7 +397,7 @@ def schema_statements() -> tuple[str, ...]:
 
 # JSONEachRow, strict: a value of the wrong type, a null in a non-Nullable column or an unknown field is
 # refused by ClickHouse (a permanent error), as the column-oriented insert refused it, instead of being
-# coerced or defaulted. Dicts (``TableSpec.json_columns``) are read into their String column as JSON text.
+# coerced or defaulted. Dicts (``RecordKind.json_fields``) are read into their String column as JSON text.
 JSON_INSERT_SETTINGS: Mapping[str, int] = {
     "input_format_skip_unknown_fields": 0,
     "input_format_null_as_default": 0,
@@ -458,7 +409,7 @@ JSON_INSERT_SETTINGS: Mapping[str, int] = {
 }
 
 
-def _payload(kind: str, spec: TableSpec, rows: list[dict[str, Any]]) -> bytes:
+def _payload(kind: str, spec: RecordKind, rows: list[dict[str, Any]]) -> bytes:
     """Serialize rows as one JSONEachRow (array) payload.
 
     One ``orjson.dumps`` call per batch: the least time holding the GIL of the formats measured (about a
@@ -711,7 +662,7 @@ class ClickHouseSink:
         """
         spec = TABLES.get(kind)
         if spec is None:
-            if kind in NOT_STORED:
+            if kind in KINDS:  # a kind that is not stored (published only)
                 return
             raise ValueError(f"no ClickHouse table for record kind {kind!r}")
         if not rows:

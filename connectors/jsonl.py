@@ -11,17 +11,10 @@ from typing import Any
 
 import orjson
 
-FILE_NAMES = {
-    "moment": "moments.jsonl",
-    "action": "actions.jsonl",
-    "tag": "tags.jsonl",
-    "context": "context.jsonl",
-    "dead_letter": "deadletter.jsonl",
-    "journey_state": "journey_states.jsonl",
-    "journey_step": "journey_steps.jsonl",
-    "feedback": "feedback.jsonl",
-}
-DEFAULT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
+from connectors.records import JSONL_DEFAULT, JSONL_FILES
+
+FILE_NAMES = JSONL_FILES
+DEFAULT_KINDS = JSONL_DEFAULT
 
 log = logging.getLogger("cx.jsonl")
 

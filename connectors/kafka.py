@@ -30,6 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from connectors.records import DEFAULT_OUTPUT_TOPICS, PUBLISHED
 from state.batches import RawBatch, Tick
 from state.events import BASE_TYPES
 from state.routing import shard_of_raw, ts_of_raw, validated_max_ts
@@ -615,9 +616,7 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                                final_tick=self._final_tick, types=self._types, max_ts=max_ts)
 
 
-OUTPUT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
-DEFAULT_OUTPUT_TOPICS = {"moment": "cx.moments", "action": "cx.actions", "tag": "cx.tags", "context": "cx.context",
-                         "dead_letter": "cx.deadletter"}
+OUTPUT_KINDS = PUBLISHED
 
 _Record = tuple[str, bytes | None, bytes]
 

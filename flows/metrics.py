@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
 from state.policy import HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
@@ -127,8 +128,7 @@ ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
-_TOPICS_DEFAULT = frozenset({"cx.events", "cx.feedback", "cx.moments", "cx.actions", "cx.tags", "cx.context",
-                             "cx.deadletter"})
+_TOPICS_DEFAULT = frozenset(DEFAULT_TOPICS.values())
 _MAX_PARTITION = 4096
 
 _lock = threading.Lock()

@@ -21,7 +21,6 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from connectors.clickhouse import (
     DEFAULT_DSN,
-    NOT_STORED,
     TABLES,
     TRANSIENT_CODES,
     ChdbPathInUseError,
@@ -32,6 +31,7 @@ from connectors.clickhouse import (
     resolve_dsn,
     shared_clients,
 )
+from connectors.records import KINDS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 REPO = Path(__file__).resolve().parents[2]
@@ -243,7 +243,7 @@ def test_each_kind_round_trips(kind: str, dsn: str, reader: Any) -> None:
     result = reader.query(f"SELECT {', '.join(spec.columns)} FROM {spec.table} {final}")
     assert len(result.result_rows) == 1
     stored = dict(zip(spec.columns, result.result_rows[0], strict=True))
-    for col in spec.json_columns:
+    for col in spec.json_fields:
         stored[col] = orjson.loads(stored[col])
     expected = dict(record)
     if kind == "action":
@@ -376,7 +376,8 @@ def test_unknown_kind_raises_naming_the_kind(dsn: str) -> None:
 
 
 def test_kafka_only_kinds_are_ignored(dsn: str) -> None:
-    assert "context" in NOT_STORED
+    assert "context" in KINDS
+    assert "context" not in TABLES
     rec = Recorder()
     sink = make_sink(dsn, rec, batch_rows=1)
     try:
