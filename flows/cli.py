@@ -288,7 +288,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         return 0
     print(text_report(a.clickhouse, pack, a.journey))
     if a.html is not None:
-        from connectors.clickhouse import open_client
+        from connectors.clickhouse.client import open_client
         from flows.report_html import html_report
 
         a.html.write_text(html_report(open_client(a.clickhouse), pack, a.journey), encoding="utf-8")
@@ -298,7 +298,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
     """``moments report rules``: sent vs control uplift per rule."""
-    from connectors.clickhouse import open_client
+    from connectors.clickhouse.client import open_client
     from flows.report import RULES_TABLES
     from flows.rule_report import RuleReport, parse_time_ms, render_json, render_text, rule_report
 
@@ -335,7 +335,7 @@ def _no_report_data(a: argparse.Namespace, tables: tuple[str, ...], empty: objec
 
     With ``--json`` the empty report ``empty`` goes to stdout (still valid JSON) and the line to stderr.
     """
-    from connectors.clickhouse import chdb_path, open_client
+    from connectors.clickhouse.client import chdb_path, open_client
     from flows.report import missing_tables, no_data_message
     from flows.rule_report import RuleReport, render_json
 

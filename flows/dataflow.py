@@ -77,7 +77,8 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
     """Build one worker's writers for the configured sinks."""
     writers: list[Writer] = [JsonlWriter(d) for d in cfg.jsonl_dirs]
     if cfg.wants_clickhouse:
-        from connectors.clickhouse import ClickHouseSink, resolve_dsn
+        from connectors.clickhouse.client import resolve_dsn
+        from connectors.clickhouse.sink import ClickHouseSink
         from flows import metrics
 
         ch = ClickHouseSink(

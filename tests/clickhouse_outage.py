@@ -153,7 +153,8 @@ def main(dsn: str, out: Path, hold_s: float, customers: int, minutes: float) -> 
         (times from the start of the run), the run's time, the final metrics, and per table the row count, the
         distinct keys and, for ``ROWS``, the rows to compare with the JSONL sink.
     """
-    from connectors.clickhouse import open_client, schema_statements
+    from connectors.clickhouse.client import open_client
+    from connectors.clickhouse.schema import schema_statements
     from flows import metrics
     from flows.config import PipelineConfig
     from flows.runner import run_pipeline

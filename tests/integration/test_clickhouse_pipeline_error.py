@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Every moment the run writes violates this constraint: a permanent refusal (VIOLATED_CONSTRAINT, code 469).
 _REFUSE_MOMENTS = """
 import sys
-from connectors.clickhouse import open_client, schema_statements
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.schema import schema_statements
 client = open_client(sys.argv[1])
 for stmt in schema_statements():
     client.command(stmt)

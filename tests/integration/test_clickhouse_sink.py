@@ -19,18 +19,10 @@ import orjson
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
-from connectors.clickhouse import (
-    DEFAULT_DSN,
-    TABLES,
-    TRANSIENT_CODES,
-    ChdbPathInUseError,
-    ClickHouseSink,
-    error_code,
-    is_transient_clickhouse_error,
-    open_client,
-    resolve_dsn,
-    shared_clients,
-)
+from connectors.clickhouse.client import DEFAULT_DSN, open_client, resolve_dsn, shared_clients
+from connectors.clickhouse.errors import TRANSIENT_CODES, ChdbPathInUseError, error_code, is_transient_clickhouse_error
+from connectors.clickhouse.schema import TABLES
+from connectors.clickhouse.sink import ClickHouseSink
 from connectors.records import KINDS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -736,7 +728,8 @@ def test_a_second_path_opens_only_after_every_client_of_the_first_is_closed(tmp_
 
 _OPEN_IN_CHILD = """
 import sys
-from connectors.clickhouse import ChdbPathInUseError, open_client
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.errors import ChdbPathInUseError
 try:
     client = open_client(sys.argv[1])
 except ChdbPathInUseError as e:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from connectors.clickhouse import TABLES, schema_statements
+from connectors.clickhouse.schema import TABLES, schema_statements
 from flows.cli import topics_from_env
 from flows.config import DEFAULT_TOPICS
 from flows.metrics import DEFAULT_PORT, metric_names
