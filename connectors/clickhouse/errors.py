@@ -10,7 +10,7 @@ read from the driver's own "HTTP status N" wording, the most structured form ava
 
 from __future__ import annotations
 
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, Error, OperationalError
 
 UNKNOWN_TABLE = 60
 UNKNOWN_DATABASE = 81
@@ -59,32 +59,30 @@ class ChdbPathInUseError(RuntimeError):
 
 
 def error_code(exc: BaseException) -> int | None:
-    """Return the ClickHouse error code an exception carries, looking through its causes.
+    """Return the ClickHouse error code a clickhouse-connect exception carries, looking through its causes.
+
+    Only the driver's structured ``Error.code`` counts: a message that merely reads "Code: 241" (from another
+    library, or quoting a row) is not a ClickHouse error.
 
     Args:
         exc: Any exception.
 
     Returns:
-        The numeric code (``exc.code`` or ``Code: N`` in the message), or None.
+        The numeric code, or None.
     """
     seen = 0
     e: BaseException | None = exc
     while e is not None and seen < 5:
-        code = getattr(e, "code", None)
-        if isinstance(code, int) and not isinstance(code, bool):
-            return code
-        text = str(e)
-        i = text.find("Code: ")
-        if i >= 0:
-            digits = text[i + 6 : i + 12].split(".")[0].strip()
-            if digits.isdigit():
-                return int(digits)
+        if isinstance(e, Error) and isinstance(e.code, int) and not isinstance(e.code, bool):
+            return e.code
         e = e.__cause__
         seen += 1
     return None
 
 
 def _http_status(exc: BaseException) -> int | None:
+    # The driver keeps no attribute for the status of a response without a ClickHouse code; it words it
+    # "HTTP driver received HTTP status N" (clickhouse_connect.driver._backend.httpcommon.build_http_error).
     text = str(exc)
     marker = "HTTP status "
     i = text.find(marker)
