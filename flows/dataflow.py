@@ -14,7 +14,7 @@ from bytewax.inputs import Source
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
 from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
 from flows.stopping import stoppable
@@ -71,6 +71,28 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             types=pack.types,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
+
+
+def check_clickhouse_schema(cfg: PipelineConfig) -> None:
+    """Create the ClickHouse tables if missing and check their columns, before Bytewax starts.
+
+    Inside the dataflow (each worker's sink) the same error would surface wrapped in Bytewax's errors.
+
+    Raises:
+        RunError: naming each table and column that does not fit its record kind.
+    """
+    from connectors.clickhouse.client import resolve_dsn
+    from connectors.clickhouse.schema import SchemaMismatchError
+    from connectors.clickhouse.sink import ClickHouseSink
+
+    sink = ClickHouseSink(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None),
+                          background=False)
+    try:
+        sink.ensure_schema()
+    except SchemaMismatchError as e:
+        raise RunError(str(e)) from None
+    finally:
+        sink.close()
 
 
 def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:

@@ -26,7 +26,7 @@ from bytewax.run import cli_main
 
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig, RunError, redacted_dsn
-from flows.dataflow import build_dataflow
+from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import SnapshotRestoreError
 from flows.sink import flush_all
 from flows.stats import STATS
@@ -91,6 +91,8 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
     STATS.live = cfg.live
     if cfg.source == "kafka" or cfg.wants_kafka:
         _check_kafka(cfg)
+    if cfg.wants_clickhouse:
+        check_clickhouse_schema(cfg)
     flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
     recovery = None
     if cfg.recovery_dir is not None:

@@ -1,8 +1,8 @@
-"""The ClickHouse side of the record kinds: the DDL (infra/clickhouse/*.sql) and the insert payload."""
+"""The ClickHouse side of the record kinds: the DDL (infra/clickhouse/*.sql), its check, and the insert payload."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -13,6 +13,66 @@ from connectors.records import STORED, RecordKind
 
 # Record kind -> its definition (table, columns), for the kinds stored in ClickHouse.
 TABLES: Mapping[str, RecordKind] = STORED
+
+
+class SchemaMismatchError(RuntimeError):
+    """A ClickHouse table lacks a column its record kind needs, or has it with another type (permanent)."""
+
+
+def schema_problems(columns: Iterable[tuple[str, str, str]]) -> list[str]:
+    """Compare the tables' columns with the record kinds (``connectors.records``).
+
+    A column the table has beyond the record's is fine (inserts name their columns); a missing one, or one
+    of another type, would refuse or silently change every insert.
+
+    Args:
+        columns: ``(table, column, type)`` rows, as ``system.columns`` lists them.
+
+    Returns:
+        One line per problem, naming the table and the column; empty when every table fits.
+    """
+    found: dict[str, dict[str, str]] = {}
+    for table, name, typ in columns:
+        found.setdefault(table, {})[name] = typ
+    problems: list[str] = []
+    for spec in TABLES.values():
+        have = found.get(spec.table)
+        if have is None:
+            problems.append(f"table {spec.table} is missing (it stores {spec.kind} records)")
+            continue
+        for name, typ in spec.column_types.items():
+            if name not in have:
+                problems.append(f"table {spec.table}: column {name} is missing ({spec.kind} records need it "
+                                f"as {typ})")
+            elif have[name] != typ:
+                problems.append(f"table {spec.table}: column {name} is {have[name]}, {spec.kind} records need "
+                                f"{typ}")
+    return problems
+
+
+def columns_query() -> str:
+    """The query listing ``(table, column, type)`` of the record tables in the client's database."""
+    names = ", ".join(f"'{spec.table}'" for spec in TABLES.values())  # our own constant names: no quoting needed
+    return f"SELECT table, name, type FROM system.columns WHERE database = currentDatabase() AND table IN ({names})"
+
+
+def check_tables(client: Any, where: str) -> None:
+    """Check the record tables against the record kinds; run at start-up, after the DDL.
+
+    Args:
+        client: A clickhouse-connect client on the sink's database.
+        where: The database as the message names it (a chDB path or a database name, never a password).
+
+    Raises:
+        SchemaMismatchError: naming every missing or mistyped column, table by table.
+    """
+    problems = schema_problems(client.query(columns_query()).result_rows)
+    if problems:
+        raise SchemaMismatchError(
+            f"ClickHouse schema in {where} does not match the record kinds (connectors/records.py): "
+            + "; ".join(problems)
+            + ". Add or fix the columns (infra/clickhouse/*.sql shows the expected DDL) or write to a new database."
+        )
 
 
 @cache

@@ -28,6 +28,7 @@ from typing import Any
 from connectors.clickhouse.client import (
     SharedClient,
     acquire_client,
+    chdb_path,
     create_database,
     dsn_database,
     release_client,
@@ -40,7 +41,7 @@ from connectors.clickhouse.errors import (
     error_code,
     is_transient_clickhouse_error,
 )
-from connectors.clickhouse.schema import JSON_INSERT_SETTINGS, TABLES, payload, schema_statements
+from connectors.clickhouse.schema import JSON_INSERT_SETTINGS, TABLES, check_tables, payload, schema_statements
 from connectors.clickhouse.writer import InsertThread
 from connectors.records import KINDS
 from connectors.retry import retry
@@ -132,7 +133,13 @@ class ClickHouseSink:
         return counts
 
     def ensure_schema(self) -> None:
-        """Create the DSN's database and the tables if missing (idempotent); retries transient errors."""
+        """Create the DSN's database and the tables if missing (idempotent), then check their columns.
+
+        Retries transient errors.
+
+        Raises:
+            SchemaMismatchError: a table lacks a column of its record kind or has it with another type.
+        """
         with self._lock:
             self._call("schema", self._create_schema)
             self._ok = True
@@ -270,6 +277,9 @@ class ClickHouseSink:
             with shared.lock:
                 for stmt in schema_statements():
                     shared.client.command(stmt)
+        # CREATE TABLE IF NOT EXISTS leaves an existing table as it is: check that it still fits the records.
+        with shared.lock:
+            check_tables(shared.client, chdb_path(self._dsn) or f"database {self._database or 'default'}")
 
     def _call(self, what: str, fn: Callable[[], Any]) -> Any:
         def on_retry(attempt: int, exc: BaseException, delay: float) -> None:

@@ -21,7 +21,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from connectors.clickhouse.client import DEFAULT_DSN, open_client, resolve_dsn, shared_clients
 from connectors.clickhouse.errors import TRANSIENT_CODES, ChdbPathInUseError, error_code, is_transient_clickhouse_error
-from connectors.clickhouse.schema import TABLES
+from connectors.clickhouse.schema import TABLES, SchemaMismatchError
 from connectors.clickhouse.sink import ClickHouseSink
 from connectors.records import KINDS
 
@@ -131,6 +131,39 @@ def wait_until(done: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 # -- schema ----------------------------------------------------------------------------------
+
+
+def test_a_dropped_or_retyped_column_fails_the_schema_check_naming_table_and_column(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+    finally:
+        sink.close()
+    reader.command("ALTER TABLE moments DROP COLUMN step")
+    reader.command("ALTER TABLE actions MODIFY COLUMN send_ts Int32")
+    sink = make_sink(dsn)
+    try:
+        with pytest.raises(SchemaMismatchError) as info:
+            sink.ensure_schema()
+    finally:
+        sink.close()
+    message = str(info.value)
+    assert "table moments: column step is missing (moment records need it as LowCardinality(String))" in message
+    assert "table actions: column send_ts is Int32, action records need Int64" in message
+    assert not is_transient_clickhouse_error(info.value)
+
+
+def test_a_column_beyond_the_records_passes_the_schema_check(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+        reader.command("ALTER TABLE moments ADD COLUMN note String DEFAULT ''")
+        sink.ensure_schema()
+        sink.add("moment", moments(3))
+        sink.flush()
+    finally:
+        sink.close()
+    assert count(reader, "SELECT count() FROM moments FINAL") == 3
 
 
 def test_schema_is_created_idempotently_with_every_table(dsn: str, reader: Any) -> None:
