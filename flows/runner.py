@@ -36,17 +36,17 @@ from state.rules import RulePack
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
-    from flows.metrics import MetricsServer
+    from flows.http_endpoint import MetricsServer
 
 log = logging.getLogger("cx.run")
 
 
 def _on_written(pack: RulePack) -> object:
-    from flows import metrics
+    from flows import accounting
 
     def on_written(key: str, out: Outputs, now_ms: int) -> None:
         STATS.add(key, out)
-        metrics.observe_outputs(key, out, now_ms, pack)
+        accounting.observe_outputs(key, out, now_ms, pack)
 
     return on_written
 
@@ -180,11 +180,11 @@ def _host_port(host: str, port: int) -> str:
 
 def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
     """Start the HTTP endpoint, turning a bind failure into one line naming the setting to change."""
-    from flows import metrics
+    from flows import http_endpoint
 
     assert cfg.metrics_port is not None
     try:
-        return metrics.start_http(cfg.metrics_port, cfg.http_host)
+        return http_endpoint.start_http(cfg.metrics_port, cfg.http_host)
     except OSError as e:
         fix = "(set --metrics-port or CX_METRICS_PORT, or --no-metrics)"
         if e.errno == errno.EADDRINUSE:

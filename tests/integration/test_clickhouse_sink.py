@@ -877,9 +877,9 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
     import urllib.error
     import urllib.request
 
-    from flows import metrics
+    from flows import http_endpoint
 
-    server = metrics.start_http(0, host="127.0.0.1")
+    server = http_endpoint.start_http(0, host="127.0.0.1")
 
     def ready() -> int:
         try:
@@ -896,7 +896,7 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
 
     rec = Recorder(recover_after=2, recover=during_outage)
     sink = make_sink(dsn, rec)
-    metrics.register_readiness("clickhouse-test", sink.writable)
+    http_endpoint.register_readiness("clickhouse-test", sink.writable)
     try:
         sink.ensure_schema()
         _stop_merges(reader, "moments")
@@ -909,7 +909,7 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
         sink.flush()  # blocks in backoff; /readyz is asked while the writes fail
         assert ready() == 200
     finally:
-        metrics.register_readiness("clickhouse-test", lambda: True)
+        http_endpoint.register_readiness("clickhouse-test", lambda: True)
         sink.close()
         server.stop()
     assert seen == [503]

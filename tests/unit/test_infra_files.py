@@ -18,7 +18,8 @@ import yaml
 from connectors.clickhouse.schema import TABLES, schema_statements
 from flows.cli import topics_from_env
 from flows.config import DEFAULT_TOPICS
-from flows.metrics import DEFAULT_PORT, metric_names
+from flows.http_endpoint import DEFAULT_PORT
+from flows.metrics import metric_names
 from state.rules import DEFAULT_PACK, load_rule_pack
 
 ROOT = Path(__file__).resolve().parents[2]
