@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from connectors.records import DEFAULT_OUTPUT_TOPICS, PUBLISHED
 from state.batches import RawBatch, Tick
 from state.events import BASE_TYPES
-from state.routing import shard_of_raw, ts_of_raw, validated_max_ts
+from state.routing import shard_of_raw, tracked_ts, validated_max_ts
 
 log = logging.getLogger("cx.kafka")
 
@@ -317,8 +317,12 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                  batch_size: int, stop_at_end: bool, on_lag: Callable[[str, int, int], None] | None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
-                 final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0) -> None:
+                 final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0,
+                 clock: bool = True) -> None:
         self._final_tick = final_tick and stop_at_end
+        # Feedback records are not events: they never move the input's end-of-input time (their final tick
+        # carries 0), whatever fields they carry.
+        self._track = self._final_tick and clock
         self._types = types
         self._max_ts = max_ts
         self._consumer = Consumer(_consumer_conf(conf))
@@ -369,7 +373,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         shards = self._shards
         values: dict[int, list[bytes]] = {}
         offsets: dict[int, list[int]] = {}
-        track = self._final_tick
+        track = self._track
         candidates: list[tuple[int, bytes]] = []
         max_ts = self._max_ts
         skipped: list[tuple[int, str]] = []
@@ -393,7 +397,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             off: int = m.offset()  # type: ignore[assignment]  # None only on error events, skipped above
             s = shard_of_raw(raw, shards)
             if track:
-                t = ts_of_raw(raw)
+                t = tracked_ts(raw)
                 if t is not None and t > max_ts:
                     candidates.append((t, raw))
             vs = values.get(s)
@@ -412,7 +416,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             # No customer id to route by: shard 0 writes the dead letter (any shard's dead letters reach the
             # same outputs and counter), in the same epoch as the position that skips it.
             items.append((self._keys[0], RawBatch(self._source, self._part, [], [], 0, tuple(skipped))))
-        if track:
+        if self._final_tick:
             if candidates:
                 # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the flush.
                 self._max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards))
@@ -579,6 +583,7 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
             largest valid event time when the partition ends, so that at end of input every shard fires what
             is due by the whole input's largest time, as a file replay does.
         types: Event types the rule pack knows (for the final tick's validity check).
+        feedback_topics: Topics whose messages are feedback, not events: they never move the final tick's time.
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
@@ -586,8 +591,10 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                  on_lag: Callable[[str, int, int], None] | None = None,
                  on_error: Callable[[str, int, KafkaError], None] | None = None,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
-                 final_tick: bool = False, types: Collection[str] = BASE_TYPES) -> None:
+                 final_tick: bool = False, types: Collection[str] = BASE_TYPES,
+                 feedback_topics: Collection[str] = ()) -> None:
         self._final_tick = final_tick
+        self._feedback = frozenset(feedback_topics)
         self._types = types
         self._conf = conf
         self._on_reset = on_reset
@@ -613,7 +620,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
         return _KafkaPartition(self._conf, topic, int(part), start, self._shards, self._batch, self._stop,
                                self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
                                on_reset=self._on_reset,
-                               final_tick=self._final_tick, types=self._types, max_ts=max_ts)
+                               final_tick=self._final_tick, types=self._types, max_ts=max_ts,
+                               clock=topic not in self._feedback)
 
 
 OUTPUT_KINDS = PUBLISHED

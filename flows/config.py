@@ -129,8 +129,11 @@ class PipelineConfig:
             raise ConfigError("--clock", f"must be replay or live, got {self.clock!r}")
         if not 1 <= self.shards <= 4096:
             raise ConfigError("--shards", f"must be 1..4096, got {self.shards}")
-        if self.workers < 1:
-            raise ConfigError("--workers", f"must be >= 1, got {self.workers}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            # Each worker is a thread with its own copy of every operator: a thousand grew to 14 GB and took
+            # minutes to start, deaf to SIGTERM. Scale beyond one machine's cores with processes (-i/-a).
+            raise ConfigError("--workers", f"must be 1..{MAX_WORKERS} per process (add processes to scale out), "
+                              f"got {self.workers}")
         if self.process_id is not None:
             if not self.addresses:
                 raise ConfigError("--addresses", "is required with --process-id")
@@ -162,12 +165,32 @@ class PipelineConfig:
         if not 1 <= self.dead_letter_max_bytes <= MAX_DEAD_LETTER_MAX_BYTES:
             raise ConfigError("--dead-letter-max-bytes", f"must be 1..{MAX_DEAD_LETTER_MAX_BYTES} (the encoded record "
                               f"must stay below Kafka's 1 MB message limit), got {self.dead_letter_max_bytes}")
+        for d in self.jsonl_dirs:
+            problem = _directory_problem(d)
+            if problem:
+                raise ConfigError("--sink", f"jsonl:{d}: {problem}")
         if self.rules is not None and not self.rules.is_file():
             raise ConfigError("--rules", f"file not found: {self.rules}")
         return self
 
 
 MAX_LATENESS_MS = 30 * 86_400_000
+MAX_WORKERS = 64
+
+
+def _directory_problem(d: Path) -> str:
+    """Return why a JSONL sink cannot write to directory ``d`` (created here if missing), or ""."""
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        return "exists and is not a directory"
+    except OSError as e:
+        return f"cannot create the directory ({e.strerror or e})"
+    if not d.is_dir():
+        return "is not a directory"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return "the directory is not writable"
+    return ""
 # Simulated traffic starts in 2026; ten years keeps every event inside the valid 2000..2100 range.
 MAX_SIM_MINUTES = 10 * 365 * 24 * 60
 

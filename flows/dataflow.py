@@ -69,6 +69,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             on_reset=connector_metrics.record_offset_reset,
             final_tick=cfg.kafka_stop_at_end and not cfg.live,
             types=pack.types,
+            feedback_topics=[cfg.kafka_topics["feedback"]],
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 

@@ -173,6 +173,24 @@ def _ts_value(value: object) -> int | None:
         return None
 
 
+def tracked_ts(raw: bytes) -> int | None:
+    """Return the ts a line offers to the input's clock (the end-of-input time), or None.
+
+    Like ``ts_of_raw``, but a line holding a JSON escape is parsed: an escape may hide the event's ts from
+    slicing (``"t\\u0073"``, an escaped ISO string) or leave a decoy in view, and a valid event must count
+    with its parsed time whatever its spelling (``validated_max_ts`` still checks the line). Escapes are
+    rare in real traffic, so the parse is too.
+    """
+    if b"\\" in raw:
+        return parsed_ts(raw)
+    return ts_of_raw(raw)
+
+
+def parsed_ts(raw: bytes) -> int | None:
+    """Return the ts of a line by a full JSON parse, or None (not an object, no valid ts)."""
+    return _ts_by_parse(raw)
+
+
 def _ts_by_parse(raw: bytes) -> int | None:
     try:
         doc = orjson.loads(raw)

@@ -65,3 +65,45 @@ def test_iso_timestamps_and_dead_lettered_lines_in_a_kafka_replay(kafka: str, tm
     assert dead == []
     assert _abandoned(moments) == ["c2"]
     _check_evil(*_kafka_run(kafka, _evil_lines(), tmp_path, "evil", partitions=2))
+
+
+def _escaped_lines() -> list[bytes]:
+    # c2 leaves a cart at 0 on its own shard; the input's last time, 30 min later on other shards, is carried
+    # only by lines whose ts a JSON escape hides from slicing: the key spelled "t\u0073", and an ISO string
+    # with its "+" escaped. Valid events: they count for the flush time as their plain spellings would.
+    assert len({shard_of_id(c, SHARDS) for c in ("c2", "z", "y")}) == 3
+    key = (b'{"event_id":"z1","customer_id":"z","t\\u0073":%d,"channel":"app","type":"view"}' % (T0 + 30 * MIN))
+    iso = datetime.fromtimestamp((T0 + 25 * MIN) / 1000, UTC).isoformat(timespec="milliseconds")
+    iso_line = (b'{"event_id":"y1","customer_id":"y","ts":"%s","channel":"app","type":"view"}'
+                % iso.replace("+", "\\u002b").encode())
+    return [_ev("k2", "c2", 0, "submit", journey="cart", step="checkout"), iso_line, key]
+
+
+def test_escaped_timestamps_set_the_flush_time_of_a_file_replay(tmp_path: Path) -> None:
+    moments, _customers, dead = _file_run([_escaped_lines()], tmp_path, "esc")
+    assert dead == []
+    assert _abandoned(moments) == ["c2"]
+
+
+@pytest.mark.kafka
+def test_escaped_timestamps_set_the_flush_time_of_a_kafka_replay(kafka: str, tmp_path: Path) -> None:
+    moments, _customers, dead = _kafka_run(kafka, _escaped_lines(), tmp_path, "esc", partitions=2)
+    assert dead == []
+    assert _abandoned(moments) == ["c2"]
+
+
+@pytest.mark.kafka
+def test_feedback_messages_never_move_the_flush_time_of_a_kafka_replay(kafka: str, tmp_path: Path) -> None:
+    # The events end at 2 min, too early for c2's abandonment. Two messages on the feedback topic carry a time
+    # an hour later: an event-shaped one (dead-lettered: no moment_id) and a valid feedback record with spare
+    # event fields. Feedback is not input time: neither may flush the shards to that hour.
+    far = T0 + 60 * MIN
+    fb_event = _ev("fb1", "c2", 60 * MIN, journey="cart", step="product")
+    fb_record = orjson.dumps({"moment_id": "m-unknown", "customer_id": "c2", "outcome": "contacted", "ts": far,
+                              "event_id": "fb2", "channel": "app", "type": "view"})
+    moments, customers, dead = _kafka_run(
+        kafka, [_ev("k2", "c2", 0, "submit", journey="cart", step="checkout"), _ev("z", "z", 2 * MIN)],
+        tmp_path, "fb", partitions=2, feedback=[fb_event, fb_record])
+    assert [d["reason"] for d in dead] == ["missing_field:moment_id"]
+    assert _abandoned(moments) == []
+    assert customers == 2

@@ -72,10 +72,13 @@ def _file_run(files: list[list[bytes]], tmp: Path, name: str, batch_lines: int =
 
 
 def _kafka_run(kafka: str, lines: list[bytes], tmp: Path, name: str, partitions: int,
-               lateness_ms: int = 30_000) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
+               lateness_ms: int = 30_000, feedback: list[bytes] | None = None,
+               ) -> tuple[list[dict[str, Any]], int, list[dict[str, Any]]]:
     topics = {**DEFAULT_TOPICS, "events": unique("cx.events"), "feedback": unique("cx.feedback")}
     create_topics(kafka, [topics["events"], topics["feedback"]], partitions=partitions)
     produce(kafka, topics["events"], lines, key_of=_key)
+    if feedback:
+        produce(kafka, topics["feedback"], feedback, key_of=_key)
     out = tmp / name
     cfg = PipelineConfig(source="kafka", sinks=(f"jsonl:{out}",), metrics_port=None, shards=SHARDS,
                          lateness_ms=lateness_ms, kafka_bootstrap=kafka, kafka_topics=topics,
@@ -151,13 +154,13 @@ def _done_customers(log: str) -> int:
     return int(found[-1])
 
 
-def _cli_run(tmp: Path, name: str, source: list[str], processes: int, env: dict[str, str] | None = None
-             ) -> tuple[set[str], int]:
+def _cli_run(tmp: Path, name: str, source: list[str], processes: int, env: dict[str, str] | None = None,
+             lateness: str = "7d") -> tuple[set[str], int]:
     out = tmp / name
     # A lateness longer than the input: Kafka partitions are read at their own pace, and a shard's events
     # from a lagging partition would otherwise be late against those of a leading one.
     # Many shards, few customers each: many a shard's own last event comes well before the input's last one.
-    args = [*source, "--clock", "replay", "--lateness", "7d", "--shards", str(CLI_SHARDS), "--sink", f"jsonl:{out}",
+    args = [*source, "--clock", "replay", "--lateness", lateness, "--shards", str(CLI_SHARDS), "--sink", f"jsonl:{out}",
             "--no-metrics", "--status", "off"]
     if processes == 1:
         workers = [Worker(args, tmp / f"{name}.log", env=env)]

@@ -121,3 +121,28 @@ def test_the_time_zone_cache_is_bounded() -> None:
         assert zone(f"Nope/{i:06d}") is None
     assert zone("Europe/Paris") is not None
     assert zone.cache_info().currsize <= zone.cache_info().maxsize == 1024
+
+
+@pytest.mark.parametrize("workers", ["0", "65", "1000"])
+def test_worker_threads_per_process_are_bounded(capsys: pytest.CaptureFixture[str], workers: str) -> None:
+    # A thousand were accepted: 14 GB and minutes of start-up that ignored SIGTERM.
+    err = _run_error(capsys, "--workers", workers)
+    assert "--workers" in err
+    assert "1..64" in err
+
+
+def test_sixty_four_workers_are_accepted() -> None:
+    PipelineConfig(workers=64, metrics_port=None, sinks=("none",)).validate()
+
+
+@pytest.mark.parametrize("where", ["/proc/cx-never", "FILE", "FILE/below"])
+def test_a_jsonl_sink_that_cannot_be_a_directory_is_refused_naming_it(
+    capsys: pytest.CaptureFixture[str], tmp_path, where: str
+) -> None:
+    # /proc refuses new directories; a regular file is no directory. Both were a 100-line traceback, exit 1.
+    f = tmp_path / "plain.txt"
+    f.write_text("x")
+    d = where.replace("FILE", str(f))
+    err = _run_error(capsys, "--sink", f"jsonl:{d}")
+    assert "--sink" in err
+    assert d in err

@@ -217,3 +217,28 @@ def test_patterns_agree_with_slicing_on_events(cid: str, ts: int, shards: int, s
 def test_patterns_agree_with_slicing_on_hostile_bytes(raw: bytes) -> None:
     assert shard_of_raw(raw, SHARDS) == _shard_by_slicing(raw, SHARDS)
     assert ts_of_raw(raw) == _ts_by_slicing(raw)
+
+
+def _escape_all(s: str) -> str:
+    return "".join(f"\\u{ord(ch):04x}" for ch in s)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(MIN_TS_MS, MAX_TS_MS - 1), st.integers(MIN_TS_MS, MAX_TS_MS - 1),
+       st.sampled_from(["key", "iso", "both", "plain"]), st.booleans())
+def test_tracked_ts_is_the_parsed_ts_whatever_the_spelling(ts: int, decoy: int, spelling: str, iso: bool) -> None:
+    """The end-of-input time counts a valid event by its parsed ts: an escaped key or ISO string, with a decoy
+    ``attrs.ts`` beside it, neither hides the real time nor lets the decoy stand in for it."""
+    from datetime import UTC, datetime
+
+    from state.routing import tracked_ts
+
+    value = orjson.dumps(datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds") if iso else ts)
+    if spelling in ("iso", "both") and iso:
+        value = b'"' + _escape_all(orjson.loads(value)).encode() + b'"'
+    key = _escape_all("ts") if spelling in ("key", "both") else "ts"
+    raw = (b'{"event_id":"e1","customer_id":"c","%s":%s,"channel":"app","type":"view","attrs":{"ts":%d}}'
+           % (key.encode(), value, decoy))
+    parsed = parse_event(raw)
+    assert type(parsed) is Event
+    assert tracked_ts(raw) == parsed.ts_ms
