@@ -255,7 +255,9 @@ def cmd_produce(a: argparse.Namespace) -> int:
     """``moments produce``."""
     import orjson
 
-    from connectors.kafka import KafkaHandshakeError, kafka_config, produce_jsonl
+    from connectors.kafka.config import kafka_config
+    from connectors.kafka.errors import KafkaHandshakeError
+    from connectors.kafka.produce import produce_jsonl
 
     conf = kafka_config(overrides={"bootstrap.servers": a.kafka_bootstrap} if a.kafka_bootstrap else None)
     if a.input == "simulator":

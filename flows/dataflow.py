@@ -54,7 +54,8 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
                                placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
                                max_future_ms=cfg.max_future_ms if cfg.live else None)
     if cfg.source == "kafka":
-        from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
+        from connectors.kafka.config import kafka_config, on_kafka_error
+        from connectors.kafka.source import KafkaRawSource
         from flows import connector_metrics
 
         on_kafka_error(connector_metrics.kafka_error_hook())
@@ -114,7 +115,9 @@ def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
         http_endpoint.register_readiness("clickhouse", ch.writable)
         writers.append(ch)
     if cfg.wants_kafka:
-        from connectors.kafka import OUTPUT_KINDS, KafkaJsonWriter, ensure_topics, kafka_config
+        from connectors.kafka.admin import ensure_topics
+        from connectors.kafka.config import kafka_config
+        from connectors.kafka.writer import OUTPUT_KINDS, KafkaJsonWriter
         from flows import connector_metrics, http_endpoint
 
         conf = kafka_config(overrides=cfg.kafka_overrides())

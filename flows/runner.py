@@ -161,7 +161,9 @@ def _check_kafka(cfg: PipelineConfig) -> None:
 
     Inside the dataflow (the source's ``list_parts``) the same error would surface wrapped in Bytewax's errors.
     """
-    from connectors.kafka import KafkaHandshakeError, kafka_config, wait_for_broker
+    from connectors.kafka.admin import wait_for_broker
+    from connectors.kafka.config import kafka_config
+    from connectors.kafka.errors import KafkaHandshakeError
 
     try:
         wait_for_broker(kafka_config(overrides=cfg.kafka_overrides()))

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from connectors.jsonl import read_jsonl
-from connectors.kafka import KafkaRawSource
+from connectors.kafka.source import KafkaRawSource
 from flows import connector_metrics, metrics
 from tests.integration.test_recovery import _resume_epoch
 from tests.kafka_helpers import Broker, create_topics, produce_lines, unique
