@@ -17,7 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from connectors.kafka.config import producer_conf, redacted
 from connectors.kafka.errors import REFUSED, is_fatal, refused_error
-from connectors.records import PUBLISHED
+from connectors.records import KINDS, PUBLISHED
 
 log = logging.getLogger("cx.kafka")
 
@@ -204,14 +204,21 @@ class KafkaJsonWriter:
             self._send(t, k, v)
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        """Queue rows of one kind (kinds without a topic are skipped).
+        """Queue rows of one kind (kinds this writer does not publish, e.g. journey states, are skipped).
 
         Args:
             kind: Record kind, e.g. ``moment``.
             rows: Records; each is keyed by its ``customer_id`` (no key when it has none, e.g. dead letters).
+
+        Raises:
+            ValueError: naming a kind that is no record kind at all (a typo would otherwise lose its records).
         """
         topic = self._topics.get(kind)
-        if topic is None or not rows:
+        if topic is None:
+            if kind not in KINDS:
+                raise ValueError(f"unknown record kind {kind!r} (connectors/records.py defines {', '.join(KINDS)})")
+            return
+        if not rows:
             return
         if kind == "action":
             # cx.actions carries what downstream must do; suppressed and hold-out decisions are stored only.
