@@ -230,6 +230,13 @@ def test_dockerfile_installs_the_package_and_runs_unprivileged() -> None:
         assert any(top == c or top.startswith(c + "/") or c.startswith(top + "/") for c in copied), pkg
 
 
+def test_pyproject_lists_every_package_so_an_installed_wheel_has_them_all() -> None:
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+             for top in ("state", "flows", "connectors", "infra") for init in (ROOT / top).rglob("__init__.py")}
+    assert found - packages == set(), "packages missing from [tool.setuptools] packages in pyproject.toml"
+
+
 # ---------------------------------------------------------------------------------------------- Kubernetes
 
 
