@@ -64,9 +64,6 @@ def _watermark_lag_s() -> float:
 WATERMARK_LAG.set_function(_watermark_lag_s)
 
 
-# ---------------------------------------------------------------------------------------------- per batch
-
-
 def record_events(counts: Mapping[tuple[str, str], int]) -> None:
     """Count one batch's valid events.
 

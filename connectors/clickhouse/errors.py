@@ -55,9 +55,6 @@ class ChdbPathInUseError(RuntimeError):
     """Another process holds the chDB data path (chDB allows one process per path)."""
 
 
-# -- errors ----------------------------------------------------------------------------------
-
-
 def error_code(exc: BaseException) -> int | None:
     """Return the ClickHouse error code a clickhouse-connect exception carries, looking through its causes.
 
