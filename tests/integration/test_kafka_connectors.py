@@ -81,7 +81,7 @@ def test_writer_delivers_records_keyed_by_customer_id(kafka: str, tmp_path: Path
     writer.add("moment", moments)
     writer.write([("tag", {"customer_id": "cust-1", "tag": "cart_failed", "state": "open"}),
                   ("dead_letter", {"reason": "not_json", "raw": "oops"})])
-    writer.add("steps", [{"customer_id": "x"}])  # a kind without a topic (ClickHouse only) is not published
+    writer.add("journey_step", [{"customer_id": "x"}])  # a kind without a topic (ClickHouse only) is not published
     writer.flush()
     writer.close()
 
