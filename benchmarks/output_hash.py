@@ -1,8 +1,9 @@
 """Hash every output record of a simulated run, to show a refactor leaves the outputs unchanged.
 
-Runs ``moments run`` on the simulator (fixed seed) with a JSONL sink and an embedded ClickHouse sink,
-then prints one SHA-256 per JSONL file and per ClickHouse table over its records, sorted, with the
-wall-clock fields (``detected_at``, ``received_at``) removed. Two trees that print the same hashes
+Writes the simulator's events (fixed seed) to a file with a few bad lines appended (not JSON, a missing field,
+a duplicate, bytes that are not UTF-8, a bad time), runs ``moments run`` on that file with a JSONL sink and an
+embedded ClickHouse sink, then prints one SHA-256 per JSONL file and per ClickHouse table over its records,
+sorted, with the wall-clock fields (``detected_at``, ``received_at``) removed. Two trees that print the same hashes
 wrote the same records.
 
 ``chdb/journey_states`` is marked: it differs between two runs of the same tree. Journey-state rows are
@@ -12,14 +13,15 @@ runs, not as a hash.
 
     python -m benchmarks.output_hash [--tree PATH] [--customers 5000] [--minutes 180] [--seed 11]
 
-``--tree`` runs another checkout's code (e.g. a ``git archive`` of main), from that folder, with this
-interpreter; its chDB tables are read in a child process there too.
+``--tree`` runs another checkout's code (e.g. a ``git archive`` of main; ``PYTHONPATH``) with this
+interpreter; its chDB tables are read in a child process too.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -58,21 +60,33 @@ def digest(rows: list[dict[str, Any]]) -> str:
     return f"{len(lines):>7} {hashlib.sha256(NL.join(lines)).hexdigest()[:16]}"
 
 
+# Dead letters of every common kind; the file source names them by the (relative, fixed) file name.
+BAD_LINES = (b"not json", b'{"event_id": "bad-1", "ts": 1767225600000}', b"\xff\xfe not utf-8",
+             b'{"event_id": "bad-2", "customer_id": "c-bad", "ts": "yesterday", "channel": "app", "type": "view"}')
+
+
 def run(tree: Path, customers: int, minutes: int, seed: int) -> dict[str, str]:
     """Run the pipeline of ``tree`` and return a digest per JSONL file and per table."""
     work = Path(tempfile.mkdtemp(prefix="cx-hash-"))
+    # The tree's own code, from a folder of its own (so relative paths, kept in dead letters, are fixed).
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cli = [sys.executable, "-m", "flows.cli"]
     try:
-        jsonl, chdb_path = work / "jsonl", work / "cx.chdb"
-        subprocess.run([sys.executable, "-m", "flows.cli", "run", "--source", "simulator",
-                        "--customers", str(customers), "--minutes", str(minutes), "--seed", str(seed),
-                        "--sink", f"jsonl:{jsonl}", "--sink", f"chdb://{chdb_path}", "--no-metrics",
-                        "--status", "off"], cwd=tree, check=True, capture_output=True)
+        subprocess.run([*cli, "simulate", "--customers", str(customers), "--minutes", str(minutes), "--seed",
+                        str(seed), "-o", "events.jsonl"], cwd=work, env=env, check=True, capture_output=True)
+        events = work / "events.jsonl"
+        first = events.open("rb").readline().rstrip(b"\n")
+        with events.open("ab") as f:
+            f.write(NL.join((*BAD_LINES, first)) + NL)  # the first event again: a duplicate
+        subprocess.run([*cli, "run", "--source", "file:events.jsonl", "--sink", "jsonl:jsonl", "--sink",
+                        "chdb:///./cx.chdb", "--no-metrics", "--status", "off"], cwd=work, env=env, check=True,
+                       capture_output=True)
         out: dict[str, str] = {}
-        for path in sorted(jsonl.glob("*.jsonl")):
+        for path in sorted((work / "jsonl").glob("*.jsonl")):
             rows = [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
             out[f"jsonl/{path.name}"] = digest(rows)
-        proc = subprocess.run([sys.executable, "-c", _READ_CHDB, str(chdb_path), *TABLES], cwd=tree, check=True,
-                              capture_output=True)
+        proc = subprocess.run([sys.executable, "-c", _READ_CHDB, str(work / "cx.chdb"), *TABLES], cwd=work,
+                              env=env, check=True, capture_output=True)
         for table, rows in orjson.loads(proc.stdout).items():
             out[f"chdb/{table}"] = digest(rows)
         return out
