@@ -25,10 +25,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 
 from benchmarks.harness import Figure, machine, table, write_section
 from benchmarks.traffic import events_file, lines
+from connectors.records import DEFAULT_TOPICS
 from tests.kafka_helpers import Broker, create_topics, free_port, tansu_bin
 
 EXTRA = os.environ.get("CX_BENCH_EXTRA", "").split()
-TOPICS = ("cx.events", "cx.feedback", "cx.moments", "cx.actions", "cx.tags", "cx.context", "cx.deadletter")
+TOPICS = tuple(DEFAULT_TOPICS.values())
 
 
 def _key(raw: bytes) -> bytes:

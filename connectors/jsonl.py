@@ -11,17 +11,10 @@ from typing import Any
 
 import orjson
 
-FILE_NAMES = {
-    "moment": "moments.jsonl",
-    "action": "actions.jsonl",
-    "tag": "tags.jsonl",
-    "context": "context.jsonl",
-    "dead_letter": "deadletter.jsonl",
-    "journey_state": "journey_states.jsonl",
-    "journey_step": "journey_steps.jsonl",
-    "feedback": "feedback.jsonl",
-}
-DEFAULT_KINDS = ("moment", "action", "tag", "context", "dead_letter")
+from connectors.records import JSONL_DEFAULT, JSONL_FILES
+
+FILE_NAMES = JSONL_FILES
+DEFAULT_KINDS = JSONL_DEFAULT
 
 log = logging.getLogger("cx.jsonl")
 
@@ -95,8 +88,15 @@ class JsonlWriter:
         self._lock = threading.Lock()
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        """Write rows of one kind (ignored when the kind is not selected)."""
+        """Write rows of one kind (ignored when the kind is not selected).
+
+        Raises:
+            ValueError: naming a kind that is no record kind at all (a typo would otherwise lose its records).
+        """
         if kind not in self._kinds or not rows:
+            if kind not in FILE_NAMES:
+                known = ", ".join(FILE_NAMES)
+                raise ValueError(f"unknown record kind {kind!r} (connectors/records.py defines {known})")
             return
         data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
         with self._lock:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from connectors import records
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, MAX_DEAD_LETTER_MAX_BYTES
 from state.rules import parse_duration
 
@@ -15,15 +16,8 @@ DEFAULT_CLICKHOUSE_DSN = "chdb:///./data/cx.chdb"
 DEFAULT_METRICS_PORT = 9464
 DEFAULT_HTTP_HOST = "0.0.0.0"  # noqa: S104 - Prometheus scrapes a worker from another pod or container
 DEFAULT_SHARDS = 64
-DEFAULT_TOPICS = {
-    "events": "cx.events",
-    "moment": "cx.moments",
-    "action": "cx.actions",
-    "tag": "cx.tags",
-    "context": "cx.context",
-    "dead_letter": "cx.deadletter",
-    "feedback": "cx.feedback",
-}
+# Input and output topics by name (``CX_TOPIC_<NAME>`` overrides one); defined with the record kinds.
+DEFAULT_TOPICS = dict(records.DEFAULT_TOPICS)
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,7 @@ from bytewax.inputs import Source
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
 from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
 from flows.stopping import stoppable
@@ -54,10 +54,11 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
                                placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
                                max_future_ms=cfg.max_future_ms if cfg.live else None)
     if cfg.source == "kafka":
-        from connectors.kafka import KafkaRawSource, kafka_config, on_kafka_error
-        from flows import metrics
+        from connectors.kafka.config import kafka_config, on_kafka_error
+        from connectors.kafka.source import KafkaRawSource
+        from flows import connector_metrics
 
-        on_kafka_error(metrics.kafka_error_hook())
+        on_kafka_error(connector_metrics.kafka_error_hook())
         return KafkaRawSource(
             kafka_config(overrides=cfg.kafka_overrides()),
             [cfg.kafka_topics["events"], cfg.kafka_topics["feedback"]],
@@ -65,8 +66,8 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             create_topics=cfg.kafka_create_topics,
             partitions=cfg.kafka_partitions,
             stop_at_end=cfg.kafka_stop_at_end,
-            on_lag=metrics.consumer_lag_hook(),
-            on_reset=metrics.record_offset_reset,
+            on_lag=connector_metrics.consumer_lag_hook(),
+            on_reset=connector_metrics.record_offset_reset,
             final_tick=cfg.kafka_stop_at_end and not cfg.live,
             types=pack.types,
             feedback_topics=[cfg.kafka_topics["feedback"]],
@@ -74,32 +75,58 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
     raise ValueError(f"unknown source {cfg.source!r}")
 
 
+def check_clickhouse_schema(cfg: PipelineConfig) -> None:
+    """Create the ClickHouse tables if missing and check their columns, before Bytewax starts.
+
+    Inside the dataflow (each worker's sink) the same error would surface wrapped in Bytewax's errors.
+
+    Raises:
+        RunError: naming each table and column that does not fit its record kind.
+    """
+    from connectors.clickhouse.client import resolve_dsn
+    from connectors.clickhouse.schema import SchemaMismatchError
+    from connectors.clickhouse.sink import ClickHouseSink
+
+    sink = ClickHouseSink(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None),
+                          background=False)
+    try:
+        sink.ensure_schema()
+    except SchemaMismatchError as e:
+        raise RunError(str(e)) from None
+    finally:
+        sink.close()
+
+
 def make_writers(cfg: PipelineConfig, worker_index: int) -> Sequence[Writer]:
     """Build one worker's writers for the configured sinks."""
     writers: list[Writer] = [JsonlWriter(d) for d in cfg.jsonl_dirs]
     if cfg.wants_clickhouse:
-        from connectors.clickhouse import ClickHouseSink, resolve_dsn
-        from flows import metrics
+        from connectors.clickhouse.client import resolve_dsn
+        from connectors.clickhouse.sink import ClickHouseSink
+        from flows import connector_metrics, http_endpoint
 
         ch = ClickHouseSink(
             resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None),
             batch_rows=cfg.ch_batch_rows,
-            on_retry=metrics.sink_retry_hook("clickhouse"),
-            on_write=metrics.sink_write_hook("clickhouse"),
+            on_retry=connector_metrics.sink_retry_hook("clickhouse"),
+            on_write=connector_metrics.sink_write_hook("clickhouse"),
         )
         ch.ensure_schema()
-        metrics.register_readiness("clickhouse", ch.writable)
+        http_endpoint.register_readiness("clickhouse", ch.writable)
         writers.append(ch)
     if cfg.wants_kafka:
-        from connectors.kafka import OUTPUT_KINDS, KafkaJsonWriter, ensure_topics, kafka_config
-        from flows import metrics
+        from connectors.kafka.admin import ensure_topics
+        from connectors.kafka.config import kafka_config
+        from connectors.kafka.writer import OUTPUT_KINDS, KafkaJsonWriter
+        from flows import connector_metrics, http_endpoint
 
         conf = kafka_config(overrides=cfg.kafka_overrides())
         ensure_topics(conf, [cfg.kafka_topics[k] for k in OUTPUT_KINDS], create=cfg.kafka_create_topics,
                       partitions=cfg.kafka_partitions)
-        kw = KafkaJsonWriter(conf, cfg.kafka_topics, on_retry=metrics.sink_retry_hook("kafka"),
-                             on_write=metrics.sink_write_hook("kafka"), on_refused=metrics.record_output_refused)
-        metrics.register_readiness("kafka", kw.writable)
+        kw = KafkaJsonWriter(conf, cfg.kafka_topics, on_retry=connector_metrics.sink_retry_hook("kafka"),
+                             on_write=connector_metrics.sink_write_hook("kafka"),
+                             on_refused=connector_metrics.record_output_refused)
+        http_endpoint.register_readiness("kafka", kw.writable)
         writers.append(kw)
     return writers
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics (own registry) and the /metrics, /healthz, /readyz endpoint.
+"""Prometheus metric definitions (own registry) and the bounded label values they admit.
 
 Metric names are a contract with ``infra/grafana`` and ``infra/prometheus`` (checked by
 ``tests/unit/test_infra_files.py``). Every label value comes from a bounded set: channels,
@@ -6,25 +6,16 @@ event types, reason codes, the rule pack's rule names, urgencies, moment kinds, 
 topics. A value outside its set is exported as ``"other"``, so nothing a customer sends (and
 never a customer id) can become a label value.
 
-The pipeline calls the ``record_*``/``set_*`` functions once per shard batch with counts it
-already aggregated, never per event: a prometheus-client call takes a lock and costs about a
-microsecond, which the hot path cannot afford per event.
-
-The endpoint listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``), on every interface
-unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine only).
+Who sets them: ``flows.accounting`` (once per shard batch), ``flows.connector_metrics`` (sinks, Kafka,
+snapshots) and ``flows.http_endpoint`` serves them with /healthz and /readyz.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import orjson
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,23 +26,16 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.exposition import choose_encoder
 
+from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
 from state.policy import HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
 from state.rules import KINDS, URGENCIES
 
 if TYPE_CHECKING:
-    from state.outputs import Outputs
     from state.rules import RulePack
 
-log = logging.getLogger("cx.metrics")
-
-DEFAULT_PORT = 9464
-PORT_ENV = "CX_METRICS_PORT"
-DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - scraped from outside the pod/container
-HOST_ENV = "CX_HTTP_HOST"
 OTHER = "other"
 
 # `*_created` series double the series count and no dashboard uses them.
@@ -120,6 +104,14 @@ _METRICS = (
     KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES,
 )
 _SHED_METRICS = (SHED, SHED_MOMENTS)
+OUTPUT_REFUSED = Counter("cx_output_refused_total",
+                         "Output records the Kafka broker or client refused for what they are (too large, invalid); "
+                         "replaced by an output_refused dead letter, or dropped when that too was refused",
+                         ["topic"], registry=_R)
+OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
+                        "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
+                        "auto.offset.reset", ["topic"], registry=_R)
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
@@ -127,38 +119,24 @@ ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
-_TOPICS_DEFAULT = frozenset({"cx.events", "cx.feedback", "cx.moments", "cx.actions", "cx.tags", "cx.context",
-                             "cx.deadletter"})
+_TOPICS_DEFAULT = frozenset(DEFAULT_TOPICS.values())
 _MAX_PARTITION = 4096
 
-_lock = threading.Lock()
-_channels = frozenset(CHANNELS)
-_types: set[str] = set(BASE_TYPES)
-_reasons = frozenset(r.value for r in InvalidReason)
-_kinds = frozenset(KINDS)
-_urgencies = frozenset(URGENCIES)
-_rules: set[str] = set()
-_action_reasons: set[str] = set(ACTION_REASONS)
-_topics: set[str] = set(_TOPICS_DEFAULT)
-_targets_s: dict[str, float] = {}
-_customers: dict[str, int] = {}
-_watermarks: dict[str, int] = {}
-_open_tags = 0
-_readiness: dict[str, Callable[[], bool]] = {}
+_lock = threading.Lock()  # guards the admitted label sets
+CHANNEL_LABELS = frozenset(CHANNELS)
+TYPE_LABELS: set[str] = set(BASE_TYPES)
+INVALID_LABELS = frozenset(r.value for r in InvalidReason)
+KIND_LABELS = frozenset(KINDS)
+URGENCY_LABELS = frozenset(URGENCIES)
+RULE_LABELS: set[str] = set()
+ACTION_REASON_LABELS: set[str] = set(ACTION_REASONS)
+TOPIC_LABELS: set[str] = set(_TOPICS_DEFAULT)
+TARGETS_S: dict[str, float] = {}
 
 
-def _label(value: object, allowed: frozenset[str] | set[str]) -> str:
+def label(value: object, allowed: frozenset[str] | set[str]) -> str:
+    """Return ``value`` when ``allowed`` admits it, else ``other`` (label values stay bounded)."""
     return value if isinstance(value, str) and value in allowed else OTHER
-
-
-def _watermark_lag_s() -> float:
-    # Computed at scrape time, so a pipeline whose watermark stopped shows a growing lag.
-    with _lock:
-        newest = max(_watermarks.values(), default=0)
-    return max(0.0, time.time() - newest / 1000) if newest > 0 else 0.0
-
-
-WATERMARK_LAG.set_function(_watermark_lag_s)
 
 
 # ---------------------------------------------------------------------------------------------- configuration
@@ -179,11 +157,11 @@ def configure(
         action_reasons: Suppression reasons of the contact policy beyond ``ACTION_REASONS``.
     """
     with _lock:
-        _topics.update(topics)
-        _action_reasons.update(action_reasons)
+        TOPIC_LABELS.update(topics)
+        ACTION_REASON_LABELS.update(action_reasons)
         if pack is not None:
-            _types.update(pack.types)
-            _rules.update(r.name for r in pack.rules)
+            TYPE_LABELS.update(pack.types)
+            RULE_LABELS.update(r.name for r in pack.rules)
     if pack is not None:
         for urgency, ms in pack.latency_targets_ms.items():
             set_detection_target(urgency, ms / 1000)
@@ -205,491 +183,9 @@ def set_detection_target(urgency: str, target_s: float) -> None:
         urgency: ``P1``…``P4``.
         target_s: Target in seconds.
     """
-    u = _label(urgency, _urgencies)
-    _targets_s[u] = target_s
+    u = label(urgency, URGENCY_LABELS)
+    TARGETS_S[u] = target_s
     TARGET.labels(u).set(target_s)
-
-
-# ---------------------------------------------------------------------------------------------- per batch
-
-
-def record_events(counts: Mapping[tuple[str, str], int]) -> None:
-    """Count one batch's valid events.
-
-    Args:
-        counts: ``(channel, type) -> count``; unknown channels and types are counted as ``other``.
-    """
-    for (channel, etype), n in counts.items():
-        if n:
-            EVENTS.labels(_label(channel, _channels), _label(etype, _types)).inc(n)
-
-
-def record_invalid(counts: Mapping[str, int]) -> None:
-    """Count one batch's dead-lettered inputs.
-
-    Args:
-        counts: ``reason -> count``: ``InvalidReason`` values, or dead-letter codes such as
-            ``missing_field:customer_id`` (the field is dropped); others count as ``other``.
-    """
-    for reason, n in counts.items():
-        if n:
-            INVALID.labels(_label(str(reason).split(":", 1)[0], _reasons)).inc(n)
-
-
-def record_late(n: int) -> None:
-    """Count events later than the allowed lateness.
-
-    Args:
-        n: How many in this batch.
-    """
-    if n > 0:
-        LATE.inc(n)
-
-
-def record_evicted(n: int) -> None:
-    """Count customers whose idle state was dropped.
-
-    Args:
-        n: How many in this batch.
-    """
-    if n > 0:
-        EVICTED.inc(n)
-
-
-SHED_WARN_INTERVAL_S = 60.0
-_shed_lock = threading.Lock()
-_shed_unwarned = [0, 0]  # customers with pending moments, pending moments: shed since the last warning
-_shed_warned_at = [float("-inf")]
-
-
-def record_shed(customers: int, pending_customers: int, pending_moments: int) -> None:
-    """Count customers shed by the ``--max-customers`` cap; warn (at most once a minute) when moments went too.
-
-    Args:
-        customers: Customers shed in this batch.
-        pending_customers: How many of them had pending moments.
-        pending_moments: The pending moments dropped with them.
-    """
-    if customers <= 0:
-        return
-    if customers > pending_customers:
-        SHED.labels("no").inc(customers - pending_customers)
-    if pending_customers <= 0:
-        return
-    SHED.labels("yes").inc(pending_customers)
-    SHED_MOMENTS.inc(pending_moments)
-    with _shed_lock:
-        _shed_unwarned[0] += pending_customers
-        _shed_unwarned[1] += pending_moments
-        now = time.monotonic()
-        if now - _shed_warned_at[0] < SHED_WARN_INTERVAL_S:
-            return
-        n, m = _shed_unwarned
-        _shed_unwarned[:] = [0, 0]
-        _shed_warned_at[0] = now
-    log.warning("--max-customers: %d customer(s) with pending moments were shed, dropping %d pending moment(s) "
-                "(abandonments that will not fire); raise --max-customers (cx_shed_pending_moments_total)", n, m)
-
-
-def record_moment(rule: str, urgency: str, kind: str, latency_s: float, target_s: float | None = None) -> None:
-    """Count one published moment and its detection latency (moments are rare next to events).
-
-    Args:
-        rule: Rule name of the configured pack (``<journey>.<kind>``); others count as ``other``.
-        urgency: ``P1``…``P4``.
-        kind: Moment kind (``abandoned``, ``failed``, …).
-        latency_s: Publish wall time minus the moment's due time (clamped at 0).
-        target_s: The urgency's target; None uses the configured one (no target: not counted as within).
-    """
-    u = _label(urgency, _urgencies)
-    latency_s = max(0.0, latency_s)
-    MOMENTS.labels(_label(rule, _rules), u).inc()
-    LATENCY.labels(_label(kind, _kinds)).observe(latency_s)
-    target = _targets_s.get(u) if target_s is None else target_s
-    if target is not None and latency_s <= target:
-        WITHIN_TARGET.labels(u).inc()
-
-
-def record_actions(counts: Mapping[tuple[str, str, str], int]) -> None:
-    """Count one batch's contact-policy decisions.
-
-    Args:
-        counts: ``(rule, status, reason) -> count``; status ``sent`` or ``suppressed``, reason a
-            bounded code (``none`` or empty for sent ones).
-    """
-    for (rule, status, reason), n in counts.items():
-        if n:
-            ACTIONS.labels(_label(rule, _rules), _label(status, ACTION_STATUSES),
-                           _label(reason or "none", _action_reasons)).inc(n)
-
-
-def record_tag_transitions(counts: Mapping[str, int]) -> None:
-    """Count tag transitions and keep ``cx_tags_open`` (opened minus resolved/expired/removed).
-
-    Args:
-        counts: ``new state -> count``.
-    """
-    global _open_tags
-    delta = 0
-    for state, n in counts.items():
-        if not n:
-            continue
-        s = _label(state, TAG_STATES)
-        TAG_TRANSITIONS.labels(s).inc(n)
-        if s == "open":
-            delta += n
-        elif s in ("resolved", "expired", "removed"):
-            delta -= n
-    if delta:
-        with _lock:
-            # Clamped: after a restart, tags opened before it are closed without having been counted.
-            _open_tags = max(0, _open_tags + delta)
-            TAGS_OPEN.set(_open_tags)
-
-
-def set_customers(shard: str, n: int) -> None:
-    """Set how many customers one shard tracks; the gauge is the sum over this process's shards.
-
-    Args:
-        shard: Shard key.
-        n: Customers it holds.
-    """
-    with _lock:
-        _customers[shard] = n
-        CUSTOMERS.set(sum(_customers.values()))
-
-
-def observe_watermark(shard: str, watermark_ms: int) -> None:
-    """Note a shard's watermark; ``cx_watermark_lag_seconds`` is wall time minus the newest one.
-
-    Args:
-        shard: Shard key.
-        watermark_ms: Its event-time watermark (epoch ms; 0 = none yet).
-    """
-    if watermark_ms > 0:
-        with _lock:
-            _watermarks[shard] = watermark_ms
-
-
-def observe_event_lag(seconds: float) -> None:
-    """Record ingest time minus event time for one sampled event.
-
-    Args:
-        seconds: The lag (negative values, from clock skew, count as 0).
-    """
-    EVENT_LAG.observe(max(0.0, seconds))
-
-
-def record_sink_batch(sink: str, rows: int, seconds: float) -> None:
-    """Record one successful sink write and mark the sink up.
-
-    Args:
-        sink: ``clickhouse``, ``kafka`` or ``jsonl``.
-        rows: Rows written.
-        seconds: Write time.
-    """
-    s = _label(sink, SINKS)
-    SINK_SECONDS.labels(s).observe(seconds)
-    SINK_ROWS.labels(s).observe(rows)
-    SINK_UP.labels(s).set(1)
-
-
-def record_sink_retry(sink: str) -> None:
-    """Count a failed write attempt that will be retried, and mark the sink down until one succeeds.
-
-    Args:
-        sink: Sink name.
-    """
-    s = _label(sink, SINKS)
-    SINK_RETRIES.labels(s).inc()
-    SINK_ERRORS.labels(s).inc()
-    SINK_UP.labels(s).set(0)
-
-
-def record_sink_error(sink: str) -> None:
-    """Count a failed write attempt that is not retried, and mark the sink down.
-
-    Args:
-        sink: Sink name.
-    """
-    s = _label(sink, SINKS)
-    SINK_ERRORS.labels(s).inc()
-    SINK_UP.labels(s).set(0)
-
-
-def set_sink_up(sink: str, up: bool) -> None:
-    """Set whether a sink is writable.
-
-    Args:
-        sink: Sink name.
-        up: True when its last write succeeded.
-    """
-    SINK_UP.labels(_label(sink, SINKS)).set(1 if up else 0)
-
-
-def set_consumer_lag(topic: str, partition: int, lag: int) -> None:
-    """Set the consumer lag of one input partition; a lag report means the input is connected.
-
-    Args:
-        topic: Topic name (configured topics only; others are ``other``).
-        partition: Partition number.
-        lag: Messages behind the high watermark.
-    """
-    p = str(partition) if isinstance(partition, int) and 0 <= partition < _MAX_PARTITION else OTHER
-    CONSUMER_LAG.labels(_label(topic, _topics), p).set(max(0, lag))
-    INPUT_UP.set(1)
-
-
-def set_input_up(up: bool) -> None:
-    """Set whether the input is connected.
-
-    Args:
-        up: True when connected.
-    """
-    INPUT_UP.set(1 if up else 0)
-
-
-def record_kafka_error(client: str) -> None:
-    """Count a Kafka client error; a consumer error marks the input down until lag is reported again.
-
-    Args:
-        client: ``consumer``, ``producer`` or ``admin``.
-    """
-    c = _label(client, KAFKA_CLIENTS)
-    KAFKA_ERRORS.labels(c).inc()
-    if c == "consumer":
-        INPUT_UP.set(0)
-
-
-def record_snapshot(seconds: float, nbytes: int) -> None:
-    """Record one shard snapshot.
-
-    Args:
-        seconds: Time to build it.
-        nbytes: Its size.
-    """
-    SNAPSHOT_SECONDS.observe(seconds)
-    SNAPSHOT_BYTES.set(nbytes)
-
-
-def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None = None) -> None:
-    """Account one shard batch after its records were written (publish time = ``now_ms``).
-
-    Args:
-        key: Shard key.
-        out: The batch's records and counters.
-        now_ms: Wall clock when the batch was published.
-        pack: The rule pack (admits its rule names if ``configure`` was not called).
-    """
-    if pack is not None and not _rules:
-        configure(pack)
-    record_events(out.events)
-    record_invalid(out.invalid)
-    record_late(out.late)
-    record_evicted(out.evicted)
-    record_shed(out.shed, out.shed_pending, out.shed_moments)
-    for m in out.moments:
-        record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)
-    if out.actions:
-        decisions: dict[tuple[str, str, str], int] = {}
-        for a in out.actions:
-            k = (a["rule"], a["status"], a["reason"])
-            decisions[k] = decisions.get(k, 0) + 1
-        record_actions(decisions)
-    if out.tags:
-        states: dict[str, int] = {}
-        for t in out.tags:
-            states[t["state"]] = states.get(t["state"], 0) + 1
-        record_tag_transitions(states)
-    set_customers(key, out.customers)
-    observe_watermark(key, out.watermark_ms)
-    if out.events and out.max_ts_ms > 0:
-        observe_event_lag((now_ms - out.max_ts_ms) / 1000)
-
-
-# ---------------------------------------------------------------------------------------------- connector hooks
-
-
-def sink_write_hook(sink: str) -> Callable[[str, int, float], None]:
-    """Return an ``on_write(table, rows, seconds)`` callback for a sink.
-
-    Args:
-        sink: Sink name.
-
-    Returns:
-        The callback.
-    """
-
-    def on_write(_table: str, rows: int, seconds: float) -> None:
-        record_sink_batch(sink, rows, seconds)
-
-    return on_write
-
-
-def sink_retry_hook(sink: str) -> Callable[[str, int, BaseException, float], None]:
-    """Return an ``on_retry(table, attempt, error, delay)`` callback for a sink.
-
-    Args:
-        sink: Sink name.
-
-    Returns:
-        The callback.
-    """
-
-    def on_retry(_table: str, _attempt: int, _exc: BaseException, _delay: float) -> None:
-        record_sink_retry(sink)
-
-    return on_retry
-
-
-def consumer_lag_hook() -> Callable[[str, int, int], None]:
-    """Return an ``on_lag(topic, partition, lag)`` callback for the Kafka source.
-
-    Returns:
-        The callback.
-    """
-    return set_consumer_lag
-
-
-def kafka_error_hook() -> Callable[[str, Any], None]:
-    """Return an ``on_error(client, error)`` callback counting Kafka client errors.
-
-    Returns:
-        The callback.
-    """
-
-    def on_error(client: str, _err: Any) -> None:
-        record_kafka_error(client)
-
-    return on_error
-
-
-# ---------------------------------------------------------------------------------------------- HTTP endpoint
-
-
-def register_readiness(name: str, check: Callable[[], bool]) -> None:
-    """Add (or replace) a check that /readyz runs; all must pass for 200.
-
-    Args:
-        name: Shown in the /readyz body.
-        check: Returns True when ready; an exception counts as not ready.
-    """
-    with _lock:
-        _readiness[name] = check
-
-
-def unregister_readiness(name: str) -> None:
-    """Remove a readiness check (no error if absent).
-
-    Args:
-        name: The check's name.
-    """
-    with _lock:
-        _readiness.pop(name, None)
-
-
-def readiness() -> dict[str, bool]:
-    """Run every readiness check.
-
-    Returns:
-        ``name -> passed``; a check that raises has not passed.
-    """
-    with _lock:
-        checks = list(_readiness.items())
-    result = {}
-    for name, check in checks:
-        try:
-            result[name] = bool(check())
-        except Exception:  # noqa: BLE001 - a failing check means not ready
-            log.debug("readiness check %s raised", name, exc_info=True)
-            result[name] = False
-    return result
-
-
-# A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
-HTTP_READ_TIMEOUT_S = 10.0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-            self._send(200, encoder(REGISTRY), ctype)
-        elif path == "/healthz":
-            self._send(200, b"ok\n", "text/plain; charset=utf-8")
-        elif path == "/readyz":
-            checks = readiness()
-            failing = sorted(n for n, ok in checks.items() if not ok)
-            body = orjson.dumps({"ready": not failing, "failing": failing, "checks": checks})
-            self._send(503 if failing else 200, body, "application/json")
-        else:
-            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
-
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        return
-
-
-# A scraper or probe that gives up before the answer is written (a timeout, `curl | head`) is routine.
-_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
-
-
-class MetricsServer(ThreadingHTTPServer):
-    """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
-
-    daemon_threads = True
-    block_on_close = False  # stopping never waits on a client's connection (threads end by HTTP_READ_TIMEOUT_S)
-
-    @property
-    def port(self) -> int:
-        """The bound TCP port."""
-        return int(self.server_address[1])
-
-    @property
-    def host(self) -> str:
-        """The bound address (``0.0.0.0``: every interface)."""
-        return str(self.server_address[0])
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Note a client that went away at debug level; anything else as socketserver does (a traceback)."""
-        exc = sys.exc_info()[1]
-        if isinstance(exc, _CLIENT_GONE):
-            log.debug("metrics client disconnected early (errno %s)", getattr(exc, "errno", None))
-            return
-        super().handle_error(request, client_address)
-
-    def stop(self) -> None:
-        """Stop serving and close the socket, without waiting for open connections."""
-        self.shutdown()
-        self.server_close()
-
-
-def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsServer:
-    """Serve /metrics, /healthz and /readyz from a daemon thread.
-
-    Args:
-        port: TCP port (default 9464, ``CX_METRICS_PORT``); 0 picks a free one, read it from ``server.port``.
-        host: Bind address (default every interface: Prometheus scrapes from another host or pod;
-            ``--http-host``/``CX_HTTP_HOST``).
-
-    Returns:
-        The running server.
-
-    Raises:
-        OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is taken).
-    """
-    server = MetricsServer((host, port), _Handler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    return server
 
 
 def metric_names() -> set[str]:
@@ -714,33 +210,3 @@ def metric_names() -> set[str]:
         for family in collector.collect():
             names.update(s.name for s in family.samples)
     return names
-
-
-# ------------------------------------------------------------------------------ output refusals, offset resets
-
-OUTPUT_REFUSED = Counter("cx_output_refused_total",
-                         "Output records the Kafka broker or client refused for what they are (too large, invalid); "
-                         "replaced by an output_refused dead letter, or dropped when that too was refused",
-                         ["topic"], registry=_R)
-OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
-                        "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
-                        "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
-
-
-def record_output_refused(topic: str) -> None:
-    """Count one refused output record.
-
-    Args:
-        topic: Its topic (configured topics only; others are ``other``).
-    """
-    OUTPUT_REFUSED.labels(_label(topic, _topics)).inc()
-
-
-def record_offset_reset(topic: str) -> None:
-    """Count one input position reset because it lay outside its partition's offsets.
-
-    Args:
-        topic: The input topic (configured topics only; others are ``other``).
-    """
-    OFFSET_RESETS.labels(_label(topic, _topics)).inc()

@@ -73,7 +73,7 @@ def text_report(dsn: str, pack: RulePack, journey: str | None = None) -> str:
     Returns:
         The report.
     """
-    from connectors.clickhouse import open_client
+    from connectors.clickhouse.client import open_client
 
     client = open_client(dsn)
     lines = ["Moments by rule", f"  {'rule':<28}{'urgency':<9}{'moments':>9}"]

@@ -14,7 +14,7 @@ import orjson
 
 _CODE = """
 import sys, orjson
-from connectors.clickhouse import open_client
+from connectors.clickhouse.client import open_client
 client = open_client(sys.argv[1])
 rows = client.query(sys.argv[2]).result_rows
 sys.stdout.buffer.write(orjson.dumps([list(r) for r in rows], default=str))

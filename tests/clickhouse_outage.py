@@ -89,7 +89,7 @@ class Outage(threading.Thread):
             self.error = e
 
     def _observe(self) -> dict[str, Any]:
-        from flows import metrics
+        from flows import http_endpoint, metrics
         from flows.stats import STATS
 
         return {
@@ -98,7 +98,7 @@ class Outage(threading.Thread):
             "events_processed": STATS.events,
             "retries": metrics.REGISTRY.get_sample_value("cx_sink_retries_total", {"sink": "clickhouse"}) or 0.0,
             "sink_up": metrics.REGISTRY.get_sample_value("cx_sink_up", {"sink": "clickhouse"}),
-            "ready": metrics.readiness().get("clickhouse"),
+            "ready": http_endpoint.readiness().get("clickhouse"),
             "t": time.monotonic(),
         }
 
@@ -153,8 +153,9 @@ def main(dsn: str, out: Path, hold_s: float, customers: int, minutes: float) -> 
         (times from the start of the run), the run's time, the final metrics, and per table the row count, the
         distinct keys and, for ``ROWS``, the rows to compare with the JSONL sink.
     """
-    from connectors.clickhouse import open_client, schema_statements
-    from flows import metrics
+    from connectors.clickhouse.client import open_client
+    from connectors.clickhouse.schema import schema_statements
+    from flows import http_endpoint, metrics
     from flows.config import PipelineConfig
     from flows.runner import run_pipeline
     from state.rules import load_rule_pack
@@ -188,7 +189,7 @@ def main(dsn: str, out: Path, hold_s: float, customers: int, minutes: float) -> 
             "retries": metrics.REGISTRY.get_sample_value("cx_sink_retries_total", {"sink": "clickhouse"}),
             "errors": metrics.REGISTRY.get_sample_value("cx_sink_errors_total", {"sink": "clickhouse"}),
             "sink_up": metrics.REGISTRY.get_sample_value("cx_sink_up", {"sink": "clickhouse"}),
-            "ready": metrics.readiness().get("clickhouse"),
+            "ready": http_endpoint.readiness().get("clickhouse"),
         }
         report["tables"] = {
             t: {"count": _scalar(client, f"SELECT count() FROM {t}"),

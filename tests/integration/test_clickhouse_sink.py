@@ -19,19 +19,11 @@ import orjson
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
-from connectors.clickhouse import (
-    DEFAULT_DSN,
-    NOT_STORED,
-    TABLES,
-    TRANSIENT_CODES,
-    ChdbPathInUseError,
-    ClickHouseSink,
-    error_code,
-    is_transient_clickhouse_error,
-    open_client,
-    resolve_dsn,
-    shared_clients,
-)
+from connectors.clickhouse.client import DEFAULT_DSN, open_client, resolve_dsn, shared_clients
+from connectors.clickhouse.errors import TRANSIENT_CODES, ChdbPathInUseError, error_code, is_transient_clickhouse_error
+from connectors.clickhouse.schema import TABLES, SchemaMismatchError
+from connectors.clickhouse.sink import ClickHouseSink
+from connectors.records import KINDS
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 REPO = Path(__file__).resolve().parents[2]
@@ -141,6 +133,39 @@ def wait_until(done: Callable[[], bool], timeout_s: float = 30.0) -> None:
 # -- schema ----------------------------------------------------------------------------------
 
 
+def test_a_dropped_or_retyped_column_fails_the_schema_check_naming_table_and_column(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+    finally:
+        sink.close()
+    reader.command("ALTER TABLE moments DROP COLUMN step")
+    reader.command("ALTER TABLE actions MODIFY COLUMN send_ts Int32")
+    sink = make_sink(dsn)
+    try:
+        with pytest.raises(SchemaMismatchError) as info:
+            sink.ensure_schema()
+    finally:
+        sink.close()
+    message = str(info.value)
+    assert "table moments: column step is missing (moment records need it as LowCardinality(String))" in message
+    assert "table actions: column send_ts is Int32, action records need Int64" in message
+    assert not is_transient_clickhouse_error(info.value)
+
+
+def test_a_column_beyond_the_records_passes_the_schema_check(dsn: str, reader: Any) -> None:
+    sink = make_sink(dsn)
+    try:
+        sink.ensure_schema()
+        reader.command("ALTER TABLE moments ADD COLUMN note String DEFAULT ''")
+        sink.ensure_schema()
+        sink.add("moment", moments(3))
+        sink.flush()
+    finally:
+        sink.close()
+    assert count(reader, "SELECT count() FROM moments FINAL") == 3
+
+
 def test_schema_is_created_idempotently_with_every_table(dsn: str, reader: Any) -> None:
     sink = make_sink(dsn)
     try:
@@ -243,7 +268,7 @@ def test_each_kind_round_trips(kind: str, dsn: str, reader: Any) -> None:
     result = reader.query(f"SELECT {', '.join(spec.columns)} FROM {spec.table} {final}")
     assert len(result.result_rows) == 1
     stored = dict(zip(spec.columns, result.result_rows[0], strict=True))
-    for col in spec.json_columns:
+    for col in spec.json_fields:
         stored[col] = orjson.loads(stored[col])
     expected = dict(record)
     if kind == "action":
@@ -376,7 +401,8 @@ def test_unknown_kind_raises_naming_the_kind(dsn: str) -> None:
 
 
 def test_kafka_only_kinds_are_ignored(dsn: str) -> None:
-    assert "context" in NOT_STORED
+    assert "context" in KINDS
+    assert "context" not in TABLES
     rec = Recorder()
     sink = make_sink(dsn, rec, batch_rows=1)
     try:
@@ -735,7 +761,8 @@ def test_a_second_path_opens_only_after_every_client_of_the_first_is_closed(tmp_
 
 _OPEN_IN_CHILD = """
 import sys
-from connectors.clickhouse import ChdbPathInUseError, open_client
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.errors import ChdbPathInUseError
 try:
     client = open_client(sys.argv[1])
 except ChdbPathInUseError as e:
@@ -850,9 +877,9 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
     import urllib.error
     import urllib.request
 
-    from flows import metrics
+    from flows import http_endpoint
 
-    server = metrics.start_http(0, host="127.0.0.1")
+    server = http_endpoint.start_http(0, host="127.0.0.1")
 
     def ready() -> int:
         try:
@@ -869,7 +896,7 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
 
     rec = Recorder(recover_after=2, recover=during_outage)
     sink = make_sink(dsn, rec)
-    metrics.register_readiness("clickhouse-test", sink.writable)
+    http_endpoint.register_readiness("clickhouse-test", sink.writable)
     try:
         sink.ensure_schema()
         _stop_merges(reader, "moments")
@@ -882,7 +909,7 @@ def test_readyz_flips_to_not_ready_while_clickhouse_cannot_be_written(dsn: str, 
         sink.flush()  # blocks in backoff; /readyz is asked while the writes fail
         assert ready() == 200
     finally:
-        metrics.register_readiness("clickhouse-test", lambda: True)
+        http_endpoint.register_readiness("clickhouse-test", lambda: True)
         sink.close()
         server.stop()
     assert seen == [503]

@@ -17,18 +17,14 @@ from bytewax import operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from connectors.kafka import (
-    KafkaJsonSink,
-    KafkaJsonWriter,
-    KafkaRawSource,
-    kafka_config,
-    produce_jsonl,
-    redacted,
-)
+from connectors.kafka.config import kafka_config, redacted
+from connectors.kafka.produce import produce_jsonl
+from connectors.kafka.source import KafkaRawSource
+from connectors.kafka.writer import KafkaJsonWriter
 from state.batches import RawBatch, Tick
 from state.routing import shard_of_raw
 from tests.helpers import wait_until
-from tests.kafka_helpers import Broker, create_topics, kcat, produce_lines, read_topic_to_end, unique
+from tests.kafka_helpers import Broker, KafkaJsonSink, create_topics, kcat, produce_lines, read_topic_to_end, unique
 
 pytestmark = pytest.mark.kafka
 
@@ -85,7 +81,7 @@ def test_writer_delivers_records_keyed_by_customer_id(kafka: str, tmp_path: Path
     writer.add("moment", moments)
     writer.write([("tag", {"customer_id": "cust-1", "tag": "cart_failed", "state": "open"}),
                   ("dead_letter", {"reason": "not_json", "raw": "oops"})])
-    writer.add("steps", [{"customer_id": "x"}])  # a kind without a topic (ClickHouse only) is not published
+    writer.add("journey_step", [{"customer_id": "x"}])  # a kind without a topic (ClickHouse only) is not published
     writer.flush()
     writer.close()
 

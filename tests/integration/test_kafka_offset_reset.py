@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from connectors.jsonl import read_jsonl
-from connectors.kafka import KafkaRawSource
-from flows import metrics
+from connectors.kafka.source import KafkaRawSource
+from flows import connector_metrics, metrics
 from tests.integration.test_recovery import _resume_epoch
 from tests.kafka_helpers import Broker, create_topics, produce_lines, unique
 from tests.worker import Worker
@@ -48,7 +48,7 @@ def _read(part: Any, count: int, deadline_s: float = 60) -> list[int]:
 def _source(addr: str, topic: str, resets: list[str], *, stop: bool, **conf: str) -> KafkaRawSource:
     def on_reset(t: str) -> None:
         resets.append(t)
-        metrics.record_offset_reset(t)
+        connector_metrics.record_offset_reset(t)
 
     return KafkaRawSource({"bootstrap.servers": addr, **conf}, topic, 2, create_topics=False, batch_size=100,
                           stop_at_end=stop, lag_interval_s=0.2, on_reset=on_reset)

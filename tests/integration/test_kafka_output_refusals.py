@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from connectors.kafka import KafkaJsonWriter
+from connectors.kafka.writer import KafkaJsonWriter
 from tests.kafka_helpers import create_topics, kcat, read_topic_to_end, unique
 from tests.worker import Worker
 

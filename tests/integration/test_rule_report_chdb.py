@@ -183,7 +183,8 @@ def expected_report(ds: Dataset) -> dict[str, dict[str, Any]]:
 
 _POPULATE = """
 import sys, orjson
-from connectors.clickhouse import ClickHouseSink, open_client
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.sink import ClickHouseSink
 from flows.rule_report import render_json, rule_report
 dsn, data, lo, hi, confidence, min_sample = sys.argv[1:]
 sink = ClickHouseSink(dsn)
@@ -214,7 +215,8 @@ sys.stdout.buffer.write(orjson.dumps(out))
 
 _RECREATE = """
 import sys, orjson
-from connectors.clickhouse import ClickHouseSink, open_client
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.sink import ClickHouseSink
 dsn, data = sys.argv[1:]
 first, second, third = orjson.loads(open(data, "rb").read())
 sink = ClickHouseSink(dsn)
@@ -245,7 +247,9 @@ sys.stdout.buffer.write(orjson.dumps(out))
 
 _MIGRATE = """
 import sys, orjson
-from connectors.clickhouse import TABLES, ClickHouseSink, open_client
+from connectors.clickhouse.client import open_client
+from connectors.clickhouse.schema import TABLES
+from connectors.clickhouse.sink import ClickHouseSink
 dsn, fresh = sys.argv[1:]
 c = open_client(dsn)
 c.command("CREATE TABLE actions (schema UInt8, moment_id String, customer_id String, rule LowCardinality(String), "

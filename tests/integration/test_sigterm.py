@@ -241,9 +241,9 @@ def test_a_half_sent_metrics_request_does_not_hold_a_thread_past_the_read_timeou
     import socket
     import threading
 
-    from flows import metrics
+    from flows import http_endpoint
 
-    server = metrics.start_http(0, "127.0.0.1")
+    server = http_endpoint.start_http(0, "127.0.0.1")
     before = threading.active_count()
     clients = []
     try:

@@ -11,9 +11,8 @@ import orjson
 import pytest
 import yaml
 
-from connectors.clickhouse import TABLES
-from connectors.jsonl import DEFAULT_KINDS, FILE_NAMES
-from connectors.kafka import DEFAULT_OUTPUT_TOPICS, OUTPUT_KINDS
+from connectors.records import DEFAULT_OUTPUT_TOPICS, JSONL_DEFAULT, JSONL_FILES, PUBLISHED, STORED
+from connectors.records import KINDS as RECORDS
 from flows import metrics
 from flows.cli import build_parser
 from state.batches import RawBatch, Tick
@@ -89,19 +88,27 @@ def emitted() -> dict[str, list[dict[str, Any]]]:
 
 
 def test_the_fixture_journey_emits_every_record_kind(emitted: dict[str, list[dict[str, Any]]]) -> None:
-    kinds = {"moment", "action", "tag", "journey_state", "journey_step", "dead_letter", "context", "feedback"}
-    assert set(emitted) == kinds
+    assert set(emitted) == set(RECORDS)
     for kind, rows in emitted.items():
         assert len({tuple(r) for r in rows}) == 1, f"{kind} records differ in their fields: {rows}"
 
 
-def test_every_record_table_lists_the_fields_the_code_emits(emitted: dict[str, list[dict[str, Any]]]) -> None:
-    documented = _marked(OUTPUTS_MD, "record")
-    assert set(documented) == set(emitted), "record tables in moments-and-outputs.md vs record kinds emitted"
+def test_every_record_kind_emits_the_fields_and_schema_version_of_its_definition(
+        emitted: dict[str, list[dict[str, Any]]]) -> None:
     for kind, rows in emitted.items():
-        doc_fields = [r[0] for r in documented[kind]]
+        defined = RECORDS[kind]
         actual = list(rows[0])
-        assert doc_fields == actual, f"moments-and-outputs.md, {kind} record: {_diff(doc_fields, actual)}"
+        assert actual == list(defined.names), f"connectors.records, {kind}: {_diff(list(defined.names), actual)}"
+        assert rows[0].get("schema") == defined.schema_version, kind
+
+
+def test_every_record_table_lists_the_fields_and_columns_of_its_definition() -> None:
+    documented = _marked(OUTPUTS_MD, "record")
+    assert set(documented) == set(RECORDS), "record tables in moments-and-outputs.md vs connectors.records.KINDS"
+    for kind, rows in documented.items():
+        doc = [(r[0], None if r[2] == NOT_STORED else r[2]) for r in rows]
+        actual = list(RECORDS[kind].fields)
+        assert doc == actual, f"moments-and-outputs.md, {kind} record vs connectors.records: {actual}"
 
 
 def _ddl() -> dict[str, list[tuple[str, str]]]:
@@ -112,27 +119,24 @@ def _ddl() -> dict[str, list[tuple[str, str]]]:
     return tables
 
 
-def test_record_tables_give_the_clickhouse_columns_and_types_of_the_schema() -> None:
+def test_the_schema_creates_every_table_with_the_columns_of_its_record_kind() -> None:
     ddl = _ddl()
-    for kind, rows in _marked(OUTPUTS_MD, "record").items():
-        stored = [(r[0], r[2]) for r in rows if r[2] != NOT_STORED]
-        if kind not in TABLES:
-            assert stored == [], f"{kind} is not stored in ClickHouse, yet its table gives columns {stored}"
+    for kind, spec in RECORDS.items():
+        if not spec.table:
+            assert spec.column_types == {}, kind
             continue
-        spec = TABLES[kind]
-        assert stored == ddl[spec.table], f"{kind} record vs {SCHEMA_SQL.name} table {spec.table}"
-        assert [f for f, _ in stored] == list(spec.columns), f"{kind} record vs connectors.clickhouse.TABLES"
+        assert ddl[spec.table] == list(spec.column_types.items()), f"{kind} vs {SCHEMA_SQL.name} table {spec.table}"
 
 
 def test_the_table_of_kinds_names_each_kinds_file_table_and_topic() -> None:
     text = OUTPUTS_MD.read_text()
     table = text[text.index("| kind |"):]
     rows = {r[0]: r for r in _rows(table.split("\n\n")[0])}
-    assert set(rows) == set(TABLES) | set(OUTPUT_KINDS) | set(DEFAULT_KINDS)
+    assert set(rows) == set(RECORDS)
     for kind, (_, _builder, jsonl, ch, topic) in rows.items():
-        assert jsonl == (FILE_NAMES[kind] if kind in DEFAULT_KINDS else NOT_STORED), kind
-        assert ch.split("`")[0] == (TABLES[kind].table if kind in TABLES else NOT_STORED), kind
-        if kind in OUTPUT_KINDS:
+        assert jsonl == (JSONL_FILES[kind] if kind in JSONL_DEFAULT else NOT_STORED), kind
+        assert ch.split("`")[0] == (STORED[kind].table if kind in STORED else NOT_STORED), kind
+        if kind in PUBLISHED:
             assert topic.startswith(DEFAULT_OUTPUT_TOPICS[kind]), kind
         else:
             assert topic.startswith(NOT_STORED), kind

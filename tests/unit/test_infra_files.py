@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
-from connectors.clickhouse import TABLES, schema_statements
+from connectors.clickhouse.schema import TABLES, schema_statements
 from flows.cli import topics_from_env
 from flows.config import DEFAULT_TOPICS
-from flows.metrics import DEFAULT_PORT, metric_names
+from flows.http_endpoint import DEFAULT_PORT
+from flows.metrics import metric_names
 from state.rules import DEFAULT_PACK, load_rule_pack
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -227,6 +228,13 @@ def test_dockerfile_installs_the_package_and_runs_unprivileged() -> None:
     for pkg in packages:
         top = pkg.replace(".", "/")
         assert any(top == c or top.startswith(c + "/") or c.startswith(top + "/") for c in copied), pkg
+
+
+def test_pyproject_lists_every_package_so_an_installed_wheel_has_them_all() -> None:
+    packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {init.parent.relative_to(ROOT).as_posix().replace("/", ".")
+             for top in ("state", "flows", "connectors", "infra") for init in (ROOT / top).rglob("__init__.py")}
+    assert found - packages == set(), "packages missing from [tool.setuptools] packages in pyproject.toml"
 
 
 # ---------------------------------------------------------------------------------------------- Kubernetes

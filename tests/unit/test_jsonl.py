@@ -88,3 +88,14 @@ def test_read_jsonl_names_the_file_and_line_of_a_bad_line(tmp_path: Path) -> Non
     path.write_bytes(b'{"a": 1}\n[1, 2]\n')
     with pytest.raises(JsonlError, match=rf"{path}: line 2 is not a JSON object"):
         read_jsonl(path)
+
+
+def test_an_unknown_record_kind_raises_instead_of_being_dropped(tmp_path: Path) -> None:
+    writer = JsonlWriter(tmp_path, kinds=("moment",))
+    try:
+        with pytest.raises(ValueError, match="'momnet'"):
+            writer.add("momnet", [{"moment_id": "m1"}])
+        writer.add("journey_state", [{"customer_id": "c1"}])  # a record kind this writer does not select
+    finally:
+        writer.close()
+    assert list(tmp_path.iterdir()) == []

@@ -73,3 +73,21 @@ def test_the_scan_sees_imports_of_every_form(tmp_path: Path) -> None:
     probe.write_text("import bytewax.operators as op\nfrom confluent_kafka import Producer\n"
                      "import importlib\nm = importlib.import_module('chdb')\nfrom . import sibling\n")
     assert [name for _, name in _imports(probe)] == ["bytewax.operators", "confluent_kafka", "importlib", "chdb"]
+
+
+# Modules hold one concern each (issue 15): a module past this has grown a second one; split it by concern.
+MAX_MODULE_LINES = 450
+OUTER_FILES = sorted(p for layer in sorted(OUR_OUTER_LAYERS) for p in (ROOT / layer).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", OUTER_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_connectors_and_flows_modules_stay_under_the_size_budget(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, (f"{path.relative_to(ROOT)} has {lines} lines, over {MAX_MODULE_LINES}: "
+                                       "split it by concern")
+
+
+def test_the_size_budget_sees_every_package() -> None:
+    names = {p.relative_to(ROOT).as_posix() for p in OUTER_FILES}
+    assert {"connectors/kafka/source.py", "connectors/clickhouse/sink.py", "connectors/simulator/traffic.py",
+            "flows/metrics.py", "flows/cli.py"} <= names

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from flows import metrics
+from flows import accounting, connector_metrics, http_endpoint, metrics
 from flows.config import DEFAULT_METRICS_PORT
 from state.outputs import Outputs
 from state.rules import load_rule_pack
@@ -34,7 +34,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    server = metrics.start_http(0, host="127.0.0.1")
+    server = http_endpoint.start_http(0, host="127.0.0.1")
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
@@ -44,17 +44,17 @@ def base_url() -> Iterator[str]:
 @pytest.fixture
 def readiness_check() -> Iterator[dict[str, bool]]:
     state = {"ok": True}
-    metrics.register_readiness("test_sink", lambda: state["ok"])
+    http_endpoint.register_readiness("test_sink", lambda: state["ok"])
     try:
         yield state
     finally:
-        metrics.unregister_readiness("test_sink")
+        http_endpoint.unregister_readiness("test_sink")
 
 
 def test_metrics_endpoint_serves_recorded_values(base_url: str) -> None:
     before = _value("cx_events_total", channel="wechat", type="submit")
-    metrics.record_events({("wechat", "submit"): 7})
-    metrics.record_invalid({"not_json": 2})
+    accounting.record_events({("wechat", "submit"): 7})
+    accounting.record_invalid({"not_json": 2})
     status, body = _get(f"{base_url}/metrics")
     assert status == 200
     samples = {
@@ -70,7 +70,7 @@ def test_metrics_endpoint_serves_recorded_values(base_url: str) -> None:
 def test_metrics_endpoint_serves_counters_recorded_from_a_detection_batch(base_url: str) -> None:
     metrics.configure(load_rule_pack())
     out = run([ev("f1", 0, "fail", customer="secret-customer-42"), b"garbage", ev("v", MIN, channel="web")])
-    metrics.observe_outputs("s-test", out, out.moments[0]["due_ts"] + 1500)
+    accounting.observe_outputs("s-test", out, out.moments[0]["due_ts"] + 1500)
     status, raw = _get(f"{base_url}/metrics")
     body = raw.decode()
     assert status == 200
@@ -108,18 +108,18 @@ def test_readyz_counts_a_raising_check_as_failing(base_url: str) -> None:
     def broken() -> bool:
         raise RuntimeError("connection refused")
 
-    metrics.register_readiness("broken", broken)
+    http_endpoint.register_readiness("broken", broken)
     try:
         status, body = _get(f"{base_url}/readyz")
     finally:
-        metrics.unregister_readiness("broken")
+        http_endpoint.unregister_readiness("broken")
     assert status == 503
     assert "broken" in orjson.loads(body)["failing"]
 
 
 def test_start_http_on_port_zero_picks_a_free_port() -> None:
-    a = metrics.start_http(0, host="127.0.0.1")
-    b = metrics.start_http(0, host="127.0.0.1")
+    a = http_endpoint.start_http(0, host="127.0.0.1")
+    b = http_endpoint.start_http(0, host="127.0.0.1")
     try:
         assert a.port > 0
         assert b.port > 0
@@ -131,35 +131,35 @@ def test_start_http_on_port_zero_picks_a_free_port() -> None:
 
 
 def test_default_port_is_9464_as_in_the_cli() -> None:
-    assert metrics.DEFAULT_PORT == DEFAULT_METRICS_PORT == 9464
+    assert http_endpoint.DEFAULT_PORT == DEFAULT_METRICS_PORT == 9464
 
 
 def test_unknown_channel_and_type_collapse_to_other() -> None:
     before = _value("cx_events_total", channel="other", type="other")
-    metrics.record_events({(CUSTOMER, CUSTOMER): 3, ("fax", "view"): 1})
+    accounting.record_events({(CUSTOMER, CUSTOMER): 3, ("fax", "view"): 1})
     assert _value("cx_events_total", channel="other", type="other") == before + 3
     assert _value("cx_events_total", channel="other", type="view") >= 1
 
 
 def test_dead_letter_codes_are_counted_by_reason_without_the_field() -> None:
     before = _value("cx_invalid_events_total", reason="missing_field")
-    metrics.record_invalid({"missing_field:customer_id": 2, "missing_field": 1})
+    accounting.record_invalid({"missing_field:customer_id": 2, "missing_field": 1})
     assert _value("cx_invalid_events_total", reason="missing_field") == before + 3
 
 
 def test_no_label_value_is_a_customer_id_passed_through_the_api() -> None:
-    metrics.record_events({(CUSTOMER, "view"): 1, ("app", CUSTOMER): 1})
-    metrics.record_invalid({CUSTOMER: 1})
-    metrics.record_moment(CUSTOMER, CUSTOMER, CUSTOMER, 1.0)
-    metrics.record_actions({(CUSTOMER, CUSTOMER, CUSTOMER): 1})
-    metrics.record_tag_transitions({CUSTOMER: 1})
-    metrics.record_sink_batch(CUSTOMER, 10, 0.1)
-    metrics.record_sink_retry(CUSTOMER)
-    metrics.set_consumer_lag(CUSTOMER, 3, 10)
-    metrics.record_kafka_error(CUSTOMER)
+    accounting.record_events({(CUSTOMER, "view"): 1, ("app", CUSTOMER): 1})
+    accounting.record_invalid({CUSTOMER: 1})
+    accounting.record_moment(CUSTOMER, CUSTOMER, CUSTOMER, 1.0)
+    accounting.record_actions({(CUSTOMER, CUSTOMER, CUSTOMER): 1})
+    accounting.record_tag_transitions({CUSTOMER: 1})
+    connector_metrics.record_sink_batch(CUSTOMER, 10, 0.1)
+    connector_metrics.record_sink_retry(CUSTOMER)
+    connector_metrics.set_consumer_lag(CUSTOMER, 3, 10)
+    connector_metrics.record_kafka_error(CUSTOMER)
     metrics.set_detection_target(CUSTOMER, 5.0)
-    metrics.set_customers(CUSTOMER, 0)
-    metrics.observe_watermark(CUSTOMER, 0)
+    accounting.set_customers(CUSTOMER, 0)
+    accounting.observe_watermark(CUSTOMER, 0)
     values = {v for fam in metrics.REGISTRY.collect() for s in fam.samples for v in s.labels.values()}
     assert CUSTOMER not in values
     assert "other" in values
@@ -173,8 +173,8 @@ def test_a_rule_pack_admits_its_rule_names_and_exports_its_targets() -> None:
     within = _value("cx_detection_within_target_total", urgency=rule.urgency)
     target = pack.latency_targets_ms[rule.urgency] / 1000
     assert _value("cx_detection_target_seconds", urgency=rule.urgency) == target
-    metrics.record_moment(rule.name, rule.urgency, rule.kind, target / 2)
-    metrics.record_moment(rule.name, rule.urgency, rule.kind, target * 2)
+    accounting.record_moment(rule.name, rule.urgency, rule.kind, target / 2)
+    accounting.record_moment(rule.name, rule.urgency, rule.kind, target * 2)
     assert _value("cx_moments_total", rule=rule.name, urgency=rule.urgency) == before + 2
     assert _value("cx_detection_within_target_total", urgency=rule.urgency) == within + 1
 
@@ -183,7 +183,7 @@ def test_detection_latency_buckets_resolve_a_tenth_of_a_second_to_two_minutes() 
     assert metrics.LATENCY_BUCKETS[0] == 0.1
     assert metrics.LATENCY_BUCKETS[-1] == 120
     le_before = _value("cx_detection_latency_seconds_bucket", kind="maze", le="0.1")
-    metrics.record_moment("not-a-rule", "P2", "maze", 0.05)
+    accounting.record_moment("not-a-rule", "P2", "maze", 0.05)
     assert _value("cx_detection_latency_seconds_bucket", kind="maze", le="0.1") == le_before + 1
     assert metrics.LAG_BUCKETS[-1] == 3600
 
@@ -192,46 +192,46 @@ def test_actions_are_counted_by_rule_status_and_reason() -> None:
     metrics.configure(load_rule_pack())
     before = _value("cx_actions_total", rule="cart.abandoned", status="suppressed", reason="quiet_hours")
     sent = _value("cx_actions_total", rule="cart.abandoned", status="sent", reason="none")
-    metrics.record_actions({("cart.abandoned", "suppressed", "quiet_hours"): 2, ("cart.abandoned", "sent", ""): 1})
+    accounting.record_actions({("cart.abandoned", "suppressed", "quiet_hours"): 2, ("cart.abandoned", "sent", ""): 1})
     assert _value("cx_actions_total", rule="cart.abandoned", status="suppressed", reason="quiet_hours") == before + 2
     assert _value("cx_actions_total", rule="cart.abandoned", status="sent", reason="none") == sent + 1
 
 
 def test_customers_tracked_is_the_sum_over_shards() -> None:
-    metrics.set_customers("shard-a", 10)
-    metrics.set_customers("shard-b", 5)
+    accounting.set_customers("shard-a", 10)
+    accounting.set_customers("shard-b", 5)
     base = _value("cx_customers_tracked")
-    metrics.set_customers("shard-b", 7)
+    accounting.set_customers("shard-b", 7)
     assert _value("cx_customers_tracked") == base + 2
 
 
 def test_tags_open_counts_opened_minus_closed() -> None:
     base = _value("cx_tags_open")
-    metrics.record_tag_transitions({"open": 3})
-    metrics.record_tag_transitions({"actioned": 1, "resolved": 1})
+    accounting.record_tag_transitions({"open": 3})
+    accounting.record_tag_transitions({"actioned": 1, "resolved": 1})
     assert _value("cx_tags_open") == base + 2
 
 
 def test_watermark_lag_is_wall_time_minus_the_newest_watermark() -> None:
     now_ms = int(time.time() * 1000)
-    metrics.observe_watermark("wm-shard", now_ms - 20_000)
+    accounting.observe_watermark("wm-shard", now_ms - 20_000)
     assert 19 <= _value("cx_watermark_lag_seconds") <= 30
 
 
 def test_sink_retry_marks_the_sink_down_until_a_write_succeeds() -> None:
     retries = _value("cx_sink_retries_total", sink="clickhouse")
-    metrics.sink_retry_hook("clickhouse")("moments", 1, OSError("refused"), 0.1)
+    connector_metrics.sink_retry_hook("clickhouse")("moments", 1, OSError("refused"), 0.1)
     assert _value("cx_sink_up", sink="clickhouse") == 0
     assert _value("cx_sink_retries_total", sink="clickhouse") == retries + 1
-    metrics.sink_write_hook("clickhouse")("moments", 500, 0.02)
+    connector_metrics.sink_write_hook("clickhouse")("moments", 500, 0.02)
     assert _value("cx_sink_up", sink="clickhouse") == 1
 
 
 def test_consumer_lag_reports_mark_the_input_up_and_consumer_errors_down() -> None:
-    metrics.consumer_lag_hook()("cx.events", 2, 42)
+    connector_metrics.consumer_lag_hook()("cx.events", 2, 42)
     assert _value("cx_kafka_consumer_lag", topic="cx.events", partition="2") == 42
     assert _value("cx_input_up") == 1
-    metrics.kafka_error_hook()("consumer", object())
+    connector_metrics.kafka_error_hook()("consumer", object())
     assert _value("cx_input_up") == 0
 
 
@@ -257,7 +257,7 @@ def test_observe_outputs_accounts_one_batch() -> None:
         "latency": _value("cx_detection_latency_seconds_count", kind=rule.kind),
         "lag": _value("cx_event_lag_seconds_count"),
     }
-    metrics.observe_outputs("batch-shard", out, now_ms, pack)
+    accounting.observe_outputs("batch-shard", out, now_ms, pack)
     assert _value("cx_events_total", channel="app", type="view") == before["events"] + 4
     assert _value("cx_invalid_events_total", reason="bad_ts") == before["invalid"] + 1
     assert _value("cx_late_events_total") == before["late"] + 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.kafka import _consumer_conf, reset_policy
+from connectors.kafka.config import consumer_conf, reset_policy
 from flows.cli import build_parser, config_from_args
 from flows.config import ConfigError
 from state.batches import RawBatch, Tick
@@ -43,5 +43,5 @@ def test_auto_offset_reset_maps_to_earliest_latest_or_error() -> None:
                                                             "error", "none")] == [
         "earliest", "earliest", "latest", "latest", "latest", "error", "error"]
     # librdkafka knows no "none" (Kafka's Java name): the consumer gets "error".
-    assert _consumer_conf({"auto.offset.reset": "none"})["auto.offset.reset"] == "error"
-    assert _consumer_conf({})["auto.offset.reset"] == "earliest"
+    assert consumer_conf({"auto.offset.reset": "none"})["auto.offset.reset"] == "error"
+    assert consumer_conf({})["auto.offset.reset"] == "earliest"

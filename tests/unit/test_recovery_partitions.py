@@ -10,7 +10,7 @@ import pytest
 from bytewax.recovery import init_db_dir
 
 from flows.config import ConfigError, PipelineConfig
-from flows.runner import _recovery_config
+from flows.recovery import recovery_config
 
 ADDRESSES = ("127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
 
@@ -30,7 +30,7 @@ def _parts(directory: Path) -> dict[str, tuple[int, int]]:
 
 def test_each_process_creates_only_its_own_partition_in_its_own_directory(tmp_path: Path) -> None:
     for i in range(3):
-        _recovery_config(tmp_path / f"pod-{i}", _cfg(i, 3))
+        recovery_config(tmp_path / f"pod-{i}", _cfg(i, 3))
     for i in range(3):
         assert _parts(tmp_path / f"pod-{i}") == {f"part-{i}.sqlite3": (i, 3)}
     assert not [p for p in (tmp_path / "pod-0").iterdir() if p.name.startswith(".init-")], "staging left behind"
@@ -38,14 +38,14 @@ def test_each_process_creates_only_its_own_partition_in_its_own_directory(tmp_pa
 
 def test_processes_sharing_a_directory_complete_the_set(tmp_path: Path) -> None:
     for i in (1, 0):
-        _recovery_config(tmp_path, _cfg(i, 2))
+        recovery_config(tmp_path, _cfg(i, 2))
     assert _parts(tmp_path) == {"part-0.sqlite3": (0, 2), "part-1.sqlite3": (1, 2)}
 
 
 def test_a_single_process_creates_one_partition_once(tmp_path: Path) -> None:
-    _recovery_config(tmp_path, _cfg(None, 1))
+    recovery_config(tmp_path, _cfg(None, 1))
     first = (tmp_path / "part-0.sqlite3").stat().st_mtime_ns
-    _recovery_config(tmp_path, _cfg(None, 1))
+    recovery_config(tmp_path, _cfg(None, 1))
     assert _parts(tmp_path) == {"part-0.sqlite3": (0, 1)}
     assert (tmp_path / "part-0.sqlite3").stat().st_mtime_ns == first
 
@@ -54,11 +54,11 @@ def test_existing_partitions_are_left_as_they_are(tmp_path: Path) -> None:
     # The earlier layout (every partition in every process's directory) and partitions moved in by hand when
     # shrinking a cluster are Bytewax's to use; nothing is added or replaced.
     init_db_dir(tmp_path, 2)
-    _recovery_config(tmp_path, _cfg(None, 1))
+    recovery_config(tmp_path, _cfg(None, 1))
     assert _parts(tmp_path) == {"part-0.sqlite3": (0, 2), "part-1.sqlite3": (1, 2)}
 
 
 def test_partitions_of_a_smaller_cluster_are_refused_naming_the_file(tmp_path: Path) -> None:
-    _recovery_config(tmp_path, _cfg(0, 2))
+    recovery_config(tmp_path, _cfg(0, 2))
     with pytest.raises(ConfigError, match=r"part-0\.sqlite3 belongs to a cluster of 2 process\(es\), this one has 3"):
-        _recovery_config(tmp_path, _cfg(0, 3))
+        recovery_config(tmp_path, _cfg(0, 3))

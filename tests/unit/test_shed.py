@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from flows import metrics
+from flows import accounting, metrics
 from state.batches import RawBatch, Tick
 from state.outputs import Outputs
 from state.shard import Shard, process
@@ -59,10 +59,10 @@ def test_shed_metrics_and_a_rate_limited_warning_without_customer_ids(caplog: py
                      ev("b1", MIN, "view", customer="cust-secret-2", step="product"),
                      ev("c1", 2 * MIN, "view", customer="cust-secret-3", step="product"),
                      ev("c2", 3 * MIN, "view", customer="cust-secret-3", step="product")])  # releases c1
-    metrics._shed_warned_at[0] = float("-inf")
+    accounting._shed_warned_at[0] = float("-inf")
     with caplog.at_level(logging.WARNING, logger="cx.metrics"):
-        metrics.observe_outputs("s0", out, 0)
-        metrics.observe_outputs("s0", out, 0)  # within the minute: counted, not warned again
+        accounting.observe_outputs("s0", out, 0)
+        accounting.observe_outputs("s0", out, 0)  # within the minute: counted, not warned again
     assert _value("cx_customers_shed_total", {"pending": "yes"}) == yes + 2
     assert _value("cx_customers_shed_total", {"pending": "no"}) == no + 2
     assert _value("cx_shed_pending_moments_total") == dropped + 2

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-import connectors.simulator as simulator
 from connectors.simulator import (
     DEFAULT_START_MS,
     KINDS,
     SCENARIOS,
     Simulation,
+    pack,
     reference_moments,
     simulate,
     write_jsonl,
@@ -153,7 +153,7 @@ def test_events_pass_the_pipelines_validation(events: list[dict[str, Any]]) -> N
 
 
 def test_all_channels_and_both_journeys_occur(events: list[dict[str, Any]]) -> None:
-    assert {e["channel"] for e in events} == set(simulator.CHANNELS)
+    assert {e["channel"] for e in events} == set(pack.CHANNELS)
     assert {e.get("journey") for e in events} == {None, "5g_upgrade", "cart"}
 
 
@@ -223,7 +223,7 @@ def test_every_scenario_occurs_among_a_few_hundred_customers() -> None:
 
 
 def test_ground_truth_holds_every_moment_kind_of_both_journeys(truth: list[dict[str, Any]]) -> None:
-    assert {m["rule"] for m in truth} == {f"{j}.{k}" for j in simulator.JOURNEYS for k in KINDS}
+    assert {m["rule"] for m in truth} == {f"{j}.{k}" for j in pack.JOURNEYS for k in KINDS}
     assert all(set(m) == {"customer_id", "rule", "anchor_event_id", "due_ts"} for m in truth)
 
 
@@ -233,7 +233,7 @@ def test_ground_truth_anchors_are_events_of_the_customer(events: list[dict[str, 
     for m in truth:
         anchor = by_id[m["anchor_event_id"]]
         assert anchor["customer_id"] == m["customer_id"]
-        idle = simulator.ABANDON_IDLE_MS if m["rule"].endswith(".abandoned") else 0
+        idle = pack.ABANDON_IDLE_MS if m["rule"].endswith(".abandoned") else 0
         assert m["due_ts"] == anchor["ts"] + idle
 
 
@@ -289,12 +289,12 @@ def test_ground_truth_matches_the_pipeline_state_machine() -> None:
 
 
 def test_default_pack_parameters_match_the_shipped_rule_pack() -> None:
-    pack = tomllib.loads((ROOT / "flows" / "rulepacks" / "default.toml").read_text())
-    assert {j["id"]: tuple(j["steps"]) for j in pack["journey"]} == simulator.JOURNEYS
-    assert {j["id"]: frozenset(j["key_steps"]) for j in pack["journey"]} == simulator.KEY_STEPS
-    assert {j["complete_type"] for j in pack["journey"]} == {simulator.COMPLETE_TYPE}
-    assert pack["pack"]["attempt_timeout"] == "24h"
-    m = {r["kind"]: r for r in pack["moment"]}
+    toml = tomllib.loads((ROOT / "flows" / "rulepacks" / "default.toml").read_text())
+    assert {j["id"]: tuple(j["steps"]) for j in toml["journey"]} == pack.JOURNEYS
+    assert {j["id"]: frozenset(j["key_steps"]) for j in toml["journey"]} == pack.KEY_STEPS
+    assert {j["complete_type"] for j in toml["journey"]} == {pack.COMPLETE_TYPE}
+    assert toml["pack"]["attempt_timeout"] == "24h"
+    m = {r["kind"]: r for r in toml["moment"]}
     assert set(m) == set(KINDS)
     assert (m["abandoned"]["idle"], m["stuck"]["threshold"], m["stuck"]["within"]) == ("10m", 3, "30m")
     assert (m["maze"]["distinct_entries"], m["maze"]["within"]) == (3, "30m")

@@ -1,0 +1,154 @@
+"""The HTTP endpoint: /metrics (the registry of ``flows.metrics``), /healthz and /readyz (registered checks).
+
+It listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``), on every interface
+unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine only).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from prometheus_client.exposition import choose_encoder
+
+from flows.metrics import REGISTRY
+
+log = logging.getLogger("cx.metrics")
+
+DEFAULT_PORT = 9464
+PORT_ENV = "CX_METRICS_PORT"
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104 - scraped from outside the pod/container
+HOST_ENV = "CX_HTTP_HOST"
+
+_lock = threading.Lock()
+_readiness: dict[str, Callable[[], bool]] = {}
+
+
+def register_readiness(name: str, check: Callable[[], bool]) -> None:
+    """Add (or replace) a check that /readyz runs; all must pass for 200.
+
+    Args:
+        name: Shown in the /readyz body.
+        check: Returns True when ready; an exception counts as not ready.
+    """
+    with _lock:
+        _readiness[name] = check
+
+
+def unregister_readiness(name: str) -> None:
+    """Remove a readiness check (no error if absent).
+
+    Args:
+        name: The check's name.
+    """
+    with _lock:
+        _readiness.pop(name, None)
+
+
+def readiness() -> dict[str, bool]:
+    """Run every readiness check.
+
+    Returns:
+        ``name -> passed``; a check that raises has not passed.
+    """
+    with _lock:
+        checks = list(_readiness.items())
+    result = {}
+    for name, check in checks:
+        try:
+            result[name] = bool(check())
+        except Exception:  # noqa: BLE001 - a failing check means not ready
+            log.debug("readiness check %s raised", name, exc_info=True)
+            result[name] = False
+    return result
+
+
+# A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
+HTTP_READ_TIMEOUT_S = 10.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            self._send(200, encoder(REGISTRY), ctype)
+        elif path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path == "/readyz":
+            checks = readiness()
+            failing = sorted(n for n, ok in checks.items() if not ok)
+            body = orjson.dumps({"ready": not failing, "failing": failing, "checks": checks})
+            self._send(503 if failing else 200, body, "application/json")
+        else:
+            self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+    def _send(self, code: int, body: bytes, ctype: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        return
+
+
+# A scraper or probe that gives up before the answer is written (a timeout, `curl | head`) is routine.
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
+
+    daemon_threads = True
+    block_on_close = False  # stopping never waits on a client's connection (threads end by HTTP_READ_TIMEOUT_S)
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.server_address[1])
+
+    @property
+    def host(self) -> str:
+        """The bound address (``0.0.0.0``: every interface)."""
+        return str(self.server_address[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Note a client that went away at debug level; anything else as socketserver does (a traceback)."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_GONE):
+            log.debug("metrics client disconnected early (errno %s)", getattr(exc, "errno", None))
+            return
+        super().handle_error(request, client_address)
+
+    def stop(self) -> None:
+        """Stop serving and close the socket, without waiting for open connections."""
+        self.shutdown()
+        self.server_close()
+
+
+def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsServer:
+    """Serve /metrics, /healthz and /readyz from a daemon thread.
+
+    Args:
+        port: TCP port (default 9464, ``CX_METRICS_PORT``); 0 picks a free one, read it from ``server.port``.
+        host: Bind address (default every interface: Prometheus scrapes from another host or pod;
+            ``--http-host``/``CX_HTTP_HOST``).
+
+    Returns:
+        The running server.
+
+    Raises:
+        OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is taken).
+    """
+    server = MetricsServer((host, port), _Handler)
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    return server

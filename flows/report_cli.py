@@ -1,0 +1,96 @@
+"""``moments report``: the overview and the rule-effectiveness report, or "no data yet" on an empty database."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows.config import ConfigError
+from state.rules import RulePack, load_rule_pack
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    """``moments report [overview|rules]``."""
+    from flows.report import OVERVIEW_TABLES, text_report
+
+    pack = load_rule_pack(a.rules)
+    if a.view == "rules":
+        return _report_rules(a, pack)
+    for flag, value in (("--from", a.from_), ("--to", a.to), ("--json", a.json or None),
+                        ("--min-sample", a.min_sample), ("--confidence", a.confidence)):
+        if value is not None:
+            raise ConfigError(flag, "applies to `moments report rules` only")
+    if _no_report_data(a, OVERVIEW_TABLES):
+        return 0
+    print(text_report(a.clickhouse, pack, a.journey))
+    if a.html is not None:
+        from connectors.clickhouse.client import open_client
+        from flows.report_html import html_report
+
+        a.html.write_text(html_report(open_client(a.clickhouse), pack, a.journey), encoding="utf-8")
+        print(f"wrote {a.html}")
+    return 0
+
+
+def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
+    """``moments report rules``: sent vs control uplift per rule."""
+    from connectors.clickhouse.client import open_client
+    from flows.report import RULES_TABLES
+    from flows.rule_report import RuleReport, parse_time_ms, render_json, render_text, rule_report
+
+    if a.html is not None or a.journey is not None:
+        raise ConfigError("--html/--journey", "apply to `moments report overview` only")
+    bounds: dict[str, int | None] = {}
+    for flag, value in (("--from", a.from_), ("--to", a.to)):
+        try:
+            bounds[flag] = None if value is None else parse_time_ms(value)
+        except ValueError as e:
+            raise ConfigError(flag, str(e)) from None
+    if bounds["--from"] is not None and bounds["--to"] is not None and bounds["--from"] >= bounds["--to"]:
+        raise ConfigError("--from/--to", f"empty range: {a.from_} is not before {a.to}")
+    # getattr: packs loaded by older code (or test doubles) may lack the effect settings.
+    min_sample = a.min_sample if a.min_sample is not None else getattr(pack, "effect_min_sample", 200)
+    confidence = a.confidence if a.confidence is not None else getattr(pack, "effect_confidence", 0.95)
+    if min_sample < 1:
+        raise ConfigError("--min-sample", f"must be at least 1, got {min_sample}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError("--confidence", f"must be between 0 and 1 (exclusive), got {confidence}")
+    if _no_report_data(a, RULES_TABLES, RuleReport(bounds["--from"], bounds["--to"], confidence, min_sample, ())):
+        return 0
+    client = open_client(a.clickhouse)
+    try:
+        report = rule_report(client, bounds["--from"], bounds["--to"], confidence=confidence, min_sample=min_sample)
+    finally:
+        client.close()  # releases the chDB path lock for the next process
+    print(render_json(report) if a.json else render_text(report))
+    return 0
+
+
+def _no_report_data(a: argparse.Namespace, tables: tuple[str, ...], empty: object = None) -> bool:
+    """Say so and return True when the database lacks the report's tables (nothing was written there yet).
+
+    With ``--json`` the empty report ``empty`` goes to stdout (still valid JSON) and the line to stderr.
+    """
+    from connectors.clickhouse.client import chdb_path, open_client
+    from flows.report import missing_tables, no_data_message
+    from flows.rule_report import RuleReport, render_json
+
+    path = chdb_path(a.clickhouse)
+    if path is not None and not Path(path).exists():
+        # Opening the engine would create the directories: a report only reads.
+        missing = list(tables)
+    else:
+        client = open_client(a.clickhouse)
+        try:
+            missing = missing_tables(client, tables)
+        finally:
+            client.close()  # releases the chDB path lock (the report opens its own client)
+    if not missing:
+        return False
+    if getattr(a, "json", False) and isinstance(empty, RuleReport):
+        print(render_json(empty))
+        print(no_data_message(a.clickhouse, missing), file=sys.stderr)
+    else:
+        print(no_data_message(a.clickhouse, missing))
+    return True
