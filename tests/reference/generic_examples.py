@@ -262,7 +262,8 @@ CASES: list[Case] = [
          pack({"kind": "count", "when": {"type": "fail"}, "threshold": 2},
               journeys=[{"id": "loan", "steps": ["apply", "sign"], "key_steps": ["sign"], "complete_type": "submit"}]),
          [ev("f1", 0, "fail", j="loan"), ev("s", MIN, "submit", j="loan"), ev("f2", 2 * MIN, "fail", j="loan"),
-          ev("f3", 3 * MIN, "fail", j="loan"), ev("c", 4 * MIN, "complete", j="loan"), ev("f4", 5 * MIN, "fail", j="loan")],
+          ev("f3", 3 * MIN, "fail", j="loan"), ev("c", 4 * MIN, "complete", j="loan"),
+          ev("f4", 5 * MIN, "fail", j="loan")],
          [m("loan.count", 3 * MIN, "f3", "f2", "f3")]),
     # ------------------------------------------------------------------------------------------------ rules
     Case("rule_without_journeys_applies_to_every_journey_and_ignores_events_without_journey",

@@ -123,7 +123,8 @@ def journey_histories(pack: dict[str, Any], events: list[dict[str, Any]]) -> dic
     for raw in kept:
         # "Events considered by a rule of journey J: events whose `journey` is J."
         if raw.get("journey") in journeys:
-            histories.setdefault((raw["customer_id"], raw["journey"]), []).append(Ev(ts_ms(raw["ts"]), raw["event_id"], raw, 0))
+            ev = Ev(ts_ms(raw["ts"]), raw["event_id"], raw, 0)
+            histories.setdefault((raw["customer_id"], raw["journey"]), []).append(ev)
     for (_, jid), evs in histories.items():
         # "Order: (ts, event_id)"
         evs.sort(key=lambda e: e.order)

@@ -4,7 +4,8 @@ Packs have 1-4 rules of random generic kinds over the two journeys of the exampl
 type/channel/step/entry/attrs, and `per`, `unless`, `until` and `within` drawn from a few durations, under an
 attempt_timeout of 2h so that attempt boundaries happen. Traffic is a few customers' events (all valid per
 DESIGN.md §3: the production parser accepts every one) whose gaps often sit on the pack's durations (0, ±1 ms),
-with ties, duplicates, completes, events without a journey and attrs holding strings and numbers.
+with ties, duplicates, completes, events without a journey and attrs holding strings and numbers; the last
+event often sits on an absence timer's due time.
 
 Kept out on purpose (readings the contract does not fix; see docs/contributing.md): `per`/`field` over an attr that
 may hold a number (`attrs.code` is used in predicates only), one event_id for two customers, and duplicates whose
@@ -31,7 +32,7 @@ STEPS = sorted({s for j in JOURNEYS for s in j["steps"]})
 # Duration strings a pack draws from (all shorter than the attempt timeout, except the unless look-back).
 WITHINS = ["1m", "5m", "10m", "30m"]
 IDLES = ["1m", "5m", "10m", "30m"]
-UNLESS_WITHINS = ["5m", "30m", "3h"]
+UNLESS_WITHINS = ["5m", "30m", "3h", "3h"]  # 3h > attempt_timeout: look-backs across attempts
 DURATION_MS = {"1m": MIN, "5m": 5 * MIN, "10m": 10 * MIN, "30m": 30 * MIN, "3h": 3 * HOUR}
 # `per` and distinct `field`: fields whose values are always strings.
 VALUE_FIELDS = ["channel", "type", "step", "entry", "attrs.reason"]
@@ -160,28 +161,41 @@ def one_event(draw: st.DrawFn, eid: str, customer: str, ts: int, journey: str | 
 def traffic(draw: st.DrawFn, pack: dict[str, Any], max_events: int = 50) -> list[dict[str, Any]]:
     """Events of up to 3 customers for ``pack``, in input order (mostly by time, sometimes shuffled).
 
-    Runs of events keep the same customer, journey and often type, so that thresholds are reached; event ids
-    are random per customer (ties are then ordered by id, not by input order); some events are re-sent later
-    in the input, as exact copies or with another payload at an earlier event's ts.
+    Runs of events keep the same customer, journey and often type (or repeat the last event whole), so that
+    thresholds are reached; event ids are random per customer (ties are then ordered by id, not by input
+    order); some events are re-sent later in the input, as exact copies or with another payload at an earlier
+    event's ts.
     """
     aims = boundaries(pack)
     n = draw(st.integers(1, max_events))
     t = T0
     events: list[dict[str, Any]] = []
     used: set[str] = set()
-    customer, journey, type_ = "c1", "cart", "view"
+    customer, type_ = "c1", "view"
+    journey: str | None = "cart"
     for _ in range(n):
         if draw(st.integers(0, 3)) == 0:  # a new run
             customer = draw(st.sampled_from(["c1", "c2", "c3"]))
             journey = draw(st.sampled_from(["cart", "cart", "5g_upgrade", "5g_upgrade", None, "other"]))
         if draw(st.integers(0, 2)) == 0:
             type_ = draw(st.sampled_from(TYPES))
-        t += draw(gaps(aims))
+        if events and draw(st.integers(0, 4)) == 0:
+            # On a boundary from an earlier event, not only the previous one (unless look-backs, wider windows).
+            recent = [e for e in events if e["customer_id"] == customer][-5:] or events
+            base = draw(st.sampled_from(recent))["ts"]
+            t = max(t, base + draw(st.sampled_from(aims)) + draw(st.sampled_from([-1, 0, 1])))
+        else:
+            t += draw(gaps(aims))
         eid = f"{customer}-{draw(st.integers(0, 999)):03d}"
         if eid in used:
             continue
         used.add(eid)
-        events.append(draw(one_event(eid, customer, t, journey, type_)))
+        last = next((e for e in reversed(events) if e["customer_id"] == customer), None)
+        if last is not None and last.get("journey") == journey and draw(st.integers(0, 2)) == 0:
+            # The same again (step, channel, entry, attrs): reaches thresholds of narrow `when` and `per`.
+            events.append({**last, "event_id": eid, "ts": t})
+        else:
+            events.append(draw(one_event(eid, customer, t, journey, type_)))
         if type_ == "complete":  # a completion rarely repeats at once
             type_ = "view"
     for _ in range(draw(st.integers(0, 3)) if events else 0):
@@ -193,6 +207,13 @@ def traffic(draw: st.DrawFn, pack: dict[str, Any], max_events: int = 50) -> list
             changed = draw(one_event(original["event_id"], original["customer_id"], other["ts"],
                                      other.get("journey"), draw(st.sampled_from(TYPES))))
             events.append(changed)
+    if draw(st.booleans()) and events:
+        # The end of the input on a timer's due time (0 or ±1 ms): another customer's event without a journey.
+        end = max(e["ts"] for e in events)
+        base = draw(st.sampled_from([e["ts"] for e in events if e["ts"] >= end - 2 * HOUR]))
+        at = base + draw(st.sampled_from(aims)) + draw(st.sampled_from([-1, 0, 1]))
+        events.append({"event_id": "end", "customer_id": "c9", "ts": max(at, end), "channel": "app",
+                       "type": "view"})
     if draw(st.integers(0, 3)) == 0:
         events = draw(st.permutations(events))
     return events
