@@ -119,9 +119,15 @@ def boundaries(pack: dict[str, Any]) -> list[int]:
 
 
 @st.composite
-def gaps(draw: st.DrawFn, aims: list[int]) -> int:
-    """Time to the next event: a tie, a short step, a boundary (0 or ±1 ms) or a long pause."""
-    how = draw(st.sampled_from(["tie", "short", "short", "short", "boundary", "boundary", "long"]))
+def gaps(draw: st.DrawFn, aims: list[int], sparse: bool = False) -> int:
+    """Time to the next event: a tie, a short step, a boundary (0 or ±1 ms) or a long pause.
+
+    ``sparse`` traffic has only ties and boundaries, so that the first window of an attempt to reach a
+    threshold often spans exactly `within` (with short steps it is usually reached well inside it).
+    """
+    if sparse:
+        return draw(st.sampled_from([0, *aims, *aims])) + draw(st.sampled_from([-1, 0, 0, 1]))
+    how = draw(st.sampled_from(["tie", "short", "short", "boundary", "boundary", "boundary", "long"]))
     if how == "tie":
         return 0
     if how == "short":
@@ -167,6 +173,7 @@ def traffic(draw: st.DrawFn, pack: dict[str, Any], max_events: int = 50) -> list
     event's ts.
     """
     aims = boundaries(pack)
+    sparse = draw(st.integers(0, 2)) == 0
     n = draw(st.integers(1, max_events))
     t = T0
     events: list[dict[str, Any]] = []
@@ -179,13 +186,13 @@ def traffic(draw: st.DrawFn, pack: dict[str, Any], max_events: int = 50) -> list
             journey = draw(st.sampled_from(["cart", "cart", "5g_upgrade", "5g_upgrade", None, "other"]))
         if draw(st.integers(0, 2)) == 0:
             type_ = draw(st.sampled_from(TYPES))
-        if events and draw(st.integers(0, 4)) == 0:
+        if events and draw(st.integers(0, 3)) == 0:
             # On a boundary from an earlier event, not only the previous one (unless look-backs, wider windows).
             recent = [e for e in events if e["customer_id"] == customer][-5:] or events
             base = draw(st.sampled_from(recent))["ts"]
             t = max(t, base + draw(st.sampled_from(aims)) + draw(st.sampled_from([-1, 0, 1])))
         else:
-            t += draw(gaps(aims))
+            t = max(t, t + draw(gaps(aims, sparse)))
         eid = f"{customer}-{draw(st.integers(0, 999)):03d}"
         if eid in used:
             continue
@@ -210,8 +217,10 @@ def traffic(draw: st.DrawFn, pack: dict[str, Any], max_events: int = 50) -> list
     if draw(st.booleans()) and events:
         # The end of the input on a timer's due time (0 or ±1 ms): another customer's event without a journey.
         end = max(e["ts"] for e in events)
-        base = draw(st.sampled_from([e["ts"] for e in events if e["ts"] >= end - 2 * HOUR]))
-        at = base + draw(st.sampled_from(aims)) + draw(st.sampled_from([-1, 0, 1]))
+        last_of_each = {(e["customer_id"], e.get("journey")): e["ts"] for e in sorted(events, key=lambda e: e["ts"])}
+        idles = [DURATION_MS[r["idle"]] for r in pack["moment"] if "idle" in r] or aims
+        base = draw(st.sampled_from(sorted(set(last_of_each.values()))))
+        at = base + draw(st.sampled_from(idles)) + draw(st.sampled_from([-1, 0, 0, 1]))
         events.append({"event_id": "end", "customer_id": "c9", "ts": max(at, end), "channel": "app",
                        "type": "view"})
     if draw(st.integers(0, 3)) == 0:
