@@ -14,7 +14,7 @@ from state.events import Event
 
 NO_TS: Final[int] = -1
 # Flat window records: [ts, event_id, ts, event_id, ...], oldest first (one list, no tuple per event).
-Records = list[int | str]
+Records = list[int | float | str]
 
 
 class JourneyLike(Protocol):

@@ -12,7 +12,7 @@ from typing import Final, cast
 from state.events import Event
 from state.generic.base import Common, Firing, JourneyLike, RuleState
 from state.generic.checker import Checker
-from state.generic.predicates import FieldRef
+from state.generic.predicates import FieldRef, FieldValue
 from state.generic.window import WindowRule, WindowSpec, WindowState, parse_window
 
 KIND: Final[str] = "distinct"
@@ -62,7 +62,7 @@ class DistinctRule(WindowRule):
             self.note_unless(s, ev)
         return fired
 
-    def _add(self, s: WindowState, ev: Event, v: str) -> Firing | None:
+    def _add(self, s: WindowState, ev: Event, v: FieldValue) -> Firing | None:
         recs = s.recs if self.per is None else None
         if recs is None:
             recs = self.records(s, ev)

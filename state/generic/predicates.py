@@ -24,6 +24,10 @@ F_ENTRY: Final[int] = 3
 F_ATTR: Final[int] = 4
 
 
+FieldValue = str | int | float
+"""What ``per`` and ``field`` read: a string field, or an attribute's string or number."""
+
+
 class FieldRef:
     """One event field (``channel``, ``type``, ``step``, ``entry`` or ``attrs.<key>``), read per event."""
 
@@ -41,8 +45,13 @@ class FieldRef:
         else:
             raise ValueError(f"unknown event field {name!r} (channel, type, step, entry or attrs.<key>)")
 
-    def value(self, ev: Event) -> str | None:
-        """Return the field's value in ``ev``, or None when the event lacks it (a non-string attr counts as lacking)."""
+    def value(self, ev: Event) -> FieldValue | None:
+        """Return the field's value in ``ev``, or None when the event lacks it.
+
+        An attribute holding a number is a value of its own (``5`` and ``"5"`` are two groups or values):
+        grouping by a numeric id is what an operator means by ``per = "attrs.plan_id"``. Predicates still
+        match strings only.
+        """
         code = self.code
         if code == F_CHANNEL:
             return ev.channel
@@ -56,7 +65,7 @@ class FieldRef:
         if attrs is None:
             return None
         v = attrs.get(self.key)
-        return v if isinstance(v, str) else None
+        return v if isinstance(v, str | int | float) else None
 
 
 class Predicate:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from state.events import Event
 from state.generic.base import NO_TS, Common, Firing, GenericRule, JourneyLike, Records, RuleState
 from state.generic.checker import Checker
-from state.generic.predicates import FieldRef, Predicate, types_of
+from state.generic.predicates import FieldRef, FieldValue, Predicate, types_of
 
 
 class WindowSpec:
@@ -62,7 +62,7 @@ class WindowState(RuleState):
         """Empty windows."""
         super().__init__()
         self.recs: Records | None = None
-        self.groups: dict[str | None, Records] | None = None
+        self.groups: dict[FieldValue | None, Records] | None = None
 
     def end_attempt(self) -> None:
         """Clear the windows and the fired flag."""
