@@ -7,6 +7,7 @@ unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine o
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -149,6 +150,10 @@ def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsSer
     Raises:
         OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is taken).
     """
-    server = MetricsServer((host, port), _Handler)
+    server_class = MetricsServer
+    if ":" in host:
+        # An IPv6 address (``::1``, ``::``): the server class binds IPv4 unless told otherwise.
+        server_class = type("MetricsServer6", (MetricsServer,), {"address_family": socket.AF_INET6})
+    server = server_class((host, port), _Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

@@ -121,3 +121,22 @@ def test_an_address_that_is_not_this_machines_names_http_host(tmp_path: Path) ->
     assert lines[0].startswith("moments run: error: configuration: --http-host 192.0.2.1: cannot listen there"), lines
     assert "CX_HTTP_HOST" in lines[0]
 
+
+
+def test_the_endpoint_binds_an_ipv6_address() -> None:
+    # `--http-host ::1` was refused: "Address family for hostname not supported".
+    from flows.http_endpoint import start_http
+
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    server = start_http(0, "::1")
+    try:
+        assert server.host == "::1"
+        with urllib.request.urlopen(f"http://[::1]:{server.port}/healthz", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        server.stop()
