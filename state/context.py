@@ -11,40 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from state.detectors import KIND_BITS
+from state.detectors.base import Detector
 from state.events import Event
 from state.journey import Attempt
 from state.outputs import Outputs
+from state.plan import JourneyPlan
 from state.record import CustomerState
-from state.rules import KINDS, STAGES, JourneyDef, MomentRule, RulePack
+from state.rule_model import STAGES, MomentRule, RulePack
 from state.wheel import TimerWheel
 
 _STATUS_RANK: Final = {"active": 0, "completed": 1, "expired": 2}
 _CANON_MAX: Final = 10_000  # distinct strings and paths shared; more are kept as they come
-
-
-class JourneyView:
-    """A journey with its rules resolved to attributes, for the hot path."""
-
-    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", "stage_types", "stage_steps", *KINDS)
-    # The rule of each kind (set from KINDS in __init__), declared for the type checker.
-    abandoned: MomentRule | None
-    failed: MomentRule | None
-    stuck: MomentRule | None
-    maze: MomentRule | None
-    channel_hop: MomentRule | None
-    interested: MomentRule | None
-    handoff: MomentRule | None
-
-    def __init__(self, jd: JourneyDef, rules: dict[str, MomentRule]) -> None:
-        self.id: str = jd.id
-        self.steps: tuple[str, ...] = jd.steps
-        self.key_steps: frozenset[str] = jd.key_steps
-        self.complete_type: str = jd.complete_type
-        self.step_index: dict[str, int] = {s: i for i, s in enumerate(jd.steps)}
-        self.stage_types: dict[str, int] = jd.stage_types
-        self.stage_steps: dict[str, int] = jd.stage_steps
-        for kind in KINDS:
-            setattr(self, kind, rules.get(kind))
 
 
 class BatchContext:
@@ -62,20 +40,22 @@ class BatchContext:
         self.key = key
         self.now_ms = clock
         self.live = live
-        self.journey_defs = [JourneyView(jd, pack.by_journey[jd.id]) for jd in pack.journeys.values()]
+        self.journey_defs = [JourneyPlan(jd, pack.by_journey[jd.id], pack.path) for jd in pack.journeys.values()]
         self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
-        self.handoff_rules: list[tuple[int, MomentRule]] = [
-            (self.journey_index[r.journey], r) for r in pack.rules if r.kind == "handoff"
-        ]
-        # Each handoff rule may name its own contact channel and type; the hot path checks these sets first.
-        self.handoff_types = frozenset(r.type for _, r in self.handoff_rules)
-        self.handoff_channels = frozenset(r.channel for _, r in self.handoff_rules)
+        # Event type -> the customer-level detectors (hand-offs) a contact of that type may fire, in pack order.
+        contacts: dict[str, list[tuple[int, Detector]]] = {}
+        for r in pack.rules:
+            jidx = self.journey_index[r.journey]
+            d = self.journey_defs[jidx].by_kind[r.kind]
+            if d.CONTACT:
+                contacts.setdefault(r.type, []).append((jidx, d))
+        self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
         # horizon_ms after the customer's last one must still meet the state.
         self.evict_after_ms = pack.horizon_ms + 1
         self.fired_names: list[list[tuple[str, int]]] = [
-            [(r.name, 1 << KINDS.index(r.kind)) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
+            [(r.name, KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
         self.vocab: dict[str, str] = {}
         self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}

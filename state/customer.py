@@ -1,8 +1,8 @@
-"""A customer's journeys advanced by one event: attempts, stages, steps and the event-driven detectors.
+"""A customer's journeys advanced by one event: attempts, stages, steps, then the journey's detectors.
 
 Called by ``state.shard.Shard`` in event-time order (late events excepted) with the shard's
-``BatchContext``; all rule semantics of DESIGN.md §4 live here, in ``state.deadlines`` (what is due
-by time) and in ``state.detectors``.
+``BatchContext``. What each moment kind does lives in its detector (``state.detectors``); what is due
+by time in ``state.deadlines``. Old snapshots name ``state.customer.CustomerState``: it stays importable here.
 """
 
 from __future__ import annotations
@@ -10,25 +10,19 @@ from __future__ import annotations
 from typing import Final
 
 from state.context import BatchContext
-from state.detectors import KIND_BITS, channel_hop, failed, handoff, interested, maze, stuck
+from state.detectors.base import Detector
 from state.events import Event
 from state.firing import fire
 from state.journey import COMPLETED, EXPIRED, Attempt
 from state.moments import SCHEMA_VERSION
+from state.plan import JourneyPlan
 from state.policy import remember_completion, remember_tz
 from state.record import TAG_FIELDS, CustomerState
-from state.rules import STAGE_REUSE, STAGE_USE
+from state.rule_model import STAGE_REUSE, STAGE_USE
 from state.tags import resolve_tags
 
-_B_ABANDONED: Final = KIND_BITS["abandoned"]
-_B_FAILED: Final = KIND_BITS["failed"]
-_B_STUCK: Final = KIND_BITS["stuck"]
-_B_MAZE: Final = KIND_BITS["maze"]
-_B_HOP: Final = KIND_BITS["channel_hop"]
-_B_INTERESTED: Final = KIND_BITS["interested"]
-_B_HANDOFF: Final = KIND_BITS["handoff"]
-_INTEREST_TYPES: Final = interested.INTEREST_TYPES
-_INTENT_TYPES: Final = interested.INTENT_TYPES
+__all__ = ["CustomerState", "apply_event", "end_attempt", "set_attempt"]
+
 _TAG: Final = TAG_FIELDS
 
 
@@ -42,130 +36,124 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         c: The customer's state.
         ev: The event.
     """
-    # This runs for every event: fields are unpacked once and the shard's helpers that are trivial in
-    # the common case (canon, mark_dirty, channel_hop on an unchanged channel) are inlined or skipped.
-    eid, cid, t, channel, etype, j, step, entry, attrs = ev
+    # This runs for every event: fields are unpacked once and the context's helpers that are trivial in
+    # the common case (canon, mark_dirty) are inlined or skipped.
+    eid, cid, t, _channel, etype, j, step, _entry, attrs = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
-        old = c.contact
-        new = remember_tz(old, attrs["tz"])
-        if new is not old:
-            c.contact = new
-    if ctx.handoff_rules and etype in ctx.handoff_types and channel in ctx.handoff_channels:
-        _handoffs(ctx, c, ev)
+        _remember_tz(c, attrs["tz"])
+    contacts = ctx.contacts.get(etype)
+    if contacts is not None:
+        _contacts(ctx, c, ev, contacts)
     if j is None:
         return
     jidx = ctx.journey_index.get(j)
     if jidx is None:
         return
-    jdef = ctx.journey_defs[jidx]
+    jp = ctx.journey_defs[jidx]
     a = c.attempts[jidx]
     # Whether (cid, jidx) is already marked dirty by this event: marking it again would change nothing.
     marked = False
     if a is None or a.ended or t - a.last_ts >= ctx.pack.attempt_timeout_ms:
-        timeout = ctx.pack.attempt_timeout_ms
-        if a is not None and not a.ended:
-            a.end(EXPIRED)
-            ctx.state_row(c, cid, jidx, a, a.last_ts + timeout)
-        prev = a
-        a = Attempt(eid, t)
-        if prev is not None:
-            # `interested` looks back over J's views and intents in time (DESIGN.md §4), not per attempt.
-            a.views, a.intent_ts = prev.views, prev.intent_ts
-        if _completed_before(c, prev, jidx):
-            a.stage = STAGE_USE  # a returning user: completing again is reuse
-        set_attempt(ctx, c, jidx, a)
-        ctx.mark_dirty(c, cid, jidx)
+        a = _new_attempt(ctx, c, cid, jidx, jp, a, eid, t)
         marked = True
-        ctx.schedule(c, t + timeout)
     if step is not None:
-        canonical = ctx.vocab.get(step)
-        step = canonical if canonical is not None else ctx.canon(step)
-    latest = t >= a.last_ts
+        step = ctx.vocab.get(step) or ctx.canon(step)
     prev_ts, prev_eid = a.last_ts, a.last_eid
+    latest = t >= prev_ts
     if latest:
         a.last_ts = t
         a.last_eid = eid
         if step is not None:
             a.last_step = step
-    st = jdef.stage_types.get(etype, 0)
+    if _progress(ctx, c, cid, jidx, jp, a, ev, step) and not marked:
+        ctx.mark_dirty(c, cid, jidx)
+    if etype == jp.complete_type:
+        _complete(ctx, c, cid, jidx, jp, a, ev)
+        return
+    key = step is not None and step in jp.key_steps
+    if latest:
+        a.last_key = key  # an abandonment is pending while the latest event is at a key step
+    # The dispatch table: the detectors of this journey that react to this type (and, at a key step, those
+    # that react to key steps), compiled at pack load.
+    ds = jp.on_type_key.get(etype, jp.on_other_key) if key else jp.on_type.get(etype, jp.on_other)
+    for d in ds:
+        evidence = d.on_event(ctx, c, a, ev, step, prev_ts, prev_eid)
+        if evidence:
+            fire(ctx, c, d.rule, a, ev, evidence, t, step)
+
+
+def _progress(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, a: Attempt, ev: Event,
+              step: str | None) -> bool:
+    """Move the attempt's stage, reached steps and recent steps; return whether its state row changed."""
+    changed = False
+    st = jp.stage_types.get(ev.type, 0)
     if step is not None:
-        st2 = jdef.stage_steps.get(step, 0)
+        st2 = jp.stage_steps.get(step, 0)
         if st2 > st:
             st = st2
     if st > a.stage:
         a.stage = st
-        if not marked:
-            ctx.mark_dirty(c, cid, jidx)
-            marked = True
+        changed = True
+    if step is None:
+        return changed
+    idx = jp.step_index.get(step)
+    if idx is not None and not a.reached >> idx & 1:
+        a.reached |= 1 << idx
+        ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
+        changed = True
+    recent = a.recent
+    if not recent or recent[-1] != step:
+        n = ctx.recent_steps
+        a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
+    return changed
 
-    if step is not None:
-        idx = jdef.step_index.get(step)
-        if idx is not None and not a.reached >> idx & 1:
-            a.reached |= 1 << idx
-            ctx.step_row(cid, j, a.attempt_id, step, idx, ev)
-            if not marked:
-                ctx.mark_dirty(c, cid, jidx)
-        recent = a.recent
-        if not recent or recent[-1] != step:
-            n = ctx.recent_steps
-            a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
 
-    if etype == jdef.complete_type:
-        a.end(COMPLETED)
-        a.last_key = False
-        a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
-        if ctx.pack.policy.after_complete_ms:
-            c.contact = remember_completion(c.contact, jidx, t)
-        ctx.step_row(cid, j, a.attempt_id, "(complete)", len(jdef.steps), ev)
-        resolve_tags(ctx, c, cid, j, t)
-        ctx.state_row(c, cid, jidx, a, t)
-        return
+def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, prev: Attempt | None,
+                 eid: str, t: int) -> Attempt:
+    """Start the journey's next attempt (ending the current one if it timed out)."""
+    timeout = ctx.pack.attempt_timeout_ms
+    if prev is not None and not prev.ended:
+        end_attempt(jp, prev, EXPIRED)
+        ctx.state_row(c, cid, jidx, prev, prev.last_ts + timeout)
+    a = Attempt(eid, t, jp.initial)
+    if prev is not None:
+        for d in jp.carry:
+            # Kinds that look back in time rather than per attempt (interested, DESIGN.md §4).
+            for i in range(len(d.STATE)):
+                d.put(a, d.get(prev, i), i)
+    if _completed_before(c, prev, jidx):
+        a.stage = STAGE_USE  # a returning user: completing again is reuse
+    set_attempt(ctx, c, jidx, a)
+    ctx.mark_dirty(c, cid, jidx)
+    ctx.schedule(c, t + timeout)
+    return a
 
-    fired = a.fired
-    if etype == "fail":
-        r = jdef.failed
-        if r is not None and not fired & _B_FAILED:
-            ev_ids = failed.on_fail(a, ev)
-            if ev_ids:
-                fire(ctx, c, r, a, ev, ev_ids, t, step)
-        r = jdef.stuck
-        if r is not None and not fired & _B_STUCK:
-            ev_ids = stuck.on_fail(r, a, ev)
-            if ev_ids:
-                fire(ctx, c, r, a, ev, ev_ids, t, step)
-    elif etype in _INTEREST_TYPES:
-        r = jdef.interested
-        # Views are recorded even once the rule fired: they carry over to the next attempt's window.
-        if r is not None and interested.on_interest(r, a, ev) and not fired & _B_INTERESTED:
-            fire(ctx, c, r, a, ev, (eid,), t, step)
-    elif etype in _INTENT_TYPES:
-        if t > a.intent_ts:
-            a.intent_ts = t
 
-    r = jdef.channel_hop
-    if r is not None and not fired & _B_HOP:
-        chans = a.channels
-        # A customer staying on one channel (the bare-name form, see channel_hop.on_event) changes nothing.
-        if type(chans) is not str or chans != channel:
-            ev_ids = channel_hop.on_event(r, a, ev, ctx.canon(channel), prev_ts, prev_eid)
-            if ev_ids:
-                fire(ctx, c, r, a, ev, ev_ids, t, step)
+def _complete(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, a: Attempt,
+              ev: Event) -> None:
+    t = ev.ts_ms
+    end_attempt(jp, a, COMPLETED)
+    a.last_key = False
+    a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
+    if ctx.pack.policy.after_complete_ms:
+        c.contact = remember_completion(c.contact, jidx, t)
+    ctx.step_row(cid, jp.id, a.attempt_id, "(complete)", len(jp.steps), ev)
+    resolve_tags(ctx, c, cid, jp.id, t)
+    ctx.state_row(c, cid, jidx, a, t)
 
-    if step is not None and step in jdef.key_steps:
-        if entry is not None:
-            r = jdef.maze
-            if r is not None and not fired & _B_MAZE:
-                ev_ids = maze.on_key_step(r, a, ev, step, ctx.canon(entry))
-                if ev_ids:
-                    a.entries = ()  # the rule fires once per attempt: its window is not read again
-                    fire(ctx, c, r, a, ev, ev_ids, t, step)
-        if latest:
-            a.last_key = True
-            r = jdef.abandoned
-            if r is not None and not a.fired & _B_ABANDONED:
-                ctx.schedule(c, t + r.within_ms)
-    elif latest:
-        a.last_key = False
+
+def end_attempt(jp: JourneyPlan, a: Attempt, status: str) -> None:
+    """End an attempt (``COMPLETED`` or ``EXPIRED``); its detectors drop what only an active one needs."""
+    a.end(status)
+    for d in jp.enders:
+        d.on_end(a)
+
+
+def _remember_tz(c: CustomerState, tz: str) -> None:
+    old = c.contact
+    new = remember_tz(old, tz)
+    if new is not old:
+        c.contact = new
 
 
 def set_attempt(ctx: BatchContext, c: CustomerState, jidx: int, a: Attempt | None) -> None:
@@ -176,13 +164,15 @@ def set_attempt(ctx: BatchContext, c: CustomerState, jidx: int, a: Attempt | Non
     c.attempts = ctx.no_attempts if a is None and new.count(None) == len(new) else new
 
 
-def _handoffs(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
-    for jidx, r in ctx.handoff_rules:
+def _contacts(ctx: BatchContext, c: CustomerState, ev: Event, detectors: tuple[tuple[int, Detector], ...]) -> None:
+    """A contact: fire the customer-level rules (hand-offs) it triggers, with the agent's context."""
+    for jidx, d in detectors:
         a = c.attempts[jidx]
-        if a is None or a.fired & _B_HANDOFF or not handoff.is_contact(r, ev) or not handoff.applies(r, a, ev):
+        if a is None or not d.on_contact(a, ev):
             continue
+        r = d.rule
         mid = fire(ctx, c, r, a, ev, (ev.event_id,), ev.ts_ms, a.last_step)
-        agent = handoff.context(a)
+        agent = d.context(a)
         rules = ctx.pack.rules
         tags = c.tags or ()
         open_tags = [rules[tags[i]].name for i in range(0, len(tags), _TAG) if rules[tags[i]].journey == r.journey]

@@ -7,13 +7,12 @@ Deadlines that move later need no bookkeeping: a wake-up that finds nothing due 
 
 from __future__ import annotations
 
-from state.context import BatchContext, JourneyView
-from state.customer import set_attempt
-from state.detectors import abandoned
+from state.context import BatchContext
+from state.customer import end_attempt, set_attempt
+from state.detectors.base import Detector
 from state.firing import decide, fire
 from state.journey import EXPIRED, Attempt
 from state.record import CustomerState
-from state.rules import MomentRule
 from state.tags import expire_tags, first_expiry, last_expiry
 
 
@@ -32,11 +31,10 @@ def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
         d = a.expiry_from + timeout
         if d < due:
             due = d
-        r = ctx.journey_defs[jidx].abandoned
-        if r is not None and a.last_key:
-            ab = abandoned.due_at(r, a)
-            if ab is not None and ab < due:
-                due = ab
+        for det in ctx.journey_defs[jidx].timed:
+            dd = det.due(a)
+            if dd is not None and dd < due:
+                due = dd
     return first_expiry(ctx, c, due)
 
 
@@ -77,22 +75,23 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
 
 
 def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None:
+    """Fire the timed rules (abandonments) due by ``due``, each decided on its own."""
     defs = ctx.journey_defs
-    due_now: list[tuple[int, str, Attempt, MomentRule]] = []
+    due_now: list[tuple[int, str, Attempt, Detector]] = []
     for jidx, a in enumerate(c.attempts):
-        if a is not None and a.last_key:
-            r = defs[jidx].abandoned
-            if r is not None:
-                ab = abandoned.due_at(r, a)
-                if ab is not None and ab <= due:
-                    due_now.append((a.last_ts, a.last_eid, a, r))
+        if a is not None:
+            for d in defs[jidx].timed:
+                dd = d.due(a)
+                if dd is not None and dd <= due:
+                    due_now.append((a.last_ts, a.last_eid, a, d))
     if len(due_now) > 1:
         # Several journeys abandoned at the same instant: decided one by one in the order of the events
         # that left them at a key step, as their timers were armed.
         due_now.sort(key=lambda x: (x[0], x[1]))
-    for _ts, _eid, a, r in due_now:
+    for _ts, _eid, a, d in due_now:
         ctx.current_customer = cid
-        fire(ctx, c, r, a, None, (a.last_eid,), a.last_ts + r.within_ms, a.last_step, anchor=a.last_eid)
+        evidence, at, anchor, step = d.on_due(a)
+        fire(ctx, c, d.rule, a, None, evidence, at, step, anchor=anchor)
         if ctx.pending:
             decide(ctx, c, cid)
 
@@ -104,28 +103,15 @@ def _check_expiry(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: A
         if a.last_ts + timeout > due:
             a.expiry_from = a.last_ts  # events came meanwhile: check again a timeout after the latest
             return
-        a.end(EXPIRED)
+        end_attempt(ctx.journey_defs[jidx], a, EXPIRED)
         ctx.state_row(c, cid, jidx, a, due)
     # An ended attempt is kept only while a contact may still hand it off or its interest
     # windows still reach into the next attempt; timers fire before events of their time,
     # so the last moment it is needed at must have passed (due > keep) before it goes.
-    keep = _ended_needed_until(ctx.journey_defs[jidx], a)
+    keep = a.last_ts
+    for d in ctx.journey_defs[jidx].keepers:
+        keep = max(keep, d.keep_until(a))
     if keep < due:
         set_attempt(ctx, c, jidx, None)
     else:
         a.expiry_from = keep + 1 - timeout
-
-
-def _ended_needed_until(jd: JourneyView, a: Attempt) -> int:
-    """Return the last event time at which an ended attempt still matters to the handoff or interested rules."""
-    keep = a.last_ts
-    r = jd.handoff
-    if r is not None:
-        keep = a.last_ts + r.within_ms
-    r = jd.interested
-    if r is not None:
-        if a.views:
-            keep = max(keep, max(a.views) + r.within_ms)
-        if a.intent_ts:
-            keep = max(keep, a.intent_ts + r.no_intent_ms)
-    return keep

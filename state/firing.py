@@ -9,7 +9,7 @@ from state.journey import Attempt
 from state.moments import SCHEMA_VERSION, moment_id
 from state.policy import CONTROL, HOLDOUT, SENT, action_record, evaluate, in_holdout, order, remember_send
 from state.record import CustomerState
-from state.rules import MomentRule
+from state.rule_model import MomentRule
 from state.tags import TAG_OPEN, mark_actioned, tag_row
 
 

@@ -16,7 +16,7 @@ import hashlib
 from datetime import datetime
 from typing import Any
 
-from state.rules import MomentRule, Policy, zone
+from state.rule_model import MomentRule, Policy, zone
 
 SENT = "sent"
 SUPPRESSED = "suppressed"

@@ -35,18 +35,3 @@ class ReorderBuffer:
                 return
         self.seq += 1
         heapq.heappush(self.heap, (ev.ts_ms, ev.event_id, self.seq, ev))
-
-    def next(self) -> tuple[Event | None, bool]:
-        """Return the earliest held event (None when empty) and whether it sits in the heap."""
-        queue, heap = self.queue, self.heap
-        ev = queue[0] if queue else None
-        if heap and (ev is None or (heap[0][0], heap[0][1]) < (ev.ts_ms, ev.event_id)):
-            return heap[0][3], True
-        return ev, False
-
-    def pop(self, from_heap: bool) -> None:
-        """Drop the event ``next`` returned."""
-        if from_heap:
-            heapq.heappop(self.heap)
-        else:
-            self.queue.popleft()

@@ -15,13 +15,11 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
 
 from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
 from state.deadlines import on_wake
-from state.detectors import abandoned
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
@@ -30,10 +28,10 @@ from state.record import CustomerState, seen_before
 from state.reorder import ReorderBuffer
 from state.routing import shard_of_id
 from state.rules import RulePack
+from state.snapshots import SNAPSHOT_FORMAT, check_format, upgrade
 from state.tags import apply_feedback
 from state.wheel import BUCKET_BITS, TimerWheel
 
-SNAPSHOT_FORMAT: Final = 4
 
 def wall_ms() -> int:
     """Wall-clock epoch milliseconds."""
@@ -258,20 +256,8 @@ class Shard:
         popleft = queue.popleft
         ev: Event | None
         while True:
-            if not buf and shortcut:
-                # The common case, only in-order arrivals waiting: apply them in a tight loop while
-                # no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
-                # Anything else goes once round the general loop below, which this shortcut agrees with.
-                while queue:
-                    ev = queue[0]
-                    t = ev.ts_ms
-                    if t >= wm:
-                        break
-                    h = t if t < tlimit else tlimit
-                    if (near and near[0][0] <= h) or (buckets and buckets[0] << BUCKET_BITS <= h):
-                        break
-                    popleft()
-                    apply(ev)
+            if not buf and shortcut and queue:
+                self._release_in_order(wm, tlimit)
             # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
             ev = None
             from_heap = False
@@ -302,6 +288,27 @@ class Shard:
                 apply(ev)
             else:
                 break
+
+    def _release_in_order(self, wm: int, tlimit: int) -> None:
+        """The common case of ``advance``, only in-order arrivals waiting: apply them in a tight loop while
+        no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
+
+        Anything else goes once round the general loop, which this shortcut agrees with.
+        """
+        queue, wheel = self.held.queue, self.ctx.wheel
+        near, buckets = wheel.near, wheel.buckets
+        apply = self._apply
+        popleft = queue.popleft
+        while queue:
+            ev = queue[0]
+            t = ev.ts_ms
+            if t >= wm:
+                break
+            h = t if t < tlimit else tlimit
+            if (near and near[0][0] <= h) or (buckets and buckets[0] << BUCKET_BITS <= h):
+                break
+            popleft()
+            apply(ev)
 
     def _apply(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
@@ -351,9 +358,8 @@ class Shard:
         # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
         pending = 0
         for jd, a in zip(self.ctx.journey_defs, c.attempts, strict=True):
-            r = jd.abandoned
-            if a is not None and r is not None and abandoned.due_at(r, a) is not None:
-                pending += 1
+            if a is not None:
+                pending += sum(1 for d in jd.timed if d.due(a) is not None)
         if pending:
             out.shed_pending += 1
             out.shed_moments += pending
@@ -399,16 +405,16 @@ class Shard:
         """Load a snapshot taken by ``snapshot``.
 
         Raises:
-            ValueError: when it was taken with a different rule pack or format.
+            ValueError: when it was taken with a different rule pack, or in a format that cannot be upgraded.
         """
         fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
-        if fmt != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
+        check_format(fmt)
         if fp != self.pack.fingerprint():
             raise ValueError(
                 f"recovery state was built with a different rule pack (fingerprint {fp}, "
                 f"now {self.pack.fingerprint()} for {self.pack.path}); start with a fresh recovery directory"
             )
+        upgrade(fmt, customers, self.ctx.journey_defs)
         self.customers = customers
         self.held = ReorderBuffer(deque(queue), buffer, seq)
         ctx = self.ctx

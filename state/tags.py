@@ -11,7 +11,7 @@ from typing import Any, Final
 from state.context import BatchContext
 from state.feedback import TRANSITIONS, Feedback
 from state.record import TAG_FIELDS, CustomerState
-from state.rules import MomentRule
+from state.rule_model import MomentRule
 
 TAG_OPEN: Final = "open"
 TAG_ACTIONED: Final = "actioned"
