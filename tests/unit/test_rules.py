@@ -219,5 +219,6 @@ def test_every_problem_of_a_pack_is_reported_not_just_the_first() -> None:
     ]
     assert (err.where, err.problem) == err.problems[0]
     lines = str(err).splitlines()
-    assert len(lines) == 7 and all(line.startswith("pack.toml: ") for line in lines)
+    assert len(lines) == 7
+    assert all(line.startswith("pack.toml: ") for line in lines)
     assert "moment[0].threshold: must be an integer 1..100, got 0" in lines[3]

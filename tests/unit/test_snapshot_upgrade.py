@@ -44,7 +44,8 @@ def test_a_format_4_snapshot_restores_and_detects_what_the_current_format_does()
     # The attempts carry detector state of several kinds, so the upgrade had something to move.
     held = {s for c in upgraded.customers.values() for a in c.attempts if a is not None
             for s in (a.s0, a.s1, a.s2, a.s3) if s != ()}
-    assert any(isinstance(s, str) for s in held) and any(isinstance(s, tuple) for s in held)
+    assert any(isinstance(s, str) for s in held)
+    assert any(isinstance(s, tuple) for s in held)
 
     expected = _records(via_current, second)
     assert sum(len(rows) for kind, rows in expected if kind == "moment") > 10
