@@ -44,9 +44,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     contacts = ctx.contacts.get(etype)
     if contacts is not None:
         _contacts(ctx, c, ev, contacts)
-    if j is None:
-        return
-    jidx = ctx.journey_index.get(j)
+    jidx = ctx.journey_index.get(j) if j is not None else None
     if jidx is None:
         return
     jp = ctx.journey_defs[jidx]
@@ -56,23 +54,36 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     if a is None or a.ended or t - a.last_ts >= ctx.pack.attempt_timeout_ms:
         a = _new_attempt(ctx, c, cid, jidx, jp, a, eid, t)
         marked = True
-    if step is not None:
-        step = ctx.vocab.get(step) or ctx.canon(step)
     prev_ts, prev_eid = a.last_ts, a.last_eid
     latest = t >= prev_ts
+    if step is not None:
+        step = ctx.vocab.get(step) or ctx.canon(step)
+    key = step is not None and step in jp.key_steps
     if latest:
         a.last_ts = t
         a.last_eid = eid
-        if step is not None:
-            a.last_step = step
-    if _progress(ctx, c, cid, jidx, jp, a, ev, step) and not marked:
+        a.last_step = step if step is not None else a.last_step
+        a.last_key = key  # an abandonment is pending while the latest event is at a key step
+    # Stage, first arrival at a step, recent steps: written out here, as this runs for every event.
+    changed = False
+    st = jp.stage_types.get(etype, 0)
+    if step is not None:
+        st = max(st, jp.stage_steps.get(step, 0))
+        idx = jp.step_index.get(step)
+        if idx is not None and not a.reached >> idx & 1:
+            a.reached |= 1 << idx
+            ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
+            changed = True
+        if not a.recent or a.recent[-1] != step:
+            _remember_step(ctx, a, step)
+    if st > a.stage:
+        a.stage = st
+        changed = True
+    if changed and not marked:
         ctx.mark_dirty(c, cid, jidx)
     if etype == jp.complete_type:
         _complete(ctx, c, cid, jidx, jp, a, ev)
         return
-    key = step is not None and step in jp.key_steps
-    if latest:
-        a.last_key = key  # an abandonment is pending while the latest event is at a key step
     # The dispatch table: the detectors of this journey that react to this type (and, at a key step, those
     # that react to key steps), compiled at pack load.
     ds = jp.on_type_key.get(etype, jp.on_other_key) if key else jp.on_type.get(etype, jp.on_other)
@@ -82,30 +93,9 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
 
 
-def _progress(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, a: Attempt, ev: Event,
-              step: str | None) -> bool:
-    """Move the attempt's stage, reached steps and recent steps; return whether its state row changed."""
-    changed = False
-    st = jp.stage_types.get(ev.type, 0)
-    if step is not None:
-        st2 = jp.stage_steps.get(step, 0)
-        if st2 > st:
-            st = st2
-    if st > a.stage:
-        a.stage = st
-        changed = True
-    if step is None:
-        return changed
-    idx = jp.step_index.get(step)
-    if idx is not None and not a.reached >> idx & 1:
-        a.reached |= 1 << idx
-        ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
-        changed = True
-    recent = a.recent
-    if not recent or recent[-1] != step:
-        n = ctx.recent_steps
-        a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
-    return changed
+def _remember_step(ctx: BatchContext, a: Attempt, step: str) -> None:
+    n = ctx.recent_steps
+    a.recent = ctx.canon_steps((*a.recent[-(n - 1):], step) if n > 1 else (step,))
 
 
 def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, prev: Attempt | None,

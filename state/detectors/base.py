@@ -8,7 +8,7 @@ to its type, with no per-event "is this rule configured" checks.
 
 Per-attempt state lives in the attempt's generic state slots (``Attempt.s0`` … ``s4``): a kind asks
 for a number of them (``STATE``, with their initial values) and is given slot numbers when its
-journey is compiled; ``get``/``put`` read and write them.
+journey is compiled; ``get``/``put`` read and write them (``get0``/``slot0`` the first one, on the hot path).
 """
 
 from __future__ import annotations
@@ -104,6 +104,10 @@ class Detector:
         self.bit = 0  # set by the plan: the kind's bit in ``Attempt.fired``
         self.names: tuple[str, ...] = tuple(STATE_SLOTS[i] for i in slots)
         self._get: tuple[Callable[[Attempt], Any], ...] = tuple(attrgetter(n) for n in self.names)
+        # The first slot, for the hot path: ``self.get0(a)`` and ``setattr(a, self.slot0, v)`` cost one C call
+        # each, where ``get``/``put`` add a Python call.
+        self.slot0 = self.names[0] if self.names else ""
+        self.get0: Callable[[Attempt], Any] = self._get[0] if self._get else _no_state
 
     def link(self, siblings: dict[str, Detector]) -> None:
         """Called once the journey's detectors exist (some kinds read another kind's state)."""
@@ -158,3 +162,7 @@ class Detector:
     def keep_until(self, a: Attempt) -> int:
         """Return the last event time at which an ended attempt still matters to this rule."""
         return a.last_ts
+
+
+def _no_state(a: Attempt) -> Any:
+    raise TypeError("this detector keeps no per-attempt state")

@@ -36,10 +36,10 @@ class BrowseLoop(Detector):
         idx = self.index.get(step) if step is not None else None
         if idx is None or a.fired & self.bit:
             return None
-        st = self.get(a)
+        st = self.get0(a)
         if ev.type != "view":
             if st and idx > st[0]:
-                self.put(a, ())  # progress: the loop is broken
+                setattr(a, self.slot0, ())  # progress: the loop is broken
             return None
         if not st or st[0] != idx:
             st = (idx,)  # a view of another step: the count restarts here
@@ -49,7 +49,7 @@ class BrowseLoop(Detector):
         kept.sort()
         need = self.rule.threshold
         if len(kept) >= need and kept[-1][0] - kept[-need][0] <= w:
-            self.put(a, ())
+            setattr(a, self.slot0, ())
             return tuple(e for _, e in kept[-need:])
-        self.put(a, (idx, *(x for v in kept[-(need - 1) :] for x in v)) if need > 1 else ())
+        setattr(a, self.slot0, (idx, *(x for v in kept[-(need - 1) :] for x in v)) if need > 1 else ())
         return None

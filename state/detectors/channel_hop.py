@@ -26,7 +26,7 @@ class ChannelHop(Detector):
     def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
                  prev_eid: str) -> Evidence | None:
         """Record the event's channel; the evidence is the latest event per channel when the n-th arrives."""
-        old = self.get(a)
+        old = self.get0(a)
         if type(old) is str and old == ev.channel or a.fired & self.bit:
             # The common case: the customer stays on one channel. The record stands for
             # (last_ts, channel, last_eid), which the engine has moved to this event if it is the latest.
@@ -40,12 +40,13 @@ class ChannelHop(Detector):
             chans = old
             if len(chans) == 3 and chans[1] == channel:
                 if t >= chans[0]:
-                    self.put(a, _single(a, t, channel, ev.event_id))
+                    setattr(a, self.slot0, _single(a, t, channel, ev.event_id))
                 return None
         w = self.rule.within_ms
         kept = [chans[i : i + 3] for i in range(0, len(chans), 3) if abs(t - chans[i]) <= w and chans[i + 1] != channel]
         kept.append((t, channel, ev.event_id))
-        self.put(a, _single(a, t, channel, ev.event_id) if len(kept) == 1 else tuple(x for c in kept for x in c))
+        window = _single(a, t, channel, ev.event_id) if len(kept) == 1 else tuple(x for c in kept for x in c)
+        setattr(a, self.slot0, window)
         if len(kept) >= self.rule.threshold:
             kept.sort()
             if kept[-1][0] - kept[0][0] <= w:
@@ -54,7 +55,7 @@ class ChannelHop(Detector):
 
     def records(self, a: Attempt) -> Window:
         """Return the window as flat (ts, channel, event_id) records, expanding the single-channel form."""
-        ch = self.get(a)
+        ch = self.get0(a)
         return (a.last_ts, ch, a.last_eid) if isinstance(ch, str) else ch
 
 

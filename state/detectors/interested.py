@@ -33,17 +33,17 @@ class Interested(Detector):
                  prev_eid: str) -> Evidence | None:
         """Record a view/engage or an intent; the evidence is the view when it is the n-th without recent intent."""
         t = ev.ts_ms
-        st = self.get(a)
+        st = self.get0(a)
         intent = st[0] if st else 0
         if ev.type in INTENT_TYPES:
             if t > intent:
-                self.put(a, (t, *st[1:]))
+                setattr(a, self.slot0, (t, *st[1:]))
             return None
         r = self.rule
         views = (*(v for v in st[1:] if abs(t - v) <= r.within_ms), t)
         need = r.threshold
         kept = views[-(need - 1) :] if need > 1 else ()
-        self.put(a, (intent, *kept) if intent or kept else ())
+        setattr(a, self.slot0, (intent, *kept) if intent or kept else ())
         if len(views) < need or a.fired & self.bit:
             return None
         return None if intent and 0 <= t - intent <= r.no_intent_ms else (ev.event_id,)
@@ -51,7 +51,7 @@ class Interested(Detector):
     def keep_until(self, a: Attempt) -> int:
         """Views and intents reach into the next attempt's windows."""
         keep = a.last_ts
-        st = self.get(a)
+        st = self.get0(a)
         if st:
             if len(st) > 1:
                 keep = max(keep, max(st[1:]) + self.rule.within_ms)

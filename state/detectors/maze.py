@@ -27,7 +27,7 @@ class Maze(Detector):
         entry = host.canon(ev.entry)
         t = ev.ts_ms
         w = self.rule.within_ms
-        old = self.get(a)
+        old = self.get0(a)
         # Keep the latest sighting of each (step, entry) inside the window.
         kept: list[Any] = []
         for i in range(0, len(old), 4):
@@ -38,11 +38,11 @@ class Maze(Detector):
         if len(same) >= self.rule.threshold:
             same.sort()
             if same[-1][0] - same[0][0] <= w:
-                self.put(a, ())  # the rule fires once per attempt: its window is not read again
+                setattr(a, self.slot0, ())  # the rule fires once per attempt: its window is not read again
                 return tuple(e[3] for e in same)
-        self.put(a, tuple(kept))
+        setattr(a, self.slot0, tuple(kept))
         return None
 
     def on_end(self, a: Attempt) -> None:
         """Events go to a new attempt now: the window is never read again."""
-        self.put(a, ())
+        setattr(a, self.slot0, ())

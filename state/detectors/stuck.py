@@ -26,17 +26,17 @@ class Stuck(Detector):
             return None
         t = ev.ts_ms
         w = self.rule.within_ms
-        old = self.get(a)
+        old = self.get0(a)
         fails = [(old[i], old[i + 1]) for i in range(0, len(old), 2) if abs(t - old[i]) <= w]
         fails.append((t, ev.event_id))
         fails.sort()
         need = self.rule.threshold
         if len(fails) >= need and fails[-1][0] - fails[-need][0] <= w:
-            self.put(a, ())
+            setattr(a, self.slot0, ())
             return tuple(f[1] for f in fails[-need:])
-        self.put(a, tuple(x for f in fails[-(need - 1) :] for x in f) if need > 1 else ())
+        setattr(a, self.slot0, tuple(x for f in fails[-(need - 1) :] for x in f) if need > 1 else ())
         return None
 
     def count(self, a: Attempt) -> int:
         """Fails held in the window (the agent's screen shows it)."""
-        return len(self.get(a)) // 2
+        return len(self.get0(a)) // 2
