@@ -68,14 +68,17 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     changed = False
     st = jp.stage_types.get(etype, 0)
     if step is not None:
-        st = max(st, jp.stage_steps.get(step, 0))
+        st2 = jp.stage_steps.get(step, 0)
+        st = st2 if st2 > st else st
         idx = jp.step_index.get(step)
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
             changed = True
-        if not a.recent or a.recent[-1] != step:
-            _remember_step(ctx, a, step)
+        recent = a.recent
+        if not recent or recent[-1] != step:
+            n = ctx.recent_steps
+            a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
     if st > a.stage:
         a.stage = st
         changed = True
@@ -91,11 +94,6 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         evidence = d.on_event(ctx, c, a, ev, step, prev_ts, prev_eid)
         if evidence:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
-
-
-def _remember_step(ctx: BatchContext, a: Attempt, step: str) -> None:
-    n = ctx.recent_steps
-    a.recent = ctx.canon_steps((*a.recent[-(n - 1):], step) if n > 1 else (step,))
 
 
 def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, prev: Attempt | None,
