@@ -61,10 +61,11 @@ class _Problems:
             raise RulePackError(self.path, where, problem, tuple(more))
 
 
-_COMMON = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages", "contact"}
-_POLICY_KEYS = {"max_per_day", "max_per_week", "min_gap", "quiet_hours", "timezone", "quiet_bypass", "after_complete",
-                "holdout", "act_within", "channel_caps"}
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_COMMON: Final = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages",
+                   "contact"}
+_POLICY_KEYS: Final = {"max_per_day", "max_per_week", "min_gap", "quiet_hours", "timezone", "quiet_bypass",
+                       "after_complete", "holdout", "act_within", "channel_caps"}
+_HHMM: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 def _check_keys(path: str, where: str, table: dict[str, Any], allowed: set[str]) -> None:
