@@ -40,9 +40,9 @@ def _upgrade_attempt_v4(a: Attempt, plan: JourneyPlan) -> None:
     fails, entries, channels, views, intent_ts, recent, stage = a.recent, a.stage, a.s0, a.s1, a.s2, a.s3, a.s4
     a.recent, a.stage = recent, stage
     a.s0, a.s1, a.s2, a.s3, a.s4 = plan.initial
-    old = {"stuck": fails, "maze": entries, "channel_hop": channels,
-           "interested": (intent_ts, *views) if intent_ts or views else ()}
-    for kind, value in old.items():
+    old = {"stuck": (fails,), "maze": (entries,), "channel_hop": (channels,), "interested": (views, intent_ts)}
+    for kind, values in old.items():
         d = plan.by_kind.get(kind)
         if d is not None:
-            d.put(a, value)
+            for i, v in enumerate(values):
+                d.put(a, v, i)

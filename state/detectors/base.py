@@ -8,7 +8,8 @@ to its type, with no per-event "is this rule configured" checks.
 
 Per-attempt state lives in the attempt's generic state slots (``Attempt.s0`` … ``s4``): a kind asks
 for a number of them (``STATE``, with their initial values) and is given slot numbers when its
-journey is compiled; ``get``/``put`` read and write them (``get0``/``slot0`` the first one, on the hot path).
+journey is compiled; ``get``/``put`` read and write them (on the hot path, ``get0``/``slot0`` and
+``get1``/``slot1`` the first two).
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ class Detector:
         self.bit = 0  # set by the plan: the kind's bit in ``Attempt.fired``
         self.names: tuple[str, ...] = tuple(STATE_SLOTS[i] for i in slots)
         self._get: tuple[Callable[[Attempt], Any], ...] = tuple(attrgetter(n) for n in self.names)
-        # The first slot, for the hot path: ``self.get0(a)`` and ``setattr(a, self.slot0, v)`` cost one C call
+        # The first two slots, for the hot path: ``self.get0(a)`` and ``setattr(a, self.slot0, v)`` cost one C call
         # each, where ``get``/``put`` add a Python call.
         self.slot0 = self.names[0] if self.names else ""
         self.get0: Callable[[Attempt], Any] = self._get[0] if self._get else _no_state
+        self.slot1 = self.names[1] if len(self.names) > 1 else ""
+        self.get1: Callable[[Attempt], Any] = self._get[1] if len(self._get) > 1 else _no_state
 
     def link(self, siblings: dict[str, Detector]) -> None:
         """Called once the journey's detectors exist (some kinds read another kind's state)."""

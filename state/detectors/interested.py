@@ -14,7 +14,7 @@ INTENT_TYPES: Final = frozenset({"start", "submit"})
 
 
 class Interested(Detector):
-    """State: ``(intent_ts, view_ts, …)``: the latest start/submit time and the views still in the window.
+    """State: two slots, the views still in the window (their times) and the latest start/submit time.
 
     It looks back over the journey's views and intents in time, not per attempt (DESIGN.md §4): the
     state carries over to the next attempt, and an ended attempt is kept while it still matters.
@@ -25,7 +25,7 @@ class Interested(Detector):
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("count", "threshold", 2, "count"),
                                            Param("within", "within_ms", "24h", "duration"),
                                            Param("no_intent_within", "no_intent_ms", "24h", "duration"))
-    STATE: ClassVar[tuple[object, ...]] = ((),)
+    STATE: ClassVar[tuple[object, ...]] = ((), 0)
     TYPES: ClassVar[frozenset[str] | None] = INTEREST_TYPES | INTENT_TYPES
     CARRY: ClassVar[bool] = True
 
@@ -33,28 +33,25 @@ class Interested(Detector):
                  prev_eid: str) -> Evidence | None:
         """Record a view/engage or an intent; the evidence is the view when it is the n-th without recent intent."""
         t = ev.ts_ms
-        st = self.get0(a)
-        intent = st[0] if st else 0
         if ev.type in INTENT_TYPES:
-            if t > intent:
-                setattr(a, self.slot0, (t, *st[1:]))
+            if t > self.get1(a):
+                setattr(a, self.slot1, t)
             return None
         r = self.rule
-        views = (*(v for v in st[1:] if abs(t - v) <= r.within_ms), t)
+        views = (*(v for v in self.get0(a) if abs(t - v) <= r.within_ms), t)
         need = r.threshold
-        kept = views[-(need - 1) :] if need > 1 else ()
-        setattr(a, self.slot0, (intent, *kept) if intent or kept else ())
+        setattr(a, self.slot0, views[-(need - 1) :] if need > 1 else ())
         if len(views) < need or a.fired & self.bit:
             return None
+        intent = self.get1(a)
         return None if intent and 0 <= t - intent <= r.no_intent_ms else (ev.event_id,)
 
     def keep_until(self, a: Attempt) -> int:
         """Views and intents reach into the next attempt's windows."""
         keep = a.last_ts
-        st = self.get0(a)
-        if st:
-            if len(st) > 1:
-                keep = max(keep, max(st[1:]) + self.rule.within_ms)
-            if st[0]:
-                keep = max(keep, st[0] + self.rule.no_intent_ms)
+        views, intent = self.get0(a), self.get1(a)
+        if views:
+            keep = max(keep, max(views) + self.rule.within_ms)
+        if intent:
+            keep = max(keep, intent + self.rule.no_intent_ms)
         return keep

@@ -85,3 +85,14 @@ def test_browse_loop_parameters_are_checked_by_its_module(field: str, value: obj
         rule_pack_from_dict(data, "p.toml")
     assert info.value.where == f"moment[0].{field}"
     assert problem in info.value.problem
+
+
+def test_a_journey_whose_rules_need_more_state_than_an_attempt_holds_is_refused_naming_it() -> None:
+    kinds = ["stuck", "maze", "channel_hop", "interested", "browse_loop"]  # 1 + 1 + 1 + 2 + 1 state slots
+    data = {"journey": [{"id": "plan", "steps": ["a", "b"], "key_steps": ["b"]}],
+            "moment": [{"kind": k} for k in kinds]}
+    with pytest.raises(RulePackError) as info:
+        rule_pack_from_dict(data, "p.toml")
+    assert info.value.where == "journey 'plan'"
+    assert "more per-attempt state than an attempt holds (5 slots)" in info.value.problem
+    rule_pack_from_dict({**data, "moment": [{"kind": k} for k in kinds[1:]]})  # one fewer fits
