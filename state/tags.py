@@ -6,6 +6,7 @@ opened_ts, state) records, one per rule); each transition is also emitted as a t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 from state.context import BatchContext
@@ -56,19 +57,7 @@ def mark_actioned(ctx: BatchContext, c: CustomerState, cid: str, r: MomentRule, 
 def resolve_tags(ctx: BatchContext, c: CustomerState, cid: str, journey: str, t: int) -> None:
     """Resolve the customer's tags of ``journey``: it finished what their moments were about."""
     # In this attempt or, within the tag's TTL, a later one.
-    tags = c.tags
-    if not tags:
-        return
-    rules = ctx.pack.rules
-    kept: list[Any] = []
-    for i in range(0, len(tags), _TAG):
-        ridx, mid, opened = tags[i : i + 3]
-        if rules[ridx].journey == journey:
-            tag_row(ctx, cid, rules[ridx], mid, TAG_RESOLVED, "recovered", opened, t)
-        else:
-            kept += tags[i : i + _TAG]
-    if len(kept) != len(tags):
-        c.tags = tuple(kept) or None
+    _close(ctx, c, cid, TAG_RESOLVED, "recovered", t, lambda r, _opened: r.journey == journey)
 
 
 def apply_feedback(ctx: BatchContext, c: CustomerState, fb: Feedback) -> None:
@@ -92,6 +81,12 @@ def apply_feedback(ctx: BatchContext, c: CustomerState, fb: Feedback) -> None:
 
 def expire_tags(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None:
     """Drop the tags whose TTL has run out by ``due``, emitting their expiry."""
+    _close(ctx, c, cid, TAG_EXPIRED, "expired", due, lambda r, opened: opened + r.ttl_ms <= due)
+
+
+def _close(ctx: BatchContext, c: CustomerState, cid: str, state: str, outcome: str, t: int,
+           closes: Callable[[MomentRule, int], bool]) -> None:
+    """Drop the held tags ``closes(rule, opened_ts)`` picks, emitting their transition to ``state`` at ``t``."""
     tags = c.tags
     if not tags:
         return
@@ -99,8 +94,8 @@ def expire_tags(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None
     kept: list[Any] = []
     for i in range(0, len(tags), _TAG):
         ridx, mid, opened = tags[i : i + 3]
-        if opened + rules[ridx].ttl_ms <= due:
-            tag_row(ctx, cid, rules[ridx], mid, TAG_EXPIRED, "expired", opened, due)
+        if closes(rules[ridx], opened):
+            tag_row(ctx, cid, rules[ridx], mid, state, outcome, opened, t)
         else:
             kept += tags[i : i + _TAG]
     if len(kept) != len(tags):
