@@ -10,7 +10,6 @@ workers run. Events later than the lateness are applied at once and counted.
 from __future__ import annotations
 
 import heapq
-import pickle
 import time
 import zlib
 from collections import deque
@@ -28,7 +27,7 @@ from state.record import CustomerState, seen_before
 from state.reorder import ReorderBuffer
 from state.routing import shard_of_id
 from state.rules import RulePack
-from state.snapshots import SNAPSHOT_FORMAT, check_format, upgrade
+from state.snapshots import dump, load
 from state.tags import apply_feedback
 from state.wheel import BUCKET_BITS, TimerWheel
 
@@ -396,35 +395,20 @@ class Shard:
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
-        # Wake-ups are not included: every customer carries its own (`wake`), and restore files them again.
-        state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.held.queue), self.held.heap,
-                 self.max_ts, self.wm, self.held.seq, [(k, t) for k, (_c, t) in self.ctx.dirty.items()], self.finals)
-        return pickle.dumps(state, protocol=5)
+        return dump(self.pack, self.customers, self.held, self.max_ts, self.wm, self.ctx.dirty, self.finals)
 
     def restore(self, blob: bytes) -> None:
-        """Load a snapshot taken by ``snapshot``.
+        """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
 
         Raises:
             ValueError: when it was taken with a different rule pack, or in a format that cannot be upgraded.
         """
-        fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
-        check_format(fmt)
-        if fp != self.pack.fingerprint():
-            raise ValueError(
-                f"recovery state was built with a different rule pack (fingerprint {fp}, "
-                f"now {self.pack.fingerprint()} for {self.pack.path}); start with a fresh recovery directory"
-            )
-        upgrade(fmt, customers, self.ctx.journey_defs)
-        self.customers = customers
-        self.held = ReorderBuffer(deque(queue), buffer, seq)
         ctx = self.ctx
+        self.customers, self.held, self.max_ts, self.wm, dirty, self.finals = load(blob, self.pack, ctx.journey_defs)
+        ctx.dirty = dirty
         wheel = ctx.wheel = TimerWheel()
-        for cid, c in customers.items():
+        for cid, c in self.customers.items():
             wheel.file(cid, c.wake)
-        ctx.dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
-        self.max_ts, self.wm = max_ts, wm
-        # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
-        self.finals = dict(rest[0]) if rest else {}
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

@@ -6,14 +6,50 @@ had a named slot per kind. A format-4 snapshot still restores: its attempts are 
 
 from __future__ import annotations
 
-from typing import Final
+import pickle
+from collections import deque
+from typing import Any, Final
 
 from state.journey import Attempt
 from state.plan import JourneyPlan
 from state.record import CustomerState
+from state.reorder import ReorderBuffer
+from state.rule_model import RulePack
 
 SNAPSHOT_FORMAT: Final = 5
 UPGRADABLE: Final = frozenset({4})
+
+
+Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
+
+
+def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
+         dirty: Dirty, finals: dict[str, int]) -> bytes:
+    """Return a shard's state as bytes (wake-ups are not included: each customer carries its own)."""
+    state = (SNAPSHOT_FORMAT, pack.fingerprint(), customers, list(held.queue), held.heap, max_ts, wm, held.seq,
+             [(k, t) for k, (_c, t) in dirty.items()], finals)
+    return pickle.dumps(state, protocol=5)
+
+
+def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
+        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int]]:
+    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks) from ``dump``'s bytes.
+
+    Raises:
+        ValueError: when they were taken with a different rule pack, or in a format that cannot be upgraded.
+    """
+    fmt, fp, customers, queue, heap, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
+    check_format(fmt)
+    if fp != pack.fingerprint():
+        raise ValueError(
+            f"recovery state was built with a different rule pack (fingerprint {fp}, "
+            f"now {pack.fingerprint()} for {pack.path}); start with a fresh recovery directory"
+        )
+    upgrade(fmt, customers, plans)
+    rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
+    # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
+    finals: dict[str, Any] = dict(rest[0]) if rest else {}
+    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals
 
 
 def check_format(fmt: object) -> None:
