@@ -85,9 +85,11 @@ if breakdown:
     seen = set()
     acc, cnt = {}, {}
     for sh in shards:  # vocabularies and the pack are per process, not per customer
-        seen.update(id(v) for v in sh._vocab.values())
-        seen.update(id(v) for v in getattr(sh, "_paths", {}).values())
-        seen.add(id(getattr(sh, "no_attempts", None)))
+        ctx = sh.ctx
+        seen.update(id(v) for v in ctx.vocab.values())
+        seen.update(id(v) for v in ctx._paths.values())
+        seen.add(id(ctx.no_attempts))
+        seen.update(id(jp.initial) for jp in ctx.journey_defs)
     for r in pack.rules:
         seen.update(id(x) for x in (r.journey, *r.channels))
 
@@ -126,8 +128,9 @@ if breakdown:
                         deep("Attempt", a)
                 else:
                     deep(f"CustomerState.{f}", v)
-        for name in ("_wheel", "_buckets", "_near", "timers"):
-            deep("timers / wake-ups", vars(sh).get(name))
+        wheel = sh.ctx.wheel
+        for part in (wheel.filed, wheel.buckets, wheel.near):
+            deep("timers / wake-ups", part)
         deep("reorder buffer", list(sh.queue))
         deep("reorder buffer", sh.buffer)
     res["breakdown"] = {k: (acc[k] / tracked, cnt[k] / tracked) for k in acc}

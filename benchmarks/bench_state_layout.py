@@ -36,8 +36,9 @@ from benchmarks.traffic import events_file
 from connectors.replay_source import JsonlFileSource
 from flows.config import PipelineConfig
 from flows.dataflow import build_dataflow
-from state.customer import CustomerState, apply_event, seen_before
+from state.customer import apply_event
 from state.events import Event, parse_event
+from state.record import CustomerState, seen_before
 from state.rules import RulePack, load_rule_pack
 from state.shard import Shard
 
@@ -70,10 +71,10 @@ class _CustomerLogic(StatefulBatchLogic[bytes, int, bytes]):
             if type(ev) is not Event:
                 continue
             if self.c is None:
-                self.c = CustomerState(len(ctx.journey_defs), ev.ts_ms)
+                self.c = CustomerState(len(ctx.ctx.journey_defs), ev.ts_ms)
             if seen_before(self.c, ev):
                 continue
-            apply_event(ctx, self.c, ev)
+            apply_event(ctx.ctx, self.c, ev)
         out = ctx.take_outputs()
         n = len(out.moments)
         return ([n] if n else []), StatefulBatchLogic.RETAIN

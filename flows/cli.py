@@ -336,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[a.command](a)
     except (ConfigError, RulePackError, FileNotFoundError) as e:
-        print(f"moments {a.command}: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [""]:  # a rule pack's problems come one per line
+            print(f"moments {a.command}: error: {line}", file=sys.stderr)
         return 2
     except RunError as e:
         print(f"moments {a.command}: error: {e}", file=sys.stderr)

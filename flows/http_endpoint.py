@@ -136,6 +136,10 @@ class MetricsServer(ThreadingHTTPServer):
         self.server_close()
 
 
+class _MetricsServer6(MetricsServer):
+    address_family = socket.AF_INET6
+
+
 def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsServer:
     """Serve /metrics, /healthz and /readyz from a daemon thread.
 
@@ -150,10 +154,8 @@ def start_http(port: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> MetricsSer
     Raises:
         OSError: the address cannot be bound (``errno.EADDRINUSE``: the port is taken).
     """
-    server_class = MetricsServer
-    if ":" in host:
-        # An IPv6 address (``::1``, ``::``): the server class binds IPv4 unless told otherwise.
-        server_class = type("MetricsServer6", (MetricsServer,), {"address_family": socket.AF_INET6})
+    # An IPv6 address (``::1``, ``::``) needs its own address family: the server binds IPv4 unless told.
+    server_class = _MetricsServer6 if ":" in host else MetricsServer
     server = server_class((host, port), _Handler)
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     return server

@@ -6,24 +6,24 @@ import math
 from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
-MAX_MESSAGE_BYTES = 64 * 1024
-MAX_ID_CHARS = 128
-MAX_TEXT_CHARS = 128
-MAX_ATTRS = 32
-MIN_TS_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-MAX_TS_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+MAX_ID_CHARS: Final = 128
+MAX_TEXT_CHARS: Final = 128
+MAX_ATTRS: Final = 32
+MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
-CHANNELS: frozenset[str] = frozenset(
+CHANNELS: Final[frozenset[str]] = frozenset(
     {"app", "web", "wechat", "ivr", "sms", "call_center", "store", "email", "other"}
 )
-BASE_TYPES: frozenset[str] = frozenset(
+BASE_TYPES: Final[frozenset[str]] = frozenset(
     {"view", "start", "submit", "complete", "fail", "cancel", "contact", "engage", "feedback"}
 )
 

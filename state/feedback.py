@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import orjson
 
 from state.events import MAX_ID_CHARS, MAX_MESSAGE_BYTES, Invalid, InvalidReason, _RejectError, parse_ts
 
-OUTCOMES = frozenset({"contacted", "accepted", "declined", "converted"})
+OUTCOMES: Final = frozenset({"contacted", "accepted", "declined", "converted"})
 # outcome -> (tag state after it, whether the tag closes)
-TRANSITIONS = {
+TRANSITIONS: Final = {
     "contacted": ("actioned", False),
     "accepted": ("actioned", False),
     "declined": ("resolved", True),

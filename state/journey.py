@@ -5,19 +5,20 @@ customers and snapshots by pickling, so in-place mutation is safe and cheaper.
 Memory matters as much as speed here (a shard holds up to millions of attempts),
 so rule windows are flat tuples of records rather than tuples of tuples, and
 timers are not stored at all: they are derived from these fields (see
-``state.customer.next_deadline``).
+``state.deadlines.next_deadline``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
-ACTIVE = "active"
-COMPLETED = "completed"
-EXPIRED = "expired"
+ACTIVE: Final = "active"
+COMPLETED: Final = "completed"
+EXPIRED: Final = "expired"
+NO_STATE: Final[tuple[Any, ...]] = ((), (), (), (), ())  # five empty state slots
 
 # A rule window: records of a fixed number of fields laid end to end, e.g. (ts, event_id, ts, event_id, …);
-# each field's comment in ``Attempt`` gives the record layout. One tuple instead of one per record saves
+# each detector's docstring gives its record layout. One tuple instead of one per record saves
 # about 50 bytes per record.
 Window = tuple[Any, ...]
 
@@ -25,8 +26,9 @@ Window = tuple[Any, ...]
 class Attempt:
     """One attempt of one journey by one customer.
 
-    Window fields hold only what the rules need and are pruned to the rule
-    windows, so an attempt stays a few hundred bytes.
+    The detectors' per-attempt state (windows pruned to the rule windows, so an attempt stays a few
+    hundred bytes) sits in five generic slots ``s0`` … ``s4``, given out to the journey's detectors when
+    the pack is compiled (``state.plan``); which holds what depends on the journey's rules.
     """
 
     __slots__ = (
@@ -39,16 +41,16 @@ class Attempt:
         "ended",
         "fired",
         "reached",
-        "fails",
-        "entries",
-        "channels",
-        "views",
-        "intent_ts",
         "recent",
         "stage",
+        "s0",
+        "s1",
+        "s2",
+        "s3",
+        "s4",
     )
 
-    def __init__(self, attempt_id: str, ts: int) -> None:
+    def __init__(self, attempt_id: str, ts: int, state: tuple[Any, ...] = NO_STATE) -> None:
         self.attempt_id = attempt_id
         # The attempt's expiry check is due `attempt_timeout` after this time. The check moves it to
         # `last_ts` while events keep coming, and past the last moment an ended attempt still matters;
@@ -63,15 +65,15 @@ class Attempt:
         self.ended = ""  # "" while active, else COMPLETED or EXPIRED
         self.fired = 0  # bit per moment kind fired in this attempt
         self.reached = 0  # bit per journey step reached in this attempt
-        self.fails: Window = ()  # (ts, event_id) records, sorted
-        self.entries: Window = ()  # (ts, step, entry, event_id) records
-        # (ts, channel, event_id) records; or, in the common single-channel case, just the channel name,
-        # standing for the one record (last_ts, channel, last_eid) (see state.detectors.channel_hop).
-        self.channels: str | Window = ()
-        self.views: tuple[int, ...] = ()
-        self.intent_ts = 0
-        self.recent: tuple[str, ...] = ()
+        self.recent: tuple[str, ...] = ()  # the latest steps, for the agent's screen
         self.stage = 0  # life-cycle stage reached (index into state.rules.STAGES)
+        # Detector state: the journey's initial values (see state.plan.JourneyPlan.initial).
+        self.s0: Any
+        self.s1: Any
+        self.s2: Any
+        self.s3: Any
+        self.s4: Any
+        self.s0, self.s1, self.s2, self.s3, self.s4 = state
 
     @property
     def status(self) -> str:
@@ -79,24 +81,20 @@ class Attempt:
         return self.ended or ACTIVE
 
     def end(self, status: str) -> None:
-        """End the attempt (``COMPLETED`` or ``EXPIRED``), dropping what only an active attempt needs.
+        """End the attempt (``COMPLETED`` or ``EXPIRED``), dropping the latest event id (the abandonment's anchor).
 
-        Events of the journey go to a new attempt from now on, so the maze window and the latest
-        event id (the abandonment's anchor) are never read again; an ended attempt may be kept for
-        up to a day (hand-off context, interest windows), so they are not kept with it.
+        Events of the journey go to a new attempt from now on; an ended attempt may be kept for up to a
+        day (hand-off context, interest windows). Detectors drop their own state (``Detector.on_end``).
         """
         self.ended = status
-        self.entries = ()
         self.last_eid = self.attempt_id
 
-    def channel_records(self) -> Window:
-        """Return the channel window as flat (ts, channel, event_id) records, expanding the single-channel form."""
-        ch = self.channels
-        return (self.last_ts, ch, self.last_eid) if isinstance(ch, str) else ch
-
     def __getstate__(self) -> tuple[object, ...]:
-        return tuple(getattr(self, s) for s in self.__slots__)
+        return (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
+                self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
+                self.s4)
 
-    def __setstate__(self, st: tuple[object, ...]) -> None:
-        for s, v in zip(self.__slots__, st, strict=True):
-            setattr(self, s, v)
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
+         self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
+         self.s4) = st

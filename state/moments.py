@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 
 def moment_id(customer_id: str, rule: str, anchor_event_id: str) -> str:

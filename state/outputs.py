@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import Any
+from typing import Any, Final
 
 from state.events import Invalid
 
 # 16 KiB of original bytes: even when every byte becomes a 6-character JSON escape (``\\u0000``) the encoded
 # record stays near 100 KiB, far below Kafka's default 1 MB message limit.
-DEFAULT_DEAD_LETTER_MAX_BYTES = 16 * 1024
+DEFAULT_DEAD_LETTER_MAX_BYTES: Final = 16 * 1024
 # The largest allowed setting: 6 × 128 KiB plus the record's other fields still fits in 1 MB.
-MAX_DEAD_LETTER_MAX_BYTES = 128 * 1024
+MAX_DEAD_LETTER_MAX_BYTES: Final = 128 * 1024
 
 
 def _text_or_base64(raw: bytes, cut: bool) -> tuple[str, str]:

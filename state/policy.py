@@ -14,55 +14,68 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
-from state.rules import MomentRule, Policy, zone
+from state.rule_model import MomentRule, Policy, zone
 
-SENT = "sent"
-SUPPRESSED = "suppressed"
-CONTROL = "control"
+SENT: Final = "sent"
+SUPPRESSED: Final = "suppressed"
+CONTROL: Final = "control"
 # Suppression reasons, in the order they are checked.
-REASONS = ("stale", "journey_completed", "stage", "outranked", "quiet_hours", "min_gap", "daily_cap", "weekly_cap",
-           "channel_cap", "no_channel")
-HOLDOUT = "holdout"
-NOT_CHOSEN = "not_chosen"
-_URGENCY_RANK = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
-_DAY_MS = 86_400_000
-_WEEK_MS = 7 * _DAY_MS
-_MAX_TZ_CHARS = 64
+REASONS: Final = ("stale", "journey_completed", "stage", "outranked", "quiet_hours", "min_gap", "daily_cap",
+                  "weekly_cap", "channel_cap", "no_channel")
+HOLDOUT: Final = "holdout"
+NOT_CHOSEN: Final = "not_chosen"
+_URGENCY_RANK: Final = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
+_DAY_MS: Final = 86_400_000
+_WEEK_MS: Final = 7 * _DAY_MS
+_MAX_TZ_CHARS: Final = 64
 
 
-class Contact(tuple[Any, ...]):
+class Contact:
     """What the policy remembers of one customer: time zone, recent sends, latest completions.
 
     Created only for customers with a moment, a completion or a time zone, and immutable: the
-    ``remember_*`` functions return a new one. It is one flat tuple,
-    ``(tz, n, send_ts, channel, … n send records …, journey_index, completed_ts, …)``, since a
-    tracked customer usually has one: a record object holding tuples of tuples cost ~100 bytes more.
+    ``remember_*`` functions return a new one. It wraps one flat tuple ``flat``,
+    ``(tz, n, send_ts, channel, … n send records …, journey_index, completed_ts, …)``; customers keep it
+    packed in their record (``CustomerState.contact``), so this object only lives while a decision runs.
     Sends are in time order and include hold-out would-be sends; completions are the latest per journey.
     """
 
-    __slots__ = ()
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: tuple[Any, ...]) -> None:
+        self.flat = flat
 
     @staticmethod
     def of(tz: str | None, sends: list[tuple[int, str]], done: list[tuple[int, int]]) -> Contact:
         """Build one from its parts."""
         return Contact((tz, len(sends), *(x for s in sends for x in s), *(x for d in done for x in d)))
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Contact) and self.flat == other.flat
+
+    def __hash__(self) -> int:
+        return hash(self.flat)
+
+    def __repr__(self) -> str:
+        return f"Contact({self.flat!r})"
+
     @property
     def tz(self) -> str | None:
         """The customer's time zone (``attrs.tz`` of an event), if known."""
-        tz: str | None = self[0]
+        tz: str | None = self.flat[0]
         return tz
 
     def send_records(self) -> list[tuple[int, str]]:
         """Return the sends as (ts, channel) pairs, oldest first."""
-        end = 2 + 2 * self[1]
-        return [(self[i], self[i + 1]) for i in range(2, end, 2)]
+        f = self.flat
+        return [(f[i], f[i + 1]) for i in range(2, 2 + 2 * f[1], 2)]
 
     def done_records(self) -> list[tuple[int, int]]:
         """Return the completions as (journey index, ts) pairs."""
-        return [(self[i], self[i + 1]) for i in range(2 + 2 * self[1], len(self), 2)]
+        f = self.flat
+        return [(f[i], f[i + 1]) for i in range(2 + 2 * f[1], len(f), 2)]
 
     def completed_at(self, journey_index: int) -> int | None:
         """Return when the customer last completed the journey, if remembered."""
@@ -73,8 +86,9 @@ class Contact(tuple[Any, ...]):
 
     def needed_until(self, policy: Policy) -> int:
         """Return the event time after which nothing here can change a decision (for eviction)."""
-        n = self[1]
-        last: int = self[2 * n] + policy.history_ms if n else 0  # the latest send is the last record
+        f = self.flat
+        n = f[1]
+        last: int = f[2 * n] + policy.history_ms if n else 0  # the latest send is the last record
         for _j, t in self.done_records():
             last = max(last, t + policy.after_complete_ms)
         return last
@@ -200,7 +214,7 @@ def remember_tz(contact: Contact | None, tz: object) -> Contact | None:
         return contact
     if contact is None:
         return Contact.of(tz, [], [])
-    return Contact((tz, *contact[1:]))
+    return Contact((tz, *contact.flat[1:]))
 
 
 def order(pending: list[tuple[MomentRule, dict[str, Any], int]]) -> list[tuple[MomentRule, dict[str, Any], int]]:

@@ -11,16 +11,17 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Collection
+from typing import Final
 
 import orjson
 
 from state.events import MAX_TS_MS, MIN_TS_MS, Event, _RejectError, parse_event, parse_ts
 
-_CUSTOMER_KEY = b'"customer_id"'
+_CUSTOMER_KEY: Final = b'"customer_id"'
 # The common spellings, as one C call each (measured ≈0.2 µs a line faster than slicing by hand); anything
 # they do not match takes the general path below.
-_ID_AT = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"').match
-_TS_AT = re.compile(rb'"ts"\s*:[ \t]*([0-9]{1,15})(?:[ \t\r\n,}]|\Z)').match
+_ID_AT: Final = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"').match
+_TS_AT: Final = re.compile(rb'"ts"\s*:[ \t]*([0-9]{1,15})(?:[ \t\r\n,}]|\Z)').match
 
 
 def shard_of_id(customer_id: str, shards: int) -> int:
@@ -90,7 +91,7 @@ def _shard_by_parse(raw: bytes, shards: int) -> int:
     return shard_of_id(cid, shards)
 
 
-_TS_KEY = b'"ts"'
+_TS_KEY: Final = b'"ts"'
 
 
 def ts_of_raw(raw: bytes) -> int | None:

@@ -1,193 +1,71 @@
-"""Rule packs: journeys and moment rules loaded from TOML, validated with exact error locations."""
+"""Rule packs: journeys and moment rules loaded from TOML, validated with exact error locations.
+
+Every problem of a pack is reported (one line each, naming file, field and problem), not just the
+first. A moment kind's parameters are validated by its detector (``Detector.PARAMS``).
+"""
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
-from datetime import tzinfo
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, Final, TypeVar
 
-from state.events import BASE_TYPES, CHANNELS
+from state.detectors import KINDS, REGISTRY
+from state.events import BASE_TYPES
+from state.plan import JourneyPlan
+from state.rule_model import (
+    DEFAULT_PACK,
+    NAME,
+    STAGE_REUSE,
+    STAGE_USE,
+    STAGES,
+    URGENCIES,
+    JourneyDef,
+    MomentRule,
+    Policy,
+    RulePack,
+    RulePackError,
+    parse_duration,
+    zone,
+)
 
-KINDS = ("abandoned", "failed", "stuck", "maze", "channel_hop", "interested", "handoff")
-URGENCIES = ("P1", "P2", "P3", "P4")
-# Journey life-cycle stages, in order (DESIGN.md §1, issue 6): an attempt only moves forward.
-STAGES = ("awareness", "knowledge", "intention", "use", "reuse")
-STAGE_USE = 3
-STAGE_REUSE = 4
-DEFAULT_PACK = Path(__file__).resolve().parent.parent / "flows" / "rulepacks" / "default.toml"
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+__all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGENCIES", "JourneyDef", "MomentRule",
+           "Policy", "RulePack", "RulePackError", "load_rule_pack", "parse_duration", "rule_pack_from_dict", "zone"]
 
-
-class RulePackError(ValueError):
-    """An invalid rule pack; the message names file, field and problem."""
-
-    def __init__(self, path: str | Path, where: str, problem: str) -> None:
-        super().__init__(f"{path}: {where}: {problem}")
-        self.path = str(path)
-        self.where = where
-        self.problem = problem
-
-
-def parse_duration(value: object) -> int:
-    """Return milliseconds from a duration like ``"10m"``.
-
-    Args:
-        value: A string ``<number><ms|s|m|h|d>``.
-
-    Returns:
-        Milliseconds (> 0).
-
-    Raises:
-        ValueError: when the value is not such a string.
-    """
-    if not isinstance(value, str) or not (m := _DURATION.match(value)):
-        raise ValueError(f"must be a duration like '10m', got {value!r}")
-    ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
-    if ms <= 0:
-        raise ValueError(f"must be a positive duration, got {value!r}")
-    return ms
+_T = TypeVar("_T")
+_TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
+_MAX_RULES: Final = 60
 
 
-@dataclass(frozen=True, slots=True)
-class JourneyDef:
-    """A business journey: ordered steps, key steps, the event type that completes it, and stage marks.
+class _Problems:
+    """Collects the problems of a pack while validation goes on."""
 
-    ``stage_types`` and ``stage_steps`` map an event type or step to the life-cycle stage (index
-    into ``STAGES``) an attempt reaches with it; completion gives ``use`` (``reuse`` for a customer
-    who completed the journey before).
-    """
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.found: list[tuple[str, str]] = []
 
-    id: str
-    steps: tuple[str, ...]
-    key_steps: frozenset[str]
-    complete_type: str = "complete"
-    stage_types: dict[str, int] = field(default_factory=dict)
-    stage_steps: dict[str, int] = field(default_factory=dict)
+    def run(self, fn: Callable[..., _T], *args: Any) -> _T | None:
+        """Return ``fn(*args)``; on a ``RulePackError`` note its problems and return None."""
+        try:
+            return fn(*args)
+        except RulePackError as e:
+            self.found += e.problems
+            return None
 
-
-@dataclass(frozen=True, slots=True)
-class MomentRule:
-    """One moment rule applied to one journey; ``name`` is ``<journey>.<kind>``."""
-
-    name: str
-    kind: str
-    journey: str
-    index: int
-    urgency: str
-    action: str
-    ttl_ms: int
-    within_ms: int = 0
-    threshold: int = 0
-    no_intent_ms: int = 0
-    channel: str = ""
-    type: str = ""
-    recent_steps: int = 0
-    # Contact policy (issue 6): candidate action channels in order of preference, how late an action
-    # may still be taken, the hold-out share, the stages in which it acts, and whether the action
-    # contacts the customer (caps, gaps and quiet hours apply) or only informs staff (agent screen).
-    channels: tuple[str, ...] = ()
-    act_within_ms: int = 3_600_000
-    holdout: float = 0.0
-    stages: frozenset[int] = frozenset()
-    contact: bool = True
+    def raise_any(self) -> None:
+        """Raise one ``RulePackError`` listing every problem noted, if any."""
+        if self.found:
+            (where, problem), *more = self.found
+            raise RulePackError(self.path, where, problem, tuple(more))
 
 
-@dataclass(frozen=True, slots=True)
-class Policy:
-    """Per-customer contact policy: caps over rolling windows, gaps, quiet hours, suppression after completion.
-
-    A cap of 0 means no cap. Quiet hours are minutes of the local day ``[start, end)`` (wrapping
-    midnight when start > end), in the customer's time zone (``attrs.tz`` on events) or ``timezone``.
-    """
-
-    max_per_day: int = 2
-    max_per_week: int = 5
-    min_gap_ms: int = 4 * 3_600_000
-    quiet: tuple[int, int] | None = None
-    timezone: str = "UTC"
-    quiet_bypass: frozenset[str] = frozenset({"P1"})
-    after_complete_ms: int = 7 * 86_400_000
-    channel_caps: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def history_ms(self) -> int:
-        """How long a customer's past actions matter to the caps and gap."""
-        spans = [self.min_gap_ms, 86_400_000 if (self.max_per_day or self.channel_caps) else 0]
-        if self.max_per_week:
-            spans.append(7 * 86_400_000)
-        return max(spans)
-
-
-@dataclass(frozen=True, slots=True)
-class RulePack:
-    """A validated rule pack."""
-
-    name: str
-    version: int
-    path: str
-    attempt_timeout_ms: int
-    journeys: dict[str, JourneyDef]
-    rules: tuple[MomentRule, ...]
-    types: frozenset[str]
-    by_journey: dict[str, dict[str, MomentRule]] = field(default_factory=dict)
-    latency_targets_ms: dict[str, int] = field(default_factory=dict)
-    policy: Policy = field(default_factory=Policy)
-    # Rule effectiveness: a rule is judged once both arms have this many moments, at this confidence.
-    effect_min_sample: int = 200
-    effect_confidence: float = 0.95
-
-    @property
-    def horizon_ms(self) -> int:
-        """The longest time any rule looks back or ahead: idle customers older than this are evicted."""
-        spans = [self.attempt_timeout_ms, *(r.within_ms for r in self.rules), *(r.no_intent_ms for r in self.rules)]
-        return max(spans)
-
-    def fingerprint(self) -> str:
-        """A short hash of the pack's rule semantics, to refuse restoring state built by another pack."""
-        import hashlib
-
-        # Canonical text: frozensets are sorted, since their repr order follows the per-process string hash.
-        # Only detection semantics count: contact policy, stage marks and effectiveness settings apply
-        # cleanly to restored state, so changing them across a restart is allowed.
-        journeys = [(j.id, j.steps, sorted(j.key_steps), j.complete_type) for j in self.journeys.values()]
-        rules = [tuple(getattr(r, f) for f in _DETECTION_FIELDS) for r in self.rules]
-        text = repr((sorted(journeys), rules, self.attempt_timeout_ms))
-        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-_DETECTION_FIELDS = ("name", "kind", "journey", "index", "urgency", "action", "ttl_ms", "within_ms", "threshold",
-                     "no_intent_ms", "channel", "type", "recent_steps")
-
-_KIND_PARAMS: dict[str, dict[str, tuple[str, Any]]] = {
-    # kind -> {toml key: (MomentRule field, default)}
-    "abandoned": {"idle": ("within_ms", "10m")},
-    "failed": {},
-    "stuck": {"threshold": ("threshold", 3), "within": ("within_ms", "30m")},
-    "maze": {"distinct_entries": ("threshold", 3), "within": ("within_ms", "30m")},
-    "channel_hop": {"distinct_channels": ("threshold", 3), "within": ("within_ms", "60m")},
-    "interested": {
-        "count": ("threshold", 2),
-        "within": ("within_ms", "24h"),
-        "no_intent_within": ("no_intent_ms", "24h"),
-    },
-    "handoff": {
-        "channel": ("channel", "call_center"),
-        "type": ("type", "contact"),
-        "within": ("within_ms", "30m"),
-        "recent_steps": ("recent_steps", 5),
-    },
-}
-_COMMON = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages", "contact"}
-_POLICY_KEYS = {"max_per_day", "max_per_week", "min_gap", "quiet_hours", "timezone", "quiet_bypass", "after_complete",
-                "holdout", "act_within", "channel_caps"}
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_COMMON: Final = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages",
+                   "contact"}
+_POLICY_KEYS: Final = {"max_per_day", "max_per_week", "min_gap", "quiet_hours", "timezone", "quiet_bypass",
+                       "after_complete", "holdout", "act_within", "channel_caps"}
+_HHMM: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 def _check_keys(path: str, where: str, table: dict[str, Any], allowed: set[str]) -> None:
@@ -197,7 +75,7 @@ def _check_keys(path: str, where: str, table: dict[str, Any], allowed: set[str])
 
 
 def _str_list(path: str, where: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) and _NAME.match(v) for v in value):
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and NAME.match(v) for v in value):
         raise RulePackError(path, where, f"must be a non-empty list of names, got {value!r}")
     return tuple(value)
 
@@ -236,10 +114,39 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
 
 
 def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePack:
-    """Validate a decoded rule pack (see ``load_rule_pack``)."""
-    _check_keys(path, "(top)", data, {"pack", "journey", "moment", "latency_targets", "types", "policy",
-                                      "effectiveness"})
-    meta = data.get("pack", {})
+    """Validate a decoded rule pack (see ``load_rule_pack``).
+
+    Raises:
+        RulePackError: listing every problem found (``where``/``problem`` are the first one's).
+    """
+    probs = _Problems(path)
+    probs.run(_check_keys, path, "(top)", data, _TOP_KEYS)
+    name, version, attempt_timeout = probs.run(_pack_meta, path, data.get("pack", {})) or (Path(path).stem, 1, 1)
+    extra_types = data.get("types", [])
+    types = set(BASE_TYPES) | set((probs.run(_str_list, path, "types", extra_types) or ()) if extra_types else ())
+    journeys = _journeys(path, data.get("journey", []), types, probs)
+    policy, defaults = probs.run(_policy, path, data.get("policy", {})) or (Policy(), _DEFAULTS)
+    rules = _moments(path, data.get("moment", []), journeys, types, defaults, probs)
+    targets_ms = probs.run(_latency_targets, path, data.get("latency_targets", {})) or {}
+    by_journey: dict[str, dict[str, MomentRule]] = {jid: {} for jid in journeys}
+    for r in rules:
+        by_journey[r.journey][r.kind] = r
+    if len(rules) > _MAX_RULES:
+        probs.found.append(("moment", f"at most {_MAX_RULES} rules per pack"))
+    min_sample, confidence = probs.run(_effectiveness, path, data.get("effectiveness", {})) or (200, 0.95)
+    for jd in journeys.values():
+        probs.run(JourneyPlan, jd, by_journey[jd.id], path)  # what the engine compiles must compile
+    probs.raise_any()
+    return RulePack(
+        name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms,
+        policy, min_sample, confidence,
+    )
+
+
+_DEFAULTS: Final[dict[str, Any]] = {"holdout": 0.0, "act_within_ms": 3_600_000}
+
+
+def _pack_meta(path: str, meta: object) -> tuple[str, int, int]:
     if not isinstance(meta, dict):
         raise RulePackError(path, "pack", "must be a table")
     _check_keys(path, "pack", meta, {"name", "version", "attempt_timeout"})
@@ -249,104 +156,104 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
     version = meta.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RulePackError(path, "pack.version", f"must be a positive integer, got {version!r}")
-    attempt_timeout = _duration(path, "pack.attempt_timeout", meta.get("attempt_timeout", "24h"))
+    return name, version, _duration(path, "pack.attempt_timeout", meta.get("attempt_timeout", "24h"))
 
-    extra_types = data.get("types", [])
-    types = set(BASE_TYPES) | set(_str_list(path, "types", extra_types) if extra_types else ())
 
+def _journeys(path: str, raw: object, types: set[str], probs: _Problems) -> dict[str, JourneyDef]:
     journeys: dict[str, JourneyDef] = {}
-    raw_journeys = data.get("journey", [])
-    if not isinstance(raw_journeys, list) or not raw_journeys:
-        raise RulePackError(path, "journey", "at least one [[journey]] is required")
-    for i, j in enumerate(raw_journeys):
-        where = f"journey[{i}]"
-        if not isinstance(j, dict):
-            raise RulePackError(path, where, "must be a table")
-        _check_keys(path, where, j, {"id", "steps", "key_steps", "complete_type", "stages"})
-        jid = j.get("id")
-        if not isinstance(jid, str) or not _NAME.match(jid):
-            raise RulePackError(path, f"{where}.id", f"must be a name of letters, digits, '_' or '-', got {jid!r}")
-        if jid in journeys:
-            raise RulePackError(path, f"{where}.id", f"duplicate journey {jid!r}")
-        steps = _str_list(path, f"{where}.steps", j.get("steps"))
-        if len(set(steps)) != len(steps):
-            raise RulePackError(path, f"{where}.steps", "steps must be distinct")
-        key_steps = _str_list(path, f"{where}.key_steps", j.get("key_steps"))
-        for k in key_steps:
-            if k not in steps:
-                raise RulePackError(path, f"{where}.key_steps", f"{k!r} is not one of the journey's steps")
-        complete = j.get("complete_type", "complete")
-        if not isinstance(complete, str) or complete not in types:
-            raise RulePackError(path, f"{where}.complete_type", f"must be an event type, got {complete!r}")
-        stage_types, stage_steps = _journey_stages(path, where, j.get("stages"), steps, key_steps, types)
-        journeys[jid] = JourneyDef(jid, steps, frozenset(key_steps), complete, stage_types, stage_steps)
+    if not isinstance(raw, list) or not raw:
+        probs.found.append(("journey", "at least one [[journey]] is required"))
+        return journeys
+    for i, j in enumerate(raw):
+        jd = probs.run(_journey, path, f"journey[{i}]", j, types, journeys)
+        if jd is not None:
+            journeys[jd.id] = jd
+    return journeys
 
-    policy, defaults = _policy(path, data.get("policy", {}))
+
+def _journey(path: str, where: str, j: object, types: set[str], journeys: dict[str, JourneyDef]) -> JourneyDef:
+    if not isinstance(j, dict):
+        raise RulePackError(path, where, "must be a table")
+    _check_keys(path, where, j, {"id", "steps", "key_steps", "complete_type", "stages"})
+    jid = j.get("id")
+    if not isinstance(jid, str) or not NAME.match(jid):
+        raise RulePackError(path, f"{where}.id", f"must be a name of letters, digits, '_' or '-', got {jid!r}")
+    if jid in journeys:
+        raise RulePackError(path, f"{where}.id", f"duplicate journey {jid!r}")
+    steps = _str_list(path, f"{where}.steps", j.get("steps"))
+    if len(set(steps)) != len(steps):
+        raise RulePackError(path, f"{where}.steps", "steps must be distinct")
+    key_steps = _str_list(path, f"{where}.key_steps", j.get("key_steps"))
+    for k in key_steps:
+        if k not in steps:
+            raise RulePackError(path, f"{where}.key_steps", f"{k!r} is not one of the journey's steps")
+    complete = j.get("complete_type", "complete")
+    if not isinstance(complete, str) or complete not in types:
+        raise RulePackError(path, f"{where}.complete_type", f"must be an event type, got {complete!r}")
+    stage_types, stage_steps = _journey_stages(path, where, j.get("stages"), steps, key_steps, types)
+    return JourneyDef(jid, steps, frozenset(key_steps), complete, stage_types, stage_steps)
+
+
+def _moments(path: str, raw: object, journeys: dict[str, JourneyDef], types: set[str], defaults: dict[str, Any],
+             probs: _Problems) -> list[MomentRule]:
     rules: list[MomentRule] = []
-    raw_moments = data.get("moment", [])
-    if not isinstance(raw_moments, list):
-        raise RulePackError(path, "moment", "must be an array of tables [[moment]]")
-    for i, m in enumerate(raw_moments):
-        where = f"moment[{i}]"
-        if not isinstance(m, dict):
-            raise RulePackError(path, where, "must be a table")
-        kind = m.get("kind")
-        if kind not in _KIND_PARAMS:
-            raise RulePackError(path, f"{where}.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
-        params = _KIND_PARAMS[kind]
-        _check_keys(path, where, m, _COMMON | set(params))
-        urgency = m.get("urgency", "P2")
-        if urgency not in URGENCIES:
-            raise RulePackError(path, f"{where}.urgency", f"must be one of {', '.join(URGENCIES)}, got {urgency!r}")
-        action = m.get("action", "none")
-        if not isinstance(action, str) or not _NAME.match(action):
-            raise RulePackError(path, f"{where}.action", f"must be a name, got {action!r}")
-        ttl = _duration(path, f"{where}.ttl", m.get("ttl", "24h"))
-        values: dict[str, Any] = _rule_policy(path, where, m, defaults)
-        for key, (fname, default) in params.items():
-            v = m.get(key, default)
-            if fname.endswith("_ms"):
-                values[fname] = _duration(path, f"{where}.{key}", v)
-            elif fname in ("threshold", "recent_steps"):
-                if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 100:
-                    raise RulePackError(path, f"{where}.{key}", f"must be an integer 1..100, got {v!r}")
-                values[fname] = v
-            else:
-                if not isinstance(v, str) or not v:
-                    raise RulePackError(path, f"{where}.{key}", f"must be a non-empty string, got {v!r}")
-                if fname == "channel" and v not in CHANNELS:
-                    raise RulePackError(path, f"{where}.{key}", f"unknown channel {v!r}")
-                if fname == "type" and v not in types:
-                    raise RulePackError(path, f"{where}.{key}", f"unknown event type {v!r}")
-                values[fname] = v
-        targets = m.get("journeys", list(journeys))
-        for jid in _str_list(path, f"{where}.journeys", targets):
-            if jid not in journeys:
-                raise RulePackError(path, f"{where}.journeys", f"unknown journey {jid!r}")
-            rname = f"{jid}.{kind}"
-            if any(r.name == rname for r in rules):
-                raise RulePackError(path, f"{where}.kind", f"rule {rname!r} is defined twice")
-            rules.append(MomentRule(rname, kind, jid, len(rules), urgency, action, ttl, **values))
+    if not isinstance(raw, list):
+        probs.found.append(("moment", "must be an array of tables [[moment]]"))
+        return rules
+    for i, m in enumerate(raw):
+        probs.run(_moment, path, f"moment[{i}]", m, journeys, types, defaults, rules, probs)
+    return rules
 
+
+def _moment(path: str, where: str, m: object, journeys: dict[str, JourneyDef], types: set[str],
+            defaults: dict[str, Any], rules: list[MomentRule], probs: _Problems) -> None:
+    """Validate one [[moment]]; append its rules (one per journey) to ``rules``."""
+    if not isinstance(m, dict):
+        raise RulePackError(path, where, "must be a table")
+    before = len(probs.found)
+    kind = m.get("kind")
+    cls = REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise RulePackError(path, f"{where}.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    params = {p.key: p for p in cls.PARAMS}
+    probs.run(_check_keys, path, where, m, _COMMON | set(params))
+    urgency = m.get("urgency", "P2")
+    if urgency not in URGENCIES:
+        probs.found.append((f"{where}.urgency", f"must be one of {', '.join(URGENCIES)}, got {urgency!r}"))
+    action = m.get("action", "none")
+    if not isinstance(action, str) or not NAME.match(action):
+        probs.found.append((f"{where}.action", f"must be a name, got {action!r}"))
+    ttl = probs.run(_duration, path, f"{where}.ttl", m.get("ttl", "24h"))
+    values = probs.run(_rule_policy, path, where, m, defaults)
+    for key, p in params.items():
+        try:
+            v = p.value(m.get(key, p.default), types)
+        except ValueError as e:
+            probs.found.append((f"{where}.{key}", str(e)))
+            values = None
+            continue
+        if values is not None:
+            values[p.field] = v
+    targets = probs.run(_str_list, path, f"{where}.journeys", m.get("journeys", list(journeys))) or ()
+    for jid in targets:
+        if jid not in journeys:
+            raise RulePackError(path, f"{where}.journeys", f"unknown journey {jid!r}")
+        rname = f"{jid}.{kind}"
+        if any(r.name == rname for r in rules):
+            raise RulePackError(path, f"{where}.kind", f"rule {rname!r} is defined twice")
+        if values is not None and ttl is not None and len(probs.found) == before:
+            rules.append(MomentRule(rname, str(kind), jid, len(rules), str(urgency), str(action), ttl, **values))
+
+
+def _latency_targets(path: str, raw: object) -> dict[str, int]:
     targets_ms = {"P1": 10_000, "P2": 60_000, "P3": 3_600_000, "P4": 86_400_000}
-    raw_targets = data.get("latency_targets", {})
-    if not isinstance(raw_targets, dict):
+    if not isinstance(raw, dict):
         raise RulePackError(path, "latency_targets", "must be a table like {P1 = \"10s\"}")
-    for urg, v in raw_targets.items():
+    for urg, v in raw.items():
         if urg not in URGENCIES:
             raise RulePackError(path, f"latency_targets.{urg}", f"must be one of {', '.join(URGENCIES)}")
         targets_ms[urg] = _duration(path, f"latency_targets.{urg}", v)
-
-    by_journey: dict[str, dict[str, MomentRule]] = {jid: {} for jid in journeys}
-    for r in rules:
-        by_journey[r.journey][r.kind] = r
-    if len(rules) > 60:
-        raise RulePackError(path, "moment", "at most 60 rules per pack")
-    min_sample, confidence = _effectiveness(path, data.get("effectiveness", {}))
-    return RulePack(
-        name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms,
-        policy, min_sample, confidence,
-    )
+    return targets_ms
 
 
 def _journey_stages(
@@ -416,7 +323,7 @@ def _policy(path: str, raw: object) -> tuple[Policy, dict[str, Any]]:
         raise RulePackError(path, "policy.channel_caps", "must be a table like {sms = 1}")
     caps = {}
     for ch, v in caps_raw.items():
-        if not _NAME.match(ch):
+        if not NAME.match(ch):
             raise RulePackError(path, f"policy.channel_caps.{ch}", "must be a channel name")
         caps[ch] = _count(path, f"policy.channel_caps.{ch}", v)
     policy = Policy(
@@ -473,16 +380,3 @@ def _effectiveness(path: str, raw: object) -> tuple[int, float]:
     if isinstance(c, bool) or not isinstance(c, int | float) or not 0.5 <= c < 1:
         raise RulePackError(path, "effectiveness.confidence", f"must be a number in [0.5, 1), got {c!r}")
     return n, float(c)
-
-
-@lru_cache(maxsize=1024)
-def zone(name: str) -> tzinfo | None:
-    """Return the time zone of an IANA name, or None when unknown.
-
-    Cached, but bounded: event attrs repeat a few hundred real names at most, and a stream of made-up names
-    (any string up to 64 characters is tried) must not grow the cache without end.
-    """
-    try:
-        return ZoneInfo(name)
-    except (ValueError, OSError, ZoneInfoNotFoundError):
-        return None

@@ -10,66 +10,31 @@ workers run. Events later than the lateness are applied at once and counted.
 from __future__ import annotations
 
 import heapq
-import pickle
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from state.batches import RawBatch, Tick
-from state.customer import (
-    CustomerState,
-    apply_event,
-    apply_feedback,
-    decide,
-    on_wake,
-    seen_before,
-    tag_rank,
-)
-from state.detectors import abandoned
+from state.context import BatchContext
+from state.customer import apply_event
+from state.deadlines import on_wake
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
-from state.journey import Attempt
+from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
+from state.record import CustomerState, seen_before
+from state.reorder import ReorderBuffer
 from state.routing import shard_of_id
-from state.rules import KINDS, STAGES, MomentRule, RulePack
-
-SNAPSHOT_FORMAT = 4
-
-# Wake-ups are filed in buckets of 2**22 ms (about 70 minutes) of event time and sorted in a heap only
-# once their bucket comes near: a filing costs one list slot rather than a heap tuple and its due time.
-_BUCKET_BITS = 22
+from state.rules import RulePack
+from state.snapshots import dump, load
+from state.tags import apply_feedback
+from state.wheel import BUCKET_BITS, TimerWheel
 
 
 def wall_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return time.time_ns() // 1_000_000
-
-
-class JourneyView:
-    """A journey with its rules resolved to attributes, for the hot path."""
-
-    __slots__ = ("id", "steps", "key_steps", "complete_type", "step_index", "stage_types", "stage_steps", *KINDS)
-    # The rule of each kind (set from KINDS in __init__), declared for the type checker.
-    abandoned: MomentRule | None
-    failed: MomentRule | None
-    stuck: MomentRule | None
-    maze: MomentRule | None
-    channel_hop: MomentRule | None
-    interested: MomentRule | None
-    handoff: MomentRule | None
-
-    def __init__(self, jd: Any, rules: dict[str, MomentRule]) -> None:
-        self.id: str = jd.id
-        self.steps: tuple[str, ...] = jd.steps
-        self.key_steps: frozenset[str] = jd.key_steps
-        self.complete_type: str = jd.complete_type
-        self.step_index: dict[str, int] = {s: i for i, s in enumerate(jd.steps)}
-        self.stage_types: dict[str, int] = jd.stage_types
-        self.stage_steps: dict[str, int] = jd.stage_steps
-        for kind in KINDS:
-            setattr(self, kind, rules.get(kind))
 
 
 class Shard:
@@ -111,189 +76,40 @@ class Shard:
         self.max_future_ms = max_future_ms
         self.now_ms = clock
         self.max_customers = max_customers
-        self.journey_defs = [JourneyView(jd, pack.by_journey[jd.id]) for jd in pack.journeys.values()]
-        self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
-        self.handoff_rules: list[tuple[int, MomentRule]] = [
-            (self.journey_index[r.journey], r) for r in pack.rules if r.kind == "handoff"
-        ]
-        first = self.handoff_rules[0][1] if self.handoff_rules else None
-        self.handoff_type = first.type if first else ""
-        self.handoff_channel = first.channel if first else ""
-        # Each handoff rule may name its own contact channel and type; the hot path checks these sets first.
-        self.handoff_types = frozenset(r.type for _, r in self.handoff_rules)
-        self.handoff_channels = frozenset(r.channel for _, r in self.handoff_rules)
-        self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
-        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
-        # horizon_ms after the customer's last one must still meet the state.
-        self.evict_after_ms = pack.horizon_ms + 1
-        self._fired_names: list[list[tuple[str, int]]] = [
-            [(r.name, 1 << KINDS.index(r.kind)) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
-        ]
-        self._vocab: dict[str, str] = {}
-        self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
-        for jd in pack.journeys.values():
-            for s in jd.steps:
-                self._vocab[s] = s
-        # Customers without any attempt share this.
-        self.no_attempts: tuple[None, ...] = (None,) * len(self.journey_defs)
+        # What customer-level code sees of the shard: rule views, outputs, pending decisions, wake-ups.
+        self.ctx = BatchContext(pack, key, clock, live)
         # State (what snapshots carry).
         self.customers: dict[str, CustomerState] = {}
-        # Events not yet released: in-order arrivals in `queue` (already sorted), stragglers in the heap `buffer`.
-        self.queue: deque[Event] = deque()
-        self.buffer: list[tuple[int, str, int, Event]] = []
-        # Wake-ups: each customer has one, at `CustomerState.wake`. Far ones are filed by bucket (customer
-        # ids; a filing whose customer's wake moved elsewhere is skipped); buckets up to `_near_upto` have
-        # been moved into the heap `_near` of (due, customer id). Rebuilt from the customers on restore.
-        self._wheel: dict[int, list[str]] = {}
-        self._buckets: list[int] = []
-        self._near: list[tuple[int, str]] = []
-        self._near_upto = -1
+        self.held = ReorderBuffer()
         self.max_ts = 0
         self.wm = 0
-        self.seq = 0
         # Final ticks heard so far (partition -> its largest valid event time): the end-of-input flush limit.
         self.finals: dict[str, int] = {}
-        # Per-batch scratch.
-        self.out = Outputs(key)
-        self.current_customer = ""
-        # Moments fired by the current event or timer, awaiting their contact-policy decision.
-        self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
-        self.event_now = 0  # event time of the event or timer being applied
-        # (customer, journey) -> (state, event time of its latest change): the row's version must grow with
-        # every change, including those made by timers, which do not move the attempt's last event time.
-        self._dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
         self._states_at = 0
         self.state_interval_ms = 1_000
+        # The in-order release shortcut of ``advance``; off, only its general loop runs (which the shortcut
+        # must agree with: tests compare the two).
+        self.shortcut = True
 
-    # -- helpers used by state.customer -------------------------------------------------
-    def canon(self, s: str) -> str:
-        """Return one shared string object per distinct value, so attempts do not pin copies."""
-        v = self._vocab.get(s)
-        if v is None:
-            if len(self._vocab) < 10_000:
-                self._vocab[s] = s
-            return s
-        return v
+    @property
+    def out(self) -> Outputs:
+        """The current batch's outputs."""
+        return self.ctx.out
 
-    def canon_steps(self, steps: tuple[str, ...]) -> tuple[str, ...]:
-        """Return one shared tuple per distinct recent-steps path: most customers walk the same few."""
-        v = self._paths.get(steps)
-        if v is None:
-            if len(self._paths) < 10_000:
-                self._paths[steps] = steps
-            return steps
-        return v
+    @property
+    def queue(self) -> deque[Event]:
+        """Held in-order arrivals (see ``ReorderBuffer``)."""
+        return self.held.queue
 
-    def schedule(self, c: CustomerState, due: int) -> None:
-        """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
-        if due < c.wake:
-            c.wake = due
-            self.file_wake(c, due)
-
-    def file_wake(self, c: CustomerState, due: int | None = None) -> None:
-        """File the customer's wake-up at ``c.wake`` (``due`` if the caller has it decoded already).
-
-        An earlier filing of it becomes stale.
-        """
-        if due is None:
-            due = c.wake
-        cid = c.cid
-        b = due >> _BUCKET_BITS
-        if b <= self._near_upto:
-            heapq.heappush(self._near, (due, cid))
-            return
-        filed = self._wheel.get(b)
-        if filed is None:
-            self._wheel[b] = [cid]
-            heapq.heappush(self._buckets, b)
-        else:
-            filed.append(cid)
-
-    def _open_bucket(self, b: int) -> None:
-        """Move the live wake-ups of bucket ``b`` into the near heap."""
-        self._near_upto = b
-        near, customers = self._near, self.customers
-        for cid in self._wheel.pop(b):
-            c = customers.get(cid)
-            if c is not None and c.wake >> _BUCKET_BITS == b:
-                heapq.heappush(near, (c.wake, cid))
+    @property
+    def buffer(self) -> list[tuple[int, str, int, Event]]:
+        """Held stragglers, a heap of (ts, event_id, seq, event) (see ``ReorderBuffer``)."""
+        return self.held.heap
 
     @property
     def timers(self) -> list[tuple[int, str]]:
         """Pending wake-ups as (event time, customer id), earliest first: one per tracked customer."""
         return sorted((c.wake, cid) for cid, c in self.customers.items())
-
-    def decision_clock(self) -> int:
-        """The clock staleness is judged by: the wall clock live; in replay the event time being processed.
-
-        Replay re-enacts what a live worker would have done at the time, and stays deterministic
-        whatever the batching; a live worker catching up on a backlog sees how late it is.
-        """
-        return self.now_ms() if self.live else self.event_now
-
-    def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
-        """Note that a journey state row must be written at the end of the batch."""
-        t = self.event_now
-        prev = self._dirty.get((cid, jidx))
-        if prev is not None and prev[1] > t:
-            t = prev[1]
-        self._dirty[(cid, jidx)] = (c, t)
-
-    def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
-        """Emit a journey state row now (attempt ended)."""
-        self._dirty.pop((cid, jidx), None)
-        self.out.states.append(self._state_record(cid, jidx, a, ts))
-
-    def _state_record(self, cid: str, jidx: int, a: Attempt, ts: int) -> dict[str, Any]:
-        jd = self.journey_defs[jidx]
-        rank = _STATUS_RANK[a.status]
-        return {
-            "schema": 1,
-            "customer_id": cid,
-            "journey": jd.id,
-            "attempt_id": a.attempt_id,
-            "status": a.status,
-            "stage": _stage(a, jd),
-            "last_step": a.last_step or "",
-            "last_ts": a.last_ts,
-            "steps_reached": [s for i, s in enumerate(jd.steps) if a.reached >> i & 1],
-            "fired": [name for name, bit in self._fired_names[jidx] if a.fired & bit],
-            "version": max(ts, a.last_ts) * 4 + rank,
-        }
-
-    def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
-        """Emit a journey step row (first arrival at a step in an attempt)."""
-        self.out.steps.append(
-            {
-                "customer_id": cid,
-                "journey": journey,
-                "attempt_id": attempt_id,
-                "step": step,
-                "step_index": idx,
-                "entry": ev.entry or "",
-                "channel": ev.channel,
-                "event_id": ev.event_id,
-                "ts": ev.ts_ms,
-            }
-        )
-
-    def tag_row(self, cid: str, r: MomentRule, mid: str, state: str, outcome: str, opened: int, ts: int) -> None:
-        """Emit a tag transition."""
-        self.out.tags.append(
-            {
-                "schema": 1,
-                "customer_id": cid,
-                "tag": r.name,
-                "rule": r.name,
-                "journey": r.journey,
-                "state": state,
-                "outcome": outcome,
-                "moment_id": mid,
-                "opened_ts": opened,
-                "ts": ts,
-                "version": max(ts, opened) * 4 + tag_rank(state),
-            }
-        )
 
     # -- input ------------------------------------------------------------------------
     def feed(self, batch: RawBatch) -> None:
@@ -306,10 +122,9 @@ class Shard:
             return
         types = self.pack.types
         now = self.now_ms() if self.live else None
-        out = self.out
-        buf = self.buffer
-        queue = self.queue
-        append = queue.append
+        out = self.ctx.out
+        held = self.held
+        append = held.queue.append
         lateness = self.lateness_ms
         max_ts = self.max_ts
         # The watermark as one-event-at-a-time processing would have it: lateness is judged per event, so it
@@ -348,13 +163,7 @@ class Shard:
                     wm = ts - lateness
                 append(ev)
                 continue
-            if queue:
-                last = queue[-1]
-                if ts > last.ts_ms or (ts == last.ts_ms and ev.event_id >= last.event_id):
-                    append(ev)
-                    continue
-            self.seq += 1
-            heapq.heappush(buf, (ts, ev.event_id, self.seq, ev))
+            held.push(ev)
         self.max_ts = max_ts
         self.advance(max_ts - self.lateness_ms)
 
@@ -374,11 +183,11 @@ class Shard:
             if routed >= 0 and shard_of_id(fb.customer_id, self.shards) != routed:
                 self._misrouted(raw, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
                 continue
-            self.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
+            self.ctx.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
                                       "outcome": fb.outcome, "ts": fb.ts_ms})
             c = self.customers.get(fb.customer_id)
             if c is not None:
-                apply_feedback(self, c, fb)
+                apply_feedback(self.ctx, c, fb)
 
     def _misrouted(self, raw: bytes, batch: RawBatch, offset: int) -> None:
         inv = Invalid(InvalidReason.ROUTING_MISMATCH, f"customer_id parsed does not belong to shard {batch.shard} "
@@ -386,7 +195,7 @@ class Shard:
         self._dead(inv, batch, offset)
 
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
-        out = self.out
+        out = self.ctx.out
         out.invalid[inv.reason.value] = out.invalid.get(inv.reason.value, 0) + 1
         out.dead.append(dead_letter_record(inv, batch.source, batch.partition, offset, self.now_ms(),
                                            self.dead_letter_max_bytes))
@@ -437,27 +246,17 @@ class Shard:
             return
         self.wm = wm
         tlimit = wm if timers_to is None else timers_to
-        buf, near, buckets, queue = self.buffer, self._near, self._buckets, self.queue
+        held, wheel, ctx = self.held, self.ctx.wheel, self.ctx
+        buf, near, buckets, queue = held.heap, wheel.near, wheel.buckets, held.queue
         customers = self.customers
+        shortcut = self.shortcut
         pop = heapq.heappop
         apply = self._apply
         popleft = queue.popleft
         ev: Event | None
         while True:
-            if not buf:
-                # The common case, only in-order arrivals waiting: apply them in a tight loop while
-                # no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
-                # Anything else goes once round the general loop below, which this shortcut agrees with.
-                while queue:
-                    ev = queue[0]
-                    t = ev.ts_ms
-                    if t >= wm:
-                        break
-                    h = t if t < tlimit else tlimit
-                    if (near and near[0][0] <= h) or (buckets and buckets[0] << _BUCKET_BITS <= h):
-                        break
-                    popleft()
-                    apply(ev)
+            if not buf and shortcut and queue:
+                self._release_in_order(wm, tlimit)
             # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
             ev = None
             from_heap = False
@@ -469,17 +268,17 @@ class Shard:
             if buckets:
                 # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
                 h = tlimit if ev is None or ev.ts_ms > tlimit else ev.ts_ms
-                while buckets and buckets[0] << _BUCKET_BITS <= h:
-                    self._open_bucket(pop(buckets))
+                while buckets and buckets[0] << BUCKET_BITS <= h:
+                    wheel.open_bucket(pop(buckets), customers)
             if near and near[0][0] <= tlimit and (ev is None or near[0][0] <= ev.ts_ms):
                 due, cid = pop(near)
                 c = customers.get(cid)
                 if c is None or c.wake != due:
                     continue  # a stale filing: the customer's wake-up moved, or it is gone
-                self.event_now = due
-                if on_wake(self, c, cid, due):
+                ctx.event_now = due
+                if on_wake(ctx, c, cid, due):
                     del customers[cid]
-                    self.out.evicted += 1
+                    ctx.out.evicted += 1
             elif ev is not None and ev.ts_ms < wm:
                 if from_heap:
                     pop(buf)
@@ -489,19 +288,41 @@ class Shard:
             else:
                 break
 
+    def _release_in_order(self, wm: int, tlimit: int) -> None:
+        """The common case of ``advance``, only in-order arrivals waiting: apply them in a tight loop while
+        no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
+
+        Anything else goes once round the general loop, which this shortcut agrees with.
+        """
+        queue, wheel = self.held.queue, self.ctx.wheel
+        near, buckets = wheel.near, wheel.buckets
+        apply = self._apply
+        popleft = queue.popleft
+        while queue:
+            ev = queue[0]
+            t = ev.ts_ms
+            if t >= wm:
+                break
+            h = t if t < tlimit else tlimit
+            if (near and near[0][0] <= h) or (buckets and buckets[0] << BUCKET_BITS <= h):
+                break
+            popleft()
+            apply(ev)
+
     def _apply(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
-        counts = self.out.events
+        ctx = self.ctx
+        counts = ctx.out.events
         key = (ev.channel, ev.type)
         cid = ev.customer_id
         c = self.customers.get(cid)
         if c is None:
             if self.max_customers is not None and len(self.customers) >= self.max_customers:
                 self._shed()
-            c = CustomerState(self.no_attempts, ev.ts_ms, cid)
+            c = CustomerState(ctx.no_attempts, ev.ts_ms, cid)
             self.customers[cid] = c
-            c.wake = due = ev.ts_ms + self.evict_after_ms
-            self.file_wake(c, due)
+            c.wake = due = ev.ts_ms + ctx.evict_after_ms
+            ctx.wheel.file(cid, due)
             seen_before(c, ev)
         elif seen_before(c, ev):
             self._dup(ev)
@@ -511,16 +332,16 @@ class Shard:
             del self.customers[cid]
             self.customers[c.cid] = c
         counts[key] = counts.get(key, 0) + 1
-        self.event_now = ev.ts_ms
-        apply_event(self, c, ev)
-        if self.pending:
-            decide(self, c, cid)
+        ctx.event_now = ev.ts_ms
+        apply_event(ctx, c, ev)
+        if ctx.pending:
+            decide(ctx, c, cid)
 
     def _dup(self, ev: Event) -> None:
         # raw is the event id (≤128 characters), so raw_len and raw_sha256 describe what the record holds.
         inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", ev.event_id.encode(),
                       "event_id")
-        out = self.out
+        out = self.ctx.out
         out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
         out.dead.append(dead_letter_record(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes))
 
@@ -529,16 +350,15 @@ class Shard:
         # when capped): the first key is the customer seen least recently.
         oldest = next(iter(self.customers))
         c = self.customers.pop(oldest)
-        out = self.out
+        out = self.ctx.out
         out.evicted += 1
         out.shed += 1
         # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
         # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
         pending = 0
-        for jd, a in zip(self.journey_defs, c.attempts, strict=True):
-            r = jd.abandoned
-            if a is not None and r is not None and abandoned.due_at(r, a) is not None:
-                pending += 1
+        for jd, a in zip(self.ctx.journey_defs, c.attempts, strict=True):
+            if a is not None:
+                pending += sum(1 for d in jd.timed if d.due(a) is not None)
         if pending:
             out.shed_pending += 1
             out.shed_moments += pending
@@ -554,62 +374,41 @@ class Shard:
         Args:
             states: Force (True) or hold back (False) the coalesced journey state rows.
         """
-        out = self.out
+        ctx = self.ctx
+        out = ctx.out
         now = self.now_ms()
         if states is None:
             states = now - self._states_at >= self.state_interval_ms
-        if states and self._dirty:
-            for (cid, jidx), (c, changed) in self._dirty.items():
+        if states and ctx.dirty:
+            for (cid, jidx), (c, changed) in ctx.dirty.items():
                 a = c.attempts[jidx]
                 if a is not None:
-                    out.states.append(self._state_record(cid, jidx, a, changed))
-            self._dirty = {}
+                    out.states.append(ctx.state_record(cid, jidx, a, changed))
+            ctx.dirty = {}
             self._states_at = now
         out.customers = len(self.customers)
         out.watermark_ms = self.wm
         out.max_ts_ms = self.max_ts
-        self.out = Outputs(self.key)
+        ctx.out = Outputs(self.key)
         return out
 
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
-        # Wake-ups are not included: every customer carries its own (`wake`), and restore files them again.
-        state = (SNAPSHOT_FORMAT, self.pack.fingerprint(), self.customers, list(self.queue), self.buffer,
-                 self.max_ts, self.wm, self.seq, [(k, t) for k, (_c, t) in self._dirty.items()], self.finals)
-        return pickle.dumps(state, protocol=5)
+        return dump(self.pack, self.customers, self.held, self.max_ts, self.wm, self.ctx.dirty, self.finals)
 
     def restore(self, blob: bytes) -> None:
-        """Load a snapshot taken by ``snapshot``.
+        """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
 
         Raises:
-            ValueError: when it was taken with a different rule pack or format.
+            ValueError: when it was taken with a different rule pack, or in a format that cannot be upgraded.
         """
-        fmt, fp, customers, queue, buffer, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
-        if fmt != SNAPSHOT_FORMAT:
-            raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT})")
-        if fp != self.pack.fingerprint():
-            raise ValueError(
-                f"recovery state was built with a different rule pack (fingerprint {fp}, "
-                f"now {self.pack.fingerprint()} for {self.pack.path}); start with a fresh recovery directory"
-            )
-        self.customers, self.buffer = customers, buffer
-        self.queue = deque(queue)
-        self._wheel, self._buckets, self._near, self._near_upto = {}, [], [], -1
-        for c in customers.values():
-            self.file_wake(c)
-        self._dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
-        self.max_ts, self.wm, self.seq = max_ts, wm, seq
-        # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
-        self.finals = dict(rest[0]) if rest else {}
-
-
-_STATUS_RANK = {"active": 0, "completed": 1, "expired": 2}
-
-
-def _stage(a: Attempt, jd: JourneyView) -> str:
-    """Journey life-cycle stage: awareness → knowledge → intention → use → reuse (marks from the rule pack)."""
-    return STAGES[a.stage]
+        ctx = self.ctx
+        self.customers, self.held, self.max_ts, self.wm, dirty, self.finals = load(blob, self.pack, ctx.journey_defs)
+        ctx.dirty = dirty
+        wheel = ctx.wheel = TimerWheel()
+        for cid, c in self.customers.items():
+            wheel.file(cid, c.wake)
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

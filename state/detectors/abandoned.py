@@ -1,33 +1,44 @@
 """``J.abandoned``: the latest event of an attempt is at a key step and nothing follows for ``idle``.
 
-No timer object is kept per attempt: the abandonment's due time is derived from
-the attempt (``last_ts + idle`` while its latest event is at a key step), and the
-customer's single housekeeping wake-up (``state.customer.next_deadline``) covers
-it. A later event moves or cancels it just by changing the attempt. Timers fire
-before events of the same time, so an event exactly ``idle`` later does not
-prevent the moment.
+No timer object is kept per attempt: the abandonment's due time is derived from the attempt
+(``last_ts + idle`` while its latest event is at a key step), and the customer's single wake-up
+(``state.deadlines.next_deadline``) covers it. A later event moves or cancels it just by changing
+the attempt. Timers fire before events of the same time, so an event exactly ``idle`` later does
+not prevent the moment.
 """
 
 from __future__ import annotations
 
-from state.detectors import KIND_BITS
+from typing import ClassVar
+
+from state.detectors.base import Detector, Evidence, Host, Param
+from state.events import Event
 from state.journey import Attempt
-from state.rules import MomentRule
-
-_BIT = KIND_BITS["abandoned"]
+from state.record import CustomerState
 
 
-def due_at(rule: MomentRule, a: Attempt) -> int | None:
-    """Return when the attempt's abandonment is due, or None when none is pending.
+class Abandoned(Detector):
+    """Arms at every latest event at a key step; fires ``idle`` later unless the attempt moved on."""
 
-    Args:
-        rule: The abandonment rule (``within_ms`` is the idle time).
-        a: The journey's current attempt.
+    KIND: ClassVar[str] = "abandoned"
+    PARAMS: ClassVar[tuple[Param, ...]] = (Param("idle", "within_ms", "10m", "duration"),)
+    ON_KEY_STEP: ClassVar[bool] = True
+    TIMED: ClassVar[bool] = True
 
-    Returns:
-        ``a.last_ts + idle`` while the attempt is active, its latest event is at a key step and the
-        rule has not fired in it; else None.
-    """
-    if a.ended or not a.last_key or a.fired & _BIT:
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """At a key step: if the event is the attempt's latest, make sure the customer wakes up when it is due."""
+        if ev.ts_ms >= prev_ts and not a.fired & self.bit:
+            host.schedule(c, ev.ts_ms + self.rule.within_ms)
         return None
-    return a.last_ts + rule.within_ms
+
+    def due(self, a: Attempt) -> int | None:
+        """``a.last_ts + idle`` while the attempt is active, its latest event is at a key step and the rule has
+        not fired in it; else None."""
+        if a.ended or not a.last_key or a.fired & self.bit:
+            return None
+        return a.last_ts + self.rule.within_ms
+
+    def on_due(self, a: Attempt) -> tuple[Evidence, int, str, str | None]:
+        """The moment: anchored on the event left at the key step, due ``idle`` after it."""
+        return (a.last_eid,), a.last_ts + self.rule.within_ms, a.last_eid, a.last_step

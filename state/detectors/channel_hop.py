@@ -2,54 +2,61 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from state.detectors.base import Detector, Evidence, Host, Param
 from state.events import Event
 from state.journey import Attempt, Window
-from state.rules import MomentRule
+from state.record import CustomerState
 
 
-def on_event(
-    rule: MomentRule, a: Attempt, ev: Event, channel: str, prev_ts: int, prev_eid: str
-) -> tuple[str, ...] | None:
-    """Record the event's channel; return the evidence when the n-th distinct channel arrives.
+class ChannelHop(Detector):
+    """State: the latest sighting per channel within the window, (ts, channel, event_id) records.
 
-    The window keeps the latest sighting per channel within the rule window. While it holds one
-    record and that record is the attempt's latest event, it is stored as the bare channel name.
-
-    Args:
-        rule: The channel-hop rule (``threshold`` channels, ``within_ms``).
-        a: The attempt, ``last_ts``/``last_eid`` already moved to this event if it is the latest;
-            its ``channels`` window is updated.
-        ev: An event in the journey.
-        channel: The event's channel (canonical string).
-        prev_ts: The attempt's ``last_ts`` before this event.
-        prev_eid: The attempt's ``last_eid`` before this event.
-
-    Returns:
-        Event ids of the latest event per channel (oldest first) when the rule fires, else None.
+    While it holds one record and that record is the attempt's latest event, it is stored as the
+    bare channel name (the common case: a customer staying on one channel costs no tuple).
     """
-    t = ev.ts_ms
-    chans: Window
-    if isinstance(a.channels, str):
-        if a.channels == channel:
+
+    KIND: ClassVar[str] = "channel_hop"
+    PARAMS: ClassVar[tuple[Param, ...]] = (Param("distinct_channels", "threshold", 3, "count"),
+                                           Param("within", "within_ms", "60m", "duration"))
+    STATE: ClassVar[tuple[object, ...]] = ((),)
+    TYPES: ClassVar[frozenset[str] | None] = None
+
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """Record the event's channel; the evidence is the latest event per channel when the n-th arrives."""
+        old = self.get0(a)
+        if type(old) is str and old == ev.channel or a.fired & self.bit:
             # The common case: the customer stays on one channel. The record stands for
-            # (last_ts, channel, last_eid), which the caller has moved to this event if it is the latest.
+            # (last_ts, channel, last_eid), which the engine has moved to this event if it is the latest.
             return None
-        chans = (prev_ts, a.channels, prev_eid)
-    else:
-        chans = a.channels
-        if len(chans) == 3 and chans[1] == channel:
-            if t >= chans[0]:
-                a.channels = _single(a, t, channel, ev.event_id)
-            return None
-    w = rule.within_ms
-    kept = [chans[i : i + 3] for i in range(0, len(chans), 3) if abs(t - chans[i]) <= w and chans[i + 1] != channel]
-    kept.append((t, channel, ev.event_id))
-    a.channels = _single(a, t, channel, ev.event_id) if len(kept) == 1 else tuple(x for c in kept for x in c)
-    if len(kept) >= rule.threshold:
-        kept.sort()
-        if kept[-1][0] - kept[0][0] <= w:
-            return tuple(c[2] for c in kept)
-    return None
+        channel = host.canon(ev.channel)
+        t = ev.ts_ms
+        chans: Window
+        if isinstance(old, str):
+            chans = (prev_ts, old, prev_eid)
+        else:
+            chans = old
+            if len(chans) == 3 and chans[1] == channel:
+                if t >= chans[0]:
+                    setattr(a, self.slot0, _single(a, t, channel, ev.event_id))
+                return None
+        w = self.rule.within_ms
+        kept = [chans[i : i + 3] for i in range(0, len(chans), 3) if abs(t - chans[i]) <= w and chans[i + 1] != channel]
+        kept.append((t, channel, ev.event_id))
+        window = _single(a, t, channel, ev.event_id) if len(kept) == 1 else tuple(x for c in kept for x in c)
+        setattr(a, self.slot0, window)
+        if len(kept) >= self.rule.threshold:
+            kept.sort()
+            if kept[-1][0] - kept[0][0] <= w:
+                return tuple(c[2] for c in kept)
+        return None
+
+    def records(self, a: Attempt) -> Window:
+        """Return the window as flat (ts, channel, event_id) records, expanding the single-channel form."""
+        ch = self.get0(a)
+        return (a.last_ts, ch, a.last_eid) if isinstance(ch, str) else ch
 
 
 def _single(a: Attempt, t: int, channel: str, eid: str) -> str | Window:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from state.detectors.base import Detector, Evidence, Host, Param
 from state.events import Event
 from state.journey import Attempt
+from state.record import CustomerState
 
 
-def on_fail(a: Attempt, ev: Event) -> tuple[str, ...] | None:
-    """Return the evidence when this fail fires the rule (the caller checks once-per-attempt).
+class Failed(Detector):
+    """Fires on the attempt's first ``fail``; no state."""
 
-    Args:
-        a: The attempt (unchanged).
-        ev: A ``fail`` event in the attempt's journey.
+    KIND: ClassVar[str] = "failed"
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+    TYPES: ClassVar[frozenset[str] | None] = frozenset({"fail"})
 
-    Returns:
-        The evidence event ids, or None.
-    """
-    return (ev.event_id,)
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """Evidence: the fail itself."""
+        return None if a.fired & self.bit else (ev.event_id,)

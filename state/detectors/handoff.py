@@ -2,30 +2,54 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from state.detectors.base import Detector, Param
+from state.detectors.channel_hop import ChannelHop
+from state.detectors.stuck import Stuck
 from state.events import Event
 from state.journey import Attempt
-from state.rules import MomentRule
 
 
-def is_contact(rule: MomentRule, ev: Event) -> bool:
-    """Return whether the event is the kind of contact the rule hands off."""
-    return ev.type == rule.type and ev.channel == rule.channel
+class Handoff(Detector):
+    """Fires on a contact of the rule's type and channel within ``within`` after an event of the journey.
 
+    A customer-level kind (``CONTACT``): the contact need not belong to the journey. No state of its
+    own: the agent context reads the attempt and the channel-hop and stuck windows when those rules exist.
+    """
 
-def applies(rule: MomentRule, a: Attempt, ev: Event) -> bool:
-    """Return whether the customer had an event in the attempt's journey in the window before the contact."""
-    return 0 < ev.ts_ms - a.last_ts <= rule.within_ms
+    KIND: ClassVar[str] = "handoff"
+    PARAMS: ClassVar[tuple[Param, ...]] = (Param("channel", "channel", "call_center", "channel"),
+                                           Param("type", "type", "contact", "type"),
+                                           Param("within", "within_ms", "30m", "duration"),
+                                           Param("recent_steps", "recent_steps", 5, "count"))
+    CONTACT: ClassVar[bool] = True
 
+    def link(self, siblings: dict[str, Detector]) -> None:
+        """Find the journey's channel-hop and stuck detectors, whose windows the agent context shows."""
+        hop, stuck = siblings.get("channel_hop"), siblings.get("stuck")
+        self.hop = hop if isinstance(hop, ChannelHop) else None
+        self.stuck = stuck if isinstance(stuck, Stuck) else None
 
-def context(a: Attempt) -> dict[str, object]:
-    """Return what an agent's screen shows of the journey so far."""
-    chans = a.channel_records()
-    return {
-        "attempt_id": a.attempt_id,
-        "recent_steps": list(a.recent),
-        "channels": [c[1] for c in sorted(chans[i : i + 3] for i in range(0, len(chans), 3))],
-        "fails": len(a.fails) // 2,
-        "last_step": a.last_step or "",
-        "last_ts": a.last_ts,
-        "status": a.status,
-    }
+    def on_contact(self, a: Attempt, ev: Event) -> bool:
+        """A contact of the rule's kind, the customer having had an event in the journey within the window."""
+        r = self.rule
+        return (not a.fired & self.bit and ev.type == r.type and ev.channel == r.channel
+                and 0 < ev.ts_ms - a.last_ts <= r.within_ms)
+
+    def context(self, a: Attempt) -> dict[str, object]:
+        """Return what an agent's screen shows of the journey so far."""
+        chans = self.hop.records(a) if self.hop is not None else ()
+        return {
+            "attempt_id": a.attempt_id,
+            "recent_steps": list(a.recent),
+            "channels": [c[1] for c in sorted(chans[i : i + 3] for i in range(0, len(chans), 3))],
+            "fails": self.stuck.count(a) if self.stuck is not None else 0,
+            "last_step": a.last_step or "",
+            "last_ts": a.last_ts,
+            "status": a.status,
+        }
+
+    def keep_until(self, a: Attempt) -> int:
+        """A contact may still hand the ended attempt off within the window."""
+        return a.last_ts + self.rule.within_ms

@@ -2,39 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from state.detectors.base import Detector, Evidence, Host, Param
 from state.events import Event
 from state.journey import Attempt
-from state.rules import MomentRule
+from state.record import CustomerState
 
 
-def on_key_step(rule: MomentRule, a: Attempt, ev: Event, step: str, entry: str) -> tuple[str, ...] | None:
-    """Record an entry at a key step; return the evidence when the n-th distinct entry arrives.
+class Maze(Detector):
+    """State: the entries window, (ts, step, entry, event_id) records, the latest per (step, entry)."""
 
-    Args:
-        rule: The maze rule (``threshold`` distinct entries, ``within_ms``).
-        a: The attempt; its ``entries`` window ((ts, step, entry, event_id) records) is updated.
-        ev: The event at the key step.
-        step: The key step (canonical string).
-        entry: The event's entry point.
+    KIND: ClassVar[str] = "maze"
+    PARAMS: ClassVar[tuple[Param, ...]] = (Param("distinct_entries", "threshold", 3, "count"),
+                                           Param("within", "within_ms", "30m", "duration"))
+    STATE: ClassVar[tuple[object, ...]] = ((),)
+    ON_KEY_STEP: ClassVar[bool] = True
 
-    Returns:
-        Event ids of the distinct entries (oldest first) when the rule fires, else None.
-    """
-    t = ev.ts_ms
-    w = rule.within_ms
-    old = a.entries
-    # Keep the latest sighting of each (step, entry) inside the window.
-    kept: list[Any] = []
-    for i in range(0, len(old), 4):
-        if abs(t - old[i]) <= w and not (old[i + 1] == step and old[i + 2] == entry):
-            kept += old[i : i + 4]
-    kept += (t, step, entry, ev.event_id)
-    a.entries = tuple(kept)
-    same = [a.entries[i : i + 4] for i in range(0, len(kept), 4) if kept[i + 1] == step]
-    if len(same) >= rule.threshold:
-        same.sort()
-        if same[-1][0] - same[0][0] <= w:
-            return tuple(e[3] for e in same)
-    return None
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """Record an entry at a key step; the evidence is the distinct entries (oldest first) at the n-th."""
+        if ev.entry is None or step is None or a.fired & self.bit:
+            return None
+        entry = host.canon(ev.entry)
+        t = ev.ts_ms
+        w = self.rule.within_ms
+        old = self.get0(a)
+        # Keep the latest sighting of each (step, entry) inside the window.
+        kept: list[Any] = []
+        for i in range(0, len(old), 4):
+            if abs(t - old[i]) <= w and not (old[i + 1] == step and old[i + 2] == entry):
+                kept += old[i : i + 4]
+        kept += (t, step, entry, ev.event_id)
+        same = [tuple(kept[i : i + 4]) for i in range(0, len(kept), 4) if kept[i + 1] == step]
+        if len(same) >= self.rule.threshold:
+            same.sort()
+            if same[-1][0] - same[0][0] <= w:
+                setattr(a, self.slot0, ())  # the rule fires once per attempt: its window is not read again
+                return tuple(e[3] for e in same)
+        setattr(a, self.slot0, tuple(kept))
+        return None
+
+    def on_end(self, a: Attempt) -> None:
+        """Events go to a new attempt now: the window is never read again."""
+        setattr(a, self.slot0, ())

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import heapq
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state.batches import RawBatch, Tick
-from state.customer import DEDUP_SLOTS, CustomerState, on_wake, seen_before
 from state.events import Event
 from state.policy import Contact
+from state.record import DEDUP_SLOTS, CustomerState, seen_before
 from state.rules import load_rule_pack
-from state.shard import _BUCKET_BITS, Shard, process
+from state.shard import Shard, process
 from tests.helpers import PACK, T0, ev, raws, run
 
 _IDS = st.sampled_from([f"e{i}" for i in range(12)])
@@ -101,43 +100,6 @@ def _streams(draw: Any) -> list[dict[str, Any]]:
     return out
 
 
-class _GeneralLoopShard(Shard):
-    """The shard with ``advance`` as it was before the in-order shortcut: the general loop only."""
-
-    def advance(self, wm: int, timers_to: int | None = None) -> None:
-        if wm <= self.wm:
-            return
-        self.wm = wm
-        tlimit = wm if timers_to is None else timers_to
-        buf, near, buckets, queue = self.buffer, self._near, self._buckets, self.queue
-        while True:
-            e: Event | None = queue[0] if queue else None
-            from_heap = False
-            if buf and (e is None or (buf[0][0], buf[0][1]) < (e.ts_ms, e.event_id)):
-                e, from_heap = buf[0][3], True
-            if buckets:
-                h = tlimit if e is None or e.ts_ms > tlimit else e.ts_ms
-                while buckets and buckets[0] << _BUCKET_BITS <= h:
-                    self._open_bucket(heapq.heappop(buckets))
-            if near and near[0][0] <= tlimit and (e is None or near[0][0] <= e.ts_ms):
-                due, cid = heapq.heappop(near)
-                c = self.customers.get(cid)
-                if c is None or c.wake != due:
-                    continue
-                self.event_now = due
-                if on_wake(self, c, cid, due):
-                    del self.customers[cid]
-                    self.out.evicted += 1
-            elif e is not None and e.ts_ms < wm:
-                if from_heap:
-                    heapq.heappop(buf)
-                else:
-                    queue.popleft()
-                self._apply(e)
-            else:
-                break
-
-
 @settings(max_examples=150, deadline=None)
 @given(_streams(), st.integers(1, 7), st.integers(0, 3))
 def test_in_order_shortcut_of_advance_gives_what_the_general_loop_gives(
@@ -145,8 +107,9 @@ def test_in_order_shortcut_of_advance_gives_what_the_general_loop_gives(
 ) -> None:
     pack = load_rule_pack()
 
-    def run(cls: type[Shard]) -> list[Any]:
-        sh = cls(pack, lateness_ms=lateness_min * 60_000, clock=lambda: 0)
+    def run(shortcut: bool) -> list[Any]:
+        sh = Shard(pack, lateness_ms=lateness_min * 60_000, clock=lambda: 0)
+        sh.shortcut = shortcut  # off: the production loop without the in-order release shortcut
         outs = []
         for i in range(0, len(events), k):
             part = events[i : i + k]
@@ -154,7 +117,7 @@ def test_in_order_shortcut_of_advance_gives_what_the_general_loop_gives(
         outs.append(process(sh, [Tick(0, final=True)]))
         return [(kind, rows) for o in outs for kind, rows in o.records()] + [sh.snapshot()]
 
-    assert run(Shard) == run(_GeneralLoopShard)
+    assert run(True) == run(False)
 
 
 def test_a_wake_up_due_exactly_at_an_in_order_event_comes_first() -> None:

@@ -91,3 +91,53 @@ def test_the_size_budget_sees_every_package() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in OUTER_FILES}
     assert {"connectors/kafka/source.py", "connectors/clickhouse/sink.py", "connectors/simulator/traffic.py",
             "flows/metrics.py", "flows/cli.py"} <= names
+
+
+def _state_graph() -> dict[str, set[str]]:
+    """state/ module -> the state/ modules it imports (every import, TYPE_CHECKING ones included)."""
+    graph: dict[str, set[str]] = {}
+    for path in STATE_FILES:
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t.split(".")[0] == "state"}
+    return {m: {t for t in ts if t in graph and t != m} for m, ts in graph.items()}
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """Return one import cycle (its modules in order, the first repeated at the end), or [] when none."""
+    done: set[str] = set()
+
+    def visit(m: str, stack: list[str]) -> list[str]:
+        if m in stack:
+            return [*stack[stack.index(m):], m]
+        if m in done:
+            return []
+        for t in sorted(graph[m]):
+            found = visit(t, [*stack, m])
+            if found:
+                return found
+        done.add(m)
+        return []
+
+    for m in sorted(graph):
+        found = visit(m, [])
+        if found:
+            return found
+    return []
+
+
+def test_state_modules_import_each_other_without_cycles() -> None:
+    assert _cycle(_state_graph()) == []
+
+
+def test_the_cycle_check_sees_a_cycle() -> None:
+    assert _cycle({"state.a": {"state.b"}, "state.b": {"state.c"}, "state.c": {"state.a"}}) == [
+        "state.a", "state.b", "state.c", "state.a"]

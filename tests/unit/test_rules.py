@@ -27,7 +27,9 @@ def test_default_pack_loads_with_two_journeys_and_fourteen_rules() -> None:
     assert pack.journeys["cart"].key_steps == frozenset({"checkout", "payment"})
     assert {j.complete_type for j in pack.journeys.values()} == {"complete"}
     assert len(pack.rules) == 14
-    assert {r.name for r in pack.rules} == {f"{j}.{k}" for j in ("5g_upgrade", "cart") for k in KINDS}
+    # Every kind but browse_loop, which the default pack leaves out.
+    assert {r.name for r in pack.rules} == {f"{j}.{k}" for j in ("5g_upgrade", "cart") for k in KINDS
+                                            if k != "browse_loop"}
     assert [r.index for r in pack.rules] == list(range(14))
     assert pack.attempt_timeout_ms == DAY_MS
     assert pack.horizon_ms == DAY_MS
@@ -66,7 +68,7 @@ def test_bad_durations_are_refused(value: object) -> None:
     [
         ("bad_duration.toml", "moment[3].within", "must be a duration like '10m', got 'ten'"),
         ("unknown_kind.toml", "moment[1].kind", "must be one of abandoned, failed, stuck, maze, channel_hop, "
-                                                "interested, handoff, got 'labyrinth'"),
+                                                "interested, handoff, browse_loop, got 'labyrinth'"),
         ("unknown_field.toml", "moment[0].within", "unknown field (allowed: act_within, action, channels, contact, "
                                                       "holdout, journeys, kind, stages, ttl, urgency)"),
         ("unknown_journey.toml", "moment[0].journeys", "unknown journey 'loan'"),
@@ -197,3 +199,26 @@ def test_fingerprint_is_the_same_in_processes_with_different_string_hashes() -> 
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         seen.add(out.stdout.strip())
     assert seen == {load_rule_pack().fingerprint()}
+
+
+def test_every_problem_of_a_pack_is_reported_not_just_the_first() -> None:
+    data = {
+        "journey": [{"id": "cart", "steps": ["cart", "checkout"], "key_steps": ["basket"]},
+                    {"id": "plan", "steps": ["a", "b"], "key_steps": ["b"]}],
+        "moment": [{"kind": "stuck", "threshold": 0, "within": "soon", "urgency": "P9"},
+                   {"kind": "labyrinth"},
+                   {"kind": "maze", "journeys": ["plan"], "zz": 1}],
+        "policy": {"max_per_day": -1},
+    }
+    with pytest.raises(RulePackError) as info:
+        rule_pack_from_dict(data, "pack.toml")
+    err = info.value
+    assert [w for w, _ in err.problems] == [
+        "journey[0].key_steps", "policy.max_per_day", "moment[0].urgency", "moment[0].threshold", "moment[0].within",
+        "moment[1].kind", "moment[2].zz",
+    ]
+    assert (err.where, err.problem) == err.problems[0]
+    lines = str(err).splitlines()
+    assert len(lines) == 7
+    assert all(line.startswith("pack.toml: ") for line in lines)
+    assert "moment[0].threshold: must be an integer 1..100, got 0" in lines[3]

@@ -1,0 +1,158 @@
+"""What customer-level code works with while a shard applies a batch: the ``BatchContext``.
+
+It holds the rule pack resolved for the hot path, the batch's outputs, the moments awaiting their
+contact-policy decision, the journey state rows to write, and the wake-up scheduling. The shard owns
+one and hands it to ``state.customer``, ``state.deadlines`` and ``state.tags``, which never see the
+shard itself (so state/ has no import cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+from state.detectors import KIND_BITS
+from state.detectors.base import Detector
+from state.events import Event
+from state.journey import Attempt
+from state.outputs import Outputs
+from state.plan import JourneyPlan
+from state.record import CustomerState
+from state.rule_model import STAGES, MomentRule, RulePack
+from state.wheel import TimerWheel
+
+_STATUS_RANK: Final = {"active": 0, "completed": 1, "expired": 2}
+_CANON_MAX: Final = 10_000  # distinct strings and paths shared; more are kept as they come
+
+
+class BatchContext:
+    """The rule pack as the hot path reads it, and a batch's outputs, pending decisions and scheduling.
+
+    Args:
+        pack: The rule pack.
+        key: The shard's key (stamped on its outputs).
+        clock: Wall clock in epoch ms.
+        live: Live mode (staleness of decisions is judged by the wall clock).
+    """
+
+    def __init__(self, pack: RulePack, key: str, clock: Callable[[], int], live: bool) -> None:
+        self.pack = pack
+        self.key = key
+        self.now_ms = clock
+        self.live = live
+        self.journey_defs = [JourneyPlan(jd, pack.by_journey[jd.id], pack.path) for jd in pack.journeys.values()]
+        self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
+        # Event type -> the customer-level detectors (hand-offs) a contact of that type may fire, in pack order.
+        contacts: dict[str, list[tuple[int, Detector]]] = {}
+        for r in pack.rules:
+            jidx = self.journey_index[r.journey]
+            d = self.journey_defs[jidx].by_kind[r.kind]
+            if d.CONTACT:
+                contacts.setdefault(r.type, []).append((jidx, d))
+        self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
+        self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
+        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
+        # horizon_ms after the customer's last one must still meet the state.
+        self.evict_after_ms = pack.horizon_ms + 1
+        self.fired_names: list[list[tuple[str, int]]] = [
+            [(r.name, KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
+        ]
+        self.vocab: dict[str, str] = {}
+        self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
+        for jd in pack.journeys.values():
+            for s in jd.steps:
+                self.vocab[s] = s
+        # Customers without any attempt share this.
+        self.no_attempts: tuple[None, ...] = (None,) * len(self.journey_defs)
+        self.wheel = TimerWheel()
+        self.out = Outputs(key)
+        self.current_customer = ""
+        # Moments fired by the current event or timer, awaiting their contact-policy decision.
+        self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
+        self.event_now = 0  # event time of the event or timer being applied
+        # (customer, journey) -> (state, event time of its latest change): the row's version must grow with
+        # every change, including those made by timers, which do not move the attempt's last event time.
+        self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
+
+    def canon(self, s: str) -> str:
+        """Return one shared string object per distinct value, so attempts do not pin copies."""
+        v = self.vocab.get(s)
+        if v is None:
+            if len(self.vocab) < _CANON_MAX:
+                self.vocab[s] = s
+            return s
+        return v
+
+    def canon_steps(self, steps: tuple[str, ...]) -> tuple[str, ...]:
+        """Return one shared tuple per distinct recent-steps path: most customers walk the same few."""
+        v = self._paths.get(steps)
+        if v is None:
+            if len(self._paths) < _CANON_MAX:
+                self._paths[steps] = steps
+            return steps
+        return v
+
+    def schedule(self, c: CustomerState, due: int) -> None:
+        """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
+        if due < c.wake:
+            c.wake = due
+            self.wheel.file(c.cid, due)
+
+    def file_wake(self, c: CustomerState, due: int | None = None) -> None:
+        """File the customer's wake-up at ``c.wake`` (``due`` if the caller has it decoded already)."""
+        self.wheel.file(c.cid, c.wake if due is None else due)
+
+    def decision_clock(self) -> int:
+        """The clock staleness is judged by: the wall clock live; in replay the event time being processed.
+
+        Replay re-enacts what a live worker would have done at the time, and stays deterministic
+        whatever the batching; a live worker catching up on a backlog sees how late it is.
+        """
+        return self.now_ms() if self.live else self.event_now
+
+    def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
+        """Note that a journey state row must be written at the end of the batch."""
+        t = self.event_now
+        prev = self.dirty.get((cid, jidx))
+        if prev is not None and prev[1] > t:
+            t = prev[1]
+        self.dirty[(cid, jidx)] = (c, t)
+
+    def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
+        """Emit a journey state row now (attempt ended)."""
+        self.dirty.pop((cid, jidx), None)
+        self.out.states.append(self.state_record(cid, jidx, a, ts))
+
+    def state_record(self, cid: str, jidx: int, a: Attempt, ts: int) -> dict[str, Any]:
+        """The journey state row of an attempt, versioned by ``ts``."""
+        jd = self.journey_defs[jidx]
+        rank = _STATUS_RANK[a.status]
+        return {
+            "schema": 1,
+            "customer_id": cid,
+            "journey": jd.id,
+            "attempt_id": a.attempt_id,
+            "status": a.status,
+            "stage": STAGES[a.stage],
+            "last_step": a.last_step or "",
+            "last_ts": a.last_ts,
+            "steps_reached": [s for i, s in enumerate(jd.steps) if a.reached >> i & 1],
+            "fired": [name for name, bit in self.fired_names[jidx] if a.fired & bit],
+            "version": max(ts, a.last_ts) * 4 + rank,
+        }
+
+    def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
+        """Emit a journey step row (first arrival at a step in an attempt)."""
+        self.out.steps.append(
+            {
+                "customer_id": cid,
+                "journey": journey,
+                "attempt_id": attempt_id,
+                "step": step,
+                "step_index": idx,
+                "entry": ev.entry or "",
+                "channel": ev.channel,
+                "event_id": ev.event_id,
+                "ts": ev.ts_ms,
+            }
+        )

@@ -1,0 +1,117 @@
+"""Timers derived from the state: one wake-up per customer, at the earliest of its deadlines.
+
+No timer is stored: a customer's pending deadlines (abandonment, attempt expiry, tag TTL, eviction)
+follow from its state, and the shard keeps one wake-up per customer at the earliest of them.
+Deadlines that move later need no bookkeeping: a wake-up that finds nothing due asks for the next one.
+"""
+
+from __future__ import annotations
+
+from state.context import BatchContext
+from state.customer import end_attempt, set_attempt
+from state.detectors.base import Detector
+from state.firing import decide, fire
+from state.journey import EXPIRED, Attempt
+from state.record import CustomerState
+from state.tags import expire_tags, first_expiry, last_expiry
+
+
+def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
+    """Return the earliest event time at which something of the customer is due.
+
+    That is the earliest of: a pending abandonment (``last_ts + idle``), an attempt's expiry
+    check (``expiry_from + attempt_timeout``), a held tag's TTL, and the eviction check
+    (``last_seen + evict_after``).
+    """
+    due = c.last_seen + ctx.evict_after_ms
+    timeout = ctx.pack.attempt_timeout_ms
+    for jidx, a in enumerate(c.attempts):
+        if a is None:
+            continue
+        d = a.expiry_from + timeout
+        if d < due:
+            due = d
+        for det in ctx.journey_defs[jidx].timed:
+            dd = det.due(a)
+            if dd is not None and dd < due:
+                due = dd
+    return first_expiry(ctx, c, due)
+
+
+def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
+    """Handle everything of a customer that is due at ``due`` (its wake-up time), then re-arm it.
+
+    Same-time deadlines run in a fixed order: tag TTLs, abandonments, attempt expiry checks, eviction.
+    Each abandonment is decided on its own, as when each had its own timer.
+
+    Args:
+        ctx: The batch context.
+        c: The customer's state.
+        cid: The customer id.
+        due: The wake-up time (the earliest deadline; the shard's clock is there).
+
+    Returns:
+        True when the customer should be evicted.
+    """
+    c.wake = 0  # moments fired below must not file wake-ups of their own: one is filed at the end
+    expire_tags(ctx, c, cid, due)
+    _abandonments(ctx, c, cid, due)
+    timeout = ctx.pack.attempt_timeout_ms
+    for jidx, a in enumerate(c.attempts):
+        if a is not None and a.expiry_from + timeout <= due:
+            _check_expiry(ctx, c, cid, jidx, a, due)
+    if c.last_seen + ctx.evict_after_ms <= due:
+        later = last_expiry(ctx, c)
+        contact = c.contact
+        if contact is not None:
+            # Caps, gaps and the after-completion rule look back further than the detection rules.
+            later = max(later, contact.needed_until(ctx.pack.policy))
+        if later < due:
+            return True
+        c.last_seen = later + 1 - ctx.evict_after_ms  # check again just after the last of them
+    c.wake = wake = next_deadline(ctx, c)
+    ctx.file_wake(c, wake)
+    return False
+
+
+def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None:
+    """Fire the timed rules (abandonments) due by ``due``, each decided on its own."""
+    defs = ctx.journey_defs
+    due_now: list[tuple[int, str, Attempt, Detector]] = []
+    for jidx, a in enumerate(c.attempts):
+        if a is not None:
+            for d in defs[jidx].timed:
+                dd = d.due(a)
+                if dd is not None and dd <= due:
+                    due_now.append((a.last_ts, a.last_eid, a, d))
+    if len(due_now) > 1:
+        # Several journeys abandoned at the same instant: decided one by one in the order of the events
+        # that left them at a key step, as their timers were armed.
+        due_now.sort(key=lambda x: (x[0], x[1]))
+    for _ts, _eid, a, d in due_now:
+        ctx.current_customer = cid
+        evidence, at, anchor, step = d.on_due(a)
+        fire(ctx, c, d.rule, a, None, evidence, at, step, anchor=anchor)
+        if ctx.pending:
+            decide(ctx, c, cid)
+
+
+def _check_expiry(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: Attempt, due: int) -> None:
+    """The attempt's expiry check (``due`` = ``expiry_from + attempt_timeout``)."""
+    timeout = ctx.pack.attempt_timeout_ms
+    if not a.ended:
+        if a.last_ts + timeout > due:
+            a.expiry_from = a.last_ts  # events came meanwhile: check again a timeout after the latest
+            return
+        end_attempt(ctx.journey_defs[jidx], a, EXPIRED)
+        ctx.state_row(c, cid, jidx, a, due)
+    # An ended attempt is kept only while a contact may still hand it off or its interest
+    # windows still reach into the next attempt; timers fire before events of their time,
+    # so the last moment it is needed at must have passed (due > keep) before it goes.
+    keep = a.last_ts
+    for d in ctx.journey_defs[jidx].keepers:
+        keep = max(keep, d.keep_until(a))
+    if keep < due:
+        set_attempt(ctx, c, jidx, None)
+    else:
+        a.expiry_from = keep + 1 - timeout

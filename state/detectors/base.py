@@ -1,0 +1,171 @@
+"""The detector interface: what a moment kind is to the engine (see docs/architecture.md, "Detectors").
+
+A kind is one module defining a ``Detector`` subclass. The class owns the kind's parameters (``PARAMS``:
+TOML key, ``MomentRule`` field, default, check), which the pack loader validates with it; an instance
+is one rule compiled for one journey of one shard. At pack load each journey's detectors are sorted
+into a dispatch table by event type (``state.plan``), so an event only meets the detectors that react
+to its type, with no per-event "is this rule configured" checks.
+
+Per-attempt state lives in the attempt's generic state slots (``Attempt.s0`` … ``s4``): a kind asks
+for a number of them (``STATE``, with their initial values) and is given slot numbers when its
+journey is compiled; ``get``/``put`` read and write them (on the hot path, ``get0``/``slot0`` and
+``get1``/``slot1`` the first two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Any, ClassVar, Final, Protocol
+
+from state.events import CHANNELS, Event
+from state.journey import Attempt
+from state.record import CustomerState
+from state.rule_model import JourneyDef, MomentRule, parse_duration
+
+Evidence = tuple[str, ...]
+STATE_SLOTS: Final = ("s0", "s1", "s2", "s3", "s4")  # an attempt's generic state slots (see Attempt)
+
+
+class Host(Protocol):
+    """What the engine lends a detector: canonical strings and wake-up scheduling (``BatchContext``)."""
+
+    def canon(self, s: str) -> str:
+        """Return the shared string object for ``s``."""
+
+    def schedule(self, c: CustomerState, due: int) -> None:
+        """Make sure the customer wakes up by ``due``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """One rule parameter of a kind: its TOML key, the ``MomentRule`` field it sets, its default and check.
+
+    ``check`` is one of ``duration`` (``"10m"`` → ms), ``count`` (integer 1..100), ``channel`` (a known
+    channel), ``type`` (an event type of the pack).
+    """
+
+    key: str
+    field: str
+    default: object
+    check: str
+
+    def value(self, raw: object, types: frozenset[str] | set[str]) -> object:
+        """Return the validated value of ``raw``.
+
+        Raises:
+            ValueError: saying what is wrong with it (the caller adds file, rule and field).
+        """
+        if self.check == "duration":
+            return parse_duration(raw)
+        if self.check == "count":
+            if not isinstance(raw, int) or isinstance(raw, bool) or not 1 <= raw <= 100:
+                raise ValueError(f"must be an integer 1..100, got {raw!r}")
+            return raw
+        if not isinstance(raw, str) or not raw:
+            raise ValueError(f"must be a non-empty string, got {raw!r}")
+        if self.check == "channel" and raw not in CHANNELS:
+            raise ValueError(f"unknown channel {raw!r}")
+        if self.check == "type" and raw not in types:
+            raise ValueError(f"unknown event type {raw!r}")
+        return raw
+
+
+class Detector:
+    """One moment rule compiled for one journey. Subclasses set the class attributes and override the hooks.
+
+    Class attributes:
+        KIND: The kind's name (``rule.kind``).
+        PARAMS: Its parameters.
+        STATE: Initial values of the per-attempt state slots it needs (one per slot).
+        TYPES: Event types ``on_event`` is called for; None: every event of the journey.
+        ON_KEY_STEP: ``on_event`` is (also) called for every event at one of the journey's key steps.
+        CARRY: The state slots carry over from an attempt to the next one of the journey.
+        TIMED: ``due``/``on_due`` are used (a deadline derived from the attempt).
+        CONTACT: ``on_contact`` is called for the contacts of every customer (whatever their journey).
+
+    Args:
+        rule: The rule.
+        journey: The journey it is compiled for.
+        slots: Slot numbers given to the ``STATE`` values, in order.
+    """
+
+    KIND: ClassVar[str] = ""
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+    STATE: ClassVar[tuple[object, ...]] = ()
+    TYPES: ClassVar[frozenset[str] | None] = frozenset()
+    ON_KEY_STEP: ClassVar[bool] = False
+    CARRY: ClassVar[bool] = False
+    TIMED: ClassVar[bool] = False
+    CONTACT: ClassVar[bool] = False
+
+    def __init__(self, rule: MomentRule, journey: JourneyDef, slots: tuple[int, ...]) -> None:
+        self.rule = rule
+        self.bit = 0  # set by the plan: the kind's bit in ``Attempt.fired``
+        self.names: tuple[str, ...] = tuple(STATE_SLOTS[i] for i in slots)
+        self._get: tuple[Callable[[Attempt], Any], ...] = tuple(attrgetter(n) for n in self.names)
+        # The first two slots, for the hot path: ``self.get0(a)`` and ``setattr(a, self.slot0, v)`` cost one C call
+        # each, where ``get``/``put`` add a Python call.
+        self.slot0 = self.names[0] if self.names else ""
+        self.get0: Callable[[Attempt], Any] = self._get[0] if self._get else _no_state
+        self.slot1 = self.names[1] if len(self.names) > 1 else ""
+        self.get1: Callable[[Attempt], Any] = self._get[1] if len(self._get) > 1 else _no_state
+
+    def link(self, siblings: dict[str, Detector]) -> None:
+        """Called once the journey's detectors exist (some kinds read another kind's state)."""
+
+    def get(self, a: Attempt, i: int = 0) -> Any:
+        """Return the attempt's value of this detector's ``i``-th state slot."""
+        return self._get[i](a)
+
+    def put(self, a: Attempt, v: object, i: int = 0) -> None:
+        """Set the attempt's value of this detector's ``i``-th state slot."""
+        setattr(a, self.names[i], v)
+
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """React to an event of the journey (of a type in ``TYPES`` or at a key step); return evidence to fire.
+
+        Args:
+            host: The engine's services.
+            c: The customer.
+            a: The journey's current attempt, already moved to this event (``last_ts``, ``last_step``,
+                ``last_key`` when it is the latest).
+            ev: The event.
+            step: Its step, canonical (None when it has none).
+            prev_ts: The attempt's ``last_ts`` before this event (the event is the latest if ``ev.ts_ms >= prev_ts``).
+            prev_eid: The attempt's ``last_eid`` before this event.
+
+        Returns:
+            Event ids of the evidence (oldest first) when the rule fires on this event, else None. A rule
+            fires at most once per attempt: the engine sets its bit in ``a.fired``; the detector checks it.
+        """
+        return None
+
+    def due(self, a: Attempt) -> int | None:
+        """Return when the attempt's pending deadline is due (``TIMED`` kinds), None when none is pending."""
+        return None
+
+    def on_due(self, a: Attempt) -> tuple[Evidence, int, str, str | None]:
+        """The deadline came (``due(a)`` ≤ now): return evidence, due time, anchor event id and step of the moment."""
+        raise NotImplementedError
+
+    def on_contact(self, a: Attempt, ev: Event) -> bool:
+        """Return whether a contact (``CONTACT`` kinds) fires the rule for this journey's attempt."""
+        return False
+
+    def context(self, a: Attempt) -> dict[str, object]:
+        """Return extra context emitted with a ``CONTACT`` moment (the agent's screen)."""
+        return {}
+
+    def on_end(self, a: Attempt) -> None:
+        """The attempt ended: drop state that only an active attempt needs."""
+
+    def keep_until(self, a: Attempt) -> int:
+        """Return the last event time at which an ended attempt still matters to this rule."""
+        return a.last_ts
+
+
+def _no_state(a: Attempt) -> Any:
+    raise TypeError("this detector keeps no per-attempt state")

@@ -1,0 +1,82 @@
+"""A rule pack compiled for the hot path: per journey, its detectors sorted into a dispatch table.
+
+Compiled once per shard at start. An event of journey J and type T meets exactly ``on_type[T]``
+(or ``on_other`` for a type no typed detector wants), then, at a key step, ``on_key``: which rules
+a journey has is settled here, not checked per event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from state.detectors import KIND_BITS, REGISTRY
+from state.detectors.base import STATE_SLOTS, Detector
+from state.journey import NO_STATE
+from state.rule_model import JourneyDef, MomentRule, RulePackError
+
+
+class JourneyPlan:
+    """A journey with its detectors compiled, for the hot path.
+
+    Attributes:
+        on_type: Event type → the detectors ``on_event`` is called for, in registry order: first those
+            that want the type, then those that see every event.
+        on_other: The detectors for a type no typed detector wants (those that see every event).
+        on_key: Detectors called for every event at a key step.
+        on_type_key, on_other_key: ``on_type`` and ``on_other`` for an event at a key step (``on_key`` appended).
+        timed: Detectors with a deadline (``due``/``on_due``).
+        contact: Detectors fired by contacts (``on_contact``), whatever the contact's journey.
+        carry: Detectors whose state carries over to the journey's next attempt.
+        enders: Detectors that drop state when an attempt ends.
+        keepers: Detectors that keep an ended attempt for a while (``keep_until``).
+        initial: The initial values of an attempt's state slots (shared by all new attempts).
+    """
+
+    def __init__(self, jd: JourneyDef, rules: dict[str, MomentRule], path: str = "<memory>") -> None:
+        self.id: str = jd.id
+        self.steps: tuple[str, ...] = jd.steps
+        self.key_steps: frozenset[str] = jd.key_steps
+        self.complete_type: str = jd.complete_type
+        self.step_index: dict[str, int] = {s: i for i, s in enumerate(jd.steps)}
+        self.stage_types: dict[str, int] = jd.stage_types
+        self.stage_steps: dict[str, int] = jd.stage_steps
+        self.rules = rules
+        initial: list[Any] = []
+        detectors: list[Detector] = []
+        for kind, cls in REGISTRY.items():
+            r = rules.get(kind)
+            if r is None:
+                continue
+            slots = tuple(range(len(initial), len(initial) + len(cls.STATE)))
+            initial += cls.STATE
+            if len(initial) > len(STATE_SLOTS):
+                raise RulePackError(path, f"journey {jd.id!r}", f"its rules keep more per-attempt state than an "
+                                    f"attempt holds ({len(STATE_SLOTS)} slots); move some rules to other journeys")
+            d = cls(r, jd, slots)
+            d.bit = KIND_BITS[kind]
+            detectors.append(d)
+        by_kind = {d.rule.kind: d for d in detectors}
+        for d in detectors:
+            d.link(by_kind)
+        self.detectors = tuple(detectors)
+        every = tuple(d for d in detectors if d.TYPES is None)
+        typed = {t for d in detectors if d.TYPES for t in d.TYPES}
+        self.on_type: dict[str, tuple[Detector, ...]] = {
+            t: (*(d for d in detectors if d.TYPES and t in d.TYPES), *every) for t in sorted(typed)
+        }
+        self.on_other: tuple[Detector, ...] = every
+        self.on_key = tuple(d for d in detectors if d.ON_KEY_STEP)
+        # The same for an event at a key step: the key-step detectors come last.
+        self.on_type_key: dict[str, tuple[Detector, ...]] = {t: (*ds, *self.on_key) for t, ds in self.on_type.items()}
+        self.on_other_key: tuple[Detector, ...] = (*every, *self.on_key)
+        self.timed = tuple(d for d in detectors if d.TIMED)
+        self.contact = tuple(d for d in detectors if d.CONTACT)
+        self.carry = tuple(d for d in detectors if d.CARRY)
+        self.enders = tuple(d for d in detectors if type(d).on_end is not Detector.on_end)
+        self.keepers = tuple(d for d in detectors if type(d).keep_until is not Detector.keep_until)
+        self.initial: tuple[Any, ...] = (*initial, *NO_STATE[len(initial):])
+        self.by_kind = by_kind
+
+    def rule(self, kind: str) -> MomentRule | None:
+        """Return the journey's rule of a kind, None when the pack has none."""
+        return self.rules.get(kind)

@@ -1,0 +1,246 @@
+"""The packed customer record: ``CustomerState`` and its byte layout, decoded and edited in place.
+
+A shard holds millions of customers (contacted ones for a week, for the contact policy's caps), so
+a customer's small fields live in one ``bytes`` object rather than separate ints, tuples and
+records, which cost several times as much. Only the attempts are kept apart (``state.journey``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from state.events import Event
+from state.journey import Attempt
+from state.policy import Contact
+
+DEDUP_SLOTS: Final = 8  # recent event ids remembered per customer
+TAG_FIELDS: Final = 4  # fields per record in CustomerState.tags
+
+# CustomerState.rec, little-endian:
+#   last_seen:6  wake:6  n:1  n × event-id hash:6                     (rewritten by every event)
+#   t:2  t × (rule index:2  state:1  opened_ts:6  moment id:16)       held tags
+#   tz_len:1  tz  s:2  s × (ts:6  len:1  channel)  d:2  d × (journey index:2  ts:6)   contact history,
+#                                                                     absent while there is none
+TS_BYTES: Final = 6  # bytes of an event time (enough until the year 6000)
+ID_BYTES: Final = 6  # bytes of a remembered event id's hash
+LAST_SEEN_AT: Final = 0
+WAKE_AT: Final = 6  # LAST_SEEN_AT + TS_BYTES
+IDS_AT: Final = 12  # WAKE_AT + TS_BYTES: the id count (one byte)
+RING_AT: Final = 13  # the first id hash; the held tags' count follows the last one
+# A held tag's record, at offsets within it:
+TAG_RULE_AT: Final = 0  # rule index:2
+TAG_STATE_AT: Final = 2  # state:1 (0 open, 1 actioned)
+TAG_OPENED_AT: Final = 3  # opened_ts:6
+TAG_MID_AT: Final = 9  # moment id:16 (the 32 hex digits as bytes)
+TAG_BYTES: Final = 25
+_TS: Final = TS_BYTES
+_ID: Final = ID_BYTES
+_ID_MASK: Final = (1 << 8 * ID_BYTES) - 1
+_IDS: Final = IDS_AT
+_RING: Final = RING_AT
+_TAG_BYTES: Final = TAG_BYTES
+_NO_WAKE: Final = bytes(TS_BYTES)
+_NO_TAGS: Final = bytes(2)
+_STATE_BYTE: Final = (b"\0", b"\1")  # a tag record's state byte: open, actioned
+_COUNTS: Final = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
+_OPENED_END: Final = TAG_OPENED_AT + TS_BYTES
+_MID_END: Final = TAG_MID_AT + 16
+
+
+def _u(b: bytes, i: int, n: int) -> int:
+    return int.from_bytes(b[i : i + n], "little")
+
+
+class CustomerState:
+    """Everything kept about one customer: one attempt slot per journey, recent ids, open tags, contact history.
+
+    No timer is stored: every pending deadline (abandonment, attempt expiry, tag TTL, eviction) is
+    derived from the state by ``next_deadline``, and the shard keeps one wake-up per customer at
+    the earliest of them (``wake``). All but the attempts live packed in ``rec`` (layout above);
+    the properties decode and re-encode it, which the hot path only does for ids and times.
+    """
+
+    __slots__ = ("cid", "attempts", "rec")
+
+    def __init__(self, journeys: tuple[Attempt | None, ...] | int, ts: int, cid: str = "") -> None:
+        # The very string object the shard's dict is keyed by, so wake-ups do not pin copies of it.
+        self.cid = cid
+        # The current attempt per journey index; the shard's shared all-None tuple while there is none.
+        self.attempts: tuple[Attempt | None, ...] = journeys if isinstance(journeys, tuple) else (None,) * journeys
+        self.rec = ts.to_bytes(_TS, "little") + _NO_WAKE + b"\0" + _NO_TAGS
+
+    @property
+    def last_seen(self) -> int:
+        """Latest event time, moved further while open tags or contact history keep an idle customer.
+
+        The customer is evicted ``evict_after_ms`` after it.
+        """
+        return int.from_bytes(self.rec[:_TS], "little")  # not via _u: read on every wake-up check
+
+    @last_seen.setter
+    def last_seen(self, ts: int) -> None:
+        self.rec = ts.to_bytes(_TS, "little") + self.rec[_TS:]
+
+    @property
+    def wake(self) -> int:
+        """Event time of the customer's wake-up in the shard (0 while it is being handled)."""
+        return int.from_bytes(self.rec[_TS:_IDS], "little")  # not via _u: read on every schedule()
+
+    @wake.setter
+    def wake(self, due: int) -> None:
+        r = self.rec
+        self.rec = r[:_TS] + due.to_bytes(_TS, "little") + r[_IDS:]
+
+    def _tags_at(self) -> int:
+        return _RING + _ID * self.rec[_IDS]
+
+    @property
+    def tags(self) -> tuple[Any, ...] | None:
+        """Held tags: flat (rule index, moment_id, opened_ts, state: 0 open | 1 actioned) records.
+
+        One per rule, in the order the rules first got one (a newer moment of a rule takes the older
+        one's place); None while no tag is held.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
+        if not n:
+            return None
+        out: list[Any] = []
+        for k in range(i + 2, i + 2 + n * _TAG_BYTES, _TAG_BYTES):
+            out += (_u(r, k + TAG_RULE_AT, 2), r[k + TAG_MID_AT : k + _MID_END].hex(), _u(r, k + TAG_OPENED_AT, _TS),
+                    r[k + TAG_STATE_AT])
+        return tuple(out)
+
+    @tags.setter
+    def tags(self, tags: tuple[Any, ...] | None) -> None:
+        r = self.rec
+        i = self._tags_at()
+        end = i + 2 + _u(r, i, 2) * _TAG_BYTES
+        n = len(tags) // TAG_FIELDS if tags else 0
+        body = b"".join(
+            tags[k].to_bytes(2, "little") + bytes((tags[k + 3],)) + tags[k + 2].to_bytes(_TS, "little")
+            + bytes.fromhex(tags[k + 1])
+            for k in range(0, n * TAG_FIELDS, TAG_FIELDS)
+        ) if tags else b""
+        self.rec = r[:i] + n.to_bytes(2, "little") + body + r[end:]
+
+    def put_tag(self, ridx: int, mid: str, opened: int, state: int) -> None:
+        """Hold a tag of rule ``ridx`` (replacing that rule's record in place, else appending one).
+
+        The same as setting ``tags`` to the decoded tuple so edited, without decoding it: this runs
+        for every moment.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        n = int.from_bytes(r[i : i + 2], "little")
+        end = i + 2 + n * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        new = b"".join((key, _STATE_BYTE[state], opened.to_bytes(_TS, "little"), bytes.fromhex(mid)))
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                self.rec = b"".join((r[:k], new, r[k + _TAG_BYTES :]))
+                return
+        self.rec = b"".join((r[:i], (n + 1).to_bytes(2, "little"), r[i + 2 : end], new, r[end:]))
+
+    def mark_tag_actioned(self, ridx: int, mid: str) -> int | None:
+        """Move rule ``ridx``'s tag to actioned if it is the open tag of moment ``mid``; return its opened_ts.
+
+        Returns None (and changes nothing) when the rule holds no such open tag.
+        """
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        end = i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
+        key = ridx.to_bytes(2, "little")
+        for k in range(i + 2, end, _TAG_BYTES):
+            if r[k : k + 2] == key:
+                if r[k + TAG_STATE_AT] != 0 or r[k + TAG_MID_AT : k + _MID_END].hex() != mid:
+                    return None
+                self.rec = b"".join((r[: k + TAG_STATE_AT], _STATE_BYTE[1], r[k + TAG_OPENED_AT :]))
+                return int.from_bytes(r[k + TAG_OPENED_AT : k + _OPENED_END], "little")
+        return None
+
+    def _contact_at(self) -> int:
+        r = self.rec
+        i = _RING + _ID * r[_IDS]
+        return i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
+
+    @property
+    def contact(self) -> Contact | None:
+        """The contact policy's memory of the customer, None while there is none."""
+        r = self.rec
+        i = self._contact_at()
+        if i == len(r):
+            return None
+        tz_len = r[i]
+        tz = r[i + 1 : i + 1 + tz_len].decode() if tz_len else None
+        i += 1 + tz_len
+        sends: list[tuple[int, str]] = []
+        for _ in range(_u(r, i, 2)):
+            ch_len = r[i + 2 + _TS]
+            sends.append((_u(r, i + 2, _TS), r[i + 3 + _TS : i + 3 + _TS + ch_len].decode()))
+            i += _TS + 1 + ch_len
+        i += 2
+        done = [(_u(r, k, 2), _u(r, k + 2, _TS)) for k in range(i + 2, i + 2 + _u(r, i, 2) * 8, 8)]
+        return Contact.of(tz, sends, done)
+
+    @contact.setter
+    def contact(self, contact: Contact | None) -> None:
+        r = self.rec
+        head = r[: self._contact_at()]
+        if contact is None:
+            self.rec = head
+            return
+        tz = contact.tz.encode() if contact.tz else b""
+        sends = contact.send_records()
+        done = contact.done_records()
+        self.rec = b"".join((
+            head, bytes((len(tz),)), tz, len(sends).to_bytes(2, "little"),
+            *(t.to_bytes(_TS, "little") + bytes((len(ch),)) + ch.encode() for t, ch in sends),
+            len(done).to_bytes(2, "little"),
+            *(j.to_bytes(2, "little") + t.to_bytes(_TS, "little") for j, t in done),
+        ))
+
+    @property
+    def tz(self) -> str | None:
+        """The customer's time zone, if known (without decoding the rest of the contact history)."""
+        r = self.rec
+        i = self._contact_at()
+        return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (self.cid, self.attempts, self.rec)
+
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        self.cid, self.attempts, self.rec = st
+
+
+def seen_before(c: CustomerState, ev: Event) -> bool:
+    """Return whether the event id is among the customer's recent ones; else remember it and its time.
+
+    Ids are kept as 48-bit string hashes (a false match is ~1 in 3·10^13 per event). Python's
+    string hash is per process, which is enough: after a restart the restored state and the
+    replayed input agree (recovery resumes input where the snapshot was taken), so only
+    duplicates that straddle a restart go unnoticed, and those carry the same moment ids anyway.
+    """
+    key = (hash(ev.event_id) & _ID_MASK).to_bytes(_ID, "little")
+    r = c.rec
+    n = r[_IDS]
+    end = _RING + n * _ID
+    i = r.find(key, _RING, end)
+    while i >= 0:
+        if (i - _RING) % _ID == 0:  # only whole entries count
+            return True
+        i = r.find(key, i + 1, end)
+    # One join builds the new record (this runs for every event): last_seen (if later), wake, the id
+    # count, the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
+    if n >= DEDUP_SLOTS:
+        first, count = _RING + _ID, r[_IDS:_RING]
+    else:
+        first, count = _RING, _COUNTS[n + 1]
+    ts = ev.ts_ms
+    if ts > int.from_bytes(r[:_TS], "little"):
+        c.rec = b"".join((ts.to_bytes(_TS, "little"), r[_TS:_IDS], count, r[first:end], key, r[end:]))
+    else:
+        c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))
+    return False

@@ -1,0 +1,84 @@
+"""Snapshot formats: the current one, and the upgrade of the previous one on restore.
+
+Format 5 (issue 14) keeps the detectors' per-attempt state in the attempt's generic slots; format 4
+had a named slot per kind. A format-4 snapshot still restores: its attempts are rearranged here.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import deque
+from typing import Any, Final
+
+from state.journey import Attempt
+from state.plan import JourneyPlan
+from state.record import CustomerState
+from state.reorder import ReorderBuffer
+from state.rule_model import RulePack
+
+SNAPSHOT_FORMAT: Final = 5
+UPGRADABLE: Final = frozenset({4})
+
+
+Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
+
+
+def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
+         dirty: Dirty, finals: dict[str, int]) -> bytes:
+    """Return a shard's state as bytes (wake-ups are not included: each customer carries its own)."""
+    state = (SNAPSHOT_FORMAT, pack.fingerprint(), customers, list(held.queue), held.heap, max_ts, wm, held.seq,
+             [(k, t) for k, (_c, t) in dirty.items()], finals)
+    return pickle.dumps(state, protocol=5)
+
+
+def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
+        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int]]:
+    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks) from ``dump``'s bytes.
+
+    Raises:
+        ValueError: when they were taken with a different rule pack, or in a format that cannot be upgraded.
+    """
+    fmt, fp, customers, queue, heap, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
+    check_format(fmt)
+    if fp != pack.fingerprint():
+        raise ValueError(
+            f"recovery state was built with a different rule pack (fingerprint {fp}, "
+            f"now {pack.fingerprint()} for {pack.path}); start with a fresh recovery directory"
+        )
+    upgrade(fmt, customers, plans)
+    rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
+    # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
+    finals: dict[str, Any] = dict(rest[0]) if rest else {}
+    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals
+
+
+def check_format(fmt: object) -> None:
+    """Raise ValueError, saying what to do, when a snapshot's format is neither current nor upgradable."""
+    if fmt != SNAPSHOT_FORMAT and fmt not in UPGRADABLE:
+        raise ValueError(f"snapshot format {fmt} is not supported (expected {SNAPSHOT_FORMAT}, or "
+                         f"{', '.join(map(str, sorted(UPGRADABLE)))} to upgrade); start with a fresh recovery "
+                         "directory and replay the input")
+
+
+def upgrade(fmt: int, customers: dict[str, CustomerState], plans: list[JourneyPlan]) -> None:
+    """Bring customers unpickled from a snapshot of (checked) format ``fmt`` to the current format, in place."""
+    if fmt == SNAPSHOT_FORMAT:
+        return
+    for c in customers.values():
+        for jidx, a in enumerate(c.attempts):
+            if a is not None:
+                _upgrade_attempt_v4(a, plans[jidx])
+
+
+def _upgrade_attempt_v4(a: Attempt, plan: JourneyPlan) -> None:
+    # Format 4 pickled Attempt's 16 slots in the order (…, reached, fails, entries, channels, views, intent_ts,
+    # recent, stage); format 5's __setstate__ took them positionally as (…, reached, recent, stage, s0 … s4).
+    fails, entries, channels, views, intent_ts, recent, stage = a.recent, a.stage, a.s0, a.s1, a.s2, a.s3, a.s4
+    a.recent, a.stage = recent, stage
+    a.s0, a.s1, a.s2, a.s3, a.s4 = plan.initial
+    old = {"stuck": (fails,), "maze": (entries,), "channel_hop": (channels,), "interested": (views, intent_ts)}
+    for kind, values in old.items():
+        d = plan.by_kind.get(kind)
+        if d is not None:
+            for i, v in enumerate(values):
+                d.put(a, v, i)
