@@ -41,6 +41,9 @@ class RulePackError(ValueError):
         self.problems = problems
 
 
+MAX_DURATION_MS: Final = 3650 * 86_400_000  # ten years
+
+
 def parse_duration(value: object) -> int:
     """Return milliseconds from a duration like ``"10m"``.
 
@@ -55,10 +58,13 @@ def parse_duration(value: object) -> int:
     """
     if not isinstance(value, str) or not (m := _DURATION.match(value)):
         raise ValueError(f"must be a duration like '10m', got {value!r}")
-    ms = int(float(m.group(1)) * _UNIT_MS[m.group(2)])
-    if ms <= 0:
+    ms = float(m.group(1)) * _UNIT_MS[m.group(2)]
+    if not ms < MAX_DURATION_MS + 1:
+        # Times are kept in 6 bytes and added to event times: "10000000d" overflowed on the first event.
+        raise ValueError(f"must be at most 3650d, got {value!r}")
+    if int(ms) <= 0:
         raise ValueError(f"must be a positive duration, got {value!r}")
-    return ms
+    return int(ms)
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,3 +222,12 @@ def test_every_problem_of_a_pack_is_reported_not_just_the_first() -> None:
     assert len(lines) == 7
     assert all(line.startswith("pack.toml: ") for line in lines)
     assert "moment[0].threshold: must be an integer 1..100, got 0" in lines[3]
+
+
+def test_durations_beyond_ten_years_are_refused_naming_the_field(tmp_path: Path) -> None:
+    # "10000000d" was accepted and overflowed the 6-byte times on the first event (every restart again).
+    text = (Path(__file__).parents[2] / "flows" / "rulepacks" / "default.toml").read_text()
+    bad = tmp_path / "huge.toml"
+    bad.write_text(text.replace('idle = "10m"', 'idle = "10000000d"', 1))
+    with pytest.raises(RulePackError, match=r"huge\.toml.*idle.*at most 3650d"):
+        load_rule_pack(bad)
