@@ -29,6 +29,7 @@ from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
 from state.rules import RulePack
+from state.shard import ShardCountMismatchError
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -140,7 +141,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     except Exception as e:
         # The interrupt surfaces wrapped when it lands inside a Python step called by Bytewax.
         if not (isinstance(e, BytewaxRuntimeError) and _STOPPING):
-            named = recovery_failure(e, cfg.recovery_dir)
+            named = _cluster_mismatch(e) or recovery_failure(e, cfg.recovery_dir)
             if named is None:
                 raise
             raise named from None
@@ -159,6 +160,18 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
 
 
 KAFKA_SECURITY = "CX_KAFKA_SECURITY_PROTOCOL/CX_KAFKA_SASL_*/CX_KAFKA_SSL_*"
+
+
+def _cluster_mismatch(e: BaseException) -> Exception | None:
+    """Return a one-line error for a cluster whose processes disagree on ``--shards`` (found by a shard), else None."""
+    cur: BaseException | None = e
+    for _ in range(10):
+        if cur is None:
+            return None
+        if isinstance(cur, ShardCountMismatchError):
+            return ConfigError("--shards", str(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _check_kafka(cfg: PipelineConfig) -> None:

@@ -37,6 +37,15 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class ShardCountMismatchError(ValueError):
+    """A batch routed to a shard number this process does not have: the cluster's processes disagree on --shards."""
+
+    def __init__(self, routed: int, shards: int) -> None:
+        super().__init__(f"a batch was routed to shard {routed}, but this process runs {shards} shards: the "
+                         f"processes of the cluster were started with different --shards; give every process the "
+                         f"same --shards (and the same -w)")
+
+
 class Shard:
     """Customers of one shard, their timers and the shard's watermark.
 
@@ -133,6 +142,8 @@ class Shard:
         offsets = batch.offsets
         shards = self.shards
         routed = batch.shard if shards else -1
+        if routed >= shards > 0:
+            raise ShardCountMismatchError(routed, shards)
         crc32 = zlib.crc32
         customers = self.customers
         for i, raw in enumerate(batch.values):

@@ -344,3 +344,13 @@ def test_undecodable_messages_of_a_batch_become_dead_letters_without_bytes(sourc
     assert out.invalid == {"undecodable": 1}
     assert [(d["reason"], d["source"], d["partition"], d["offset"], d["raw"], d["raw_len"], d["detail"])
             for d in out.dead] == [("undecodable", source, 3, 1000, "", 0, "Decompression (codec 0x4) failed")]
+
+
+def test_a_batch_routed_to_a_shard_number_beyond_this_process_is_refused() -> None:
+    # A cluster whose processes run different --shards: a batch routed by a process with more shards names a
+    # shard this one does not have. Its customers would be silently split; the shard stops with a clear error.
+    from state.shard import ShardCountMismatchError
+
+    shard = Shard(PACK, shards=32)
+    with pytest.raises(ShardCountMismatchError, match="different --shards"):
+        shard.feed(RawBatch("kafka:cx.events", 0, raws([ev("e1", 0)]), [0], shard=40))
