@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from state.detectors import KINDS, REGISTRY
+from state.detectors.base import describe
 from state.events import BASE_TYPES
 from state.generic import schema as generic_schema
 from state.generic.base import GenericRule
@@ -34,7 +35,8 @@ from state.rule_model import (
 )
 
 __all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGENCIES", "JourneyDef", "MomentRule",
-           "Policy", "RulePack", "RulePackError", "load_rule_pack", "parse_duration", "rule_pack_from_dict", "zone"]
+           "Policy", "RulePack", "RulePackError", "describe_rule", "load_rule_pack", "parse_duration",
+           "rule_pack_from_dict", "zone"]
 
 _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
@@ -253,6 +255,13 @@ def _moment(path: str, where: str, m: object, journeys: dict[str, JourneyDef], t
             raise RulePackError(path, f"{where}.kind", f"rule {rname!r} is defined twice")
         if values is not None and ttl is not None and len(probs.found) == before:
             rules.append(MomentRule(rname, str(kind), jid, len(rules), str(urgency), str(action), ttl, **values))
+
+
+def describe_rule(r: MomentRule) -> str:
+    """Return what a rule of a pack (built-in or generic) does, in one line of plain words."""
+    if r.generic is not None:
+        return generic_schema.describe(r.generic)
+    return describe(REGISTRY[r.kind], r)
 
 
 def _generic_moments(path: str, raw: list[Any], journeys: dict[str, JourneyDef], types: set[str],

@@ -11,7 +11,7 @@ import pytest
 from state.batches import RawBatch, Tick
 from state.journey import Attempt, GenericAttempt
 from state.moments import moment_id
-from state.rules import RulePackError, load_rule_pack, parse_duration, rule_pack_from_dict
+from state.rules import RulePackError, describe_rule, load_rule_pack, parse_duration, rule_pack_from_dict
 from state.shard import Shard, process
 from tests.helpers import MIN, PACK, ev, raws, run
 
@@ -113,3 +113,20 @@ def test_journeys_without_generic_rules_keep_plain_attempts() -> None:
     default = Shard(load_rule_pack())
     process(default, [RawBatch("t", 0, raws([ev("v", 0, step="cart")]), [0]), Tick(0, final=True)])
     assert {type(a) for c in default.customers.values() for a in c.attempts if a is not None} == {Attempt}
+
+
+def test_check_rules_prints_every_rule_in_plain_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    path = tmp_path / "pack.toml"
+    path.write_text(
+        '[[journey]]\nid = "cart"\nsteps = ["product", "cart", "checkout"]\nkey_steps = ["checkout"]\n\n'
+        '[[moment]]\nkind = "stuck"\n\n'
+        '[[moment]]\nkind = "sequence"\nname = "retry"\nfirst = { type = "fail" }\nthen = { type = "start" }\n'
+        'within = "30m"\n', encoding="utf-8")
+    assert main(["check-rules", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "stuck: fires when 3 events of type fail fall within 30m" in out
+    assert "rule cart.retry" in out
+    assert "sequence: fires when an event of type start follows one of type fail within 30m" in out
+    assert all(f"{r.kind}: {describe_rule(r)}" in out for r in load_rule_pack(path).rules)
