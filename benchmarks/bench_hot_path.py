@@ -14,15 +14,18 @@ from benchmarks.reference_loop import reference_loop
 from benchmarks.traffic import events_file, lines
 from state.batches import RawBatch, Tick
 from state.routing import shard_of_raw
-from state.rules import load_rule_pack
+from state.rules import RulePack, load_rule_pack
 from state.shard import Shard, process
 
 BATCH = 4096
 
 
-def run_hot_path(raw: list[bytes], shards: int = 64) -> int:
-    """Route, parse and detect over all lines as the dataflow does (per-shard batches); return moments."""
-    pack = load_rule_pack()
+def run_hot_path(raw: list[bytes], shards: int = 64, pack: RulePack | None = None) -> int:
+    """Route, parse and detect over all lines as the dataflow does (per-shard batches); return moments.
+
+    ``pack`` defaults to the default pack.
+    """
+    pack = pack if pack is not None else load_rule_pack()
     # As flows/dataflow.py builds them: each shard knows its index, so it checks where each event was routed.
     shard_objs = [Shard(pack, key=str(s), shards=shards) for s in range(shards)]
     moments = 0

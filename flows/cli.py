@@ -23,7 +23,7 @@ from flows.config import (
 )
 from flows.logs import setup_logging
 from flows.report_cli import cmd_report
-from state.rules import STAGES, RulePackError, load_rule_pack
+from state.rules import STAGES, RulePackError, describe_rule, load_rule_pack
 
 log = logging.getLogger("cx.cli")
 
@@ -291,6 +291,7 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
         if r.threshold:
             extra.append(f"n={r.threshold}")
         print(f"  rule {r.name:<26} {r.urgency}  action={r.action:<16} ttl={r.ttl_ms // 3600000}h  {', '.join(extra)}")
+        print(f"       {r.kind}: {describe_rule(r)}")
         how = "→".join(r.channels) or "(no channel)"
         print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
               + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")

@@ -29,6 +29,7 @@ from prometheus_client import (
 
 from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
+from state.generic.schema import KINDS as GENERIC_KINDS
 from state.policy import HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
 from state.rules import KINDS, URGENCIES
@@ -126,7 +127,7 @@ _lock = threading.Lock()  # guards the admitted label sets
 CHANNEL_LABELS = frozenset(CHANNELS)
 TYPE_LABELS: set[str] = set(BASE_TYPES)
 INVALID_LABELS = frozenset(r.value for r in InvalidReason)
-KIND_LABELS = frozenset(KINDS)
+KIND_LABELS = frozenset((*KINDS, *GENERIC_KINDS))
 URGENCY_LABELS = frozenset(URGENCIES)
 RULE_LABELS: set[str] = set()
 ACTION_REASON_LABELS: set[str] = set(ACTION_REASONS)

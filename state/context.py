@@ -40,11 +40,17 @@ class BatchContext:
         self.key = key
         self.now_ms = clock
         self.live = live
-        self.journey_defs = [JourneyPlan(jd, pack.by_journey[jd.id], pack.path) for jd in pack.journeys.values()]
+        self.journey_defs = [
+            JourneyPlan(jd, pack.by_journey[jd.id], pack.path,
+                        tuple(r for r in pack.rules if r.generic is not None and r.journey == jd.id))
+            for jd in pack.journeys.values()
+        ]
         self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
         # Event type -> the customer-level detectors (hand-offs) a contact of that type may fire, in pack order.
         contacts: dict[str, list[tuple[int, Detector]]] = {}
         for r in pack.rules:
+            if r.generic is not None:
+                continue
             jidx = self.journey_index[r.journey]
             d = self.journey_defs[jidx].by_kind[r.kind]
             if d.CONTACT:
@@ -55,7 +61,7 @@ class BatchContext:
         # horizon_ms after the customer's last one must still meet the state.
         self.evict_after_ms = pack.horizon_ms + 1
         self.fired_names: list[list[tuple[str, int]]] = [
-            [(r.name, KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
+            [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
         self.vocab: dict[str, str] = {}
         self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}

@@ -13,7 +13,9 @@ from state.context import BatchContext
 from state.detectors.base import Detector
 from state.events import Event
 from state.firing import fire
-from state.journey import COMPLETED, EXPIRED, Attempt
+from state.generic.base import NO_TS
+from state.generic.dispatch import JourneyRules
+from state.journey import COMPLETED, EXPIRED, Attempt, GenericAttempt
 from state.moments import SCHEMA_VERSION
 from state.plan import JourneyPlan
 from state.policy import remember_completion, remember_tz
@@ -56,18 +58,15 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         marked = True
     prev_ts, prev_eid = a.last_ts, a.last_eid
     latest = t >= prev_ts
-    if step is not None:
-        step = ctx.vocab.get(step) or ctx.canon(step)
-    key = step is not None and step in jp.key_steps
-    if latest:
-        a.last_ts = t
-        a.last_eid = eid
-        a.last_step = step if step is not None else a.last_step
-        a.last_key = key  # an abandonment is pending while the latest event is at a key step
     # Stage, first arrival at a step, recent steps: written out here, as this runs for every event.
     changed = False
+    key = False
     st = jp.stage_types.get(etype, 0)
     if step is not None:
+        step = ctx.vocab.get(step) or ctx.canon(step)
+        key = step in jp.key_steps
+        # Assigned rather than branched on: apply_event stays within the complexity bound.
+        a.last_step = step if latest else a.last_step
         st2 = jp.stage_steps.get(step, 0)
         st = st2 if st2 > st else st
         idx = jp.step_index.get(step)
@@ -79,6 +78,10 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         if not recent or recent[-1] != step:
             n = ctx.recent_steps
             a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
+    if latest:
+        a.last_ts = t
+        a.last_eid = eid
+        a.last_key = key  # an abandonment is pending while the latest event is at a key step
     if st > a.stage:
         a.stage = st
         changed = True
@@ -94,6 +97,26 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         evidence = d.on_event(ctx, c, a, ev, step, prev_ts, prev_eid)
         if evidence:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
+    gr = jp.generic
+    if gr is not None:
+        _generic_event(ctx, c, jp, gr, a, ev, step)
+
+
+def _generic_event(ctx: BatchContext, c: CustomerState, jp: JourneyPlan, gr: JourneyRules, a: Attempt, ev: Event,
+                   step: str | None) -> None:
+    """Apply an event to the journey's generic rules; each firing becomes a moment like a built-in's."""
+    if not isinstance(a, GenericAttempt):
+        return  # restored from a snapshot taken before the journey had generic rules: from its next attempt on
+    g = a.g
+    if g is None:
+        g = a.g = gr.new_states()
+    for f in gr.on_event(g, ev):
+        fire(ctx, c, jp.generic_rules[f.rule], a, ev, f.evidence, f.due_ms, step if step is not None else a.last_step,
+             anchor=f.anchor)
+    if gr.timed:
+        due = gr.next_due(g)
+        if due != NO_TS:
+            ctx.schedule(c, due)
 
 
 def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, prev: Attempt | None,
@@ -103,7 +126,11 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
     if prev is not None and not prev.ended:
         end_attempt(jp, prev, EXPIRED)
         ctx.state_row(c, cid, jidx, prev, prev.last_ts + timeout)
-    a = Attempt(eid, t, jp.initial)
+    if jp.generic is None:
+        a = Attempt(eid, t, jp.initial)
+    else:
+        # The generic rules' ``unless`` look-backs span attempts: the ended attempt's states carry over.
+        a = GenericAttempt(eid, t, jp.initial, prev.g if isinstance(prev, GenericAttempt) else None)
     if prev is not None:
         for d in jp.carry:
             # Kinds that look back in time rather than per attempt (interested, DESIGN.md §4).
@@ -120,6 +147,9 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
 def _complete(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, a: Attempt,
               ev: Event) -> None:
     t = ev.ts_ms
+    gr = jp.generic
+    if gr is not None:
+        _generic_event(ctx, c, jp, gr, a, ev, ev.step)  # the completion belongs to the attempt it ends
     end_attempt(jp, a, COMPLETED)
     a.last_key = False
     a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
@@ -135,6 +165,9 @@ def end_attempt(jp: JourneyPlan, a: Attempt, status: str) -> None:
     a.end(status)
     for d in jp.enders:
         d.on_end(a)
+    gr = jp.generic
+    if gr is not None and isinstance(a, GenericAttempt) and a.g is not None and gr.end_attempt(a.g, a.last_ts):
+        a.g = None
 
 
 def _remember_tz(c: CustomerState, tz: str) -> None:

@@ -11,7 +11,8 @@ from state.context import BatchContext
 from state.customer import end_attempt, set_attempt
 from state.detectors.base import Detector
 from state.firing import decide, fire
-from state.journey import EXPIRED, Attempt
+from state.generic.base import NO_TS
+from state.journey import EXPIRED, Attempt, GenericAttempt
 from state.record import CustomerState
 from state.tags import expire_tags, first_expiry, last_expiry
 
@@ -31,9 +32,15 @@ def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
         d = a.expiry_from + timeout
         if d < due:
             due = d
-        for det in ctx.journey_defs[jidx].timed:
+        jp = ctx.journey_defs[jidx]
+        for det in jp.timed:
             dd = det.due(a)
             if dd is not None and dd < due:
+                due = dd
+        gr = jp.generic
+        if gr is not None and isinstance(a, GenericAttempt) and a.g is not None:
+            dd = gr.next_due(a.g)
+            if dd != NO_TS and dd < due:
                 due = dd
     return first_expiry(ctx, c, due)
 
@@ -94,6 +101,27 @@ def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> No
         fire(ctx, c, d.rule, a, None, evidence, at, step, anchor=anchor)
         if ctx.pending:
             decide(ctx, c, cid)
+    for jidx, a in enumerate(c.attempts):
+        gr = defs[jidx].generic
+        if gr is not None and isinstance(a, GenericAttempt) and a.g is not None:
+            _generic_wake(ctx, c, cid, jidx, a, due)
+
+
+def _generic_wake(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: GenericAttempt, due: int) -> None:
+    """Fire the generic timers (``absence``) of one attempt due by ``due``, each decided on its own."""
+    jp = ctx.journey_defs[jidx]
+    gr = jp.generic
+    g = a.g
+    if gr is None or g is None:
+        return
+    dd = gr.next_due(g)
+    if dd == NO_TS or dd > due:
+        return
+    for f in gr.wake(g, due):
+        ctx.current_customer = cid
+        fire(ctx, c, jp.generic_rules[f.rule], a, None, f.evidence, f.due_ms, a.last_step, anchor=f.anchor)
+        if ctx.pending:
+            decide(ctx, c, cid)
 
 
 def _check_expiry(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: Attempt, due: int) -> None:
@@ -109,8 +137,11 @@ def _check_expiry(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: A
     # windows still reach into the next attempt; timers fire before events of their time,
     # so the last moment it is needed at must have passed (due > keep) before it goes.
     keep = a.last_ts
-    for d in ctx.journey_defs[jidx].keepers:
+    jp = ctx.journey_defs[jidx]
+    for d in jp.keepers:
         keep = max(keep, d.keep_until(a))
+    if isinstance(a, GenericAttempt) and a.g is not None:
+        keep = max(keep, a.last_ts + jp.generic_span_ms)  # an ``unless`` look-back reaches into the next attempt
     if keep < due:
         set_attempt(ctx, c, jidx, None)
     else:

@@ -37,7 +37,7 @@ def fire(
         step: The step it is at.
         anchor: The event id the moment id derives from (default: the event's, else the last evidence).
     """
-    a.fired |= KIND_BITS[r.kind]
+    a.fired |= r.bit or KIND_BITS[r.kind]
     cid = ctx.current_customer if ev is None else ev.customer_id
     ctx.mark_dirty(c, cid, ctx.journey_index[r.journey])
     anchor_id = anchor if anchor is not None else (ev.event_id if ev is not None else evidence[-1])

@@ -98,3 +98,24 @@ class Attempt:
         (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
          self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
          self.s4) = st
+
+
+class GenericAttempt(Attempt):
+    """An attempt of a journey with generic rules (DESIGN.md §8): ``g`` holds their per-rule states.
+
+    Only such journeys pay for the extra slot; ``g`` is None while no generic rule holds anything. The
+    ``unless`` look-backs in it span attempts, so a new attempt takes over the ended one's ``g``.
+    """
+
+    __slots__ = ("g",)
+
+    def __init__(self, attempt_id: str, ts: int, state: tuple[Any, ...] = NO_STATE, g: list[Any] | None = None) -> None:
+        super().__init__(attempt_id, ts, state)
+        self.g = g
+
+    def __getstate__(self) -> tuple[object, ...]:
+        return (*super().__getstate__(), self.g)
+
+    def __setstate__(self, st: tuple[Any, ...]) -> None:
+        super().__setstate__(st[:-1])
+        self.g = st[-1]

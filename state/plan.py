@@ -11,6 +11,7 @@ from typing import Any
 
 from state.detectors import KIND_BITS, REGISTRY
 from state.detectors.base import STATE_SLOTS, Detector
+from state.generic.dispatch import JourneyRules
 from state.journey import NO_STATE
 from state.rule_model import JourneyDef, MomentRule, RulePackError
 
@@ -30,9 +31,15 @@ class JourneyPlan:
         enders: Detectors that drop state when an attempt ends.
         keepers: Detectors that keep an ended attempt for a while (``keep_until``).
         initial: The initial values of an attempt's state slots (shared by all new attempts).
+        generic: The journey's generic rules (DESIGN.md §8) and their dispatch table, None when it has none
+            (then its attempts carry no generic state and its events meet no generic rule).
+        generic_rules: Rule name → its ``MomentRule``, for the generic rules' firings.
+        generic_span_ms: The longest ``unless_within`` of its generic rules: how long an ended attempt's
+            generic state may still matter to the next attempt.
     """
 
-    def __init__(self, jd: JourneyDef, rules: dict[str, MomentRule], path: str = "<memory>") -> None:
+    def __init__(self, jd: JourneyDef, rules: dict[str, MomentRule], path: str = "<memory>",
+                 generic: tuple[MomentRule, ...] = ()) -> None:
         self.id: str = jd.id
         self.steps: tuple[str, ...] = jd.steps
         self.key_steps: frozenset[str] = jd.key_steps
@@ -76,6 +83,10 @@ class JourneyPlan:
         self.keepers = tuple(d for d in detectors if type(d).keep_until is not Detector.keep_until)
         self.initial: tuple[Any, ...] = (*initial, *NO_STATE[len(initial):])
         self.by_kind = by_kind
+        compiled = [r.generic for r in generic if r.generic is not None]
+        self.generic: JourneyRules | None = JourneyRules(jd.id, compiled) if compiled else None
+        self.generic_rules: dict[str, MomentRule] = {r.name: r for r in generic}
+        self.generic_span_ms: int = max((g.lookback_ms() for g in compiled), default=0)
 
     def rule(self, kind: str) -> MomentRule | None:
         """Return the journey's rule of a kind, None when the pack has none."""

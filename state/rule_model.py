@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import lru_cache
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 URGENCIES: Final = ("P1", "P2", "P3", "P4")
@@ -22,6 +22,9 @@ STAGE_REUSE: Final = 4
 DEFAULT_PACK: Final = Path(__file__).resolve().parent.parent / "flows" / "rulepacks" / "default.toml"
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+if TYPE_CHECKING:
+    from state.generic.base import GenericRule
+
 NAME: Final = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -86,7 +89,8 @@ class JourneyDef:
 
 @dataclass(frozen=True, slots=True)
 class MomentRule:
-    """One moment rule applied to one journey; ``name`` is ``<journey>.<kind>``."""
+    """One moment rule applied to one journey; ``name`` is ``<journey>.<kind>`` (``<journey>.<name>`` for a
+    generic kind, whose compiled rule is ``generic``)."""
 
     name: str
     kind: str
@@ -109,6 +113,11 @@ class MomentRule:
     holdout: float = 0.0
     stages: frozenset[int] = frozenset()
     contact: bool = True
+    # A generic kind (count, distinct, absence, sequence; DESIGN.md §8): the compiled rule, its bit in
+    # ``Attempt.fired`` and how far back or ahead it looks (windows, idle, unless_within).
+    generic: GenericRule | None = field(default=None, compare=False)
+    bit: int = 0
+    span_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +167,21 @@ class RulePack:
     @property
     def horizon_ms(self) -> int:
         """The longest time any rule looks back or ahead: idle customers older than this are evicted."""
-        spans = [self.attempt_timeout_ms, *(r.within_ms for r in self.rules), *(r.no_intent_ms for r in self.rules)]
+        spans = [self.attempt_timeout_ms, *(r.within_ms for r in self.rules), *(r.no_intent_ms for r in self.rules),
+                 *(r.span_ms for r in self.rules)]
         return max(spans)
 
     def fingerprint(self) -> str:
         """A short hash of the pack's rule semantics, to refuse restoring state built by another pack."""
         import hashlib
+        import json
 
         # Canonical text: frozensets are sorted, since their repr order follows the per-process string hash.
         # Only detection semantics count: contact policy, stage marks and effectiveness settings apply
         # cleanly to restored state, so changing them across a restart is allowed.
         journeys = [(j.id, j.steps, sorted(j.key_steps), j.complete_type) for j in self.journeys.values()]
         rules = [tuple(getattr(r, f) for f in _DETECTION_FIELDS) for r in self.rules]
+        rules += [(r.name, json.dumps(r.generic.source, sort_keys=True, default=str)) for r in self.rules if r.generic]
         text = repr((sorted(journeys), rules, self.attempt_timeout_ms))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 

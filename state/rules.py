@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from state.detectors import KINDS, REGISTRY
+from state.detectors.base import describe
 from state.events import BASE_TYPES
+from state.generic import schema as generic_schema
+from state.generic.base import GenericRule
 from state.plan import JourneyPlan
 from state.rule_model import (
     DEFAULT_PACK,
@@ -32,7 +35,8 @@ from state.rule_model import (
 )
 
 __all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGENCIES", "JourneyDef", "MomentRule",
-           "Policy", "RulePack", "RulePackError", "load_rule_pack", "parse_duration", "rule_pack_from_dict", "zone"]
+           "Policy", "RulePack", "RulePackError", "describe_rule", "load_rule_pack", "parse_duration",
+           "rule_pack_from_dict", "zone"]
 
 _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
@@ -126,16 +130,21 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
     types = set(BASE_TYPES) | set((probs.run(_str_list, path, "types", extra_types) or ()) if extra_types else ())
     journeys = _journeys(path, data.get("journey", []), types, probs)
     policy, defaults = probs.run(_policy, path, data.get("policy", {})) or (Policy(), _DEFAULTS)
-    rules = _moments(path, data.get("moment", []), journeys, types, defaults, probs)
+    raw_moments = data.get("moment", [])
+    rules = _moments(path, raw_moments, journeys, types, defaults, probs)
+    if isinstance(raw_moments, list):
+        rules += _generic_moments(path, raw_moments, journeys, types, attempt_timeout, defaults, rules, probs)
     targets_ms = probs.run(_latency_targets, path, data.get("latency_targets", {})) or {}
     by_journey: dict[str, dict[str, MomentRule]] = {jid: {} for jid in journeys}
     for r in rules:
-        by_journey[r.journey][r.kind] = r
+        if r.generic is None:
+            by_journey[r.journey][r.kind] = r
     if len(rules) > _MAX_RULES:
         probs.found.append(("moment", f"at most {_MAX_RULES} rules per pack"))
     min_sample, confidence = probs.run(_effectiveness, path, data.get("effectiveness", {})) or (200, 0.95)
     for jd in journeys.values():
-        probs.run(JourneyPlan, jd, by_journey[jd.id], path)  # what the engine compiles must compile
+        generic = tuple(r for r in rules if r.generic is not None and r.journey == jd.id)
+        probs.run(JourneyPlan, jd, by_journey[jd.id], path, generic)  # what the engine compiles must compile
     probs.raise_any()
     return RulePack(
         name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms,
@@ -212,9 +221,12 @@ def _moment(path: str, where: str, m: object, journeys: dict[str, JourneyDef], t
         raise RulePackError(path, where, "must be a table")
     before = len(probs.found)
     kind = m.get("kind")
+    if kind in generic_schema.KINDS:
+        return  # validated with the pack's other generic rules (``_generic_moments``)
     cls = REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise RulePackError(path, f"{where}.kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise RulePackError(path, f"{where}.kind",
+                            f"must be one of {', '.join((*KINDS, *generic_schema.KINDS))}, got {kind!r}")
     params = {p.key: p for p in cls.PARAMS}
     probs.run(_check_keys, path, where, m, _COMMON | set(params))
     urgency = m.get("urgency", "P2")
@@ -243,6 +255,60 @@ def _moment(path: str, where: str, m: object, journeys: dict[str, JourneyDef], t
             raise RulePackError(path, f"{where}.kind", f"rule {rname!r} is defined twice")
         if values is not None and ttl is not None and len(probs.found) == before:
             rules.append(MomentRule(rname, str(kind), jid, len(rules), str(urgency), str(action), ttl, **values))
+
+
+def describe_rule(r: MomentRule) -> str:
+    """Return what a rule of a pack (built-in or generic) does, in one line of plain words."""
+    if r.generic is not None:
+        return generic_schema.describe(r.generic)
+    return describe(REGISTRY[r.kind], r)
+
+
+def _generic_moments(path: str, raw: list[Any], journeys: dict[str, JourneyDef], types: set[str],
+                     attempt_timeout_ms: int, defaults: dict[str, Any], builtins: list[MomentRule],
+                     probs: _Problems) -> list[MomentRule]:
+    """Validate and compile the generic ``[[moment]]`` tables (DESIGN.md §8) into rules indexed after ``builtins``.
+
+    Every problem is noted in ``probs`` (naming file, ``moment[i] (<journey>.<name>)`` and field); a rule whose
+    name another rule of the pack already has is refused.
+    """
+    # The built-in tables (and the non-tables, unknown kinds) are ``_moment``'s: the schema skips them, the
+    # positions (``moment[i]``) stay.
+    raw = [m if isinstance(m, dict) and m.get("kind") in generic_schema.KINDS else {"kind": KINDS[0]} for m in raw]
+    errors = generic_schema.validate(path, raw, journeys, attempt_timeout_ms, types=frozenset(types),
+                                     builtin_kinds=KINDS)
+    if errors:
+        for e in errors:
+            probs.found += e.problems
+        return []
+    compiled = generic_schema.compile_rules(path, raw, journeys, attempt_timeout_ms, types=frozenset(types),
+                                            builtin_kinds=KINDS)
+    taken = {r.name for r in builtins}
+    per_journey: dict[str, int] = {}
+    out: list[MomentRule] = []
+    for g in compiled:
+        if g.name in taken:
+            where = next((f"moment[{i}]" for i, m in enumerate(raw) if g.source is m), "moment")
+            probs.found.append((f"{where}.name", f"rule {g.name!r} is already defined by a built-in rule"))
+            continue
+        k = per_journey.get(g.journey, 0)
+        per_journey[g.journey] = k + 1
+        c = g.common
+        out.append(MomentRule(
+            g.name, g.kind, g.journey, len(builtins) + len(out), c.urgency, c.action, c.ttl_ms,
+            channels=c.channels,
+            act_within_ms=c.act_within_ms if c.act_within_ms is not None else defaults["act_within_ms"],
+            holdout=c.holdout if c.holdout is not None else defaults["holdout"],
+            stages=frozenset(STAGES.index(s) for s in c.stages), contact=c.contact,
+            generic=g, bit=1 << (len(KINDS) + k), span_ms=_span_ms(g),
+        ))
+    return out
+
+
+def _span_ms(g: GenericRule) -> int:
+    """How far a generic rule looks back or ahead: its window, idle or ``unless_within`` (for eviction)."""
+    spans = [getattr(g, a, None) for a in ("within_ms", "idle_ms", "unless_within_ms")]
+    return max((s for s in spans if isinstance(s, int)), default=0)
 
 
 def _latency_targets(path: str, raw: object) -> dict[str, int]:

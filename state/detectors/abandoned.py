@@ -21,6 +21,8 @@ class Abandoned(Detector):
     """Arms at every latest event at a key step; fires ``idle`` later unless the attempt moved on."""
 
     KIND: ClassVar[str] = "abandoned"
+    SUMMARY: ClassVar[str] = ("fires {within} after the latest event of an attempt when it is at a "
+                              "key step and no event of the journey follows")
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("idle", "within_ms", "10m", "duration"),)
     ON_KEY_STEP: ClassVar[bool] = True
     TIMED: ClassVar[bool] = True

@@ -48,7 +48,7 @@ class Param:
 
     key: str
     field: str
-    default: object
+    default: Any
     check: str
 
     def value(self, raw: object, types: frozenset[str] | set[str]) -> object:
@@ -77,6 +77,7 @@ class Detector:
 
     Class attributes:
         KIND: The kind's name (``rule.kind``).
+        SUMMARY: A rule of the kind in plain words, a format string over the rule's fields (see ``describe``).
         PARAMS: Its parameters.
         STATE: Initial values of the per-attempt state slots it needs (one per slot).
         TYPES: Event types ``on_event`` is called for; None: every event of the journey.
@@ -92,6 +93,9 @@ class Detector:
     """
 
     KIND: ClassVar[str] = ""
+    # What a rule of the kind does in plain words (``moments check-rules``); ``{field}`` names a ``MomentRule``
+    # duration (``within``, ``no_intent``, as "30m") or value (``threshold``, ``channel``, ``type``, ``recent_steps``).
+    SUMMARY: ClassVar[str] = ""
     PARAMS: ClassVar[tuple[Param, ...]] = ()
     STATE: ClassVar[tuple[object, ...]] = ()
     TYPES: ClassVar[frozenset[str] | None] = frozenset()
@@ -165,6 +169,21 @@ class Detector:
     def keep_until(self, a: Attempt) -> int:
         """Return the last event time at which an ended attempt still matters to this rule."""
         return a.last_ts
+
+
+def ms_text(ms: int) -> str:
+    """A duration in the largest unit that divides it: ``1800000`` → ``30m``."""
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def describe(cls: type[Detector], rule: MomentRule) -> str:
+    """Return a built-in rule's one-line summary in plain words (its kind's ``SUMMARY`` filled in)."""
+    return cls.SUMMARY.format(within=ms_text(rule.within_ms), no_intent=ms_text(rule.no_intent_ms),
+                              threshold=rule.threshold, channel=rule.channel, type=rule.type,
+                              recent_steps=rule.recent_steps)
 
 
 def _no_state(a: Attempt) -> Any:

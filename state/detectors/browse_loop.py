@@ -21,6 +21,8 @@ class BrowseLoop(Detector):
     """State: ``(step index, ts, event_id, ts, event_id, …)``: the looped step and its views in the window."""
 
     KIND: ClassVar[str] = "browse_loop"
+    SUMMARY: ClassVar[str] = ("fires when the same step is viewed {threshold} times within {within} "
+                              "without reaching a later step")
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("views", "threshold", 3, "count"),
                                            Param("within", "within_ms", "10m", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((),)

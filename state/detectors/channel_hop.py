@@ -18,6 +18,7 @@ class ChannelHop(Detector):
     """
 
     KIND: ClassVar[str] = "channel_hop"
+    SUMMARY: ClassVar[str] = "fires when events of the journey come on {threshold} distinct channels within {within}"
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("distinct_channels", "threshold", 3, "count"),
                                            Param("within", "within_ms", "60m", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((),)

@@ -14,6 +14,7 @@ class Failed(Detector):
     """Fires on the attempt's first ``fail``; no state."""
 
     KIND: ClassVar[str] = "failed"
+    SUMMARY: ClassVar[str] = "fires on the first event of type fail in an attempt"
     PARAMS: ClassVar[tuple[Param, ...]] = ()
     TYPES: ClassVar[frozenset[str] | None] = frozenset({"fail"})
 

@@ -19,6 +19,8 @@ class Handoff(Detector):
     """
 
     KIND: ClassVar[str] = "handoff"
+    SUMMARY: ClassVar[str] = ("fires when a {type} on {channel} comes within {within} of an event in "
+                              "the journey (agent sees the last {recent_steps} steps)")
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("channel", "channel", "call_center", "channel"),
                                            Param("type", "type", "contact", "type"),
                                            Param("within", "within_ms", "30m", "duration"),

@@ -22,6 +22,8 @@ class Interested(Detector):
     """
 
     KIND: ClassVar[str] = "interested"
+    SUMMARY: ClassVar[str] = ("fires when the journey is viewed {threshold} times within {within} "
+                              "with no start or submit in the {no_intent} before")
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("count", "threshold", 2, "count"),
                                            Param("within", "within_ms", "24h", "duration"),
                                            Param("no_intent_within", "no_intent_ms", "24h", "duration"))

@@ -14,6 +14,7 @@ class Maze(Detector):
     """State: the entries window, (ts, step, entry, event_id) records, the latest per (step, entry)."""
 
     KIND: ClassVar[str] = "maze"
+    SUMMARY: ClassVar[str] = "fires when a key step is entered from {threshold} distinct entries within {within}"
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("distinct_entries", "threshold", 3, "count"),
                                            Param("within", "within_ms", "30m", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((),)

@@ -14,6 +14,7 @@ class Stuck(Detector):
     """State: the fails window, (ts, event_id) records, sorted, at most n-1 of them."""
 
     KIND: ClassVar[str] = "stuck"
+    SUMMARY: ClassVar[str] = "fires when {threshold} events of type fail fall within {within}"
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("threshold", "threshold", 3, "count"),
                                            Param("within", "within_ms", "30m", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((),)

@@ -6,7 +6,7 @@ from typing import Final
 
 from state.events import CHANNELS
 from state.generic.predicates import ATTRS_PREFIX, KEY_STEPS, FieldRef
-from state.rules import RulePackError, parse_duration
+from state.rule_model import RulePackError, parse_duration
 
 PREDICATE_FIELDS: Final[tuple[str, ...]] = ("channel", "type", "step", "entry")
 

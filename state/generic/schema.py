@@ -15,7 +15,7 @@ from state.generic import absence, count, distinct, sequence
 from state.generic.base import Common, GenericRule, JourneyLike
 from state.generic.checker import Checker
 from state.generic.predicates import KEY_STEPS
-from state.rules import RulePackError, parse_duration
+from state.rule_model import RulePackError, parse_duration
 
 KINDS: Final[tuple[str, ...]] = ("count", "distinct", "absence", "sequence")
 URGENCIES: Final[tuple[str, ...]] = ("P1", "P2", "P3", "P4")

@@ -1,7 +1,8 @@
 """The default pack's failed, stuck, maze, channel_hop and abandoned written as generic rules against the built-ins.
 
 Both run on the same traffic: the built-ins through the production shard (``state.shard.process``), the generic
-rules through ``tests/generic_driver.py``; moments are compared as (customer, rule, due_ts, moment_id) and
+rules through the same shard (``tests/pipeline_driver.py``: the pack loaded by the production loader) and through
+the standalone evaluator (``tests/generic_driver.py``); moments are compared as (customer, rule, due_ts, moment_id) and
 evidence. The one difference: the built-ins do not let a ``complete`` event count for maze or channel_hop
 (docs/detection.md: "no other detector sees it"), while DESIGN.md §8 has rules see the completion before the
 attempt ends. Excluding ``complete`` in ``when`` makes the generic rules equal to the built-ins.
@@ -21,6 +22,7 @@ from state.events import BASE_TYPES
 from state.moments import moment_id
 from tests.generic_driver import run as run_generic
 from tests.helpers import run as run_builtin
+from tests.pipeline_driver import run as run_pipeline
 from tests.property.test_detection_properties import streams
 
 PACK = tomllib.loads((Path(__file__).resolve().parents[1] / "fixtures" / "rulepacks" /
@@ -49,8 +51,12 @@ def builtin(events: list[dict[str, Any]]) -> dict[Key, tuple[str, ...]]:
 
 
 def generic(pack: dict[str, Any], events: list[dict[str, Any]]) -> dict[Key, tuple[str, ...]]:
-    """The generic rules' moments, keyed as ``builtin``; the rule names are the built-ins'."""
-    return {(c, r, due, moment_id(c, r, anchor)): ev for c, r, due, anchor, ev in run_generic(pack, events)}
+    """The generic rules' moments through the pipeline, keyed as ``builtin`` (the rule names are the built-ins');
+    the standalone evaluator must give the same."""
+    got = {(c, r, due, moment_id(c, r, anchor)): ev for c, r, due, anchor, ev in run_pipeline(pack, events)}
+    alone = {(c, r, due, moment_id(c, r, anchor)): ev for c, r, due, anchor, ev in run_generic(pack, events)}
+    assert got == alone
+    return got
 
 
 def test_generic_rules_give_the_builtins_moments_on_simulated_traffic() -> None:

@@ -1,10 +1,12 @@
 """The generic moment kinds against an independent reference (issue 14).
 
 ``tests.reference.generic_reference.run`` is a brute-force reading of DESIGN.md §8 written without looking at the
-production evaluator; ``tests.generic_driver.run`` drives the production evaluator with the same contract
-(``run(pack, events) -> sorted [(customer_id, rule, due_ts, anchor_event_id, evidence)]``). Both are run on the
-hand-computed examples and on random generic packs with random traffic; the 4-tuples must be equal, and then the
-evidence. The reference's own invariants are checked here too, without the production side.
+production evaluator. Two production sides have its contract
+(``run(pack, events) -> sorted [(customer_id, rule, due_ts, anchor_event_id, evidence)]``): the production
+pipeline (``tests.pipeline_driver``: the pack loader and ``state.shard.process``, which orders, deduplicates and
+keeps the attempts itself) and the standalone evaluator (``tests.generic_driver``, doing that bookkeeping on its
+own). Each is run on the hand-computed examples and on random generic packs with random traffic; the 4-tuples
+must be equal, and then the evidence. The reference's own invariants are checked here too, without the production side.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.generic_driver import run as evaluator_run
+from tests.pipeline_driver import run as pipeline_run
 from tests.reference import generic_reference as ref
 from tests.reference.generic_examples import CASES, Case
 from tests.reference.generic_strategies import ATTEMPT_TIMEOUT_MS, packs_and_traffic
@@ -25,15 +29,7 @@ Run = Callable[[dict[str, Any], list[dict[str, Any]]], list[tuple[str, str, int,
 Moment = tuple[str, str, int, str, tuple[str, ...]]
 
 
-def production_run() -> Run:
-    """The production side's ``run``; the test is skipped (with the reason) until the driver exists."""
-    try:
-        from tests.generic_driver import run  # type: ignore[import-not-found, unused-ignore]
-    except ModuleNotFoundError as exc:
-        if exc.name != "tests.generic_driver":
-            raise
-        pytest.skip("tests/generic_driver.py (the production evaluator's run(pack, events)) is not on this branch")
-    return run  # type: ignore[no-any-return, unused-ignore]
+SIDES: dict[str, Run] = {"pipeline": pipeline_run, "evaluator": evaluator_run}
 
 
 def assert_same_moments(expected: list[Moment], actual: list[Moment], context: str) -> None:
@@ -49,21 +45,30 @@ def _context(pack: dict[str, Any], events: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------- production vs
 
 
+@pytest.mark.parametrize("side", SIDES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_production_matches_hand_computed_example(case: Case) -> None:
-    run = production_run()
+def test_production_matches_hand_computed_example(case: Case, side: str) -> None:
+    run = SIDES[side]
     settled = "" if case.settled else " (a reading the contract does not fix: settle it, then align both)"
     assert_same_moments(sorted(case.expected), run(case.pack, case.events), case.clause + settled)
 
 
 @settings(max_examples=500, deadline=None)
 @given(packs_and_traffic())
-def test_production_matches_reference_on_random_packs_and_traffic(
+def test_pipeline_matches_reference_on_random_packs_and_traffic(
     drawn: tuple[dict[str, Any], list[dict[str, Any]]],
 ) -> None:
-    run = production_run()
     pack, events = drawn
-    assert_same_moments(ref.run(pack, events), run(pack, events), _context(pack, events))
+    assert_same_moments(ref.run(pack, events), pipeline_run(pack, events), _context(pack, events))
+
+
+@settings(max_examples=500, deadline=None)
+@given(packs_and_traffic())
+def test_evaluator_matches_reference_on_random_packs_and_traffic(
+    drawn: tuple[dict[str, Any], list[dict[str, Any]]],
+) -> None:
+    pack, events = drawn
+    assert_same_moments(ref.run(pack, events), evaluator_run(pack, events), _context(pack, events))
 
 
 # ---------------------------------------------------------------------------------------------- reference alone

@@ -68,7 +68,8 @@ def test_bad_durations_are_refused(value: object) -> None:
     [
         ("bad_duration.toml", "moment[3].within", "must be a duration like '10m', got 'ten'"),
         ("unknown_kind.toml", "moment[1].kind", "must be one of abandoned, failed, stuck, maze, channel_hop, "
-                                                "interested, handoff, browse_loop, got 'labyrinth'"),
+                                                "interested, handoff, browse_loop, count, distinct, absence, "
+                                                "sequence, got 'labyrinth'"),
         ("unknown_field.toml", "moment[0].within", "unknown field (allowed: act_within, action, channels, contact, "
                                                       "holdout, journeys, kind, stages, ttl, urgency)"),
         ("unknown_journey.toml", "moment[0].journeys", "unknown journey 'loan'"),
