@@ -13,7 +13,7 @@ from bytewax.inputs import Source
 
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
-from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
+from connectors.replay_source import JsonlFileSource, SimulatorSource, file_partition_names, file_paths
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
@@ -71,8 +71,30 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             final_tick=cfg.kafka_stop_at_end and not cfg.live,
             types=pack.types,
             feedback_topics=[cfg.kafka_topics["feedback"]],
+            ticks=not cfg.live,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
+
+
+def replay_partitions(cfg: PipelineConfig, source: Source) -> Callable[[], frozenset[str]]:  # type: ignore[type-arg]
+    """Return a function giving the input partitions a replay shard's watermark waits for (live: none).
+
+    Every shard hears every partition's ticks: a cluster's file and simulator partitions feed only their own
+    process's shards, but each process reads every file (its partition ticks under the file's name).
+    """
+    if cfg.live:
+        return frozenset
+    if isinstance(source, JsonlFileSource):
+        names = frozenset(file_partition_names(file_paths(cfg.source[5:])))
+        return lambda: names
+    if isinstance(source, SimulatorSource):
+        return lambda: frozenset({"simulator"})
+    from connectors.kafka.source import KafkaRawSource
+
+    if isinstance(source, KafkaRawSource):
+        # Asked when a shard is built (the topics' partition counts: once per process, from the broker).
+        return source.event_partitions
+    return frozenset
 
 
 def check_clickhouse_schema(cfg: PipelineConfig) -> None:
@@ -171,6 +193,9 @@ def build_dataflow(
         The dataflow, ready for ``cli_main``.
     """
 
+    source = make_source(cfg, pack)
+    partitions = replay_partitions(cfg, source)
+
     def make_shard() -> Shard:
         return Shard(
             pack,
@@ -181,10 +206,11 @@ def build_dataflow(
             feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
             dead_letter_max_bytes=cfg.dead_letter_max_bytes,
             shards=cfg.shards,
+            partitions=partitions(),
         )
 
     flow = Dataflow("cx_moments")
-    raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
+    raw = op.input("input", flow, stoppable(source))  # SIGTERM ends the input (flows.stopping)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s)
     placement = placement_of(cfg)
