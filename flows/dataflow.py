@@ -71,7 +71,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             final_tick=cfg.kafka_stop_at_end and not cfg.live,
             types=pack.types,
             feedback_topics=[cfg.kafka_topics["feedback"]],
-            ticks=not cfg.live,
+            ticks=cfg.kafka_stop_at_end and not cfg.live,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
@@ -91,8 +91,9 @@ def replay_partitions(cfg: PipelineConfig, source: Source) -> Callable[[], froze
         return lambda: frozenset({"simulator"})
     from connectors.kafka.source import KafkaRawSource
 
-    if isinstance(source, KafkaRawSource):
-        # Asked when a shard is built (the topics' partition counts: once per process, from the broker).
+    if isinstance(source, KafkaRawSource) and cfg.kafka_stop_at_end:
+        # Only a replay to the end: every partition then reports, an empty one by its end. Asked when a shard
+        # is built (the topics' partition counts: once per process, from the broker).
         return source.event_partitions
     return frozenset
 
