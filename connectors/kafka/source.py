@@ -61,6 +61,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._final_tick = final_tick and stop_at_end
         # A replay's event partitions tick after every batch: the shards' watermarks follow the slowest one.
         self._ticks = ticks and clock
+        self._ticked = -1  # the time the last tick carried: an unchanged one is not sent again
         # Feedback records are not events: they never move the input's end-of-input time (their final tick
         # carries 0), whatever fields they carry.
         self._track = (self._final_tick or self._ticks) and clock
@@ -165,8 +166,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             # hears its largest valid event time, and flushes to the whole input's largest at end of input.
             tick = Tick(self._max_ts, final=True, partition=f"{self._source}[{self._part}]")
             items.extend((k, tick) for k in self._keys)
-        elif self._ticks:
+        elif self._ticks and self._max_ts > self._ticked:
             # After the batch's events (same key, same order): none of them is below what the tick says.
+            self._ticked = self._max_ts
             tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]")
             items.extend((k, tick) for k in self._keys)
         return items
