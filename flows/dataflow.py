@@ -76,7 +76,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
     raise ValueError(f"unknown source {cfg.source!r}")
 
 
-def replay_partitions(cfg: PipelineConfig, source: Source) -> Callable[[], frozenset[str]]:  # type: ignore[type-arg]
+def replay_partitions(cfg: PipelineConfig) -> Callable[[], frozenset[str]]:
     """Return a function giving the input partitions a replay shard's watermark waits for (live: none).
 
     Every shard hears every partition's ticks: a cluster's file and simulator partitions feed only their own
@@ -84,17 +84,28 @@ def replay_partitions(cfg: PipelineConfig, source: Source) -> Callable[[], froze
     """
     if cfg.live:
         return frozenset
-    if isinstance(source, JsonlFileSource):
+    if cfg.source.startswith("file:"):
         names = frozenset(file_partition_names(file_paths(cfg.source[5:])))
         return lambda: names
-    if isinstance(source, SimulatorSource):
+    if cfg.source == "simulator":
         return lambda: frozenset({"simulator"})
-    from connectors.kafka.source import KafkaRawSource
-
-    if isinstance(source, KafkaRawSource) and cfg.kafka_stop_at_end:
+    if cfg.source == "kafka" and cfg.kafka_stop_at_end:
         # Only a replay to the end: every partition then reports, an empty one by its end. Asked when a shard
-        # is built (the topics' partition counts: once per process, from the broker).
-        return source.event_partitions
+        # is built: the event topic's partition count, from the broker once per process.
+        topic = cfg.kafka_topics["events"]
+        known: list[frozenset[str]] = []
+
+        def kafka_partitions() -> frozenset[str]:
+            if not known:
+                from connectors.kafka.admin import ensure_topics
+                from connectors.kafka.config import kafka_config
+
+                counts = ensure_topics(kafka_config(overrides=cfg.kafka_overrides()), [topic],
+                                       create=cfg.kafka_create_topics, partitions=cfg.kafka_partitions)
+                known.append(frozenset(f"kafka:{topic}[{p}]" for p in range(counts[topic])))
+            return known[0]
+
+        return kafka_partitions
     return frozenset
 
 
@@ -194,8 +205,7 @@ def build_dataflow(
         The dataflow, ready for ``cli_main``.
     """
 
-    source = make_source(cfg, pack)
-    partitions = replay_partitions(cfg, source)
+    partitions = replay_partitions(cfg)
 
     def make_shard() -> Shard:
         return Shard(
@@ -211,7 +221,7 @@ def build_dataflow(
         )
 
     flow = Dataflow("cx_moments")
-    raw = op.input("input", flow, stoppable(source))  # SIGTERM ends the input (flows.stopping)
+    raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s)
     placement = placement_of(cfg)

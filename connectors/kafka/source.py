@@ -342,7 +342,6 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES,
                  feedback_topics: Collection[str] = (), ticks: bool = False) -> None:
         self._ticks = ticks
-        self._counts: dict[str, int] | None = None
         self._final_tick = final_tick
         self._feedback = frozenset(feedback_topics)
         self._types = types
@@ -360,18 +359,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
 
     def list_parts(self) -> list[str]:
         """Return ``topic:partition`` names, waiting for the broker and creating topics if allowed."""
-        counts = self._counts = ensure_topics(self._conf, self._topics, create=self._create,
-                                              partitions=self._partitions)
+        counts = ensure_topics(self._conf, self._topics, create=self._create, partitions=self._partitions)
         return [f"{t}:{p}" for t in self._topics for p in range(counts[t])]
-
-    def event_partitions(self) -> frozenset[str]:
-        """Return what the ticks of the event (not feedback) topics' partitions call them, ``kafka:TOPIC[N]``."""
-        counts = self._counts
-        if counts is None:
-            counts = self._counts = ensure_topics(self._conf, self._topics, create=self._create,
-                                                  partitions=self._partitions)
-        return frozenset(f"kafka:{t}[{p}]" for t in self._topics if t not in self._feedback
-                         for p in range(counts[t]))
 
     def build_part(self, step_id: str, for_part: str, resume_state: KafkaPosition | None) -> _KafkaPartition:
         """Open one partition at its snapshotted offset (or its beginning)."""

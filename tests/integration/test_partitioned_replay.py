@@ -116,3 +116,19 @@ def test_a_kafka_replay_of_three_partitions_gives_the_moments_of_the_file(
     cfg = PipelineConfig(source="kafka", sinks=(f"jsonl:{out}",), metrics_port=None, shards=SHARDS,
                          kafka_bootstrap=kafka, kafka_topics=topics, kafka_stop_at_end=True, clock="replay")
     assert _run(cfg, out) == (ids, 0)
+
+
+def test_split_files_stopped_mid_input_and_resumed_give_the_moments_of_the_single_file(
+        single: tuple[list[bytes], set[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.integration.test_resume_replay import _stopped_then_resumed
+
+    lines, ids = single
+    paths = _split(lines, tmp_path, 3)
+
+    def cfg(name: str, batch_lines: int) -> PipelineConfig:
+        return PipelineConfig(source="file:" + ",".join(map(str, paths)), sinks=(f"jsonl:{tmp_path / name}",),
+                              metrics_port=None, shards=SHARDS, batch_lines=min(batch_lines, 50))
+
+    # The first file stops after 300 of its lines (the others read about as far); the rest after the restart.
+    got, _customers = _stopped_then_resumed(monkeypatch, cfg, "0", 300, tmp_path, first_batch=50)
+    assert got == ids
