@@ -3,9 +3,10 @@
 Lines are not parsed here: each is routed by a customer id sliced from its
 bytes, so parsing happens after the exchange, on the worker that owns the shard.
 After every batch the source sends the largest valid event time it has read to
-its shards (a ``Tick``), so idle live shards' clocks follow the input (DESIGN.md §7),
-and a final tick naming the partition at the end: at end of input every shard fires
-what is due by the largest time any partition reported.
+its shards (a ``Tick`` naming the partition), so idle live shards' clocks follow the
+input (DESIGN.md §7) and replay shards' watermarks follow the slowest partition, and
+a final tick at the end: at end of input every shard fires what is due by the
+largest time any partition reported.
 
 In a cluster every process reads the whole input but keeps only the lines of the
 shards its own workers run (``connectors.placement``): raw lines then never cross
@@ -62,7 +63,9 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_ts: int = 0,
         max_future_ms: int | None = None,
         name: str = "",
+        tick_name: str = "",
     ) -> None:
+        self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
         self._realtime = realtime
@@ -149,7 +152,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s], s)) for s in range(shards)
                              if values[s]]
         if n or self._done:
-            tick = Tick(max_ts, final=self._done, partition=src if self._done else "")
+            tick = Tick(max_ts, final=self._done, partition=self._tick_name)
             items.extend((k, tick) for k in self._tick_keys)
         return items
 
@@ -278,6 +281,12 @@ def check_input_file(path: Path) -> bool:
     return True
 
 
+def file_partition_names(paths: list[Path]) -> list[str]:
+    """Return what the ticks of each file's partition call it: ``file:NAME``, with ``#INDEX`` when names repeat."""
+    names = [f"file:{p.name}" for p in paths]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
 class JsonlFileSource(FixedPartitionedSource[Item, Position]):
     """Replay JSONL files, resuming at the next unread line.
 
@@ -306,6 +315,7 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         if not [p for p in paths if check_input_file(p)]:
             _log.warning("input: no events to read (%s)", ", ".join(map(str, paths)) or "no files")
         self._paths = paths
+        self._tick_names = file_partition_names(paths)
         self._shards = shards
         self._batch = batch_lines
         self._placement = placement
@@ -321,7 +331,7 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
-                             name=path.name)
+                             name=path.name, tick_name=self._tick_names[index])
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):

@@ -13,7 +13,7 @@ from bytewax.inputs import Source
 
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
-from connectors.replay_source import JsonlFileSource, SimulatorSource, file_paths
+from connectors.replay_source import JsonlFileSource, SimulatorSource, file_partition_names, file_paths
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
@@ -71,8 +71,42 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             final_tick=cfg.kafka_stop_at_end and not cfg.live,
             types=pack.types,
             feedback_topics=[cfg.kafka_topics["feedback"]],
+            ticks=cfg.kafka_stop_at_end and not cfg.live,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
+
+
+def replay_partitions(cfg: PipelineConfig) -> Callable[[], frozenset[str]]:
+    """Return a function giving the input partitions a replay shard's watermark waits for (live: none).
+
+    Every shard hears every partition's ticks: a cluster's file and simulator partitions feed only their own
+    process's shards, but each process reads every file (its partition ticks under the file's name).
+    """
+    if cfg.live:
+        return frozenset
+    if cfg.source.startswith("file:"):
+        names = frozenset(file_partition_names(file_paths(cfg.source[5:])))
+        return lambda: names
+    if cfg.source == "simulator":
+        return lambda: frozenset({"simulator"})
+    if cfg.source == "kafka" and cfg.kafka_stop_at_end:
+        # Only a replay to the end: every partition then reports, an empty one by its end. Asked when a shard
+        # is built: the event topic's partition count, from the broker once per process.
+        topic = cfg.kafka_topics["events"]
+        known: list[frozenset[str]] = []
+
+        def kafka_partitions() -> frozenset[str]:
+            if not known:
+                from connectors.kafka.admin import ensure_topics
+                from connectors.kafka.config import kafka_config
+
+                counts = ensure_topics(kafka_config(overrides=cfg.kafka_overrides()), [topic],
+                                       create=cfg.kafka_create_topics, partitions=cfg.kafka_partitions)
+                known.append(frozenset(f"kafka:{topic}[{p}]" for p in range(counts[topic])))
+            return known[0]
+
+        return kafka_partitions
+    return frozenset
 
 
 def check_clickhouse_schema(cfg: PipelineConfig) -> None:
@@ -171,6 +205,8 @@ def build_dataflow(
         The dataflow, ready for ``cli_main``.
     """
 
+    partitions = replay_partitions(cfg)
+
     def make_shard() -> Shard:
         return Shard(
             pack,
@@ -181,6 +217,7 @@ def build_dataflow(
             feedback_sources=frozenset({f"kafka:{cfg.kafka_topics['feedback']}"}),
             dead_letter_max_bytes=cfg.dead_letter_max_bytes,
             shards=cfg.shards,
+            partitions=partitions(),
         )
 
     flow = Dataflow("cx_moments")

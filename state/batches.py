@@ -31,7 +31,7 @@ class Tick(NamedTuple):
     """The largest event time a source partition has seen, broadcast to every shard.
 
     A tick lets an idle live shard's watermark follow the whole input (DESIGN.md §7); a replay shard's
-    watermark follows only its own events, so non-final ticks do not move it. With ``final`` set the
+    watermark follows the slowest of the ``partition`` names it was built to wait for. With ``final`` set the
     partition has ended. A final tick naming its ``partition`` is one of several a shard may hear: the shard
     keeps the largest such time and, at end of input (once every partition of every process has ended),
     releases every buffered event and fires every timer due at or before it. A final tick without a

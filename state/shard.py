@@ -1,10 +1,13 @@
 """A shard of customers with one event-time clock: the unit of state the dataflow keys on.
 
-Events are buffered until the watermark (largest event time seen minus the
-allowed lateness) passes them, then applied in (ts, event_id) order with
-timers interleaved (a timer fires before events of the same time). That makes
-detection independent of arrival order within the lateness and of how many
-workers run. Events later than the lateness are applied at once and counted.
+Events are buffered until the watermark passes them, then applied in (ts, event_id)
+order with timers interleaved (a timer fires before events of the same time). In a
+replay that knows its input partitions the watermark is the smallest, over the
+partitions not yet ended, of each partition's largest valid event time minus the
+allowed lateness; otherwise (live, or no partitions given) it is the largest event
+time seen minus the lateness. That makes detection independent of arrival order
+within the lateness, of how the input is partitioned and read, and of how many
+workers run. Events below the watermark are applied at once and counted as late.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class Shard:
         dead_letter_max_bytes: Original bytes a dead letter keeps (see ``dead_letter_record``).
         shards: Number of shards routing divides customers into (0: unknown, no routing check); an event
             whose parsed customer does not belong to the shard its batch was routed to is dead-lettered.
+        partitions: Replay: the names of the input partitions whose ticks reach this shard (``Tick.partition``).
+            Given, the watermark follows the slowest partition not yet ended (see ``tick``), not the shard's
+            own events; empty (or live), it follows the largest event time seen.
     """
 
     def __init__(
@@ -74,8 +80,10 @@ class Shard:
         feedback_sources: frozenset[str] = frozenset(),
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES,
         shards: int = 0,
+        partitions: frozenset[str] = frozenset(),
     ) -> None:
         self.key = key
+        self.partitions = frozenset() if live else partitions
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.shards = shards
         self.feedback_sources = feedback_sources
@@ -94,6 +102,8 @@ class Shard:
         self.wm = 0
         # Final ticks heard so far (partition -> its largest valid event time): the end-of-input flush limit.
         self.finals: dict[str, int] = {}
+        # Replay: the largest valid event time each partition has reported (its ticks), for the watermark.
+        self.part_max: dict[str, int] = {}
         self._states_at = 0
         self.state_interval_ms = 1_000
         # The in-order release shortcut of ``advance``; off, only its general loop runs (which the shortcut
@@ -134,7 +144,8 @@ class Shard:
         out = self.ctx.out
         held = self.held
         append = held.queue.append
-        lateness = self.lateness_ms
+        # Partitioned replay: the ticks alone move the watermark, so an event never does (an unreachable lateness).
+        lateness = self.lateness_ms if not self.partitions else 1 << 62
         max_ts = self.max_ts
         # The watermark as one-event-at-a-time processing would have it: lateness is judged per event, so it
         # does not depend on where batches begin and end.
@@ -176,7 +187,8 @@ class Shard:
                 continue
             held.push(ev)
         self.max_ts = max_ts
-        self.advance(max_ts - self.lateness_ms)
+        if not self.partitions:
+            self.advance(max_ts - lateness)
 
     def feed_feedback(self, batch: RawBatch) -> None:
         """Apply feedback records to the tags they name (at once: feedback is not event-time ordered).
@@ -212,22 +224,47 @@ class Shard:
                                            self.dead_letter_max_bytes))
 
     def tick(self, t: Tick) -> None:
-        """Follow the input's largest event time (live only); note or act on a final tick.
+        """Follow the input's progress: note a partition's largest time, note or act on a final tick.
 
-        A replay shard's watermark follows its own events only: ticks arrive once per source batch, and
-        letting them move it would make lateness depend on batch boundaries.
+        Partitioned replay: the watermark moves to the smallest largest time of the expected partitions not
+        yet ended, minus the lateness (nothing moves until each has reported). Live: it follows the largest
+        time of any tick. Otherwise (a replay without partitions) it follows the shard's own events only.
         """
+        p = t.partition
         if t.final:
-            if not t.partition:
+            if not p:
                 self.flush(max(t.max_ts_ms, self.max_ts))
-            elif t.max_ts_ms > self.finals.get(t.partition, -1):
-                self.finals[t.partition] = t.max_ts_ms
+                return
+            if t.max_ts_ms > self.finals.get(p, -1):
+                self.finals[p] = t.max_ts_ms
+        if self.partitions:
+            if p in self.partitions:
+                if t.max_ts_ms > self.part_max.get(p, -1):
+                    self.part_max[p] = t.max_ts_ms
+                self._follow_partitions()
             return
-        if not self.live:
+        if t.final or not self.live:
             return
         if t.max_ts_ms > self.max_ts:
             self.max_ts = t.max_ts_ms
         self.advance(self.max_ts - self.lateness_ms)
+
+    def _follow_partitions(self) -> None:
+        """Advance to the slowest open partition's largest time minus the lateness (all ended: the largest's)."""
+        heard = self.part_max
+        finals = self.finals
+        low: int | None = None
+        for p in self.partitions:
+            if p in finals:
+                continue
+            m = heard.get(p)
+            if m is None:
+                return  # a partition that has not reported yet may still send anything
+            if low is None or m < low:
+                low = m
+        if low is None:
+            low = max(heard.values(), default=0)
+        self.advance(low - self.lateness_ms)
 
     def on_wall_clock(self) -> None:
         """Live mode: advance the watermark with the wall clock while input is idle."""
@@ -406,7 +443,8 @@ class Shard:
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
-        return dump(self.pack, self.customers, self.held, self.max_ts, self.wm, self.ctx.dirty, self.finals)
+        return dump(self.pack, self.customers, self.held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
+                    self.part_max)
 
     def restore(self, blob: bytes) -> None:
         """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
@@ -415,7 +453,8 @@ class Shard:
             ValueError: when it was taken with a different rule pack, or in a format that cannot be upgraded.
         """
         ctx = self.ctx
-        self.customers, self.held, self.max_ts, self.wm, dirty, self.finals = load(blob, self.pack, ctx.journey_defs)
+        (self.customers, self.held, self.max_ts, self.wm, dirty, self.finals,
+         self.part_max) = load(blob, self.pack, ctx.journey_defs)
         ctx.dirty = dirty
         wheel = ctx.wheel = TimerWheel()
         for cid, c in self.customers.items():

@@ -24,16 +24,17 @@ Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
 
 
 def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
-         dirty: Dirty, finals: dict[str, int]) -> bytes:
+         dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None) -> bytes:
     """Return a shard's state as bytes (wake-ups are not included: each customer carries its own)."""
     state = (SNAPSHOT_FORMAT, pack.fingerprint(), customers, list(held.queue), held.heap, max_ts, wm, held.seq,
-             [(k, t) for k, (_c, t) in dirty.items()], finals)
+             [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}))
     return pickle.dumps(state, protocol=5)
 
 
 def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
-        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int]]:
-    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks) from ``dump``'s bytes.
+        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int]]:
+    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times)
+    from ``dump``'s bytes.
 
     Raises:
         ValueError: when they were taken with a different rule pack, or in a format that cannot be upgraded.
@@ -49,7 +50,10 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
     rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
     # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
     finals: dict[str, Any] = dict(rest[0]) if rest else {}
-    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals
+    # Snapshots from before per-partition watermarks have no partitions' times: the watermark restored stays, and
+    # moves again once every open partition has reported (each resumes with its largest time and sends it).
+    part_max: dict[str, Any] = dict(rest[1]) if len(rest) > 1 else {}
+    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals, part_max
 
 
 def check_format(fmt: object) -> None:

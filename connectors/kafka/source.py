@@ -57,11 +57,14 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0,
-                 clock: bool = True) -> None:
+                 clock: bool = True, ticks: bool = False) -> None:
         self._final_tick = final_tick and stop_at_end
+        # A replay's event partitions tick after every batch: the shards' watermarks follow the slowest one.
+        self._ticks = ticks and clock
+        self._ticked = -1  # the time the last tick carried: an unchanged one is not sent again
         # Feedback records are not events: they never move the input's end-of-input time (their final tick
         # carries 0), whatever fields they carry.
-        self._track = self._final_tick and clock
+        self._track = (self._final_tick or self._ticks) and clock
         self._types = types
         self._max_ts = max_ts
         self._consumer = Consumer(consumer_conf(conf))
@@ -155,15 +158,19 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             # No customer id to route by: shard 0 writes the dead letter (any shard's dead letters reach the
             # same outputs and counter), in the same epoch as the position that skips it.
             items.append((self._keys[0], RawBatch(self._source, self._part, [], [], 0, tuple(skipped))))
-        if self._final_tick:
-            if candidates:
-                # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the flush.
-                self._max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards))
-            if self._eof:
-                # The partition's end in a replay: every shard (in every process: the exchange routes by key)
-                # hears its largest valid event time, and flushes to the whole input's largest at end of input.
-                tick = Tick(self._max_ts, final=True, partition=f"{self._source}[{self._part}]")
-                items.extend((k, tick) for k in self._keys)
+        if candidates:
+            # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the clock.
+            self._max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards))
+        if self._final_tick and self._eof:
+            # The partition's end in a replay: every shard (in every process: the exchange routes by key)
+            # hears its largest valid event time, and flushes to the whole input's largest at end of input.
+            tick = Tick(self._max_ts, final=True, partition=f"{self._source}[{self._part}]")
+            items.extend((k, tick) for k in self._keys)
+        elif self._ticks and self._max_ts > self._ticked:
+            # After the batch's events (same key, same order): none of them is below what the tick says.
+            self._ticked = self._max_ts
+            tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]")
+            items.extend((k, tick) for k in self._keys)
         return items
 
     def _checked_start(self, start: int) -> int:
@@ -323,6 +330,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
             is due by the whole input's largest time, as a file replay does.
         types: Event types the rule pack knows (for the final tick's validity check).
         feedback_topics: Topics whose messages are feedback, not events: they never move the final tick's time.
+        ticks: A replay: after every batch, send every shard a ``Tick`` with the partition's largest valid event
+            time so far (feedback partitions do not tick), which the shards' watermarks follow.
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
@@ -331,7 +340,8 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                  on_error: Callable[[str, int, KafkaError], None] | None = None,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES,
-                 feedback_topics: Collection[str] = ()) -> None:
+                 feedback_topics: Collection[str] = (), ticks: bool = False) -> None:
+        self._ticks = ticks
         self._final_tick = final_tick
         self._feedback = frozenset(feedback_topics)
         self._types = types
@@ -360,4 +370,4 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                                self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
                                on_reset=self._on_reset,
                                final_tick=self._final_tick, types=self._types, max_ts=max_ts,
-                               clock=topic not in self._feedback)
+                               clock=topic not in self._feedback, ticks=self._ticks)
