@@ -66,15 +66,21 @@ def check_shards(directory: Path, shards: int) -> None:
 
 
 def check_input_files(directory: Path, paths: list[Path]) -> None:
-    """Refuse to resume a file position in a place of the input list that now holds another file."""
+    """Refuse to resume a file position in a place of the input list that now holds another file, or none."""
     for key, blob in _latest_snapshots(directory, INPUT_STEP).items():
         index = key.partition("-p")[0]
-        if not index.isdigit() or int(index) >= len(paths):
+        if not index.isdigit():
             continue
         try:
             state: Any = pickle.loads(blob)  # noqa: S301 - our own recovery store
         except Exception:  # noqa: BLE001, S112 - left to the restore, which names an unusable snapshot
             continue
+        if int(index) >= len(paths):
+            # Bytewax cannot resume a partition the source no longer lists: it panics on the unknown key.
+            was = f" ({state[3]!r})" if isinstance(state, tuple) and len(state) >= 4 and state[3] else ""
+            raise ConfigError("--source", f"the recovery state in {directory} holds a position for place {index} "
+                              f"of the input list{was}, which now has {len(paths)} file(s): list the same files "
+                              f"(new ones may be added at the end), or start over with an empty --recovery-dir")
         if isinstance(state, tuple) and len(state) >= 4 and state[0] > 0:
             name = paths[int(index)].name
             if state[3] and state[3] != name:

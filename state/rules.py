@@ -114,6 +114,9 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
         raise RulePackError(p, "(file)", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
         raise RulePackError(p, "(syntax)", str(e)) from None
+    except RecursionError:
+        # tomllib parses nested tables and arrays recursively: a hostile pack nested thousands deep.
+        raise RulePackError(p, "(syntax)", "tables or arrays nested too deeply") from None
     return rule_pack_from_dict(data, str(p))
 
 

@@ -156,3 +156,18 @@ def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_pa
     line = _error_line(again)
     assert "events.jsonl" in line
     assert "later.jsonl" in line
+
+
+def test_a_file_removed_from_the_input_list_is_refused_not_a_panic(tmp_path: Path) -> None:
+    # Bytewax panicked on the partition it no longer had ("Key StateKey(\"1\") is not in this worker's routing map").
+    first = _events(tmp_path)
+    second = tmp_path / "later.jsonl"
+    second.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in simulate(50, 30, seed=9).events()))
+    rec = tmp_path / "rec"
+    assert _moments_run(_args(f"file:{first},{second}", rec)).returncode == 0
+    again = _moments_run(_args(f"file:{first}", rec))
+    assert again.returncode == 2, again.stderr[-3000:]
+    line = _error_line(again)
+    assert "place 1" in line
+    assert "later.jsonl" in line
+    assert "panicked" not in again.stderr

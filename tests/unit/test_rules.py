@@ -232,3 +232,12 @@ def test_durations_beyond_ten_years_are_refused_naming_the_field(tmp_path: Path)
     bad.write_text(text.replace('idle = "10m"', 'idle = "10000000d"', 1))
     with pytest.raises(RulePackError, match=r"huge\.toml.*idle.*at most 3650d"):
         load_rule_pack(bad)
+
+
+def test_a_pack_nested_thousands_deep_is_refused_not_a_traceback(tmp_path: Path) -> None:
+    # tomllib recursed until RecursionError: a traceback from check-rules and run.
+    deep = tmp_path / "deep.toml"
+    deep.write_text('[pack]\nname = "x"\n[[moment]]\nkind = "count"\nwhen = {type = ' + "[" * 3000 + '"x"'
+                    + "]" * 3000 + "}\n")
+    with pytest.raises(RulePackError, match=r"deep\.toml.*nested too deeply"):
+        load_rule_pack(deep)
