@@ -144,12 +144,16 @@ def test_a_recovery_dir_from_before_the_layout_file_still_refuses_fewer_shards(t
     assert "at least --shards" in _error_line(again)
 
 
-def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_path: Path) -> None:
-    # The second file's lines were skipped up to the first file's position: events=0, exit 0.
-    first = _events(tmp_path)
+def _two_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """Two different input files and a recovery directory."""
     second = tmp_path / "later.jsonl"
     second.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in simulate(50, 30, seed=9).events()))
-    rec = tmp_path / "rec"
+    return _events(tmp_path), second, tmp_path / "rec"
+
+
+def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_path: Path) -> None:
+    # The second file's lines were skipped up to the first file's position: events=0, exit 0.
+    first, second, rec = _two_files(tmp_path)
     assert _moments_run(_args(f"file:{first}", rec)).returncode == 0
     again = _moments_run(_args(f"file:{second}", rec))
     assert again.returncode == 2, again.stderr[-3000:]
@@ -160,10 +164,7 @@ def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_pa
 
 def test_a_file_removed_from_the_input_list_is_refused_not_a_panic(tmp_path: Path) -> None:
     # Bytewax panicked on the partition it no longer had ("Key StateKey(\"1\") is not in this worker's routing map").
-    first = _events(tmp_path)
-    second = tmp_path / "later.jsonl"
-    second.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in simulate(50, 30, seed=9).events()))
-    rec = tmp_path / "rec"
+    first, second, rec = _two_files(tmp_path)
     assert _moments_run(_args(f"file:{first},{second}", rec)).returncode == 0
     again = _moments_run(_args(f"file:{first}", rec))
     assert again.returncode == 2, again.stderr[-3000:]
