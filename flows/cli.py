@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rules: sent and control moments needed for a verdict (default: rule pack, else 200)")
     rep.add_argument("--confidence", type=float, default=None,
                      help="rules: confidence level of the uplift interval (default: rule pack, else 0.95)")
+    rep.add_argument("--min-uplift", type=float, default=None,
+                     help="rules: smallest uplift worth the contacts, a fraction; credibly below it means retire "
+                          "(default: rule pack, else 0)")
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
@@ -305,7 +308,8 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
           f"{pol.min_gap_ms // 60000} min apart; quiet hours {quiet}")
     print(f"    channel caps {caps}; no actions for {pol.after_complete_ms // 3600000} h after a journey is completed")
     print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
-          f"at {pack.effect_confidence:.0%} confidence")
+          f"at {pack.effect_confidence:.0%} confidence (valid at every look); retire below "
+          f"{100 * pack.effect_min_uplift:g} points of uplift")
     return 0
 
 

@@ -13,90 +13,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-Verdict = Literal["keep", "retire", "insufficient_sample"]
+from flows.uplift_sequence import Verdict, still_needed, uplift, verdict
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_MIN_SAMPLE = 200
+DEFAULT_MIN_UPLIFT = 0.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-
-
-@dataclass(frozen=True, slots=True)
-class Uplift:
-    """Success rates of both arms and the difference with its confidence interval.
-
-    Attributes:
-        rate_t: Success rate of the treated (sent) arm.
-        rate_c: Success rate of the control arm.
-        diff: ``rate_t - rate_c``.
-        low: Lower bound of the interval.
-        high: Upper bound of the interval.
-    """
-
-    rate_t: float
-    rate_c: float
-    diff: float
-    low: float
-    high: float
-
-
-def uplift(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float = DEFAULT_CONFIDENCE) -> Uplift | None:
-    """Difference of two success rates with a two-sided Wald (unpooled normal-approximation) interval.
-
-    ``diff ± z·sqrt(p_t(1-p_t)/n_t + p_c(1-p_c)/n_c)`` with ``z`` the ``(1+confidence)/2`` normal
-    quantile. When both rates are 0 or 1 the standard error is 0 and the interval collapses to
-    ``diff``: the Wald interval's known weakness at the edges, one reason for a minimum sample.
-
-    Args:
-        n_t: Treated (sent) moments.
-        s_t: Successful treated moments.
-        n_c: Control moments.
-        s_c: Successful control moments.
-        confidence: Two-sided confidence level, strictly between 0 and 1.
-
-    Returns:
-        The rates, difference and interval; None when either arm has no moments.
-
-    Raises:
-        ValueError: for negative counts, more successes than moments or a confidence outside (0, 1).
-    """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence!r}")
-    for arm, n, s in (("treated", n_t, s_t), ("control", n_c, s_c)):
-        if n < 0 or not 0 <= s <= n:
-            raise ValueError(f"{arm}: need 0 <= successes <= moments, got {s} of {n}")
-    if n_t == 0 or n_c == 0:
-        return None
-    p_t, p_c = s_t / n_t, s_c / n_c
-    diff = p_t - p_c
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    half = z * math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
-    return Uplift(rate_t=p_t, rate_c=p_c, diff=diff, low=diff - half, high=diff + half)
-
-
-def verdict(n_t: int, n_c: int, effect: Uplift | None, min_sample: int) -> Verdict:
-    """Decide whether a rule earns its contacts.
-
-    Args:
-        n_t: Treated (sent) moments.
-        n_c: Control moments.
-        effect: The rule's uplift (None when an arm is empty).
-        min_sample: Moments each arm needs before a verdict.
-
-    Returns:
-        ``insufficient_sample`` while either arm is below ``min_sample``; otherwise ``retire`` when
-        the uplift is not significantly positive (the interval reaches 0 or lies below it), else ``keep``.
-    """
-    if effect is None or n_t < min_sample or n_c < min_sample:
-        return "insufficient_sample"
-    return "retire" if effect.low <= 0.0 else "keep"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +45,13 @@ class RuleEffect:
         rate_sent: ``successes_sent / sent`` (None without sent moments).
         rate_control: ``successes_control / control`` (None without control moments).
         uplift: ``rate_sent - rate_control`` (None when an arm is empty).
-        ci_low: Lower bound of the uplift's interval.
+        ci_low: Lower bound of the uplift's interval (a confidence sequence: valid at every look).
         ci_high: Upper bound of the uplift's interval.
         median_recovery_ms: Median time from due time to resolution over successful sent moments.
-        verdict: ``keep`` | ``retire`` | ``insufficient_sample``.
+        verdict: ``keep`` | ``retire`` | ``continue``.
         retire: True when the verdict is ``retire``.
+        needed_sent: With ``continue``: more sent moments a verdict needs if the rates hold (None: unknown).
+        needed_control: The same for control moments.
     """
 
     rule: str
@@ -140,6 +71,8 @@ class RuleEffect:
     median_recovery_ms: float | None
     verdict: Verdict
     retire: bool
+    needed_sent: int | None = None
+    needed_control: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +85,8 @@ class RuleReport:
         confidence: Confidence level of the intervals.
         min_sample: Moments each arm needs before a verdict.
         rules: One entry per rule, most moments first.
+        min_uplift: The smallest uplift worth the contacts; a rule credibly below it is retired.
+        method: How the intervals are computed.
     """
 
     from_ms: int | None
@@ -159,6 +94,8 @@ class RuleReport:
     confidence: float
     min_sample: int
     rules: tuple[RuleEffect, ...]
+    min_uplift: float = DEFAULT_MIN_UPLIFT
+    method: str = "confidence sequence (normal mixture), valid at every look"
 
 
 def _rows(client: Any, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -199,6 +136,7 @@ def rule_report(
     *,
     confidence: float = DEFAULT_CONFIDENCE,
     min_sample: int = DEFAULT_MIN_SAMPLE,
+    min_uplift: float = DEFAULT_MIN_UPLIFT,
 ) -> RuleReport:
     """Compute every rule's effectiveness over moments due in ``[from_ms, to_ms)``.
 
@@ -208,17 +146,20 @@ def rule_report(
         to_ms: Exclusive upper bound (None: unbounded).
         confidence: Confidence level of the uplift intervals.
         min_sample: Moments each arm needs before a verdict.
+        min_uplift: The smallest uplift worth the contacts (a fraction in [0, 1)).
 
     Returns:
         The report; rules with neither moments nor decisions in the range are absent.
 
     Raises:
-        ValueError: for a confidence outside (0, 1) or a negative ``min_sample``.
+        ValueError: for a confidence outside (0, 1), a negative ``min_sample`` or a ``min_uplift`` outside [0, 1).
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1 (exclusive), got {confidence!r}")
     if min_sample < 0:
         raise ValueError(f"min_sample must not be negative, got {min_sample}")
+    if not 0.0 <= min_uplift < 1.0:
+        raise ValueError(f"min_uplift must be in [0, 1), got {min_uplift!r}")
     params = {"from_ms": INT64_MIN if from_ms is None else from_ms, "to_ms": INT64_MAX if to_ms is None else to_ms}
     fired = {str(r): int(n) for r, n in _rows(client, _MOMENTS_SQL, params)}
     outcomes = {str(row[0]): row[1:] for row in _rows(client, _OUTCOMES_SQL, params)}
@@ -230,8 +171,12 @@ def rule_report(
     for rule in fired.keys() | outcomes.keys():
         decided, sent, control, suppressed, s_t, s_c, median = outcomes.get(rule, (0, 0, 0, 0, 0, 0, math.nan))
         sent, control, s_t, s_c = int(sent), int(control), int(s_t), int(s_c)
-        effect = uplift(sent, s_t, control, s_c, confidence)
-        v = verdict(sent, control, effect, min_sample)
+        effect = uplift(sent, s_t, control, s_c, confidence, min_sample)
+        v = verdict(sent, control, effect, min_sample, min_uplift)
+        more = still_needed(sent, s_t, control, s_c, confidence, min_sample, min_uplift) if v == "continue" else None
+        if more is None and v == "continue" and min(sent, control) < min_sample:
+            # No rate to plan with (an empty arm, or no uplift yet): at least the minimum sample.
+            more = (max(min_sample - sent, 0), max(min_sample - control, 0))
         effects.append(RuleEffect(
             rule=rule,
             moments=fired.get(rule, 0),
@@ -251,9 +196,11 @@ def rule_report(
             median_recovery_ms=None if math.isnan(median) else float(median),
             verdict=v,
             retire=v == "retire",
+            needed_sent=None if more is None else more[0],
+            needed_control=None if more is None else more[1],
         ))
     effects.sort(key=lambda e: (-e.moments, e.rule))
-    return RuleReport(from_ms, to_ms, confidence, min_sample, tuple(effects))
+    return RuleReport(from_ms, to_ms, confidence, min_sample, tuple(effects), min_uplift)
 
 
 # -- time arguments --------------------------------------------------------------------------
@@ -334,6 +281,14 @@ def _range_text(from_ms: int | None, to_ms: int | None) -> str:
     return " ".join(parts)
 
 
+def _verdict_text(e: RuleEffect) -> str:
+    if e.verdict != "continue":
+        return e.verdict
+    if e.needed_sent is None or e.needed_control is None:
+        return "continue (uplift on the line: no sample decides)"
+    return f"continue (~{e.needed_sent} more sent, {e.needed_control} more control)"
+
+
 def render_text(report: RuleReport) -> str:
     """Render the report as a text table with a suppression breakdown.
 
@@ -347,7 +302,9 @@ def render_text(report: RuleReport) -> str:
     lines = [
         f"Rule effectiveness: {_range_text(report.from_ms, report.to_ms)}",
         "  success: tag resolved as recovered or converted. uplift: success rate of sent minus control, in",
-        f"  percentage points, with its {level} interval. A verdict needs {report.min_sample} sent and "
+        f"  percentage points, with its {level} interval, valid however often this report is read (a confidence",
+        f"  sequence). keep: credibly above 0. retire: credibly below {_pp(report.min_uplift)} points. continue:",
+        f"  not yet known, with the moments still needed per arm. A verdict needs {report.min_sample} sent and "
         f"{report.min_sample} control moments.",
         "",
         f"  {'rule':<26}{'moments':>8}{'sent':>7}{'control':>8}{'suppr.':>7}{'succ. sent':>11}{'succ. ctl':>10}"
@@ -362,7 +319,7 @@ def render_text(report: RuleReport) -> str:
         lines.append(
             f"  {e.rule:<26}{e.moments:>8}{e.sent:>7}{e.control:>8}{e.suppressed:>7}{_pct(e.rate_sent):>11}"
             f"{_pct(e.rate_control):>10}  {ci:<24}{_duration(e.median_recovery_ms):>14}  "
-            + e.verdict.replace("_", " ")
+            + _verdict_text(e)
         )
     suppressed = [e for e in report.rules if e.suppressed_by_reason]
     if suppressed:

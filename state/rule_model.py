@@ -163,6 +163,8 @@ class RulePack:
     # Rule effectiveness: a rule is judged once both arms have this many moments, at this confidence.
     effect_min_sample: int = 200
     effect_confidence: float = 0.95
+    # ... and retired when its uplift is credibly below this (a fraction; 0 = only when credibly negative).
+    effect_min_uplift: float = 0.0
 
     @property
     def horizon_ms(self) -> int:

@@ -144,14 +144,15 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
             by_journey[r.journey][r.kind] = r
     if len(rules) > _MAX_RULES:
         probs.found.append(("moment", f"at most {_MAX_RULES} rules per pack"))
-    min_sample, confidence = probs.run(_effectiveness, path, data.get("effectiveness", {})) or (200, 0.95)
+    min_sample, confidence, min_uplift = (probs.run(_effectiveness, path, data.get("effectiveness", {}))
+                                          or (200, 0.95, 0.0))
     for jd in journeys.values():
         generic = tuple(r for r in rules if r.generic is not None and r.journey == jd.id)
         probs.run(JourneyPlan, jd, by_journey[jd.id], path, generic)  # what the engine compiles must compile
     probs.raise_any()
     return RulePack(
         name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms,
-        policy, min_sample, confidence,
+        policy, min_sample, confidence, min_uplift,
     )
 
 
@@ -438,14 +439,18 @@ def _rule_policy(path: str, where: str, m: dict[str, Any], defaults: dict[str, A
     }
 
 
-def _effectiveness(path: str, raw: object) -> tuple[int, float]:
+def _effectiveness(path: str, raw: object) -> tuple[int, float, float]:
     if not isinstance(raw, dict):
         raise RulePackError(path, "effectiveness", "must be a table")
-    _check_keys(path, "effectiveness", raw, {"min_sample", "confidence"})
+    _check_keys(path, "effectiveness", raw, {"min_sample", "confidence", "min_uplift"})
     n = raw.get("min_sample", 200)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise RulePackError(path, "effectiveness.min_sample", f"must be a positive integer, got {n!r}")
     c = raw.get("confidence", 0.95)
     if isinstance(c, bool) or not isinstance(c, int | float) or not 0.5 <= c < 1:
         raise RulePackError(path, "effectiveness.confidence", f"must be a number in [0.5, 1), got {c!r}")
-    return n, float(c)
+    u = raw.get("min_uplift", 0.0)
+    if isinstance(u, bool) or not isinstance(u, int | float) or not 0 <= u < 1:
+        raise RulePackError(path, "effectiveness.min_uplift",
+                            f"must be a fraction in [0, 1) (0.01 = one percentage point), got {u!r}")
+    return n, float(c), float(u)

@@ -7,7 +7,6 @@ the same counts, rates and uplift interval as a computation from the JSONL outpu
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import subprocess
@@ -22,6 +21,7 @@ import pytest
 from connectors.jsonl import read_jsonl
 from state.policy import in_holdout
 from state.rules import DEFAULT_PACK
+from tests.helpers import uplift_half_width
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +31,7 @@ CUSTOMERS = 2_400
 HOLDOUT = 0.5
 RULE = "cart.abandoned"
 P_TREATED, P_CONTROL = 0.45, 0.20
+MIN_SAMPLE = 200  # the default pack's [effectiveness] min_sample
 
 
 def _moments(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -93,7 +94,7 @@ def _independent(work: Path) -> dict[str, Any]:
             t = latest.get(mid)
             s[a["status"]] += t is not None and t["state"] == "resolved" and t["outcome"] in ("recovered", "converted")
     p_t, p_c = s["sent"] / n["sent"], s["control"] / n["control"]
-    half = 1.959963984540054 * math.sqrt(p_t * (1 - p_t) / n["sent"] + p_c * (1 - p_c) / n["control"])
+    half = uplift_half_width(n["sent"], s["sent"], n["control"], s["control"], 0.95, MIN_SAMPLE)
     return {"moments": len(decisions), "n": n, "s": s, "uplift": p_t - p_c, "low": p_t - p_c - half,
             "high": p_t - p_c + half}
 

@@ -9,17 +9,17 @@ numbers are worked out here from the same records in plain Python.
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.helpers import uplift_half_width
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -33,7 +33,8 @@ SUCCESS = ("recovered", "converted")
 # rule -> (sent, successful sent, control, successful control, suppressed per reason)
 ARMS: dict[str, tuple[int, int, int, int, dict[str, int]]] = {
     "cart.abandoned": (60, 36, 40, 8, {"quiet_hours": 5, "stale": 4, "daily_cap": 3}),  # clearly positive
-    "5g_upgrade.failed": (50, 15, 50, 14, {"outranked": 6}),  # 30% vs 28%: not significant
+    "5g_upgrade.failed": (50, 15, 50, 14, {"outranked": 6}),  # 30% vs 28%: not known yet
+    "5g_upgrade.stuck": (40, 4, 40, 28, {}),  # 10% vs 70%: contacting hurts
     "cart.stuck": (4, 2, 2, 1, {"journey_completed": 1}),  # too few for a verdict
 }
 # Fates of the moments that do not succeed, in turn: a tag that never closes or closes without a recovery.
@@ -145,9 +146,8 @@ def expected_outcomes(ds: Dataset) -> dict[str, tuple[str, str, str, int, int]]:
 
 
 def expected_report(ds: Dataset) -> dict[str, dict[str, Any]]:
-    """The report's figures per rule, from the records: counts, Wald interval, median, verdict."""
+    """The report's figures per rule, from the records: counts, uplift interval, median, verdict."""
     outcomes = expected_outcomes(ds)
-    z = NormalDist().inv_cdf(1 - (1 - CONFIDENCE) / 2)
     rules: dict[str, dict[str, Any]] = {}
     for m in ds.moments:
         if FROM_MS <= m["due_ts"] < TO_MS:
@@ -165,14 +165,13 @@ def expected_report(ds: Dataset) -> dict[str, dict[str, Any]]:
                  suppressed_by_reason=reasons, successes_sent=s_t, successes_control=s_c)
         if n_t and n_c:
             p_t, p_c = s_t / n_t, s_c / n_c
-            half = z * math.sqrt(p_t * (1 - p_t) / n_t + p_c * (1 - p_c) / n_c)
-            r.update(rate_sent=p_t, rate_control=p_c, uplift=p_t - p_c, ci_low=p_t - p_c - half,
-                     ci_high=p_t - p_c + half)
-            enough = min(n_t, n_c) >= MIN_SAMPLE
-            r["verdict"] = "insufficient_sample" if not enough else ("keep" if p_t - p_c - half > 0 else "retire")
+            half = uplift_half_width(n_t, s_t, n_c, s_c, CONFIDENCE, MIN_SAMPLE)
+            low, high = p_t - p_c - half, p_t - p_c + half
+            r.update(rate_sent=p_t, rate_control=p_c, uplift=p_t - p_c, ci_low=low, ci_high=high)
+            r["verdict"] = ("continue" if min(n_t, n_c) < MIN_SAMPLE else
+                            "retire" if high < 0 else "keep" if low > 0 else "continue")
         else:
-            r.update(rate_sent=None, rate_control=None, uplift=None, ci_low=None, ci_high=None,
-                     verdict="insufficient_sample")
+            r.update(rate_sent=None, rate_control=None, uplift=None, ci_low=None, ci_high=None, verdict="continue")
         r["retire"] = r["verdict"] == "retire"
         delays = [outcomes[a["moment_id"]][3] - a["due_ts"] for a in wins.get("sent", [])]
         r["median_recovery_ms"] = statistics.median(delays) if delays else None
@@ -388,8 +387,8 @@ def test_report_numbers_equal_those_computed_from_the_records(
     assert (cart["sent"], cart["control"], cart["suppressed"]) == (60 + 2, 40 + 2, 12)
     assert (cart["successes_sent"], cart["successes_control"]) == (36 + 1, 8 + 1)
     assert {r: w["verdict"] for r, w in want.items()} == {
-        "cart.abandoned": "keep", "5g_upgrade.failed": "retire", "cart.stuck": "insufficient_sample",
-        "cart.maze": "insufficient_sample"}
+        "cart.abandoned": "keep", "5g_upgrade.failed": "continue", "5g_upgrade.stuck": "retire",
+        "cart.stuck": "continue", "cart.maze": "continue"}
     assert want["cart.maze"]["moments"] == 1
     assert want["cart.maze"]["decided"] == 0
     assert [r["rule"] for r in got["report"]["rules"]][0] == "cart.abandoned"  # most moments first
@@ -410,7 +409,12 @@ def test_cli_defaults_come_from_the_rule_pack_and_text_is_the_default(populated:
     doc = orjson.loads(proc.stdout)
     # The default pack asks for 200 moments per arm: no rule here has that many.
     assert (doc["min_sample"], doc["confidence"]) == (200, 0.95)
-    assert {r["verdict"] for r in doc["rules"]} == {"insufficient_sample"}
+    assert {r["verdict"] for r in doc["rules"]} == {"continue"}
+    assert doc["min_uplift"] == 0.01
+    needed = {r["rule"]: (r["sent"] + r["needed_sent"], r["control"] + r["needed_control"]) for r in doc["rules"]
+              if r["needed_sent"] is not None}
+    assert needed
+    assert all(min(n) >= 200 for n in needed.values())
     text = _cli("--clickhouse", dsn, "--from", "2026-01-01", "--to", "2026-01-02", "--min-sample", "30")
     assert text.returncode == 0, text.stderr[-3000:]
     table, _, suppressed = text.stdout.partition("Suppressed by reason")

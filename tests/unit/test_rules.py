@@ -131,6 +131,9 @@ def _pack(tmp_path: Path, text: str) -> Path:
         (lambda t: t.replace("[pack]", "[pack\n"), "(syntax)", ""),
         (lambda t: t.replace('P1 = "10s"', 'P9 = "10s"'), "latency_targets.P9", "must be one of"),
         (lambda t: t.replace("version = 1", "version = 0"), "pack.version", "positive integer"),
+        (lambda t: t.replace("min_uplift = 0.01", "min_uplift = 2"), "effectiveness.min_uplift", "fraction in [0, 1)"),
+        (lambda t: t.replace("min_uplift = 0.01", 'min_uplift = "1%"'), "effectiveness.min_uplift", "got '1%'"),
+        (lambda t: t.replace("min_uplift = 0.01", "min_uplift = -0.01"), "effectiveness.min_uplift", "fraction"),
     ],
 )
 def test_invalid_rule_pack_error_names_file_field_and_problem(
@@ -241,3 +244,9 @@ def test_a_pack_nested_thousands_deep_is_refused_not_a_traceback(tmp_path: Path)
                     + "]" * 3000 + "}\n")
     with pytest.raises(RulePackError, match=r"deep\.toml.*nested too deeply"):
         load_rule_pack(deep)
+
+
+def test_min_uplift_is_read_from_the_pack_and_defaults_to_zero(tmp_path: Path) -> None:
+    assert load_rule_pack(DEFAULT_PACK).effect_min_uplift == 0.01
+    assert load_rule_pack(_pack(tmp_path, BASE.replace("min_uplift = 0.01\n", ""))).effect_min_uplift == 0.0
+
