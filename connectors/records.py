@@ -16,6 +16,7 @@ _STR = "String"
 _LC = "LowCardinality(String)"
 _I64 = "Int64"
 _U8 = "UInt8"
+_U32 = "UInt32"
 _U64 = "UInt64"
 _STRS = "Array(String)"
 _LCS = "Array(LowCardinality(String))"
@@ -69,23 +70,24 @@ class RecordKind:
 KINDS: Mapping[str, RecordKind] = {k.kind: k for k in (
     RecordKind(
         "moment",
-        (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("rule", _LC), ("kind", _LC),
-         ("journey", _LC), ("step", _LC), ("urgency", _LC), ("due_ts", _I64), ("detected_at", _I64),
+        (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("rule", _LC), ("rule_version", _U32),
+         ("kind", _LC), ("journey", _LC), ("step", _LC), ("urgency", _LC), ("due_ts", _I64), ("detected_at", _I64),
          ("evidence", _STRS), ("attrs", _STR), ("action", _LC)),
         SCHEMA_VERSION, "moments.jsonl", jsonl_default=True, topic="cx.moments", table="moments",
         json_fields=frozenset({"attrs"}),
     ),
     RecordKind(
         "action",
-        (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("rule", _LC), ("kind", _LC),
-         ("journey", _LC), ("urgency", _LC), ("status", _LC), ("reason", _LC), ("channel", _LC),
+        (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("rule", _LC), ("rule_version", _U32),
+         ("kind", _LC), ("journey", _LC), ("urgency", _LC), ("status", _LC), ("reason", _LC), ("channel", _LC),
          ("template", _LC), ("control", _U8), ("suppressed_channels", _STRS), ("due_ts", _I64),
          ("send_ts", _I64), ("detected_at", _I64)),
         SCHEMA_VERSION, "actions.jsonl", jsonl_default=True, topic="cx.actions", table="actions",
     ),
     RecordKind(
         "tag",
-        (("schema", _U8), ("customer_id", _STR), ("tag", _LC), ("rule", _LC), ("journey", _LC), ("state", _LC),
+        (("schema", _U8), ("customer_id", _STR), ("tag", _LC), ("rule", _LC), ("rule_version", _U32),
+         ("journey", _LC), ("state", _LC),
          ("outcome", _LC), ("moment_id", _STR), ("opened_ts", _I64), ("ts", _I64), ("version", _U64)),
         SCHEMA_VERSION, "tags.jsonl", jsonl_default=True, topic="cx.tags", table="customer_tags",
     ),

@@ -34,6 +34,7 @@ class RuleEffect:
 
     Attributes:
         rule: Rule name.
+        rule_version: Version of the rule pack that fired these moments (0: written before versions).
         moments: Moments fired (table ``moments``).
         decided: Moments with a contact-policy decision (table ``actions``).
         sent: Decided ``sent`` (the treated arm).
@@ -55,6 +56,7 @@ class RuleEffect:
     """
 
     rule: str
+    rule_version: int
     moments: int
     decided: int
     sent: int
@@ -84,7 +86,7 @@ class RuleReport:
         to_ms: Exclusive upper bound of ``due_ts`` (None: unbounded).
         confidence: Confidence level of the intervals.
         min_sample: Moments each arm needs before a verdict.
-        rules: One entry per rule, most moments first.
+        rules: One entry per rule and version, most moments first.
         min_uplift: The smallest uplift worth the contacts; a rule credibly below it is retired.
         method: How the intervals are computed.
     """
@@ -104,11 +106,12 @@ def _rows(client: Any, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, .
 
 _RANGE = "due_ts >= {from_ms:Int64} AND due_ts < {to_ms:Int64}"
 
-_MOMENTS_SQL = f"SELECT rule, count() FROM moments FINAL WHERE {_RANGE} GROUP BY rule"
+_MOMENTS_SQL = f"SELECT rule, rule_version, count() FROM moments FINAL WHERE {_RANGE} GROUP BY rule, rule_version"
 
 _OUTCOMES_SQL = f"""
 SELECT
     rule,
+    rule_version,
     count(),
     countIf(status = 'sent'),
     countIf(status = 'control'),
@@ -118,14 +121,14 @@ SELECT
     quantileExactInclusiveIf(0.5)(resolved_ts - due_ts, status = 'sent' AND success = 1)
 FROM rule_outcomes
 WHERE {_RANGE}
-GROUP BY rule
+GROUP BY rule, rule_version
 """
 
 # Straight from actions: the suppression reasons need no tag outcome, so no join.
 _SUPPRESSED_SQL = f"""
-SELECT rule, reason, count() FROM actions FINAL
+SELECT rule, rule_version, reason, count() FROM actions FINAL
 WHERE status = 'suppressed' AND {_RANGE}
-GROUP BY rule, reason
+GROUP BY rule, rule_version, reason
 """
 
 
@@ -161,15 +164,16 @@ def rule_report(
     if not 0.0 <= min_uplift < 1.0:
         raise ValueError(f"min_uplift must be in [0, 1), got {min_uplift!r}")
     params = {"from_ms": INT64_MIN if from_ms is None else from_ms, "to_ms": INT64_MAX if to_ms is None else to_ms}
-    fired = {str(r): int(n) for r, n in _rows(client, _MOMENTS_SQL, params)}
-    outcomes = {str(row[0]): row[1:] for row in _rows(client, _OUTCOMES_SQL, params)}
-    reasons: dict[str, dict[str, int]] = {}
-    for rule, reason, n in _rows(client, _SUPPRESSED_SQL, params):
-        reasons.setdefault(str(rule), {})[str(reason)] = int(n)
+    fired = {(str(r), int(v)): int(n) for r, v, n in _rows(client, _MOMENTS_SQL, params)}
+    outcomes = {(str(row[0]), int(row[1])): row[2:] for row in _rows(client, _OUTCOMES_SQL, params)}
+    reasons: dict[tuple[str, int], dict[str, int]] = {}
+    for rule, version, reason, n in _rows(client, _SUPPRESSED_SQL, params):
+        reasons.setdefault((str(rule), int(version)), {})[str(reason)] = int(n)
 
     effects = []
-    for rule in fired.keys() | outcomes.keys():
-        decided, sent, control, suppressed, s_t, s_c, median = outcomes.get(rule, (0, 0, 0, 0, 0, 0, math.nan))
+    for rule, version in fired.keys() | outcomes.keys():
+        key = (rule, version)
+        decided, sent, control, suppressed, s_t, s_c, median = outcomes.get(key, (0, 0, 0, 0, 0, 0, math.nan))
         sent, control, s_t, s_c = int(sent), int(control), int(s_t), int(s_c)
         effect = uplift(sent, s_t, control, s_c, confidence, min_sample)
         v = verdict(sent, control, effect, min_sample, min_uplift)
@@ -179,12 +183,13 @@ def rule_report(
             more = (max(min_sample - sent, 0), max(min_sample - control, 0))
         effects.append(RuleEffect(
             rule=rule,
-            moments=fired.get(rule, 0),
+            rule_version=version,
+            moments=fired.get(key, 0),
             decided=int(decided),
             sent=sent,
             control=control,
             suppressed=int(suppressed),
-            suppressed_by_reason=dict(sorted(reasons.get(rule, {}).items(), key=lambda kv: (-kv[1], kv[0]))),
+            suppressed_by_reason=dict(sorted(reasons.get(key, {}).items(), key=lambda kv: (-kv[1], kv[0]))),
             successes_sent=s_t,
             successes_control=s_c,
             rate_sent=s_t / sent if sent else None,
@@ -199,7 +204,7 @@ def rule_report(
             needed_sent=None if more is None else more[0],
             needed_control=None if more is None else more[1],
         ))
-    effects.sort(key=lambda e: (-e.moments, e.rule))
+    effects.sort(key=lambda e: (-e.moments, e.rule, e.rule_version))
     return RuleReport(from_ms, to_ms, confidence, min_sample, tuple(effects), min_uplift)
 
 
@@ -307,7 +312,8 @@ def render_text(report: RuleReport) -> str:
         f"  not yet known, with the moments still needed per arm. A verdict needs {report.min_sample} sent and "
         f"{report.min_sample} control moments.",
         "",
-        f"  {'rule':<26}{'moments':>8}{'sent':>7}{'control':>8}{'suppr.':>7}{'succ. sent':>11}{'succ. ctl':>10}"
+        f"  {'rule':<26}{'ver':>4}{'moments':>8}{'sent':>7}{'control':>8}{'suppr.':>7}{'succ. sent':>11}"
+        f"{'succ. ctl':>10}"
         f"  {'uplift [' + level + ' CI]':<24}{'med. recovery':>14}  verdict",
     ]
     if not report.rules:
@@ -317,7 +323,8 @@ def render_text(report: RuleReport) -> str:
         if e.uplift is not None and e.ci_low is not None and e.ci_high is not None:
             ci = f"{_pp(e.uplift)} [{_pp(e.ci_low)}, {_pp(e.ci_high)}]"
         lines.append(
-            f"  {e.rule:<26}{e.moments:>8}{e.sent:>7}{e.control:>8}{e.suppressed:>7}{_pct(e.rate_sent):>11}"
+            f"  {e.rule:<26}{e.rule_version:>4}{e.moments:>8}{e.sent:>7}{e.control:>8}{e.suppressed:>7}"
+            f"{_pct(e.rate_sent):>11}"
             f"{_pct(e.rate_control):>10}  {ci:<24}{_duration(e.median_recovery_ms):>14}  "
             + _verdict_text(e)
         )
@@ -326,7 +333,7 @@ def render_text(report: RuleReport) -> str:
         lines += ["", "Suppressed by reason"]
         for e in suppressed:
             reasons = ", ".join(f"{r or '(none)'} {n}" for r, n in e.suppressed_by_reason.items())
-            lines.append(f"  {e.rule:<26}{reasons}")
+            lines.append(f"  {e.rule + ' v' + str(e.rule_version):<30}{reasons}")
     return "\n".join(lines)
 
 

@@ -49,6 +49,7 @@ def fire(
             "moment_id": mid,
             "customer_id": cid,
             "rule": r.name,
+            "rule_version": r.version,
             "kind": r.kind,
             "journey": r.journey,
             "step": step or "",

@@ -233,6 +233,7 @@ def action_record(
         "moment_id": moment["moment_id"],
         "customer_id": moment["customer_id"],
         "rule": rule.name,
+        "rule_version": rule.version,
         "kind": rule.kind,
         "journey": rule.journey,
         "urgency": rule.urgency,

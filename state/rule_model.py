@@ -118,6 +118,8 @@ class MomentRule:
     generic: GenericRule | None = field(default=None, compare=False)
     bit: int = 0
     span_ms: int = 0
+    # The pack version the rule came from, carried by its moments, actions and tags as `rule_version`.
+    version: int = 1
 
 
 @dataclass(frozen=True, slots=True)

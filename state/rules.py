@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -137,6 +138,8 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
     rules = _moments(path, raw_moments, journeys, types, defaults, probs)
     if isinstance(raw_moments, list):
         rules += _generic_moments(path, raw_moments, journeys, types, attempt_timeout, defaults, rules, probs)
+    if version != 1:
+        rules = [replace(r, version=version) for r in rules]
     targets_ms = probs.run(_latency_targets, path, data.get("latency_targets", {})) or {}
     by_journey: dict[str, dict[str, MomentRule]] = {jid: {} for jid in journeys}
     for r in rules:

@@ -36,6 +36,7 @@ def tag_row(ctx: BatchContext, cid: str, r: MomentRule, mid: str, state: str, ou
             "customer_id": cid,
             "tag": r.name,
             "rule": r.name,
+            "rule_version": r.version,
             "journey": r.journey,
             "state": state,
             "outcome": outcome,

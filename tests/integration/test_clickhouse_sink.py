@@ -30,12 +30,13 @@ REPO = Path(__file__).resolve().parents[2]
 TOO_MANY_PARTS = 252
 
 RECORDS: dict[str, dict[str, Any]] = {
-    "moment": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "kind": "abandonment",
-               "journey": "cart", "step": "checkout", "urgency": "P2", "due_ts": T0 + 600_000,
+    "moment": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "rule_version": 2,
+               "kind": "abandonment", "journey": "cart", "step": "checkout", "urgency": "P2", "due_ts": T0 + 600_000,
                "detected_at": T0 + 601_234, "evidence": ["e1", "e2"],
                "attrs": {"reason": "card_declined", "amount": 12.5, "note": "ünïcode"}, "action": "sms"},
-    "tag": {"schema": 1, "customer_id": "c1", "tag": "cart.abandoned", "rule": "cart.abandoned", "journey": "cart",
-            "state": "open", "outcome": "", "moment_id": "m-1", "opened_ts": T0, "ts": T0 + 5, "version": 4 * T0 + 20},
+    "tag": {"schema": 1, "customer_id": "c1", "tag": "cart.abandoned", "rule": "cart.abandoned", "rule_version": 2,
+            "journey": "cart", "state": "open", "outcome": "", "moment_id": "m-1", "opened_ts": T0, "ts": T0 + 5,
+            "version": 4 * T0 + 20},
     "journey_state": {"schema": 1, "customer_id": "c1", "journey": "cart", "attempt_id": "a-1", "status": "active",
                       "stage": "checkout", "last_step": "checkout", "last_ts": T0 + 9, "steps_reached":
                       ["product", "cart", "checkout"], "fired": ["cart.abandoned"], "version": 4 * T0 + 36},
@@ -44,8 +45,9 @@ RECORDS: dict[str, dict[str, Any]] = {
     "dead_letter": {"schema": 1, "reason": "not_json", "detail": "line 3", "raw": "eyJ9", "raw_encoding": "base64",
                     "raw_len": 2_000_000, "raw_sha256": "ab" * 32, "truncated": True, "source": "kafka:cx.events",
                     "partition": 2, "offset": 12345678901, "received_at": T0 + 1},
-    "action": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "kind": "abandonment",
-               "journey": "cart", "urgency": "P2", "status": "suppressed", "reason": "quiet_hours", "channel": "",
+    "action": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "rule": "cart.abandoned", "rule_version": 2,
+               "kind": "abandonment", "journey": "cart", "urgency": "P2", "status": "suppressed",
+               "reason": "quiet_hours", "channel": "",
                "template": "cart_reminder", "control": True,
                "suppressed_channels": ["sms:quiet_hours", "email:min_gap"], "due_ts": T0 + 600_000, "send_ts": 0,
                "detected_at": T0 + 600_100},

@@ -43,7 +43,8 @@ FAILURES = ("declined", "expired", "open", "actioned", "no_tag")
 
 def _moment(mid: str, customer: str, rule: str, due: int) -> dict[str, Any]:
     journey, kind = rule.split(".")
-    return {"schema": 1, "moment_id": mid, "customer_id": customer, "rule": rule, "kind": kind, "journey": journey,
+    return {"schema": 1, "moment_id": mid, "customer_id": customer, "rule": rule, "rule_version": 1, "kind": kind,
+            "journey": journey,
             "step": "checkout", "urgency": "P2", "due_ts": due, "detected_at": due + 400, "evidence": [f"e-{mid}"],
             "attrs": {}, "action": "sms"}
 
@@ -51,14 +52,15 @@ def _moment(mid: str, customer: str, rule: str, due: int) -> dict[str, Any]:
 def _action(m: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
     decided = status != "suppressed"
     return {"schema": 1, "moment_id": m["moment_id"], "customer_id": m["customer_id"], "rule": m["rule"],
-            "kind": m["kind"], "journey": m["journey"], "urgency": m["urgency"], "status": status, "reason": reason,
+            "rule_version": 1, "kind": m["kind"], "journey": m["journey"], "urgency": m["urgency"], "status": status,
+            "reason": reason,
             "channel": "sms" if decided else "", "template": f"tpl_{m['kind']}", "control": int(status == "control"),
             "suppressed_channels": ["push:channel_cap"] if decided else [f"sms:{reason}"], "due_ts": m["due_ts"],
             "send_ts": m["due_ts"] if decided else 0, "detected_at": m["due_ts"] + 500}
 
 
 def _tag(m: dict[str, Any], state: str, outcome: str, ts: int, seq: int) -> dict[str, Any]:
-    return {"schema": 1, "customer_id": m["customer_id"], "tag": m["rule"], "rule": m["rule"],
+    return {"schema": 1, "customer_id": m["customer_id"], "tag": m["rule"], "rule": m["rule"], "rule_version": 1,
             "journey": m["journey"], "state": state, "outcome": outcome, "moment_id": m["moment_id"],
             "opened_ts": m["due_ts"], "ts": ts, "version": ts * 8 + seq}
 
@@ -358,7 +360,7 @@ def test_schema_migrates_an_old_actions_table_without_touching_a_fresh_one(tmp_p
     got = _child(_MIGRATE, f"chdb://{tmp_path / 'old'}", f"chdb://{tmp_path / 'fresh'}")
     assert got["columns"] == got["want"]
     # The old row keeps its values; the new columns read as their defaults.
-    assert got["rows"] == [[1, "m-old", "c1", "cart.abandoned", "", "cart", "P2", "sent", "", "sms", "", 0, [], 5, 0,
+    assert got["rows"] == [[1, "m-old", "c1", "cart.abandoned", 0, "", "cart", "P2", "sent", "", "sms", "", 0, [], 5, 0,
                             0]]
     assert got["mutations"] == [["(DROP COLUMN IF EXISTS ts)"]]  # once: re-applying the schema is a no-op
     assert got["fresh_mutations"] == 0
@@ -420,5 +422,28 @@ def test_cli_defaults_come_from_the_rule_pack_and_text_is_the_default(populated:
     table, _, suppressed = text.stdout.partition("Suppressed by reason")
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.startswith("  cart.")}
     assert rows["cart.abandoned"][-1] == "keep"
-    assert rows["cart.abandoned"][1:5] == ["116", "62", "42", "12"]  # moments: 60 + 40 + 12 + 4 extras
+    assert rows["cart.abandoned"][1:6] == ["1", "116", "62", "42", "12"]  # version 1; moments: 60 + 40 + 12 + 4 extras
     assert "quiet_hours 5" in suppressed
+
+
+def test_a_changed_rule_is_judged_on_the_sample_of_each_version(tmp_path: Path) -> None:
+    # cart.failed under pack version 1 helps (30 of 40 sent recover vs 5 of 40 held out); under version 2 it
+    # hurts (3 of 30 vs 20 of 30). Judged together the two would blur into one middling rule.
+    moments, actions, tags = [], [], []
+    for version, n_t, s_t, n_c, s_c in ((1, 40, 30, 40, 5), (2, 30, 3, 30, 20)):
+        for i in range(n_t + n_c):
+            m = _moment(f"v{version}-{i}", f"c-v{version}-{i}", "cart.failed", T0 + i * MIN) | {"rule_version": version}
+            sent = i < n_t
+            moments.append(m)
+            actions.append(_action(m, "sent" if sent else "control", "") | {"rule_version": version})
+            won = i < s_t if sent else i - n_t < s_c
+            tags.append(_tag(m, "resolved", "recovered" if won else "declined", m["due_ts"] + MIN, 1)
+                        | {"rule_version": version})
+    data = tmp_path / "batches.json"
+    data.write_bytes(orjson.dumps([["moment", moments], ["action", actions], ["tag", tags]]))
+    got = _child(_POPULATE, f"chdb://{tmp_path / 'ch'}", str(data), str(FROM_MS), str(TO_MS), "0.95", "20")
+    rows = {r["rule_version"]: r for r in got["report"]["rules"]}
+    assert set(rows) == {1, 2}
+    assert [(rows[v]["sent"], rows[v]["successes_sent"], rows[v]["control"], rows[v]["successes_control"])
+            for v in (1, 2)] == [(40, 30, 40, 5), (30, 3, 30, 20)]
+    assert (rows[1]["verdict"], rows[2]["verdict"]) == ("keep", "retire")

@@ -483,6 +483,7 @@ def test_moment_id_hashes_customer_rule_and_anchor() -> None:
 
 def test_moment_records_have_the_schema_v1_fields() -> None:
     out = run([ev("f", 0, "fail", step="payment")])
-    assert set(out.moments[0]) == {"schema", "moment_id", "customer_id", "rule", "kind", "journey", "step", "urgency",
+    assert set(out.moments[0]) == {"schema", "moment_id", "customer_id", "rule", "rule_version", "kind", "journey",
+                                   "step", "urgency",
                                    "due_ts", "detected_at", "evidence", "attrs", "action"}
     assert out.moments[0]["schema"] == 1

@@ -81,11 +81,11 @@ def _report(client: CannedClient, **kwargs: Any) -> RuleReport:
 
 def test_report_combines_moments_outcomes_and_suppression_reasons() -> None:
     client = CannedClient(
-        moments=[("cart.abandoned", 520), ("cart.stuck", 3), ("cart.maze", 2)],
-        # rule, decided, sent, control, suppressed, successes sent, successes control, median
-        outcomes=[("cart.abandoned", 520, 400, 100, 20, 200, 30, 754_500.0),
-                  ("cart.stuck", 3, 2, 1, 0, 0, 0, math.nan)],
-        suppressed=[("cart.abandoned", "quiet_hours", 5), ("cart.abandoned", "stale", 15)],
+        moments=[("cart.abandoned", 1, 520), ("cart.stuck", 1, 3), ("cart.maze", 1, 2)],
+        # rule, version, decided, sent, control, suppressed, successes sent, successes control, median
+        outcomes=[("cart.abandoned", 1, 520, 400, 100, 20, 200, 30, 754_500.0),
+                  ("cart.stuck", 1, 3, 2, 1, 0, 0, 0, math.nan)],
+        suppressed=[("cart.abandoned", 1, "quiet_hours", 5), ("cart.abandoned", 1, "stale", 15)],
     )
     report = _report(client, min_sample=100)
     assert client.params == [{"from_ms": T0, "to_ms": T0 + 86_400_000}] * 3
@@ -109,6 +109,20 @@ def test_report_combines_moments_outcomes_and_suppression_reasons() -> None:
     assert (maze.moments, maze.decided, maze.rate_sent, maze.uplift) == (2, 0, None, None)
 
 
+def test_each_version_of_a_rule_is_judged_on_its_own_sample() -> None:
+    client = CannedClient(
+        moments=[("cart.abandoned", 1, 300), ("cart.abandoned", 2, 220)],
+        outcomes=[("cart.abandoned", 1, 300, 250, 50, 0, 150, 10, 1000.0),
+                  ("cart.abandoned", 2, 220, 150, 50, 20, 50, 20, 2000.0)],
+        suppressed=[("cart.abandoned", 2, "stale", 20)],
+    )
+    v1, v2 = _report(client, min_sample=50).rules
+    assert (v1.rule_version, v1.moments, v1.sent, v1.successes_sent, v1.verdict) == (1, 300, 250, 150, "keep")
+    assert (v2.rule_version, v2.moments, v2.sent, v2.successes_sent) == (2, 220, 150, 50)
+    assert dict(v2.suppressed_by_reason) == {"stale": 20}
+    assert dict(v1.suppressed_by_reason) == {}
+
+
 def test_unbounded_range_queries_the_whole_int64_range() -> None:
     client = CannedClient([], [], [])
     report = rule_report(client)
@@ -124,7 +138,7 @@ def test_report_rejects_a_negative_minimum_sample() -> None:
 
 def _effect(**kw: Any) -> RuleEffect:
     base: dict[str, Any] = dict(
-        rule="cart.abandoned", moments=520, decided=520, sent=400, control=100, suppressed=20,
+        rule="cart.abandoned", rule_version=1, moments=520, decided=520, sent=400, control=100, suppressed=20,
         suppressed_by_reason={"stale": 15, "quiet_hours": 5}, successes_sent=200, successes_control=30,
         rate_sent=0.5, rate_control=0.3, uplift=0.2, ci_low=0.0976869, ci_high=0.3023131,
         median_recovery_ms=754_500.0, verdict="keep", retire=False,
@@ -143,11 +157,11 @@ def test_text_table_shows_rates_uplift_interval_and_verdict() -> None:
     text = render_text(report)
     assert "moments due from 2026-01-01T00:00:00Z before 2026-01-02T00:00:00Z" in text
     row = next(line for line in text.splitlines() if line.strip().startswith("cart.abandoned"))
-    assert row.split() == ["cart.abandoned", "520", "400", "100", "20", "50.0%", "30.0%", "+20.0", "[+9.8,",
+    assert row.split() == ["cart.abandoned", "1", "520", "400", "100", "20", "50.0%", "30.0%", "+20.0", "[+9.8,",
                            "+30.2]", "12m34s", "keep"]  # 754.5 s rounds to 12m34s
     stuck = next(line for line in text.splitlines() if line.strip().startswith("cart.stuck"))
     assert stuck.rstrip().endswith("-  continue (~98 more sent, 99 more control)")
-    assert "cart.abandoned            stale 15, quiet_hours 5" in text
+    assert "cart.abandoned v1             stale 15, quiet_hours 5" in text
     assert "95% CI" in text
     assert "needs 100 sent and 100 control" in text
 
