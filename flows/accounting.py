@@ -36,6 +36,8 @@ from flows.metrics import (
     TARGETS_S,
     TYPE_LABELS,
     URGENCY_LABELS,
+    URGENT_EARLY,
+    URGENT_REORDERED,
     WATERMARK_LAG,
     WITHIN_TARGET,
     configure,
@@ -245,6 +247,10 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     record_events(out.events)
     record_invalid(out.invalid)
     record_late(out.late)
+    if out.urgent_early:
+        URGENT_EARLY.inc(out.urgent_early)
+    if out.urgent_reordered:
+        URGENT_REORDERED.inc(out.urgent_reordered)
     record_evicted(out.evicted)
     record_shed(out.shed, out.shed_pending, out.shed_moments)
     for m in out.moments:

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clock", choices=["replay", "live"], default=_env("CLOCK"),
                      help="event-time clock (default: live for kafka, replay otherwise)")
     run.add_argument("--lateness", default=_env("LATENESS", "30s"), help="allowed lateness (default 30s)")
+    run.add_argument("--urgent-lateness", default=_env("URGENT_LATENESS", "auto"),
+                     help="live: how long events that may fire an urgent rule wait for stragglers (default auto: "
+                          "half the smallest latency target below --lateness, 5s for P1 = 10s; 0: off)")
     run.add_argument("--max-future", default=_env("MAX_FUTURE", "1h"), help="live mode: reject events further ahead")
     run.add_argument("-w", "--workers", type=int, default=_int_env("WORKERS", 1), help="worker threads per process")
     run.add_argument("-i", "--process-id", type=int, default=_int_env("PROCESS_ID", None), help="this process's id")
@@ -176,6 +179,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         rules=a.rules,
         clock=clock,
         lateness_ms=duration_ms("--lateness", a.lateness),
+        urgent_lateness_ms=None if a.urgent_lateness == "auto" else duration_ms("--urgent-lateness", a.urgent_lateness),
         max_future_ms=duration_ms("--max-future", a.max_future),
         shards=a.shards,
         workers=a.workers,

@@ -46,6 +46,8 @@ class PipelineConfig:
     rules: Path | None = None
     clock: str = "replay"
     lateness_ms: int = 30_000
+    # Live: the urgent lane's lateness (state.urgent); None = half the smallest latency target below the lateness.
+    urgent_lateness_ms: int | None = None
     max_future_ms: int = 3_600_000
     shards: int = DEFAULT_SHARDS
     workers: int = 1
@@ -154,6 +156,9 @@ class PipelineConfig:
                               f"can hold a customer, got {self.max_customers}")
         if not 0 <= self.lateness_ms <= MAX_LATENESS_MS:
             raise ConfigError("--lateness", f"must be 0..30d, got {self.lateness_ms} ms")
+        if self.urgent_lateness_ms is not None and not 0 <= self.urgent_lateness_ms < max(self.lateness_ms, 1):
+            raise ConfigError("--urgent-lateness", f"must be below --lateness ({self.lateness_ms} ms), or 0 to turn "
+                              f"the urgent lane off, got {self.urgent_lateness_ms} ms")
         if not 0 < self.max_future_ms <= MAX_LATENESS_MS:
             raise ConfigError("--max-future", f"must be more than 0 and at most 30d, got {self.max_future_ms} ms")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:

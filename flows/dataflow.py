@@ -21,6 +21,7 @@ from flows.stopping import stoppable
 from state.outputs import Outputs
 from state.rules import RulePack
 from state.shard import Shard, wall_ms
+from state.urgent import default_urgent_lateness
 
 
 def simulator_lines(cfg: PipelineConfig) -> Callable[[], Iterator[bytes]]:
@@ -218,6 +219,8 @@ def build_dataflow(
             dead_letter_max_bytes=cfg.dead_letter_max_bytes,
             shards=cfg.shards,
             partitions=partitions(),
+            urgent_lateness_ms=(default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None
+                                else cfg.urgent_lateness_ms),
         )
 
     flow = Dataflow("cx_moments")

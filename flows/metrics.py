@@ -62,6 +62,10 @@ EVENTS = Counter("cx_events_total", "Valid events by channel and type", ["channe
 INVALID = Counter("cx_invalid_events_total", "Invalid events (dead-lettered) by reason", ["reason"], registry=_R)
 LATE = Counter("cx_late_events_total", "Events later than the allowed lateness (state updated, no retraction)",
                registry=_R)
+URGENT_EARLY = Counter("cx_urgent_early_events_total", "Live: events applied ahead of the watermark because they "
+                       "may fire an urgent rule (with their customer's earlier held events)", registry=_R)
+URGENT_REORDERED = Counter("cx_urgent_reordered_events_total", "Live: events that arrived behind their customer's "
+                           "early application (applied out of order: live may differ from a replay)", registry=_R)
 MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["rule", "urgency"], registry=_R)
 ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or suppressed (with the reason)",
                   ["rule", "status", "reason"], registry=_R)

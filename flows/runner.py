@@ -30,6 +30,7 @@ from flows.stats import STATS
 from state.outputs import Outputs
 from state.rules import RulePack
 from state.shard import ShardCountMismatchError
+from state.urgent import default_urgent_lateness
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -65,10 +66,17 @@ def summary(cfg: PipelineConfig, pack: RulePack) -> str:
     sinks = ", ".join(redacted_dsn(cfg.clickhouse_dsn) if s == "clickhouse" else s for s in cfg.sinks)
     return (
         f"source={cfg.source} sinks=[{sinks}] rules={pack.name}({len(pack.rules)} rules) clock={cfg.clock} "
-        f"lateness={cfg.lateness_ms}ms shards={cfg.shards} workers={cfg.workers} "
+        f"lateness={cfg.lateness_ms}ms{_urgent(cfg, pack)} shards={cfg.shards} workers={cfg.workers} "
         f"process={cfg.process_id if cfg.process_id is not None else 'single'} "
         f"metrics_port={cfg.metrics_port} recovery={'on' if cfg.recovery_dir else 'off'}"
     )
+
+
+def _urgent(cfg: PipelineConfig, pack: RulePack) -> str:
+    if not cfg.live:
+        return ""
+    ms = default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None else cfg.urgent_lateness_ms
+    return f" urgent_lateness={ms}ms" if ms else " urgent_lateness=off"
 
 
 def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None, Dataflow, RecoveryConfig | None]:

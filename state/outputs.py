@@ -87,6 +87,8 @@ class Outputs:
         "events",
         "invalid",
         "late",
+        "urgent_early",
+        "urgent_reordered",
         "evicted",
         "shed",
         "shed_pending",
@@ -109,6 +111,10 @@ class Outputs:
         self.events: dict[tuple[str, str], int] = {}  # (channel, type) -> count
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
+        # Live, the urgent lane (state.urgent): events applied ahead of the watermark for an urgent rule, and
+        # events that arrived behind such an early application (applied out of order: live may differ from replay).
+        self.urgent_early = 0
+        self.urgent_reordered = 0
         self.evicted = 0
         # Customers shed by the --max-customers cap (also counted in `evicted`), those of them with pending
         # moments, and how many pending moments (abandonments not yet due) went with them.
@@ -135,4 +141,5 @@ class Outputs:
 
     def __bool__(self) -> bool:
         return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
-                    or self.feedback or self.events or self.invalid or self.late or self.evicted)
+                    or self.feedback or self.events or self.invalid or self.late or self.evicted
+                    or self.urgent_early or self.urgent_reordered)

@@ -32,6 +32,7 @@ from state.routing import shard_of_id
 from state.rules import RulePack
 from state.snapshots import dump, load
 from state.tags import apply_feedback
+from state.urgent import UrgentLane, trigger_types, urgent_urgencies
 from state.wheel import BUCKET_BITS, TimerWheel
 
 
@@ -65,6 +66,8 @@ class Shard:
         partitions: Replay: the names of the input partitions whose ticks reach this shard (``Tick.partition``).
             Given, the watermark follows the slowest partition not yet ended (see ``tick``), not the shard's
             own events; empty (or live), it follows the largest event time seen.
+        urgent_lateness_ms: Live: the lateness of the urgent lane (``state.urgent``) for the rules whose latency
+            target is below ``lateness_ms``; 0 turns it off. Ignored in replay.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Shard:
         dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES,
         shards: int = 0,
         partitions: frozenset[str] = frozenset(),
+        urgent_lateness_ms: int = 0,
     ) -> None:
         self.key = key
         self.partitions = frozenset() if live else partitions
@@ -109,6 +113,13 @@ class Shard:
         # The in-order release shortcut of ``advance``; off, only its general loop runs (which the shortcut
         # must agree with: tests compare the two).
         self.shortcut = True
+        self.lane: UrgentLane | None = None
+        urgent = urgent_urgencies(pack, lateness_ms)
+        if live and urgent and 0 < urgent_lateness_ms < lateness_ms:
+            triggers = trigger_types(self.ctx.journey_defs, urgent)
+            if triggers:
+                self.lane = UrgentLane(triggers, urgent_lateness_ms)
+                self._apply = self._apply_live  # type: ignore[method-assign]
 
     @property
     def out(self) -> Outputs:
@@ -157,6 +168,7 @@ class Shard:
             raise ShardCountMismatchError(routed, shards)
         crc32 = zlib.crc32
         customers = self.customers
+        lane = self.lane
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms)
             if type(ev) is not Event:
@@ -179,6 +191,14 @@ class Shard:
                 out.late += 1
                 self._apply(ev)
                 continue
+            if lane is not None:
+                if lane.behind(ev):
+                    # Its customer went ahead for an urgent rule: applied now, out of its order (see state.urgent).
+                    out.late += 1
+                    lane.reordered += 1
+                    Shard._apply(self, ev)
+                    continue
+                lane.hold(ev)
             if ts > max_ts:
                 max_ts = ts
                 if ts - lateness > wm:
@@ -267,9 +287,40 @@ class Shard:
         self.advance(low - self.lateness_ms)
 
     def on_wall_clock(self) -> None:
-        """Live mode: advance the watermark with the wall clock while input is idle."""
+        """Live mode: advance the watermark with the wall clock while input is idle, and release urgent events."""
         if self.live:
-            self.advance(self.now_ms() - self.lateness_ms)
+            now = self.now_ms()
+            self.advance(now - self.lateness_ms)
+            lane = self.lane
+            if lane is not None:
+                lane.release(max(self.max_ts, now) - lane.lateness_ms, self.wm, lambda e: Shard._apply(self, e),
+                             self._wake_until)
+                lane.forget_before(self.wm)
+                out = self.ctx.out
+                out.urgent_early += lane.early
+                out.urgent_reordered += lane.reordered
+                lane.early = lane.reordered = 0
+
+    def _wake_until(self, cid: str, t: int) -> None:
+        """Fire one customer's wake-ups due at or before ``t`` (the urgent lane applies it ahead of the others)."""
+        c = self.customers.get(cid)
+        ctx = self.ctx
+        while c is not None and 0 < c.wake <= t:
+            due = c.wake
+            ctx.event_now = due
+            if on_wake(ctx, c, cid, due):
+                del self.customers[cid]
+                ctx.out.evicted += 1
+                return
+            if c.wake == due:
+                return  # nothing moved it: never spin
+
+    def _apply_live(self, ev: Event) -> None:
+        lane = self.lane
+        assert lane is not None
+        if lane.take(ev):
+            return  # applied ahead of the watermark for an urgent rule
+        Shard._apply(self, ev)
 
     def end_of_input(self) -> None:
         """Every partition of every process has ended: fire what is due by the whole input's largest time.
@@ -442,8 +493,18 @@ class Shard:
 
     # -- snapshots --------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards)."""
-        return dump(self.pack, self.customers, self.held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
+        """Return the shard's state as bytes (a consistent copy; safe to mutate the shard afterwards).
+
+        Events the urgent lane applied ahead of the watermark are in the customers' state already, so they are
+        left out of the held events (a restore must not apply them twice).
+        """
+        held = self.held
+        if self.lane is not None and self.lane.applied:
+            skip = self.lane.applied
+            held = ReorderBuffer(deque(e for e in held.queue if id(e) not in skip),
+                                 [h for h in held.heap if id(h[3]) not in skip], held.seq)
+            heapq.heapify(held.heap)
+        return dump(self.pack, self.customers, held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
                     self.part_max)
 
     def restore(self, blob: bytes) -> None:
@@ -459,6 +520,8 @@ class Shard:
         wheel = ctx.wheel = TimerWheel()
         for cid, c in self.customers.items():
             wheel.file(cid, c.wake)
+        if self.lane is not None:
+            self.lane.rebuild([*self.held.queue, *(h[3] for h in self.held.heap)])
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

@@ -151,6 +151,27 @@ def test_abandonment_is_published_within_the_live_bound_after_input_stops(
     assert latency_s <= 60
 
 
+def test_a_p1_moment_is_published_long_before_the_lateness_has_passed(
+    kafka: str, topics: dict[str, str], worker_factory: object
+) -> None:
+    # A 10 minute lateness: without the urgent lane nothing could come out for 10 minutes after the failure.
+    worker = worker_factory(kafka, topics, "--lateness", "10m")  # type: ignore[operator]
+    worker.wait_log("urgent_lateness=5000ms")  # type: ignore[attr-defined]
+    t = _now()
+    produce(kafka, topics["events"], [
+        _ev("u1", t - 2_000, "submit", customer="cust-9", journey="cart", step="checkout"),
+        _ev("u2", t, "fail", customer="cust-9", journey="cart", step="payment", attrs={"reason": "card_declined"}),
+    ], key_of=_key)
+    moments = wait_for_messages(kafka, topics["moment"], 1, timeout_s=120)
+    failed = orjson.loads(moments[0][1])
+    assert failed["rule"] == "cart.failed", worker.log()[-3000:]  # type: ignore[attr-defined]
+    assert failed["moment_id"] == moment_id("cust-9", "cart.failed", "u2")
+    # Detected (by the worker's own clock) well inside the lateness: the watermark was still 10 minutes behind.
+    assert failed["detected_at"] - failed["due_ts"] < 600_000
+    actions = [orjson.loads(v) for _k, v in wait_for_messages(kafka, topics["action"], 1)]
+    assert [(a["rule"], a["status"]) for a in actions] == [("cart.failed", "sent")]
+
+
 def test_feedback_changes_the_tag_state_in_clickhouse(kafka: str, topics: dict[str, str], worker_factory: object,
                                                        tmp_path: Path) -> None:
     worker = worker_factory(kafka, topics)  # type: ignore[operator]
