@@ -168,7 +168,10 @@ class Shard:
             raise ShardCountMismatchError(routed, shards)
         crc32 = zlib.crc32
         customers = self.customers
-        lane = self.lane
+        # Live with the urgent lane, holding an event also indexes it (no cost per event otherwise).
+        push = held.push if self.lane is None else self._lane_push
+        if self.lane is not None:
+            append = self._lane_append
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms)
             if type(ev) is not Event:
@@ -191,21 +194,13 @@ class Shard:
                 out.late += 1
                 self._apply(ev)
                 continue
-            if lane is not None:
-                if lane.behind(ev):
-                    # Its customer went ahead for an urgent rule: applied now, out of its order (see state.urgent).
-                    out.late += 1
-                    lane.reordered += 1
-                    Shard._apply(self, ev)
-                    continue
-                lane.hold(ev)
             if ts > max_ts:
                 max_ts = ts
                 if ts - lateness > wm:
                     wm = ts - lateness
                 append(ev)
                 continue
-            held.push(ev)
+            push(ev)
         self.max_ts = max_ts
         if not self.partitions:
             self.advance(max_ts - lateness)
@@ -314,6 +309,24 @@ class Shard:
                 return
             if c.wake == due:
                 return  # nothing moved it: never spin
+
+    def _lane_append(self, ev: Event) -> None:
+        assert self.lane is not None
+        self.lane.hold(ev)
+        self.held.queue.append(ev)
+
+    def _lane_push(self, ev: Event) -> None:
+        lane = self.lane
+        assert lane is not None
+        if lane.behind(ev):
+            # Its customer went ahead for an urgent rule: applied now, out of its order (see state.urgent). Never
+            # an in-order arrival: the customer's frontier is an event time seen already.
+            self.ctx.out.late += 1
+            lane.reordered += 1
+            Shard._apply(self, ev)
+            return
+        lane.hold(ev)
+        self.held.push(ev)
 
     def _apply_live(self, ev: Event) -> None:
         lane = self.lane
