@@ -1,6 +1,6 @@
 """``moments report rules``: does contacting customers at a moment beat leaving them alone, per rule?
 
-Reads the ClickHouse view ``rule_outcomes`` (infra/clickhouse/002_effectiveness.sql): one row per
+Reads the ClickHouse view ``rule_outcomes`` (infra/clickhouse/004_rule_versions.sql): one row per
 decided moment with its contact-policy status and the final state of its tag. The fair comparison is
 ``sent`` (treated) against ``control`` (hold-out): control moments passed every eligibility check as
 sent ones did, only the contact was withheld. Suppressed moments are counted by reason but take no

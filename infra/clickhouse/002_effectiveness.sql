@@ -39,40 +39,4 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS tag_history_mv TO tag_history AS
 SELECT schema, customer_id, tag, rule, journey, state, outcome, moment_id, opened_ts, ts, version
 FROM customer_tags;
 
--- One row per decided moment: its contact-policy decision and the final state of its tag.
--- state/outcome: the transition with the highest version ('' when the moment has no tag).
--- resolved_ts: ts of the first transition into `resolved` when the final state is resolved, else 0.
--- success: 1 when the tag was resolved as recovered or converted. Sent vs control is the fair
--- comparison: control moments passed every eligibility check as sent ones did.
-CREATE VIEW IF NOT EXISTS rule_outcomes AS
-SELECT
-    a.moment_id AS moment_id,
-    a.customer_id AS customer_id,
-    a.rule AS rule,
-    a.journey AS journey,
-    a.urgency AS urgency,
-    a.due_ts AS due_ts,
-    a.status AS status,
-    a.reason AS reason,
-    a.control AS control,
-    a.channel AS channel,
-    t.final_state AS state,
-    t.final_outcome AS outcome,
-    if(t.final_state = 'resolved', t.first_resolved_ts, 0) AS resolved_ts,
-    toUInt8(t.final_state = 'resolved' AND t.final_outcome IN ('recovered', 'converted')) AS success
-FROM
-(
-    SELECT moment_id, customer_id, rule, journey, urgency, due_ts, status, reason, control, channel
-    FROM actions FINAL
-) AS a
-LEFT JOIN
-(
-    -- Aliases differ from the column names: ClickHouse would resolve `state` in argMinIf to the alias.
-    SELECT
-        moment_id,
-        argMax(state, version) AS final_state,
-        argMax(outcome, version) AS final_outcome,
-        argMinIf(ts, version, state = 'resolved') AS first_resolved_ts
-    FROM tag_history
-    GROUP BY moment_id
-) AS t ON a.moment_id = t.moment_id;
+-- rule_outcomes, one row per decided moment, is defined in 004_rule_versions.sql.
