@@ -190,6 +190,34 @@ class RulePack:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+    def layout_fingerprint(self) -> str:
+        """A short hash of what the shape of the saved state depends on: the journeys, and which rules there are.
+
+        Two packs with the same layout differ only in rule parameters (an idle time, a threshold, a window, an
+        urgency), which apply to restored state as they are: a restart may change them. Adding, removing or
+        reordering rules, changing a journey or any generic rule changes the layout.
+        """
+        import hashlib
+        import json
+
+        journeys = [(j.id, j.steps, sorted(j.key_steps), j.complete_type) for j in self.journeys.values()]
+        rules = [(r.name, r.kind, r.journey, r.index, r.bit) for r in self.rules]
+        generic = [(r.name, json.dumps(r.generic.source, sort_keys=True, default=str)) for r in self.rules if r.generic]
+        text = repr(("layout", sorted(journeys), rules, generic))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def layout_changes(self, other_rules: list[tuple[str, str]]) -> str:
+        """Name the rules added or removed against ``other_rules`` ((name, kind) pairs), for an error message."""
+        mine = {(r.name, r.kind) for r in self.rules}
+        theirs = set(other_rules)
+        parts = []
+        if mine - theirs:
+            parts.append("added " + ", ".join(sorted(n for n, _ in mine - theirs)))
+        if theirs - mine:
+            parts.append("removed " + ", ".join(sorted(n for n, _ in theirs - mine)))
+        return "; ".join(parts) or "journeys, rule order or generic rules changed"
+
+
 _DETECTION_FIELDS: Final = ("name", "kind", "journey", "index", "urgency", "action", "ttl_ms", "within_ms", "threshold",
                      "no_intent_ms", "channel", "type", "recent_steps")
 

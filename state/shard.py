@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
-from state.deadlines import on_wake
+from state.deadlines import next_deadline, on_wake
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
@@ -524,14 +524,18 @@ class Shard:
         """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
 
         Raises:
-            ValueError: when it was taken with a different rule pack, or in a format that cannot be upgraded.
+            ValueError: when it was taken with a rule pack of another layout (rules added, removed or reordered,
+                journeys or generic rules changed; parameters may change), or in a format that cannot be upgraded.
         """
         ctx = self.ctx
         (self.customers, self.held, self.max_ts, self.wm, dirty, self.finals,
-         self.part_max) = load(blob, self.pack, ctx.journey_defs)
+         self.part_max, retuned) = load(blob, self.pack, ctx.journey_defs)
         ctx.dirty = dirty
         wheel = ctx.wheel = TimerWheel()
         for cid, c in self.customers.items():
+            if retuned:
+                # New parameters move deadlines (an idle time, a tag's TTL): each customer wakes at its new earliest.
+                c.wake = next_deadline(ctx, c)
             wheel.file(cid, c.wake)
         if self.lane is not None:
             self.lane.rebuild([*self.held.queue, *(h[3] for h in self.held.heap)])

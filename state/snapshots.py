@@ -26,25 +26,35 @@ Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
 def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
          dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None) -> bytes:
     """Return a shard's state as bytes (wake-ups are not included: each customer carries its own)."""
-    state = (SNAPSHOT_FORMAT, pack.fingerprint(), customers, list(held.queue), held.heap, max_ts, wm, held.seq,
-             [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}))
+    # Slot 1 holds the layout fingerprint; the full one (rule parameters included) and the rules follow at the end,
+    # so a restart may change parameters (see ``load``).
+    state = (SNAPSHOT_FORMAT, pack.layout_fingerprint(), customers, list(held.queue), held.heap, max_ts, wm,
+             held.seq, [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}), pack.fingerprint(),
+             [(r.name, r.kind) for r in pack.rules])
     return pickle.dumps(state, protocol=5)
 
 
 def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
-        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int]]:
-    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times)
-    from ``dump``'s bytes.
+        dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int], bool]:
+    """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times,
+    whether the rule parameters changed) from ``dump``'s bytes.
+
+    A pack whose rules differ only in their parameters restores (the new parameters apply from the restart on);
+    one that adds, removes or reorders rules, changes a journey or a generic rule does not.
 
     Raises:
-        ValueError: when they were taken with a different rule pack, or in a format that cannot be upgraded.
+        ValueError: when they were taken with a rule pack of another layout, or in a format that cannot be upgraded.
     """
     fmt, fp, customers, queue, heap, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
     check_format(fmt)
-    if fp != pack.fingerprint():
+    # Older snapshots carry the full fingerprint in slot 1: they restore under the very same pack only.
+    full = rest[2] if len(rest) > 2 else fp
+    if fp not in (pack.layout_fingerprint(), pack.fingerprint()):
+        changed = pack.layout_changes(rest[3]) if len(rest) > 3 else "a different rule pack"
         raise ValueError(
-            f"recovery state was built with a different rule pack (fingerprint {fp}, "
-            f"now {pack.fingerprint()} for {pack.path}); start with a fresh recovery directory"
+            f"recovery state was built with a different rule pack ({changed}; fingerprint {fp}, now "
+            f"{pack.layout_fingerprint()} for {pack.path}): only rule parameters may change across a restart; "
+            "keep the old rules until a fresh start, or start with a fresh recovery directory"
         )
     upgrade(fmt, customers, plans)
     rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
@@ -53,7 +63,8 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
     # Snapshots from before per-partition watermarks have no partitions' times: the watermark restored stays, and
     # moves again once every open partition has reported (each resumes with its largest time and sends it).
     part_max: dict[str, Any] = dict(rest[1]) if len(rest) > 1 else {}
-    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals, part_max
+    retuned = full != pack.fingerprint()
+    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals, part_max, retuned
 
 
 def check_format(fmt: object) -> None:

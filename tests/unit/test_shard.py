@@ -292,14 +292,50 @@ def test_snapshot_is_a_copy_that_later_processing_does_not_change() -> None:
     assert [e.event_id for e in [*restored.queue, *(b[3] for b in restored.buffer)]] == ["v1"]
 
 
-def test_restoring_state_of_another_rule_pack_is_refused_naming_the_pack(tmp_path: Path) -> None:
+def test_restoring_under_a_pack_that_adds_or_removes_rules_is_refused_naming_them(tmp_path: Path) -> None:
     sh = Shard(PACK)
     _feed(sh, [ev("a", 0)])
+    text = Path(PACK.path).read_text()
+    start = text.index('[[moment]]\nkind = "maze"')
     other = tmp_path / "other.toml"
-    other.write_text(Path(PACK.path).read_text().replace('idle = "10m"', 'idle = "20m"'))
+    other.write_text(text[:start] + text[text.index("[[moment]]", start + 1):])  # no maze rule
     with pytest.raises(ValueError, match="different rule pack") as info:
         Shard(load_rule_pack(other)).restore(sh.snapshot())
     assert str(other) in str(info.value)
+    assert "removed 5g_upgrade.maze, cart.maze" in str(info.value)
+    assert "only rule parameters may change" in str(info.value)
+
+
+def test_a_restart_may_change_rule_parameters_and_armed_deadlines_follow_them(tmp_path: Path) -> None:
+    # An abandonment armed at 0 under idle 10m; the worker restarts with idle 15m, then with idle 5m.
+    sh = Shard(PACK)
+    _feed(sh, [ev("k", 0, "submit", step="checkout"), ev("o", 60_000, "view", step="product", customer="c2")])
+    blob = sh.snapshot()
+    for idle, due in (("15m", 15 * MIN), ("5m", 5 * MIN)):
+        other = tmp_path / f"idle{idle}.toml"
+        other.write_text(Path(PACK.path).read_text().replace('idle = "10m"', f'idle = "{idle}"'))
+        pack = load_rule_pack(other)
+        assert pack.fingerprint() != PACK.fingerprint()
+        assert pack.layout_fingerprint() == PACK.layout_fingerprint()
+        restored = Shard(pack)
+        restored.restore(blob)
+        assert set(restored.customers) == {"c1"}  # the open journey survived the restart (c2's view is held)
+        assert [e.event_id for e in restored.queue] == ["o"]
+        out = _feed(restored, [ev("later", 20 * MIN, "view", step="product", customer="c3")])
+        assert [(m["rule"], m["due_ts"]) for m in out.moments] == [("cart.abandoned", T0 + due)]
+
+
+def test_a_snapshot_of_the_previous_layout_restores_under_the_same_pack() -> None:
+    import pickle
+
+    sh = Shard(PACK)
+    _feed(sh, [ev("a", 0), ev("b", MIN, customer="c2")])
+    state = list(pickle.loads(sh.snapshot()))  # noqa: S301 - our own snapshot
+    old = pickle.dumps((state[0], PACK.fingerprint(), *state[2:11]), protocol=5)  # as written before layouts
+    restored = Shard(PACK)
+    restored.restore(old)
+    assert set(restored.customers) == {"c1"}
+    assert [e.event_id for e in restored.queue] == ["b"]
 
 
 def test_restoring_a_snapshot_of_an_unknown_format_is_refused() -> None:

@@ -1,0 +1,58 @@
+"""A restart with changed rule parameters keeps every customer's state; a changed set of rules is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from connectors.jsonl import read_jsonl
+from state.rules import DEFAULT_PACK
+from tests.helpers import MIN, T0, ev
+from tests.worker import Worker
+
+
+def _write(path: Path, events: list[dict[str, object]]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+
+
+def _run(tmp: Path, name: str, *args: str) -> Worker:
+    w = Worker([*args, "--no-metrics", "--status", "off", "--recovery-dir", str(tmp / "recovery")], tmp / f"{name}.log")
+    w.wait(300)
+    return w
+
+
+def test_an_abandonment_armed_before_a_restart_fires_after_it_under_the_new_idle(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # Customer k reaches checkout at 0 and goes quiet; the input ends 2 minutes later, before the abandonment is due.
+    _write(first, [ev("k1", 0, "submit", customer="k", step="checkout"),
+                   ev("f1", 2 * MIN, "view", customer="filler", step="product")])
+    _write(second, [ev("f2", 40 * MIN, "view", customer="filler2", step="product")])
+    w = _run(tmp_path, "first", "--source", f"file:{first}", "--sink", f"jsonl:{tmp_path / 'out1'}")
+    assert w.proc.returncode == 0, w.log()[-3000:]
+    assert not [m for m in read_jsonl(tmp_path / "out1" / "moments.jsonl") if m["customer_id"] == "k"]
+
+    pack = tmp_path / "idle15.toml"
+    pack.write_text(DEFAULT_PACK.read_text().replace('idle = "10m"', 'idle = "15m"'))
+    w = _run(tmp_path, "second", "--source", f"file:{first},{second}", "--rules", str(pack), "--sink",
+             f"jsonl:{tmp_path / 'out2'}")
+    assert w.proc.returncode == 0, w.log()[-3000:]
+    got = [(m["rule"], m["due_ts"]) for m in read_jsonl(tmp_path / "out2" / "moments.jsonl") if m["customer_id"] == "k"]
+    assert got == [("cart.abandoned", T0 + 15 * MIN)]
+
+
+def test_a_restart_whose_pack_removes_a_rule_is_refused_with_one_line(tmp_path: Path) -> None:
+    events = tmp_path / "a.jsonl"
+    _write(events, [ev("k1", 0, "submit", customer="k", step="checkout")])
+    w = _run(tmp_path, "first", "--source", f"file:{events}", "--sink", f"jsonl:{tmp_path / 'out1'}")
+    assert w.proc.returncode == 0, w.log()[-3000:]
+    text = DEFAULT_PACK.read_text()
+    start = text.index('[[moment]]\nkind = "maze"')
+    pack = tmp_path / "nomaze.toml"
+    pack.write_text(text[:start] + text[text.index("[[moment]]", start + 1):])
+    w = _run(tmp_path, "second", "--source", f"file:{events}", "--rules", str(pack), "--sink",
+             f"jsonl:{tmp_path / 'out2'}")
+    assert w.proc.returncode == 2, w.log()[-3000:]
+    log = w.log()
+    assert "removed 5g_upgrade.maze, cart.maze" in log
+    assert "Traceback" not in log
