@@ -62,8 +62,18 @@ class Invalid(NamedTuple):
         return f"{self.reason.value}:{self.field}" if self.field else self.reason.value
 
 
+ORIGIN_BITS: Final = 48
+"""``Event.origin`` is ``place << ORIGIN_BITS | position``: positions (line numbers, Kafka offsets) stay below 2**48."""
+
+
 class Event(NamedTuple):
-    """One validated input event; times are epoch milliseconds."""
+    """One validated input event; times are epoch milliseconds.
+
+    ``origin`` is where it was read (not an input field): its place in the input (the file's index in the input
+    list, or the Kafka partition) shifted by ``ORIGIN_BITS``, plus its line number or offset; -1 when unknown.
+    Copies of one ``event_id`` at one ``ts`` are released in origin order, so the first in input order is kept
+    whatever order the partitions' batches arrive in.
+    """
 
     event_id: str
     customer_id: str
@@ -74,6 +84,7 @@ class Event(NamedTuple):
     step: str | None = None
     entry: str | None = None
     attrs: dict[str, Any] | None = None
+    origin: int = -1
 
 
 _tuple_new = tuple.__new__
@@ -153,12 +164,22 @@ def _attrs(v: object) -> dict[str, Any] | None:
     return v or None
 
 
+def too_large(raw: bytes) -> bool:
+    """Whether a message exceeds ``MAX_MESSAGE_BYTES`` once trailing CR/LF bytes (line framing) are left out.
+
+    A file's lines and ``moments produce`` drop the framing; a Kafka message produced from a CRLF file keeps
+    its ``\\r``: the same event must pass or fail the limit alike from every source.
+    """
+    return len(raw) > MAX_MESSAGE_BYTES and len(raw.rstrip(b"\r\n")) > MAX_MESSAGE_BYTES
+
+
 def parse_event(
     raw: bytes,
     *,
     types: Collection[str] = BASE_TYPES,
     now_ms: int | None = None,
     max_future_ms: int | None = None,
+    origin: int = -1,
 ) -> Event | Invalid:
     """Decode and validate one message; never raises on bad input.
 
@@ -167,11 +188,12 @@ def parse_event(
         types: Accepted event types (the base set plus the rule pack's).
         now_ms: Wall clock in live mode; with ``max_future_ms`` rejects events from the future.
         max_future_ms: How far ahead of ``now_ms`` an event may be.
+        origin: Where the message was read (``Event.origin``).
 
     Returns:
         The typed event, or an ``Invalid`` naming the reason and field.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if len(raw) > MAX_MESSAGE_BYTES and too_large(raw):
         return Invalid(InvalidReason.TOO_LARGE, f"message is larger than {MAX_MESSAGE_BYTES} bytes", raw)
     try:
         doc = _loads(raw)
@@ -211,8 +233,8 @@ def parse_event(
         and (at is None or (type(at) is dict and len(at) <= MAX_ATTRS and _flat(at)))
     ):
         # tuple.__new__ is what Event() runs, minus its Python-level frame (this is per event).
-        return _tuple_new(Event, (eid, cid, ts, ch, ty, j, st, en, at or None))
-    return _parse_slow(doc, raw, types, now_ms, max_future_ms)
+        return _tuple_new(Event, (eid, cid, ts, ch, ty, j, st, en, at or None, origin))
+    return _parse_slow(doc, raw, types, now_ms, max_future_ms, origin)
 
 
 def _flat(attrs: dict[str, Any]) -> bool:
@@ -223,7 +245,8 @@ def _flat(attrs: dict[str, Any]) -> bool:
 
 
 def _parse_slow(
-    doc: dict[str, Any], raw: bytes, types: Collection[str], now_ms: int | None, max_future_ms: int | None
+    doc: dict[str, Any], raw: bytes, types: Collection[str], now_ms: int | None, max_future_ms: int | None,
+    origin: int = -1,
 ) -> Event | Invalid:
     try:
         event_id = _ident(doc, "event_id", MAX_ID_CHARS)
@@ -249,6 +272,7 @@ def _parse_slow(
             _optional(doc, "step"),
             _optional(doc, "entry"),
             _attrs(doc.get("attrs")),
+            origin,
         )
     except _RejectError as r:
         return Invalid(r.reason, r.detail, raw, r.field)

@@ -22,7 +22,7 @@ from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
 from state.deadlines import on_wake
-from state.events import Event, Invalid, InvalidReason, parse_event
+from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
@@ -121,8 +121,8 @@ class Shard:
         return self.held.queue
 
     @property
-    def buffer(self) -> list[tuple[int, str, int, Event]]:
-        """Held stragglers, a heap of (ts, event_id, seq, event) (see ``ReorderBuffer``)."""
+    def buffer(self) -> list[tuple[int, str, int, int, Event]]:
+        """Held stragglers, a heap of (ts, event_id, origin, seq, event) (see ``ReorderBuffer``)."""
         return self.held.heap
 
     @property
@@ -157,8 +157,12 @@ class Shard:
             raise ShardCountMismatchError(routed, shards)
         crc32 = zlib.crc32
         customers = self.customers
+        # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
+        place = batch.partition << ORIGIN_BITS
+        known = len(offsets) == len(batch.values)
         for i, raw in enumerate(batch.values):
-            ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms)
+            ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
+                             origin=place + offsets[i] if known else -1)
             if type(ev) is not Event:
                 assert isinstance(ev, Invalid)
                 self._dead(ev, batch, offsets[i] if i < len(offsets) else -1)
@@ -310,8 +314,8 @@ class Shard:
             from_heap = False
             if queue:
                 ev = queue[0]
-            if buf and (ev is None or (buf[0][0], buf[0][1]) < (ev.ts_ms, ev.event_id)):
-                ev = buf[0][3]
+            if buf and (ev is None or (buf[0][0], buf[0][1], buf[0][2]) < (ev.ts_ms, ev.event_id, ev.origin)):
+                ev = buf[0][4]
                 from_heap = True
             if buckets:
                 # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
