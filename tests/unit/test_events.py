@@ -444,3 +444,20 @@ def test_validation_matches_a_plain_reading_of_the_schema(doc: dict[str, Any]) -
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     result = parse_event(raw)
     assert isinstance(result, Event | Invalid)
+
+
+def test_a_trailing_cr_or_lf_never_counts_towards_the_size_limit_of_events_and_feedback() -> None:
+    from state.events import MAX_MESSAGE_BYTES
+    from state.feedback import Feedback, parse_feedback
+
+    ev = {"event_id": "e1", "customer_id": "c1", "ts": 1_767_225_600_000, "channel": "app", "type": "view"}
+    fb = {"moment_id": "m1", "customer_id": "c1", "outcome": "contacted", "ts": 1_767_225_600_000}
+    for doc, parse, kind in ((ev, parse_event, Event), (fb, parse_feedback, Feedback)):
+        bare = orjson.dumps({**doc, "pad": ""})
+        at_limit = orjson.dumps({**doc, "pad": "x" * (MAX_MESSAGE_BYTES - len(bare))})
+        assert len(at_limit) == MAX_MESSAGE_BYTES
+        for ending in (b"", b"\r", b"\r\n", b"\n"):
+            assert type(parse(at_limit + ending)) is kind, ending
+        over = at_limit[:-1] + b' }'
+        assert parse(over).reason == InvalidReason.TOO_LARGE  # type: ignore[union-attr]
+        assert parse(over + b"\r").reason == InvalidReason.TOO_LARGE  # type: ignore[union-attr]
