@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection
 from datetime import datetime
@@ -19,6 +20,10 @@ MAX_TEXT_CHARS: Final = 128
 MAX_ATTRS: Final = 32
 MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+# orjson reads an integer outside [-2**63, 2**64) as a float, silently rounded; such a float is at least this big.
+_INT_RANGE: Final = (-(1 << 63), 1 << 64)
+_BIG_LOW: Final = float(-(1 << 63))
+_BIG_HIGH: Final = float(1 << 64)
 
 CHANNELS: Final[frozenset[str]] = frozenset(
     {"app", "web", "wechat", "ivr", "sms", "call_center", "store", "email", "other"}
@@ -43,6 +48,7 @@ class InvalidReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     ATTRS_TOO_MANY = "attrs_too_many"
     ATTRS_NESTED = "attrs_nested"
+    INT_TOO_LARGE = "int_too_large"
     DUPLICATE = "duplicate"
     ROUTING_MISMATCH = "routing_mismatch"
     UNDECODABLE = "undecodable"
@@ -151,7 +157,7 @@ def parse_ts(value: object) -> int:
     return ts
 
 
-def _attrs(v: object) -> dict[str, Any] | None:
+def _attrs(v: object, raw: bytes) -> dict[str, Any] | None:
     if v is None:
         return None
     if type(v) is not dict:
@@ -161,7 +167,28 @@ def _attrs(v: object) -> dict[str, Any] | None:
     for item in v.values():
         if isinstance(item, dict | list):
             raise _RejectError(InvalidReason.ATTRS_NESTED, "attrs", "attrs values must be scalars")
+    if any(type(item) is float and not _BIG_LOW < item < _BIG_HIGH for item in v.values()):
+        _check_big_ints(raw)
     return v or None
+
+
+def _check_big_ints(raw: bytes) -> None:
+    """Refuse an ``attrs`` integer beyond 64 bits, which orjson would carry on as a rounded float.
+
+    Outputs (JSONL, Kafka, ClickHouse) write 64-bit integers only: a 30-digit order number would reach them
+    changed. Only a value orjson read as a huge float gets here; Python's parser tells an integer from a float.
+    """
+    try:
+        exact = json.loads(raw).get("attrs")
+    except ValueError:
+        return
+    if type(exact) is not dict:
+        return
+    low, high = _INT_RANGE
+    for key, item in exact.items():
+        if type(item) is int and not low <= item < high:
+            raise _RejectError(InvalidReason.INT_TOO_LARGE, "attrs",
+                               f"attrs.{key[:64]}: integer beyond 64 bits (send it as a string)")
 
 
 def too_large(raw: bytes) -> bool:
@@ -239,8 +266,9 @@ def parse_event(
 
 def _flat(attrs: dict[str, Any]) -> bool:
     for v in attrs.values():
-        if type(v) is dict or type(v) is list:
-            return False
+        t = type(v)
+        if t is dict or t is list or (t is float and not _BIG_LOW < v < _BIG_HIGH):
+            return False  # nested, or perhaps an integer beyond 64 bits read as a float
     return True
 
 
@@ -271,7 +299,7 @@ def _parse_slow(
             _optional(doc, "journey"),
             _optional(doc, "step"),
             _optional(doc, "entry"),
-            _attrs(doc.get("attrs")),
+            _attrs(doc.get("attrs"), raw),
             origin,
         )
     except _RejectError as r:
