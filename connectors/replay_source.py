@@ -64,7 +64,9 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_future_ms: int | None = None,
         name: str = "",
         tick_name: str = "",
+        place: int = 0,
     ) -> None:
+        self._place = place  # the batches' partition: the file's index in the input list (orders equal events)
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
@@ -149,7 +151,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._max_ts = max_ts
         keys = self._keys
         src = self._source
-        items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s], s)) for s in range(shards)
+        items: list[Item] = [(keys[s], RawBatch(src, self._place, values[s], offsets[s], s)) for s in range(shards)
                              if values[s]]
         if n or self._done:
             tick = Tick(max_ts, final=self._done, partition=self._tick_name)
@@ -331,7 +333,7 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
-                             name=path.name, tick_name=self._tick_names[index])
+                             name=path.name, tick_name=self._tick_names[index], place=index)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):

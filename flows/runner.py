@@ -285,10 +285,8 @@ def _sigterm_watcher() -> None:
     # interrupted while it resumes from recovery state could abort ("non-unwinding panic", status 134). A cluster
     # finishes once every process ended its input (each gets the signal from its orchestrator).
     stopping.request_stop()
-    deadline = time.monotonic() + INPUT_STOP_GRACE_S
-    while time.monotonic() < deadline and not _STOPPING:
-        time.sleep(0.05)
-    if not _STOPPING:
+    # A step still running (a long shard batch) is waited for: interrupting it is what made Bytewax panic.
+    if not stopping.wait_for_end(lambda: _STOPPING, run_pipeline.__code__, INPUT_STOP_GRACE_S):
         _thread.interrupt_main(signal.SIGTERM)
     deadline = time.monotonic() + SIGTERM_GRACE_S
     while time.monotonic() < deadline:

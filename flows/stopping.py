@@ -9,8 +9,12 @@ complete normally: each shard emits its pending rows (``ShardLogic.on_eof``), th
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from types import CodeType, FrameType
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, Source, StatefulSourcePartition
@@ -34,6 +38,56 @@ def stop_requested() -> bool:
 def reset() -> None:
     """Forget a stop request (a new run in the same process)."""
     _STOP.clear()
+
+
+# How long a single step (a source batch, a shard batch, a sink write) may still run after a stop was requested
+# before the dataflow counts as hung: a replay's shard can take many seconds to release what a slow partition held.
+BUSY_GRACE_S = 600.0
+
+
+def step_running(idle_code: CodeType) -> bool:
+    """Whether some Bytewax worker is inside a Python step (a source, shard or sink call) right now.
+
+    Worker threads are started by Bytewax (not ``threading``) and have Python frames only inside a step; with one
+    worker the steps run on the main thread, called by Bytewax from ``idle_code`` (the function that runs the
+    dataflow): a frame called from there in another file is a step (one in its own file, e.g. the set-up, is not).
+    """
+    ours = {t.ident for t in threading.enumerate() if type(t).__name__ != "_DummyThread"}
+    main = threading.main_thread().ident
+    for ident, frame in sys._current_frames().items():  # noqa: SLF001 - the one way to see another thread's frame
+        if ident != main:
+            if ident not in ours:
+                return True
+            continue
+        f: FrameType | None = frame
+        while f is not None and f.f_back is not None:
+            if f.f_back.f_code is idle_code:
+                if f.f_code.co_filename != idle_code.co_filename:
+                    return True
+                break
+            f = f.f_back
+    return False
+
+
+def wait_for_end(ended: Callable[[], bool], idle_code: CodeType, idle_s: float, busy_s: float = BUSY_GRACE_S,
+                 poll_s: float = 0.05) -> bool:
+    """After ``request_stop``: wait until ``ended()``; return False once the dataflow looks hung.
+
+    Hung means no step has run for ``idle_s`` in a row (the input did not end), or ``busy_s`` have passed. A step
+    that is still running is waited for: interrupting it made Bytewax panic ("Box<dyn Any>", a 60-line backtrace)
+    when a signal landed during a long batch.
+    """
+    start = idle_since = time.monotonic()
+    while not ended():
+        now = time.monotonic()
+        if step_running(idle_code):
+            idle_since = now
+        elif now - idle_since >= idle_s:
+            return False
+        if now - start >= busy_s:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):

@@ -40,7 +40,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     """
     # This runs for every event: fields are unpacked once and the context's helpers that are trivial in
     # the common case (canon, mark_dirty) are inlined or skipped.
-    eid, cid, t, _channel, etype, j, step, _entry, attrs = ev
+    eid, cid, t, _channel, etype, j, step, _entry, attrs, _origin = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
         _remember_tz(c, attrs["tz"])
     contacts = ctx.contacts.get(etype)

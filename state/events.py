@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Collection
 from datetime import datetime
@@ -19,6 +20,10 @@ MAX_TEXT_CHARS: Final = 128
 MAX_ATTRS: Final = 32
 MIN_TS_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
 MAX_TS_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+# orjson reads an integer outside [-2**63, 2**64) as a float, silently rounded; such a float is at least this big.
+_INT_RANGE: Final = (-(1 << 63), 1 << 64)
+_BIG_LOW: Final = float(-(1 << 63))
+_BIG_HIGH: Final = float(1 << 64)
 
 CHANNELS: Final[frozenset[str]] = frozenset(
     {"app", "web", "wechat", "ivr", "sms", "call_center", "store", "email", "other"}
@@ -43,6 +48,7 @@ class InvalidReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     ATTRS_TOO_MANY = "attrs_too_many"
     ATTRS_NESTED = "attrs_nested"
+    INT_TOO_LARGE = "int_too_large"
     DUPLICATE = "duplicate"
     ROUTING_MISMATCH = "routing_mismatch"
     UNDECODABLE = "undecodable"
@@ -62,8 +68,18 @@ class Invalid(NamedTuple):
         return f"{self.reason.value}:{self.field}" if self.field else self.reason.value
 
 
+ORIGIN_BITS: Final = 48
+"""``Event.origin`` is ``place << ORIGIN_BITS | position``: positions (line numbers, Kafka offsets) stay below 2**48."""
+
+
 class Event(NamedTuple):
-    """One validated input event; times are epoch milliseconds."""
+    """One validated input event; times are epoch milliseconds.
+
+    ``origin`` is where it was read (not an input field): its place in the input (the file's index in the input
+    list, or the Kafka partition) shifted by ``ORIGIN_BITS``, plus its line number or offset; -1 when unknown.
+    Copies of one ``event_id`` at one ``ts`` are released in origin order, so the first in input order is kept
+    whatever order the partitions' batches arrive in.
+    """
 
     event_id: str
     customer_id: str
@@ -74,6 +90,7 @@ class Event(NamedTuple):
     step: str | None = None
     entry: str | None = None
     attrs: dict[str, Any] | None = None
+    origin: int = -1
 
 
 _tuple_new = tuple.__new__
@@ -140,7 +157,7 @@ def parse_ts(value: object) -> int:
     return ts
 
 
-def _attrs(v: object) -> dict[str, Any] | None:
+def _attrs(v: object, raw: bytes) -> dict[str, Any] | None:
     if v is None:
         return None
     if type(v) is not dict:
@@ -150,7 +167,37 @@ def _attrs(v: object) -> dict[str, Any] | None:
     for item in v.values():
         if isinstance(item, dict | list):
             raise _RejectError(InvalidReason.ATTRS_NESTED, "attrs", "attrs values must be scalars")
+    if any(type(item) is float and not _BIG_LOW < item < _BIG_HIGH for item in v.values()):
+        _check_big_ints(raw)
     return v or None
+
+
+def _check_big_ints(raw: bytes) -> None:
+    """Refuse an ``attrs`` integer beyond 64 bits, which orjson would carry on as a rounded float.
+
+    Outputs (JSONL, Kafka, ClickHouse) write 64-bit integers only: a 30-digit order number would reach them
+    changed. Only a value orjson read as a huge float gets here; Python's parser tells an integer from a float.
+    """
+    try:
+        exact = json.loads(raw).get("attrs")
+    except ValueError:
+        return
+    if type(exact) is not dict:
+        return
+    low, high = _INT_RANGE
+    for key, item in exact.items():
+        if type(item) is int and not low <= item < high:
+            raise _RejectError(InvalidReason.INT_TOO_LARGE, "attrs",
+                               f"attrs.{key[:64]}: integer beyond 64 bits (send it as a string)")
+
+
+def too_large(raw: bytes) -> bool:
+    """Whether a message exceeds ``MAX_MESSAGE_BYTES`` once trailing CR/LF bytes (line framing) are left out.
+
+    A file's lines and ``moments produce`` drop the framing; a Kafka message produced from a CRLF file keeps
+    its ``\\r``: the same event must pass or fail the limit alike from every source.
+    """
+    return len(raw) > MAX_MESSAGE_BYTES and len(raw.rstrip(b"\r\n")) > MAX_MESSAGE_BYTES
 
 
 def parse_event(
@@ -159,6 +206,7 @@ def parse_event(
     types: Collection[str] = BASE_TYPES,
     now_ms: int | None = None,
     max_future_ms: int | None = None,
+    origin: int = -1,
 ) -> Event | Invalid:
     """Decode and validate one message; never raises on bad input.
 
@@ -167,11 +215,12 @@ def parse_event(
         types: Accepted event types (the base set plus the rule pack's).
         now_ms: Wall clock in live mode; with ``max_future_ms`` rejects events from the future.
         max_future_ms: How far ahead of ``now_ms`` an event may be.
+        origin: Where the message was read (``Event.origin``).
 
     Returns:
         The typed event, or an ``Invalid`` naming the reason and field.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if len(raw) > MAX_MESSAGE_BYTES and too_large(raw):
         return Invalid(InvalidReason.TOO_LARGE, f"message is larger than {MAX_MESSAGE_BYTES} bytes", raw)
     try:
         doc = _loads(raw)
@@ -211,19 +260,21 @@ def parse_event(
         and (at is None or (type(at) is dict and len(at) <= MAX_ATTRS and _flat(at)))
     ):
         # tuple.__new__ is what Event() runs, minus its Python-level frame (this is per event).
-        return _tuple_new(Event, (eid, cid, ts, ch, ty, j, st, en, at or None))
-    return _parse_slow(doc, raw, types, now_ms, max_future_ms)
+        return _tuple_new(Event, (eid, cid, ts, ch, ty, j, st, en, at or None, origin))
+    return _parse_slow(doc, raw, types, now_ms, max_future_ms, origin)
 
 
 def _flat(attrs: dict[str, Any]) -> bool:
     for v in attrs.values():
-        if type(v) is dict or type(v) is list:
-            return False
+        t = type(v)
+        if t is dict or t is list or (t is float and not _BIG_LOW < v < _BIG_HIGH):
+            return False  # nested, or perhaps an integer beyond 64 bits read as a float
     return True
 
 
 def _parse_slow(
-    doc: dict[str, Any], raw: bytes, types: Collection[str], now_ms: int | None, max_future_ms: int | None
+    doc: dict[str, Any], raw: bytes, types: Collection[str], now_ms: int | None, max_future_ms: int | None,
+    origin: int = -1,
 ) -> Event | Invalid:
     try:
         event_id = _ident(doc, "event_id", MAX_ID_CHARS)
@@ -248,7 +299,8 @@ def _parse_slow(
             _optional(doc, "journey"),
             _optional(doc, "step"),
             _optional(doc, "entry"),
-            _attrs(doc.get("attrs")),
+            _attrs(doc.get("attrs"), raw),
+            origin,
         )
     except _RejectError as r:
         return Invalid(r.reason, r.detail, raw, r.field)

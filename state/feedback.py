@@ -6,7 +6,7 @@ from typing import Final, NamedTuple
 
 import orjson
 
-from state.events import MAX_ID_CHARS, MAX_MESSAGE_BYTES, Invalid, InvalidReason, _RejectError, parse_ts
+from state.events import MAX_ID_CHARS, Invalid, InvalidReason, _RejectError, parse_ts, too_large
 
 OUTCOMES: Final = frozenset({"contacted", "accepted", "declined", "converted"})
 # outcome -> (tag state after it, whether the tag closes)
@@ -36,7 +36,7 @@ def parse_feedback(raw: bytes) -> Feedback | Invalid:
     Returns:
         The feedback, or an ``Invalid`` naming the reason and field.
     """
-    if len(raw) > MAX_MESSAGE_BYTES:
+    if too_large(raw):
         return Invalid(InvalidReason.TOO_LARGE, "message is too large", raw)
     try:
         doc = orjson.loads(raw)

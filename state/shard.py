@@ -22,7 +22,7 @@ from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
 from state.deadlines import next_deadline, on_wake
-from state.events import Event, Invalid, InvalidReason, parse_event
+from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
@@ -132,8 +132,8 @@ class Shard:
         return self.held.queue
 
     @property
-    def buffer(self) -> list[tuple[int, str, int, Event]]:
-        """Held stragglers, a heap of (ts, event_id, seq, event) (see ``ReorderBuffer``)."""
+    def buffer(self) -> list[tuple[int, str, int, int, Event]]:
+        """Held stragglers, a heap of (ts, event_id, origin, seq, event) (see ``ReorderBuffer``)."""
         return self.held.heap
 
     @property
@@ -172,8 +172,12 @@ class Shard:
         push = held.push if self.lane is None else self._lane_push
         if self.lane is not None:
             append = self._lane_append
+        # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
+        place = batch.partition << ORIGIN_BITS
+        known = len(offsets) == len(batch.values)
         for i, raw in enumerate(batch.values):
-            ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms)
+            ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
+                             origin=place + offsets[i] if known else -1)
             if type(ev) is not Event:
                 assert isinstance(ev, Invalid)
                 self._dead(ev, batch, offsets[i] if i < len(offsets) else -1)
@@ -374,8 +378,8 @@ class Shard:
             from_heap = False
             if queue:
                 ev = queue[0]
-            if buf and (ev is None or (buf[0][0], buf[0][1]) < (ev.ts_ms, ev.event_id)):
-                ev = buf[0][3]
+            if buf and (ev is None or (buf[0][0], buf[0][1], buf[0][2]) < (ev.ts_ms, ev.event_id, ev.origin)):
+                ev = buf[0][4]
                 from_heap = True
             if buckets:
                 # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
@@ -515,7 +519,7 @@ class Shard:
         if self.lane is not None and self.lane.applied:
             skip = self.lane.applied
             held = ReorderBuffer(deque(e for e in held.queue if id(e) not in skip),
-                                 [h for h in held.heap if id(h[3]) not in skip], held.seq)
+                                 [h for h in held.heap if id(h[-1]) not in skip], held.seq)
             heapq.heapify(held.heap)
         return dump(self.pack, self.customers, held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
                     self.part_max)
@@ -538,7 +542,7 @@ class Shard:
                 c.wake = next_deadline(ctx, c)
             wheel.file(cid, c.wake)
         if self.lane is not None:
-            self.lane.rebuild([*self.held.queue, *(h[3] for h in self.held.heap)])
+            self.lane.rebuild([*self.held.queue, *(h[-1] for h in self.held.heap)])
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

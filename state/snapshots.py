@@ -13,7 +13,7 @@ from typing import Any, Final
 from state.journey import Attempt
 from state.plan import JourneyPlan
 from state.record import CustomerState
-from state.reorder import ReorderBuffer
+from state.reorder import ReorderBuffer, upgrade_heap
 from state.rule_model import RulePack
 
 SNAPSHOT_FORMAT: Final = 5
@@ -64,7 +64,8 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
     # moves again once every open partition has reported (each resumes with its largest time and sends it).
     part_max: dict[str, Any] = dict(rest[1]) if len(rest) > 1 else {}
     retuned = full != pack.fingerprint()
-    return customers, ReorderBuffer(deque(queue), heap, seq), max_ts, wm, rows, finals, part_max, retuned
+    return (customers, ReorderBuffer(deque(queue), upgrade_heap(heap), seq), max_ts, wm, rows, finals, part_max,
+            retuned)
 
 
 def check_format(fmt: object) -> None:

@@ -62,8 +62,8 @@ def trigger_types(plans: Iterable[JourneyPlan], urgencies: frozenset[str]) -> di
     return {t: frozenset(js) for t, js in out.items()}
 
 
-def _key(ev: Event) -> tuple[int, str]:
-    return ev.ts_ms, ev.event_id
+def _key(ev: Event) -> tuple[int, str, int]:
+    return ev.ts_ms, ev.event_id, ev.origin  # the reorder buffer's order (state.reorder)
 
 
 class UrgentLane:
@@ -79,9 +79,9 @@ class UrgentLane:
         self._every = triggers.get(_ANY, frozenset())
         self.lateness_ms = lateness_ms
         self.held: dict[str, list[Event]] = {}  # customer -> held events in (ts, event_id) order
-        self.candidates: list[tuple[int, str, int, Event]] = []  # heap by (ts, event_id, arrival)
+        self.candidates: list[tuple[int, str, int, int, Event]] = []  # heap by (ts, event_id, origin, arrival)
         self.applied: set[int] = set()  # ids of held events applied ahead of the watermark
-        self.frontier: dict[str, tuple[int, str]] = {}  # customer -> (ts, event_id) applied up to, ahead of it
+        self.frontier: dict[str, tuple[int, str, int]] = {}  # customer -> the key applied up to, ahead of it
         self._seq = 0
         self.early = 0  # events applied ahead of the watermark (counters: the shard moves them to its outputs)
         self.reordered = 0
@@ -109,7 +109,7 @@ class UrgentLane:
             insort(lst, ev, key=_key)
         if self.is_trigger(ev):
             self._seq += 1
-            heapq.heappush(self.candidates, (ev.ts_ms, ev.event_id, self._seq, ev))
+            heapq.heappush(self.candidates, (ev.ts_ms, ev.event_id, ev.origin, self._seq, ev))
 
     def take(self, ev: Event) -> bool:
         """The watermark reached a held event: True when it was applied already (skip it)."""
@@ -142,7 +142,7 @@ class UrgentLane:
         """
         cands = self.candidates
         while cands and cands[0][0] < urgent_wm:
-            _, _, _, t = heapq.heappop(cands)
+            t = heapq.heappop(cands)[-1]
             if t.ts_ms < wm or id(t) in self.applied:
                 continue
             cid = t.customer_id

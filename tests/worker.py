@@ -23,11 +23,14 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 class Worker:
     """A ``moments run`` child process."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None, prelude: str = "") -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
+        # A prelude (Python run first, e.g. to shorten a grace period) needs -c; the CLI then runs as with -m.
+        cmd = (["-c", f"{prelude}\nimport runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)"]
+               if prelude else ["-m", "flows.cli"])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "run", *args],
+            [sys.executable, *cmd, "run", *args],
             stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "CX_LOG_LEVEL": "info", **(env or {})},
         )

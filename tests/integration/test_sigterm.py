@@ -301,3 +301,64 @@ def test_sigterm_on_a_two_process_cluster_resuming_from_recovery_exits_cleanly(t
             for noise in (*NOISE, "non-unwinding"):
                 assert noise not in w.log(), logs
     assert signalled, "no attempt signalled both processes while they ran"
+
+
+def _split_traffic(tmp: Path) -> list[Path]:
+    """Simulated traffic in two files, the second covering the later stretch of time: the shards hold its events
+    until the first file ends, then release them in one long batch."""
+    import orjson
+
+    from connectors.simulator import simulate
+
+    lines = [orjson.dumps(e) + b"\n" for e in simulate(3000, 120, seed=3).events()]
+    half = len(lines) // 2
+    paths = [tmp / "p0.jsonl", tmp / "p1.jsonl"]
+    paths[0].write_bytes(b"".join(lines[:half]))
+    paths[1].write_bytes(b"".join(lines[half:]))
+    return paths
+
+
+# Every step (a source batch, a shard batch, a sink write) outlasts this grace: a signal during any of them is a
+# signal during a "long" batch, whatever the machine's speed.
+SHORT_GRACE = "import flows.runner; flows.runner.INPUT_STOP_GRACE_S = 0.2"
+
+
+@pytest.mark.parametrize("after", [1, 8_000])  # the first file holds about 15,000 events
+def test_sigterm_during_a_long_batch_stops_cleanly_and_a_resume_loses_no_moment(tmp_path: Path, after: int) -> None:
+    # Before: the watcher interrupted the main thread after INPUT_STOP_GRACE_S, inside the running step, and
+    # Bytewax panicked ("thread '<unnamed>' panicked at src/operators.rs … Box<dyn Any>", ~60 lines) before the
+    # clean "stopping on signal", then exited 0.
+    paths = _split_traffic(tmp_path)
+    source = ["--source", "file:" + ",".join(map(str, paths)), "--no-metrics"]
+    full = Worker([*source, "--sink", f"jsonl:{tmp_path / 'full'}", "--status", "off"], tmp_path / "full.log")
+    try:
+        assert full.wait(600) == 0, full.log()[-3000:]
+    finally:
+        full.stop()
+    expected = _moment_ids(tmp_path / "full")
+    total = int(re.search(r"done: events=(\d+)", full.log()).group(1))  # type: ignore[union-attr]
+    assert after < total
+    part = [*source, "--sink", f"jsonl:{tmp_path / 'part'}", "--recovery-dir", str(tmp_path / "rd"),
+            "--snapshot-interval", "1"]
+    first = Worker([*part, "--status", "log"], tmp_path / "first.log", env={"RUST_BACKTRACE": "1"},
+                   prelude=SHORT_GRACE)
+    try:
+        wait_until(lambda: _status_events(first.log()) >= after or not first.alive(), 300,
+                   f"a status line with events >= {after}", detail=lambda: first.log()[-3000:])
+        first.proc.send_signal(signal.SIGTERM)
+        code = first.wait(300)
+    finally:
+        first.stop()
+    log = first.log()
+    assert code == 0, log[-3000:]
+    assert "stopping on signal; flushing outputs" in log, log[-3000:]
+    for noise in NOISE:
+        assert noise not in log, log[-3000:]
+    stopped_at = int(re.search(r"done: events=(\d+)", log).group(1))  # type: ignore[union-attr]
+    assert stopped_at < total, "the first run was not stopped"
+    second = Worker([*part, "--status", "off"], tmp_path / "second.log")
+    try:
+        assert second.wait(600) == 0, second.log()[-3000:]
+    finally:
+        second.stop()
+    assert _moment_ids(tmp_path / "part") == expected

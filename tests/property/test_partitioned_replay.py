@@ -46,9 +46,10 @@ def _names(k: int) -> list[str]:
     return [f"file:p{i}.jsonl" for i in range(k)]
 
 
-def _partition(name: str, lines: list[bytes], batch: int, state: Any = None) -> _RawPartition:
+def _partition(name: str, lines: list[bytes], batch: int, state: Any = None, place: int = 0) -> _RawPartition:
     pos, own, max_ts = (0, None, 0) if state is None else state[:3]
-    return _RawPartition(name, lambda start: iter(lines[start:]), pos, SHARDS, batch, own=own, max_ts=max_ts)
+    return _RawPartition(name, lambda start: iter(lines[start:]), pos, SHARDS, batch, own=own, max_ts=max_ts,
+                         place=place)
 
 
 def _shards(names: list[str], blobs: list[bytes] | None = None) -> list[Shard]:
@@ -68,7 +69,8 @@ def _deliver(shards: list[Shard], items: list[tuple[str, RawBatch | Tick]], outs
 
 def _run(parts: list[list[bytes]], order: list[int], sizes: list[int], restart: int | None = None) -> dict[str, Any]:
     names = _names(len(parts))
-    sources = [_partition(n, p, b) for n, p, b in zip(names, parts, sizes, strict=True)]
+    # Each partition's place in the input list, as the file source numbers them (Event.origin).
+    sources = [_partition(n, p, b, place=i) for i, (n, p, b) in enumerate(zip(names, parts, sizes, strict=True))]
     shards = _shards(names)
     ended = [False] * len(parts)
     outs: list[Outputs] = []
@@ -87,7 +89,8 @@ def _run(parts: list[list[bytes]], order: list[int], sizes: list[int], restart: 
             # A restart at an epoch's end: the shards and the partitions come back from their snapshots.
             states = [s.snapshot() for s in sources]
             shards = _shards(names, [sh.snapshot() for sh in shards])
-            sources = [_partition(nm, p, b, st_) for nm, p, b, st_ in zip(names, parts, sizes, states, strict=True)]
+            sources = [_partition(nm, p, b, st_, i)
+                       for i, (nm, p, b, st_) in enumerate(zip(names, parts, sizes, states, strict=True))]
             ended = [False] * len(parts)
     while not all(ended):  # then every partition to its end, in turn
         for i in range(len(parts)):

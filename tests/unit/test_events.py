@@ -390,6 +390,8 @@ def _violations(doc: dict[str, Any]) -> set[str]:
             found.add("attrs_too_many:attrs")
         elif any(isinstance(x, dict | list) for x in attrs.values()):
             found.add("attrs_nested:attrs")
+        elif any(type(x) is int and not -(2**63) <= x < 2**64 for x in attrs.values()):
+            found.add("int_too_large:attrs")
     return found
 
 
@@ -444,3 +446,38 @@ def test_validation_matches_a_plain_reading_of_the_schema(doc: dict[str, Any]) -
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     result = parse_event(raw)
     assert isinstance(result, Event | Invalid)
+
+
+def test_a_trailing_cr_or_lf_never_counts_towards_the_size_limit_of_events_and_feedback() -> None:
+    from state.events import MAX_MESSAGE_BYTES
+    from state.feedback import Feedback, parse_feedback
+
+    ev = {"event_id": "e1", "customer_id": "c1", "ts": 1_767_225_600_000, "channel": "app", "type": "view"}
+    fb = {"moment_id": "m1", "customer_id": "c1", "outcome": "contacted", "ts": 1_767_225_600_000}
+    for doc, parse, kind in ((ev, parse_event, Event), (fb, parse_feedback, Feedback)):
+        bare = orjson.dumps({**doc, "pad": ""})
+        at_limit = orjson.dumps({**doc, "pad": "x" * (MAX_MESSAGE_BYTES - len(bare))})
+        assert len(at_limit) == MAX_MESSAGE_BYTES
+        for ending in (b"", b"\r", b"\r\n", b"\n"):
+            assert type(parse(at_limit + ending)) is kind, ending
+        over = at_limit[:-1] + b' }'
+        assert parse(over).reason == InvalidReason.TOO_LARGE  # type: ignore[union-attr]
+        assert parse(over + b"\r").reason == InvalidReason.TOO_LARGE  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("literal", "kept"), [
+    (b"18446744073709551615", True), (b"-9223372036854775808", True), (b"1.8446744073709552e19", True),
+    (b"-1e300", True), (b"18446744073709551616", False), (b"-9223372036854775809", False),
+    (b"123456789012345678901234567890", False),
+])
+def test_an_attrs_integer_beyond_64_bits_is_refused_naming_the_key(literal: bytes, kept: bool) -> None:
+    raw = (b'{"event_id":"e","customer_id":"c","ts":1767225600000,"channel":"app","type":"view",'
+           b'"attrs":{"a":1,"order":' + literal + b"}}")
+    got = parse_event(raw)
+    if kept:
+        assert type(got) is Event
+        assert got.attrs == {"a": 1, "order": orjson.loads(literal)}
+    else:
+        assert isinstance(got, Invalid)
+        assert (got.code, got.detail) == ("int_too_large:attrs", "attrs.order: integer beyond 64 bits (send it as "
+                                                                  "a string)")

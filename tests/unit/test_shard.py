@@ -289,7 +289,7 @@ def test_snapshot_is_a_copy_that_later_processing_does_not_change() -> None:
     restored.restore(blob)
     # At the snapshot, the view of c3 was still waiting for the watermark: it is part of the copy.
     assert set(restored.customers) == {"c1", "c2"}
-    assert [e.event_id for e in [*restored.queue, *(b[3] for b in restored.buffer)]] == ["v1"]
+    assert [e.event_id for e in [*restored.queue, *(b[-1] for b in restored.buffer)]] == ["v1"]
 
 
 def test_restoring_under_a_pack_that_adds_or_removes_rules_is_refused_naming_them(tmp_path: Path) -> None:
