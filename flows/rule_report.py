@@ -289,6 +289,8 @@ def _range_text(from_ms: int | None, to_ms: int | None) -> str:
 def _verdict_text(e: RuleEffect) -> str:
     if e.verdict != "continue":
         return e.verdict
+    if e.sent and not e.control:
+        return "continue (no hold-out moments: give the rule a holdout to judge it)"
     if e.needed_sent is None or e.needed_control is None:
         return "continue (uplift on the line: no sample decides)"
     return f"continue (~{e.needed_sent} more sent, {e.needed_control} more control)"

@@ -160,6 +160,9 @@ def test_text_table_shows_rates_uplift_interval_and_verdict() -> None:
     assert row.split() == ["cart.abandoned", "1", "520", "400", "100", "20", "50.0%", "30.0%", "+20.0", "[+9.8,",
                            "+30.2]", "12m34s", "keep"]  # 754.5 s rounds to 12m34s
     stuck = next(line for line in text.splitlines() if line.strip().startswith("cart.stuck"))
+    handoff = render_text(RuleReport(T0, None, 0.95, 100, (_effect(rule="cart.handoff", control=0, verdict="continue",
+                                                                    needed_sent=0, needed_control=100),)))
+    assert "continue (no hold-out moments: give the rule a holdout to judge it)" in handoff
     assert stuck.rstrip().endswith("-  continue (~98 more sent, 99 more control)")
     assert "cart.abandoned v1             stale 15, quiet_hours 5" in text
     assert "95% CI" in text
