@@ -13,6 +13,10 @@ shards its own workers run (``connectors.placement``): raw lines then never cros
 between processes, where Bytewax would pickle them. Each source partition sees
 every line, so its ticks carry the largest event time of the whole input read so
 far, and each shard hears from exactly one partition per input, as with one process.
+
+Since nothing crosses, processes started with different settings (``--shards``: each keeps other lines)
+would lose or double lines without a word. So each partition of a cluster first sends a ``Hello`` with its
+process's settings to one shard of every other process, which compares them with its own (``flows.operators``).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ from pathlib import Path
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.placement import Placement
-from state.batches import RawBatch, Tick
+from state.batches import Hello, RawBatch, Tick
 from state.events import BASE_TYPES
 from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
-Item = tuple[str, RawBatch | Tick]
+Item = tuple[str, RawBatch | Tick | Hello]
 Position = (int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
             | tuple[int, tuple[int, ...] | None, int, str])
 """A partition's resume state: the next line, the shards it feeds (None: all) and the largest valid event time
@@ -64,7 +68,9 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_future_ms: int | None = None,
         name: str = "",
         tick_name: str = "",
+        greet: list[Item] | None = None,
     ) -> None:
+        self._greet = greet  # sent before the first lines (the cluster handshake), again after every restart
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
@@ -89,6 +95,8 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
     def next_batch(self) -> list[Item]:
         if self._done:
             raise StopIteration
+        if self._greet:
+            return self.take_greeting()
         shards = self._shards
         values: list[list[bytes]] = [[] for _ in range(shards)]
         offsets: list[list[int]] = [[] for _ in range(shards)]
@@ -156,6 +164,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             items.extend((k, tick) for k in self._tick_keys)
         return items
 
+    def take_greeting(self) -> list[Item]:
+        """Return the handshake items not sent yet (once): a stopped input still sends them, see ``flows.stopping``."""
+        greet, self._greet = self._greet or [], None
+        return greet
+
     def next_awake(self) -> datetime | None:
         return self._awake
 
@@ -203,6 +216,24 @@ def _resume(
                      "workers changed): their lines cross between processes until the recovery state is reset",
                      part)
     return pos, kept, max_ts
+
+
+def hello_items(hello: Hello | None, placement: Placement | None, shards: int) -> list[Item]:
+    """Return the handshake items a partition of this process sends: ``hello`` to one shard of each other process.
+
+    The keys are those this process believes the others run: with the same ``-w`` Bytewax places a key by its
+    name alone, so the hello reaches the other process whatever its ``--shards``. A process that runs no shard
+    (fewer shards than workers) has no lines to lose and gets none.
+    """
+    if hello is None or placement is None or placement.processes == 1:
+        return []
+    items: list[Item] = []
+    for p in range(placement.processes):
+        if p != placement.process:
+            theirs = placement.own_shards(shards, p)
+            if theirs:
+                items.append((str(min(theirs)), hello))
+    return items
 
 
 def _part_name(index: int, placement: Placement | None) -> str:
@@ -301,12 +332,14 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single process).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        hello: This process's settings, sent to the other processes of a cluster before the first lines.
     """
 
     def __init__(
         self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
-        placement: Placement | None = None, max_future_ms: int | None = None,
+        placement: Placement | None = None, max_future_ms: int | None = None, hello: Hello | None = None,
     ) -> None:
+        self._hello = hello
         self._types = types
         self._max_future = max_future_ms
         missing = [str(p) for p in paths if not p.is_file()]
@@ -331,7 +364,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
-                             name=path.name, tick_name=self._tick_names[index])
+                             name=path.name, tick_name=self._tick_names[index],
+                             greet=hello_items(self._hello, self._placement, self._shards))
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):
@@ -350,6 +384,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single partition for the whole cluster).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        hello: This process's settings, sent to the other processes of a cluster before the first lines.
+        cluster: The cluster the hello goes to (default: ``placement``; live, the one partition reads for all).
     """
 
     def __init__(
@@ -360,7 +396,11 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         realtime: bool = False,
         max_ts: int = 0,
         max_future_ms: int | None = None,
+        hello: Hello | None = None,
+        cluster: Placement | None = None,
     ) -> None:
+        self._hello = hello
+        self._cluster = cluster or placement
         self._types = types
         self._max_future = max_future_ms
         self._realtime = realtime
@@ -384,7 +424,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
                              types=self._types, own=own, realtime=self._realtime, max_ts=max_ts,
-                             max_future_ms=self._max_future)
+                             max_future_ms=self._max_future,
+                             greet=hello_items(self._hello, self._cluster, self._shards))
 
 
 class _Pacer:
