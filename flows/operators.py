@@ -23,9 +23,12 @@ class ClusterSettingsError(ValueError):
     """Another process of the cluster runs with a different value of a setting that must be the same everywhere."""
 
     def __init__(self, setting: str, peer: int, theirs: str, ours: str, process: int) -> None:
+        # Another shard count or input keeps other lines in each process; other detection settings judge alike
+        # lines differently.
+        harm = ("lines would be lost or counted twice" if setting in ("--shards", "--source")
+                else "the same events would give different moments")
         super().__init__(f"process {peer} of the cluster runs with {setting} {theirs}, process {process} with "
-                         f"{ours}: their lines would be lost or counted twice; start every process with the same "
-                         f"{setting}")
+                         f"{ours}: {harm}; start every process with the same {setting}")
         self.setting = setting
 
 
@@ -96,7 +99,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             self.shard.on_wall_clock()
             out = self.shard.take_outputs()
             return ([out] if out else []), StatefulBatchLogic.RETAIN
-        out = process(self.shard, values)
+        out = process(self.shard, values)  # type: ignore[arg-type]  # hellos were taken out above
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def _greeted(self, values: list[ShardItem]) -> list[ShardItem]:
