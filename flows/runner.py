@@ -114,9 +114,8 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     stopping.reset()
     signal.signal(signal.SIGTERM, _terminate)
     _watch_sigterm()
-    # A shard that stops the run (a cluster peer disagrees) takes the SIGTERM path: if the cluster does not
-    # finish once the input ended, the watcher interrupts it.
-    stopping.on_stop_for(lambda: os.kill(os.getpid(), signal.SIGTERM))
+    _RUN_ENDED.clear()
+    stopping.on_stop_for(lambda: _exit_unless_ended(cfg))
     try:
         server, flow, recovery = _prepare(cfg, pack)
     except BaseException:
@@ -159,6 +158,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             raise
         raise named from None
     finally:
+        _RUN_ENDED.set()
         flush_all()
         stop.set()
         if server is not None:
@@ -253,6 +253,31 @@ def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
 
 
 _STOPPING = False
+_RUN_ENDED = threading.Event()
+STOP_FOR_GRACE_S = 10.0
+
+
+def _exit_unless_ended(cfg: PipelineConfig) -> None:
+    """After a shard stopped the run (``stopping.stop_for``), exit 2 naming why if Bytewax has not returned soon.
+
+    A peer that did not hear of the difference (a live simulator's partition runs in one process only) keeps the
+    cluster running, and a process stays inside Bytewax until every peer's input ended: an interrupt
+    (``_terminate``) does not get it out. Exiting closes its connections, so the peer fails too (Bytewax's
+    "Send thread panic", named by ``_cluster_mismatch``).
+    """
+
+    def wait_then_exit() -> None:
+        if _RUN_ENDED.wait(STOP_FOR_GRACE_S):
+            return
+        failed = stopping.failure()
+        named = _cluster_mismatch(failed, cfg) if failed is not None else None
+        # As ``flows.cli`` prints a ConfigError: there is no way back to it from here.
+        print(f"moments run: error: {named or failed}", file=sys.stderr, flush=True)
+        log.warning("stopping: the cluster did not finish within %.0f s; exiting without a flush", STOP_FOR_GRACE_S)
+        logging.shutdown()
+        os._exit(2)
+
+    threading.Thread(target=wait_then_exit, name="stop-for", daemon=True).start()
 
 
 def _terminate(_signum: int, _frame: object) -> None:

@@ -60,6 +60,15 @@ def test_simulator_cluster_processes_with_different_seeds_both_stop_naming_it(tm
         _ends_with_one_line(w, "configuration: --source: process")
 
 
+def test_a_live_simulator_cluster_with_different_settings_stops_every_process(tmp_path: Path) -> None:
+    """Live, one process runs the simulator for all: only its peer hears a hello, and must not leave it waiting."""
+    sim = ["--clock", "live", "--customers", "300", "--minutes", "5"]
+    cluster = _cluster(tmp_path, "simulator", [[*sim, "--lateness", "10s"], sim])
+    lines = [_ends_with_one_line(w, "configuration: ") for w in cluster]
+    assert any("--lateness: process" in line for line in lines), lines
+    assert all("--lateness: process" in line or "disagree on -w or a peer failed" in line for line in lines), lines
+
+
 def test_a_resumed_cluster_process_with_another_setting_stops_both(tmp_path: Path) -> None:
     """The hello goes out again after a restart: recovery state does not hide a changed setting."""
     source = f"file:{_events(tmp_path)}"
