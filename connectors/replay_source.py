@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.placement import Placement
+from connectors.placement import Placement, hello_items
 from state.batches import Hello, RawBatch, Tick
 from state.events import BASE_TYPES
 from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
@@ -68,7 +68,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_future_ms: int | None = None,
         name: str = "",
         tick_name: str = "",
-        greet: list[Item] | None = None,
+        greet: Sequence[Item] = (),
     ) -> None:
         self._greet = greet  # sent before the first lines (the cluster handshake), again after every restart
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
@@ -166,7 +166,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
 
     def take_greeting(self) -> list[Item]:
         """Return the handshake items not sent yet (once): a stopped input still sends them, see ``flows.stopping``."""
-        greet, self._greet = self._greet or [], None
+        greet, self._greet = list(self._greet), ()
         return greet
 
     def next_awake(self) -> datetime | None:
@@ -216,24 +216,6 @@ def _resume(
                      "workers changed): their lines cross between processes until the recovery state is reset",
                      part)
     return pos, kept, max_ts
-
-
-def hello_items(hello: Hello | None, placement: Placement | None, shards: int) -> list[Item]:
-    """Return the handshake items a partition of this process sends: ``hello`` to one shard of each other process.
-
-    The keys are those this process believes the others run: with the same ``-w`` Bytewax places a key by its
-    name alone, so the hello reaches the other process whatever its ``--shards``. A process that runs no shard
-    (fewer shards than workers) has no lines to lose and gets none.
-    """
-    if hello is None or placement is None or placement.processes == 1:
-        return []
-    items: list[Item] = []
-    for p in range(placement.processes):
-        if p != placement.process:
-            theirs = placement.own_shards(shards, p)
-            if theirs:
-                items.append((str(min(theirs)), hello))
-    return items
 
 
 def _part_name(index: int, placement: Placement | None) -> str:

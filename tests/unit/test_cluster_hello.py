@@ -9,8 +9,8 @@ import orjson
 import pytest
 from bytewax.operators import StatefulBatchLogic
 
-from connectors.placement import Placement
-from connectors.replay_source import JsonlFileSource, SimulatorSource, hello_items
+from connectors.placement import Placement, hello_items
+from connectors.replay_source import JsonlFileSource, SimulatorSource
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig
 from flows.dataflow import cluster_hello
