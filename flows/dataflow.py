@@ -50,14 +50,16 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack) -> Hello | None:
     The same lines must reach the same shards (``--shards``; ``-w`` is Bytewax's own handshake), be read from
     the same input (the file names in order, or the simulation) and be judged alike (the rule pack's
     fingerprint, the clock, ``--lateness``, live ``--max-future``, ``--max-customers``). Paths, sinks, ports
-    and batch sizes may differ. None outside a cluster, or for Kafka input (its batches cross processes, and
-    the shard's own ``--shards`` check covers them).
+    and batch sizes may differ. None outside a cluster. Kafka partitions send none (their batches cross
+    processes, and the shard's own ``--shards`` check covers them), but a Kafka process still checks the hello
+    of a peer started with another ``--source``.
     """
-    if len(cfg.addresses) <= 1 or not (cfg.source.startswith("file:") or cfg.source == "simulator"):
+    if len(cfg.addresses) <= 1:
         return None
+    source = cfg.source
     if cfg.source == "simulator":
         source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes:g} --seed {cfg.sim_seed})"
-    else:
+    elif cfg.source.startswith("file:"):
         source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
     settings = [("--shards", str(cfg.shards)), ("--source", source),
                 ("--rules", f"{pack.name} (fingerprint {pack.fingerprint()})"), ("--clock", cfg.clock),

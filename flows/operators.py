@@ -84,8 +84,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             raise
 
     def _on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
-        if any(type(item) is Hello for item in values):
-            values = self._greeted(values)
+        if self._hello is not None and Hello in map(type, values):  # only in a cluster
+            values = self._greeted(values, self._hello)
             if not values:
                 return [], StatefulBatchLogic.RETAIN
         if self.shard.live:
@@ -102,15 +102,15 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         out = process(self.shard, values)  # type: ignore[arg-type]  # hellos were taken out above
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
-    def _greeted(self, values: list[ShardItem]) -> list[ShardItem]:
+    def _greeted(self, values: list[ShardItem], ours: Hello) -> list[ShardItem]:
         """Check the cluster handshakes among ``values`` and return the rest (a hello changes no state).
 
         On a difference the run stops (``flows.stopping.stop_for``) rather than fails here: see there.
         """
         for item in values:
-            if type(item) is Hello and self._hello is not None:
+            if type(item) is Hello:
                 try:
-                    check_hello(item, self._hello)
+                    check_hello(item, ours)
                 except ClusterSettingsError as e:
                     stop_for(e)
         return [item for item in values if type(item) is not Hello]

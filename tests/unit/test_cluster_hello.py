@@ -148,9 +148,11 @@ def test_cluster_settings_cover_the_input_the_rules_and_the_clock(tmp_path: Path
     sim = cluster_hello(PipelineConfig(source="simulator", addresses=ADDRS, process_id=0, sim_seed=3), PACK)
     assert sim is not None
     assert "--seed 3" in dict(sim.settings)["--source"]
-    # Outside a cluster, and for Kafka (whose batches cross processes and are checked by the shard), none.
-    assert cluster_hello(PipelineConfig(source=f"file:{a}"), PACK) is None
-    assert cluster_hello(PipelineConfig(source="kafka", addresses=ADDRS, process_id=0), PACK) is None
+    assert cluster_hello(PipelineConfig(source=f"file:{a}"), PACK) is None, "outside a cluster, none"
+    # A Kafka process sends none (its partitions send no hello) but checks a peer's: it names its source too.
+    kafka = cluster_hello(PipelineConfig(source="kafka", addresses=ADDRS, process_id=0), PACK)
+    assert kafka is not None
+    assert dict(kafka.settings)["--source"] == "kafka"
 
 
 class PanicException(BaseException):  # noqa: N818 - named as pyo3's, which the runner recognises by name
