@@ -169,7 +169,6 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         stopping.on_stop_for(None)
     failed = stopping.failure()
     if failed is not None:
-        _STOPPING = True  # the SIGTERM watcher (woken by ``stop_for``) must not interrupt or exit the process later
         named = _cluster_mismatch(failed, cfg)
         raise named if named is not None else failed
     print(f"done: {STATS.line(final=True)}", flush=True)

@@ -45,10 +45,10 @@ def note_failure(reason: Exception) -> None:
 
 
 def stop_for(reason: Exception) -> None:
-    """End the input because of ``reason`` (the runner then exits naming it), escalating as SIGTERM does.
+    """End the input because of ``reason`` (the runner then exits naming it), and escalate once.
 
     A peer that does not stop its own input (one that did not hear of the problem) would keep the cluster
-    running: the escalation set by ``on_stop_for`` (the runner's SIGTERM path) interrupts it after a grace.
+    running: the escalation set by ``on_stop_for`` (the runner's) exits the process if it has not ended soon.
     """
     first = not _REASONS
     note_failure(reason)
