@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from state.batches import Hello
+
 _M64 = (1 << 64) - 1
 
 
@@ -97,3 +99,21 @@ class Placement:
         """Return the shards (keys ``"0"`` … ``str(shards - 1)``) run by ``process`` (default: this one)."""
         p = self.process if process is None else process
         return frozenset(s for s in range(shards) if self.process_of(str(s)) == p)
+
+
+def hello_items(hello: Hello | None, placement: Placement | None, shards: int) -> list[tuple[str, Hello]]:
+    """Return the handshake items a partition of this process sends: ``hello`` to one shard of each other process.
+
+    The keys are those this process believes the others run: with the same ``-w`` Bytewax places a key by its
+    name alone, so the hello reaches the other process whatever its ``--shards``. A process that runs no shard
+    (fewer shards than workers) has no lines to lose and gets none.
+    """
+    if hello is None or placement is None or placement.processes == 1:
+        return []
+    items: list[tuple[str, Hello]] = []
+    for p in range(placement.processes):
+        if p != placement.process:
+            theirs = placement.own_shards(shards, p)
+            if theirs:
+                items.append((str(min(theirs)), hello))
+    return items

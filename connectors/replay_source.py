@@ -13,26 +13,30 @@ shards its own workers run (``connectors.placement``): raw lines then never cros
 between processes, where Bytewax would pickle them. Each source partition sees
 every line, so its ticks carry the largest event time of the whole input read so
 far, and each shard hears from exactly one partition per input, as with one process.
+
+Since nothing crosses, processes started with different settings (``--shards``: each keeps other lines)
+would lose or double lines without a word. So each partition of a cluster first sends a ``Hello`` with its
+process's settings to one shard of every other process, which compares them with its own (``flows.operators``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from connectors.placement import Placement
-from state.batches import RawBatch, Tick
+from connectors.placement import Placement, hello_items
+from state.batches import Hello, RawBatch, Tick
 from state.events import BASE_TYPES
 from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
-Item = tuple[str, RawBatch | Tick]
+Item = tuple[str, RawBatch | Tick | Hello]
 Position = (int | tuple[int, tuple[int, ...]] | tuple[int, tuple[int, ...] | None, int]
             | tuple[int, tuple[int, ...] | None, int, str])
 """A partition's resume state: the next line, the shards it feeds (None: all) and the largest valid event time
@@ -65,8 +69,10 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         name: str = "",
         tick_name: str = "",
         place: int = 0,
+        greet: Sequence[Item] = (),
     ) -> None:
         self._place = place  # the batches' partition: the file's index in the input list (orders equal events)
+        self._greet = greet  # sent before the first lines (the cluster handshake), again after every restart
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
@@ -91,6 +97,8 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
     def next_batch(self) -> list[Item]:
         if self._done:
             raise StopIteration
+        if self._greet:
+            return self.take_greeting()
         shards = self._shards
         values: list[list[bytes]] = [[] for _ in range(shards)]
         offsets: list[list[int]] = [[] for _ in range(shards)]
@@ -140,8 +148,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._pos = pos
         # Only a valid event may move the clock: a hostile line carrying a future ts would otherwise make every
         # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
-        # The parsed ts must be the sliced one too: a key spelled with escapes would otherwise let a decoy
-        # (e.g. in attrs) move the clock.
+        # The parsed ts must be the sliced one too: an escaped key would otherwise let a decoy move the clock.
         # It must also be routed to its own customer's shard, and (live) not too far ahead of the wall clock:
         # a line the shard dead-letters must not move the clock either.
         if candidates:
@@ -157,6 +164,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             tick = Tick(max_ts, final=self._done, partition=self._tick_name)
             items.extend((k, tick) for k in self._tick_keys)
         return items
+
+    def take_greeting(self) -> list[Item]:
+        """Return the handshake items not sent yet (once): a stopped input still sends them, see ``flows.stopping``."""
+        greet, self._greet = list(self._greet), ()
+        return greet
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -303,12 +315,14 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single process).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        hello: This process's settings, sent to the other processes of a cluster before the first lines.
     """
 
     def __init__(
         self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
-        placement: Placement | None = None, max_future_ms: int | None = None,
+        placement: Placement | None = None, max_future_ms: int | None = None, hello: Hello | None = None,
     ) -> None:
+        self._hello = hello
         self._types = types
         self._max_future = max_future_ms
         missing = [str(p) for p in paths if not p.is_file()]
@@ -333,7 +347,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
-                             name=path.name, tick_name=self._tick_names[index], place=index)
+                             name=path.name, tick_name=self._tick_names[index], place=index,
+                             greet=hello_items(self._hello, self._placement, self._shards))
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):
@@ -352,6 +367,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single partition for the whole cluster).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        hello: This process's settings, sent to the other processes of a cluster before the first lines.
+        cluster: The cluster the hello goes to (default: ``placement``; live, the one partition reads for all).
     """
 
     def __init__(
@@ -362,7 +379,11 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         realtime: bool = False,
         max_ts: int = 0,
         max_future_ms: int | None = None,
+        hello: Hello | None = None,
+        cluster: Placement | None = None,
     ) -> None:
+        self._hello = hello
+        self._cluster = cluster or placement
         self._types = types
         self._max_future = max_future_ms
         self._realtime = realtime
@@ -386,7 +407,8 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
                              types=self._types, own=own, realtime=self._realtime, max_ts=max_ts,
-                             max_future_ms=self._max_future)
+                             max_future_ms=self._max_future,
+                             greet=hello_items(self._hello, self._cluster, self._shards))
 
 
 class _Pacer:

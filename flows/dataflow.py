@@ -18,6 +18,7 @@ from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
 from flows.stopping import stoppable
+from state.batches import Hello
 from state.outputs import Outputs
 from state.rules import RulePack
 from state.shard import Shard, wall_ms
@@ -44,16 +45,43 @@ def placement_of(cfg: PipelineConfig) -> Placement:
     return Placement(cfg.process_id or 0, max(1, len(cfg.addresses)), cfg.workers)
 
 
+def cluster_hello(cfg: PipelineConfig, pack: RulePack) -> Hello | None:
+    """Return this process's cluster handshake: what must be equal in every process for the same moments.
+
+    The same lines must reach the same shards (``--shards``; ``-w`` is Bytewax's own handshake), be read from
+    the same input (the file names in order, or the simulation) and be judged alike (the rule pack's
+    fingerprint, the clock, ``--lateness``, live ``--max-future``, ``--max-customers``). Paths, sinks, ports
+    and batch sizes may differ. None outside a cluster. Kafka partitions send none (their batches cross
+    processes, and the shard's own ``--shards`` check covers them), but a Kafka process still checks the hello
+    of a peer started with another ``--source``.
+    """
+    if len(cfg.addresses) <= 1:
+        return None
+    source = cfg.source
+    if cfg.source == "simulator":
+        source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes:g} --seed {cfg.sim_seed})"
+    elif cfg.source.startswith("file:"):
+        source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
+    settings = [("--shards", str(cfg.shards)), ("--source", source),
+                ("--rules", f"{pack.name} (fingerprint {pack.fingerprint()})"), ("--clock", cfg.clock),
+                ("--lateness", f"{cfg.lateness_ms}ms"), ("--max-customers", str(cfg.max_customers))]
+    if cfg.live:
+        settings.append(("--max-future", f"{cfg.max_future_ms}ms"))
+    return Hello(cfg.process_id or 0, tuple(settings))
+
+
 def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
         return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types,
-                               placement=placement_of(cfg), max_future_ms=cfg.max_future_ms if cfg.live else None)
+                               placement=placement_of(cfg), max_future_ms=cfg.max_future_ms if cfg.live else None,
+                               hello=cluster_hello(cfg, pack))
     if cfg.source == "simulator":
         # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
                                placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
-                               max_future_ms=cfg.max_future_ms if cfg.live else None)
+                               max_future_ms=cfg.max_future_ms if cfg.live else None,
+                               hello=cluster_hello(cfg, pack), cluster=placement_of(cfg))
     if cfg.source == "kafka":
         from connectors.kafka.config import kafka_config, on_kafka_error
         from connectors.kafka.source import KafkaRawSource
@@ -226,7 +254,7 @@ def build_dataflow(
     flow = Dataflow("cx_moments")
     raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
-                  cfg.tick_s)
+                  cfg.tick_s, cluster_hello(cfg, pack))
     placement = placement_of(cfg)
     sink = (PipelineSink(cfg.shards, partial(make_writers, cfg), on_written) if placement.processes == 1
             else _OwnShardsSink(cfg.shards, placement, partial(make_writers, cfg), on_written))

@@ -11,12 +11,39 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
-from flows.stopping import stop_requested
-from state.batches import RawBatch, Tick
+from flows.stopping import note_failure, stop_for, stop_requested
+from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs
-from state.shard import Shard, process
+from state.shard import Shard, ShardCountMismatchError, process
 
-ShardItem = RawBatch | Tick
+ShardItem = RawBatch | Tick | Hello
+
+
+class ClusterSettingsError(ValueError):
+    """Another process of the cluster runs with a different value of a setting that must be the same everywhere."""
+
+    def __init__(self, setting: str, peer: int, theirs: str, ours: str, process: int) -> None:
+        # Another shard count or input keeps other lines in each process; other detection settings judge alike
+        # lines differently.
+        harm = ("lines would be lost or counted twice" if setting in ("--shards", "--source")
+                else "the same events would give different moments")
+        super().__init__(f"process {peer} of the cluster runs with {setting} {theirs}, process {process} with "
+                         f"{ours}: {harm}; start every process with the same {setting}")
+        self.setting = setting
+
+
+def check_hello(hello: Hello, ours: Hello) -> None:
+    """Compare a peer's handshake with this process's settings.
+
+    Raises:
+        ClusterSettingsError: naming the first setting whose values differ, and both values.
+    """
+    mine = dict(ours.settings)
+    theirs = dict(hello.settings)
+    for setting in dict.fromkeys([*mine, *theirs]):
+        a, b = theirs.get(setting, "(not set)"), mine.get(setting, "(not set)")
+        if a != b:
+            raise ClusterSettingsError(setting, hello.process, a, b, ours.process)
 
 
 class SnapshotRestoreError(Exception):
@@ -32,7 +59,9 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
 
     _instances = itertools.count()
 
-    def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float) -> None:
+    def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float,
+                 hello: Hello | None = None) -> None:
+        self._hello = hello
         # Bytewax does not tell the builder its key; a process-unique name keeps per-shard gauges apart.
         shard.key = f"s{next(ShardLogic._instances)}"
         shard.out.shard = shard.key
@@ -48,6 +77,17 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         self.snapshot_bytes = 0
 
     def on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
+        try:
+            return self._on_batch(values)
+        except ShardCountMismatchError as e:  # a Kafka batch from a process with more shards
+            note_failure(e)  # a peer's failure may surface first: the runner names this one
+            raise
+
+    def _on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
+        if self._hello is not None and Hello in map(type, values):  # only in a cluster
+            values = self._greeted(values, self._hello)
+            if not values:
+                return [], StatefulBatchLogic.RETAIN
         if self.shard.live:
             # Bytewax postpones notify_at while batches keep coming; apply the wall clock here too, so a
             # shard whose own event times lag (a slow partition) still releases events on time.
@@ -59,8 +99,21 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             self.shard.on_wall_clock()
             out = self.shard.take_outputs()
             return ([out] if out else []), StatefulBatchLogic.RETAIN
-        out = process(self.shard, values)
+        out = process(self.shard, values)  # type: ignore[arg-type]  # hellos were taken out above
         return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def _greeted(self, values: list[ShardItem], ours: Hello) -> list[ShardItem]:
+        """Check the cluster handshakes among ``values`` and return the rest (a hello changes no state).
+
+        On a difference the run stops (``flows.stopping.stop_for``) rather than fails here: see there.
+        """
+        for item in values:
+            if type(item) is Hello:
+                try:
+                    check_hello(item, ours)
+                except ClusterSettingsError as e:
+                    stop_for(e)
+        return [item for item in values if type(item) is not Hello]
 
     def on_notify(self) -> tuple[list[Outputs], bool]:
         self.shard.on_wall_clock()
@@ -98,6 +151,7 @@ def detect(
     make_shard: Callable[[], Shard],
     recovery: bool,
     tick_s: float = 1.0,
+    hello: Hello | None = None,
 ) -> Stream[tuple[str, Outputs]]:
     """Run the pure shard state machine per shard key.
 
@@ -107,8 +161,10 @@ def detect(
         make_shard: Builds an empty shard.
         recovery: Whether snapshots are persisted.
         tick_s: Live mode: how often the wall clock advances idle shards.
+        hello: This process's cluster handshake, which every ``Hello`` a shard receives must match.
 
     Returns:
         ``(shard_key, Outputs)`` per shard batch.
     """
-    return op.stateful_batch("shards", up, lambda resume: ShardLogic(make_shard(), resume, recovery, tick_s))
+    return op.stateful_batch("shards", up, lambda resume: ShardLogic(make_shard(), resume, recovery, tick_s,
+                                                                               hello))

@@ -23,6 +23,7 @@ from connectors.replay_source import file_paths
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
+from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_shards
 from flows.sink import flush_all
@@ -121,6 +122,8 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     stopping.reset()
     signal.signal(signal.SIGTERM, _terminate)
     _watch_sigterm()
+    _RUN_ENDED.clear()
+    stopping.on_stop_for(lambda: _exit_unless_ended(cfg))
     try:
         server, flow, recovery = _prepare(cfg, pack)
     except BaseException:
@@ -142,20 +145,28 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         )
         if stopping.stop_requested():
             _STOPPING = True
-            log.info("stopping on signal; flushing outputs")
+            _log_stopping()
     except KeyboardInterrupt:
         _await_workers_stopped(SIGTERM_GRACE_S)
-        log.info("stopping on signal; flushing outputs")
+        _log_stopping()
     except Exception as e:
         # The interrupt surfaces wrapped when it lands inside a Python step called by Bytewax.
         if not (isinstance(e, BytewaxRuntimeError) and _STOPPING):
-            named = _cluster_mismatch(e) or recovery_failure(e, cfg.recovery_dir)
+            named = _cluster_mismatch(e, cfg) or recovery_failure(e, cfg.recovery_dir)
             if named is None:
                 raise
             raise named from None
         _await_workers_stopped(SIGTERM_GRACE_S)
-        log.info("stopping on signal; flushing outputs")
+        _log_stopping()
+    except BaseException as e:
+        # Bytewax's Rust panics (pyo3's PanicException) are BaseExceptions: in a cluster, a peer that failed or
+        # disagrees on -w ends the run with "Send/Recv thread panic", which names no cause.
+        named = _cluster_mismatch(e, cfg) if type(e).__name__ == "PanicException" else None
+        if named is None:
+            raise
+        raise named from None
     finally:
+        _RUN_ENDED.set()
         flush_all()
         stop.set()
         if server is not None:
@@ -163,22 +174,50 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")
+        stopping.on_stop_for(None)
+    failed = stopping.failure()
+    if failed is not None:
+        named = _cluster_mismatch(failed, cfg)
+        raise named if named is not None else failed
     print(f"done: {STATS.line(final=True)}", flush=True)
     return 0
+
+
+def _log_stopping() -> None:
+    if stopping.failure() is None:
+        log.info("stopping on signal; flushing outputs")
+    else:
+        log.info("stopping: %s; flushing outputs", stopping.failure())
 
 
 KAFKA_SECURITY = "CX_KAFKA_SECURITY_PROTOCOL/CX_KAFKA_SASL_*/CX_KAFKA_SSL_*"
 
 
-def _cluster_mismatch(e: BaseException) -> Exception | None:
-    """Return a one-line error for a cluster whose processes disagree on ``--shards`` (found by a shard), else None."""
+def _cluster_mismatch(e: BaseException, cfg: PipelineConfig) -> Exception | None:
+    """Return a one-line error for a cluster whose processes disagree, else None.
+
+    A disagreement a shard of this process found (``--shards`` from a Kafka batch, or any setting of the
+    file/simulator handshake) is named with both values, even when Bytewax's own failure surfaced first (a
+    peer that stopped on the same finding closed its connection). Otherwise a Bytewax panic in a cluster means
+    a peer failed or the processes disagree on ``-w``, which Bytewax does not check.
+    """
+    found = stopping.failure()
     cur: BaseException | None = e
     for _ in range(10):
         if cur is None:
-            return None
-        if isinstance(cur, ShardCountMismatchError):
-            return ConfigError("--shards", str(cur))
+            break
+        if isinstance(cur, (ShardCountMismatchError, ClusterSettingsError)):
+            found = cur
+            break
         cur = cur.__cause__ or cur.__context__
+    if isinstance(found, ClusterSettingsError):
+        return ConfigError(found.setting, str(found))
+    if found is not None:
+        return ConfigError("--shards", str(found))
+    if len(cfg.addresses) > 1 and type(e).__name__ == "PanicException":
+        return ConfigError("--workers/-w", f"cluster processes disagree on -w or a peer failed: {e} (give every "
+                           f"process of the -a list the same -w (and --processes); if they agree, see the other "
+                           f"processes' logs for the failure)")
     return None
 
 
@@ -221,6 +260,31 @@ def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
 
 
 _STOPPING = False
+_RUN_ENDED = threading.Event()
+STOP_FOR_GRACE_S = 10.0
+
+
+def _exit_unless_ended(cfg: PipelineConfig) -> None:
+    """After a shard stopped the run (``stopping.stop_for``), exit 2 naming why if Bytewax has not returned soon.
+
+    A peer that did not hear of the difference (a live simulator's partition runs in one process only) keeps the
+    cluster running, and a process stays inside Bytewax until every peer's input ended: an interrupt
+    (``_terminate``) does not get it out. Exiting closes its connections, so the peer fails too (Bytewax's
+    "Send thread panic", named by ``_cluster_mismatch``).
+    """
+
+    def wait_then_exit() -> None:
+        if _RUN_ENDED.wait(STOP_FOR_GRACE_S):
+            return
+        failed = stopping.failure()
+        named = _cluster_mismatch(failed, cfg) if failed is not None else None
+        # As ``flows.cli`` prints a ConfigError: there is no way back to it from here.
+        print(f"moments run: error: {named or failed}", file=sys.stderr, flush=True)
+        log.warning("stopping: the cluster did not finish within %.0f s; exiting without a flush", STOP_FOR_GRACE_S)
+        logging.shutdown()
+        os._exit(2)
+
+    threading.Thread(target=wait_then_exit, name="stop-for", daemon=True).start()
 
 
 def _terminate(_signum: int, _frame: object) -> None:

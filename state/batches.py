@@ -43,4 +43,20 @@ class Tick(NamedTuple):
     partition: str = ""
 
 
+class Hello(NamedTuple):
+    """A cluster handshake: the settings a source partition's process runs with, sent to another process's shard.
+
+    A file or simulator partition of a cluster keeps only its own process's lines, so nothing else would cross
+    between processes: the receiving shard compares these settings with its own process's and stops the run
+    on a difference (processes that disagree would lose or double lines without a word).
+
+    Attributes:
+        process: The sending process's index.
+        settings: ``(setting, value)`` pairs that must be equal in every process, e.g. ``("--shards", "64")``.
+    """
+
+    process: int
+    settings: tuple[tuple[str, str], ...]
+
+
 ShardItem = RawBatch | Tick

@@ -1,0 +1,89 @@
+"""Two real `moments run` processes of a replay cluster that disagree on a setting both stop, naming it (exit 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from connectors.simulator import simulate, write_jsonl
+from tests.kafka_helpers import free_port
+from tests.worker import Worker
+
+pytestmark = pytest.mark.slow
+
+
+def _events(tmp_path: Path) -> Path:
+    path = tmp_path / "events.jsonl"
+    write_jsonl(simulate(1_500, 120, seed=5), path, None)
+    return path
+
+
+def _cluster(tmp_path: Path, source: str, extra: list[list[str]], run: str = "run") -> list[Worker]:
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    return [Worker(["--source", source, "--no-metrics", "--status", "off", "--sink", f"jsonl:{tmp_path / f'{run}{i}'}",
+                    "-i", str(i), "-a", addrs, *extra[i]], tmp_path / f"{run}{i}.log") for i in range(2)]
+
+
+def _errors(w: Worker) -> list[str]:
+    return [line for line in w.log().splitlines() if "error:" in line]
+
+
+def _ends_with_one_line(w: Worker, text: str) -> str:
+    # Every process stops, none waits for its peer forever: the timeout is the failure.
+    assert w.wait(180) == 2, w.log()[-3000:]
+    errors = _errors(w)
+    assert len(errors) == 1, w.log()[-3000:]
+    assert text in errors[0], errors[0]
+    assert "Traceback" not in w.log()
+    return errors[0]
+
+
+@pytest.mark.parametrize(("a", "b", "setting", "values"), [
+    (["--shards", "64"], ["--shards", "32"], "--shards", ("64", "32")),
+    (["-w", "2", "--lateness", "10s"], ["-w", "2"], "--lateness", ("10000ms", "30000ms")),
+])
+def test_file_cluster_processes_with_different_settings_both_stop_naming_it(
+    tmp_path: Path, a: list[str], b: list[str], setting: str, values: tuple[str, str],
+) -> None:
+    cluster = _cluster(tmp_path, f"file:{_events(tmp_path)}", [a, b])
+    for i, w in enumerate(cluster):
+        line = _ends_with_one_line(w, f"configuration: {setting}: process {1 - i} of the cluster runs with {setting} "
+                                      f"{values[1 - i]}, process {i} with {values[i]}")
+        assert f"start every process with the same {setting}" in line
+
+
+def test_simulator_cluster_processes_with_different_seeds_both_stop_naming_it(tmp_path: Path) -> None:
+    sim = ["--customers", "800", "--minutes", "60"]
+    cluster = _cluster(tmp_path, "simulator", [[*sim, "--seed", "1"], [*sim, "--seed", "2"]])
+    for w in cluster:
+        _ends_with_one_line(w, "configuration: --source: process")
+
+
+def test_a_live_simulator_cluster_with_different_settings_stops_every_process(tmp_path: Path) -> None:
+    """Live, one process runs the simulator for all: only its peer hears a hello, and must not leave it waiting."""
+    sim = ["--clock", "live", "--customers", "300", "--minutes", "5"]
+    cluster = _cluster(tmp_path, "simulator", [[*sim, "--lateness", "10s"], sim])
+    lines = [_ends_with_one_line(w, "configuration: ") for w in cluster]
+    assert any("--lateness: process" in line for line in lines), lines
+    assert all("--lateness: process" in line or "disagree on -w or a peer failed" in line for line in lines), lines
+
+
+def test_a_resumed_cluster_process_with_another_setting_stops_both(tmp_path: Path) -> None:
+    """The hello goes out again after a restart: recovery state does not hide a changed setting."""
+    source = f"file:{_events(tmp_path)}"
+    rec = [["--recovery-dir", str(tmp_path / f"rec{i}")] for i in range(2)]
+    first = _cluster(tmp_path, source, rec, "first")
+    for w in first:
+        assert w.wait(180) == 0, w.log()[-3000:]
+    again = _cluster(tmp_path, source, [rec[0], [*rec[1], "--max-customers", "5000"]], "again")
+    for w in again:
+        _ends_with_one_line(w, "configuration: --max-customers: process")
+
+
+def test_cluster_processes_with_different_workers_both_stop_naming_workers(tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path, f"file:{_events(tmp_path)}", [["-w", "1"], ["-w", "2"]])
+    for w in cluster:
+        line = _ends_with_one_line(w, "configuration: --workers/-w: cluster processes disagree on -w or a peer "
+                                      "failed:")
+        assert "--processes" in line
