@@ -119,10 +119,11 @@ class BatchContext:
     def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
         """Note that a journey state row must be written at the end of the batch."""
         t = self.event_now
-        prev = self.dirty.get((cid, jidx))
+        k = (cid, jidx)
+        prev = self.dirty.get(k)
         if prev is not None and prev[1] > t:
             t = prev[1]
-        self.dirty[(cid, jidx)] = (c, t)
+        self.dirty[k] = (c, t)
 
     def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
         """Emit a journey state row now (attempt ended)."""

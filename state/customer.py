@@ -85,7 +85,9 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     if st > a.stage:
         a.stage = st
         changed = True
-    if changed and not marked:
+    if (changed or latest) and not marked:
+        # The latest event moves last_ts and last_step: its row must be written too, whenever the rows
+        # are written next (a row written before it would otherwise stay the journey's last).
         ctx.mark_dirty(c, cid, jidx)
     if etype == jp.complete_type:
         _complete(ctx, c, cid, jidx, jp, a, ev)

@@ -354,3 +354,16 @@ def test_a_batch_routed_to_a_shard_number_beyond_this_process_is_refused() -> No
     shard = Shard(PACK, shards=32)
     with pytest.raises(ShardCountMismatchError, match="different --shards"):
         shard.feed(RawBatch("kafka:cx.events", 0, raws([ev("e1", 0)]), [0], shard=40))
+
+
+def test_the_journey_state_row_follows_the_latest_event_whichever_writes_fall_between() -> None:
+    # The third event reaches no new step and no new stage; it only moves last_ts and last_step. With a
+    # write of the rows between it and the others, its row must still be written, as one batch writes it.
+    first = [ev("a", 0, step="cart"), ev("b", MIN, step="product")]
+    third = [ev("c", 2 * MIN, step="cart")]
+    sh = Shard(PACK)
+    run(first, shard=sh)  # ends with a forced write of the rows
+    split = run(third, shard=sh).states
+    whole = run([*first, *third]).states
+    assert [(s["last_step"], s["last_ts"]) for s in whole] == [("cart", T0 + 2 * MIN)]
+    assert split == whole
