@@ -17,7 +17,7 @@ from state.events import Event
 from state.journey import Attempt
 from state.outputs import Outputs
 from state.plan import JourneyPlan
-from state.record import CustomerState
+from state.record import IDS_AT, WAKE_AT, CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
 from state.wheel import TimerWheel
 
@@ -57,6 +57,8 @@ class BatchContext:
                 contacts.setdefault(r.type, []).append((jidx, d))
         self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
+        # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
+        self.recent_from = 1 - self.recent_steps if self.recent_steps > 1 else 1 << 30
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
         # horizon_ms after the customer's last one must still meet the state.
         self.evict_after_ms = pack.horizon_ms + 1
@@ -100,7 +102,9 @@ class BatchContext:
 
     def schedule(self, c: CustomerState, due: int) -> None:
         """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
-        if due < c.wake:
+        # The wake-up time read from the packed record directly (``c.wake`` adds a Python call): this runs for
+        # every new attempt and every latest event at a key step.
+        if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):
             c.wake = due
             self.wheel.file(c.cid, due)
 

@@ -75,13 +75,14 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
             ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
             changed = True
         recent = a.recent
-        if not recent or recent[-1] != step:
-            n = ctx.recent_steps
-            a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
+        # The latest steps, without a repeat: kept as is (no branch: apply_event stays within its complexity bound).
+        a.recent = recent if recent and recent[-1] == step else ctx.canon_steps((*recent[ctx.recent_from:], step))
     if latest:
         a.last_ts = t
         a.last_eid = eid
         a.last_key = key  # an abandonment is pending while the latest event is at a key step
+        if key and a.fired & jp.key_wake_bits != jp.key_wake_bits:
+            ctx.schedule(c, t + jp.key_wake_ms)  # the key-step deadlines (``Detector.WAKE_AT_KEY``), inline
     if st > a.stage:
         a.stage = st
         changed = True

@@ -26,6 +26,8 @@ class JourneyPlan:
         on_key: Detectors called for every event at a key step.
         on_type_key, on_other_key: ``on_type`` and ``on_other`` for an event at a key step (``on_key`` appended).
         timed: Detectors with a deadline (``due``/``on_due``).
+        key_wake_bits, key_wake_ms: The ``WAKE_AT_KEY`` detectors' bits in ``Attempt.fired`` and their shortest
+            ``within_ms``: a latest event at a key step wakes the customer that long after it, unless all fired.
         contact: Detectors fired by contacts (``on_contact``), whatever the contact's journey.
         carry: Detectors whose state carries over to the journey's next attempt.
         enders: Detectors that drop state when an attempt ends.
@@ -77,6 +79,12 @@ class JourneyPlan:
         self.on_type_key: dict[str, tuple[Detector, ...]] = {t: (*ds, *self.on_key) for t, ds in self.on_type.items()}
         self.on_other_key: tuple[Detector, ...] = (*every, *self.on_key)
         self.timed = tuple(d for d in detectors if d.TIMED)
+        # The key-step deadlines armed inline by ``apply_event`` (``WAKE_AT_KEY``): the customer wakes up by the
+        # earliest of them while any has not fired (a wake-up that finds nothing due asks for the next one).
+        # No such rule: no bits, and ``fired & 0 != 0`` never arms.
+        wakers = [d for d in detectors if d.WAKE_AT_KEY]
+        self.key_wake_bits: int = sum(d.bit for d in wakers)
+        self.key_wake_ms: int = min((d.rule.within_ms for d in wakers), default=0)
         self.contact = tuple(d for d in detectors if d.CONTACT)
         self.carry = tuple(d for d in detectors if d.CARRY)
         self.enders = tuple(d for d in detectors if type(d).on_end is not Detector.on_end)

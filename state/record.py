@@ -205,7 +205,8 @@ class CustomerState:
     def tz(self) -> str | None:
         """The customer's time zone, if known (without decoding the rest of the contact history)."""
         r = self.rec
-        i = self._contact_at()
+        i = _RING + _ID * r[_IDS]  # where the contact history starts, as ``_contact_at`` (inlined: read per event)
+        i += 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
         return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
 
     def __getstate__(self) -> tuple[object, ...]:
