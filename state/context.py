@@ -14,7 +14,7 @@ from typing import Any, Final
 from state.detectors import KIND_BITS
 from state.detectors.base import Detector
 from state.events import Event
-from state.journey import Attempt
+from state.journey import ACTIVE, Attempt
 from state.outputs import Outputs
 from state.plan import JourneyPlan
 from state.record import IDS_AT, WAKE_AT, CustomerState
@@ -65,6 +65,8 @@ class BatchContext:
         self.fired_names: list[list[tuple[str, int]]] = [
             [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
+        self._reached_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
+        self._fired_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
         self.vocab: dict[str, str] = {}
         self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
         for jd in pack.journeys.values():
@@ -137,19 +139,27 @@ class BatchContext:
     def state_record(self, cid: str, jidx: int, a: Attempt, ts: int) -> dict[str, Any]:
         """The journey state row of an attempt, versioned by ``ts``."""
         jd = self.journey_defs[jidx]
-        rank = _STATUS_RANK[a.status]
+        status = a.ended or ACTIVE
+        # The names of the steps reached and of the rules fired, by bit mask: a journey has few distinct masks,
+        # and a row is written for every journey's latest event.
+        reached = self._reached_names[jidx].get(a.reached)
+        if reached is None:
+            reached = _names(self._reached_names[jidx], a.reached, [(s, 1 << i) for i, s in enumerate(jd.steps)])
+        fired = self._fired_names[jidx].get(a.fired)
+        if fired is None:
+            fired = _names(self._fired_names[jidx], a.fired, self.fired_names[jidx])
         return {
             "schema": 1,
             "customer_id": cid,
             "journey": jd.id,
             "attempt_id": a.attempt_id,
-            "status": a.status,
+            "status": status,
             "stage": STAGES[a.stage],
             "last_step": a.last_step or "",
             "last_ts": a.last_ts,
-            "steps_reached": [s for i, s in enumerate(jd.steps) if a.reached >> i & 1],
-            "fired": [name for name, bit in self.fired_names[jidx] if a.fired & bit],
-            "version": max(ts, a.last_ts) * 4 + rank,
+            "steps_reached": list(reached),
+            "fired": list(fired),
+            "version": max(ts, a.last_ts) * 4 + _STATUS_RANK[status],
         }
 
     def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
@@ -167,3 +177,11 @@ class BatchContext:
                 "ts": ev.ts_ms,
             }
         )
+
+
+def _names(cache: dict[int, tuple[str, ...]], mask: int, bits: list[tuple[str, int]]) -> tuple[str, ...]:
+    """The names whose bit is set in ``mask``, kept in ``cache`` (up to a bound)."""
+    names = tuple(name for name, bit in bits if mask & bit)
+    if len(cache) < _CANON_MAX:
+        cache[mask] = names
+    return names

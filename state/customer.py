@@ -39,7 +39,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         ev: The event.
     """
     # This runs for every event: fields are unpacked once and the context's helpers that are trivial in
-    # the common case (canon, mark_dirty) are inlined or skipped.
+    # the common case (canon, mark_dirty) are inlined.
     eid, cid, t, _channel, etype, j, step, _entry, attrs = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
         _remember_tz(c, attrs["tz"])
@@ -51,15 +51,16 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         return
     jp = ctx.journey_defs[jidx]
     a = c.attempts[jidx]
-    # Whether (cid, jidx) is already marked dirty by this event: marking it again would change nothing.
-    marked = False
     if a is None or a.ended or t - a.last_ts >= ctx.pack.attempt_timeout_ms:
         a = _new_attempt(ctx, c, cid, jidx, jp, a, eid, t)
-        marked = True
+    # Every event of the journey marks its state row for writing, so that the row written next reflects the
+    # latest event whenever that is (an event moving only last_ts or last_step included). The change time 0
+    # stands for the event's: an event's row is versioned by the attempt's last_ts, which is at least its
+    # time (``state_record``); a later change time already marked (by a wake-up) is kept.
+    ctx.dirty.setdefault((cid, jidx), (c, 0))
     prev_ts, prev_eid = a.last_ts, a.last_eid
     latest = t >= prev_ts
     # Stage, first arrival at a step, recent steps: written out here, as this runs for every event.
-    changed = False
     key = False
     st = jp.stage_types.get(etype, 0)
     if step is not None:
@@ -73,7 +74,6 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
-            changed = True
         recent = a.recent
         # The latest steps, without a repeat: kept as is (no branch: apply_event stays within its complexity bound).
         a.recent = recent if recent and recent[-1] == step else ctx.canon_steps((*recent[ctx.recent_from:], step))
@@ -85,11 +85,6 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
             ctx.schedule(c, t + jp.key_wake_ms)  # the key-step deadlines (``Detector.WAKE_AT_KEY``), inline
     if st > a.stage:
         a.stage = st
-        changed = True
-    if (changed or latest) and not marked:
-        # The latest event moves last_ts and last_step: its row must be written too, whenever the rows
-        # are written next (a row written before it would otherwise stay the journey's last).
-        ctx.mark_dirty(c, cid, jidx)
     if etype == jp.complete_type:
         _complete(ctx, c, cid, jidx, jp, a, ev)
         return

@@ -12,7 +12,6 @@ workers run. Events below the watermark are applied at once and counted as late.
 
 from __future__ import annotations
 
-import heapq
 import time
 import zlib
 from collections import deque
@@ -21,18 +20,19 @@ from collections.abc import Callable, Iterable
 from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
-from state.deadlines import on_wake
+from state.deadlines import shed_oldest
 from state.events import Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
 from state.record import CustomerState, seen_before
+from state.release import release
 from state.reorder import ReorderBuffer
 from state.routing import shard_of_id
 from state.rules import RulePack
 from state.snapshots import dump, load
 from state.tags import apply_feedback
-from state.wheel import BUCKET_BITS, TimerWheel
+from state.wheel import TimerWheel
 
 
 def wall_ms() -> int:
@@ -289,73 +289,13 @@ class Shard:
         self.advance(limit + 1, timers_to=limit)
 
     def advance(self, wm: int, timers_to: int | None = None) -> None:
-        """Move the watermark to ``wm``: apply buffered events before it and fire timers due by it."""
+        """Move the watermark to ``wm``: apply buffered events before it and fire timers due by it (``timers_to``
+        if given; see ``state.release``)."""
         if wm <= self.wm:
             return
         self.wm = wm
-        tlimit = wm if timers_to is None else timers_to
-        held, wheel, ctx = self.held, self.ctx.wheel, self.ctx
-        buf, near, buckets, queue = held.heap, wheel.near, wheel.buckets, held.queue
-        customers = self.customers
-        shortcut = self.shortcut
-        pop = heapq.heappop
-        apply = self._apply
-        popleft = queue.popleft
-        ev: Event | None
-        while True:
-            if not buf and shortcut and queue:
-                self._release_in_order(wm, tlimit)
-            # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
-            ev = None
-            from_heap = False
-            if queue:
-                ev = queue[0]
-            if buf and (ev is None or (buf[0][0], buf[0][1]) < (ev.ts_ms, ev.event_id)):
-                ev = buf[0][3]
-                from_heap = True
-            if buckets:
-                # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
-                h = tlimit if ev is None or ev.ts_ms > tlimit else ev.ts_ms
-                while buckets and buckets[0] << BUCKET_BITS <= h:
-                    wheel.open_bucket(pop(buckets), customers)
-            if near and near[0][0] <= tlimit and (ev is None or near[0][0] <= ev.ts_ms):
-                due, cid = pop(near)
-                c = customers.get(cid)
-                if c is None or c.wake != due:
-                    continue  # a stale filing: the customer's wake-up moved, or it is gone
-                ctx.event_now = due
-                if on_wake(ctx, c, cid, due):
-                    del customers[cid]
-                    ctx.out.evicted += 1
-            elif ev is not None and ev.ts_ms < wm:
-                if from_heap:
-                    pop(buf)
-                else:
-                    popleft()
-                apply(ev)
-            else:
-                break
-
-    def _release_in_order(self, wm: int, tlimit: int) -> None:
-        """The common case of ``advance``, only in-order arrivals waiting: apply them in a tight loop while
-        no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
-
-        Anything else goes once round the general loop, which this shortcut agrees with.
-        """
-        queue, wheel = self.held.queue, self.ctx.wheel
-        near, buckets = wheel.near, wheel.buckets
-        apply = self._apply
-        popleft = queue.popleft
-        while queue:
-            ev = queue[0]
-            t = ev.ts_ms
-            if t >= wm:
-                break
-            h = t if t < tlimit else tlimit
-            if (near and near[0][0] <= h) or (buckets and buckets[0] << BUCKET_BITS <= h):
-                break
-            popleft()
-            apply(ev)
+        release(self.held, self.ctx, self.customers, self._apply, wm, wm if timers_to is None else timers_to,
+                self.shortcut)
 
     def _apply(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
@@ -366,7 +306,7 @@ class Shard:
         c = self.customers.get(cid)
         if c is None:
             if self.max_customers is not None and len(self.customers) >= self.max_customers:
-                self._shed()
+                shed_oldest(ctx, self.customers)
             c = CustomerState(ctx.no_attempts, ev.ts_ms, cid)
             self.customers[cid] = c
             c.wake = due = ev.ts_ms + ctx.evict_after_ms
@@ -392,24 +332,6 @@ class Shard:
         out = self.ctx.out
         out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
         out.dead.append(dead_letter_record(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes))
-
-    def _shed(self) -> None:
-        # Dicts keep insertion order and `_apply` moves a customer to the end when seen (only
-        # when capped): the first key is the customer seen least recently.
-        oldest = next(iter(self.customers))
-        c = self.customers.pop(oldest)
-        out = self.ctx.out
-        out.evicted += 1
-        out.shed += 1
-        # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
-        # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
-        pending = 0
-        for jd, a in zip(self.ctx.journey_defs, c.attempts, strict=True):
-            if a is not None:
-                pending += sum(1 for d in jd.timed if d.due(a) is not None)
-        if pending:
-            out.shed_pending += 1
-            out.shed_moments += pending
 
     # -- batch boundary ---------------------------------------------------------------
     def take_outputs(self, states: bool | None = None) -> Outputs:
