@@ -3,7 +3,8 @@
 The shard (``state.shard``) holds events in its reorder buffer and its customers' wake-ups in the
 timer wheel; ``release`` applies those before the new watermark in (ts, event_id) order, a wake-up
 before the events of its time. ``release_in_order`` is the common case's shortcut, which the general
-loop must agree with (tests compare the two through ``Shard.shortcut``).
+loop must agree with (tests compare the two through ``Shard.shortcut``). ``slowest_partition`` says how far
+a partitioned replay's watermark may move.
 """
 
 from __future__ import annotations
@@ -92,3 +93,20 @@ def release_in_order(held: ReorderBuffer, ctx: BatchContext, apply: Callable[[Ev
             break
         popleft()
         apply(ev)
+
+
+def slowest_partition(partitions: frozenset[str], heard: dict[str, int], finals: dict[str, int]) -> int | None:
+    """The largest event time of the slowest input partition not yet ended (all ended: the largest of all).
+
+    None while an expected partition has not reported: it may still send anything.
+    """
+    low: int | None = None
+    for p in partitions:
+        if p in finals:
+            continue
+        m = heard.get(p)
+        if m is None:
+            return None
+        if low is None or m < low:
+            low = m
+    return max(heard.values(), default=0) if low is None else low

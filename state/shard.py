@@ -26,7 +26,7 @@ from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
 from state.record import CustomerState, seen_before
-from state.release import release
+from state.release import release, slowest_partition
 from state.reorder import ReorderBuffer
 from state.routing import shard_of_id
 from state.rules import RulePack
@@ -251,20 +251,9 @@ class Shard:
 
     def _follow_partitions(self) -> None:
         """Advance to the slowest open partition's largest time minus the lateness (all ended: the largest's)."""
-        heard = self.part_max
-        finals = self.finals
-        low: int | None = None
-        for p in self.partitions:
-            if p in finals:
-                continue
-            m = heard.get(p)
-            if m is None:
-                return  # a partition that has not reported yet may still send anything
-            if low is None or m < low:
-                low = m
-        if low is None:
-            low = max(heard.values(), default=0)
-        self.advance(low - self.lateness_ms)
+        low = slowest_partition(self.partitions, self.part_max, self.finals)
+        if low is not None:
+            self.advance(low - self.lateness_ms)
 
     def on_wall_clock(self) -> None:
         """Live mode: advance the watermark with the wall clock while input is idle."""
