@@ -62,7 +62,8 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     latest = t >= prev_ts
     # Stage, first arrival at a step, recent steps: written out here, as this runs for every event.
     key = False
-    st = jp.stage_types.get(etype, 0)
+    # The event type's stage, kept time and detectors (``JourneyPlan.by_type``).
+    st, stamp, ds, ds_key = jp.by_type.get(etype, jp.other_type)
     if step is not None:
         step = ctx.vocab.get(step) or ctx.canon(step)
         key = step in jp.key_steps
@@ -88,10 +89,11 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     if etype == jp.complete_type:
         _complete(ctx, c, cid, jidx, jp, a, ev)
         return
+    if stamp and t > getattr(a, stamp):
+        setattr(a, stamp, t)  # a detector's latest time of the type (``Detector.STAMPS``), kept without a call
     # The dispatch table: the detectors of this journey that react to this type (and, at a key step, those
     # that react to key steps), compiled at pack load.
-    ds = jp.on_type_key.get(etype, jp.on_other_key) if key else jp.on_type.get(etype, jp.on_other)
-    for d in ds:
+    for d in ds_key if key else ds:
         evidence = d.on_event(ctx, c, a, ev, step, prev_ts, prev_eid)
         if evidence:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
@@ -213,5 +215,4 @@ def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool
     """Return whether the customer is known to have completed the journey before."""
     if prev is not None and prev.ended == COMPLETED:
         return True
-    contact = c.contact
-    return contact is not None and contact.completed_at(jidx) is not None
+    return c.completed_at(jidx) is not None

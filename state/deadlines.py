@@ -61,7 +61,8 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
         True when the customer should be evicted.
     """
     c.wake = 0  # moments fired below must not file wake-ups of their own: one is filed at the end
-    expire_tags(ctx, c, cid, due)
+    if c.tags:  # most customers hold none: no closure, no call
+        expire_tags(ctx, c, cid, due)
     _abandonments(ctx, c, cid, due)
     timeout = ctx.pack.attempt_timeout_ms
     for jidx, a in enumerate(c.attempts):

@@ -201,6 +201,26 @@ class CustomerState:
             *(j.to_bytes(2, "little") + t.to_bytes(_TS, "little") for j, t in done),
         ))
 
+    def completed_at(self, jidx: int) -> int | None:
+        """When the customer last completed journey ``jidx``, if the contact history remembers it.
+
+        The same as ``contact.completed_at(jidx)``, read from the packed record without decoding the
+        history: this runs for every new attempt.
+        """
+        r = self.rec
+        i = self._contact_at()
+        if i == len(r):
+            return None
+        i += 1 + r[i]  # past the time zone: at the sends' count
+        for _ in range(int.from_bytes(r[i : i + 2], "little")):
+            i += _TS + 1 + r[i + 2 + _TS]
+        key = jidx.to_bytes(2, "little")
+        done = i + 4
+        for k in range(done, done + int.from_bytes(r[i + 2 : done], "little") * 8, 8):
+            if r[k : k + 2] == key:
+                return int.from_bytes(r[k + 2 : k + 8], "little")
+        return None
+
     @property
     def tz(self) -> str | None:
         """The customer's time zone, if known (without decoding the rest of the contact history)."""

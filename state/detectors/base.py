@@ -80,6 +80,8 @@ class Detector:
         STATE: Initial values of the per-attempt state slots it needs (one per slot).
         TYPES: Event types ``on_event`` is called for; None: every event of the journey.
         ON_KEY_STEP: ``on_event`` is (also) called for every event at one of the journey's key steps.
+        STAMPS: Event types (of ``TYPES``) for which ``on_event`` would only keep the latest event time in the
+            kind's second state slot: the engine keeps it inline instead of calling ``on_event``.
         WAKE_AT_KEY: The attempt's latest event at a key step arms the kind's deadline ``rule.within_ms`` later
             (until the rule fires): the engine makes sure the customer wakes up by then, with no call (it runs
             for every such event; ``due`` says what is really due when the customer wakes).
@@ -101,6 +103,7 @@ class Detector:
     STATE: ClassVar[tuple[object, ...]] = ()
     TYPES: ClassVar[frozenset[str] | None] = frozenset()
     ON_KEY_STEP: ClassVar[bool] = False
+    STAMPS: ClassVar[frozenset[str]] = frozenset()
     WAKE_AT_KEY: ClassVar[bool] = False
     CARRY: ClassVar[bool] = False
     TIMED: ClassVar[bool] = False

@@ -29,6 +29,7 @@ class Interested(Detector):
                                            Param("no_intent_within", "no_intent_ms", "24h", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((), 0)
     TYPES: ClassVar[frozenset[str] | None] = INTEREST_TYPES | INTENT_TYPES
+    STAMPS: ClassVar[frozenset[str]] = INTENT_TYPES  # the latest intent time, kept by the engine (slot 1)
     CARRY: ClassVar[bool] = True
 
     def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
