@@ -132,10 +132,9 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
         # The generic rules' ``unless`` look-backs span attempts: the ended attempt's states carry over.
         a = GenericAttempt(eid, t, jp.initial, prev.g if isinstance(prev, GenericAttempt) else None)
     if prev is not None:
-        for d in jp.carry:
+        for name in jp.carry_slots:
             # Kinds that look back in time rather than per attempt (interested, DESIGN.md §4).
-            for i in range(len(d.STATE)):
-                d.put(a, d.get(prev, i), i)
+            setattr(a, name, getattr(prev, name))
     if _completed_before(c, prev, jidx):
         a.stage = STAGE_USE  # a returning user: completing again is reuse
     set_attempt(ctx, c, jidx, a)

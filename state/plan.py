@@ -32,7 +32,7 @@ class JourneyPlan:
         key_wake_bits, key_wake_ms: The ``WAKE_AT_KEY`` detectors' bits in ``Attempt.fired`` and their shortest
             ``within_ms``: a latest event at a key step wakes the customer that long after it, unless all fired.
         contact: Detectors fired by contacts (``on_contact``), whatever the contact's journey.
-        carry: Detectors whose state carries over to the journey's next attempt.
+        carry: Detectors whose state carries over to the journey's next attempt; ``carry_slots`` their slots.
         enders: Detectors that drop state when an attempt ends.
         keepers: Detectors that keep an ended attempt for a while (``keep_until``).
         initial: The initial values of an attempt's state slots (shared by all new attempts).
@@ -105,6 +105,7 @@ class JourneyPlan:
         self.key_wake_ms: int = min((d.rule.within_ms for d in wakers), default=0)
         self.contact = tuple(d for d in detectors if d.CONTACT)
         self.carry = tuple(d for d in detectors if d.CARRY)
+        self.carry_slots: tuple[str, ...] = tuple(n for d in self.carry for n in d.names)  # copied to a new attempt
         self.enders = tuple(d for d in detectors if type(d).on_end is not Detector.on_end)
         self.keepers = tuple(d for d in detectors if type(d).keep_until is not Detector.keep_until)
         self.initial: tuple[Any, ...] = (*initial, *NO_STATE[len(initial):])
