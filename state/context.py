@@ -56,6 +56,7 @@ class BatchContext:
             if d.CONTACT:
                 contacts.setdefault(r.type, []).append((jidx, d))
         self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
+        self.attempt_timeout_ms = pack.attempt_timeout_ms  # read for every event of a journey
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
         # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
         self.recent_from = 1 - self.recent_steps if self.recent_steps > 1 else 1 << 30

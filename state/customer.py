@@ -19,7 +19,7 @@ from state.journey import COMPLETED, EXPIRED, Attempt, GenericAttempt
 from state.moments import SCHEMA_VERSION
 from state.plan import JourneyPlan
 from state.policy import remember_completion, remember_tz
-from state.record import TAG_FIELDS, CustomerState
+from state.record import IDS_AT, TAG_FIELDS, WAKE_AT, CustomerState
 from state.rule_model import STAGE_REUSE, STAGE_USE
 from state.tags import resolve_tags
 
@@ -51,7 +51,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         return
     jp = ctx.journey_defs[jidx]
     a = c.attempts[jidx]
-    if a is None or a.ended or t - a.last_ts >= ctx.pack.attempt_timeout_ms:
+    if a is None or a.ended or t - a.last_ts >= ctx.attempt_timeout_ms:
         a = _new_attempt(ctx, c, cid, jidx, jp, a, eid, t)
     # Every event of the journey marks its state row for writing, so that the row written next reflects the
     # latest event whenever that is (an event moving only last_ts or last_step included). The change time 0
@@ -139,7 +139,9 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
         a.stage = STAGE_USE  # a returning user: completing again is reuse
     set_attempt(ctx, c, jidx, a)
     ctx.mark_dirty(c, cid, jidx)
-    ctx.schedule(c, t + timeout)
+    due = t + timeout
+    if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):  # ``ctx.schedule``'s test: usually nothing to do
+        ctx.schedule(c, due)
     return a
 
 
