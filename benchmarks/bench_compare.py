@@ -6,7 +6,10 @@ compares runs made under the same conditions. The revision is exported with ``gi
 ``benchmarks/.work`` and imported by running from that folder (the current directory comes first
 on ``sys.path``, ahead of the editable install).
 
-    python -m benchmarks.bench_compare --base 76463b8 --runs 5 [--callgrind 30000]
+    python -m benchmarks.bench_compare --base 76463b8 --runs 5 [--callgrind 30000] [--section NAME]
+
+It writes its own section of RESULTS.md, ``compare-<base>`` unless ``--section`` names another, so a run
+against one base never overwrites the figures of another that the analysis there refers to.
 
 Wall-clock figures on a shared machine swing by tens of percent; ``--callgrind N`` adds a measure that
 does not: instructions per line of each tree's hot path over the first N lines, counted by valgrind's
@@ -87,14 +90,20 @@ def replay(tree: Path, events: Path, out: Path) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def section_name(base: str) -> str:
+    """The RESULTS.md section a comparison against ``base`` writes by default: ``compare-<base>``."""
+    return "compare-" + re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-")
+
+
 def main() -> None:
-    """Measure both trees alternately and write the ``compare`` section of RESULTS.md."""
+    """Measure both trees alternately and write their section of RESULTS.md (``compare-<base>`` by default)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True, help="git revision to compare against")
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=240)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions over N lines")
+    ap.add_argument("--section", help="RESULTS.md section to write (default: compare-<base>)")
     a = ap.parse_args()
     events = events_file(a.customers, a.minutes)
     base = export(a.base)
@@ -121,9 +130,9 @@ def main() -> None:
         Figure(f"replay, 1 process, this tree ({head})", tuple(rep["this"])),
         Figure("replay: this / base (per round)", tuple(rep_ratio), "×"),
     ]
-    body = (f"## Before and after (same run)\n\n{machine()}\n\n"
-            f"`python -m benchmarks.bench_compare --base {a.base}`: {a.customers:,} customers, {a.minutes:g} "
-            f"simulated minutes; trees alternate within each round.\n\n{table(figs)}\n\n"
+    body = (f"## Before and after (same run), against {a.base}\n\n{machine()}\n\n"
+            f"`python -m benchmarks.bench_compare --base {a.base} --runs {a.runs}`: {a.customers:,} customers, "
+            f"{a.minutes:g} simulated minutes; trees alternate within each round.\n\n{table(figs)}\n\n"
             f"Median ratio: hot path {statistics.median(hot_ratio):.3f}×, replay {statistics.median(rep_ratio):.3f}×.")
     if a.callgrind:
         lines = events.read_bytes().splitlines(keepends=True)[: a.callgrind]
@@ -134,7 +143,7 @@ def main() -> None:
         body += (f"\n\nInstructions per line of the hot path (callgrind, first {len(lines):,} lines, start-up "
                  f"subtracted): base {counts['base']:,.0f}, this tree {counts['this']:,.0f}: "
                  f"{counts['this'] / counts['base']:.3f}×.")
-    write_section("compare", body)
+    write_section(a.section or section_name(a.base), body)
     print(body)
 
 

@@ -55,14 +55,15 @@ def main() -> None:
     raw = lines(events_file(a.customers, a.minutes))
     n = len(raw)
     gc.set_threshold(100_000, 50, 1000)  # as the pipeline runs (flows/runner.py)
-    ref, hot = [], []
+    ref: list[float] = []
+    hot: list[float] = []
+    found: list[int] = []  # moments counted by each run
     moments = 0
     for _ in range(a.runs):
         ref.append(rate(n, lambda: reference_loop(raw)))
         gc.collect()
-        found: list[int] = []
-        hot.append(rate(n, lambda found=found: found.append(run_hot_path(raw))))
-        moments = found[0]
+        hot.append(rate(n, lambda: found.append(run_hot_path(raw))))
+        moments = found[-1]
         gc.collect()
     ratios = [h / r for h, r in zip(hot, ref, strict=True)]
     figs = [Figure("reference loop (parse + small state update)", tuple(ref)),

@@ -14,7 +14,8 @@ from bytewax.operators import StatefulBatchLogic
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs
-from state.shard import Shard, ShardCountMismatchError, process
+from state.routing import ShardCountMismatchError
+from state.shard import Shard, process
 
 ShardItem = RawBatch | Tick | Hello
 

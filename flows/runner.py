@@ -29,8 +29,8 @@ from flows.recovery_layout import check_input_files, check_shards
 from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
+from state.routing import ShardCountMismatchError
 from state.rules import RulePack
-from state.shard import ShardCountMismatchError
 from state.urgent import default_urgent_lateness
 
 if TYPE_CHECKING:

@@ -14,10 +14,10 @@ from typing import Any, Final
 from state.detectors import KIND_BITS
 from state.detectors.base import Detector
 from state.events import Event
-from state.journey import Attempt
+from state.journey import ACTIVE, Attempt
 from state.outputs import Outputs
 from state.plan import JourneyPlan
-from state.record import CustomerState
+from state.record import IDS_AT, WAKE_AT, CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
 from state.wheel import TimerWheel
 
@@ -56,13 +56,18 @@ class BatchContext:
             if d.CONTACT:
                 contacts.setdefault(r.type, []).append((jidx, d))
         self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
+        self.attempt_timeout_ms = pack.attempt_timeout_ms  # read for every event of a journey
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
+        # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
+        self.recent_from = 1 - self.recent_steps if self.recent_steps > 1 else 1 << 30
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
         # horizon_ms after the customer's last one must still meet the state.
         self.evict_after_ms = pack.horizon_ms + 1
         self.fired_names: list[list[tuple[str, int]]] = [
             [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
+        self._reached_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
+        self._fired_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
         self.vocab: dict[str, str] = {}
         self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
         for jd in pack.journeys.values():
@@ -100,7 +105,9 @@ class BatchContext:
 
     def schedule(self, c: CustomerState, due: int) -> None:
         """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
-        if due < c.wake:
+        # The wake-up time read from the packed record directly (``c.wake`` adds a Python call): this runs for
+        # every new attempt and every latest event at a key step.
+        if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):
             c.wake = due
             self.wheel.file(c.cid, due)
 
@@ -119,10 +126,11 @@ class BatchContext:
     def mark_dirty(self, c: CustomerState, cid: str, jidx: int) -> None:
         """Note that a journey state row must be written at the end of the batch."""
         t = self.event_now
-        prev = self.dirty.get((cid, jidx))
+        k = (cid, jidx)
+        prev = self.dirty.get(k)
         if prev is not None and prev[1] > t:
             t = prev[1]
-        self.dirty[(cid, jidx)] = (c, t)
+        self.dirty[k] = (c, t)
 
     def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
         """Emit a journey state row now (attempt ended)."""
@@ -132,19 +140,27 @@ class BatchContext:
     def state_record(self, cid: str, jidx: int, a: Attempt, ts: int) -> dict[str, Any]:
         """The journey state row of an attempt, versioned by ``ts``."""
         jd = self.journey_defs[jidx]
-        rank = _STATUS_RANK[a.status]
+        status = a.ended or ACTIVE
+        # The names of the steps reached and of the rules fired, by bit mask: a journey has few distinct masks,
+        # and a row is written for every journey's latest event.
+        reached = self._reached_names[jidx].get(a.reached)
+        if reached is None:
+            reached = _names(self._reached_names[jidx], a.reached, [(s, 1 << i) for i, s in enumerate(jd.steps)])
+        fired = self._fired_names[jidx].get(a.fired)
+        if fired is None:
+            fired = _names(self._fired_names[jidx], a.fired, self.fired_names[jidx])
         return {
             "schema": 1,
             "customer_id": cid,
             "journey": jd.id,
             "attempt_id": a.attempt_id,
-            "status": a.status,
+            "status": status,
             "stage": STAGES[a.stage],
             "last_step": a.last_step or "",
             "last_ts": a.last_ts,
-            "steps_reached": [s for i, s in enumerate(jd.steps) if a.reached >> i & 1],
-            "fired": [name for name, bit in self.fired_names[jidx] if a.fired & bit],
-            "version": max(ts, a.last_ts) * 4 + rank,
+            "steps_reached": list(reached),
+            "fired": list(fired),
+            "version": max(ts, a.last_ts) * 4 + _STATUS_RANK[status],
         }
 
     def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
@@ -162,3 +178,11 @@ class BatchContext:
                 "ts": ev.ts_ms,
             }
         )
+
+
+def _names(cache: dict[int, tuple[str, ...]], mask: int, bits: list[tuple[str, int]]) -> tuple[str, ...]:
+    """The names whose bit is set in ``mask``, kept in ``cache`` (up to a bound)."""
+    names = tuple(name for name, bit in bits if mask & bit)
+    if len(cache) < _CANON_MAX:
+        cache[mask] = names
+    return names

@@ -19,7 +19,7 @@ from state.journey import COMPLETED, EXPIRED, Attempt, GenericAttempt
 from state.moments import SCHEMA_VERSION
 from state.plan import JourneyPlan
 from state.policy import remember_completion, remember_tz
-from state.record import TAG_FIELDS, CustomerState
+from state.record import IDS_AT, TAG_FIELDS, WAKE_AT, CustomerState
 from state.rule_model import STAGE_REUSE, STAGE_USE
 from state.tags import resolve_tags
 
@@ -39,7 +39,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         ev: The event.
     """
     # This runs for every event: fields are unpacked once and the context's helpers that are trivial in
-    # the common case (canon, mark_dirty) are inlined or skipped.
+    # the common case (canon, mark_dirty) are inlined.
     eid, cid, t, _channel, etype, j, step, _entry, attrs, _origin = ev
     if attrs and "tz" in attrs and attrs["tz"] != c.tz:
         _remember_tz(c, attrs["tz"])
@@ -51,17 +51,19 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         return
     jp = ctx.journey_defs[jidx]
     a = c.attempts[jidx]
-    # Whether (cid, jidx) is already marked dirty by this event: marking it again would change nothing.
-    marked = False
-    if a is None or a.ended or t - a.last_ts >= ctx.pack.attempt_timeout_ms:
+    if a is None or a.ended or t - a.last_ts >= ctx.attempt_timeout_ms:
         a = _new_attempt(ctx, c, cid, jidx, jp, a, eid, t)
-        marked = True
+    # Every event of the journey marks its state row for writing, so that the row written next reflects the
+    # latest event whenever that is (an event moving only last_ts or last_step included). The change time 0
+    # stands for the event's: an event's row is versioned by the attempt's last_ts, which is at least its
+    # time (``state_record``); a later change time already marked (by a wake-up) is kept.
+    ctx.dirty.setdefault((cid, jidx), (c, 0))
     prev_ts, prev_eid = a.last_ts, a.last_eid
     latest = t >= prev_ts
     # Stage, first arrival at a step, recent steps: written out here, as this runs for every event.
-    changed = False
     key = False
-    st = jp.stage_types.get(etype, 0)
+    # The event type's stage, kept time and detectors (``JourneyPlan.by_type``).
+    st, stamp, ds, ds_key = jp.by_type.get(etype, jp.other_type)
     if step is not None:
         step = ctx.vocab.get(step) or ctx.canon(step)
         key = step in jp.key_steps
@@ -73,27 +75,25 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
             ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
-            changed = True
         recent = a.recent
-        if not recent or recent[-1] != step:
-            n = ctx.recent_steps
-            a.recent = ctx.canon_steps((*recent[-(n - 1):], step) if n > 1 else (step,))
+        # The latest steps, without a repeat: kept as is (no branch: apply_event stays within its complexity bound).
+        a.recent = recent if recent and recent[-1] == step else ctx.canon_steps((*recent[ctx.recent_from:], step))
     if latest:
         a.last_ts = t
         a.last_eid = eid
         a.last_key = key  # an abandonment is pending while the latest event is at a key step
+        if key and a.fired & jp.key_wake_bits != jp.key_wake_bits:
+            ctx.schedule(c, t + jp.key_wake_ms)  # the key-step deadlines (``Detector.WAKE_AT_KEY``), inline
     if st > a.stage:
         a.stage = st
-        changed = True
-    if changed and not marked:
-        ctx.mark_dirty(c, cid, jidx)
     if etype == jp.complete_type:
         _complete(ctx, c, cid, jidx, jp, a, ev)
         return
+    if stamp and t > getattr(a, stamp):
+        setattr(a, stamp, t)  # a detector's latest time of the type (``Detector.STAMPS``), kept without a call
     # The dispatch table: the detectors of this journey that react to this type (and, at a key step, those
     # that react to key steps), compiled at pack load.
-    ds = jp.on_type_key.get(etype, jp.on_other_key) if key else jp.on_type.get(etype, jp.on_other)
-    for d in ds:
+    for d in ds_key if key else ds:
         evidence = d.on_event(ctx, c, a, ev, step, prev_ts, prev_eid)
         if evidence:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
@@ -132,15 +132,16 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
         # The generic rules' ``unless`` look-backs span attempts: the ended attempt's states carry over.
         a = GenericAttempt(eid, t, jp.initial, prev.g if isinstance(prev, GenericAttempt) else None)
     if prev is not None:
-        for d in jp.carry:
+        for name in jp.carry_slots:
             # Kinds that look back in time rather than per attempt (interested, DESIGN.md §4).
-            for i in range(len(d.STATE)):
-                d.put(a, d.get(prev, i), i)
+            setattr(a, name, getattr(prev, name))
     if _completed_before(c, prev, jidx):
         a.stage = STAGE_USE  # a returning user: completing again is reuse
     set_attempt(ctx, c, jidx, a)
     ctx.mark_dirty(c, cid, jidx)
-    ctx.schedule(c, t + timeout)
+    due = t + timeout
+    if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):  # ``ctx.schedule``'s test: usually nothing to do
+        ctx.schedule(c, due)
     return a
 
 
@@ -215,5 +216,4 @@ def _completed_before(c: CustomerState, prev: Attempt | None, jidx: int) -> bool
     """Return whether the customer is known to have completed the journey before."""
     if prev is not None and prev.ended == COMPLETED:
         return True
-    contact = c.contact
-    return contact is not None and contact.completed_at(jidx) is not None
+    return c.completed_at(jidx) is not None

@@ -61,7 +61,8 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
         True when the customer should be evicted.
     """
     c.wake = 0  # moments fired below must not file wake-ups of their own: one is filed at the end
-    expire_tags(ctx, c, cid, due)
+    if c.tags:  # most customers hold none: no closure, no call
+        expire_tags(ctx, c, cid, due)
     _abandonments(ctx, c, cid, due)
     timeout = ctx.pack.attempt_timeout_ms
     for jidx, a in enumerate(c.attempts):
@@ -146,3 +147,24 @@ def _check_expiry(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: A
         set_attempt(ctx, c, jidx, None)
     else:
         a.expiry_from = keep + 1 - timeout
+
+
+def shed_oldest(ctx: BatchContext, customers: dict[str, CustomerState]) -> None:
+    """Drop the customer seen least recently (the shard's ``max_customers`` cap), counting what it drops.
+
+    Dicts keep insertion order and the capped shard moves a customer to the end when seen: the first
+    key is the customer seen least recently.
+    """
+    c = customers.pop(next(iter(customers)))
+    out = ctx.out
+    out.evicted += 1
+    out.shed += 1
+    # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
+    # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
+    pending = 0
+    for jd, a in zip(ctx.journey_defs, c.attempts, strict=True):
+        if a is not None:
+            pending += sum(1 for d in jd.timed if d.due(a) is not None)
+    if pending:
+        out.shed_pending += 1
+        out.shed_moments += pending

@@ -25,9 +25,14 @@ class JourneyPlan:
         on_other: The detectors for a type no typed detector wants (those that see every event).
         on_key: Detectors called for every event at a key step.
         on_type_key, on_other_key: ``on_type`` and ``on_other`` for an event at a key step (``on_key`` appended).
+        by_type, other_type: What ``apply_event`` reads per event, by type in one look-up: (stage, the slot whose
+            latest time the type keeps (``Detector.STAMPS``) or "", ``on_type`` and ``on_type_key`` without that
+            detector).
         timed: Detectors with a deadline (``due``/``on_due``).
+        key_wake_bits, key_wake_ms: The ``WAKE_AT_KEY`` detectors' bits in ``Attempt.fired`` and their shortest
+            ``within_ms``: a latest event at a key step wakes the customer that long after it, unless all fired.
         contact: Detectors fired by contacts (``on_contact``), whatever the contact's journey.
-        carry: Detectors whose state carries over to the journey's next attempt.
+        carry: Detectors whose state carries over to the journey's next attempt; ``carry_slots`` their slots.
         enders: Detectors that drop state when an attempt ends.
         keepers: Detectors that keep an ended attempt for a while (``keep_until``).
         initial: The initial values of an attempt's state slots (shared by all new attempts).
@@ -76,9 +81,31 @@ class JourneyPlan:
         # The same for an event at a key step: the key-step detectors come last.
         self.on_type_key: dict[str, tuple[Detector, ...]] = {t: (*ds, *self.on_key) for t, ds in self.on_type.items()}
         self.on_other_key: tuple[Detector, ...] = (*every, *self.on_key)
+        # Per event type, all apply_event needs of it in one look-up: the stage it marks, the state slot whose
+        # latest time it keeps (a ``STAMPS`` detector's, called no more for that type; "" for none), the detectors
+        # to call, and those at a key step. ``other_type`` for any other type.
+        stamps: dict[str, tuple[str, Detector]] = {}
+        for d in detectors:
+            for t in sorted(d.STAMPS & (d.TYPES or frozenset())):
+                stamps.setdefault(t, (d.slot1, d))  # one per type; another one's on_event still does it
+        self.by_type: dict[str, tuple[int, str, tuple[Detector, ...], tuple[Detector, ...]]] = {}
+        for t in sorted({*self.stage_types, *self.on_type, *stamps}):
+            slot, stamper = stamps.get(t, ("", None))
+            ds = tuple(d for d in self.on_type.get(t, self.on_other) if d is not stamper)
+            dks = tuple(d for d in self.on_type_key.get(t, self.on_other_key) if d is not stamper)
+            self.by_type[t] = (self.stage_types.get(t, 0), slot, ds, dks)
+        self.other_type: tuple[int, str, tuple[Detector, ...], tuple[Detector, ...]] = (
+            0, "", self.on_other, self.on_other_key)
         self.timed = tuple(d for d in detectors if d.TIMED)
+        # The key-step deadlines armed inline by ``apply_event`` (``WAKE_AT_KEY``): the customer wakes up by the
+        # earliest of them while any has not fired (a wake-up that finds nothing due asks for the next one).
+        # No such rule: no bits, and ``fired & 0 != 0`` never arms.
+        wakers = [d for d in detectors if d.WAKE_AT_KEY]
+        self.key_wake_bits: int = sum(d.bit for d in wakers)
+        self.key_wake_ms: int = min((d.rule.within_ms for d in wakers), default=0)
         self.contact = tuple(d for d in detectors if d.CONTACT)
         self.carry = tuple(d for d in detectors if d.CARRY)
+        self.carry_slots: tuple[str, ...] = tuple(n for d in self.carry for n in d.names)  # copied to a new attempt
         self.enders = tuple(d for d in detectors if type(d).on_end is not Detector.on_end)
         self.keepers = tuple(d for d in detectors if type(d).keep_until is not Detector.keep_until)
         self.initial: tuple[Any, ...] = (*initial, *NO_STATE[len(initial):])

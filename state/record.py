@@ -201,11 +201,32 @@ class CustomerState:
             *(j.to_bytes(2, "little") + t.to_bytes(_TS, "little") for j, t in done),
         ))
 
+    def completed_at(self, jidx: int) -> int | None:
+        """When the customer last completed journey ``jidx``, if the contact history remembers it.
+
+        The same as ``contact.completed_at(jidx)``, read from the packed record without decoding the
+        history: this runs for every new attempt.
+        """
+        r = self.rec
+        i = self._contact_at()
+        if i == len(r):
+            return None
+        i += 1 + r[i]  # past the time zone: at the sends' count
+        for _ in range(int.from_bytes(r[i : i + 2], "little")):
+            i += _TS + 1 + r[i + 2 + _TS]
+        key = jidx.to_bytes(2, "little")
+        done = i + 4
+        for k in range(done, done + int.from_bytes(r[i + 2 : done], "little") * 8, 8):
+            if r[k : k + 2] == key:
+                return int.from_bytes(r[k + 2 : k + 8], "little")
+        return None
+
     @property
     def tz(self) -> str | None:
         """The customer's time zone, if known (without decoding the rest of the contact history)."""
         r = self.rec
-        i = self._contact_at()
+        i = _RING + _ID * r[_IDS]  # where the contact history starts, as ``_contact_at`` (inlined: read per event)
+        i += 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
         return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
 
     def __getstate__(self) -> tuple[object, ...]:

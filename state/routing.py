@@ -238,3 +238,12 @@ def _accepted(
 
 def _first(c: tuple[int, bytes]) -> int:
     return c[0]
+
+
+class ShardCountMismatchError(ValueError):
+    """A batch routed to a shard number this process does not have: the cluster's processes disagree on --shards."""
+
+    def __init__(self, routed: int, shards: int) -> None:
+        super().__init__(f"a batch was routed to shard {routed}, but this process runs {shards} shards: the "
+                         f"processes of the cluster were started with different --shards; give every process the "
+                         f"same --shards (and the same -w)")

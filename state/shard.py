@@ -12,7 +12,6 @@ workers run. Events below the watermark are applied at once and counted as late.
 
 from __future__ import annotations
 
-import heapq
 import time
 import zlib
 from collections import deque
@@ -21,33 +20,25 @@ from collections.abc import Callable, Iterable
 from state.batches import RawBatch, Tick
 from state.context import BatchContext
 from state.customer import apply_event
-from state.deadlines import next_deadline, on_wake
+from state.deadlines import next_deadline, shed_oldest
 from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
 from state.record import CustomerState, seen_before
+from state.release import release, slowest_partition
 from state.reorder import ReorderBuffer
-from state.routing import shard_of_id
+from state.routing import ShardCountMismatchError, shard_of_id
 from state.rules import RulePack
 from state.snapshots import dump, load
-from state.tags import apply_feedback
-from state.urgent import UrgentLane, trigger_types, urgent_urgencies
-from state.wheel import BUCKET_BITS, TimerWheel
+from state.tags import feedback_row
+from state.urgent import urgent_lane
+from state.wheel import TimerWheel
 
 
 def wall_ms() -> int:
     """Wall-clock epoch milliseconds."""
     return time.time_ns() // 1_000_000
-
-
-class ShardCountMismatchError(ValueError):
-    """A batch routed to a shard number this process does not have: the cluster's processes disagree on --shards."""
-
-    def __init__(self, routed: int, shards: int) -> None:
-        super().__init__(f"a batch was routed to shard {routed}, but this process runs {shards} shards: the "
-                         f"processes of the cluster were started with different --shards; give every process the "
-                         f"same --shards (and the same -w)")
 
 
 class Shard:
@@ -113,13 +104,10 @@ class Shard:
         # The in-order release shortcut of ``advance``; off, only its general loop runs (which the shortcut
         # must agree with: tests compare the two).
         self.shortcut = True
-        self.lane: UrgentLane | None = None
-        urgent = urgent_urgencies(pack, lateness_ms)
-        if live and urgent and 0 < urgent_lateness_ms < lateness_ms:
-            triggers = trigger_types(self.ctx.journey_defs, urgent)
-            if triggers:
-                self.lane = UrgentLane(triggers, urgent_lateness_ms)
-                self._apply = self._apply_live  # type: ignore[method-assign]
+        self.lane = urgent_lane(pack, self.ctx, lateness_ms, urgent_lateness_ms) if live else None
+        if self.lane is not None:
+            self.lane.attach(self.held, self.customers, self._apply)
+            self._apply = self.lane.apply  # type: ignore[method-assign]
 
     @property
     def out(self) -> Outputs:
@@ -169,9 +157,9 @@ class Shard:
         crc32 = zlib.crc32
         customers = self.customers
         # Live with the urgent lane, holding an event also indexes it (no cost per event otherwise).
-        push = held.push if self.lane is None else self._lane_push
+        push = held.push if self.lane is None else self.lane.push
         if self.lane is not None:
-            append = self._lane_append
+            append = self.lane.append
         # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
         place = batch.partition << ORIGIN_BITS
         known = len(offsets) == len(batch.values)
@@ -218,18 +206,13 @@ class Shard:
         routed = batch.shard if self.shards else -1
         for i, raw in enumerate(batch.values):
             fb = parse_feedback(raw)
+            offset = batch.offsets[i] if i < len(batch.offsets) else -1
             if type(fb) is not Feedback:
-                assert isinstance(fb, Invalid)
-                self._dead(fb, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
-                continue
-            if routed >= 0 and shard_of_id(fb.customer_id, self.shards) != routed:
-                self._misrouted(raw, batch, batch.offsets[i] if i < len(batch.offsets) else -1)
-                continue
-            self.ctx.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
-                                      "outcome": fb.outcome, "ts": fb.ts_ms})
-            c = self.customers.get(fb.customer_id)
-            if c is not None:
-                apply_feedback(self.ctx, c, fb)
+                self._dead(fb, batch, offset)  # type: ignore[arg-type]
+            elif routed >= 0 and shard_of_id(fb.customer_id, self.shards) != routed:
+                self._misrouted(raw, batch, offset)
+            else:
+                feedback_row(self.ctx, self.customers.get(fb.customer_id), fb)
 
     def _misrouted(self, raw: bytes, batch: RawBatch, offset: int) -> None:
         inv = Invalid(InvalidReason.ROUTING_MISMATCH, f"customer_id parsed does not belong to shard {batch.shard} "
@@ -270,74 +253,17 @@ class Shard:
 
     def _follow_partitions(self) -> None:
         """Advance to the slowest open partition's largest time minus the lateness (all ended: the largest's)."""
-        heard = self.part_max
-        finals = self.finals
-        low: int | None = None
-        for p in self.partitions:
-            if p in finals:
-                continue
-            m = heard.get(p)
-            if m is None:
-                return  # a partition that has not reported yet may still send anything
-            if low is None or m < low:
-                low = m
-        if low is None:
-            low = max(heard.values(), default=0)
-        self.advance(low - self.lateness_ms)
+        low = slowest_partition(self.partitions, self.part_max, self.finals)
+        if low is not None:
+            self.advance(low - self.lateness_ms)
 
     def on_wall_clock(self) -> None:
         """Live mode: advance the watermark with the wall clock while input is idle, and release urgent events."""
         if self.live:
             now = self.now_ms()
             self.advance(now - self.lateness_ms)
-            lane = self.lane
-            if lane is not None:
-                lane.release(max(self.max_ts, now) - lane.lateness_ms, self.wm, lambda e: Shard._apply(self, e),
-                             self._wake_until)
-                lane.forget_before(self.wm)
-                out = self.ctx.out
-                out.urgent_early += lane.early
-                out.urgent_reordered += lane.reordered
-                lane.early = lane.reordered = 0
-
-    def _wake_until(self, cid: str, t: int) -> None:
-        """Fire one customer's wake-ups due at or before ``t`` (the urgent lane applies it ahead of the others)."""
-        c = self.customers.get(cid)
-        ctx = self.ctx
-        while c is not None and 0 < c.wake <= t:
-            due = c.wake
-            ctx.event_now = due
-            if on_wake(ctx, c, cid, due):
-                del self.customers[cid]
-                ctx.out.evicted += 1
-                return
-            if c.wake == due:
-                return  # nothing moved it: never spin
-
-    def _lane_append(self, ev: Event) -> None:
-        assert self.lane is not None
-        self.lane.hold(ev)
-        self.held.queue.append(ev)
-
-    def _lane_push(self, ev: Event) -> None:
-        lane = self.lane
-        assert lane is not None
-        if lane.behind(ev):
-            # Its customer went ahead for an urgent rule: applied now, out of its order (see state.urgent). Never
-            # an in-order arrival: the customer's frontier is an event time seen already.
-            self.ctx.out.late += 1
-            lane.reordered += 1
-            Shard._apply(self, ev)
-            return
-        lane.hold(ev)
-        self.held.push(ev)
-
-    def _apply_live(self, ev: Event) -> None:
-        lane = self.lane
-        assert lane is not None
-        if lane.take(ev):
-            return  # applied ahead of the watermark for an urgent rule
-        Shard._apply(self, ev)
+            if self.lane is not None:
+                self.lane.run(max(self.max_ts, now), self.wm)
 
     def end_of_input(self) -> None:
         """Every partition of every process has ended: fire what is due by the whole input's largest time.
@@ -357,73 +283,13 @@ class Shard:
         self.advance(limit + 1, timers_to=limit)
 
     def advance(self, wm: int, timers_to: int | None = None) -> None:
-        """Move the watermark to ``wm``: apply buffered events before it and fire timers due by it."""
+        """Move the watermark to ``wm``: apply buffered events before it and fire timers due by it (``timers_to``
+        if given; see ``state.release``)."""
         if wm <= self.wm:
             return
         self.wm = wm
-        tlimit = wm if timers_to is None else timers_to
-        held, wheel, ctx = self.held, self.ctx.wheel, self.ctx
-        buf, near, buckets, queue = held.heap, wheel.near, wheel.buckets, held.queue
-        customers = self.customers
-        shortcut = self.shortcut
-        pop = heapq.heappop
-        apply = self._apply
-        popleft = queue.popleft
-        ev: Event | None
-        while True:
-            if not buf and shortcut and queue:
-                self._release_in_order(wm, tlimit)
-            # The next event is the smaller of the queue's head and the heap's top, by (ts, event_id).
-            ev = None
-            from_heap = False
-            if queue:
-                ev = queue[0]
-            if buf and (ev is None or (buf[0][0], buf[0][1], buf[0][2]) < (ev.ts_ms, ev.event_id, ev.origin)):
-                ev = buf[0][4]
-                from_heap = True
-            if buckets:
-                # Wake-ups due before the next event (or by the limit) may sit in buckets not yet opened.
-                h = tlimit if ev is None or ev.ts_ms > tlimit else ev.ts_ms
-                while buckets and buckets[0] << BUCKET_BITS <= h:
-                    wheel.open_bucket(pop(buckets), customers)
-            if near and near[0][0] <= tlimit and (ev is None or near[0][0] <= ev.ts_ms):
-                due, cid = pop(near)
-                c = customers.get(cid)
-                if c is None or c.wake != due:
-                    continue  # a stale filing: the customer's wake-up moved, or it is gone
-                ctx.event_now = due
-                if on_wake(ctx, c, cid, due):
-                    del customers[cid]
-                    ctx.out.evicted += 1
-            elif ev is not None and ev.ts_ms < wm:
-                if from_heap:
-                    pop(buf)
-                else:
-                    popleft()
-                apply(ev)
-            else:
-                break
-
-    def _release_in_order(self, wm: int, tlimit: int) -> None:
-        """The common case of ``advance``, only in-order arrivals waiting: apply them in a tight loop while
-        no wake-up (in the near heap, or in a bucket not opened yet) is due by the next one.
-
-        Anything else goes once round the general loop, which this shortcut agrees with.
-        """
-        queue, wheel = self.held.queue, self.ctx.wheel
-        near, buckets = wheel.near, wheel.buckets
-        apply = self._apply
-        popleft = queue.popleft
-        while queue:
-            ev = queue[0]
-            t = ev.ts_ms
-            if t >= wm:
-                break
-            h = t if t < tlimit else tlimit
-            if (near and near[0][0] <= h) or (buckets and buckets[0] << BUCKET_BITS <= h):
-                break
-            popleft()
-            apply(ev)
+        release(self.held, self.ctx, self.customers, self._apply, wm, wm if timers_to is None else timers_to,
+                self.shortcut)
 
     def _apply(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
@@ -434,7 +300,7 @@ class Shard:
         c = self.customers.get(cid)
         if c is None:
             if self.max_customers is not None and len(self.customers) >= self.max_customers:
-                self._shed()
+                shed_oldest(ctx, self.customers)
             c = CustomerState(ctx.no_attempts, ev.ts_ms, cid)
             self.customers[cid] = c
             c.wake = due = ev.ts_ms + ctx.evict_after_ms
@@ -460,24 +326,6 @@ class Shard:
         out = self.ctx.out
         out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
         out.dead.append(dead_letter_record(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes))
-
-    def _shed(self) -> None:
-        # Dicts keep insertion order and `_apply` moves a customer to the end when seen (only
-        # when capped): the first key is the customer seen least recently.
-        oldest = next(iter(self.customers))
-        c = self.customers.pop(oldest)
-        out = self.ctx.out
-        out.evicted += 1
-        out.shed += 1
-        # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
-        # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
-        pending = 0
-        for jd, a in zip(self.ctx.journey_defs, c.attempts, strict=True):
-            if a is not None:
-                pending += sum(1 for d in jd.timed if d.due(a) is not None)
-        if pending:
-            out.shed_pending += 1
-            out.shed_moments += pending
 
     # -- batch boundary ---------------------------------------------------------------
     def take_outputs(self, states: bool | None = None) -> Outputs:
@@ -515,12 +363,7 @@ class Shard:
         Events the urgent lane applied ahead of the watermark are in the customers' state already, so they are
         left out of the held events (a restore must not apply them twice).
         """
-        held = self.held
-        if self.lane is not None and self.lane.applied:
-            skip = self.lane.applied
-            held = ReorderBuffer(deque(e for e in held.queue if id(e) not in skip),
-                                 [h for h in held.heap if id(h[-1]) not in skip], held.seq)
-            heapq.heapify(held.heap)
+        held = self.held if self.lane is None else self.lane.unapplied()
         return dump(self.pack, self.customers, held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
                     self.part_max)
 
@@ -542,7 +385,7 @@ class Shard:
                 c.wake = next_deadline(ctx, c)
             wheel.file(cid, c.wake)
         if self.lane is not None:
-            self.lane.rebuild([*self.held.queue, *(h[-1] for h in self.held.heap)])
+            self.lane.attach(self.held, self.customers)
 
 
 def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:

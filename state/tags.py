@@ -123,3 +123,11 @@ def last_expiry(ctx: BatchContext, c: CustomerState) -> int:
     rules = ctx.pack.rules
     last: int = max(tags[k + 2] + rules[tags[k]].ttl_ms for k in range(0, len(tags), _TAG))
     return last
+
+
+def feedback_row(ctx: BatchContext, c: CustomerState | None, fb: Feedback) -> None:
+    """Record a feedback record (``feedback`` output) and apply it to the customer's tag, if the customer is known."""
+    ctx.out.feedback.append({"schema": 1, "moment_id": fb.moment_id, "customer_id": fb.customer_id,
+                             "outcome": fb.outcome, "ts": fb.ts_ms})
+    if c is not None:
+        apply_feedback(ctx, c, fb)

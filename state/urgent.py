@@ -17,14 +17,23 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from state.context import BatchContext
+from state.deadlines import on_wake
 from state.events import Event
 from state.plan import JourneyPlan
+from state.record import CustomerState
+from state.reorder import ReorderBuffer
 from state.rule_model import RulePack
 
 _ANY: Final = "*"
+
+
+def _nothing(_ev: Event) -> None:
+    raise AssertionError("the urgent lane was not attached to its shard")
 
 
 def urgent_urgencies(pack: RulePack, lateness_ms: int) -> frozenset[str]:
@@ -62,6 +71,15 @@ def trigger_types(plans: Iterable[JourneyPlan], urgencies: frozenset[str]) -> di
     return {t: frozenset(js) for t, js in out.items()}
 
 
+def urgent_lane(pack: RulePack, ctx: BatchContext, lateness_ms: int, urgent_lateness_ms: int) -> UrgentLane | None:
+    """The lane of a live shard, or None when no rule needs it (or it is off: 0, or not below the lateness)."""
+    urgent = urgent_urgencies(pack, lateness_ms)
+    if not urgent or not 0 < urgent_lateness_ms < lateness_ms:
+        return None
+    triggers = trigger_types(ctx.journey_defs, urgent)
+    return UrgentLane(triggers, urgent_lateness_ms, ctx) if triggers else None
+
+
 def _key(ev: Event) -> tuple[int, str, int]:
     return ev.ts_ms, ev.event_id, ev.origin  # the reorder buffer's order (state.reorder)
 
@@ -69,12 +87,20 @@ def _key(ev: Event) -> tuple[int, str, int]:
 class UrgentLane:
     """The held events indexed by customer, the urgent candidates, and what was applied ahead of the watermark.
 
+    It works on the shard's reorder buffer, customers and batch context (``attach``), in its place: the shard
+    holds events through ``append``/``push`` and releases them through ``apply``.
+
     Args:
         triggers: See ``trigger_types``.
         lateness_ms: The urgent lateness.
+        ctx: The shard's batch context.
     """
 
-    def __init__(self, triggers: dict[str, frozenset[str]], lateness_ms: int) -> None:
+    def __init__(self, triggers: dict[str, frozenset[str]], lateness_ms: int, ctx: BatchContext) -> None:
+        self.ctx = ctx
+        self._held_buf = ReorderBuffer()
+        self._customers: dict[str, CustomerState] = {}
+        self._apply_now: Callable[[Event], None] = _nothing
         self.triggers = triggers
         self._every = triggers.get(_ANY, frozenset())
         self.lateness_ms = lateness_ms
@@ -85,6 +111,73 @@ class UrgentLane:
         self._seq = 0
         self.early = 0  # events applied ahead of the watermark (counters: the shard moves them to its outputs)
         self.reordered = 0
+
+    def attach(self, held: ReorderBuffer, customers: dict[str, CustomerState],
+               apply: Callable[[Event], None] | None = None) -> None:
+        """Work on the shard's (new, after a restore) buffer and customers; index the events it holds."""
+        self._held_buf = held
+        self._customers = customers
+        if apply is not None:
+            self._apply_now = apply  # the shard's own apply: dedup, detection, decisions
+        self.rebuild([*held.queue, *(h[-1] for h in held.heap)])
+
+    def append(self, ev: Event) -> None:
+        """Hold an in-order arrival (the shard's buffer, and this index)."""
+        self.hold(ev)
+        self._held_buf.queue.append(ev)
+
+    def push(self, ev: Event) -> None:
+        """Hold a straggler; one behind its customer's early application is applied at once, as late."""
+        if self.behind(ev):
+            # Never an in-order arrival: the customer's frontier is an event time seen already.
+            self.ctx.out.late += 1
+            self.reordered += 1
+            self._apply_now(ev)
+            return
+        self.hold(ev)
+        self._held_buf.push(ev)
+
+    def apply(self, ev: Event) -> None:
+        """The watermark released a held event: apply it unless the lane did already."""
+        if not self.take(ev):
+            self._apply_now(ev)
+
+    def run(self, clock: int, wm: int) -> None:
+        """Release what the urgent watermark (``clock`` minus the urgent lateness) passed; count it in the outputs.
+
+        Args:
+            clock: The largest event time seen, or the wall clock if later.
+            wm: The shard's watermark.
+        """
+        self.release(clock - self.lateness_ms, wm, self._apply_now, self._wake_until)
+        self.forget_before(wm)
+        out = self.ctx.out
+        out.urgent_early += self.early
+        out.urgent_reordered += self.reordered
+        self.early = self.reordered = 0
+
+    def unapplied(self) -> ReorderBuffer:
+        """The held events but those the lane applied (they are in the state: a snapshot leaves them out)."""
+        held, skip = self._held_buf, self.applied
+        if not skip:
+            return held
+        heap = [h for h in held.heap if id(h[-1]) not in skip]
+        heapq.heapify(heap)
+        return ReorderBuffer(deque(e for e in held.queue if id(e) not in skip), heap, held.seq)
+
+    def _wake_until(self, cid: str, t: int) -> None:
+        # One customer's wake-ups due at or before t, ahead of the other customers'.
+        customers, ctx = self._customers, self.ctx
+        c = customers.get(cid)
+        while c is not None and 0 < c.wake <= t:
+            due = c.wake
+            ctx.event_now = due
+            if on_wake(ctx, c, cid, due):
+                del customers[cid]
+                ctx.out.evicted += 1
+                return
+            if c.wake == due:
+                return  # nothing moved it: never spin
 
     def is_trigger(self, ev: Event) -> bool:
         """Whether the event may fire an urgent rule."""

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from state.detectors.base import Detector, Evidence, Host, Param
-from state.events import Event
+from state.detectors.base import Detector, Evidence, Param
 from state.journey import Attempt
-from state.record import CustomerState
 
 
 class Abandoned(Detector):
@@ -24,15 +22,8 @@ class Abandoned(Detector):
     SUMMARY: ClassVar[str] = ("fires {within} after the latest event of an attempt when it is at a "
                               "key step and no event of the journey follows")
     PARAMS: ClassVar[tuple[Param, ...]] = (Param("idle", "within_ms", "10m", "duration"),)
-    ON_KEY_STEP: ClassVar[bool] = True
+    WAKE_AT_KEY: ClassVar[bool] = True  # armed by the engine at each latest event at a key step: no on_event
     TIMED: ClassVar[bool] = True
-
-    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
-                 prev_eid: str) -> Evidence | None:
-        """At a key step: if the event is the attempt's latest, make sure the customer wakes up when it is due."""
-        if ev.ts_ms >= prev_ts and not a.fired & self.bit:
-            host.schedule(c, ev.ts_ms + self.rule.within_ms)
-        return None
 
     def due(self, a: Attempt) -> int | None:
         """``a.last_ts + idle`` while the attempt is active, its latest event is at a key step and the rule has

@@ -8,15 +8,13 @@ to its type, with no per-event "is this rule configured" checks.
 
 Per-attempt state lives in the attempt's generic state slots (``Attempt.s0`` … ``s4``): a kind asks
 for a number of them (``STATE``, with their initial values) and is given slot numbers when its
-journey is compiled; ``get``/``put`` read and write them (on the hot path, ``get0``/``slot0`` and
-``get1``/``slot1`` the first two).
+journey is compiled; ``get``/``put`` read and write them (on the hot path, ``getattr``/``setattr`` with
+``slot0`` and ``slot1``, the first two slots' names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, ClassVar, Final, Protocol
 
 from state.events import CHANNELS, Event
@@ -82,6 +80,11 @@ class Detector:
         STATE: Initial values of the per-attempt state slots it needs (one per slot).
         TYPES: Event types ``on_event`` is called for; None: every event of the journey.
         ON_KEY_STEP: ``on_event`` is (also) called for every event at one of the journey's key steps.
+        STAMPS: Event types (of ``TYPES``) for which ``on_event`` would only keep the latest event time in the
+            kind's second state slot: the engine keeps it inline instead of calling ``on_event``.
+        WAKE_AT_KEY: The attempt's latest event at a key step arms the kind's deadline ``rule.within_ms`` later
+            (until the rule fires): the engine makes sure the customer wakes up by then, with no call (it runs
+            for every such event; ``due`` says what is really due when the customer wakes).
         CARRY: The state slots carry over from an attempt to the next one of the journey.
         TIMED: ``due``/``on_due`` are used (a deadline derived from the attempt).
         CONTACT: ``on_contact`` is called for the contacts of every customer (whatever their journey).
@@ -100,6 +103,8 @@ class Detector:
     STATE: ClassVar[tuple[object, ...]] = ()
     TYPES: ClassVar[frozenset[str] | None] = frozenset()
     ON_KEY_STEP: ClassVar[bool] = False
+    STAMPS: ClassVar[frozenset[str]] = frozenset()
+    WAKE_AT_KEY: ClassVar[bool] = False
     CARRY: ClassVar[bool] = False
     TIMED: ClassVar[bool] = False
     CONTACT: ClassVar[bool] = False
@@ -108,20 +113,18 @@ class Detector:
         self.rule = rule
         self.bit = 0  # set by the plan: the kind's bit in ``Attempt.fired``
         self.names: tuple[str, ...] = tuple(STATE_SLOTS[i] for i in slots)
-        self._get: tuple[Callable[[Attempt], Any], ...] = tuple(attrgetter(n) for n in self.names)
-        # The first two slots, for the hot path: ``self.get0(a)`` and ``setattr(a, self.slot0, v)`` cost one C call
-        # each, where ``get``/``put`` add a Python call.
+        # The first two slots' names, for the hot path: ``getattr(a, self.slot0)`` and ``setattr(a, self.slot0, v)``
+        # cost one builtin call each (an ``attrgetter`` call costs half as much again in CPython 3.11; ``get`` and
+        # ``put`` add a Python call).
         self.slot0 = self.names[0] if self.names else ""
-        self.get0: Callable[[Attempt], Any] = self._get[0] if self._get else _no_state
         self.slot1 = self.names[1] if len(self.names) > 1 else ""
-        self.get1: Callable[[Attempt], Any] = self._get[1] if len(self._get) > 1 else _no_state
 
     def link(self, siblings: dict[str, Detector]) -> None:
         """Called once the journey's detectors exist (some kinds read another kind's state)."""
 
     def get(self, a: Attempt, i: int = 0) -> Any:
         """Return the attempt's value of this detector's ``i``-th state slot."""
-        return self._get[i](a)
+        return getattr(a, self.names[i])
 
     def put(self, a: Attempt, v: object, i: int = 0) -> None:
         """Set the attempt's value of this detector's ``i``-th state slot."""
@@ -184,7 +187,3 @@ def describe(cls: type[Detector], rule: MomentRule) -> str:
     return cls.SUMMARY.format(within=ms_text(rule.within_ms), no_intent=ms_text(rule.no_intent_ms),
                               threshold=rule.threshold, channel=rule.channel, type=rule.type,
                               recent_steps=rule.recent_steps)
-
-
-def _no_state(a: Attempt) -> Any:
-    raise TypeError("this detector keeps no per-attempt state")

@@ -38,7 +38,7 @@ class BrowseLoop(Detector):
         idx = self.index.get(step) if step is not None else None
         if idx is None or a.fired & self.bit:
             return None
-        st = self.get0(a)
+        st = getattr(a, self.slot0)
         if ev.type != "view":
             if st and idx > st[0]:
                 setattr(a, self.slot0, ())  # progress: the loop is broken

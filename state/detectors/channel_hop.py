@@ -27,7 +27,7 @@ class ChannelHop(Detector):
     def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
                  prev_eid: str) -> Evidence | None:
         """Record the event's channel; the evidence is the latest event per channel when the n-th arrives."""
-        old = self.get0(a)
+        old = getattr(a, self.slot0)
         if type(old) is str and old == ev.channel or a.fired & self.bit:
             # The common case: the customer stays on one channel. The record stands for
             # (last_ts, channel, last_eid), which the engine has moved to this event if it is the latest.
@@ -56,7 +56,7 @@ class ChannelHop(Detector):
 
     def records(self, a: Attempt) -> Window:
         """Return the window as flat (ts, channel, event_id) records, expanding the single-channel form."""
-        ch = self.get0(a)
+        ch = getattr(a, self.slot0)
         return (a.last_ts, ch, a.last_eid) if isinstance(ch, str) else ch
 
 

@@ -29,6 +29,7 @@ class Interested(Detector):
                                            Param("no_intent_within", "no_intent_ms", "24h", "duration"))
     STATE: ClassVar[tuple[object, ...]] = ((), 0)
     TYPES: ClassVar[frozenset[str] | None] = INTEREST_TYPES | INTENT_TYPES
+    STAMPS: ClassVar[frozenset[str]] = INTENT_TYPES  # the latest intent time, kept by the engine (slot 1)
     CARRY: ClassVar[bool] = True
 
     def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
@@ -36,22 +37,22 @@ class Interested(Detector):
         """Record a view/engage or an intent; the evidence is the view when it is the n-th without recent intent."""
         t = ev.ts_ms
         if ev.type in INTENT_TYPES:
-            if t > self.get1(a):
+            if t > getattr(a, self.slot1):
                 setattr(a, self.slot1, t)
             return None
         r = self.rule
-        views = (*(v for v in self.get0(a) if abs(t - v) <= r.within_ms), t)
+        views = (*(v for v in getattr(a, self.slot0) if abs(t - v) <= r.within_ms), t)
         need = r.threshold
         setattr(a, self.slot0, views[-(need - 1) :] if need > 1 else ())
         if len(views) < need or a.fired & self.bit:
             return None
-        intent = self.get1(a)
+        intent = getattr(a, self.slot1)
         return None if intent and 0 <= t - intent <= r.no_intent_ms else (ev.event_id,)
 
     def keep_until(self, a: Attempt) -> int:
         """Views and intents reach into the next attempt's windows."""
         keep = a.last_ts
-        views, intent = self.get0(a), self.get1(a)
+        views, intent = getattr(a, self.slot0), getattr(a, self.slot1)
         if views:
             keep = max(keep, max(views) + self.rule.within_ms)
         if intent:

@@ -28,7 +28,7 @@ class Maze(Detector):
         entry = host.canon(ev.entry)
         t = ev.ts_ms
         w = self.rule.within_ms
-        old = self.get0(a)
+        old = getattr(a, self.slot0)
         # Keep the latest sighting of each (step, entry) inside the window.
         kept: list[Any] = []
         for i in range(0, len(old), 4):

@@ -27,7 +27,7 @@ class Stuck(Detector):
             return None
         t = ev.ts_ms
         w = self.rule.within_ms
-        old = self.get0(a)
+        old = getattr(a, self.slot0)
         fails = [(old[i], old[i + 1]) for i in range(0, len(old), 2) if abs(t - old[i]) <= w]
         fails.append((t, ev.event_id))
         fails.sort()
@@ -40,4 +40,4 @@ class Stuck(Detector):
 
     def count(self, a: Attempt) -> int:
         """Fails held in the window (the agent's screen shows it)."""
-        return len(self.get0(a)) // 2
+        return len(getattr(a, self.slot0)) // 2

@@ -46,6 +46,8 @@ def test_every_field_reads_back_what_was_written_whatever_the_order_of_writes(
         assert got.tags == flat
         assert got.contact == contact
         assert got.tz == (contact.tz if contact is not None else None)
+        assert [got.completed_at(j) for j in range(22)] == [
+            contact.completed_at(j) if contact is not None else None for j in range(22)]
         assert got.rec[RING_AT - 1] == min(len(ids), DEDUP_SLOTS)
         # The ring keeps exactly the latest ids.
         assert all(seen_before(got, Event(i, "c", 0, "app", "view")) for i in ids[-DEDUP_SLOTS:])

@@ -461,8 +461,8 @@ def test_journey_stage_moves_forward_through_the_life_cycle_and_reuse_follows_a_
     stages = []
     for e in events:  # one batch per event, so each step's state row is seen
         stages += [s["stage"] for s in run([e], shard=sh).states]
-    # "b" changes nothing (stages never go back), so it writes no state row.
-    assert stages == ["knowledge", "knowledge", "intention", "use", "use", "reuse"]
+    # "b" leaves the stage where it was (stages never go back); its row is written for its last_step.
+    assert stages == ["knowledge", "knowledge", "intention", "intention", "use", "use", "reuse"]
 
 
 # -- identity and record shape ---------------------------------------------------------------------

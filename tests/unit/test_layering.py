@@ -141,3 +141,13 @@ def test_state_modules_import_each_other_without_cycles() -> None:
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert _cycle({"state.a": {"state.b"}, "state.b": {"state.c"}, "state.c": {"state.a"}}) == [
         "state.a", "state.b", "state.c", "state.a"]
+
+
+MAX_STATE_MODULE_LINES = 400  # issue 14: modules split by concern, none over ~400 lines
+
+
+@pytest.mark.parametrize("path", STATE_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_state_module_stays_within_400_lines(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_STATE_MODULE_LINES, (f"{path.relative_to(ROOT)} has {lines} lines (at most "
+                                             f"{MAX_STATE_MODULE_LINES}): split it by concern")

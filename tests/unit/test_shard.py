@@ -385,8 +385,21 @@ def test_undecodable_messages_of_a_batch_become_dead_letters_without_bytes(sourc
 def test_a_batch_routed_to_a_shard_number_beyond_this_process_is_refused() -> None:
     # A cluster whose processes run different --shards: a batch routed by a process with more shards names a
     # shard this one does not have. Its customers would be silently split; the shard stops with a clear error.
-    from state.shard import ShardCountMismatchError
+    from state.routing import ShardCountMismatchError
 
     shard = Shard(PACK, shards=32)
     with pytest.raises(ShardCountMismatchError, match="different --shards"):
         shard.feed(RawBatch("kafka:cx.events", 0, raws([ev("e1", 0)]), [0], shard=40))
+
+
+def test_the_journey_state_row_follows_the_latest_event_whichever_writes_fall_between() -> None:
+    # The third event reaches no new step and no new stage; it only moves last_ts and last_step. With a
+    # write of the rows between it and the others, its row must still be written, as one batch writes it.
+    first = [ev("a", 0, step="cart"), ev("b", MIN, step="product")]
+    third = [ev("c", 2 * MIN, step="cart")]
+    sh = Shard(PACK)
+    run(first, shard=sh)  # ends with a forced write of the rows
+    split = run(third, shard=sh).states
+    whole = run([*first, *third]).states
+    assert [(s["last_step"], s["last_ts"]) for s in whole] == [("cart", T0 + 2 * MIN)]
+    assert split == whole
