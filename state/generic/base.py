@@ -8,13 +8,13 @@ ts), and calls ``end_attempt`` when the attempt ends (completion or attempt time
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from state.events import Event
 
 NO_TS: Final[int] = -1
 # Flat window records: [ts, event_id, ts, event_id, ...], oldest first (one list, no tuple per event).
-Records = list[int | float | str]
+Records = list[int | float | str | tuple[str, int | float | bool]]
 
 
 class JourneyLike(Protocol):
@@ -137,7 +137,7 @@ def trim(recs: Records, keep: int, oldest_ms: int) -> None:
     """Drop records older than ``oldest_ms`` and all but the newest ``keep`` records, in place."""
     n = len(recs) // 2
     drop = n - keep if n > keep else 0
-    while drop < n and int(recs[2 * drop]) < oldest_ms:
+    while drop < n and cast(int, recs[2 * drop]) < oldest_ms:
         drop += 1
     if drop:
         del recs[: 2 * drop]

@@ -14,6 +14,7 @@ and the events as schema-v1 dicts in input order; it returns every moment as
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,14 +95,20 @@ def matches(pred: dict[str, Any] | None, raw: dict[str, Any], key_steps: list[st
     return True
 
 
-def group_value(raw: dict[str, Any], field: str | None) -> Any:
-    """The `per` group of an event: its value of the field, or None ("counted together as one group").
+def value_key(value: Any) -> str | None:
+    """What makes two `per`/`field` values the same: their JSON text; None for no value.
 
-    Decided where §8 is silent: an attribute holding a number is its own value (5 and "5" are two groups).
+    Decided where §8 is silent: an attribute holding a number is its own value (5 and "5" are two groups), and
+    JSON's types are kept apart (true, 1, 1.0 and "1" are four values, though Python has True == 1 == 1.0).
     """
+    return None if value is None else json.dumps(value)
+
+
+def group_value(raw: dict[str, Any], field: str | None) -> str | None:
+    """The `per` group of an event: its value of the field, or None ("counted together as one group")."""
     if field is None:
         return None
-    return field_value(raw, field)
+    return value_key(field_value(raw, field))
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -223,7 +230,7 @@ def distinct_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[st
                 and group_value(x.raw, per) == group_value(e.raw, per)
                 and field_value(x.raw, field) is not None
             ):
-                latest_by_value[field_value(x.raw, field)] = x
+                latest_by_value[value_key(field_value(x.raw, field))] = x
         if len(latest_by_value) < threshold:
             continue
         if _blocked_by_unless(rule, hist, e, key_steps):
