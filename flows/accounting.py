@@ -21,6 +21,7 @@ from flows.metrics import (
     EVENT_LAG,
     EVENTS,
     EVICTED,
+    GROUPS_DROPPED,
     INVALID,
     INVALID_LABELS,
     KIND_LABELS,
@@ -246,6 +247,8 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     record_invalid(out.invalid)
     record_late(out.late)
     record_evicted(out.evicted)
+    for rule, n in out.groups_dropped.items():
+        GROUPS_DROPPED.labels(label(rule, RULE_LABELS)).inc(n)
     record_shed(out.shed, out.shed_pending, out.shed_moments)
     for m in out.moments:
         record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)

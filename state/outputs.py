@@ -88,6 +88,7 @@ class Outputs:
         "invalid",
         "late",
         "evicted",
+        "groups_dropped",
         "shed",
         "shed_pending",
         "shed_moments",
@@ -110,6 +111,7 @@ class Outputs:
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
         self.evicted = 0
+        self.groups_dropped: dict[str, int] = {}  # generic rule -> `per` groups dropped by its `max_groups` cap
         # Customers shed by the --max-customers cap (also counted in `evicted`), those of them with pending
         # moments, and how many pending moments (abandonments not yet due) went with them.
         self.shed = 0

@@ -435,6 +435,9 @@ class Shard:
             ctx.dirty = {}
             self._states_at = now
         out.customers = len(self.customers)
+        for jp in ctx.journey_defs:
+            if jp.generic is not None:
+                jp.generic.take_dropped(out.groups_dropped)
         out.watermark_ms = self.wm
         out.max_ts_ms = self.max_ts
         ctx.out = Outputs(self.key)

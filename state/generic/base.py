@@ -124,6 +124,10 @@ class GenericRule:
         """Clear the attempt's windows, timers and fired flag (on completion, after the event, or timeout)."""
         st.end_attempt()
 
+    def take_dropped(self) -> int:
+        """Return how many ``per`` groups the rule dropped at its cap since the last call (only windows have any)."""
+        return 0
+
     def lookback_ms(self) -> int:
         """How long an ``unless`` match matters after it happened (0 without ``unless_within``)."""
         return 0

@@ -209,8 +209,9 @@ def count_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[str])
 
 def distinct_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[str]) -> list[Candidate]:
     """distinct: "fires on the event e (matching `when`, carrying the field) for which the matching events in
-    the window [e.ts - within, e] (same `per` group) carry >= threshold distinct values"; evidence = "for each
-    distinct value in the window, the most recent event carrying it (up to e)"; due = e.ts; anchor = e."""
+    the window [e.ts - within, e] (same `per` group) carry >= threshold distinct values"; evidence = "the
+    `threshold` most recent distinct values in the window, each by the most recent event carrying it (up to e)";
+    due = e.ts; anchor = e."""
     threshold = int(rule["threshold"])
     within = duration_ms(rule["within"]) if "within" in rule else None
     per = rule.get("per")
@@ -235,7 +236,10 @@ def distinct_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[st
             continue
         if _blocked_by_unless(rule, hist, e, key_steps):
             continue
-        out.append((e.attempt, e.ts, e.event_id, _ids(list(latest_by_value.values()))))
+        # "evidence = the `threshold` most recent distinct values, each by its most recent event" (docs/rule-packs.md:
+        # what made it fire, bounded however many values a blocked rule has seen).
+        latest = sorted(latest_by_value.values(), key=lambda x: x.order)[-threshold:]
+        out.append((e.attempt, e.ts, e.event_id, _ids(latest)))
     return out
 
 

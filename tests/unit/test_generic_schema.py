@@ -35,7 +35,7 @@ def test_every_problem_of_every_rule_is_reported_with_file_rule_and_field() -> N
     )
     assert out == [
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).colour: unknown field for kind count (allowed: act_within, "
-        "action, channels, contact, holdout, journeys, kind, name, per, stages, threshold, ttl, unless, "
+        "action, channels, contact, holdout, journeys, kind, max_groups, name, per, stages, threshold, ttl, unless, "
         "unless_within, urgency, when, within)",
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).threshold: must be an integer 1..100, got 0",
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).within: must be a duration like '10m', got 'ten'",
