@@ -141,3 +141,10 @@ def test_state_modules_import_each_other_without_cycles() -> None:
 def test_the_cycle_check_sees_a_cycle() -> None:
     assert _cycle({"state.a": {"state.b"}, "state.b": {"state.c"}, "state.c": {"state.a"}}) == [
         "state.a", "state.b", "state.c", "state.a"]
+
+
+@pytest.mark.parametrize("name", ["reference.py", "generic_reference.py"])
+def test_the_simulators_oracles_import_nothing_from_state(name: str) -> None:
+    # The ground truth is evidence about state/ only if it is computed without it.
+    path = ROOT / "connectors" / "simulator" / name
+    assert [(n, m) for n, m in _imports(path) if m.split(".")[0] == "state"] == []

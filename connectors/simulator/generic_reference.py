@@ -329,11 +329,16 @@ def rules_of(pack: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def run(pack: dict[str, Any], events: list[dict[str, Any]]) -> list[Moment]:
-    """Every moment of the pack's generic rules over the input, as (customer, rule, due_ts, anchor, evidence)."""
+def run(pack: dict[str, Any], events: list[dict[str, Any]], end_ts: int | None = None) -> list[Moment]:
+    """Every moment of the pack's generic rules over the input, as (customer, rule, due_ts, anchor, evidence).
+
+    ``end_ts`` is the event time at the end of input (default: the largest ts of ``events``); the simulator
+    passes a time past every event for one customer's events, then keeps what is due by the whole stream's end.
+    """
     journeys = {j["id"]: j for j in pack.get("journey", [])}
     histories = journey_histories(pack, events)
-    end_ts = max_input_ts(events)
+    if end_ts is None:
+        end_ts = max_input_ts(events)
     moments: list[Moment] = []
     for (customer, jid), hist in histories.items():
         key_steps = list(journeys[jid].get("key_steps", []))
