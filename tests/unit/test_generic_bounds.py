@@ -90,3 +90,17 @@ def test_max_groups_is_validated_and_needs_per(bad: dict[str, Any], problem: str
     where = f"moment[{len(DEFAULT['moment'])}] (cart.r).max_groups: {problem}"
     with pytest.raises(RulePackError, match=re.escape(where)):
         _pack(kind="count", threshold=2, **bad)
+
+
+def test_groups_dropped_reach_the_metric_labelled_by_rule() -> None:
+    import time
+
+    from flows import accounting, metrics
+
+    pack = _pack(kind="count", when={"type": "view"}, threshold=2, per="attrs.sku", max_groups=10)
+    metrics.configure(pack)
+    out = run(_fresh_skus(100), pack=pack)
+    before = metrics.REGISTRY.get_sample_value("cx_generic_groups_dropped_total", {"rule": "cart.r"}) or 0.0
+    accounting.observe_outputs("bounds-shard", out, int(time.time() * 1000), pack)
+    after = metrics.REGISTRY.get_sample_value("cx_generic_groups_dropped_total", {"rule": "cart.r"})
+    assert after == before + 90
