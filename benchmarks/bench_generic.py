@@ -97,13 +97,67 @@ def retained_bytes(raw: list[list[bytes]], table: dict[str, JourneyRules], compl
     return after - before, keep
 
 
+# A long attempt with a fresh `per` value every event (docs/rule-packs.md, Memory): what must stay flat.
+LONG_MOMENTS: list[dict[str, Any]] = [
+    {"kind": "count", "name": "sku_twice", "when": {"type": "view"}, "threshold": 2, "per": "attrs.sku"},
+    {"kind": "count", "name": "sku_twice_10m", "when": {"type": "view"}, "threshold": 2, "per": "attrs.sku",
+     "within": "10m"},
+    {"kind": "distinct", "name": "skus_blocked", "field": "attrs.sku", "threshold": 5, "unless": {"type": "view"},
+     "unless_within": "1h"},
+]
+
+
+def long_attempt(n: int, slices: int) -> None:
+    """Per-event CPU cost over one attempt of ``n`` events, each with a new sku, in ``slices`` equal slices."""
+    pack = load_rule_pack()
+    rules = compile_rules("bench-long", LONG_MOMENTS, pack.journeys, pack.attempt_timeout_ms)
+    jr = JourneyRules("cart", rules, pack.types)
+    t0_ms = 1_767_225_600_000
+    events = [Event(f"e{i:07d}", "c1", t0_ms + i * 1_000, "app", "view", "cart", "product", None, {"sku": f"s{i}"})
+              for i in range(n)]
+    sts = jr.new_states()
+    per_slice = n // slices
+    costs: list[float] = []
+    gc.collect()
+    for k in range(slices):
+        chunk = events[k * per_slice:(k + 1) * per_slice]
+        t0 = time.process_time()
+        for ev in chunk:
+            jr.on_event(sts, ev)
+        costs.append((time.process_time() - t0) / per_slice * 1e6)
+    dropped: dict[str, int] = {}
+    jr.take_dropped(dropped)
+    sizes = ", ".join(f"{r.name}: {_held(st)}" for r, st in zip(jr.rules, sts, strict=True))
+    rows = "\n".join(f"| events {k * per_slice:,}–{(k + 1) * per_slice:,} | {c:.2f} |" for k, c in enumerate(costs))
+    body = (f"## Generic rules over one long attempt ({n:,} events, a new `per` value every event)\n\n{machine()}\n\n"
+            f"Rules: `count` 2 per `attrs.sku` (no `within`: the `max_groups` cap of 1000 holds it), the same within "
+            f"10m (emptied windows pruned), `distinct` of 5 skus blocked by `unless` on every event (no `within`: "
+            f"the 5 most recent values kept).\n\n| slice | µs CPU/event |\n|---|---:|\n{rows}\n\n"
+            f"Last slice / first slice: {costs[-1] / costs[0]:.2f}. Held at the end: {sizes}. "
+            f"Groups dropped by the cap: {dropped}.")
+    print(body)
+    write_section("generic-long", body)
+
+
+def _held(st: object) -> str:
+    groups = getattr(st, "groups", None)
+    recs = getattr(st, "recs", None)
+    if groups is not None:
+        return f"{len(groups)} groups"
+    return f"{len(recs) if recs is not None else 0} record fields"
+
+
 def main() -> None:
-    """Measure and write the ``generic`` section of RESULTS.md."""
+    """Measure and write the ``generic`` section of RESULTS.md (``--long``: the ``generic-long`` one)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=240)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--long", type=int, default=0, help="measure one attempt of this many events instead")
     a = ap.parse_args()
+    if a.long:
+        long_attempt(a.long, 10)
+        return
     pack = load_rule_pack()
     journeys = list(pack.journeys)
     rules = compile_rules("bench", MOMENTS, pack.journeys, pack.attempt_timeout_ms)

@@ -21,6 +21,7 @@ from flows.metrics import (
     EVENT_LAG,
     EVENTS,
     EVICTED,
+    GROUPS_DROPPED,
     INVALID,
     INVALID_LABELS,
     KIND_LABELS,
@@ -252,6 +253,8 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     if out.urgent_reordered:
         URGENT_REORDERED.inc(out.urgent_reordered)
     record_evicted(out.evicted)
+    for rule, n in out.groups_dropped.items():
+        GROUPS_DROPPED.labels(label(rule, RULE_LABELS)).inc(n)
     record_shed(out.shed, out.shed_pending, out.shed_moments)
     for m in out.moments:
         record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)

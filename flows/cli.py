@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_args(sim)
     sim.add_argument("-o", "--output", type=Path, required=True, help="events JSONL")
     sim.add_argument("--truth", type=Path, default=None, help="ground-truth moments JSONL")
+    sim.add_argument("--rules", type=Path, default=None,
+                     help="rule pack file whose moments the ground truth lists, generic rules included (default pack)")
 
     prod = sub.add_parser("produce", help="send a JSONL file or the simulator's events to the input topic")
     prod.add_argument("--input", default="simulator", help="PATH.jsonl or simulator")
@@ -251,7 +253,15 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     problem = simulation_problem(a.customers, a.minutes)
     if problem:
         raise ConfigError("--customers/--minutes", problem)
-    sim = simulate(a.customers, a.minutes, a.seed)
+    pack = None
+    if a.rules is not None:
+        if a.rules.is_dir():
+            raise ConfigError("--rules", f"{a.rules}: the simulator takes one pack file, not a directory")
+        load_rule_pack(a.rules)  # refuses an invalid pack with file, rule and field
+        import tomllib
+
+        pack = tomllib.loads(a.rules.read_text(encoding="utf-8"))
+    sim = simulate(a.customers, a.minutes, a.seed, pack=pack)
     n = write_jsonl(sim, a.output, a.truth, progress=_progress("simulated"))
     _progress_done()
     print(f"wrote {n} events to {a.output}" + (f" and ground truth to {a.truth}" if a.truth else ""))

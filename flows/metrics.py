@@ -98,6 +98,8 @@ INPUT_UP = Gauge("cx_input_up", "1 when the input is connected", registry=_R)
 SNAPSHOT_SECONDS = Histogram("cx_snapshot_seconds", "Time to snapshot one shard", buckets=SNAPSHOT_BUCKETS,
                              registry=_R)
 SNAPSHOT_BYTES = Gauge("cx_snapshot_bytes", "Bytes of the last shard snapshot", registry=_R)
+GROUPS_DROPPED = Counter("cx_generic_groups_dropped_total", "`per` groups of a generic rule dropped by its "
+                         "max_groups cap (a firing may be lost)", ["rule"], registry=_R)
 SHED = Counter("cx_customers_shed", "Customers dropped by the --max-customers cap, by whether they had pending "
                "moments (also in cx_customers_evicted_total)", ["pending"], registry=_R)
 SHED_MOMENTS = Counter("cx_shed_pending_moments", "Pending moments (abandonments not yet due) dropped with customers "
@@ -106,7 +108,7 @@ SHED_MOMENTS = Counter("cx_shed_pending_moments", "Pending moments (abandonments
 _METRICS = (
     EVENTS, INVALID, LATE, MOMENTS, ACTIONS, TAG_TRANSITIONS, TAGS_OPEN, CUSTOMERS, EVICTED, LATENCY, WITHIN_TARGET,
     TARGET, EVENT_LAG, WATERMARK_LAG, SINK_SECONDS, SINK_ROWS, SINK_RETRIES, SINK_ERRORS, SINK_UP, CONSUMER_LAG,
-    KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES,
+    KAFKA_ERRORS, INPUT_UP, SNAPSHOT_SECONDS, SNAPSHOT_BYTES, GROUPS_DROPPED,
 )
 _SHED_METRICS = (SHED, SHED_MOMENTS)
 OUTPUT_REFUSED = Counter("cx_output_refused_total",

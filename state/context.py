@@ -85,6 +85,12 @@ class BatchContext:
         # every change, including those made by timers, which do not move the attempt's last event time.
         self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
 
+    def take_groups_dropped(self, out: Outputs) -> None:
+        """Move the generic rules' dropped-group counts (kept on the compiled rules) into ``out``."""
+        for jp in self.journey_defs:
+            if jp.generic is not None:
+                jp.generic.take_dropped(out.groups_dropped)
+
     def canon(self, s: str) -> str:
         """Return one shared string object per distinct value, so attempts do not pin copies."""
         v = self.vocab.get(s)

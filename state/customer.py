@@ -87,7 +87,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
     if st > a.stage:
         a.stage = st
     if etype == jp.complete_type:
-        _complete(ctx, c, cid, jidx, jp, a, ev)
+        _complete(ctx, c, cid, jidx, jp, a, ev, latest)
         return
     if stamp and t > getattr(a, stamp):
         setattr(a, stamp, t)  # a detector's latest time of the type (``Detector.STAMPS``), kept without a call
@@ -98,7 +98,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         if evidence:
             fire(ctx, c, d.rule, a, ev, evidence, t, step)
     gr = jp.generic
-    if gr is not None:
+    if gr is not None and latest:  # a straggler older than the attempt's latest event skips the generic rules
         _generic_event(ctx, c, jp, gr, a, ev, step)
 
 
@@ -146,10 +146,10 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
 
 
 def _complete(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, a: Attempt,
-              ev: Event) -> None:
+              ev: Event, latest: bool) -> None:
     t = ev.ts_ms
     gr = jp.generic
-    if gr is not None:
+    if gr is not None and latest:
         _generic_event(ctx, c, jp, gr, a, ev, ev.step)  # the completion belongs to the attempt it ends
     end_attempt(jp, a, COMPLETED)
     a.last_key = False

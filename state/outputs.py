@@ -90,6 +90,7 @@ class Outputs:
         "urgent_early",
         "urgent_reordered",
         "evicted",
+        "groups_dropped",
         "shed",
         "shed_pending",
         "shed_moments",
@@ -116,6 +117,7 @@ class Outputs:
         self.urgent_early = 0
         self.urgent_reordered = 0
         self.evicted = 0
+        self.groups_dropped: dict[str, int] = {}  # generic rule -> `per` groups dropped by its `max_groups` cap
         # Customers shed by the --max-customers cap (also counted in `evicted`), those of them with pending
         # moments, and how many pending moments (abandonments not yet due) went with them.
         self.shed = 0

@@ -101,8 +101,7 @@ class Shard:
         self.part_max: dict[str, int] = {}
         self._states_at = 0
         self.state_interval_ms = 1_000
-        # The in-order release shortcut of ``advance``; off, only its general loop runs (which the shortcut
-        # must agree with: tests compare the two).
+        # The in-order shortcut of ``advance`` (off: only the general loop, which tests compare it with).
         self.shortcut = True
         self.lane = urgent_lane(pack, self.ctx, lateness_ms, urgent_lateness_ms) if live else None
         if self.lane is not None:
@@ -351,6 +350,7 @@ class Shard:
             ctx.dirty = {}
             self._states_at = now
         out.customers = len(self.customers)
+        ctx.take_groups_dropped(out)
         out.watermark_ms = self.wm
         out.max_ts_ms = self.max_ts
         ctx.out = Outputs(self.key)

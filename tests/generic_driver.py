@@ -54,10 +54,11 @@ def run(pack: dict[str, Any], events: list[dict[str, Any]]) -> list[Moment]:
     max_ts = NO_TS
     for d in events:
         ev = to_event(d)
+        # A duplicate is dropped but still moves the end of input, as in the shard (docs/detection.md).
+        max_ts = max(max_ts, ev.ts_ms)
         if (ev.customer_id, ev.event_id) in seen:
             continue
         seen.add((ev.customer_id, ev.event_id))
-        max_ts = max(max_ts, ev.ts_ms)
         per_customer[ev.customer_id].append(ev)
 
     out: list[Moment] = []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from connectors.simulator import generic_reference
 from connectors.simulator.pack import DEFAULT_START_MS, JOURNEYS, MIN_MS
 from connectors.simulator.reference import detect_customer
 from connectors.simulator.scenarios import CUM_WEIGHTS, NAMES, SCENARIOS, Raw, Script, noise
@@ -35,12 +36,16 @@ class Simulation:
         minutes: Window of event time over which the customers' journeys start.
         seed: Random seed; equal arguments give byte-identical output.
         start_ms: Event time (epoch ms) of the window's start; no event is earlier.
+        pack: A rule pack as ``tomllib`` reads it, or None for the default pack: the ground truth then holds
+            its generic rules' moments and only the built-in rules it has (with the default pack's parameters).
+            The events do not depend on it.
     """
 
     customers: int
     minutes: float
     seed: int
     start_ms: int = DEFAULT_START_MS
+    pack: Mapping[str, Any] | None = field(default=None, compare=False)
     _window_ms: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -116,7 +121,9 @@ class Simulation:
 
         Found by ``reference_moments`` per customer; abandonments still pending
         at the end count only when due at or before the stream's largest event
-        time, as replay fires timers at end of input.
+        time, as replay fires timers at end of input. With a ``pack``, its generic
+        rules' moments come from ``generic_reference`` (written from DESIGN.md §8
+        apart from ``state/``), with the same rule for timers still pending.
 
         Returns:
             Dicts ``customer_id``, ``rule``, ``anchor_event_id``, ``due_ts``, sorted by (due_ts, customer_id, rule).
@@ -124,15 +131,36 @@ class Simulation:
         fired: list[dict[str, Any]] = []
         pending: list[dict[str, Any]] = []
         max_ts = self.start_ms
+        builtins, generic = _split_pack(self.pack)
         for cust, offset in self._customers():
             docs = self._docs(cust, offset)
             max_ts = max(max_ts, docs[-1]["ts"])
             f, p = detect_customer(docs)
-            fired.extend(f)
-            pending.extend(p)
+            fired.extend(m for m in f if builtins is None or m["rule"] in builtins)
+            pending.extend(m for m in p if builtins is None or m["rule"] in builtins)
+            if generic is not None:
+                # Each customer alone, with no end of input yet: what is due by the stream's end is kept below.
+                pending.extend({"customer_id": c, "rule": r, "anchor_event_id": a, "due_ts": d}
+                               for c, r, d, a, _ in generic_reference.run(generic, docs, _NO_END))
         fired.extend(m for m in pending if m["due_ts"] <= max_ts)
         fired.sort(key=lambda m: (m["due_ts"], m["customer_id"], m["rule"], m["anchor_event_id"]))
         return fired
+
+
+_NO_END = 1 << 62
+_GENERIC_KINDS = frozenset({"count", "distinct", "absence", "sequence"})
+
+
+def _split_pack(pack: Mapping[str, Any] | None) -> tuple[frozenset[str] | None, dict[str, Any] | None]:
+    """The names of a pack's built-in rules and the pack with only its generic rules (None, None: default pack)."""
+    if pack is None:
+        return None, None
+    journeys = [j["id"] for j in pack.get("journey", [])]
+    moments = pack.get("moment", [])
+    builtins = frozenset(f"{j}.{m.get('name', m['kind'])}" for m in moments if m.get("kind") not in _GENERIC_KINDS
+                         for j in m.get("journeys", journeys))
+    generic = [m for m in moments if m.get("kind") in _GENERIC_KINDS]
+    return builtins, ({**pack, "moment": generic} if generic else None)
 
 
 def _doc(event_id: str, customer_id: str, raw: Raw) -> dict[str, Any]:
@@ -150,7 +178,8 @@ def _doc(event_id: str, customer_id: str, raw: Raw) -> dict[str, Any]:
     return doc
 
 
-def simulate(customers: int, minutes: float, seed: int, start_ms: int = DEFAULT_START_MS) -> Simulation:
+def simulate(customers: int, minutes: float, seed: int, start_ms: int = DEFAULT_START_MS,
+             pack: Mapping[str, Any] | None = None) -> Simulation:
     """Return a simulation of ``customers`` customers whose journeys start over ``minutes`` of event time.
 
     Args:
@@ -158,6 +187,7 @@ def simulate(customers: int, minutes: float, seed: int, start_ms: int = DEFAULT_
         minutes: Window over which the customers' journeys start (events run on past it).
         seed: Random seed; the same arguments give byte-identical output.
         start_ms: Event time of the window's start (epoch ms).
+        pack: The rule pack (as ``tomllib`` reads it) whose moments the ground truth lists; None: the default.
 
     Returns:
         The simulation; events and ground truth are generated on demand.
@@ -167,7 +197,7 @@ def simulate(customers: int, minutes: float, seed: int, start_ms: int = DEFAULT_
     """
     if customers < 1 or minutes <= 0:
         raise ValueError(f"customers and minutes must be positive, got {customers} and {minutes}")
-    return Simulation(customers, minutes, seed, start_ms)
+    return Simulation(customers, minutes, seed, start_ms, pack)
 
 
 def write_jsonl(

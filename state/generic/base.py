@@ -8,13 +8,13 @@ ts), and calls ``end_attempt`` when the attempt ends (completion or attempt time
 
 from __future__ import annotations
 
-from typing import Final, Protocol
+from typing import Final, Protocol, cast
 
 from state.events import Event
 
 NO_TS: Final[int] = -1
 # Flat window records: [ts, event_id, ts, event_id, ...], oldest first (one list, no tuple per event).
-Records = list[int | float | str]
+Records = list[int | float | str | tuple[str, int | float | bool]]
 
 
 class JourneyLike(Protocol):
@@ -124,6 +124,10 @@ class GenericRule:
         """Clear the attempt's windows, timers and fired flag (on completion, after the event, or timeout)."""
         st.end_attempt()
 
+    def take_dropped(self) -> int:
+        """Return how many ``per`` groups the rule dropped at its cap since the last call (only windows have any)."""
+        return 0
+
     def lookback_ms(self) -> int:
         """How long an ``unless`` match matters after it happened (0 without ``unless_within``)."""
         return 0
@@ -137,7 +141,7 @@ def trim(recs: Records, keep: int, oldest_ms: int) -> None:
     """Drop records older than ``oldest_ms`` and all but the newest ``keep`` records, in place."""
     n = len(recs) // 2
     drop = n - keep if n > keep else 0
-    while drop < n and int(recs[2 * drop]) < oldest_ms:
+    while drop < n and cast(int, recs[2 * drop]) < oldest_ms:
         drop += 1
     if drop:
         del recs[: 2 * drop]

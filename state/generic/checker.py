@@ -89,7 +89,17 @@ class Checker:
                 continue
             values = value if isinstance(value, list) else [value]
             if not values or not all(isinstance(v, str) and v for v in values):
-                self.error(where, f"must be a non-empty string or list of strings, got {value!r}")
+                # A number attribute is a value of its own for `per`/`field` but never equals a predicate's string.
+                hint = " (predicates compare strings; a number attribute never matches)" if name.startswith(
+                    ATTRS_PREFIX) else ""
+                self.error(where, f"must be a non-empty string or list of strings, got {value!r}{hint}")
+                ok = False
+                continue
+            dollar = [v for v in values if v.startswith("$") and v != KEY_STEPS]
+            if dollar:
+                # "$key" is the only name a predicate knows; any other would silently match no event.
+                self.error(where, f"unknown name {dollar[0]!r} (the only $-name is {KEY_STEPS!r}, the journey's "
+                                  "key steps, for `step`)")
                 ok = False
                 continue
             if KEY_STEPS in values and name != "step":

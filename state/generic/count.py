@@ -16,7 +16,8 @@ from state.generic.checker import Checker
 from state.generic.window import WindowRule, WindowSpec, WindowState, parse_window
 
 KIND: Final[str] = "count"
-PARAMS: Final[frozenset[str]] = frozenset({"when", "threshold", "within", "per", "unless", "unless_within"})
+PARAMS: Final[frozenset[str]] = frozenset({"when", "threshold", "within", "per", "unless", "unless_within",
+                                                 "max_groups"})
 MAX_THRESHOLD: Final[int] = 100
 
 

@@ -81,6 +81,17 @@ class JourneyRules:
                     out.append(f)
         return tuple(out)
 
+    def take_dropped(self, into: dict[str, int]) -> None:
+        """Add to ``into`` (rule -> count) the ``per`` groups each rule dropped at its cap since the last call.
+
+        The counts live on the compiled rules, which the shards of a process share: whichever shard collects
+        them first reports them, so each drop is counted once per process.
+        """
+        for r in self.rules:
+            n = r.take_dropped()
+            if n:
+                into[r.name] = into.get(r.name, 0) + n
+
     def end_attempt(self, states: States, now_ms: int) -> bool:
         """End the attempt (after its completion event, or on timeout); return True when no state is left."""
         empty = True

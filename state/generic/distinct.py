@@ -2,7 +2,8 @@
 
 Fires on an event e (matching ``when`` and carrying the field) when the matching events of e's ``per`` group in
 [e.ts - within, e] carry at least ``threshold`` distinct values (the whole attempt without ``within``). ``unless``
-blocks as for ``count``. Due = e.ts; anchor = e; evidence = per distinct value its most recent event.
+blocks as for ``count``. Due = e.ts; anchor = e; evidence = the ``threshold`` most recent distinct values, each by
+its most recent event (oldest first). Only those are kept, so a blocked rule without ``within`` stays bounded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from state.generic.predicates import FieldRef, FieldValue
 from state.generic.window import WindowRule, WindowSpec, WindowState, parse_window
 
 KIND: Final[str] = "distinct"
-PARAMS: Final[frozenset[str]] = frozenset({"when", "field", "threshold", "within", "per", "unless", "unless_within"})
+PARAMS: Final[frozenset[str]] = frozenset({"when", "field", "threshold", "within", "per", "unless", "unless_within",
+                                                 "max_groups"})
 MAX_THRESHOLD: Final[int] = 100
 
 
@@ -26,9 +28,10 @@ class DistinctSpec(WindowSpec):
     __slots__ = ("field",)
 
     def __init__(self, field: FieldRef, when: dict[str, list[str]], threshold: int, within_ms: int | None,
-                 per: FieldRef | None, unless: dict[str, list[str]] | None, unless_within_ms: int | None) -> None:
+                 per: FieldRef | None, unless: dict[str, list[str]] | None, unless_within_ms: int | None,
+                 max_groups: int) -> None:
         """Hold the parameters."""
-        super().__init__(when, threshold, within_ms, per, unless, unless_within_ms)
+        super().__init__(when, threshold, within_ms, per, unless, unless_within_ms, max_groups)
         self.field = field
 
 
@@ -81,6 +84,10 @@ class DistinctRule(WindowRule):
             recs.append(v)
             recs.append(ts)
             recs.append(ev.event_id)
+            if len(recs) > 3 * self.threshold:
+                # The `threshold` most recent values decide (the window is a suffix in time) and are the
+                # evidence: an older one can never count again unless it comes back, and then it is new.
+                del recs[:3]
         if self.within_ms is not None:
             oldest = ts - self.within_ms
             drop = 0

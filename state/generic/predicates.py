@@ -24,8 +24,9 @@ F_ENTRY: Final[int] = 3
 F_ATTR: Final[int] = 4
 
 
-FieldValue = str | int | float
-"""What ``per`` and ``field`` read: a string field, or an attribute's string or number."""
+FieldValue = str | tuple[str, int | float | bool]
+"""What ``per`` and ``field`` read: a string field or string attribute as is; any other scalar attribute keyed by
+its JSON type, so ``true``, ``1``, ``1.0`` and ``"1"`` are four values (Python alone has ``True == 1 == 1.0``)."""
 
 
 class FieldRef:
@@ -48,9 +49,9 @@ class FieldRef:
     def value(self, ev: Event) -> FieldValue | None:
         """Return the field's value in ``ev``, or None when the event lacks it.
 
-        An attribute holding a number is a value of its own (``5`` and ``"5"`` are two groups or values):
-        grouping by a numeric id is what an operator means by ``per = "attrs.plan_id"``. Predicates still
-        match strings only.
+        An attribute holding a number or boolean is a value of its own (``5`` and ``"5"`` are two groups or
+        values, and so are ``true``, ``1`` and ``1.0``): grouping by a numeric id is what an operator means by
+        ``per = "attrs.plan_id"``. Predicates still match strings only.
         """
         code = self.code
         if code == F_CHANNEL:
@@ -65,7 +66,15 @@ class FieldRef:
         if attrs is None:
             return None
         v = attrs.get(self.key)
-        return v if isinstance(v, str | int | float) else None
+        if isinstance(v, str):
+            return v
+        if isinstance(v, bool):  # before int: bool is an int to Python, not to JSON
+            return ("bool", v)
+        if isinstance(v, int):
+            return ("int", v)
+        if isinstance(v, float):
+            return ("float", v)
+        return None  # null: no value (the parser refuses nested attrs)
 
 
 class Predicate:

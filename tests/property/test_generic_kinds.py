@@ -1,6 +1,6 @@
 """The generic moment kinds against an independent reference (issue 14).
 
-``tests.reference.generic_reference.run`` is a brute-force reading of DESIGN.md §8 written without looking at the
+``connectors.simulator.generic_reference.run`` is a brute-force reading of DESIGN.md §8 written without looking at the
 production evaluator. Two production sides have its contract
 (``run(pack, events) -> sorted [(customer_id, rule, due_ts, anchor_event_id, evidence)]``): the production
 pipeline (``tests.pipeline_driver``: the pack loader and ``state.shard.process``, which orders, deduplicates and
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectors.simulator import generic_reference as ref
 from tests.generic_driver import run as evaluator_run
 from tests.pipeline_driver import run as pipeline_run
-from tests.reference import generic_reference as ref
 from tests.reference.generic_examples import CASES, Case
 from tests.reference.generic_strategies import ATTEMPT_TIMEOUT_MS, packs_and_traffic
 

@@ -128,6 +128,20 @@ CASES: list[Case] = [
          pack({"kind": "distinct", "field": "attrs.code", "threshold": 2, "journeys": ["cart"]}),
          [ev("g1", 0, attrs={"code": 42}), ev("g2", MIN, attrs={"code": "42"})],
          [m("cart.distinct", MIN, "g2", "g1", "g2")]),
+    Case("distinct_values_keep_their_json_type",
+         "a number attr is its own value: true, 1, 1.0 and '1' are four distinct values (Python's True == 1 == 1.0 "
+         "would make them one; a repeated 1 brings nothing new)",
+         pack({"kind": "distinct", "field": "attrs.code", "threshold": 4, "journeys": ["cart"]}),
+         [ev("v1", 0, attrs={"code": True}), ev("v2", MIN, attrs={"code": 1}), ev("v3", 2 * MIN, attrs={"code": 1}),
+          ev("v4", 3 * MIN, attrs={"code": 1.0}), ev("v5", 4 * MIN, attrs={"code": "1"})],
+         [m("cart.distinct", 4 * MIN, "v5", "v1", "v3", "v4", "v5")]),
+    Case("per_groups_keep_their_json_type",
+         "`per` groups by value and JSON type: true, 1 and 1.0 are three groups; only the second 1 reaches 2",
+         pack({"kind": "count", "when": {"type": "fail"}, "threshold": 2, "per": "attrs.code",
+               "journeys": ["cart"]}),
+         [ev("f1", 0, "fail", attrs={"code": True}), ev("f2", MIN, "fail", attrs={"code": 1}),
+          ev("f3", 2 * MIN, "fail", attrs={"code": 1.0}), ev("f4", 3 * MIN, "fail", attrs={"code": 1})],
+         [m("cart.count", 3 * MIN, "f4", "f2", "f4")]),
     # ------------------------------------------------------------------------------------------------ unless
     Case("unless_looks_back_across_attempts_and_blocked_candidate_is_followed_by_a_later_one",
          "unless: this or an earlier attempt; ts >= e.ts - unless_within (exactly 3h blocks); "

@@ -7,9 +7,9 @@ DESIGN.md §3: the production parser accepts every one) whose gaps often sit on 
 with ties, duplicates, completes, events without a journey and attrs holding strings and numbers; the last
 event often sits on an absence timer's due time.
 
-Kept out on purpose (readings the contract does not fix; see docs/contributing.md): `per`/`field` over an attr that
-may hold a number (`attrs.code` is used in predicates only), one event_id for two customers, and duplicates whose
-ts is larger than every kept event's.
+`per`/`field` may name `attrs.code`, which holds strings, numbers and booleans: true, 1, 1.0 and "1" are four
+values (docs/rule-packs.md). Kept out on purpose (readings the contract does not fix; see docs/contributing.md):
+one event_id for two customers, and duplicates whose ts is larger than every kept event's.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ TYPES = ["view", "view", "start", "submit", "fail", "fail", "cancel", "engage", 
 CHANNELS = ["app", "web", "wechat", "sms", "call_center"]
 ENTRIES = ["home_banner", "search", "sms_link"]
 REASONS = ["card", "limit", "fraud"]
-CODES: list[Any] = ["42", 42, "7", 7]  # a number attr must never match the string "42"
+# A number attr must never match the string "42"; true, 1, 1.0 and "1" are four values for `per` and `field`.
+CODES: list[Any] = ["42", 42, "7", 7, True, 1, 1.0, "1"]
 STEPS = sorted({s for j in JOURNEYS for s in j["steps"]})
 # Duration strings a pack draws from (all shorter than the attempt timeout, except the unless look-back).
 WITHINS = ["1m", "5m", "10m", "30m"]
 IDLES = ["1m", "5m", "10m", "30m"]
 UNLESS_WITHINS = ["5m", "30m", "3h", "3h"]  # 3h > attempt_timeout: look-backs across attempts
 DURATION_MS = {"1m": MIN, "5m": 5 * MIN, "10m": 10 * MIN, "30m": 30 * MIN, "3h": 3 * HOUR}
-# `per` and distinct `field`: fields whose values are always strings.
-VALUE_FIELDS = ["channel", "type", "step", "entry", "attrs.reason"]
+# `per` and distinct `field`: string fields, and `attrs.code` whose values are of mixed JSON types.
+VALUE_FIELDS = ["channel", "type", "step", "entry", "attrs.reason", "attrs.code"]
 PREDICATE_VALUES: dict[str, list[str]] = {
     "type": sorted(set(TYPES)),
     "channel": CHANNELS,

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from connectors.simulator.generic_reference import duration_ms, run
 from tests.reference.generic_examples import CASES, MIN, T0, Case, ev, m
-from tests.reference.generic_reference import duration_ms, run
 
 
 def test_example_names_are_unique() -> None:

@@ -35,7 +35,7 @@ def test_every_problem_of_every_rule_is_reported_with_file_rule_and_field() -> N
     )
     assert out == [
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).colour: unknown field for kind count (allowed: act_within, "
-        "action, channels, contact, holdout, journeys, kind, name, per, stages, threshold, ttl, unless, "
+        "action, channels, contact, holdout, journeys, kind, max_groups, name, per, stages, threshold, ttl, unless, "
         "unless_within, urgency, when, within)",
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).threshold: must be an integer 1..100, got 0",
         "rules/x.toml: moment[0] (5g_upgrade.retry_loop).within: must be a duration like '10m', got 'ten'",
@@ -73,6 +73,32 @@ def test_every_problem_of_every_rule_is_reported_with_file_rule_and_field() -> N
         ({"kind": "count", "threshold": 1, "journeys": ["nope"]}, "journeys", "unknown journey 'nope'"),
         ({"kind": "count", "threshold": 1, "name": "a.b"}, "name", "must be a name"),
         ({"kind": "count", "threshold": 1, "ttl": "0m"}, "ttl", "must be a positive duration"),
+        # Strict predicates: a `$`-name other than `$key` would silently match nothing.
+        ({"kind": "count", "threshold": 1, "when": {"step": "$nope"}}, "when.step", "unknown name '$nope'"),
+        ({"kind": "count", "threshold": 1, "when": {"step": ["$key", "$KEY"]}}, "when.step", "unknown name '$KEY'"),
+        ({"kind": "count", "threshold": 1, "when": {"type": "$any"}}, "when.type", "unknown name '$any'"),
+        ({"kind": "count", "threshold": 1, "when": {"attrs.code": "$x"}}, 'when."attrs.code"', "unknown name '$x'"),
+        ({"kind": "absence", "idle": "5m", "until": {"step": "$next"}}, "until.step", "unknown name '$next'"),
+        ({"kind": "sequence", "first": {"step": "$key"}, "then": {"entry": "$entry"}, "within": "1m"},
+         "then.entry", "unknown name '$entry'"),
+        ({"kind": "count", "threshold": 1, "unless": {"step": "$prev"}, "unless_within": "1h"}, "unless.step",
+         "unknown name '$prev'"),
+        # Wrong value types, empty lists and unknown fields in every predicate of every kind.
+        ({"kind": "count", "threshold": 1, "when": {"attrs.code": 5}}, 'when."attrs.code"',
+         "a number attribute never matches"),
+        ({"kind": "count", "threshold": 1, "when": {"type": True}}, "when.type", "got True"),
+        ({"kind": "count", "threshold": 1, "when": {"step": ["cart", ""]}}, "when.step", "non-empty string"),
+        ({"kind": "count", "threshold": 1, "when": {"type": {"is": "fail"}}}, "when.type", "non-empty string"),
+        ({"kind": "distinct", "field": "entry", "threshold": 2, "when": {"entry": []}}, "when.entry",
+         "non-empty string or list"),
+        ({"kind": "absence", "idle": "5m", "until": {"stepp": "cart"}}, "until.stepp", "unknown predicate field"),
+        ({"kind": "sequence", "first": {"type": "fail"}, "then": [], "within": "1m"}, "then", "must be a table"),
+        ({"kind": "sequence", "first": {"type": "fail"}, "then": {"type": "start"}, "within": "1m",
+          "unless": {"attrs.": "x"}}, 'unless."attrs."', "unknown predicate field"),
+        ({"kind": "count", "threshold": 1, "within": 600}, "within", "must be a duration like '10m', got 600"),
+        ({"kind": "count", "threshold": 2.0}, "threshold", "must be an integer 1..100, got 2.0"),
+        ({"kind": "distinct", "field": 3, "threshold": 2}, "field", "must be a field name"),
+        ({"kind": "count", "threshold": 1, "per": "$key"}, "per", "unknown event field '$key'"),
     ],
 )
 def test_each_bad_field_is_named(table: dict[str, Any], field: str, problem: str) -> None:
@@ -139,3 +165,20 @@ def test_compile_raises_one_error_listing_all_problems() -> None:
 def test_describe_says_what_a_rule_does_in_one_line(table: dict[str, Any], summary: str) -> None:
     (rule,) = compile_rules("x.toml", [{**table, "journeys": ["cart"]}], JOURNEYS, DAY)
     assert describe(rule) == summary
+
+
+def test_check_rules_refuses_a_dollar_name_naming_file_rule_and_field_with_every_other_problem(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.cli import main
+
+    path = tmp_path / "pack.toml"
+    path.write_text(
+        '[[journey]]\nid = "cart"\nsteps = ["product", "cart", "checkout"]\nkey_steps = ["checkout"]\n\n'
+        '[[moment]]\nkind = "count"\nname = "loop"\nthreshold = 2\nwhen = { step = "$nope" }\n\n'
+        '[[moment]]\nkind = "sequence"\nfirst = { "attrs.code" = 5 }\nthen = { step = "$KEY" }\nwithin = "1m"\n',
+        encoding="utf-8")
+    assert main(["check-rules", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: moment[0] (cart.loop).when.step: unknown name '$nope'" in err
+    assert f'{path}: moment[1] (cart.sequence).first."attrs.code": must be a non-empty string' in err
+    assert f"{path}: moment[1] (cart.sequence).then.step: unknown name '$KEY'" in err

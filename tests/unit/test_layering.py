@@ -151,3 +151,10 @@ def test_state_module_stays_within_400_lines(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_STATE_MODULE_LINES, (f"{path.relative_to(ROOT)} has {lines} lines (at most "
                                              f"{MAX_STATE_MODULE_LINES}): split it by concern")
+
+
+@pytest.mark.parametrize("name", ["reference.py", "generic_reference.py"])
+def test_the_simulators_oracles_import_nothing_from_state(name: str) -> None:
+    # The ground truth is evidence about state/ only if it is computed without it.
+    path = ROOT / "connectors" / "simulator" / name
+    assert [(n, m) for n, m in _imports(path) if m.split(".")[0] == "state"] == []

@@ -14,6 +14,7 @@ and the events as schema-v1 dicts in input order; it returns every moment as
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,14 +95,20 @@ def matches(pred: dict[str, Any] | None, raw: dict[str, Any], key_steps: list[st
     return True
 
 
-def group_value(raw: dict[str, Any], field: str | None) -> Any:
-    """The `per` group of an event: its value of the field, or None ("counted together as one group").
+def value_key(value: Any) -> str | None:
+    """What makes two `per`/`field` values the same: their JSON text; None for no value.
 
-    Decided where §8 is silent: an attribute holding a number is its own value (5 and "5" are two groups).
+    Decided where §8 is silent: an attribute holding a number is its own value (5 and "5" are two groups), and
+    JSON's types are kept apart (true, 1, 1.0 and "1" are four values, though Python has True == 1 == 1.0).
     """
+    return None if value is None else json.dumps(value)
+
+
+def group_value(raw: dict[str, Any], field: str | None) -> str | None:
+    """The `per` group of an event: its value of the field, or None ("counted together as one group")."""
     if field is None:
         return None
-    return field_value(raw, field)
+    return value_key(field_value(raw, field))
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -202,8 +209,9 @@ def count_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[str])
 
 def distinct_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[str]) -> list[Candidate]:
     """distinct: "fires on the event e (matching `when`, carrying the field) for which the matching events in
-    the window [e.ts - within, e] (same `per` group) carry >= threshold distinct values"; evidence = "for each
-    distinct value in the window, the most recent event carrying it (up to e)"; due = e.ts; anchor = e."""
+    the window [e.ts - within, e] (same `per` group) carry >= threshold distinct values"; evidence = "the
+    `threshold` most recent distinct values in the window, each by the most recent event carrying it (up to e)";
+    due = e.ts; anchor = e."""
     threshold = int(rule["threshold"])
     within = duration_ms(rule["within"]) if "within" in rule else None
     per = rule.get("per")
@@ -223,12 +231,15 @@ def distinct_candidates(rule: dict[str, Any], hist: list[Ev], key_steps: list[st
                 and group_value(x.raw, per) == group_value(e.raw, per)
                 and field_value(x.raw, field) is not None
             ):
-                latest_by_value[field_value(x.raw, field)] = x
+                latest_by_value[value_key(field_value(x.raw, field))] = x
         if len(latest_by_value) < threshold:
             continue
         if _blocked_by_unless(rule, hist, e, key_steps):
             continue
-        out.append((e.attempt, e.ts, e.event_id, _ids(list(latest_by_value.values()))))
+        # "evidence = the `threshold` most recent distinct values, each by its most recent event" (docs/rule-packs.md:
+        # what made it fire, bounded however many values a blocked rule has seen).
+        latest = sorted(latest_by_value.values(), key=lambda x: x.order)[-threshold:]
+        out.append((e.attempt, e.ts, e.event_id, _ids(latest)))
     return out
 
 
@@ -318,11 +329,16 @@ def rules_of(pack: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def run(pack: dict[str, Any], events: list[dict[str, Any]]) -> list[Moment]:
-    """Every moment of the pack's generic rules over the input, as (customer, rule, due_ts, anchor, evidence)."""
+def run(pack: dict[str, Any], events: list[dict[str, Any]], end_ts: int | None = None) -> list[Moment]:
+    """Every moment of the pack's generic rules over the input, as (customer, rule, due_ts, anchor, evidence).
+
+    ``end_ts`` is the event time at the end of input (default: the largest ts of ``events``); the simulator
+    passes a time past every event for one customer's events, then keeps what is due by the whole stream's end.
+    """
     journeys = {j["id"]: j for j in pack.get("journey", [])}
     histories = journey_histories(pack, events)
-    end_ts = max_input_ts(events)
+    if end_ts is None:
+        end_ts = max_input_ts(events)
     moments: list[Moment] = []
     for (customer, jid), hist in histories.items():
         key_steps = list(journeys[jid].get("key_steps", []))
