@@ -97,16 +97,26 @@ def test_sigterm_stops_a_running_single_worker_without_a_panic_or_traceback(tmp_
         while not re.search(r"status events=[1-9]", w.log()) and w.alive() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert re.search(r"status events=[1-9]", w.log()), w.log()[-3000:]
+    except BaseException:
+        w.stop()
+        raise
+    log = _stop_cleanly(w, 60)
+    assert re.search(r"done: events=[1-9]", log), log[-3000:]
+
+
+def _stop_cleanly(w: Worker, timeout_s: float) -> str:
+    """SIGTERM the worker; check it flushed and exited 0 without a panic or traceback; return its log."""
+    try:
         w.proc.send_signal(signal.SIGTERM)
-        code = w.wait(60)
+        code = w.wait(timeout_s)
     finally:
         w.stop()
     log = w.log()
     assert code == 0, log[-3000:]
-    assert "stopping on signal; flushing outputs" in log
-    assert re.search(r"done: events=[1-9]", log), log[-3000:]
+    assert "stopping on signal; flushing outputs" in log, log[-3000:]
     for noise in NOISE:
         assert noise not in log, log[-3000:]
+    return log
 
 
 def _moment_ids(directory: Path) -> set[str]:
@@ -345,15 +355,10 @@ def test_sigterm_during_a_long_batch_stops_cleanly_and_a_resume_loses_no_moment(
     try:
         wait_until(lambda: _status_events(first.log()) >= after or not first.alive(), 300,
                    f"a status line with events >= {after}", detail=lambda: first.log()[-3000:])
-        first.proc.send_signal(signal.SIGTERM)
-        code = first.wait(300)
-    finally:
+    except BaseException:
         first.stop()
-    log = first.log()
-    assert code == 0, log[-3000:]
-    assert "stopping on signal; flushing outputs" in log, log[-3000:]
-    for noise in NOISE:
-        assert noise not in log, log[-3000:]
+        raise
+    log = _stop_cleanly(first, 300)
     stopped_at = int(re.search(r"done: events=(\d+)", log).group(1))  # type: ignore[union-attr]
     assert stopped_at < total, "the first run was not stopped"
     second = Worker([*part, "--status", "off"], tmp_path / "second.log")
