@@ -2,7 +2,7 @@
 
 Metric names are a contract with ``infra/grafana`` and ``infra/prometheus`` (checked by
 ``tests/unit/test_infra_files.py``). Every label value comes from a bounded set: channels,
-event types, reason codes, the rule pack's rule names, urgencies, moment kinds, sink names,
+event types, reason codes, the rule pack's rule names, urgencies, sink names,
 topics. A value outside its set is exported as ``"other"``, so nothing a customer sends (and
 never a customer id) can become a label value.
 
@@ -29,10 +29,9 @@ from prometheus_client import (
 
 from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
-from state.generic.schema import KINDS as GENERIC_KINDS
 from state.policy import HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
-from state.rules import KINDS, URGENCIES
+from state.rules import URGENCIES
 
 if TYPE_CHECKING:
     from state.rules import RulePack
@@ -69,8 +68,8 @@ TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new st
 TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
 CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)
 EVICTED = Counter("cx_customers_evicted_total", "Customers whose idle state was dropped", registry=_R)
-LATENCY = Histogram("cx_detection_latency_seconds", "Publish wall time minus moment due time", ["kind"],
-                    buckets=LATENCY_BUCKETS, registry=_R)
+LATENCY = Histogram("cx_detection_latency_seconds", "Publish wall time minus moment due time, by rule",
+                    ["rule", "urgency"], buckets=LATENCY_BUCKETS, registry=_R)
 WITHIN_TARGET = Counter("cx_detection_within_target_total",
                         "Moments published within their urgency's latency target (divide by cx_moments_total)",
                         ["urgency"], registry=_R)
@@ -127,7 +126,6 @@ _lock = threading.Lock()  # guards the admitted label sets
 CHANNEL_LABELS = frozenset(CHANNELS)
 TYPE_LABELS: set[str] = set(BASE_TYPES)
 INVALID_LABELS = frozenset(r.value for r in InvalidReason)
-KIND_LABELS = frozenset((*KINDS, *GENERIC_KINDS))
 URGENCY_LABELS = frozenset(URGENCIES)
 RULE_LABELS: set[str] = set()
 ACTION_REASON_LABELS: set[str] = set(ACTION_REASONS)
@@ -166,6 +164,19 @@ def configure(
     if pack is not None:
         for urgency, ms in pack.latency_targets_ms.items():
             set_detection_target(urgency, ms / 1000)
+        _zero_series(pack)
+
+
+def _zero_series(pack: RulePack) -> None:
+    # Series exist at 0 from start-up for every rule and urgency of the pack: a ratio over a series that
+    # appears only at its first increment is empty, so "0 % of P1 within target" could never alert.
+    for r in pack.rules:
+        rule, u = label(r.name, RULE_LABELS), label(r.urgency, URGENCY_LABELS)
+        MOMENTS.labels(rule, u)
+        LATENCY.labels(rule, u)
+        WITHIN_TARGET.labels(u)
+    for urgency in pack.latency_targets_ms:
+        WITHIN_TARGET.labels(label(urgency, URGENCY_LABELS))
 
 
 def set_latency_targets(pack: RulePack) -> None:
