@@ -183,7 +183,7 @@ def test_schema_is_created_idempotently_with_every_table(dsn: str, reader: Any) 
     assert engines == {
         "moments": "ReplacingMergeTree", "customer_tags": "ReplacingMergeTree", "journey_states": "ReplacingMergeTree",
         "journey_steps": "ReplacingMergeTree", "actions": "ReplacingMergeTree", "feedback": "ReplacingMergeTree",
-        "dead_letters": "MergeTree",
+        "dead_letters": "MergeTree", "late_events": "ReplacingMergeTree",
         # Derived, for `moments report rules` (002_effectiveness.sql): not written by the sink.
         "tag_history": "ReplacingMergeTree", "tag_history_mv": "MaterializedView", "rule_outcomes": "View",
     }
