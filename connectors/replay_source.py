@@ -42,6 +42,10 @@ Snapshot = tuple[int, tuple[int, ...] | None, int, str]
 
 _log = logging.getLogger("cx.source")
 
+DisorderHook = Callable[[str, int, int, list[int]], None]
+"""``on_disorder(source, partition, in_order, behind_ms)``, once per batch: events at or past the partition's
+newest event time, and how far behind it (ms) each other event came."""
+
 class _RawPartition(StatefulSourcePartition[Item, Position]):
     """Reads raw lines from an iterator factory that can skip to a position.
 
@@ -64,8 +68,12 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_future_ms: int | None = None,
         name: str = "",
         tick_name: str = "",
+        on_disorder: DisorderHook | None = None,
+        index: int = 0,
     ) -> None:
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
+        self._on_disorder = on_disorder
+        self._index = index
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
         self._realtime = realtime
@@ -110,6 +118,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             self._held = None
         now = wall_ms() if self._realtime else None
         self._awake = None
+        # Disorder: how far behind the partition's newest time each kept line comes. The newest starts from the
+        # validated time, so a hostile future ts skews the rest of its batch at most.
+        measure = self._on_disorder is not None
+        newest = max_ts
+        behind: list[int] = []
         for raw in lines:
             raw = raw.rstrip(b"\r\n")
             t = ts_of_raw(raw)
@@ -130,6 +143,12 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
                 t = parsed_ts(raw)
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
+            if measure and t is not None:
+                if t < newest:
+                    if keep[s]:
+                        behind.append(newest - t)
+                else:
+                    newest = t
             n += 1
             if n >= limit:
                 break
@@ -147,6 +166,10 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards, now_ms=live_now,
                                                   max_future_ms=self._max_future))
         self._max_ts = max_ts
+        if self._on_disorder is not None:
+            # Every other kept line counts as in order (a line without a ts too: it is dead-lettered anyway).
+            kept = sum(map(len, values))
+            self._on_disorder(self._source.partition(":")[0], self._index, kept - len(behind), behind)
         keys = self._keys
         src = self._source
         items: list[Item] = [(keys[s], RawBatch(src, 0, values[s], offsets[s], s)) for s in range(shards)
@@ -301,14 +324,17 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single process).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        on_disorder: Called once per batch with the disorder of its lines (see ``DisorderHook``).
     """
 
     def __init__(
         self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
         placement: Placement | None = None, max_future_ms: int | None = None,
+        on_disorder: DisorderHook | None = None,
     ) -> None:
         self._types = types
         self._max_future = max_future_ms
+        self._on_disorder = on_disorder
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file not found: {', '.join(missing)}")
@@ -331,7 +357,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         start, own, max_ts = _resume(resume_state, own, for_part, path.name)
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
-                             name=path.name, tick_name=self._tick_names[index])
+                             name=path.name, tick_name=self._tick_names[index], on_disorder=self._on_disorder,
+                             index=index)
 
 
 class SimulatorSource(FixedPartitionedSource[Item, Position]):
@@ -350,6 +377,7 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         placement: This process's place in the cluster (None: a single partition for the whole cluster).
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
+        on_disorder: Called once per batch with the disorder of its lines (see ``DisorderHook``).
     """
 
     def __init__(
@@ -360,9 +388,11 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         realtime: bool = False,
         max_ts: int = 0,
         max_future_ms: int | None = None,
+        on_disorder: DisorderHook | None = None,
     ) -> None:
         self._types = types
         self._max_future = max_future_ms
+        self._on_disorder = on_disorder
         self._realtime = realtime
         self._make = make_lines
         self._shards = shards
@@ -384,7 +414,7 @@ class SimulatorSource(FixedPartitionedSource[Item, Position]):
         pace = _Pacer(self._rate) if self._rate else None
         return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
                              types=self._types, own=own, realtime=self._realtime, max_ts=max_ts,
-                             max_future_ms=self._max_future)
+                             max_future_ms=self._max_future, on_disorder=self._on_disorder)
 
 
 class _Pacer:

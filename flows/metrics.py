@@ -52,6 +52,8 @@ _RUNTIME = (
 # design target and twice that, so p99 > 60 s is still measurable.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120)
 LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Disorder: 0 is "in order"; fine around the 30 s default lateness, to an hour.
+DISORDER_BUCKETS = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800, 3600)
 SINK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SINK_ROWS_BUCKETS = (1, 10, 100, 1000, 5000, 20000, 100000)
 SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -77,6 +79,10 @@ TARGET = Gauge("cx_detection_target_seconds", "Detection latency target per urge
                registry=_R)
 EVENT_LAG = Histogram("cx_event_lag_seconds", "Ingest wall time minus event time (newest event of each batch)",
                       buckets=LAG_BUCKETS, registry=_R)
+EVENT_DISORDER = Histogram("cx_event_disorder_seconds",
+                           "How far behind the newest event time of its input partition each event arrives "
+                           "(0: in order); choose --lateness from its upper quantiles", ["input", "partition"],
+                           buckets=DISORDER_BUCKETS, registry=_R)
 WATERMARK_LAG = Gauge("cx_watermark_lag_seconds", "Wall time at scrape minus the newest shard watermark",
                       registry=_R)
 SINK_SECONDS = Histogram("cx_sink_batch_seconds", "Sink batch write time", ["sink"], buckets=SINK_SECONDS_BUCKETS,
@@ -111,7 +117,7 @@ OUTPUT_REFUSED = Counter("cx_output_refused_total",
 OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
                         "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER)  # type: ignore[assignment]  # a longer tuple, same use
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
@@ -119,6 +125,7 @@ ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
+DISORDER_INPUTS = frozenset({"file", "simulator"})  # and the Kafka topics
 _TOPICS_DEFAULT = frozenset(DEFAULT_TOPICS.values())
 _MAX_PARTITION = 4096
 

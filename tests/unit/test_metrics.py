@@ -301,3 +301,21 @@ def test_a_configured_pack_exports_its_latency_series_at_zero_before_any_moment(
     for r in pack.rules:
         assert samples[("cx_moments_total", (("rule", r.name), ("urgency", r.urgency)))] == 0
         assert samples[("cx_detection_latency_seconds_count", (("rule", r.name), ("urgency", r.urgency)))] == 0
+
+
+def test_disorder_of_a_batch_lands_in_its_buckets_by_input_and_partition() -> None:
+    def bucket(le: str) -> float:
+        return _value("cx_event_disorder_seconds_bucket", input="cx.events", partition="2", le=le)
+
+    before = {le: bucket(le) for le in ("0.0", "0.5", "3.0", "30.0", "+Inf")}
+    count = _value("cx_event_disorder_seconds_count", input="cx.events", partition="2")
+    connector_metrics.record_disorder("kafka:cx.events", 2, 5, [500, 2_500, 3_000, 45_000])
+    assert bucket("0.0") == before["0.0"] + 5
+    assert bucket("0.5") == before["0.5"] + 6  # 0.5 s is within le="0.5"
+    assert bucket("3.0") == before["3.0"] + 8
+    assert bucket("30.0") == before["30.0"] + 8
+    assert bucket("+Inf") == before["+Inf"] + 9
+    assert _value("cx_event_disorder_seconds_count", input="cx.events", partition="2") == count + 9
+    # A topic or input not admitted, and a partition beyond the bound, are `other`.
+    connector_metrics.record_disorder("kafka:" + CUSTOMER, 99_999, 1, [])
+    assert _value("cx_event_disorder_seconds_count", input="other", partition="other") >= 1
