@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.disorder import DisorderHook
 from connectors.placement import Placement
 from state.batches import RawBatch, Tick
 from state.events import BASE_TYPES
@@ -41,10 +42,6 @@ Snapshot = tuple[int, tuple[int, ...] | None, int, str]
 """The resume state partitions write now: (next line, shards fed or None for all, largest valid event time)."""
 
 _log = logging.getLogger("cx.source")
-
-DisorderHook = Callable[[str, int, int, list[int]], None]
-"""``on_disorder(source, partition, in_order, behind_ms)``, once per batch: events at or past the partition's
-newest event time, and how far behind it (ms) each other event came."""
 
 class _RawPartition(StatefulSourcePartition[Item, Position]):
     """Reads raw lines from an iterator factory that can skip to a position.
@@ -72,8 +69,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         index: int = 0,
     ) -> None:
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
-        self._on_disorder = on_disorder
-        self._index = index
+        self._on_disorder, self._index = on_disorder, index  # disorder: its hook and the partition's input index
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
         self._realtime = realtime
@@ -118,8 +114,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             self._held = None
         now = wall_ms() if self._realtime else None
         self._awake = None
-        # Disorder: how far behind the partition's newest time each kept line comes. The newest starts from the
-        # validated time, so a hostile future ts skews the rest of its batch at most.
+        # Disorder against the newest time, from the validated one: a hostile future ts skews one batch at most.
         measure = self._on_disorder is not None
         newest = max_ts
         behind: list[int] = []
@@ -144,11 +139,10 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
             if measure and t is not None:
-                if t < newest:
-                    if keep[s]:
-                        behind.append(newest - t)
-                else:
+                if t >= newest:
                     newest = t
+                elif keep[s]:
+                    behind.append(newest - t)
             n += 1
             if n >= limit:
                 break
@@ -167,8 +161,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
                                                   max_future_ms=self._max_future))
         self._max_ts = max_ts
         if self._on_disorder is not None:
-            # Every other kept line counts as in order (a line without a ts too: it is dead-lettered anyway).
-            kept = sum(map(len, values))
+            kept = sum(map(len, values))  # the others are in order (a line without a ts too: a dead letter)
             self._on_disorder(self._source.partition(":")[0], self._index, kept - len(behind), behind)
         keys = self._keys
         src = self._source

@@ -295,7 +295,8 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
         how = "→".join(r.channels) or "(no channel)"
         print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
               + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")
-              + ("" if r.contact else "; not a customer contact (no caps)"))
+              + ("" if r.contact else "; not a customer contact (no caps)")
+              + ("; escalates past min_gap (caps still hold)" if r.escalate else ""))
     pol = pack.policy
     quiet = (f"{pol.quiet[0] // 60:02d}:{pol.quiet[0] % 60:02d}-{pol.quiet[1] // 60:02d}:{pol.quiet[1] % 60:02d} "
              f"({pol.timezone} unless events carry attrs.tz; {', '.join(sorted(pol.quiet_bypass)) or 'none'} "

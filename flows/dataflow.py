@@ -11,15 +11,10 @@ import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from connectors.disorder import DisorderHook
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
-from connectors.replay_source import (
-    DisorderHook,
-    JsonlFileSource,
-    SimulatorSource,
-    file_partition_names,
-    file_paths,
-)
+from connectors.replay_source import JsonlFileSource, SimulatorSource, file_partition_names, file_paths
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer

@@ -29,7 +29,7 @@ from prometheus_client import (
 
 from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
-from state.policy import HOLDOUT
+from state.policy import ESCALATED, HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
 from state.rules import URGENCIES
 
@@ -121,7 +121,7 @@ _METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER)  # type: i
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
-ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
+ACTION_REASONS = frozenset({"none", HOLDOUT, ESCALATED, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})

@@ -66,7 +66,7 @@ class _Problems:
 
 
 _COMMON: Final = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages",
-                   "contact"}
+                   "contact", "escalate"}
 _POLICY_KEYS: Final = {"max_per_day", "max_per_week", "min_gap", "quiet_hours", "timezone", "quiet_bypass",
                        "after_complete", "holdout", "act_within", "channel_caps"}
 _HHMM: Final = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -428,6 +428,12 @@ def _rule_policy(path: str, where: str, m: dict[str, Any], defaults: dict[str, A
     contact = m.get("contact", True)
     if not isinstance(contact, bool):
         raise RulePackError(path, f"{where}.contact", f"must be true or false, got {contact!r}")
+    escalate = m.get("escalate", False)
+    if not isinstance(escalate, bool):
+        raise RulePackError(path, f"{where}.escalate", f"must be true or false, got {escalate!r}")
+    if escalate and not contact:
+        raise RulePackError(path, f"{where}.escalate", "only a rule that contacts the customer (contact = true) "
+                            "can escalate past min_gap")
     return {
         "channels": channels,
         "act_within_ms": (_duration(path, f"{where}.act_within", m["act_within"]) if "act_within" in m
@@ -435,6 +441,7 @@ def _rule_policy(path: str, where: str, m: dict[str, Any], defaults: dict[str, A
         "holdout": _fraction(path, f"{where}.holdout", m["holdout"]) if "holdout" in m else defaults["holdout"],
         "stages": stages,
         "contact": contact,
+        "escalate": escalate,
     }
 
 

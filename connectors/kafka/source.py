@@ -23,7 +23,7 @@ from state.events import BASE_TYPES
 from state.routing import shard_of_raw, tracked_ts, validated_max_ts
 
 if TYPE_CHECKING:
-    from connectors.replay_source import DisorderHook
+    from connectors.disorder import DisorderHook
 
 log = logging.getLogger("cx.kafka")
 
