@@ -23,7 +23,7 @@ from flows.config import (
 )
 from flows.logs import setup_logging
 from flows.report_cli import cmd_report
-from state.rules import STAGES, RulePackError, describe_rule, load_rule_pack
+from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
 
 log = logging.getLogger("cx.cli")
 
@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
+    chk.add_argument("--simulate", action="store_true",
+                     help="also replay the simulator through the pack: per rule fired, sent, control, suppressed by "
+                          "reason; flags rules that never fire or never act")
+    chk.add_argument("--strict", action="store_true", help="with --simulate: exit 1 when a rule is flagged")
+    chk.add_argument("--customers", type=int, default=2_000, help="--simulate: simulated customers (default 2000)")
+    chk.add_argument("--minutes", type=float, default=240.0, help="--simulate: event-time minutes (default 240)")
+    chk.add_argument("--seed", type=int, default=7, help="--simulate: simulator seed (default 7)")
     return parser
 
 
@@ -307,6 +314,29 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
     print(f"    channel caps {caps}; no actions for {pol.after_complete_ms // 3600000} h after a journey is completed")
     print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
           f"at {pack.effect_confidence:.0%} confidence")
+    if a.strict and not a.simulate:
+        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
+    return _check_by_simulation(pack, a) if a.simulate else 0
+
+
+def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
+    from flows.rule_check import format_runs, simulate_rules
+
+    problem = simulation_problem(a.customers, a.minutes)
+    if problem:
+        raise ConfigError("--customers/--minutes", problem)
+    events, runs = simulate_rules(pack, a.customers, a.minutes, a.seed)
+    print(f"  simulated run: {a.customers} customers, {a.minutes:g} min (seed {a.seed}), {events} events; "
+          "decisions under the pack's own policy:")
+    print("\n".join(format_runs(runs)))
+    flagged = [r for r in runs if r.flag]
+    for r in flagged:
+        print(f"  rule {r.rule} {r.flag} on this traffic"
+              + (": check its parameters against the events it expects" if not r.fired
+                 else f": every moment is suppressed ({', '.join(sorted(r.suppressed))})"))
+    if flagged and a.strict:
+        print(f"check-rules --strict: {len(flagged)} of {len(runs)} rules never fire or never act", file=sys.stderr)
+        return 1
     return 0
 
 
