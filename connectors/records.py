@@ -124,6 +124,13 @@ KINDS: Mapping[str, RecordKind] = {k.kind: k for k in (
         (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("outcome", _LC), ("ts", _I64)),
         SCHEMA_VERSION, "feedback.jsonl", table="feedback",
     ),
+    RecordKind(
+        "late",
+        (("schema", _U8), ("event_id", _STR), ("customer_id", _STR), ("channel", _LC), ("type", _LC),
+         ("ts", _I64), ("watermark", _I64), ("late_ms", _I64), ("source", _LC), ("partition", "Int32"),
+         ("offset", _I64), ("received_at", _I64)),
+        SCHEMA_VERSION, "late.jsonl", jsonl_default=True, table="late_events",
+    ),
 )}
 
 # Derived views, for the writers.

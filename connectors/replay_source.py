@@ -30,6 +30,7 @@ from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from connectors.disorder import DisorderHook
 from connectors.placement import Placement, hello_items
 from state.batches import Hello, RawBatch, Tick
 from state.events import BASE_TYPES
@@ -70,10 +71,12 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         tick_name: str = "",
         place: int = 0,
         greet: Sequence[Item] = (),
+        on_disorder: DisorderHook | None = None,
     ) -> None:
         self._place = place  # the batches' partition: the file's index in the input list (orders equal events)
         self._greet = greet  # sent before the first lines (the cluster handshake), again after every restart
         self._tick_name = tick_name or source  # what its ticks call the partition (unique in the input)
+        self._on_disorder = on_disorder  # called per batch with its disorder (labelled by the place)
         self._types = types
         self._name = name  # what the position counts lines of (a file's name), checked when it is resumed
         self._realtime = realtime
@@ -120,6 +123,10 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             self._held = None
         now = wall_ms() if self._realtime else None
         self._awake = None
+        # Disorder against the newest time, from the validated one: a hostile future ts skews one batch at most.
+        measure = self._on_disorder is not None
+        newest = max_ts
+        behind: list[int] = []
         for raw in lines:
             raw = raw.rstrip(b"\r\n")
             t = ts_of_raw(raw)
@@ -140,6 +147,11 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
                 t = parsed_ts(raw)
             if t is not None and t > max_ts:
                 candidates.append((t, raw))
+            if measure and t is not None:
+                if t >= newest:
+                    newest = t
+                elif keep[s]:
+                    behind.append(newest - t)
             n += 1
             if n >= limit:
                 break
@@ -156,6 +168,9 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
             max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards, now_ms=live_now,
                                                   max_future_ms=self._max_future))
         self._max_ts = max_ts
+        if self._on_disorder is not None:
+            kept = sum(map(len, values))  # the others are in order (a line without a ts too: a dead letter)
+            self._on_disorder(self._source.partition(":")[0], self._place, kept - len(behind), behind)
         keys = self._keys
         src = self._source
         items: list[Item] = [(keys[s], RawBatch(src, self._place, values[s], offsets[s], s)) for s in range(shards)
@@ -316,15 +331,18 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
             (the shards' ``--max-future``); None in replay.
         hello: This process's settings, sent to the other processes of a cluster before the first lines.
+        on_disorder: Called once per batch with the disorder of its lines (see ``DisorderHook``).
     """
 
     def __init__(
         self, paths: list[Path], shards: int, batch_lines: int = 4096, types: Collection[str] = BASE_TYPES,
         placement: Placement | None = None, max_future_ms: int | None = None, hello: Hello | None = None,
+        on_disorder: DisorderHook | None = None,
     ) -> None:
         self._hello = hello
         self._types = types
         self._max_future = max_future_ms
+        self._on_disorder = on_disorder
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"input file not found: {', '.join(missing)}")
@@ -348,90 +366,8 @@ class JsonlFileSource(FixedPartitionedSource[Item, Position]):
         return _RawPartition(f"file:{path.name}", _open_file_at(path), start, self._shards, self._batch,
                              types=self._types, own=own, max_ts=max_ts, max_future_ms=self._max_future,
                              name=path.name, tick_name=self._tick_names[index], place=index,
-                             greet=hello_items(self._hello, self._placement, self._shards))
-
-
-class SimulatorSource(FixedPartitionedSource[Item, Position]):
-    """The built-in traffic simulator as an input, optionally paced.
-
-    One partition; in a cluster, one per process, each generating the whole (deterministic) stream and
-    keeping the shards of its own process.
-
-    Args:
-        make_lines: Factory of the simulator's serialised events (deterministic).
-        shards: Number of shards.
-        rate: Events per second of wall time, or None for as fast as possible.
-        realtime: Release each event only once the wall clock reaches its event time (live mode).
-        batch_lines: Lines per batch.
-        types: Event types the rule pack knows (for the tick's validity check).
-        placement: This process's place in the cluster (None: a single partition for the whole cluster).
-        max_future_ms: Live clock: how far ahead of the wall clock a line's time may be to move the ticks
-            (the shards' ``--max-future``); None in replay.
-        hello: This process's settings, sent to the other processes of a cluster before the first lines.
-        cluster: The cluster the hello goes to (default: ``placement``; live, the one partition reads for all).
-    """
-
-    def __init__(
-        self, make_lines: Callable[[], Iterator[bytes]], shards: int, rate: float | None = None,
-        batch_lines: int = 4096,
-        types: Collection[str] = BASE_TYPES,
-        placement: Placement | None = None,
-        realtime: bool = False,
-        max_ts: int = 0,
-        max_future_ms: int | None = None,
-        hello: Hello | None = None,
-        cluster: Placement | None = None,
-    ) -> None:
-        self._hello = hello
-        self._cluster = cluster or placement
-        self._types = types
-        self._max_future = max_future_ms
-        self._realtime = realtime
-        self._make = make_lines
-        self._shards = shards
-        self._rate = rate
-        self._batch = batch_lines
-        self._placement = placement
-
-    def list_parts(self) -> list[str]:
-        return [_part_name(0, self._placement)]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Position | None) -> _RawPartition:
-        def open_at(start: int) -> Iterator[bytes]:
-            for i, line in enumerate(self._make()):
-                if i >= start:
-                    yield line
-
-        _index, own = _part_of(for_part, self._placement, self._shards)
-        start, own, max_ts = _resume(resume_state, own, for_part)
-        pace = _Pacer(self._rate) if self._rate else None
-        return _RawPartition("simulator", open_at, start, self._shards, self._batch, pace,
-                             types=self._types, own=own, realtime=self._realtime, max_ts=max_ts,
-                             max_future_ms=self._max_future,
-                             greet=hello_items(self._hello, self._cluster, self._shards))
-
-
-class _Pacer:
-    """Allow ``rate`` lines per second of wall time since the partition started."""
-
-    def __init__(self, rate: float) -> None:
-        import time
-
-        self._rate = rate
-        self._clock = time.monotonic
-        self._t0 = time.monotonic()
-        self._sent0: int | None = None
-
-    def __call__(self, pos: int) -> float | None:
-        if self._sent0 is None:
-            self._sent0 = pos
-        allowed = (self._clock() - self._t0) * self._rate - (pos - self._sent0)
-        if allowed < 1:
-            import time
-
-            time.sleep(min(0.05, (1 - allowed) / self._rate))
-            return 0
-        return allowed
+                             greet=hello_items(self._hello, self._placement, self._shards),
+                             on_disorder=self._on_disorder)
 
 
 def file_paths(spec: str) -> list[Path]:

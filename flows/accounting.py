@@ -24,7 +24,6 @@ from flows.metrics import (
     GROUPS_DROPPED,
     INVALID,
     INVALID_LABELS,
-    KIND_LABELS,
     LATE,
     LATENCY,
     MOMENTS,
@@ -145,20 +144,20 @@ def record_shed(customers: int, pending_customers: int, pending_moments: int) ->
                 "(abandonments that will not fire); raise --max-customers (cx_shed_pending_moments_total)", n, m)
 
 
-def record_moment(rule: str, urgency: str, kind: str, latency_s: float, target_s: float | None = None) -> None:
+def record_moment(rule: str, urgency: str, latency_s: float, target_s: float | None = None) -> None:
     """Count one published moment and its detection latency (moments are rare next to events).
 
     Args:
         rule: Rule name of the configured pack (``<journey>.<kind>``); others count as ``other``.
         urgency: ``P1``…``P4``.
-        kind: Moment kind (``abandoned``, ``failed``, …).
         latency_s: Publish wall time minus the moment's due time (clamped at 0).
         target_s: The urgency's target; None uses the configured one (no target: not counted as within).
     """
     u = label(urgency, URGENCY_LABELS)
     latency_s = max(0.0, latency_s)
-    MOMENTS.labels(label(rule, RULE_LABELS), u).inc()
-    LATENCY.labels(label(kind, KIND_LABELS)).observe(latency_s)
+    rule_label = label(rule, RULE_LABELS)
+    MOMENTS.labels(rule_label, u).inc()
+    LATENCY.labels(rule_label, u).observe(latency_s)
     target = TARGETS_S.get(u) if target_s is None else target_s
     if target is not None and latency_s <= target:
         WITHIN_TARGET.labels(u).inc()
@@ -257,7 +256,7 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
         GROUPS_DROPPED.labels(label(rule, RULE_LABELS)).inc(n)
     record_shed(out.shed, out.shed_pending, out.shed_moments)
     for m in out.moments:
-        record_moment(m["rule"], m["urgency"], m["kind"], (now_ms - m["due_ts"]) / 1000)
+        record_moment(m["rule"], m["urgency"], (now_ms - m["due_ts"]) / 1000)
     if out.actions:
         decisions: dict[tuple[str, str, str], int] = {}
         for a in out.actions:

@@ -23,7 +23,7 @@ from flows.config import (
 )
 from flows.logs import setup_logging
 from flows.report_cli import cmd_report
-from state.rules import STAGES, RulePackError, describe_rule, load_rule_pack
+from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
 
 log = logging.getLogger("cx.cli")
 
@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
+    chk.add_argument("--simulate", action="store_true",
+                     help="also replay the simulator through the pack: per rule fired, sent, control, suppressed by "
+                          "reason; flags rules that never fire or never act")
+    chk.add_argument("--strict", action="store_true", help="with --simulate: exit 1 when a rule is flagged")
+    chk.add_argument("--customers", type=int, default=2_000, help="--simulate: simulated customers (default 2000)")
+    chk.add_argument("--minutes", type=float, default=240.0, help="--simulate: event-time minutes (default 240)")
+    chk.add_argument("--seed", type=int, default=7, help="--simulate: simulator seed (default 7)")
     return parser
 
 
@@ -312,7 +319,8 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
         how = "→".join(r.channels) or "(no channel)"
         print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
               + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")
-              + ("" if r.contact else "; not a customer contact (no caps)"))
+              + ("" if r.contact else "; not a customer contact (no caps)")
+              + ("; escalates past min_gap (caps still hold)" if r.escalate else ""))
     pol = pack.policy
     quiet = (f"{pol.quiet[0] // 60:02d}:{pol.quiet[0] % 60:02d}-{pol.quiet[1] // 60:02d}:{pol.quiet[1] % 60:02d} "
              f"({pol.timezone} unless events carry attrs.tz; {', '.join(sorted(pol.quiet_bypass)) or 'none'} "
@@ -324,6 +332,29 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
     print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
           f"at {pack.effect_confidence:.0%} confidence (valid at every look); retire below "
           f"{100 * pack.effect_min_uplift:g} points of uplift")
+    if a.strict and not a.simulate:
+        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
+    return _check_by_simulation(pack, a) if a.simulate else 0
+
+
+def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
+    from flows.rule_check import format_runs, simulate_rules
+
+    problem = simulation_problem(a.customers, a.minutes)
+    if problem:
+        raise ConfigError("--customers/--minutes", problem)
+    events, runs = simulate_rules(pack, a.customers, a.minutes, a.seed)
+    print(f"  simulated run: {a.customers} customers, {a.minutes:g} min (seed {a.seed}), {events} events; "
+          "decisions under the pack's own policy:")
+    print("\n".join(format_runs(runs)))
+    flagged = [r for r in runs if r.flag]
+    for r in flagged:
+        print(f"  rule {r.rule} {r.flag} on this traffic"
+              + (": check its parameters against the events it expects" if not r.fired
+                 else f": every moment is suppressed ({', '.join(sorted(r.suppressed))})"))
+    if flagged and a.strict:
+        print(f"check-rules --strict: {len(flagged)} of {len(runs)} rules never fire or never act", file=sys.stderr)
+        return 1
     return 0
 
 

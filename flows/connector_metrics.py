@@ -3,11 +3,15 @@ offset resets; and the hooks the connectors call (they take callbacks, so connec
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
 from flows.metrics import (
     CONSUMER_LAG,
+    DISORDER_BUCKETS,
+    DISORDER_INPUTS,
+    EVENT_DISORDER,
     INPUT_UP,
     KAFKA_CLIENTS,
     KAFKA_ERRORS,
@@ -27,6 +31,7 @@ from flows.metrics import (
 )
 
 _MAX_PARTITION = 4096
+_DISORDER_BOUNDS_MS = [round(b * 1000) for b in DISORDER_BUCKETS]
 
 
 def record_sink_batch(sink: str, rows: int, seconds: float) -> None:
@@ -181,6 +186,41 @@ def consumer_lag_hook() -> Callable[[str, int, int], None]:
         The callback.
     """
     return set_consumer_lag
+
+
+def record_disorder(source: str, partition: int, in_order: int, behind_ms: list[int]) -> None:
+    """Record how far behind its partition's newest event time each event of one source batch arrived.
+
+    Args:
+        source: ``kafka:<topic>``, ``file`` or ``simulator`` (others count as ``other``).
+        partition: The Kafka partition or the input file's index.
+        in_order: Events at or past the newest time seen (disorder 0).
+        behind_ms: How far behind it each other event came, in ms.
+    """
+    if not in_order and not behind_ms:
+        return
+    kind, _, topic = source.partition(":")
+    name = label(topic, TOPIC_LABELS) if kind == "kafka" else label(kind, DISORDER_INPUTS)
+    child = EVENT_DISORDER.labels(name, str(partition) if 0 <= partition < _MAX_PARTITION else OTHER)
+    counts = [0] * (len(_DISORDER_BOUNDS_MS) + 1)
+    counts[0] = in_order
+    for d in behind_ms:
+        counts[bisect_left(_DISORDER_BOUNDS_MS, d)] += 1
+    # prometheus_client observes one value at a time (a lock each): a batch adds its bucket counts at once to
+    # the child's per-bucket values, as observe() itself does.
+    for i, n in enumerate(counts):
+        if n:
+            child._buckets[i].inc(n)
+    child._sum.inc(sum(behind_ms) / 1000)
+
+
+def disorder_hook() -> Callable[[str, int, int, list[int]], None]:
+    """Return an ``on_disorder(source, partition, in_order, behind_ms)`` callback for the sources.
+
+    Returns:
+        The callback.
+    """
+    return record_disorder
 
 
 def kafka_error_hook() -> Callable[[str, Any], None]:

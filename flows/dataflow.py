@@ -11,9 +11,11 @@ import orjson
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from connectors.disorder import DisorderHook
 from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
-from connectors.replay_source import JsonlFileSource, SimulatorSource, file_partition_names, file_paths
+from connectors.replay_source import JsonlFileSource, file_partition_names, file_paths
+from connectors.simulator_source import SimulatorSource
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
 from flows.sink import PipelineSink, Writer
@@ -70,18 +72,28 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack) -> Hello | None:
     return Hello(cfg.process_id or 0, tuple(settings))
 
 
+def _disorder_hook(cfg: PipelineConfig) -> DisorderHook | None:
+    # Measured only where it is exported: without metrics the sources skip the per-line work.
+    if cfg.metrics_port is None:
+        return None
+    from flows import connector_metrics
+
+    return connector_metrics.disorder_hook()
+
+
 def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
         return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types,
                                placement=placement_of(cfg), max_future_ms=cfg.max_future_ms if cfg.live else None,
-                               hello=cluster_hello(cfg, pack))
+                               hello=cluster_hello(cfg, pack), on_disorder=_disorder_hook(cfg))
     if cfg.source == "simulator":
         # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
                                placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
                                max_future_ms=cfg.max_future_ms if cfg.live else None,
-                               hello=cluster_hello(cfg, pack), cluster=placement_of(cfg))
+                               hello=cluster_hello(cfg, pack), cluster=placement_of(cfg),
+                               on_disorder=_disorder_hook(cfg))
     if cfg.source == "kafka":
         from connectors.kafka.config import kafka_config, on_kafka_error
         from connectors.kafka.source import KafkaRawSource
@@ -101,6 +113,7 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             types=pack.types,
             feedback_topics=[cfg.kafka_topics["feedback"]],
             ticks=cfg.kafka_stop_at_end and not cfg.live,
+            on_disorder=_disorder_hook(cfg),
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 

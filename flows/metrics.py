@@ -2,7 +2,7 @@
 
 Metric names are a contract with ``infra/grafana`` and ``infra/prometheus`` (checked by
 ``tests/unit/test_infra_files.py``). Every label value comes from a bounded set: channels,
-event types, reason codes, the rule pack's rule names, urgencies, moment kinds, sink names,
+event types, reason codes, the rule pack's rule names, urgencies, sink names,
 topics. A value outside its set is exported as ``"other"``, so nothing a customer sends (and
 never a customer id) can become a label value.
 
@@ -29,10 +29,9 @@ from prometheus_client import (
 
 from connectors.records import DEFAULT_TOPICS
 from state.events import BASE_TYPES, CHANNELS, InvalidReason
-from state.generic.schema import KINDS as GENERIC_KINDS
-from state.policy import HOLDOUT
+from state.policy import ESCALATED, HOLDOUT
 from state.policy import REASONS as POLICY_REASONS
-from state.rules import KINDS, URGENCIES
+from state.rules import URGENCIES
 
 if TYPE_CHECKING:
     from state.rules import RulePack
@@ -53,6 +52,8 @@ _RUNTIME = (
 # design target and twice that, so p99 > 60 s is still measurable.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 90, 120)
 LAG_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Disorder: 0 is "in order"; fine around the 30 s default lateness, to an hour.
+DISORDER_BUCKETS = (0, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800, 3600)
 SINK_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SINK_ROWS_BUCKETS = (1, 10, 100, 1000, 5000, 20000, 100000)
 SNAPSHOT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -73,8 +74,8 @@ TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new st
 TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
 CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)
 EVICTED = Counter("cx_customers_evicted_total", "Customers whose idle state was dropped", registry=_R)
-LATENCY = Histogram("cx_detection_latency_seconds", "Publish wall time minus moment due time", ["kind"],
-                    buckets=LATENCY_BUCKETS, registry=_R)
+LATENCY = Histogram("cx_detection_latency_seconds", "Publish wall time minus moment due time, by rule",
+                    ["rule", "urgency"], buckets=LATENCY_BUCKETS, registry=_R)
 WITHIN_TARGET = Counter("cx_detection_within_target_total",
                         "Moments published within their urgency's latency target (divide by cx_moments_total)",
                         ["urgency"], registry=_R)
@@ -82,6 +83,10 @@ TARGET = Gauge("cx_detection_target_seconds", "Detection latency target per urge
                registry=_R)
 EVENT_LAG = Histogram("cx_event_lag_seconds", "Ingest wall time minus event time (newest event of each batch)",
                       buckets=LAG_BUCKETS, registry=_R)
+EVENT_DISORDER = Histogram("cx_event_disorder_seconds",
+                           "How far behind the newest event time of its input partition each event arrives "
+                           "(0: in order); choose --lateness from its upper quantiles", ["input", "partition"],
+                           buckets=DISORDER_BUCKETS, registry=_R)
 WATERMARK_LAG = Gauge("cx_watermark_lag_seconds", "Wall time at scrape minus the newest shard watermark",
                       registry=_R)
 SINK_SECONDS = Histogram("cx_sink_batch_seconds", "Sink batch write time", ["sink"], buckets=SINK_SECONDS_BUCKETS,
@@ -118,14 +123,15 @@ OUTPUT_REFUSED = Counter("cx_output_refused_total",
 OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
                         "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS)  # type: ignore[assignment]  # a longer tuple, same use
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER)  # type: ignore[assignment]  # a longer tuple, same use
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})
-ACTION_REASONS = frozenset({"none", HOLDOUT, *POLICY_REASONS})
+ACTION_REASONS = frozenset({"none", HOLDOUT, ESCALATED, *POLICY_REASONS})
 TAG_STATES = frozenset({"open", "actioned", "resolved", "expired", "removed"})
 SINKS = frozenset({"clickhouse", "kafka", "jsonl"})
 KAFKA_CLIENTS = frozenset({"consumer", "producer", "admin"})
+DISORDER_INPUTS = frozenset({"file", "simulator"})  # and the Kafka topics
 _TOPICS_DEFAULT = frozenset(DEFAULT_TOPICS.values())
 _MAX_PARTITION = 4096
 
@@ -133,7 +139,6 @@ _lock = threading.Lock()  # guards the admitted label sets
 CHANNEL_LABELS = frozenset(CHANNELS)
 TYPE_LABELS: set[str] = set(BASE_TYPES)
 INVALID_LABELS = frozenset(r.value for r in InvalidReason)
-KIND_LABELS = frozenset((*KINDS, *GENERIC_KINDS))
 URGENCY_LABELS = frozenset(URGENCIES)
 RULE_LABELS: set[str] = set()
 ACTION_REASON_LABELS: set[str] = set(ACTION_REASONS)
@@ -172,6 +177,19 @@ def configure(
     if pack is not None:
         for urgency, ms in pack.latency_targets_ms.items():
             set_detection_target(urgency, ms / 1000)
+        _zero_series(pack)
+
+
+def _zero_series(pack: RulePack) -> None:
+    # Series exist at 0 from start-up for every rule and urgency of the pack: a ratio over a series that
+    # appears only at its first increment is empty, so "0 % of P1 within target" could never alert.
+    for r in pack.rules:
+        rule, u = label(r.name, RULE_LABELS), label(r.urgency, URGENCY_LABELS)
+        MOMENTS.labels(rule, u)
+        LATENCY.labels(rule, u)
+        WITHIN_TARGET.labels(u)
+    for urgency in pack.latency_targets_ms:
+        WITHIN_TARGET.labels(label(urgency, URGENCY_LABELS))
 
 
 def set_latency_targets(pack: RulePack) -> None:

@@ -169,6 +169,35 @@ class BatchContext:
             "version": max(ts, a.last_ts) * 4 + _STATUS_RANK[status],
         }
 
+    def late(self, ev: Event, watermark: int, source: str, partition: int, offset: int) -> None:
+        """Count and record an event that arrived behind the watermark (the shard applies it all the same).
+
+        Args:
+            ev: The event.
+            watermark: The watermark it is behind (event time, epoch ms).
+            source: Input name, e.g. ``kafka:cx.events``.
+            partition: Source partition.
+            offset: Position in the partition (-1: unknown).
+        """
+        out = self.out
+        out.late += 1
+        out.late_events.append(
+            {
+                "schema": 1,
+                "event_id": ev.event_id,
+                "customer_id": ev.customer_id,
+                "channel": ev.channel,
+                "type": ev.type,
+                "ts": ev.ts_ms,
+                "watermark": watermark,
+                "late_ms": watermark - ev.ts_ms,
+                "source": source,
+                "partition": partition,
+                "offset": offset,
+                "received_at": self.now_ms(),
+            }
+        )
+
     def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
         """Emit a journey step row (first arrival at a step in an attempt)."""
         self.out.steps.append(

@@ -84,6 +84,7 @@ class Outputs:
         "dead",
         "context",
         "feedback",
+        "late_events",
         "events",
         "invalid",
         "late",
@@ -109,6 +110,7 @@ class Outputs:
         self.dead: list[dict[str, Any]] = []
         self.context: list[dict[str, Any]] = []
         self.feedback: list[dict[str, Any]] = []
+        self.late_events: list[dict[str, Any]] = []  # events applied behind the watermark (also counted in `late`)
         self.events: dict[tuple[str, str], int] = {}  # (channel, type) -> count
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
@@ -138,10 +140,11 @@ class Outputs:
             ("dead_letter", self.dead),
             ("context", self.context),
             ("feedback", self.feedback),
+            ("late", self.late_events),
         )
         return [(k, rows) for k, rows in pairs if rows]
 
     def __bool__(self) -> bool:
         return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
-                    or self.feedback or self.events or self.invalid or self.late or self.evicted
+                    or self.feedback or self.late_events or self.events or self.invalid or self.late or self.evicted
                     or self.urgent_early or self.urgent_reordered)

@@ -25,6 +25,8 @@ CONTROL: Final = "control"
 REASONS: Final = ("stale", "journey_completed", "stage", "outranked", "quiet_hours", "min_gap", "daily_cap",
                   "weekly_cap", "channel_cap", "no_channel")
 HOLDOUT: Final = "holdout"
+# The reason of a sent action that broke min_gap (its rule has ``escalate = true``).
+ESCALATED: Final = "escalated"
 NOT_CHOSEN: Final = "not_chosen"
 _URGENCY_RANK: Final = {"P1": 0, "P2": 1, "P3": 2, "P4": 3}
 _DAY_MS: Final = 86_400_000
@@ -150,8 +152,8 @@ def evaluate(
         acted_now: Whether a more urgent moment of this customer was acted on at this instant.
 
     Returns:
-        ``(status, reason, channel, suppressed_channels)``: status ``sent`` or ``suppressed``;
-        suppressed channels as ``"channel:reason"``.
+        ``(status, reason, channel, suppressed_channels)``: status ``sent`` or ``suppressed``; a sent one has no
+        reason, or ``escalated`` when its rule broke ``min_gap``; suppressed channels as ``"channel:reason"``.
     """
     if lag_ms > rule.act_within_ms:
         return SUPPRESSED, "stale", "", []
@@ -170,12 +172,22 @@ def evaluate(
         return SUPPRESSED, "outranked", "", []
     if rule.urgency not in policy.quiet_bypass and is_quiet(policy, due_ms, contact.tz if contact else None):
         return SUPPRESSED, "quiet_hours", "", []
+    escalated = False
     if policy.min_gap_ms and _near(sends, due_ms, policy.min_gap_ms):
-        return SUPPRESSED, "min_gap", "", []
+        if not rule.escalate:
+            return SUPPRESSED, "min_gap", "", []
+        escalated = True
     if policy.max_per_day and _near(sends, due_ms, _DAY_MS) >= policy.max_per_day:
         return SUPPRESSED, "daily_cap", "", []
     if policy.max_per_week and _near(sends, due_ms, _WEEK_MS) >= policy.max_per_week:
         return SUPPRESSED, "weekly_cap", "", []
+    status, reason, channel, skipped = _pick_channel(policy, rule, sends, due_ms)
+    return status, ESCALATED if escalated and status == SENT else reason, channel, skipped
+
+
+def _pick_channel(policy: Policy, rule: MomentRule, sends: list[tuple[int, str]],
+                  due_ms: int) -> tuple[str, str, str, list[str]]:
+    # The first of the rule's channels under its daily channel cap.
     if not rule.channels:
         return SUPPRESSED, "no_channel", "", []
     skipped: list[str] = []

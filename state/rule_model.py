@@ -113,6 +113,9 @@ class MomentRule:
     holdout: float = 0.0
     stages: frozenset[int] = frozenset()
     contact: bool = True
+    # Escalation (issue 13): the rule's moment is itself a more urgent or repeated problem (the third failure),
+    # so it may be sent within min_gap of an earlier action; the daily, weekly and channel caps still hold.
+    escalate: bool = False
     # A generic kind (count, distinct, absence, sequence; DESIGN.md §8): the compiled rule, its bit in
     # ``Attempt.fired`` and how far back or ahead it looks (windows, idle, unless_within).
     generic: GenericRule | None = field(default=None, compare=False)

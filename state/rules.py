@@ -74,7 +74,7 @@ class _Problems:
 
 
 _COMMON: Final = {"kind", "urgency", "action", "ttl", "journeys", "channels", "act_within", "holdout", "stages",
-                   "contact"}
+                   "contact", "escalate"}
 
 
 def load_rule_pack(path: str | Path | None = None) -> RulePack:

@@ -128,6 +128,12 @@ def rule_policy(path: str, where: str, m: dict[str, Any], defaults: dict[str, An
     contact = m.get("contact", True)
     if not isinstance(contact, bool):
         raise RulePackError(path, f"{where}.contact", f"must be true or false, got {contact!r}")
+    escalate = m.get("escalate", False)
+    if not isinstance(escalate, bool):
+        raise RulePackError(path, f"{where}.escalate", f"must be true or false, got {escalate!r}")
+    if escalate and not contact:
+        raise RulePackError(path, f"{where}.escalate", "only a rule that contacts the customer (contact = true) "
+                            "can escalate past min_gap")
     return {
         "channels": channels,
         "act_within_ms": (duration(path, f"{where}.act_within", m["act_within"]) if "act_within" in m
@@ -135,6 +141,7 @@ def rule_policy(path: str, where: str, m: dict[str, Any], defaults: dict[str, An
         "holdout": fraction(path, f"{where}.holdout", m["holdout"]) if "holdout" in m else defaults["holdout"],
         "stages": stages,
         "contact": contact,
+        "escalate": escalate,
     }
 
 

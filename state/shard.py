@@ -139,7 +139,6 @@ class Shard:
             return
         types = self.pack.types
         now = self.now_ms() if self.live else None
-        out = self.ctx.out
         held = self.held
         append = held.queue.append
         # Partitioned replay: the ticks alone move the watermark, so an event never does (an unreachable lateness).
@@ -182,7 +181,7 @@ class Shard:
                 # Rare: bring the state to where per-event processing would have it, then apply the straggler.
                 self.max_ts = max_ts
                 self.advance(wm)
-                out.late += 1
+                self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
                 self._apply(ev)
                 continue
             if ts > max_ts:

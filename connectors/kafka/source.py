@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -20,6 +21,9 @@ from connectors.kafka.errors import UNDECODABLE
 from state.batches import RawBatch, Tick
 from state.events import BASE_TYPES
 from state.routing import shard_of_raw, tracked_ts, validated_max_ts
+
+if TYPE_CHECKING:
+    from connectors.disorder import DisorderHook
 
 log = logging.getLogger("cx.kafka")
 
@@ -57,7 +61,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0,
-                 clock: bool = True, ticks: bool = False) -> None:
+                 clock: bool = True, ticks: bool = False, on_disorder: DisorderHook | None = None) -> None:
         self._final_tick = final_tick and stop_at_end
         # A replay's event partitions tick after every batch: the shards' watermarks follow the slowest one.
         self._ticks = ticks and clock
@@ -67,6 +71,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._track = (self._final_tick or self._ticks) and clock
         self._types = types
         self._max_ts = max_ts
+        # Disorder of event partitions: the newest valid event time read, which each message is measured against.
+        self._on_disorder = on_disorder if clock else None
+        self._newest = max_ts
         self._consumer = Consumer(consumer_conf(conf))
         self._topic = topic
         self._part = partition
@@ -116,6 +123,9 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         values: dict[int, list[bytes]] = {}
         offsets: dict[int, list[int]] = {}
         track = self._track
+        measure = self._on_disorder is not None
+        newest = self._newest
+        behind: list[int] = []
         candidates: list[tuple[int, bytes]] = []
         max_ts = self._max_ts
         skipped: list[tuple[int, str]] = []
@@ -138,10 +148,15 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             raw = m.value() or b""
             off: int = m.offset()  # type: ignore[assignment]  # None only on error events, skipped above
             s = shard_of_raw(raw, shards)
-            if track:
+            if track or measure:
                 t = tracked_ts(raw)
-                if t is not None and t > max_ts:
-                    candidates.append((t, raw))
+                if t is not None:
+                    if t > max_ts:
+                        candidates.append((t, raw))
+                    if t < newest:
+                        behind.append(newest - t)
+                    else:
+                        newest = t
             vs = values.get(s)
             if vs is None:
                 values[s] = [raw]
@@ -160,7 +175,13 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             items.append((self._keys[0], RawBatch(self._source, self._part, [], [], 0, tuple(skipped))))
         if candidates:
             # Only a line its shard accepts (valid, same ts, routed to its own customer's shard) moves the clock.
-            self._max_ts = max(max_ts, validated_max_ts(candidates, self._types, shards=shards))
+            valid = validated_max_ts(candidates, self._types, shards=shards)
+            if track:
+                self._max_ts = max(max_ts, valid)
+            self._newest = max(self._newest, valid)
+        if self._on_disorder is not None:
+            # Every other message counts as in order (one without a ts too: it is dead-lettered anyway).
+            self._on_disorder(self._source, self._part, sum(map(len, values.values())) - len(behind), behind)
         if self._final_tick and self._eof:
             # The partition's end in a replay: every shard (in every process: the exchange routes by key)
             # hears its largest valid event time, and flushes to the whole input's largest at end of input.
@@ -332,6 +353,7 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
         feedback_topics: Topics whose messages are feedback, not events: they never move the final tick's time.
         ticks: A replay: after every batch, send every shard a ``Tick`` with the partition's largest valid event
             time so far (feedback partitions do not tick), which the shards' watermarks follow.
+        on_disorder: Called once per batch of an event partition with its messages' disorder (``DisorderHook``).
     """
 
     def __init__(self, conf: dict[str, str], topics: str | list[str], shards: int, *, create_topics: bool = True,
@@ -340,7 +362,9 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                  on_error: Callable[[str, int, KafkaError], None] | None = None,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES,
-                 feedback_topics: Collection[str] = (), ticks: bool = False) -> None:
+                 feedback_topics: Collection[str] = (), ticks: bool = False,
+                 on_disorder: DisorderHook | None = None) -> None:
+        self._on_disorder = on_disorder
         self._ticks = ticks
         self._final_tick = final_tick
         self._feedback = frozenset(feedback_topics)
@@ -370,4 +394,5 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                                self._on_lag, self._on_error, lag_interval_s=self._lag_interval,
                                on_reset=self._on_reset,
                                final_tick=self._final_tick, types=self._types, max_ts=max_ts,
-                               clock=topic not in self._feedback, ticks=self._ticks)
+                               clock=topic not in self._feedback, ticks=self._ticks,
+                               on_disorder=self._on_disorder)

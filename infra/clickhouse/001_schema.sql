@@ -135,3 +135,23 @@ CREATE TABLE IF NOT EXISTS feedback
 ENGINE = ReplacingMergeTree
 ORDER BY (moment_id, outcome, ts)
 SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Events applied behind the watermark (`late` records): an event replayed after a restart is the same row.
+CREATE TABLE IF NOT EXISTS late_events
+(
+    schema UInt8,
+    event_id String,
+    customer_id String,
+    channel LowCardinality(String),
+    type LowCardinality(String),
+    ts Int64,
+    watermark Int64,
+    late_ms Int64,
+    source LowCardinality(String),
+    partition Int32,
+    offset Int64,
+    received_at Int64
+)
+ENGINE = ReplacingMergeTree
+ORDER BY (customer_id, event_id)
+SETTINGS non_replicated_deduplication_window = 1000;

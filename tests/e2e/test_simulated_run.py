@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,19 @@ def test_html_report_renders_charts_with_the_stored_numbers(simulated_run: dict[
     assert set(parser.charts["cart: drop-off at key steps"]) == {"checkout", "payment"}
     assert parser.charts["cart: abandonments per 100 key-step arrivals, by entry point"]
     assert sum(parser.charts["Moments per hour (due time, UTC)"].values()) == sum(by_rule.values())
+
+
+def test_stuck_acts_under_the_default_pack_by_escalating_past_min_gap(simulated_run: dict[str, object]) -> None:
+    work, dsn = simulated_run["work"], simulated_run["dsn"]
+    assert isinstance(work, Path)
+    assert isinstance(dsn, str)
+    report = _moments("report", "rules", "--clickhouse", dsn, "--json", cwd=work)
+    assert report.returncode == 0, report.stderr
+    stuck = {r["rule"]: r for r in json.loads(report.stdout)["rules"] if r["rule"].endswith(".stuck")}
+    assert set(stuck) == {"cart.stuck", "5g_upgrade.stuck"}
+    for r in stuck.values():
+        # Before escalation every one of them was suppressed by the min_gap the `failed` action opened.
+        assert r["sent"] > 0, r
+        assert r["sent"] + r["control"] > r["suppressed"], r
+    escalated = query(dsn, "SELECT count() FROM actions FINAL WHERE endsWith(rule, '.stuck') AND reason = 'escalated'")
+    assert escalated[0][0] > 0

@@ -52,6 +52,9 @@ RECORDS: dict[str, dict[str, Any]] = {
                "suppressed_channels": ["sms:quiet_hours", "email:min_gap"], "due_ts": T0 + 600_000, "send_ts": 0,
                "detected_at": T0 + 600_100},
     "feedback": {"schema": 1, "moment_id": "m-1", "customer_id": "c1", "outcome": "converted", "ts": T0 + 900_000},
+    "late": {"schema": 1, "event_id": "e9", "customer_id": "c1", "channel": "web", "type": "fail", "ts": T0 + 1_000,
+             "watermark": T0 + 50_000, "late_ms": 49_000, "source": "kafka:cx.events", "partition": 3,
+             "offset": 12345678901, "received_at": T0 + 80_000},
 }
 
 
@@ -185,7 +188,7 @@ def test_schema_is_created_idempotently_with_every_table(dsn: str, reader: Any) 
     assert engines == {
         "moments": "ReplacingMergeTree", "customer_tags": "ReplacingMergeTree", "journey_states": "ReplacingMergeTree",
         "journey_steps": "ReplacingMergeTree", "actions": "ReplacingMergeTree", "feedback": "ReplacingMergeTree",
-        "dead_letters": "MergeTree",
+        "dead_letters": "MergeTree", "late_events": "ReplacingMergeTree",
         # Derived, for `moments report rules` (002_effectiveness.sql): not written by the sink.
         "tag_history": "ReplacingMergeTree", "tag_history_mv": "MaterializedView", "rule_outcomes": "View",
     }

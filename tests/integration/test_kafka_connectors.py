@@ -234,6 +234,31 @@ def test_a_resumed_replay_partitions_final_tick_covers_what_was_read_before_the_
     assert old.snapshot() == (31, 1_700_000_000_000 + 29)
 
 
+def test_a_live_partition_reports_how_far_behind_its_newest_time_each_message_came(kafka: str) -> None:
+    topic = unique("cx.events")
+    create_topics(kafka, [topic], partitions=1)
+    t0 = 1_700_000_000_000
+    # Offsets (ms) of one partition's messages: 3 in order, then 1.5 s and 2.5 s behind the newest, then in order.
+    times = [0, 1_000, 4_000, 2_500, 1_500, 5_000]
+    produce_lines(kafka, topic, [orjson.dumps({"event_id": f"e{i}", "customer_id": "cust-1", "ts": t0 + t,
+                                               "channel": "app", "type": "view"}) for i, t in enumerate(times)])
+    calls: list[tuple[str, int, int, list[int]]] = []
+    source = KafkaRawSource({"bootstrap.servers": kafka}, topic, 2, create_topics=False, batch_size=2,
+                            stop_at_end=True, on_disorder=lambda *a: calls.append(a))  # type: ignore[arg-type]
+    part = source.build_part("inp", f"{topic}:0", None)
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            part.next_batch()
+    except StopIteration:
+        pass
+    finally:
+        part.close()
+    assert sum(n for _s, _p, n, _b in calls) == 4
+    assert [d for _s, _p, _n, b in calls for d in b] == [1_500, 2_500]
+    assert {(s, p) for s, p, _n, _b in calls} == {(f"kafka:{topic}", 0)}
+
+
 def test_source_fails_naming_topic_and_broker_when_the_topic_is_missing(kafka: str) -> None:
     topic = unique("cx.absent")
     source = KafkaRawSource({"bootstrap.servers": kafka}, topic, 2, create_topics=False, stop_at_end=True)

@@ -102,6 +102,8 @@ def test_prometheus_scrape_matches_events_dead_letters_and_moments(kafka: str, t
         assert scraped["cx_invalid_events_total"] == len(dead) == 3
         assert scraped["cx_moments_total"] == len(moments) > 0
         assert scraped["cx_detection_latency_seconds_count"] == len(moments)
+        # Every message of the event topic's partitions is measured for disorder (the undecodable ones as in order).
+        assert scraped["cx_event_disorder_seconds_count"] == len(events) + 3
         # One contact-policy decision per moment, counted by status and reason.
         actions = read_jsonl(out / "actions.jsonl")
         assert scraped["cx_actions_total"] == len(actions) == len(moments)

@@ -10,7 +10,8 @@ import pytest
 from bytewax.operators import StatefulBatchLogic
 
 from connectors.placement import Placement, hello_items
-from connectors.replay_source import JsonlFileSource, SimulatorSource
+from connectors.replay_source import JsonlFileSource
+from connectors.simulator_source import SimulatorSource
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig
 from flows.dataflow import cluster_hello

@@ -72,6 +72,7 @@ def emitted() -> dict[str, list[dict[str, Any]]]:
         ev("k1", 3 * MIN, "contact", channel="call_center", journey=None),
         ev("v1", 4 * MIN, "view", step="product"),  # a duplicate id
         ev("x", 60 * MIN, journey=None, customer="c2"),  # time passes
+        ev("l1", 10 * MIN, journey=None, customer="c3"),  # behind the watermark: late
     ]
     lines = [*raws(events), b"not json"]
     first = process(sh, [RawBatch("file:t.jsonl", 0, lines, list(range(len(lines))))])

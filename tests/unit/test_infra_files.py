@@ -31,7 +31,8 @@ DASHBOARD = GRAFANA / "dashboards" / "cx-moments.json"
 
 # DESIGN.md §5: the canonical names.
 TOPICS = {"cx.events", "cx.moments", "cx.actions", "cx.tags", "cx.context", "cx.deadletter", "cx.feedback"}
-TABLE_NAMES = {"moments", "customer_tags", "journey_states", "actions", "journey_steps", "dead_letters", "feedback"}
+TABLE_NAMES = {"moments", "customer_tags", "journey_states", "actions", "journey_steps", "dead_letters", "feedback",
+               "late_events"}
 # Derived from those by the schema (materialized view target), never written by the sink.
 DERIVED_TABLES = {"tag_history"}
 CLUSTER_PORT = 7000
@@ -362,7 +363,8 @@ def test_dashboard_covers_the_pipeline_and_uses_the_provisioned_datasource() -> 
     queried = {m for e in _dashboard_exprs() for m in _METRIC.findall(e)}
     for name in ("cx_events_total", "cx_invalid_events_total", "cx_moments_total",
                  "cx_detection_latency_seconds_bucket", "cx_detection_within_target_total",
-                 "cx_event_lag_seconds_bucket", "cx_watermark_lag_seconds", "cx_sink_batch_seconds_bucket",
+                 "cx_event_lag_seconds_bucket", "cx_event_disorder_seconds_bucket", "cx_watermark_lag_seconds",
+                 "cx_sink_batch_seconds_bucket",
                  "cx_sink_retries_total", "cx_sink_errors_total", "cx_kafka_consumer_lag", "cx_customers_tracked",
                  "process_cpu_seconds_total", "process_resident_memory_bytes"):
         assert name in queried, f"the dashboard shows {name}"

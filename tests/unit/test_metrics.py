@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -76,7 +79,7 @@ def test_metrics_endpoint_serves_counters_recorded_from_a_detection_batch(base_u
     assert status == 200
     assert 'cx_moments_total{rule="cart.failed",urgency="P1"}' in body
     assert 'cx_invalid_events_total{reason="not_json"}' in body
-    assert 'cx_detection_latency_seconds_bucket{kind="failed",le="2.0"}' in body
+    assert 'cx_detection_latency_seconds_bucket{le="2.0",rule="cart.failed",urgency="P1"}' in body
     assert "process_resident_memory_bytes" in body
     assert "secret-customer-42" not in body
 
@@ -150,7 +153,7 @@ def test_dead_letter_codes_are_counted_by_reason_without_the_field() -> None:
 def test_no_label_value_is_a_customer_id_passed_through_the_api() -> None:
     accounting.record_events({(CUSTOMER, "view"): 1, ("app", CUSTOMER): 1})
     accounting.record_invalid({CUSTOMER: 1})
-    accounting.record_moment(CUSTOMER, CUSTOMER, CUSTOMER, 1.0)
+    accounting.record_moment(CUSTOMER, CUSTOMER, 1.0)
     accounting.record_actions({(CUSTOMER, CUSTOMER, CUSTOMER): 1})
     accounting.record_tag_transitions({CUSTOMER: 1})
     connector_metrics.record_sink_batch(CUSTOMER, 10, 0.1)
@@ -173,8 +176,8 @@ def test_a_rule_pack_admits_its_rule_names_and_exports_its_targets() -> None:
     within = _value("cx_detection_within_target_total", urgency=rule.urgency)
     target = pack.latency_targets_ms[rule.urgency] / 1000
     assert _value("cx_detection_target_seconds", urgency=rule.urgency) == target
-    accounting.record_moment(rule.name, rule.urgency, rule.kind, target / 2)
-    accounting.record_moment(rule.name, rule.urgency, rule.kind, target * 2)
+    accounting.record_moment(rule.name, rule.urgency, target / 2)
+    accounting.record_moment(rule.name, rule.urgency, target * 2)
     assert _value("cx_moments_total", rule=rule.name, urgency=rule.urgency) == before + 2
     assert _value("cx_detection_within_target_total", urgency=rule.urgency) == within + 1
 
@@ -182,9 +185,9 @@ def test_a_rule_pack_admits_its_rule_names_and_exports_its_targets() -> None:
 def test_detection_latency_buckets_resolve_a_tenth_of_a_second_to_two_minutes() -> None:
     assert metrics.LATENCY_BUCKETS[0] == 0.1
     assert metrics.LATENCY_BUCKETS[-1] == 120
-    le_before = _value("cx_detection_latency_seconds_bucket", kind="maze", le="0.1")
-    accounting.record_moment("not-a-rule", "P2", "maze", 0.05)
-    assert _value("cx_detection_latency_seconds_bucket", kind="maze", le="0.1") == le_before + 1
+    le_before = _value("cx_detection_latency_seconds_bucket", rule="other", urgency="P2", le="0.1")
+    accounting.record_moment("not-a-rule", "P2", 0.05)
+    assert _value("cx_detection_latency_seconds_bucket", rule="other", urgency="P2", le="0.1") == le_before + 1
     assert metrics.LAG_BUCKETS[-1] == 3600
 
 
@@ -254,7 +257,7 @@ def test_observe_outputs_accounts_one_batch() -> None:
         "invalid": _value("cx_invalid_events_total", reason="bad_ts"),
         "late": _value("cx_late_events_total"),
         "moments": _value("cx_moments_total", rule=rule.name, urgency=rule.urgency),
-        "latency": _value("cx_detection_latency_seconds_count", kind=rule.kind),
+        "latency": _value("cx_detection_latency_seconds_count", rule=rule.name, urgency=rule.urgency),
         "lag": _value("cx_event_lag_seconds_count"),
     }
     accounting.observe_outputs("batch-shard", out, now_ms, pack)
@@ -262,7 +265,7 @@ def test_observe_outputs_accounts_one_batch() -> None:
     assert _value("cx_invalid_events_total", reason="bad_ts") == before["invalid"] + 1
     assert _value("cx_late_events_total") == before["late"] + 2
     assert _value("cx_moments_total", rule=rule.name, urgency=rule.urgency) == before["moments"] + 1
-    assert _value("cx_detection_latency_seconds_count", kind=rule.kind) == before["latency"] + 1
+    assert _value("cx_detection_latency_seconds_count", rule=rule.name, urgency=rule.urgency) == before["latency"] + 1
     assert _value("cx_event_lag_seconds_count") == before["lag"] + 1
 
 
@@ -281,3 +284,38 @@ def test_metric_names_cover_the_contract_in_the_forms_prometheus_stores() -> Non
     assert contract <= names
     # A counter's family name without _total is not a series: dashboards must not use it.
     assert "cx_events" not in names
+
+
+def test_a_configured_pack_exports_its_latency_series_at_zero_before_any_moment() -> None:
+    # A fresh process (this one's registry already counted moments): the scrape right after start-up.
+    script = ("from flows import metrics; from state.rules import load_rule_pack; "
+              "from prometheus_client import generate_latest; metrics.configure(load_rule_pack()); "
+              "print(generate_latest(metrics.REGISTRY).decode())")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True,
+                          cwd=Path(__file__).resolve().parents[2])
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(proc.stdout) for s in fam.samples}
+    pack = load_rule_pack()
+    for urgency in {r.urgency for r in pack.rules} | set(pack.latency_targets_ms):
+        assert samples[("cx_detection_within_target_total", (("urgency", urgency),))] == 0
+    for r in pack.rules:
+        assert samples[("cx_moments_total", (("rule", r.name), ("urgency", r.urgency)))] == 0
+        assert samples[("cx_detection_latency_seconds_count", (("rule", r.name), ("urgency", r.urgency)))] == 0
+
+
+def test_disorder_of_a_batch_lands_in_its_buckets_by_input_and_partition() -> None:
+    def bucket(le: str) -> float:
+        return _value("cx_event_disorder_seconds_bucket", input="cx.events", partition="2", le=le)
+
+    before = {le: bucket(le) for le in ("0.0", "0.5", "3.0", "30.0", "+Inf")}
+    count = _value("cx_event_disorder_seconds_count", input="cx.events", partition="2")
+    connector_metrics.record_disorder("kafka:cx.events", 2, 5, [500, 2_500, 3_000, 45_000])
+    assert bucket("0.0") == before["0.0"] + 5
+    assert bucket("0.5") == before["0.5"] + 6  # 0.5 s is within le="0.5"
+    assert bucket("3.0") == before["3.0"] + 8
+    assert bucket("30.0") == before["30.0"] + 8
+    assert bucket("+Inf") == before["+Inf"] + 9
+    assert _value("cx_event_disorder_seconds_count", input="cx.events", partition="2") == count + 9
+    # A topic or input not admitted, and a partition beyond the bound, are `other`.
+    connector_metrics.record_disorder("kafka:" + CUSTOMER, 99_999, 1, [])
+    assert _value("cx_event_disorder_seconds_count", input="other", partition="other") >= 1

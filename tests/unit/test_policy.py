@@ -260,3 +260,44 @@ def test_policy_changes_keep_the_snapshot_fingerprint_but_rule_changes_do_not() 
     assert pack_with({"max_per_day": 9}).fingerprint() == base.fingerprint()
     assert pack_with(failed={"holdout": 0.3}).fingerprint() == base.fingerprint()
     assert pack_with(abandoned={"idle": "11m"}).fingerprint() != base.fingerprint()
+
+
+# -- escalation ----------------------------------------------------------------------------------------
+def _three_fails(customer: str = "c1") -> list[dict[str, Any]]:
+    return [_fail("f1", 0, customer=customer), _fail("f2", 5 * MIN, customer=customer),
+            _fail("f3", 10 * MIN, customer=customer)]
+
+
+def test_stuck_escalates_past_min_gap_after_the_failed_action_in_the_default_pack() -> None:
+    out = run(_three_fails(), pack=pack_with())
+    assert decisions(out) == [("cart.failed", "sent", "", "outbound_call"),
+                              ("cart.stuck", "sent", "escalated", "sms")]
+    # Without escalation the callback is lost to the gap the failed message opened.
+    plain = run(_three_fails(), pack=pack_with(stuck={"escalate": False}))
+    assert decisions(plain)[1] == ("cart.stuck", "suppressed", "min_gap", "")
+
+
+def test_an_escalation_still_keeps_the_daily_cap() -> None:
+    out = run(_three_fails(), pack=pack_with({"max_per_day": 1}))
+    assert decisions(out)[1] == ("cart.stuck", "suppressed", "daily_cap", "")
+
+
+def test_a_held_out_customer_takes_the_same_escalation_path_without_contact() -> None:
+    share = 0.5
+    cid = next(f"h{i}" for i in range(1000)
+               if in_holdout(f"h{i}", "cart.stuck", share) and not in_holdout(f"h{i}", "cart.failed", share))
+    out = run(_three_fails(cid), pack=pack_with(stuck={"holdout": share}, failed={"holdout": share}))
+    assert decisions(out) == [("cart.failed", "sent", "", "outbound_call"),
+                              ("cart.stuck", "control", "holdout", "sms")]
+
+
+@pytest.mark.parametrize(("rule", "problem"), [
+    ({"escalate": "yes"}, "must be true or false, got 'yes'"),
+    ({"escalate": True, "contact": False}, "only a rule that contacts the customer"),
+])
+def test_escalate_is_validated_naming_the_field(rule: dict[str, Any], problem: str) -> None:
+    with pytest.raises(RulePackError) as info:
+        pack_with(stuck=rule)
+    assert "moment[" in str(info.value)
+    assert ".escalate" in str(info.value)
+    assert problem in str(info.value)

@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from connectors.placement import Placement, siphash13, worker_of_key
-from connectors.replay_source import JsonlFileSource, SimulatorSource
+from connectors.replay_source import JsonlFileSource
+from connectors.simulator_source import SimulatorSource
 from state.batches import RawBatch, Tick
 from state.routing import ts_of_raw
 from tests.helpers import T0
@@ -256,3 +257,27 @@ def test_a_position_saved_for_another_file_in_the_same_place_is_refused(tmp_path
     # The same file resumes; so does a position that read nothing yet.
     JsonlFileSource([a], SHARDS, batch_lines=40).build_part("input", "0", before.snapshot())
     JsonlFileSource([b], SHARDS, batch_lines=40).build_part("input", "0", (0, None, 0, a.name))
+
+
+# -- disorder ---------------------------------------------------------------------------------------------
+def _at(eid: str, offset_ms: int) -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": f"c-{eid}", "ts": T0 + offset_ms, "channel": "app",
+                         "type": "view"})
+
+
+def test_each_line_is_measured_against_its_partitions_newest_time_across_batches(tmp_path: Path) -> None:
+    calls: list[tuple[str, int, int, list[int]]] = []
+    lines = [_at("a", 0), _at("b", 10_000), _at("c", 4_000), _at("d", 10_000), _at("e", 20_000), _at("f", 19_500),
+             _at("g", 2_000)]
+    first = _file(tmp_path, lines[:2])
+    second = tmp_path / "second.jsonl"
+    second.write_bytes(b"".join(line + b"\n" for line in lines[2:]))
+    source = JsonlFileSource([first, second], 4, batch_lines=3,
+                             on_disorder=lambda *a: calls.append(a))  # type: ignore[arg-type]
+    _drain(source.build_part("inp", "1", None))
+    # File 1 (index 1), 3 lines a batch: c, d, e in order; then f 0.5 s and g 18 s behind e, the newest time of
+    # the batch before (it carries over).
+    assert [(s, p, n, b) for s, p, n, b in calls if n or b] == [("file", 1, 3, []), ("file", 1, 0, [500, 18_000])]
+    calls.clear()
+    _drain(source.build_part("inp", "0", None))
+    assert [(s, p, n, b) for s, p, n, b in calls if n or b] == [("file", 0, 2, [])]

@@ -71,7 +71,7 @@ def test_bad_durations_are_refused(value: object) -> None:
                                                 "interested, handoff, browse_loop, count, distinct, absence, "
                                                 "sequence, got 'labyrinth'"),
         ("unknown_field.toml", "moment[0].within", "unknown field (allowed: act_within, action, channels, contact, "
-                                                      "holdout, journeys, kind, stages, ttl, urgency)"),
+                                                      "escalate, holdout, journeys, kind, stages, ttl, urgency)"),
         ("unknown_journey.toml", "moment[0].journeys", "unknown journey 'loan'"),
         ("key_step_not_in_steps.toml", "journey[0].key_steps", "'basket' is not one of the journey's steps"),
         ("duplicate_journey.toml", "journey[1].id", "duplicate journey 'cart'"),

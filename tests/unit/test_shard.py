@@ -68,6 +68,20 @@ def test_events_later_than_the_lateness_are_counted_and_still_update_state() -> 
     assert out.moments[0]["evidence"] == ["f0", "f1", "f2"]
 
 
+def test_a_late_event_is_recorded_with_its_id_and_how_far_behind_the_watermark_it_came() -> None:
+    sh = Shard(PACK, lateness_ms=30_000)
+    _feed(sh, [ev("f1", 0, "fail"), ev("x", 10 * MIN, journey=None, customer="c2")])
+    out = process(sh, [RawBatch("kafka:cx.events", 3, raws([ev("f0", -MIN, "fail", channel="web"),
+                                                            ev("f2", 11 * MIN, "fail")]), [7, 8])])
+    wm = T0 + 10 * MIN - 30_000
+    assert out.late == 1
+    [late] = out.late_events
+    assert {k: v for k, v in late.items() if k != "received_at"} == {
+        "schema": 1, "event_id": "f0", "customer_id": "c1", "channel": "web", "type": "fail", "ts": T0 - MIN,
+        "watermark": wm, "late_ms": wm - (T0 - MIN), "source": "kafka:cx.events", "partition": 3, "offset": 7}
+    assert ("late", out.late_events) in out.records()
+
+
 def test_late_events_do_not_retract_moments_already_emitted() -> None:
     sh = Shard(PACK, lateness_ms=30_000)
     first = _feed(sh, [ev("k", 0, "submit", step="checkout"), ev("x", 20 * MIN, journey=None, customer="c2")])
