@@ -1,9 +1,10 @@
 """What a recovery directory was written for, checked before Bytewax opens it.
 
-Two changes between runs would silently mix up state: another ``--shards`` (a customer's events would meet
-another shard's state, or Bytewax panics on a shard it has no route for) and another file in a place of
-the input list (its lines would be skipped up to the old file's position). Both are refused here with one
-line saying what to do; Bytewax itself would only find them mid-run, if at all.
+Three changes between runs would silently mix up state: another ``--shards`` (a customer's events would meet
+another shard's state, or Bytewax panics on a shard it has no route for), another file in a place of
+the input list (its lines would be skipped up to the old file's position) and a rule pack with other rules
+(the restore refuses it, but only inside Bytewax, after a Rust panic). All are refused here with one line
+saying what to do; Bytewax itself would only find them mid-run, if at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
+from state.rules import RulePack
+from state.snapshots import check_blob
 
 SHARD_STEP = "cx_moments.detect.shards"
 INPUT_STEP = "cx_moments.input"
@@ -63,6 +66,24 @@ def check_shards(directory: Path, shards: int) -> None:
         tmp = layout.with_name(f".{LAYOUT_FILE}.{os.getpid()}")
         tmp.write_text(json.dumps({"shards": shards}) + "\n")
         os.replace(tmp, layout)
+
+
+def check_rule_pack(directory: Path, pack: RulePack) -> None:
+    """Refuse a rule pack whose rules or journeys differ from those the saved shards were built with.
+
+    Rule parameters may change (see ``state.snapshots``); one shard's latest snapshot tells, as every shard
+    is written with the same pack.
+    """
+    for blob in _latest_snapshots(directory, SHARD_STEP).values():
+        try:
+            inner = pickle.loads(blob)  # noqa: S301 - our own recovery store: the shard's snapshot bytes
+            if isinstance(inner, bytes):
+                check_blob(inner, pack)
+        except ValueError as e:
+            raise ConfigError("--rules", str(e)) from None
+        except Exception:  # noqa: BLE001, S112 - left to the restore, which names an unusable snapshot
+            pass
+        return
 
 
 def check_input_files(directory: Path, paths: list[Path]) -> None:

@@ -25,7 +25,7 @@ from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
-from flows.recovery_layout import check_input_files, check_shards
+from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
 from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
@@ -105,6 +105,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
     if cfg.recovery_dir is not None:
         recovery = recovery_config(cfg.recovery_dir, cfg)
         check_shards(cfg.recovery_dir, cfg.shards)
+        check_rule_pack(cfg.recovery_dir, pack)
         if cfg.source.startswith("file:"):
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     return server, flow, recovery

@@ -119,6 +119,22 @@ def _generic_event(ctx: BatchContext, c: CustomerState, jp: JourneyPlan, gr: Jou
             ctx.schedule(c, due)
 
 
+def straggler_of_ended(ctx: BatchContext, c: CustomerState | None, ev: Event) -> bool:
+    """Whether a late event belongs to a journey attempt that has ended since: in event-time order it came before
+    the completion, or within the timeout of the attempt's last event.
+
+    Applied, it would open a new attempt whose rules fire a second time for one attempt; it is left out instead
+    (only a late event can be one: an attempt ends when the watermark passes its end).
+    """
+    jidx = ctx.journey_index.get(ev.journey) if c is not None and ev.journey is not None else None
+    a = c.attempts[jidx] if c is not None and jidx is not None else None
+    if a is None or not a.ended:
+        return False
+    if a.ended == COMPLETED:
+        return ev.ts_ms < a.last_ts
+    return ev.ts_ms - a.last_ts < ctx.attempt_timeout_ms
+
+
 def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: JourneyPlan, prev: Attempt | None,
                  eid: str, t: int) -> Attempt:
     """Start the journey's next attempt (ending the current one if it timed out)."""

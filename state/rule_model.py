@@ -209,16 +209,23 @@ class RulePack:
         text = repr(("layout", sorted(journeys), rules, generic))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
-    def layout_changes(self, other_rules: list[tuple[str, str]]) -> str:
-        """Name the rules added or removed against ``other_rules`` ((name, kind) pairs), for an error message."""
-        mine = {(r.name, r.kind) for r in self.rules}
-        theirs = set(other_rules)
+    def layout_rules(self) -> list[tuple[str, str, str]]:
+        """(name, kind, generic definition or "") per rule: what a snapshot records to name later changes."""
+        import json
+
+        return [(r.name, r.kind, json.dumps(r.generic.source, sort_keys=True, default=str) if r.generic else "")
+                for r in self.rules]
+
+    def layout_changes(self, other_rules: list[tuple[str, ...]]) -> str:
+        """Name the rules added, removed or redefined against ``other_rules`` (``layout_rules`` of another pack)."""
+        mine = {r[0]: r for r in self.layout_rules()}
+        theirs = {r[0]: (*r, "")[:3] for r in other_rules}
         parts = []
-        if mine - theirs:
-            parts.append("added " + ", ".join(sorted(n for n, _ in mine - theirs)))
-        if theirs - mine:
-            parts.append("removed " + ", ".join(sorted(n for n, _ in theirs - mine)))
-        return "; ".join(parts) or "journeys, rule order or generic rules changed"
+        for what, names in (("added", mine.keys() - theirs.keys()), ("removed", theirs.keys() - mine.keys()),
+                            ("redefined", {n for n in mine.keys() & theirs.keys() if mine[n][1:] != theirs[n][1:]})):
+            if names:
+                parts.append(f"{what} " + ", ".join(sorted(names)))
+        return "; ".join(parts) or "journeys or rule order changed"
 
 
 _DETECTION_FIELDS: Final = ("name", "kind", "journey", "index", "urgency", "action", "ttl_ms", "within_ms", "threshold",

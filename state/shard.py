@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 
 from state.batches import RawBatch, Tick
 from state.context import BatchContext
-from state.customer import apply_event
+from state.customer import apply_event, straggler_of_ended
 from state.deadlines import next_deadline, shed_oldest
 from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
@@ -182,7 +182,8 @@ class Shard:
                 self.max_ts = max_ts
                 self.advance(wm)
                 self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
-                self._apply(ev)
+                if not straggler_of_ended(self.ctx, customers.get(ev.customer_id), ev):
+                    self._apply(ev)
                 continue
             if ts > max_ts:
                 max_ts = ts

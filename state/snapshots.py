@@ -30,7 +30,7 @@ def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffe
     # so a restart may change parameters (see ``load``).
     state = (SNAPSHOT_FORMAT, pack.layout_fingerprint(), customers, list(held.queue), held.heap, max_ts, wm,
              held.seq, [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}), pack.fingerprint(),
-             [(r.name, r.kind) for r in pack.rules])
+             pack.layout_rules())
     return pickle.dumps(state, protocol=5)
 
 
@@ -46,16 +46,9 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
         ValueError: when they were taken with a rule pack of another layout, or in a format that cannot be upgraded.
     """
     fmt, fp, customers, queue, heap, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
-    check_format(fmt)
+    check_pack(fmt, fp, rest, pack)
     # Older snapshots carry the full fingerprint in slot 1: they restore under the very same pack only.
     full = rest[2] if len(rest) > 2 else fp
-    if fp not in (pack.layout_fingerprint(), pack.fingerprint()):
-        changed = pack.layout_changes(rest[3]) if len(rest) > 3 else "a different rule pack"
-        raise ValueError(
-            f"recovery state was built with a different rule pack ({changed}; fingerprint {fp}, now "
-            f"{pack.layout_fingerprint()} for {pack.path}): only rule parameters may change across a restart; "
-            "keep the old rules until a fresh start, or start with a fresh recovery directory"
-        )
     upgrade(fmt, customers, plans)
     rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
     # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
@@ -66,6 +59,24 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
     retuned = full != pack.fingerprint()
     return (customers, ReorderBuffer(deque(queue), upgrade_heap(heap), seq), max_ts, wm, rows, finals, part_max,
             retuned)
+
+
+def check_pack(fmt: object, fp: object, rest: list[Any], pack: RulePack) -> None:
+    """Raise ValueError, naming what changed, when a snapshot's format or rule-pack layout cannot be restored."""
+    check_format(fmt)
+    if fp not in (pack.layout_fingerprint(), pack.fingerprint()):
+        changed = pack.layout_changes(rest[3]) if len(rest) > 3 else "a different rule pack"
+        raise ValueError(
+            f"recovery state was built with a different rule pack ({changed}; fingerprint {fp}, now "
+            f"{pack.layout_fingerprint()} for {pack.path}): only rule parameters may change across a restart; "
+            "keep the old rules until a fresh start, or start with a fresh recovery directory"
+        )
+
+
+def check_blob(blob: bytes, pack: RulePack) -> None:
+    """``check_pack`` for a whole snapshot (as ``dump`` wrote it), before anything is restored."""
+    fmt, fp, *state = pickle.loads(blob)  # noqa: S301 - our own recovery store
+    check_pack(fmt, fp, state[7:], pack)
 
 
 def check_format(fmt: object) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from state.context import BatchContext
+from state.customer import straggler_of_ended
 from state.deadlines import on_wake
 from state.events import Event
 from state.plan import JourneyPlan
@@ -132,7 +133,8 @@ class UrgentLane:
             # Never an in-order arrival: the customer's frontier is an event time seen already.
             self.ctx.out.late += 1
             self.reordered += 1
-            self._apply_now(ev)
+            if not straggler_of_ended(self.ctx, self._customers.get(ev.customer_id), ev):
+                self._apply_now(ev)
             return
         self.hold(ev)
         self._held_buf.push(ev)

@@ -55,4 +55,6 @@ def test_a_restart_whose_pack_removes_a_rule_is_refused_with_one_line(tmp_path: 
     assert w.proc.returncode == 2, w.log()[-3000:]
     log = w.log()
     assert "removed 5g_upgrade.maze, cart.maze" in log
+    assert "configuration: --rules:" in log
     assert "Traceback" not in log
+    assert "panicked" not in log  # refused before Bytewax opens the recovery store

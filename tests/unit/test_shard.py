@@ -320,6 +320,18 @@ def test_restoring_under_a_pack_that_adds_or_removes_rules_is_refused_naming_the
     assert "only rule parameters may change" in str(info.value)
 
 
+def test_restoring_under_a_changed_generic_rule_is_refused_naming_it(tmp_path: Path) -> None:
+    generic = ('\n[[moment]]\nkind = "count"\nname = "fails"\nwhen = { type = "fail" }\nthreshold = 2\n'
+               'journeys = ["cart"]\n')
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text(Path(PACK.path).read_text() + generic)
+    second.write_text(Path(PACK.path).read_text() + generic.replace("threshold = 2", "threshold = 3"))
+    sh = Shard(load_rule_pack(first))
+    _feed(sh, [ev("a", 0)])
+    with pytest.raises(ValueError, match=r"redefined cart\.fails"):
+        Shard(load_rule_pack(second)).restore(sh.snapshot())
+
+
 def test_a_restart_may_change_rule_parameters_and_armed_deadlines_follow_them(tmp_path: Path) -> None:
     # An abandonment armed at 0 under idle 10m; the worker restarts with idle 15m, then with idle 5m.
     sh = Shard(PACK)
