@@ -33,7 +33,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.disorder import DisorderHook
 from connectors.placement import Placement, hello_items
 from state.batches import Hello, RawBatch, Tick
-from state.events import BASE_TYPES
+from state.events import BASE_TYPES, unframed
 from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
@@ -128,7 +128,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         newest = max_ts
         behind: list[int] = []
         for raw in lines:
-            raw = raw.rstrip(b"\r\n")
+            raw = unframed(raw)
             t = ts_of_raw(raw)
             if now is not None and t is not None and t > now:
                 # Not yet: a live simulation releases each event at its own time, never ahead of the clock.

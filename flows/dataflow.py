@@ -81,6 +81,14 @@ def _disorder_hook(cfg: PipelineConfig) -> DisorderHook | None:
     return connector_metrics.disorder_hook()
 
 
+def _greeted_here(cfg: PipelineConfig, placement: Placement) -> tuple[int, frozenset[int]] | None:
+    # A replay cluster's peers each greet this process's first shard (connectors.placement.hello_items).
+    if placement.processes == 1 or cfg.live or not (cfg.source.startswith("file:") or cfg.source == "simulator"):
+        return None
+    own = placement.own_shards(cfg.shards)
+    return (min(own), frozenset(range(placement.processes)) - {placement.process}) if own else None
+
+
 def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
@@ -266,9 +274,9 @@ def build_dataflow(
 
     flow = Dataflow("cx_moments")
     raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
-    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
-                  cfg.tick_s, cluster_hello(cfg, pack))
     placement = placement_of(cfg)
+    outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
+                  cfg.tick_s, cluster_hello(cfg, pack), _greeted_here(cfg, placement))
     sink = (PipelineSink(cfg.shards, partial(make_writers, cfg), on_written) if placement.processes == 1
             else _OwnShardsSink(cfg.shards, placement, partial(make_writers, cfg), on_written))
     op.output("sinks", outs, sink)

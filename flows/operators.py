@@ -33,6 +33,16 @@ class ClusterSettingsError(ValueError):
         self.setting = setting
 
 
+class ClusterSilenceError(ClusterSettingsError):
+    """A peer sent this process no handshake although it read input: it sees another cluster (``--shards``/``-w``)."""
+
+    def __init__(self, peers: list[int], process: int) -> None:
+        ValueError.__init__(self, f"process(es) {', '.join(map(str, peers))} of the cluster sent process {process} no "
+                            f"handshake: they run with another --shards or -w, so lines were lost or counted twice; "
+                            f"start every process with the same --shards and -w")
+        self.setting = "--shards"
+
+
 def check_hello(hello: Hello, ours: Hello) -> None:
     """Compare a peer's handshake with this process's settings.
 
@@ -61,8 +71,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     _instances = itertools.count()
 
     def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float,
-                 hello: Hello | None = None) -> None:
+                 hello: Hello | None = None, expect: tuple[int, frozenset[int]] | None = None) -> None:
         self._hello = hello
+        # Replay cluster: (the shard every peer greets in this process, the peers); checked at the end of input.
+        self._expect = expect
+        self._index: int | None = None  # this key's shard number, once a batch of lines told it
+        self._greeters: set[int] = set()
         # Bytewax does not tell the builder its key; a process-unique name keeps per-shard gauges apart.
         shard.key = f"s{next(ShardLogic._instances)}"
         shard.out.shard = shard.key
@@ -85,6 +99,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             raise
 
     def _on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
+        if self._expect is not None and self._index is None:
+            self._index = next((v.shard for v in values if type(v) is RawBatch), None)
         if self._hello is not None and Hello in map(type, values):  # only in a cluster
             values = self._greeted(values, self._hello)
             if not values:
@@ -110,6 +126,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         """
         for item in values:
             if type(item) is Hello:
+                self._greeters.add(item.process)
                 try:
                     check_hello(item, ours)
                 except ClusterSettingsError as e:
@@ -126,6 +143,11 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         # SIGTERM has not really ended, so nothing is released early.
         if not stop_requested():
             self.shard.end_of_input()
+            expect = self._expect
+            if expect is not None and self._index == expect[0] and expect[1] - self._greeters:
+                # A peer greets this shard unless it sees other shards here: a hello it never sent cannot differ.
+                ours = self._hello.process if self._hello is not None else 0
+                note_failure(ClusterSilenceError(sorted(expect[1] - self._greeters), ours))
         out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
@@ -153,6 +175,7 @@ def detect(
     recovery: bool,
     tick_s: float = 1.0,
     hello: Hello | None = None,
+    expect: tuple[int, frozenset[int]] | None = None,
 ) -> Stream[tuple[str, Outputs]]:
     """Run the pure shard state machine per shard key.
 
@@ -163,9 +186,10 @@ def detect(
         recovery: Whether snapshots are persisted.
         tick_s: Live mode: how often the wall clock advances idle shards.
         hello: This process's cluster handshake, which every ``Hello`` a shard receives must match.
+        expect: Replay cluster: the shard the peers greet in this process, and the peers it must hear from.
 
     Returns:
         ``(shard_key, Outputs)`` per shard batch.
     """
     return op.stateful_batch("shards", up, lambda resume: ShardLogic(make_shard(), resume, recovery, tick_s,
-                                                                               hello))
+                                                                               hello, expect))

@@ -53,10 +53,10 @@ def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
     min_sample = a.min_sample if a.min_sample is not None else getattr(pack, "effect_min_sample", 200)
     confidence = a.confidence if a.confidence is not None else getattr(pack, "effect_confidence", 0.95)
     min_uplift = a.min_uplift if a.min_uplift is not None else getattr(pack, "effect_min_uplift", 0.0)
-    if min_sample < 1:
-        raise ConfigError("--min-sample", f"must be at least 1, got {min_sample}")
-    if not 0.0 < confidence < 1.0:
-        raise ConfigError("--confidence", f"must be between 0 and 1 (exclusive), got {confidence}")
+    if not 1 <= min_sample <= 1_000_000_000:
+        raise ConfigError("--min-sample", f"must be 1..1000000000, got {min_sample}")
+    if not 0.5 <= confidence < 1.0:  # as the rule pack's [effectiveness] confidence
+        raise ConfigError("--confidence", f"must be a number in [0.5, 1), got {confidence}")
     if not 0.0 <= min_uplift < 1.0:
         raise ConfigError("--min-uplift", f"must be a fraction in [0, 1), e.g. 0.01 for one point, got {min_uplift}")
     if _no_report_data(a, RULES_TABLES, RuleReport(bounds["--from"], bounds["--to"], confidence, min_sample, (),

@@ -292,7 +292,7 @@ def _verdict_text(e: RuleEffect) -> str:
     if e.sent and not e.control:
         return "continue (no hold-out moments: give the rule a holdout to judge it)"
     if e.needed_sent is None or e.needed_control is None:
-        return "continue (uplift on the line: no sample decides)"
+        return "continue (no sample within a million times today's would decide: the uplift is on the line)"
     return f"continue (~{e.needed_sent} more sent, {e.needed_control} more control)"
 
 

@@ -61,7 +61,10 @@ def _check(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float) -> None:
 
 def _variance(n_t: int, s_t: int, n_c: int, s_c: int) -> float:
     q_t, q_c = (s_t + 0.5) / (n_t + 1), (s_c + 0.5) / (n_c + 1)
-    return q_t * (1 - q_t) / n_t + q_c * (1 - q_c) / n_c
+    # Near 0 or 1 a small arm's own rate understates its variance (300 successes of 300 say nothing about a 1 %
+    # failure rate): the rate of both arms together, what an uplift of 0 would give each, bounds it from below.
+    q = (s_t + s_c + 0.5) / (n_t + n_c + 1)
+    return max(q_t * (1 - q_t) / n_t + q_c * (1 - q_c) / n_c, q * (1 - q) * (1 / n_t + 1 / n_c))
 
 
 def _rho2(confidence: float, min_sample: int) -> float:
@@ -110,7 +113,8 @@ def uplift(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float, min_sample
     p_t, p_c = s_t / n_t, s_c / n_c
     diff = p_t - p_c
     half = half_width(_variance(n_t, s_t, n_c, s_c), confidence, min_sample)
-    return Uplift(rate_t=p_t, rate_c=p_c, diff=diff, low=diff - half, high=diff + half)
+    # A difference of two rates lies in [-1, 1]: an interval wider than that says no more.
+    return Uplift(rate_t=p_t, rate_c=p_c, diff=diff, low=max(diff - half, -1.0), high=min(diff + half, 1.0))
 
 
 def verdict(n_t: int, n_c: int, effect: Uplift | None, min_sample: int, min_uplift: float) -> Verdict:
@@ -160,10 +164,11 @@ def still_needed(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float, min_
     gap = max(diff, max(min_uplift, 0.0) - diff)
     if gap <= 0.0:
         return None
-    v = _variance(n_t, s_t, n_c, s_c)
+    r_t, r_c = s_t / n_t, s_c / n_c
 
     def decided(k: float) -> bool:
-        return half_width(v / k, confidence, min_sample) < gap
+        m_t, m_c = round(k * n_t), round(k * n_c)
+        return half_width(_variance(m_t, round(r_t * m_t), m_c, round(r_c * m_c)), confidence, min_sample) < gap
 
     lo, hi = 1.0, 1.0
     while not decided(hi):

@@ -191,13 +191,20 @@ def _check_big_ints(raw: bytes) -> None:
                                f"attrs.{key[:64]}: integer beyond 64 bits (send it as a string)")
 
 
+def unframed(line: bytes) -> bytes:
+    """A line without its framing: one trailing LF, then one CR (a CRLF file's). More CRs are content."""
+    if line.endswith(b"\n"):
+        line = line[:-1]
+    return line[:-1] if line.endswith(b"\r") else line
+
+
 def too_large(raw: bytes) -> bool:
-    """Whether a message exceeds ``MAX_MESSAGE_BYTES`` once trailing CR/LF bytes (line framing) are left out.
+    """Whether a message exceeds ``MAX_MESSAGE_BYTES`` once its line framing (``unframed``) is left out.
 
     A file's lines and ``moments produce`` drop the framing; a Kafka message produced from a CRLF file keeps
     its ``\\r``: the same event must pass or fail the limit alike from every source.
     """
-    return len(raw) > MAX_MESSAGE_BYTES and len(raw.rstrip(b"\r\n")) > MAX_MESSAGE_BYTES
+    return len(raw) > MAX_MESSAGE_BYTES and len(unframed(raw)) > MAX_MESSAGE_BYTES
 
 
 def parse_event(

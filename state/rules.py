@@ -91,7 +91,7 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
     """
     p = Path(path) if path is not None else DEFAULT_PACK
     try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
+        data = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark is not TOML
     except FileNotFoundError:
         raise RulePackError(p, "(file)", "file not found") from None
     except OSError as e:

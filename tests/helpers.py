@@ -92,10 +92,12 @@ def wait_until(cond: Callable[[], object], timeout: float, what: str, *, interva
 def uplift_half_width(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float, min_sample: int) -> float:
     """The report's uplift half-width, written out from the normal-mixture boundary (not the report's code).
 
-    Rates shrunk by half a success for the variance; the mixture tuned for 2·min_sample information.
+    Rates shrunk by half a success for the variance, at least that of the arms' common rate; the mixture tuned
+    for 2·min_sample information.
     """
     q_t, q_c = (s_t + 0.5) / (n_t + 1), (s_c + 0.5) / (n_c + 1)
-    tau = 1 / (q_t * (1 - q_t) / n_t + q_c * (1 - q_c) / n_c)
+    q = (s_t + s_c + 0.5) / (n_t + n_c + 1)  # both arms together: the variance is at least what it gives each
+    tau = 1 / max(q_t * (1 - q_t) / n_t + q_c * (1 - q_c) / n_c, q * (1 - q) * (1 / n_t + 1 / n_c))
     a = 1 - confidence
     rho2 = (-2 * math.log(a) + math.log(1 - 2 * math.log(a))) / (2 * min_sample)
     return math.sqrt((1 + rho2 * tau) / (rho2 * tau * tau) * math.log((1 + rho2 * tau) / a**2))

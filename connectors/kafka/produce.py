@@ -12,6 +12,7 @@ import orjson
 
 from connectors.kafka.admin import ensure_topics
 from connectors.kafka.writer import KafkaJsonWriter
+from state.events import unframed
 
 # The common case (an unescaped string id) in one C-level search; anything else is parsed.
 _CUSTOMER_ID = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"')
@@ -53,7 +54,7 @@ def produce_jsonl(source: str | Path | Iterable[bytes | str], topic: str, conf: 
     writer = KafkaJsonWriter({"enable.idempotence": "false", **conf}, {})
     if isinstance(source, str | Path):
         with Path(source).open("rb") as f:
-            return _produce_lines(writer, (ln.rstrip(b"\r\n") for ln in f), topic, rate, progress)
+            return _produce_lines(writer, (unframed(ln) for ln in f), topic, rate, progress)
     return _produce_lines(writer, (ln.encode() if isinstance(ln, str) else ln for ln in source), topic, rate,
                           progress)
 

@@ -95,8 +95,8 @@ def _independent(work: Path) -> dict[str, Any]:
             s[a["status"]] += t is not None and t["state"] == "resolved" and t["outcome"] in ("recovered", "converted")
     p_t, p_c = s["sent"] / n["sent"], s["control"] / n["control"]
     half = uplift_half_width(n["sent"], s["sent"], n["control"], s["control"], 0.95, MIN_SAMPLE)
-    return {"moments": len(decisions), "n": n, "s": s, "uplift": p_t - p_c, "low": p_t - p_c - half,
-            "high": p_t - p_c + half}
+    return {"moments": len(decisions), "n": n, "s": s, "uplift": p_t - p_c, "low": max(p_t - p_c - half, -1.0),
+            "high": min(p_t - p_c + half, 1.0)}
 
 
 def test_every_abandonment_has_one_decision_and_the_hold_out_matches_the_assignment(

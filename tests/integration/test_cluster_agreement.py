@@ -53,6 +53,17 @@ def test_file_cluster_processes_with_different_settings_both_stop_naming_it(
         assert f"start every process with the same {setting}" in line
 
 
+@pytest.mark.parametrize("few", ["1", "3"])
+def test_a_process_whose_shards_leave_its_peer_none_still_makes_both_stop(tmp_path: Path, few: str) -> None:
+    """With -w 1 and --shards 1 (or 3) process 1 believes process 0 runs no shard, so it greets nobody there:
+    process 0 must notice the silence rather than finish with lines lost (an adversary's reproduction)."""
+    cluster = _cluster(tmp_path, f"file:{_events(tmp_path)}", [["--shards", "64"], ["--shards", few]])
+    _ends_with_one_line(cluster[1], "configuration: --shards: process 0 of the cluster runs with --shards 64")
+    line = _ends_with_one_line(cluster[0], "configuration: --shards: process(es) 1 of the cluster sent process 0 "
+                                           "no handshake")
+    assert "start every process with the same --shards and -w" in line
+
+
 def test_simulator_cluster_processes_with_different_seeds_both_stop_naming_it(tmp_path: Path) -> None:
     sim = ["--customers", "800", "--minutes", "60"]
     cluster = _cluster(tmp_path, "simulator", [[*sim, "--seed", "1"], [*sim, "--seed", "2"]])

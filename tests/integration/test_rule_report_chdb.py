@@ -168,7 +168,7 @@ def expected_report(ds: Dataset) -> dict[str, dict[str, Any]]:
         if n_t and n_c:
             p_t, p_c = s_t / n_t, s_c / n_c
             half = uplift_half_width(n_t, s_t, n_c, s_c, CONFIDENCE, MIN_SAMPLE)
-            low, high = p_t - p_c - half, p_t - p_c + half
+            low, high = max(p_t - p_c - half, -1.0), min(p_t - p_c + half, 1.0)  # a difference of rates
             r.update(rate_sent=p_t, rate_control=p_c, uplift=p_t - p_c, ci_low=low, ci_high=high)
             r["verdict"] = ("continue" if min(n_t, n_c) < MIN_SAMPLE else
                             "retire" if high < 0 else "keep" if low > 0 else "continue")

@@ -481,3 +481,13 @@ def test_an_attrs_integer_beyond_64_bits_is_refused_naming_the_key(literal: byte
         assert isinstance(got, Invalid)
         assert (got.code, got.detail) == ("int_too_large:attrs", "attrs.order: integer beyond 64 bits (send it as "
                                                                   "a string)")
+
+
+def test_only_one_crlf_is_framing_more_carriage_returns_count_towards_the_limit() -> None:
+    from state.events import too_large, unframed
+
+    event = b'{"event_id":"e","customer_id":"c","ts":1767225600000,"channel":"app","type":"view"}'
+    assert unframed(event + b"\r\n") == unframed(event + b"\n") == unframed(event + b"\r") == event
+    assert unframed(event + b"\r\r\n") == event + b"\r"
+    assert not too_large(event + b"\r")
+    assert too_large(event + b"\r" * 70_000)  # a run of CRs is content, not framing

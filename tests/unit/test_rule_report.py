@@ -96,8 +96,8 @@ def test_report_combines_moments_outcomes_and_suppression_reasons() -> None:
     assert list(cart.suppressed_by_reason) == ["stale", "quiet_hours"]  # largest first
     assert (cart.rate_sent, cart.rate_control) == (0.5, 0.3)
     assert cart.uplift == pytest.approx(0.2)
-    # The confidence sequence at 95 %, tuned for 100 per arm: half-width 0.1597237 (worked in test_uplift_sequence.py).
-    assert (cart.ci_low, cart.ci_high) == pytest.approx((0.2 - 0.1597237, 0.2 + 0.1597237), abs=1e-6)
+    # The confidence sequence at 95 %, tuned for 100 per arm: half-width 0.1698302 (tests/helpers.uplift_half_width).
+    assert (cart.ci_low, cart.ci_high) == pytest.approx((0.2 - 0.1698302, 0.2 + 0.1698302), abs=1e-6)
     assert cart.median_recovery_ms == 754_500.0
     assert (cart.verdict, cart.retire, cart.needed_sent) == ("keep", False, None)
     # No successful sent moment: ClickHouse's empty median is nan, reported as None.
@@ -191,8 +191,11 @@ def test_json_carries_every_field_with_fractions_and_nulls() -> None:
         (["report", "rules", "--html", "x.html"], "--html/--journey: apply to `moments report overview` only"),
         (["report", "rules", "--from", "yesterday"], "--from: expected epoch ms or an ISO date/datetime"),
         (["report", "rules", "--from", "2026-01-02", "--to", "2026-01-01"], "--from/--to: empty range"),
-        (["report", "rules", "--confidence", "1.5"], "--confidence: must be between 0 and 1"),
-        (["report", "rules", "--min-sample", "0"], "--min-sample: must be at least 1"),
+        (["report", "rules", "--confidence", "1.5"], "--confidence: must be a number in [0.5, 1)"),
+        (["report", "rules", "--confidence", "1e-17"], "--confidence: must be a number in [0.5, 1)"),
+        (["report", "rules", "--confidence", "0.49"], "--confidence: must be a number in [0.5, 1)"),
+        (["report", "rules", "--min-sample", "0"], "--min-sample: must be 1..1000000000"),
+        (["report", "rules", "--min-sample", "99999999999999999999"], "--min-sample: must be 1..1000000000"),
     ],
 )
 def test_cli_rejects_misplaced_or_invalid_report_arguments(

@@ -22,13 +22,14 @@ ALPHA = 0.05
 
 
 def test_interval_matches_the_boundary_worked_by_hand() -> None:
-    # q_t = 30.5/101, q_c = 20.5/101: V = 0.0037256, tau = 268.41
-    # rho² = (5.9915 + ln 6.9915) / 200 = 0.0396808, rho²·tau = 10.6508
-    # half = sqrt(11.6508 / (10.6508 · 268.41) · ln(11.6508 / 0.0025)) = 0.1855380
+    # Arms: q_t = 30.5/101, q_c = 20.5/101 give 0.0037256; both together, q = 50.5/201 = 0.2512438, give
+    # q(1-q)(1/100 + 1/100) = 0.0037624, the larger: V = 0.0037624, tau = 265.79.
+    # rho² = (5.9915 + ln 6.9915) / 200 = 0.0396808, rho²·tau = 10.5468
+    # half = sqrt(11.5468 / (10.5468 · 265.79) · ln(11.5468 / 0.0025)) = 0.1864317
     u = uplift(100, 30, 100, 20, 0.95, 100)
     assert u is not None
     assert (u.rate_t, u.rate_c, u.diff) == pytest.approx((0.3, 0.2, 0.1))
-    assert (u.low, u.high) == pytest.approx((0.1 - 0.1855380, 0.1 + 0.1855380), abs=1e-6)
+    assert (u.low, u.high) == pytest.approx((0.1 - 0.1864317, 0.1 + 0.1864317), abs=1e-6)
     assert u.high - u.diff == pytest.approx(uplift_half_width(100, 30, 100, 20, 0.95, 100), rel=1e-12)
 
 
@@ -49,15 +50,15 @@ def test_lower_confidence_narrows_the_interval() -> None:
     u95, u90 = uplift(2000, 700, 2000, 600, 0.95, 200), uplift(2000, 700, 2000, 600, 0.90, 200)
     assert u95 is not None
     assert u90 is not None
-    assert (u95.low, u90.low) == pytest.approx((0.05 - 0.0482152, 0.05 - 0.0444306), abs=1e-6)
+    assert (u95.low, u90.low) == pytest.approx((0.05 - 0.0482767, 0.05 - 0.0444864), abs=1e-6)
 
 
 def test_arms_of_all_or_nothing_keep_an_interval() -> None:
-    # Wald's interval collapsed to the point 1.0 here; the shrunk rates keep a width.
+    # Wald's interval collapsed to the point 1.0 here; the arms' common rate (10.5/21) keeps it wide.
     u = uplift(10, 10, 10, 0, 0.95, 10)
     assert u is not None
     assert u.diff == 1.0
-    assert u.high - u.diff == pytest.approx(0.2953277, abs=1e-6)
+    assert (u.low, u.high) == pytest.approx((1 - 0.6786934, 1.0), abs=1e-6)
 
 
 def test_uplift_is_none_when_an_arm_is_empty() -> None:
@@ -118,8 +119,8 @@ def test_still_needed_is_the_sample_at_which_the_verdict_comes() -> None:
     k_t, k_c = more
     assert k_t > 0
     assert k_c > 0
-    # Arms grown by that much at the same rates reach a verdict, and arms grown by 10 % less do not.
-    grown = (400 + k_t, 200 + k_c)
+    # Arms grown by that much (2 % more: counts round) at the same rates reach a verdict; 10 % less do not.
+    grown = (400 + math.ceil(1.02 * k_t), 200 + math.ceil(1.02 * k_c))
     at = uplift(grown[0], round(0.37 * grown[0]), grown[1], round(0.285 * grown[1]), 0.95, 200)
     assert verdict(*grown, at, 200, 0.01) == "keep"
     short = (400 + int(0.9 * k_t), 200 + int(0.9 * k_c))
@@ -196,3 +197,37 @@ def test_a_clearly_helpful_rule_is_kept_within_the_weeks() -> None:
     rates, _ = _weekly(0.10, trials=300, seed=4)
     assert rates["keep"] >= 0.8
     assert rates["retire"] == 0.0
+
+
+def test_the_interval_never_leaves_minus_one_to_one() -> None:
+    u = uplift(3, 3, 2, 0, 0.95, 200)
+    assert u is not None
+    assert (u.low, u.high) == (pytest.approx(u.low), 1.0)
+    assert -1.0 <= u.low < u.diff == 1.0
+
+
+def test_a_small_arm_at_the_edge_does_not_make_a_verdict_on_its_own_rate() -> None:
+    # 300 of 300 held-out customers succeeded, 19,800 of 20,000 contacted ones: no evidence the contact hurts
+    # (an exact test puts 300 of 300 at 5 % when the true rate is 99 %).
+    u = uplift(20_000, 19_800, 300, 300, 0.95, 200)
+    assert u is not None
+    assert u.low < 0 < u.high
+    assert verdict(20_000, 300, u, 200, 0.0) == "continue"
+
+
+@pytest.mark.parametrize(("rate", "sent", "control"), [(0.99, 5_000, 50), (0.01, 5_000, 50)])
+def test_error_rates_hold_at_rates_near_zero_or_one_with_a_small_hold_out(rate: float, sent: int,
+                                                                         control: int) -> None:
+    rng = random.Random(int(rate * 100) + control)
+    wrong = 0
+    trials = 300
+    for _ in range(trials):
+        n_t = s_t = n_c = s_c = 0
+        for _week in range(20):
+            n_t, s_t = n_t + sent, s_t + _binomial(rng, sent, rate)
+            n_c, s_c = n_c + control, s_c + _binomial(rng, control, rate)
+            if verdict(n_t, n_c, uplift(n_t, s_t, n_c, s_c, 0.95, 200), 200, 0.0) != "continue":
+                wrong += 1
+                break
+    assert wrong / trials <= ALPHA
+
