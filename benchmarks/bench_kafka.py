@@ -219,7 +219,8 @@ SKEW_PROBES = (("failed", "P1", "the fail"), ("stuck", "P1", "the third fail"), 
 
 
 def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float, tag: str = "",
-                   skew_s: float = 3.0, idle: str = "20s", seed: int = 13) -> dict[str, list[float]]:
+                   skew_s: float = 3.0, idle: str = "20s", seed: int = 13,
+                   broker_pid: int | None = None) -> dict[str, list[float]]:
     """Live worker with DEFAULT settings on skewed traffic; return latencies per probe kind and worker counters.
 
     Every event (background and probe) gets an event time when it "happens" and reaches the broker after its own
@@ -239,6 +240,7 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
         skew_s: Largest per-event delay between event time and produce.
         idle: The pack's abandonment idle time (10m by default; shortened so abandonments fall due in a run).
         seed: Seed of the delays.
+        broker_pid: The broker's process, whose CPU time is reported beside the worker's and the generator's.
     """
     rng = random.Random(seed)
     pack = work / f"skew{tag}.toml"
@@ -273,6 +275,17 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
+    lag_peak = [0.0]
+
+    def sampler() -> None:
+        # The worker's consumer lag (messages) every 2 s: whether the worker kept up with the broker.
+        while not stop.wait(2.0):
+            try:
+                lag_peak[0] = max(lag_peak[0], _scrape(f"http://127.0.0.1:{port}/metrics",
+                                                       ("cx_kafka_consumer_lag",))["cx_kafka_consumer_lag"])
+            except OSError:
+                pass
+
     rtt: list[tuple[float, float]] = []
 
     def on_stats(js: str) -> None:
@@ -282,6 +295,7 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
 
     p = Producer({"bootstrap.servers": addr, "linger.ms": 5, "statistics.interval.ms": 1000, "stats_cb": on_stats})
     _warm_up(p, events_topic, arrivals, worker, log.name)
+    threading.Thread(target=sampler, daemon=True).start()
     bg = [orjson.loads(x) for x in lines(events_file(20_000, 120))]
     # Send slots of 10 ms: slot -> [(key, value)]; an event is produced in the first pass after its slot.
     slots: dict[int, list[tuple[bytes, bytes]]] = {}
@@ -294,6 +308,8 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
     expected: dict[tuple[str, str], int] = {}  # (customer, kind) -> due time
     send_lag: list[float] = []  # how late the generator produced each 10 ms slot, ms
     i = sent = k = 0
+    cpu0 = {"worker": _cpu_s(worker.pid), "broker": _cpu_s(broker_pid), "generator": time.process_time()}
+    load0 = os.getloadavg()[0]
     t0 = time.monotonic()
     t_probe_end = t0 + seconds
     # Background runs on until the last abandonment is due and past the lateness, with room to publish.
@@ -330,15 +346,18 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
         last_slot = now_slot
         p.poll(0)
         time.sleep(0.001)
+    p.flush(60)
+    # Achieved rate: background events over the time until the broker had acknowledged all of them.
     bg_seconds = time.monotonic() - t0
-    p.flush(30)
+    cpu = {"worker": _cpu_s(worker.pid), "broker": _cpu_s(broker_pid), "generator": time.process_time()}
+    load1 = os.getloadavg()[0]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not all(x in arrivals for x in expected):
         time.sleep(0.2)
     stop.set()
     if worker.poll() is not None:
         raise RuntimeError(f"the live worker exited early ({worker.returncode}):\n{_tail(log.name)}")
-    counters = _scrape(f"http://127.0.0.1:{port}/metrics")
+    counters = _scrape(f"http://127.0.0.1:{port}/metrics", SCRAPED)
     worker.terminate()
     worker.wait(timeout=30)
     out: dict[str, list[float]] = {}
@@ -355,6 +374,10 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
     out["broker_rtt_ms"] = [ms for at, ms in rtt if t0 <= at <= t_bg_end]
     for name, v in counters.items():
         out[name] = [v]
+    out["consumer_lag_peak"] = lag_peak
+    for name, t in cpu.items():
+        out[f"cpu.{name}"] = [(t - cpu0[name]) / bg_seconds]
+    out["load"] = [load0, load1]
     return out
 
 
@@ -397,16 +420,28 @@ SCRAPED = ("cx_events_total", "cx_urgent_early_events_total", "cx_urgent_reorder
            "cx_late_events_total")
 
 
-def _scrape(url: str) -> dict[str, float]:
-    """Sum the scraped counters over their labels."""
+def _scrape(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum the scraped metrics ``names`` over their labels."""
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
-    out = dict.fromkeys(SCRAPED, 0.0)
+    out = dict.fromkeys(names, 0.0)
     for line in text.splitlines():
         name = line.split("{", 1)[0].split(" ", 1)[0]
         if name in out:
             out[name] += float(line.rsplit(" ", 1)[1])
     return out
+
+
+
+def _cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 when unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # Why the two generator settings differ: the mechanism found by tracing every stage of each probe (issue 4).
@@ -467,9 +502,10 @@ def skewed_report(runs: list[dict[str, list[float]]], seconds: float, skew_s: fl
             name = f"↳ {kind}" if urgency == "P1" else f"**P2**: {kind}"
         tgt = targets[urgency]
         med99 = statistics.median(p99) if p99 else float("nan")
+        met = "met" if got == want and max(p99, default=tgt + 1) <= tgt else "not met"
         rows.append(f"| {name} | {urgency} | {frm} | {statistics.median(p50) if p50 else float('nan'):.2f} s "
                     f"| {med99:.2f} s ({min(p99, default=float('nan')):.2f}–{max(p99, default=float('nan')):.2f}) "
-                    f"| {tgt:.0f} s | {'met' if max(p99, default=tgt + 1) <= tgt else 'not met'} | {got}/{want} "
+                    f"| {tgt:.0f} s | {met} | {got}/{want} "
                     f"| {wrong} |")
     bg = [r["bg_rate"][0] for r in runs]
     lag = [_pct(r["send_lag_ms"], 0.99) for r in runs]
@@ -477,8 +513,10 @@ def skewed_report(runs: list[dict[str, list[float]]], seconds: float, skew_s: fl
     counters = "\n".join(
         f"| {k + 1} | {r['bg_rate'][0]:,.0f} | {r['cx_events_total'][0]:,.0f} | "
         f"{r['cx_urgent_early_events_total'][0]:,.0f} | {r['cx_urgent_reordered_events_total'][0]:,.0f} | "
-        f"{r['cx_late_events_total'][0]:,.0f} | {_pct(r['send_lag_ms'], 0.99):,.0f} ms | "
-        f"{max(r['broker_rtt_ms'], default=float('nan')):,.0f} ms |" for k, r in enumerate(runs))
+        f"{r['cx_late_events_total'][0]:,.0f} | {r['consumer_lag_peak'][0]:,.0f} | "
+        f"{_pct(r['send_lag_ms'], 0.99):,.0f} ms | {max(r['broker_rtt_ms'], default=float('nan')):,.0f} ms | "
+        f"{r['cpu.worker'][0]:.2f} / {r['cpu.broker'][0]:.2f} / {r['cpu.generator'][0]:.2f} | "
+        f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |" for k, r in enumerate(runs))
     return (
         f"## Kafka live latency with skewed channels (default settings; issue 13)\n\n{machine()}\n\n"
         f"One live worker with DEFAULT settings (lateness 30 s, urgent lateness auto = 5 s, tick 1 s, 64 shards) and "
@@ -493,16 +531,19 @@ def skewed_report(runs: list[dict[str, list[float]]], seconds: float, skew_s: fl
         f"call-centre contact 1 s later (`handoff`, from the contact), and an app checkout left alone (`abandoned`, "
         f"from due). Latency = arrival on the moments topic − that event time (or due time), so it includes the "
         f"0–{skew_s:g} s delay before the broker. {len(runs)} runs; medians over runs of each run's p50 and p99 "
-        f"(range of the p99s); \"met\" when every run's p99 is within the pack's target:\n\n"
+        f"(range of the p99s); \"met\" when every probe arrived and every run's p99 is within the pack's target:\n\n"
         "| moment | urgency | measured from | p50 | p99 (min–max over runs) | target | p99 ≤ target | arrived/sent "
         "| due time ≠ replay's |\n|---|---|---|---:|---:|---:|---|---:|---:|\n"
         + "\n".join(rows)
         + "\n\nPer run: background rate achieved, the worker's own counters at the end of the run (scraped from its "
-        "`/metrics`), the load generator's p99 delay behind its own send schedule and the worst per-second p99 of its "
-        "produce round trip to the broker:\n\n"
+        "`/metrics`; events count when applied, so those still waiting for the watermark are not in them), the "
+        "worker's peak consumer lag (sampled every 2 s), the load generator's p99 delay behind its own send schedule, "
+        "the worst per-second p99 of its produce round trip to the broker, the CPU each process used (cores, over "
+        "the background window) and the machine's load (other work shared its 2 cores):\n\n"
         "| run | background events/s | `cx_events_total` | `cx_urgent_early_events_total` "
-        "| `cx_urgent_reordered_events_total` | `cx_late_events_total` | generator behind schedule (p99) "
-        "| broker produce RTT (worst p99) |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| `cx_urgent_reordered_events_total` | `cx_late_events_total` | worker's consumer lag (peak, messages) "
+        "| generator behind schedule (p99) | broker produce RTT (worst p99) | CPU cores used: worker / broker / "
+        "generator | load average (1 min) before → after |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n"
         + counters
         + f"\n\nMedians: generator behind schedule {statistics.median(lag):,.0f} ms, broker RTT "
         f"{statistics.median(rtt):,.0f} ms. `cx_urgent_reordered_events_total` counts the events that arrived behind "
@@ -535,7 +576,8 @@ def main() -> None:
                 runs = []
                 for k in range(a.latency_runs):
                     r = skewed_latency(broker.addr, work, a.latency_seconds, a.background_rate, tag=f"-{k}",
-                                       skew_s=a.skew, idle=a.idle, seed=13 + k)
+                                       skew_s=a.skew, idle=a.idle, seed=13 + k,
+                                       broker_pid=broker.proc.pid if broker.proc else None)
                     r["bg_asked"] = [a.background_rate]
                     runs.append(r)
             finally:
