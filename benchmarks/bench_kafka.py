@@ -279,16 +279,16 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
 
     th = threading.Thread(target=reader, daemon=True)
     th.start()
-    lag_peak = [0.0]
+    lags: list[tuple[float, float]] = []  # (monotonic s, the worker's consumer lag in messages)
 
     def sampler() -> None:
-        # The worker's consumer lag (messages) every 2 s: whether the worker kept up with the broker.
+        # Every 2 s: whether the worker kept up with the broker, and when it stopped to.
         while not stop.wait(2.0):
             try:
-                lag_peak[0] = max(lag_peak[0], _scrape(f"http://127.0.0.1:{port}/metrics",
-                                                       ("cx_kafka_consumer_lag",))["cx_kafka_consumer_lag"])
+                lag = _scrape(f"http://127.0.0.1:{port}/metrics", ("cx_kafka_consumer_lag",))["cx_kafka_consumer_lag"]
             except OSError:
-                pass
+                continue
+            lags.append((time.monotonic(), lag))
 
     rtt: list[tuple[float, float]] = []
 
@@ -314,7 +314,7 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
     i = sent = k = 0
     cpu0 = {"worker": _cpu_s(worker.pid), "broker": _cpu_s(broker_pid), "generator": time.process_time()}
     load0 = os.getloadavg()[0]
-    t0 = time.monotonic()
+    t0, wall0 = time.monotonic(), time.time()
     t_probe_end = t0 + seconds
     # Background runs on until the last abandonment is due and past the lateness, with room to publish.
     t_bg_end = t_probe_end + (idle_ms + 30_000) / 1000 + 10
@@ -376,11 +376,20 @@ def skewed_latency(addr: str, work: Path, seconds: float, background_rate: float
     out["broker_rtt_ms"] = [ms for at, ms in rtt if t0 <= at <= t_bg_end]
     for name, v in counters.items():
         out[name] = [v]
-    out["consumer_lag_peak"] = lag_peak
+    peak = max(lags, key=lambda x: x[1], default=(t0, 0.0))
+    out["consumer_lag_peak"] = [peak[1], peak[0] - t0]
+    out["P1.halves"] = _halves(expected, arrivals, (wall0 + seconds / 2) * 1000)
     for name, t in cpu.items():
         out[f"cpu.{name}"] = [(t - cpu0[name]) / bg_seconds]
     out["load"] = [load0, load1]
     return out
+
+
+def _halves(expected: dict[tuple[str, str], int], arrivals: dict[tuple[str, str], tuple[float, int]],
+            cut_ms: float) -> list[float]:
+    """P1 p99 of the probes sent before and after ``cut_ms``: a tail that grows with the run is the broker's."""
+    lat = [(v, (arrivals[q][0] - v) / 1000) for q, v in expected.items() if q[1] != "abandoned" and q in arrivals]
+    return [_pct([x for v, x in lat if v < cut_ms], 0.99), _pct([x for v, x in lat if v >= cut_ms], 0.99)]
 
 
 def _template(line: bytes) -> tuple[bytes, bytes]:
@@ -523,7 +532,8 @@ def skewed_report(runs: list[dict[str, list[float]]], seconds: float, skew_s: fl
     counters = "\n".join(
         f"| {k + 1} | {r['bg_rate'][0]:,.0f} | {r['cx_events_total'][0]:,.0f} | "
         f"{r['cx_urgent_early_events_total'][0]:,.0f} | {r['cx_urgent_reordered_events_total'][0]:,.0f} | "
-        f"{r['cx_late_events_total'][0]:,.0f} | {r['consumer_lag_peak'][0]:,.0f} | "
+        f"{r['cx_late_events_total'][0]:,.0f} | {r['consumer_lag_peak'][0]:,.0f} "
+        f"({r['consumer_lag_peak'][1]:.0f} s) | {r['P1.halves'][0]:.2f} s / {r['P1.halves'][1]:.2f} s | "
         f"{_pct(r['send_lag_ms'], 0.99):,.0f} ms | {max(r['broker_rtt_ms'], default=float('nan')):,.0f} ms | "
         f"{r['cpu.worker'][0]:.2f} / {r['cpu.broker'][0]:.2f} / {r['cpu.generator'][0]:.2f} | "
         f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |" for k, r in enumerate(runs))
@@ -547,13 +557,16 @@ def skewed_report(runs: list[dict[str, list[float]]], seconds: float, skew_s: fl
         + "\n".join(rows)
         + "\n\nPer run: background rate achieved, the worker's own counters at the end of the run (scraped from its "
         "`/metrics`; events count when applied, so those still waiting for the watermark are not in them), the "
-        "worker's peak consumer lag (sampled every 2 s), the load generator's p99 delay behind its own send schedule, "
+        "worker's peak consumer lag (sampled every 2 s; when, in seconds into the background window), the P1 p99 of "
+        "the probes sent in each half of the window, the load generator's p99 delay behind its own send schedule, "
         "the worst per-second p99 of its produce round trip to the broker, the CPU each process used (cores, over "
         "the background window) and the machine's load (other work shared its 2 cores):\n\n"
         "| run | background events/s | `cx_events_total` | `cx_urgent_early_events_total` "
-        "| `cx_urgent_reordered_events_total` | `cx_late_events_total` | worker's consumer lag (peak, messages) "
+        "| `cx_urgent_reordered_events_total` | `cx_late_events_total` | worker's consumer lag: peak, messages (when) "
+        "| P1 p99, probes of the first / second half of the window "
         "| generator behind schedule (p99) | broker produce RTT (worst p99) | CPU cores used: worker / broker / "
-        "generator | load average (1 min) before → after |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n"
+        "generator | load average (1 min) before → after |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n"
         + counters
         + f"\n\nMedians: generator behind schedule {statistics.median(lag):,.0f} ms, broker RTT "
         f"{statistics.median(rtt):,.0f} ms. `cx_urgent_reordered_events_total` counts the events that arrived behind "
