@@ -250,3 +250,9 @@ def test_min_uplift_is_read_from_the_pack_and_defaults_to_zero(tmp_path: Path) -
     assert load_rule_pack(DEFAULT_PACK).effect_min_uplift == 0.01
     assert load_rule_pack(_pack(tmp_path, BASE.replace("min_uplift = 0.01\n", ""))).effect_min_uplift == 0.0
 
+
+
+def test_a_pack_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    p = tmp_path / "bom.toml"
+    p.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load_rule_pack(p).fingerprint() == load_rule_pack().fingerprint()
