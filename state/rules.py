@@ -269,20 +269,19 @@ def _generic_moments(path: str, raw: list[Any], journeys: dict[str, JourneyDef],
     raw = [m if isinstance(m, dict) and m.get("kind") in generic_schema.KINDS else {"kind": KINDS[0]} for m in raw]
     errors = generic_schema.validate(path, raw, journeys, attempt_timeout_ms, types=frozenset(types),
                                      builtin_kinds=KINDS)
+    taken = {r.name for r in builtins}
+    _name_clashes(raw, journeys, taken, probs)  # reported with the schema's problems, not only without them
     if errors:
         for e in errors:
             probs.found += e.problems
         return []
     compiled = generic_schema.compile_rules(path, raw, journeys, attempt_timeout_ms, types=frozenset(types),
                                             builtin_kinds=KINDS)
-    taken = {r.name for r in builtins}
     per_journey: dict[str, int] = {}
     out: list[MomentRule] = []
     for g in compiled:
         if g.name in taken:
-            where = next((f"moment[{i}]" for i, m in enumerate(raw) if g.source is m), "moment")
-            probs.found.append((f"{where}.name", f"rule {g.name!r} is already defined by a built-in rule"))
-            continue
+            continue  # reported by _name_clashes
         k = per_journey.get(g.journey, 0)
         per_journey[g.journey] = k + 1
         c = g.common
@@ -295,6 +294,20 @@ def _generic_moments(path: str, raw: list[Any], journeys: dict[str, JourneyDef],
             generic=g, bit=1 << (len(KINDS) + k), span_ms=_span_ms(g),
         ))
     return out
+
+
+def _name_clashes(raw: list[Any], journeys: dict[str, JourneyDef], taken: set[str], probs: _Problems) -> None:
+    """Note each generic rule named like a built-in rule of the pack (``<journey>.<name>``, as compiled)."""
+    for i, m in enumerate(raw):
+        if m.get("kind") not in generic_schema.KINDS:
+            continue
+        name, js = m.get("name", m["kind"]), m.get("journeys", list(journeys))
+        if not isinstance(name, str) or not isinstance(js, list):
+            continue  # the schema reports those
+        for j in js:
+            if isinstance(j, str) and f"{j}.{name}" in taken:
+                probs.found.append((f"moment[{i}] ({j}.{name}).name",
+                                    f"rule '{j}.{name}' is already defined by a built-in rule"))
 
 
 def _span_ms(g: GenericRule) -> int:

@@ -256,3 +256,13 @@ def test_a_pack_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     p = tmp_path / "bom.toml"
     p.write_bytes(b"\xef\xbb\xbf" + BASE.encode())
     assert load_rule_pack(p).fingerprint() == load_rule_pack().fingerprint()
+
+
+def test_a_generic_rule_named_like_a_built_in_is_reported_with_the_other_problems() -> None:
+    text = BASE + ('\n[[moment]]\nkind = "count"\nname = "failed"\nthreshold = 1\njourneys = ["cart"]\n'
+                   '\n[[moment]]\nkind = "count"\nname = "other"\nthreshold = 0\njourneys = ["cart"]\n')
+    with pytest.raises(RulePackError) as info:
+        rule_pack_from_dict(__import__("tomllib").loads(text), "p.toml")
+    msg = str(info.value)
+    assert "(cart.failed).name: rule 'cart.failed' is already defined by a built-in rule" in msg
+    assert "threshold" in msg  # the other rule's problem, in the same report
