@@ -331,6 +331,10 @@ def _split_traffic(tmp: Path) -> list[Path]:
 # Every step (a source batch, a shard batch, a sink write) outlasts this grace: a signal during any of them is a
 # signal during a "long" batch, whatever the machine's speed.
 SHORT_GRACE = "import flows.runner; flows.runner.INPUT_STOP_GRACE_S = 0.2"
+# Every shard step also takes 20 ms more, so that the run outlasts several status lines on any machine: a fast
+# one used to finish before the signal, and the scenario (a signal inside a running step) did not happen.
+SLOW_STEPS = ("import time, flows.operators as o; _step = o.ShardLogic.on_batch; "
+              "o.ShardLogic.on_batch = lambda self, v: (time.sleep(0.02), _step(self, v))[1]")
 
 
 @pytest.mark.parametrize("after", [1, 8_000])  # the first file holds about 15,000 events
@@ -351,10 +355,11 @@ def test_sigterm_during_a_long_batch_stops_cleanly_and_a_resume_loses_no_moment(
     part = [*source, "--sink", f"jsonl:{tmp_path / 'part'}", "--recovery-dir", str(tmp_path / "rd"),
             "--snapshot-interval", "1"]
     first = Worker([*part, "--status", "log"], tmp_path / "first.log", env={"RUST_BACKTRACE": "1"},
-                   prelude=SHORT_GRACE)
+                   prelude=f"{SHORT_GRACE}; {SLOW_STEPS}")
     try:
         wait_until(lambda: _status_events(first.log()) >= after or not first.alive(), 300,
                    f"a status line with events >= {after}", detail=lambda: first.log()[-3000:])
+        assert first.alive(), "the run ended before the signal: " + first.log()[-3000:]
     except BaseException:
         first.stop()
         raise

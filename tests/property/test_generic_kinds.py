@@ -123,7 +123,7 @@ def test_reference_moments_are_well_formed(drawn: tuple[dict[str, Any], list[dic
         if rule["kind"] == "count":
             assert len(evidence) == rule["threshold"]
         else:
-            values = [ref.field_value(e, rule["field"]) for e in evs]
+            values = [ref.value_key(ref.field_value(e, rule["field"])) for e in evs]  # true, 1 and "1" differ
             assert None not in values
             assert len(set(values)) == len(values) >= rule["threshold"]
 
