@@ -151,13 +151,18 @@ def _two_files(tmp_path: Path) -> tuple[Path, Path, Path]:
     return _events(tmp_path), second, tmp_path / "rec"
 
 
+def _refused_after(first: str, then: str, rec: Path) -> tuple[str, str]:
+    """Run ``first`` to its end with recovery, then ``then`` on the same state: it must exit 2; its line and stderr."""
+    assert _moments_run(_args(first, rec)).returncode == 0
+    again = _moments_run(_args(then, rec))
+    assert again.returncode == 2, again.stderr[-3000:]
+    return _error_line(again), again.stderr
+
+
 def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_path: Path) -> None:
     # The second file's lines were skipped up to the first file's position: events=0, exit 0.
     first, second, rec = _two_files(tmp_path)
-    assert _moments_run(_args(f"file:{first}", rec)).returncode == 0
-    again = _moments_run(_args(f"file:{second}", rec))
-    assert again.returncode == 2, again.stderr[-3000:]
-    line = _error_line(again)
+    line, _stderr = _refused_after(f"file:{first}", f"file:{second}", rec)
     assert "events.jsonl" in line
     assert "later.jsonl" in line
 
@@ -165,10 +170,7 @@ def test_another_file_in_a_place_of_the_input_list_is_refused_not_skipped(tmp_pa
 def test_a_file_removed_from_the_input_list_is_refused_not_a_panic(tmp_path: Path) -> None:
     # Bytewax panicked on the partition it no longer had ("Key StateKey(\"1\") is not in this worker's routing map").
     first, second, rec = _two_files(tmp_path)
-    assert _moments_run(_args(f"file:{first},{second}", rec)).returncode == 0
-    again = _moments_run(_args(f"file:{first}", rec))
-    assert again.returncode == 2, again.stderr[-3000:]
-    line = _error_line(again)
+    line, stderr = _refused_after(f"file:{first},{second}", f"file:{first}", rec)
     assert "place 1" in line
     assert "later.jsonl" in line
-    assert "panicked" not in again.stderr
+    assert "panicked" not in stderr
