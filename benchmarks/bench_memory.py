@@ -131,8 +131,8 @@ if breakdown:
         wheel = sh.ctx.wheel
         for part in (wheel.filed, wheel.buckets, wheel.near):
             deep("timers / wake-ups", part)
-        deep("reorder buffer", list(sh.queue))
-        deep("reorder buffer", sh.buffer)
+        deep("reorder buffer", list(sh.held.queue))
+        deep("reorder buffer", sh.held.heap)
     res["breakdown"] = {k: (acc[k] / tracked, cnt[k] / tracked) for k in acc}
     n_attempts = sum(1 for s in shards for c in s.customers.values() for a in c.attempts if a is not None)
     res["attempts_per_customer"] = n_attempts / tracked

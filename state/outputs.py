@@ -129,6 +129,11 @@ class Outputs:
         self.watermark_ms = 0
         self.max_ts_ms = 0
 
+    def reject(self, inv: Invalid, source: str, partition: int, offset: int, now_ms: int, max_bytes: int) -> None:
+        """Count an invalid input by its reason and add its dead-letter record (see ``dead_letter_record``)."""
+        self.invalid[inv.reason.value] = self.invalid.get(inv.reason.value, 0) + 1
+        self.dead.append(dead_letter_record(inv, source, partition, offset, now_ms, max_bytes))
+
     def records(self) -> list[tuple[str, list[dict[str, Any]]]]:
         """Return ``(kind, rows)`` pairs for the kinds that have rows."""
         pairs = (

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from state.batches import RawBatch, Tick
@@ -24,7 +23,7 @@ from state.deadlines import next_deadline, shed_oldest
 from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
-from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs, dead_letter_record
+from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs
 from state.record import CustomerState, seen_before
 from state.release import release, slowest_partition
 from state.reorder import ReorderBuffer
@@ -105,23 +104,13 @@ class Shard:
         self.shortcut = True
         self.lane = urgent_lane(pack, self.ctx, lateness_ms, urgent_lateness_ms) if live else None
         if self.lane is not None:
-            self.lane.attach(self.held, self.customers, self._apply)
+            self.lane.attach(self.held, self.customers, self._apply, self._apply_late)
             self._apply = self.lane.apply  # type: ignore[method-assign]
 
     @property
     def out(self) -> Outputs:
         """The current batch's outputs."""
         return self.ctx.out
-
-    @property
-    def queue(self) -> deque[Event]:
-        """Held in-order arrivals (see ``ReorderBuffer``)."""
-        return self.held.queue
-
-    @property
-    def buffer(self) -> list[tuple[int, str, int, int, Event]]:
-        """Held stragglers, a heap of (ts, event_id, origin, seq, event) (see ``ReorderBuffer``)."""
-        return self.held.heap
 
     @property
     def timers(self) -> list[tuple[int, str]]:
@@ -182,8 +171,7 @@ class Shard:
                 self.max_ts = max_ts
                 self.advance(wm)
                 self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
-                if not straggler_of_ended(self.ctx, customers.get(ev.customer_id), ev):
-                    self._apply(ev)
+                self._apply_late(ev)
                 continue
             if ts > max_ts:
                 max_ts = ts
@@ -219,10 +207,7 @@ class Shard:
         self._dead(inv, batch, offset)
 
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
-        out = self.ctx.out
-        out.invalid[inv.reason.value] = out.invalid.get(inv.reason.value, 0) + 1
-        out.dead.append(dead_letter_record(inv, batch.source, batch.partition, offset, self.now_ms(),
-                                           self.dead_letter_max_bytes))
+        self.ctx.out.reject(inv, batch.source, batch.partition, offset, self.now_ms(), self.dead_letter_max_bytes)
 
     def tick(self, t: Tick) -> None:
         """Follow the input's progress: note a partition's largest time, note or act on a final tick.
@@ -318,13 +303,24 @@ class Shard:
         if ctx.pending:
             decide(ctx, c, cid)
 
+    def _apply_late(self, ev: Event) -> None:
+        # A straggler of an attempt that ended since is left out (applied, it would open a new attempt whose rules
+        # fire twice for one attempt), but it is a valid event that was read: de-duplicated and counted all the same.
+        c = self.customers.get(ev.customer_id)
+        if c is None or not straggler_of_ended(self.ctx, c, ev):
+            self._apply(ev)
+        elif seen_before(c, ev):
+            self._dup(ev)
+        else:
+            counts = self.ctx.out.events
+            key = (ev.channel, ev.type)
+            counts[key] = counts.get(key, 0) + 1
+
     def _dup(self, ev: Event) -> None:
         # raw is the event id (≤128 characters), so raw_len and raw_sha256 describe what the record holds.
         inv = Invalid(InvalidReason.DUPLICATE, "event_id was already seen for this customer", ev.event_id.encode(),
                       "event_id")
-        out = self.ctx.out
-        out.invalid["duplicate"] = out.invalid.get("duplicate", 0) + 1
-        out.dead.append(dead_letter_record(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes))
+        self.ctx.out.reject(inv, "dedup", -1, -1, self.now_ms(), self.dead_letter_max_bytes)
 
     # -- batch boundary ---------------------------------------------------------------
     def take_outputs(self, states: bool | None = None) -> Outputs:

@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from state.context import BatchContext
-from state.customer import straggler_of_ended
 from state.deadlines import on_wake
 from state.events import Event
 from state.plan import JourneyPlan
@@ -102,6 +101,7 @@ class UrgentLane:
         self._held_buf = ReorderBuffer()
         self._customers: dict[str, CustomerState] = {}
         self._apply_now: Callable[[Event], None] = _nothing
+        self._apply_late: Callable[[Event], None] = _nothing
         self.triggers = triggers
         self._every = triggers.get(_ANY, frozenset())
         self.lateness_ms = lateness_ms
@@ -114,12 +114,14 @@ class UrgentLane:
         self.reordered = 0
 
     def attach(self, held: ReorderBuffer, customers: dict[str, CustomerState],
-               apply: Callable[[Event], None] | None = None) -> None:
+               apply: Callable[[Event], None] | None = None, apply_late: Callable[[Event], None] | None = None) -> None:
         """Work on the shard's (new, after a restore) buffer and customers; index the events it holds."""
         self._held_buf = held
         self._customers = customers
         if apply is not None:
             self._apply_now = apply  # the shard's own apply: dedup, detection, decisions
+        if apply_late is not None:
+            self._apply_late = apply_late  # the same for a straggler (one of an ended attempt is only counted)
         self.rebuild([*held.queue, *(h[-1] for h in held.heap)])
 
     def append(self, ev: Event) -> None:
@@ -133,8 +135,7 @@ class UrgentLane:
             # Never an in-order arrival: the customer's frontier is an event time seen already.
             self.ctx.out.late += 1
             self.reordered += 1
-            if not straggler_of_ended(self.ctx, self._customers.get(ev.customer_id), ev):
-                self._apply_now(ev)
+            self._apply_late(ev)
             return
         self.hold(ev)
         self._held_buf.push(ev)

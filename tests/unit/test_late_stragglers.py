@@ -40,3 +40,18 @@ def test_a_straggler_from_an_expired_attempt_changes_nothing(tmp_path: Path) -> 
     # A late event beyond the timeout of the ended attempt still opens the next attempt, as in order.
     events[2] = ev("x3", 6 * MIN, "fail", customer="x", step="payment")
     assert [r for r, _ in _moments(run(events, pack=short, lateness_ms=SEC))].count("cart.failed") == 2
+
+
+def test_a_straggler_left_out_is_still_counted_once_as_a_valid_event() -> None:
+    # Every valid message is counted (cx_events_total) whether it changes state or not; a copy of it is a duplicate.
+    events = [ev("x0", -SEC, "start", customer="x", step="cart"),
+              ev("x1", 0, "fail", customer="x", step="payment"),
+              ev("x2", MIN, "complete", customer="x", step="payment"),
+              ev("f", 11 * MIN, "view", customer="filler", step="product"),
+              ev("x3", 30 * SEC, "fail", customer="x", step="payment"),
+              ev("x3", 30 * SEC, "fail", customer="x", step="payment")]
+    out = run(events, lateness_ms=SEC)
+    assert out.late == 2
+    assert sum(out.events.values()) == 5
+    assert out.invalid == {"duplicate": 1}
+    assert [d["raw"] for d in out.dead] == ["x3"]

@@ -303,7 +303,7 @@ def test_snapshot_is_a_copy_that_later_processing_does_not_change() -> None:
     restored.restore(blob)
     # At the snapshot, the view of c3 was still waiting for the watermark: it is part of the copy.
     assert set(restored.customers) == {"c1", "c2"}
-    assert [e.event_id for e in [*restored.queue, *(b[-1] for b in restored.buffer)]] == ["v1"]
+    assert [e.event_id for e in [*restored.held.queue, *(b[-1] for b in restored.held.heap)]] == ["v1"]
 
 
 def test_restoring_under_a_pack_that_adds_or_removes_rules_is_refused_naming_them(tmp_path: Path) -> None:
@@ -346,7 +346,7 @@ def test_a_restart_may_change_rule_parameters_and_armed_deadlines_follow_them(tm
         restored = Shard(pack)
         restored.restore(blob)
         assert set(restored.customers) == {"c1"}  # the open journey survived the restart (c2's view is held)
-        assert [e.event_id for e in restored.queue] == ["o"]
+        assert [e.event_id for e in restored.held.queue] == ["o"]
         out = _feed(restored, [ev("later", 20 * MIN, "view", step="product", customer="c3")])
         assert [(m["rule"], m["due_ts"]) for m in out.moments] == [("cart.abandoned", T0 + due)]
 
@@ -361,7 +361,7 @@ def test_a_snapshot_of_the_previous_layout_restores_under_the_same_pack() -> Non
     restored = Shard(PACK)
     restored.restore(old)
     assert set(restored.customers) == {"c1"}
-    assert [e.event_id for e in restored.queue] == ["b"]
+    assert [e.event_id for e in restored.held.queue] == ["b"]
 
 
 def test_restoring_a_snapshot_of_an_unknown_format_is_refused() -> None:

@@ -70,13 +70,13 @@ def test_a_snapshot_whose_held_stragglers_have_no_origin_restores_in_arrival_ord
     # The second copy sorts before the queue's last event: a straggler, held in the heap.
     sh.feed(RawBatch("file:x", 0, raws([ev("a", 5_000, "view"), ev("dup", 1_000, "fail"), ev("dup", 1_000)]),
                      [1, 2, 3]))
-    assert [e[-1].type for e in sh.buffer] == ["fail", "view"]
+    assert [e[-1].type for e in sh.held.heap] == ["fail", "view"]
     fmt, fp, customers, queue, heap, *rest = pickle.loads(sh.snapshot())  # noqa: S301
     # As written before events carried their origin: (ts, event_id, seq, event) entries, 9-field events.
     old_heap = [(t, e, s, Event(*x[:9])) for t, e, _o, s, x in heap]
     again = _Shard(PACK, lateness_ms=600_000)
     again.restore(pickle.dumps((fmt, fp, customers, queue, old_heap, *rest), protocol=5))
-    assert [(e[2], e[-1].type) for e in again.buffer] == [(-1, "fail"), (-1, "view")]
+    assert [(e[2], e[-1].type) for e in again.held.heap] == [(-1, "fail"), (-1, "view")]
     again.flush()
     out = again.take_outputs()
     assert out.invalid == {"duplicate": 1}  # the first to arrive (fail) was applied, the other a duplicate
