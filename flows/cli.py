@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from flows.config import (
     DEFAULT_CLICKHOUSE_DSN,
@@ -402,5 +403,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
+def console() -> NoReturn:
+    """The ``moments`` console script: ``main``, then exit without Python's finalization if Bytewax threads remain.
+
+    After a cluster failure (a peer disagreeing on ``-w`` panics Bytewax's communication) a worker thread of this
+    process may still be inside the dataflow. At finalization Python ends such a thread the moment it asks for the
+    interpreter (``pthread_exit``), and unwinding through Bytewax's Rust frames aborts the process ("FATAL:
+    exception not rethrown", exit -6) after the error line was printed.
+    """
+    code = main()
+    runner = sys.modules.get("flows.runner")  # not imported: no dataflow ran
+    if runner is not None and not runner.await_workers_stopped(WORKER_EXIT_GRACE_S):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
+WORKER_EXIT_GRACE_S = 2.0
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

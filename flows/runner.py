@@ -148,7 +148,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             _STOPPING = True
             _log_stopping()
     except KeyboardInterrupt:
-        _await_workers_stopped(SIGTERM_GRACE_S)
+        await_workers_stopped(SIGTERM_GRACE_S)
         _log_stopping()
     except Exception as e:
         # The interrupt surfaces wrapped when it lands inside a Python step called by Bytewax.
@@ -157,7 +157,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
             if named is None:
                 raise
             raise named from None
-        _await_workers_stopped(SIGTERM_GRACE_S)
+        await_workers_stopped(SIGTERM_GRACE_S)
         _log_stopping()
     except BaseException as e:
         # Bytewax's Rust panics (pyo3's PanicException) are BaseExceptions: in a cluster, a peer that failed or
@@ -314,8 +314,8 @@ def _worker_threads() -> int:
     return count
 
 
-def _await_workers_stopped(timeout_s: float) -> None:
-    """Wait until the worker threads have left the dataflow, so the final flush sees every output.
+def await_workers_stopped(timeout_s: float) -> bool:
+    """Wait until the worker threads have left the dataflow; return whether they have.
 
     On a signal Bytewax returns as soon as it has told the workers to stop; a worker may still be finishing
     the step it was in, and rows it writes after ``flush_all`` would be lost.
@@ -323,6 +323,7 @@ def _await_workers_stopped(timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while _worker_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
+    return not _worker_threads()
 
 
 _WATCHER: threading.Thread | None = None
