@@ -78,6 +78,7 @@ class BatchContext:
         self.wheel = TimerWheel()
         self.out = Outputs(key)
         self.current_customer = ""
+        self.source = ""  # the input of the batch being fed (late records name it)
         # Moments fired by the current event or timer, awaiting their contact-policy decision.
         self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
         self.event_now = 0  # event time of the event or timer being applied

@@ -147,6 +147,7 @@ class Shard:
         push = held.push if self.lane is None else self.lane.push
         if self.lane is not None:
             append = self.lane.append
+            self.ctx.source = batch.source
         # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
         place = batch.partition << ORIGIN_BITS
         known = len(offsets) == len(batch.values)

@@ -23,13 +23,14 @@ from typing import Final
 
 from state.context import BatchContext
 from state.deadlines import on_wake
-from state.events import Event
+from state.events import ORIGIN_BITS, Event
 from state.plan import JourneyPlan
 from state.record import CustomerState
 from state.reorder import ReorderBuffer
 from state.rule_model import RulePack
 
 _ANY: Final = "*"
+_POSITION: Final = (1 << ORIGIN_BITS) - 1
 
 
 def _nothing(_ev: Event) -> None:
@@ -131,9 +132,13 @@ class UrgentLane:
 
     def push(self, ev: Event) -> None:
         """Hold a straggler; one behind its customer's early application is applied at once, as late."""
-        if self.behind(ev):
-            # Never an in-order arrival: the customer's frontier is an event time seen already.
-            self.ctx.out.late += 1
+        f = self.frontier.get(ev.customer_id)
+        if f is not None and _key(ev) < f:
+            # Never an in-order arrival: the customer's frontier is an event time seen already. Recorded as late
+            # behind that frontier (its place in the input is in ``origin``), as one behind the watermark is.
+            origin = ev.origin
+            self.ctx.late(ev, f[0], self.ctx.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
+                          origin & _POSITION if origin >= 0 else -1)
             self.reordered += 1
             self._apply_late(ev)
             return

@@ -82,6 +82,10 @@ def test_an_event_behind_an_early_customer_is_applied_at_once_and_counted() -> N
     # A view from before the failure arrives 10 s late: more than the urgent lateness, less than the lateness.
     out = _feed(sh, [ev("c1-late", 25 * SEC, "view", customer="c1", step="checkout")])
     assert (out.urgent_reordered, out.late) == (1, 1)
+    # Recorded like an event behind the watermark: behind the failure at 30 s the customer was applied up to.
+    [rec] = out.late_events
+    assert (rec["event_id"], rec["watermark"], rec["late_ms"]) == ("c1-late", T0 + 30 * SEC, 5 * SEC)
+    assert (rec["source"], rec["partition"], rec["offset"]) == ("test", 0, 0)
     # Another customer's event at the same time is not late at all.
     out = _feed(sh, [ev("c2-v", 25 * SEC, "view", customer="c2", step="product")])
     assert (out.urgent_reordered, out.late) == (0, 0)
