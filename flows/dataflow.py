@@ -122,25 +122,27 @@ def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[
             feedback_topics=[cfg.kafka_topics["feedback"]],
             ticks=cfg.kafka_stop_at_end and not cfg.live,
             on_disorder=_disorder_hook(cfg),
+            live_ticks=cfg.live,
         )
     raise ValueError(f"unknown source {cfg.source!r}")
 
 
 def replay_partitions(cfg: PipelineConfig) -> Callable[[], frozenset[str]]:
-    """Return a function giving the input partitions a replay shard's watermark waits for (live: none).
+    """Return a function giving the input partitions a shard's watermark waits for.
 
     Every shard hears every partition's ticks: a cluster's file and simulator partitions feed only their own
-    process's shards, but each process reads every file (its partition ticks under the file's name).
+    process's shards, but each process reads every file (its partition ticks under the file's name). Live, only
+    Kafka's event partitions tick (``Tick.behind``): the wall clock waits until each has reported.
     """
-    if cfg.live:
+    if cfg.live and cfg.source != "kafka":
         return frozenset
     if cfg.source.startswith("file:"):
         names = frozenset(file_partition_names(file_paths(cfg.source[5:])))
         return lambda: names
     if cfg.source == "simulator":
         return lambda: frozenset({"simulator"})
-    if cfg.source == "kafka" and cfg.kafka_stop_at_end:
-        # Only a replay to the end: every partition then reports, an empty one by its end. Asked when a shard
+    if cfg.source == "kafka" and (cfg.kafka_stop_at_end or cfg.live):
+        # A replay to the end (every partition then reports, an empty one by its end), or live. Asked when a shard
         # is built: the event topic's partition count, from the broker once per process.
         topic = cfg.kafka_topics["events"]
         known: list[frozenset[str]] = []

@@ -36,11 +36,15 @@ class Tick(NamedTuple):
     keeps the largest such time and, at end of input (once every partition of every process has ended),
     releases every buffered event and fires every timer due at or before it. A final tick without a
     partition flushes at once (one partition feeds the shard).
+
+    Live, ``behind`` says the partition has input it has not read yet (a backlog): while a partition is behind,
+    or one the shard expects has not reported yet, the wall clock does not move the watermark; event time does.
     """
 
     max_ts_ms: int
     final: bool = False
     partition: str = ""
+    behind: bool = False
 
 
 class Hello(NamedTuple):

@@ -25,13 +25,13 @@ from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs
 from state.record import CustomerState, seen_before
-from state.release import release, slowest_partition
 from state.reorder import ReorderBuffer
 from state.routing import ShardCountMismatchError, shard_of_id
 from state.rules import RulePack
 from state.snapshots import dump, load
 from state.tags import feedback_row
 from state.urgent import urgent_lane
+from state.watermark import Watermark
 from state.wheel import TimerWheel
 
 
@@ -40,7 +40,7 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Shard:
+class Shard(Watermark):
     """Customers of one shard, their timers and the shard's watermark.
 
     Args:
@@ -53,9 +53,10 @@ class Shard:
         dead_letter_max_bytes: Original bytes a dead letter keeps (see ``dead_letter_record``).
         shards: Number of shards routing divides customers into (0: unknown, no routing check); an event
             whose parsed customer does not belong to the shard its batch was routed to is dead-lettered.
-        partitions: Replay: the names of the input partitions whose ticks reach this shard (``Tick.partition``).
-            Given, the watermark follows the slowest partition not yet ended (see ``tick``), not the shard's
-            own events; empty (or live), it follows the largest event time seen.
+        partitions: The names of the input partitions whose ticks reach this shard (``Tick.partition``). Replay:
+            the watermark follows the slowest partition not yet ended (see ``tick``), not the shard's own events;
+            empty, it follows the largest event time seen. Live: the wall clock moves the watermark only once each
+            has reported and none is behind (``Tick.behind``); a backlog is read in event time.
         urgent_lateness_ms: Live: the lateness of the urgent lane (``state.urgent``) for the rules whose latency
             target is below ``lateness_ms``; 0 turns it off. Ignored in replay.
     """
@@ -78,6 +79,9 @@ class Shard:
     ) -> None:
         self.key = key
         self.partitions = frozenset() if live else partitions
+        # Live: partitions that must report before the wall clock counts, and those with input not yet read.
+        self.unheard = set(partitions) if live else set()
+        self.behind: set[str] = set()
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.shards = shards
         self.feedback_sources = feedback_sources
@@ -209,72 +213,6 @@ class Shard:
 
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
         self.ctx.out.reject(inv, batch.source, batch.partition, offset, self.now_ms(), self.dead_letter_max_bytes)
-
-    def tick(self, t: Tick) -> None:
-        """Follow the input's progress: note a partition's largest time, note or act on a final tick.
-
-        Partitioned replay: the watermark moves to the smallest largest time of the expected partitions not
-        yet ended, minus the lateness (nothing moves until each has reported). Live: it follows the largest
-        time of any tick. Otherwise (a replay without partitions) it follows the shard's own events only.
-        """
-        p = t.partition
-        if t.final:
-            if not p:
-                self.flush(max(t.max_ts_ms, self.max_ts))
-                return
-            if t.max_ts_ms > self.finals.get(p, -1):
-                self.finals[p] = t.max_ts_ms
-        if self.partitions:
-            if p in self.partitions:
-                if t.max_ts_ms > self.part_max.get(p, -1):
-                    self.part_max[p] = t.max_ts_ms
-                self._follow_partitions()
-            return
-        if t.final or not self.live:
-            return
-        if t.max_ts_ms > self.max_ts:
-            self.max_ts = t.max_ts_ms
-        self.advance(self.max_ts - self.lateness_ms)
-
-    def _follow_partitions(self) -> None:
-        """Advance to the slowest open partition's largest time minus the lateness (all ended: the largest's)."""
-        low = slowest_partition(self.partitions, self.part_max, self.finals)
-        if low is not None:
-            self.advance(low - self.lateness_ms)
-
-    def on_wall_clock(self) -> None:
-        """Live mode: advance the watermark with the wall clock while input is idle, and release urgent events."""
-        if self.live:
-            now = self.now_ms()
-            self.advance(now - self.lateness_ms)
-            if self.lane is not None:
-                self.lane.run(max(self.max_ts, now), self.wm)
-
-    def end_of_input(self) -> None:
-        """Every partition of every process has ended: fire what is due by the whole input's largest time.
-
-        That is the largest time any partition's final tick reported (each validated at its source), or
-        the shard's own; a live shard that heard no final tick is left to its wall clock.
-        """
-        if self.finals:
-            self.flush(max(self.max_ts, *self.finals.values()))
-        elif not self.live:
-            self.flush()
-
-    def flush(self, up_to_ms: int | None = None) -> None:
-        """End of input: apply every buffered event and fire every timer due at or before ``up_to_ms``."""
-        limit = self.max_ts if up_to_ms is None else up_to_ms
-        # Events at `limit` must be released too, so advance one past it.
-        self.advance(limit + 1, timers_to=limit)
-
-    def advance(self, wm: int, timers_to: int | None = None) -> None:
-        """Move the watermark to ``wm``: apply buffered events before it and fire timers due by it (``timers_to``
-        if given; see ``state.release``)."""
-        if wm <= self.wm:
-            return
-        self.wm = wm
-        release(self.held, self.ctx, self.customers, self._apply, wm, wm if timers_to is None else timers_to,
-                self.shortcut)
 
     def _apply(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.

@@ -61,8 +61,13 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                  on_error: Callable[[str, int, KafkaError], None] | None = None, idle_wait_s: float = 0.01,
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES, max_ts: int = 0,
-                 clock: bool = True, ticks: bool = False, on_disorder: DisorderHook | None = None) -> None:
+                 clock: bool = True, ticks: bool = False, on_disorder: DisorderHook | None = None,
+                 live_ticks: bool = False) -> None:
         self._final_tick = final_tick and stop_at_end
+        # Live: tick when the partition falls behind (a batch that did not reach its end) or catches up, so the
+        # shards let the wall clock move their watermarks only while no partition has a backlog.
+        self._live_ticks = live_ticks and clock
+        self._behind: bool | None = None  # what the last live tick said (None: nothing said yet)
         # A replay's event partitions tick after every batch: the shards' watermarks follow the slowest one.
         self._ticks = ticks and clock
         self._ticked = -1  # the time the last tick carried: an unchanged one is not sent again
@@ -191,6 +196,10 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             # After the batch's events (same key, same order): none of them is below what the tick says.
             self._ticked = self._max_ts
             tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]")
+            items.extend((k, tick) for k in self._keys)
+        elif self._live_ticks and (self._behind is None or self._behind == self._eof):
+            self._behind = not self._eof
+            tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]", behind=self._behind)
             items.extend((k, tick) for k in self._keys)
         return items
 
@@ -353,6 +362,9 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
         feedback_topics: Topics whose messages are feedback, not events: they never move the final tick's time.
         ticks: A replay: after every batch, send every shard a ``Tick`` with the partition's largest valid event
             time so far (feedback partitions do not tick), which the shards' watermarks follow.
+        live_ticks: Live: send every shard a ``Tick`` with ``behind`` set when an event partition falls behind
+            (a batch that did not reach its end), and unset when it reaches its end; the shards' wall clocks wait
+            for every partition to be caught up (``state.watermark``).
         on_disorder: Called once per batch of an event partition with its messages' disorder (``DisorderHook``).
     """
 
@@ -363,9 +375,10 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                  lag_interval_s: float = 5.0, on_reset: Callable[[str], None] | None = None,
                  final_tick: bool = False, types: Collection[str] = BASE_TYPES,
                  feedback_topics: Collection[str] = (), ticks: bool = False,
-                 on_disorder: DisorderHook | None = None) -> None:
+                 on_disorder: DisorderHook | None = None, live_ticks: bool = False) -> None:
         self._on_disorder = on_disorder
         self._ticks = ticks
+        self._live_ticks = live_ticks
         self._final_tick = final_tick
         self._feedback = frozenset(feedback_topics)
         self._types = types
@@ -395,4 +408,4 @@ class KafkaRawSource(FixedPartitionedSource[Item, KafkaPosition]):
                                on_reset=self._on_reset,
                                final_tick=self._final_tick, types=self._types, max_ts=max_ts,
                                clock=topic not in self._feedback, ticks=self._ticks,
-                               on_disorder=self._on_disorder)
+                               on_disorder=self._on_disorder, live_ticks=self._live_ticks)

@@ -344,3 +344,45 @@ def test_writer_keeps_retrying_while_the_broker_is_down_and_delivers_after_resta
     got = {orjson.loads(v)["moment_id"] for _k, v in read_topic_to_end(own_broker.addr, topic)}
     assert got >= {f"a{i}" for i in range(20)}  # at least once; ids make a duplicate harmless
     writer.close()
+
+
+def test_a_live_partition_ticks_behind_while_it_has_a_backlog_and_caught_up_at_its_end(kafka: str) -> None:
+    topic = unique("cx.events")
+    create_topics(kafka, [topic], partitions=1)
+    produce_lines(kafka, topic, [_event(i, "cust-1") for i in range(23)])
+    source = KafkaRawSource({"bootstrap.servers": kafka}, topic, 2, create_topics=False, batch_size=5,
+                            live_ticks=True)
+    part = source.build_part("inp", f"{topic}:0", None)
+    said: list[tuple[int, bool]] = []  # (events read before the tick, behind)
+    read = 0
+    try:
+        deadline = time.monotonic() + 30
+        while read < 23 or not said or said[-1][1]:
+            assert time.monotonic() < deadline, f"read {read}, ticks {said}"
+            for _k, item in part.next_batch():
+                if type(item) is Tick:
+                    if not said or said[-1] != (read, item.behind):  # one tick per shard key
+                        said.append((read, item.behind))
+                else:
+                    read += len(item.values)
+        # Caught up and idle: nothing more is said.
+        for _ in range(20):
+            assert not [v for _k, v in part.next_batch() if type(v) is Tick]
+        produce_lines(kafka, topic, [_event(100 + i, "cust-1") for i in range(12)])
+        while read < 35 or said[-1] != (35, False):
+            assert time.monotonic() < deadline, f"read {read}, ticks {said}"
+            for _k, item in part.next_batch():
+                if type(item) is Tick:
+                    if said[-1] != (read, item.behind):
+                        said.append((read, item.behind))
+                else:
+                    read += len(item.values)
+    finally:
+        part.close()
+    # Batches of 5 cannot reach the end of 23 messages: behind from the first batch until the end is reached.
+    assert said[0] == (5, True)
+    assert said[1] == (23, False)
+    # A burst after the end: behind again while it is read, caught up at its end.
+    assert said[2][1] is True
+    assert said[2][0] > 23
+    assert said[-1] == (35, False)

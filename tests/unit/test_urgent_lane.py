@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from flows.config import ConfigError, PipelineConfig
@@ -151,6 +151,10 @@ def _moments(out: list[Outputs]) -> set[tuple[str, str, int, str]]:
 @given(seed=st.integers(0, 10**6), skew=st.integers(0, 4_900), window=st.integers(50, 3_000))
 def test_live_with_the_lane_gives_the_replay_moments_when_disorder_is_within_the_urgent_lateness(
         seed: int, skew: int, window: int) -> None:
+    # An event reaches the shard up to `skew` after its time, then waits up to a `window` for its batch: only when
+    # the two stay within the urgent lateness (5 s) is the disorder within it (seed 274, skew 3.4 s and window
+    # 2.3 s reordered one event, rightly).
+    assume(skew + window < 5 * SEC)
     events = sorted(_traffic(seed, customers=12), key=lambda e: (e["ts"], e["event_id"]))  # a file in time order
     replay = Shard(PACK)
     first = process(replay, [RawBatch("r", 0, [orjson.dumps(e) for e in events], [])])
