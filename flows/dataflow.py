@@ -18,6 +18,7 @@ from connectors.replay_source import JsonlFileSource, file_partition_names, file
 from connectors.simulator_source import SimulatorSource
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
+from flows.rule_reload import RuleReloader
 from flows.sink import PipelineSink, Writer
 from flows.stopping import stoppable
 from state.batches import Hello
@@ -247,6 +248,7 @@ def build_dataflow(
     *,
     snapshots: bool | None = None,
     versions: PackVersions | None = None,
+    reloader: RuleReloader | None = None,
 ) -> Dataflow:
     """Assemble the dataflow for a configuration.
 
@@ -256,6 +258,7 @@ def build_dataflow(
         on_written: Called per shard batch once every writer has flushed it.
         snapshots: Pickle shard snapshots every epoch (default: only with recovery).
         versions: The versions of a ``--rules`` directory (``pack`` is the newest); None for ``pack`` alone.
+        reloader: Watches that directory while running; the shards install the versions it accepts.
 
     Returns:
         The dataflow, ready for ``cli_main``.
@@ -284,7 +287,7 @@ def build_dataflow(
     raw = op.input("input", flow, stoppable(make_source(cfg, pack, versions)))
     placement = placement_of(cfg)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
-                  cfg.tick_s, cluster_hello(cfg, pack, versions), _greeted_here(cfg, placement))
+                  cfg.tick_s, cluster_hello(cfg, pack, versions), _greeted_here(cfg, placement), reloader)
     sink = (PipelineSink(cfg.shards, partial(make_writers, cfg), on_written) if placement.processes == 1
             else _OwnShardsSink(cfg.shards, placement, partial(make_writers, cfg), on_written))
     op.output("sinks", outs, sink)

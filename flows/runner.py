@@ -26,6 +26,7 @@ from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
+from flows.rule_reload import RESULTS, RuleReloader
 from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
@@ -104,7 +105,15 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         _check_kafka(cfg)
     if cfg.wants_clickhouse:
         check_clickhouse_schema(cfg)
-    flow = build_dataflow(cfg, pack, _on_written(pack), versions=versions)  # type: ignore[arg-type]
+    reloader = None
+    if cfg.rules is not None and cfg.rules.is_dir() and versions is not None:
+        reloader = RuleReloader(cfg.rules, versions, cfg.live,
+                                lambda result: metrics.RULE_PACK_RELOADS.labels(result=result).inc())
+        for result in RESULTS:
+            metrics.RULE_PACK_RELOADS.labels(result=result)  # exported at 0 before any change
+        reloader.start()
+    flow = build_dataflow(cfg, pack, _on_written(pack), versions=versions,  # type: ignore[arg-type]
+                          reloader=reloader)
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = recovery_config(cfg.recovery_dir, cfg)

@@ -44,18 +44,8 @@ class BatchContext:
         # The versions of the pack (``state.versions``): the attributes below are the version in force at the
         # event time being applied; ``use_at`` switches them when an event or wake-up lies outside
         # [switch_lo, switch_hi). One version: the bounds are never crossed.
-        self.versions = versions if versions is not None else PackVersions.of([pack])
-        self.single = self.versions.single
-        self._compiled = [_compile(p) for p in self.versions.in_force]
-        self._by_version = {p.version: p for p in self.versions.packs}
-        self.switch_lo = -NEVER
-        self.switch_hi = NEVER
-        self.version_index = -1
-        self.use(0)
+        self.set_versions(versions if versions is not None else PackVersions.of([pack]), 0)
         self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}  # the same in every version
-        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
-        # horizon_ms after the customer's last one must still meet the state (under any version).
-        self.evict_after_ms = max(p.horizon_ms for p in self.versions.packs) + 1
         self.fired_names: list[list[tuple[str, int]]] = [
             [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
@@ -77,6 +67,17 @@ class BatchContext:
         # (customer, journey) -> (state, event time of its latest change): the row's version must grow with
         # every change, including those made by timers, which do not move the attempt's last event time.
         self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
+
+    def set_versions(self, versions: PackVersions, now: int) -> None:
+        """Compile ``versions`` (of one rule set) and use the one in force at event time ``now``."""
+        self.versions = versions
+        self.single = versions.single
+        self._compiled = [_compile(p) for p in versions.in_force]
+        self._by_version = {p.version: p for p in versions.packs}
+        self.use(versions.at(now))
+        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
+        # horizon_ms after the customer's last one must still meet the state (under any version).
+        self.evict_after_ms = max(p.horizon_ms for p in versions.packs) + 1
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""

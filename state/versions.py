@@ -1,7 +1,8 @@
 """Versioned rule packs: a directory of pack files, each in force from its ``[pack] effective_from``.
 
 Each event is handled by the newest version (largest ``[pack] version``) whose ``effective_from`` is at or
-before its event time; before the earliest ``effective_from`` the earliest file's version applies. The
+before its event time; one file may leave ``effective_from`` out (in force from the start); before the earliest
+``effective_from`` the earliest file's version applies. The
 choice depends on event time only, so a replay is deterministic and every process switches at the same
 event time. The versions of one directory share their rule set (journeys, rule names and kinds, generic
 definitions) and differ in parameters: a file that changes the rule set is refused, naming what changed.
@@ -42,13 +43,13 @@ class PackVersions:
     @classmethod
     def of(cls, packs: list[RulePack] | tuple[RulePack, ...], path: str = "") -> PackVersions:
         """Order ``packs`` by ``effective_from`` and work out which is in force when (see the module)."""
-        ordered = tuple(sorted(packs, key=lambda p: (p.effective_from_ms or 0, p.version)))
+        ordered = tuple(sorted(packs, key=lambda p: (_start(p), p.version)))
         starts: list[int] = [_EARLIEST]
         in_force: list[RulePack] = [ordered[0]]
         for p in ordered[1:]:
-            t = p.effective_from_ms or 0
+            t = _start(p)
             # The newest version of those in force at t.
-            newest = max((q for q in ordered if (q.effective_from_ms or 0) <= t), key=lambda q: q.version)
+            newest = max((q for q in ordered if _start(q) <= t), key=lambda q: q.version)
             if newest is in_force[-1]:
                 continue
             if starts[-1] == t:
@@ -76,6 +77,11 @@ class PackVersions:
         """The version in force at event time ``t``."""
         return self.in_force[self.at(t)]
 
+    def history(self, t: int) -> list[tuple[int, int, str]]:
+        """(start, version, fingerprint) of each version in force at or before event time ``t``: what a change
+        of the directory must leave alone once the watermark is at ``t``."""
+        return [(s, p.version, p.fingerprint()) for s, p in zip(self.starts, self.in_force, strict=True) if s <= t]
+
     def fingerprint(self) -> str:
         """A short hash of every version's rules and when it comes into force (the cluster handshake's, the
         snapshot's); one version: the pack's own, so a single file's handshake and snapshots are unchanged."""
@@ -90,12 +96,17 @@ class PackVersions:
                          for p in self.packs)
 
 
+def _start(p: RulePack) -> int:
+    """When a version comes into force: its ``effective_from``; without one, from the start."""
+    return _EARLIEST if p.effective_from_ms is None else p.effective_from_ms
+
+
 def load_versions(path: str | Path | None = None) -> PackVersions:
     """Load ``--rules``: a pack file (one version, in force always) or a directory of versioned pack files.
 
     Raises:
         RulePackError: naming file, field and problem for each invalid file (all files are checked), for two
-            files with the same ``[pack] version``, a file without ``effective_from``, or one whose rule set
+            files with the same ``[pack] version``, a second file without ``effective_from``, or one whose rule set
             differs from the others' (parameters may differ, the rules may not).
     """
     p = Path(path) if path is not None else None
@@ -105,17 +116,25 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
     if not files:
         raise RulePackError(p, "(directory)", "holds no pack file (*.toml)")
     packs: list[RulePack] = []
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str, str]] = []
     for f in files:
         try:
             packs.append(load_rule_pack(f))
         except RulePackError as e:
-            problems += [(f"{e.path}: {w}" if e.path != str(p) else w, pr) for w, pr in e.problems]
-    problems += [(f"{q.path}: {w}", pr) for q, w, pr in version_problems(packs)]
+            problems += [(e.path, w, pr) for w, pr in e.problems]
+    problems += [(q.path, w, pr) for q, w, pr in version_problems(packs)]
     if problems:
-        (where, problem), *more = problems
-        raise RulePackError(p, where, problem, tuple(more))
+        raise DirectoryError(problems)
     return PackVersions.of(packs, str(p))
+
+
+class DirectoryError(RulePackError):
+    """The problems of a directory of versions, each line naming its own file, field and problem."""
+
+    def __init__(self, problems: list[tuple[str, str, str]]) -> None:
+        (path, where, problem), *more = problems
+        super().__init__(path, where, problem, tuple((f"{f}: {w}", pr) for f, w, pr in more))
+        ValueError.__init__(self, "\n".join(f"{f}: {w}: {pr}" for f, w, pr in problems))
 
 
 def version_problems(packs: list[RulePack], current: PackVersions | None = None) -> list[tuple[RulePack, str, str]]:
@@ -124,10 +143,14 @@ def version_problems(packs: list[RulePack], current: PackVersions | None = None)
     others = list(current.packs) if current is not None else []
     seen: dict[int, RulePack] = {q.version: q for q in others}
     base = others[0] if others else (packs[0] if packs else None)
+    always: RulePack | None = None
     for q in packs:
         if q.effective_from_ms is None:
-            found.append((q, "pack.effective_from",
-                          "is required in a directory of versions (RFC 3339 with an offset, or epoch ms)"))
+            if always is not None:
+                found.append((q, "pack.effective_from", f"is required: only one file may leave it out (in force "
+                              f"from the start), and {always.path} does; give a time (RFC 3339 with an offset, or "
+                              "epoch ms)"))
+            always = always or q
         if q.version in seen and seen[q.version].path != q.path:
             found.append((q, "pack.version", f"version {q.version} is also the version of {seen[q.version].path}; "
                           "give each file its own version"))

@@ -4,8 +4,11 @@ equals a reference written here that switches parameters at the effective time; 
 from __future__ import annotations
 
 import random
+import re
 import signal
 import sqlite3
+import time
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -239,3 +242,64 @@ def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonm
     # One abandonment per attempt: k2 (01:40, at a key step) belongs to k1's attempt, which fired already. Had the
     # journey been lost, k2 would open an attempt whose abandonment (v2, due 02:05) fires before k3.
     assert got == [("cart.abandoned", T0 + 90 * MIN, 1, ["k1"])]
+
+
+def _reloads(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r'^cx_rule_pack_reload_total\{result="(\w+)"\} ([\d.e+]+)$', text, re.M)}
+
+
+def _fail(cid: str, ts: int) -> bytes:
+    return orjson.dumps({"event_id": f"{cid}-f", "customer_id": cid, "ts": ts, "channel": "app", "type": "fail",
+                         "journey": "cart", "step": "cart"})
+
+
+@pytest.mark.kafka
+def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(kafka: str, tmp_path: Path) -> None:
+    """Live on a real broker: an invalid file and one effective before the watermark change nothing and are
+    reported (log line naming file and field, metric); a valid one is picked up without a restart and applies
+    from its effective_from on."""
+    topics = {"CX_TOPIC_EVENTS": unique("cx.events"), "CX_TOPIC_FEEDBACK": unique("cx.feedback")}
+    create_topics(kafka, topics.values(), partitions=1)
+    packs = write_packs(tmp_path / "packs", second=False)
+    out = tmp_path / "out" / "moments.jsonl"
+    w = Worker(["--source", "kafka", "--kafka-bootstrap", kafka, "--clock", "live", "--lateness", "1s",
+                "--rules", str(packs), "--sink", f"jsonl:{tmp_path / 'out'}", "--metrics-port", "0",
+                "--status", "off"], tmp_path / "live.log", env=topics)
+    try:
+        w.wait_log("metrics on http://")
+        port = int(re.findall(r"metrics on http://[^ ]+:(\d+)/metrics", w.log())[0])
+        assert wait_until(lambda: _reloads(port), 30, "the reload counters") == {"applied": 0, "invalid": 0,
+                                                                                  "too_late": 0}
+
+        def version_of(cid: str) -> int:
+            got = wait_until(lambda: out.exists() and [m for m in read_jsonl(out) if m["customer_id"] == cid], 60,
+                             f"{cid}'s moment", detail=lambda: w.log()[-2000:])
+            return int(got[0]["rule_version"])  # type: ignore[index]
+
+        produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail("a", time.time_ns() // 1_000_000)])
+        assert version_of("a") == 1
+
+        (packs / "v2.toml").write_text(_PACK.format(version=2, effective=T0, idle="soon", ttl="3h", urgency="P1"))
+        wait_until(lambda: _reloads(port)["invalid"] == 1, 30, "the invalid file counted", detail=lambda: w.log())
+        assert f"{packs / 'v2.toml'}: moment[0].idle: must be a duration" in w.log()
+        now = time.time_ns() // 1_000_000
+        (packs / "v2.toml").write_text(_PACK.format(version=2, effective=now - 3_600_000, idle=25, ttl="3h",
+                                                    urgency="P1"))
+        wait_until(lambda: _reloads(port)["too_late"] == 1, 30, "the late file counted", detail=lambda: w.log())
+        assert f"{packs / 'v2.toml'}: pack.effective_from: lies before the current watermark" in w.log()
+        produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail("b", time.time_ns() // 1_000_000)])
+        assert version_of("b") == 1  # neither file changed what is in force
+
+        effective = time.time_ns() // 1_000_000 + 5_000
+        (packs / "v2.toml").write_text(_PACK.format(version=2, effective=effective, idle=25, ttl="3h", urgency="P1"))
+        wait_until(lambda: _reloads(port)["applied"] == 1, 10, "the new version picked up within 10 s",
+                   detail=lambda: w.log())
+        wait_until(lambda: time.time_ns() // 1_000_000 > effective, 30, "the wall clock past effective_from")
+        produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail("c", time.time_ns() // 1_000_000)])
+        assert version_of("c") == 2
+        assert w.alive()
+    finally:
+        stop_process(w.proc)

@@ -45,6 +45,13 @@ def test_an_older_version_effective_later_never_displaces_a_newer_one(tmp_path: 
     assert v.pack_at(T0 + 5000).version == 2
 
 
+def test_one_file_without_effective_from_is_in_force_from_the_start(tmp_path: Path) -> None:
+    _pack(tmp_path, "default.toml", 1, None)
+    _pack(tmp_path, "v2.toml", 2, T0, idle="20m")
+    v = load_versions(tmp_path)
+    assert [v.pack_at(t).version for t in (0, T0 - 1, T0)] == [1, 1, 2]
+
+
 def test_a_single_file_is_one_version_in_force_always_with_the_packs_own_fingerprint() -> None:
     v = load_versions(DEFAULT_PACK)
     assert v.single
@@ -54,14 +61,16 @@ def test_a_single_file_is_one_version_in_force_always_with_the_packs_own_fingerp
 def test_every_bad_file_of_a_directory_is_named_with_its_field(tmp_path: Path) -> None:
     _pack(tmp_path, "a.toml", 1, T0)
     _pack(tmp_path, "b.toml", 1, '"2026-01-01T01:00:00Z"')  # the same version again
-    _pack(tmp_path, "c.toml", 3, None)  # no effective_from
+    _pack(tmp_path, "c.toml", 3, None)  # in force from the start
+    _pack(tmp_path, "c2.toml", 6, None)  # a second one without effective_from
     _pack(tmp_path, "d.toml", 4, '"2026-01-01 01:00"')  # no offset
     _pack(tmp_path, "e.toml", 5, T0, idle="soon")  # an invalid parameter
     with pytest.raises(RulePackError) as e:
         load_versions(tmp_path)
     text = str(e.value)
     assert f"{tmp_path / 'b.toml'}: pack.version: version 1 is also the version of {tmp_path / 'a.toml'}" in text
-    assert f"{tmp_path / 'c.toml'}: pack.effective_from: is required in a directory of versions" in text
+    assert (f"{tmp_path / 'c2.toml'}: pack.effective_from: is required: only one file may leave it out (in force "
+            f"from the start), and {tmp_path / 'c.toml'} does") in text
     assert f"{tmp_path / 'd.toml'}: pack.effective_from: needs a UTC offset" in text
     assert f"{tmp_path / 'e.toml'}: moment[0].idle" in text
 
