@@ -84,7 +84,6 @@ class BatchContext:
         (self.pack, self.journey_defs, self.contacts, self.attempt_timeout_ms, self.recent_steps,
          self.recent_from) = self._compiled[i]
         v = self.versions
-        self.version_index = i
         self.switch_lo = v.starts[i] if i else -NEVER
         self.switch_hi = v.starts[i + 1] if i + 1 < len(v.starts) else NEVER
 

@@ -26,13 +26,15 @@ def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
     """
     due = c.last_seen + ctx.evict_after_ms
     timeout = ctx.pack.attempt_timeout_ms
+    defs = ctx.journey_defs if ctx.single else None
     for jidx, a in enumerate(c.attempts):
         if a is None:
             continue
         d = a.expiry_from + timeout
         if d < due:
             due = d
-        jp = ctx.defs_at(a.last_ts)[jidx]  # an attempt's timers keep the version of the event that armed them
+        # An attempt's timers keep the version of the event that armed them.
+        jp = (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx]
         for det in jp.timed:
             dd = det.due(a)
             if dd is not None and dd < due:
@@ -87,10 +89,11 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
 def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None:
     """Fire the timed rules (abandonments) due by ``due``, each decided on its own."""
     due_now: list[tuple[int, str, Attempt, Detector]] = []
+    defs = ctx.journey_defs if ctx.single else None
     for jidx, a in enumerate(c.attempts):
         if a is not None:
             # An abandonment keeps the parameters of the version in force when its arming event happened.
-            for d in ctx.defs_at(a.last_ts)[jidx].timed:
+            for d in (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx].timed:
                 dd = d.due(a)
                 if dd is not None and dd <= due:
                     due_now.append((a.last_ts, a.last_eid, a, d))
@@ -105,8 +108,8 @@ def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> No
         if ctx.pending:
             decide(ctx, c, cid)
     for jidx, a in enumerate(c.attempts):
-        if a is not None and ctx.defs_at(a.last_ts)[jidx].generic is not None and isinstance(a, GenericAttempt) \
-                and a.g is not None:
+        if a is not None and (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx].generic is not None \
+                and isinstance(a, GenericAttempt) and a.g is not None:
             _generic_wake(ctx, c, cid, jidx, a, due)
 
 

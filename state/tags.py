@@ -108,6 +108,13 @@ def first_expiry(ctx: BatchContext, c: CustomerState, due: int) -> int:
     """Return the earliest TTL end of the customer's tags, or ``due`` if that is earlier."""
     tags = c.tags
     if tags:
+        if ctx.single:  # the common case without a call per tag
+            rules = ctx.pack.rules
+            for i in range(0, len(tags), _TAG):
+                d = tags[i + 2] + rules[tags[i] & 0xFF].ttl_ms
+                if d < due:
+                    due = d
+            return due
         tag_rule = ctx.tag_rule
         for i in range(0, len(tags), _TAG):
             d = tags[i + 2] + tag_rule(tags[i], tags[i + 2]).ttl_ms
