@@ -98,3 +98,12 @@ def test_moments_run_exits_2_naming_the_file_and_field_of_a_bad_version(tmp_path
     assert proc.returncode == 2, proc.stderr
     assert f"{tmp_path / 'packs' / 'b.toml'}: pack.effective_from: must be an RFC 3339 date-time" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_batch_context_keeps_its_attributes_in_a_shared_key_dict() -> None:
+    """With 30 attributes CPython 3.11 no longer shared the context's dict keys, and every ``ctx.*`` read on the hot
+    path took a slower path (1.1 % more instructions per event, measured: benchmarks/RESULTS.md, s7-packs)."""
+    from state.context import BatchContext
+
+    ctx = BatchContext(load_versions(DEFAULT_PACK).latest, "k", lambda: 0, False)
+    assert len(vars(ctx)) < 30, sorted(vars(ctx))
