@@ -284,7 +284,8 @@ def build_dataflow(
 
     flow = Dataflow("cx_moments")
     # SIGTERM ends the input (flows.stopping).
-    raw = op.input("input", flow, stoppable(make_source(cfg, pack, versions)))
+    source = make_source(cfg, pack) if versions is None else make_source(cfg, pack, versions)  # tests replace it
+    raw = op.input("input", flow, stoppable(source))
     placement = placement_of(cfg)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
                   cfg.tick_s, cluster_hello(cfg, pack, versions), _greeted_here(cfg, placement), reloader)
