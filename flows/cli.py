@@ -25,6 +25,7 @@ from flows.config import (
 from flows.logs import setup_logging
 from flows.report_cli import cmd_report
 from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
+from state.versions import load_versions
 
 log = logging.getLogger("cx.cli")
 
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="jsonl:DIR | clickhouse | chdb:///PATH | http(s)://… | kafka | none; repeatable (default: clickhouse)",
     )
     run.add_argument("--clickhouse", default=_env("CLICKHOUSE_DSN", DEFAULT_CLICKHOUSE_DSN), help="ClickHouse DSN")
-    run.add_argument("--rules", type=Path, default=_env("RULES"), help="rule pack TOML (default: built-in pack)")
+    run.add_argument("--rules", type=Path, default=_env("RULES"),
+                     help="rule pack TOML, or a directory of versioned pack files (default: built-in pack)")
     run.add_argument("--clock", choices=["replay", "live"], default=_env("CLOCK"),
                      help="event-time clock (default: live for kafka, replay otherwise)")
     run.add_argument("--lateness", default=_env("LATENESS", "30s"), help="allowed lateness (default 30s)")
@@ -247,9 +249,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     from flows.runner import run_pipeline
 
     cfg = config_from_args(a)
-    pack = load_rule_pack(cfg.rules)
+    versions = load_versions(cfg.rules)  # a pack file, or a directory of versioned pack files
     try:
-        return run_pipeline(cfg, pack)
+        return run_pipeline(cfg, versions.latest, versions)
     except InputFileError as e:
         raise ConfigError("--source", str(e)) from None
 

@@ -184,8 +184,8 @@ class PipelineConfig:
             problem = _directory_problem(d)
             if problem:
                 raise ConfigError("--sink", f"jsonl:{d}: {problem}")
-        if self.rules is not None and not self.rules.is_file():
-            raise ConfigError("--rules", f"file not found: {self.rules}")
+        if self.rules is not None and not self.rules.is_file() and not self.rules.is_dir():
+            raise ConfigError("--rules", f"file or directory not found: {self.rules}")
         return self
 
 

@@ -18,6 +18,7 @@ from connectors.replay_source import JsonlFileSource, file_partition_names, file
 from connectors.simulator_source import SimulatorSource
 from flows.config import PipelineConfig, RunError
 from flows.operators import detect
+from flows.rule_reload import RuleReloader
 from flows.sink import PipelineSink, Writer
 from flows.stopping import stoppable
 from state.batches import Hello
@@ -25,6 +26,7 @@ from state.outputs import Outputs
 from state.rules import RulePack
 from state.shard import Shard, wall_ms
 from state.urgent import default_urgent_lateness
+from state.versions import PackVersions
 
 
 def simulator_lines(cfg: PipelineConfig) -> Callable[[], Iterator[bytes]]:
@@ -47,12 +49,13 @@ def placement_of(cfg: PipelineConfig) -> Placement:
     return Placement(cfg.process_id or 0, max(1, len(cfg.addresses)), cfg.workers)
 
 
-def cluster_hello(cfg: PipelineConfig, pack: RulePack) -> Hello | None:
+def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> Hello | None:
     """Return this process's cluster handshake: what must be equal in every process for the same moments.
 
     The same lines must reach the same shards (``--shards``; ``-w`` is Bytewax's own handshake), be read from
     the same input (the file names in order, or the simulation) and be judged alike (the rule pack's
-    fingerprint, the clock, ``--lateness``, live ``--max-future``, ``--max-customers``). Paths, sinks, ports
+    fingerprint, or that of every version of a ``--rules`` directory with its ``effective_from``, the clock,
+    ``--lateness``, live ``--max-future``, ``--max-customers``). Paths, sinks, ports
     and batch sizes may differ. None outside a cluster. Kafka partitions send none (their batches cross
     processes, and the shard's own ``--shards`` check covers them), but a Kafka process still checks the hello
     of a peer started with another ``--source``.
@@ -64,8 +67,9 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack) -> Hello | None:
         source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes:g} --seed {cfg.sim_seed})"
     elif cfg.source.startswith("file:"):
         source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
+    fp = pack.fingerprint() if versions is None else versions.fingerprint()  # one version: the pack's own
     settings = [("--shards", str(cfg.shards)), ("--source", source),
-                ("--rules", f"{pack.name} (fingerprint {pack.fingerprint()})"), ("--clock", cfg.clock),
+                ("--rules", f"{pack.name} (fingerprint {fp})"), ("--clock", cfg.clock),
                 ("--lateness", f"{cfg.lateness_ms}ms"), ("--max-customers", str(cfg.max_customers))]
     if cfg.live:
         settings.append(("--max-future", f"{cfg.max_future_ms}ms"))
@@ -89,18 +93,19 @@ def _greeted_here(cfg: PipelineConfig, placement: Placement) -> tuple[int, froze
     return (min(own), frozenset(range(placement.processes)) - {placement.process}) if own else None
 
 
-def make_source(cfg: PipelineConfig, pack: RulePack) -> Source:  # type: ignore[type-arg]
+def make_source(cfg: PipelineConfig, pack: RulePack,
+                versions: PackVersions | None = None) -> Source:  # type: ignore[type-arg]
     """Build the configured input."""
     if cfg.source.startswith("file:"):
         return JsonlFileSource(file_paths(cfg.source[5:]), cfg.shards, cfg.batch_lines, types=pack.types,
                                placement=placement_of(cfg), max_future_ms=cfg.max_future_ms if cfg.live else None,
-                               hello=cluster_hello(cfg, pack), on_disorder=_disorder_hook(cfg))
+                               hello=cluster_hello(cfg, pack, versions), on_disorder=_disorder_hook(cfg))
     if cfg.source == "simulator":
         # Live, each process would start the simulation at its own wall clock: one partition feeds them all.
         return SimulatorSource(simulator_lines(cfg), cfg.shards, cfg.sim_rate, cfg.batch_lines, types=pack.types,
                                placement=None if cfg.live else placement_of(cfg), realtime=cfg.live,
                                max_future_ms=cfg.max_future_ms if cfg.live else None,
-                               hello=cluster_hello(cfg, pack), cluster=placement_of(cfg),
+                               hello=cluster_hello(cfg, pack, versions), cluster=placement_of(cfg),
                                on_disorder=_disorder_hook(cfg))
     if cfg.source == "kafka":
         from connectors.kafka.config import kafka_config, on_kafka_error
@@ -244,6 +249,8 @@ def build_dataflow(
     on_written: Callable[[str, Outputs, int], None],
     *,
     snapshots: bool | None = None,
+    versions: PackVersions | None = None,
+    reloader: RuleReloader | None = None,
 ) -> Dataflow:
     """Assemble the dataflow for a configuration.
 
@@ -252,6 +259,8 @@ def build_dataflow(
         pack: Validated rule pack.
         on_written: Called per shard batch once every writer has flushed it.
         snapshots: Pickle shard snapshots every epoch (default: only with recovery).
+        versions: The versions of a ``--rules`` directory (``pack`` is the newest); None for ``pack`` alone.
+        reloader: Watches that directory while running; the shards install the versions it accepts.
 
     Returns:
         The dataflow, ready for ``cli_main``.
@@ -272,13 +281,16 @@ def build_dataflow(
             partitions=partitions(),
             urgent_lateness_ms=(default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None
                                 else cfg.urgent_lateness_ms),
+            versions=versions,
         )
 
     flow = Dataflow("cx_moments")
-    raw = op.input("input", flow, stoppable(make_source(cfg, pack)))  # SIGTERM ends the input (flows.stopping)
+    # SIGTERM ends the input (flows.stopping).
+    source = make_source(cfg, pack) if versions is None else make_source(cfg, pack, versions)  # tests replace it
+    raw = op.input("input", flow, stoppable(source))
     placement = placement_of(cfg)
     outs = detect("detect", raw, make_shard, cfg.recovery_dir is not None if snapshots is None else snapshots,
-                  cfg.tick_s, cluster_hello(cfg, pack), _greeted_here(cfg, placement))
+                  cfg.tick_s, cluster_hello(cfg, pack, versions), _greeted_here(cfg, placement), reloader)
     sink = (PipelineSink(cfg.shards, partial(make_writers, cfg), on_written) if placement.processes == 1
             else _OwnShardsSink(cfg.shards, placement, partial(make_writers, cfg), on_written))
     op.output("sinks", outs, sink)

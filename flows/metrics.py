@@ -70,6 +70,9 @@ URGENT_REORDERED = Counter("cx_urgent_reordered_events_total", "Live: events tha
 MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["rule", "urgency"], registry=_R)
 ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or suppressed (with the reason)",
                   ["rule", "status", "reason"], registry=_R)
+RULE_PACK_RELOADS = Counter("cx_rule_pack_reload_total", "Changes of the --rules directory judged while running, by "
+                            "result: applied, invalid, too_late (effective_from behind the watermark)", ["result"],
+                            registry=_R)
 TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new state", ["state"], registry=_R)
 TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
 CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)

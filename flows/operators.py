@@ -11,11 +11,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from flows.rule_reload import RuleReloader
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs
 from state.routing import ShardCountMismatchError
 from state.shard import Shard, process
+from state.version_switch import install
 
 ShardItem = RawBatch | Tick | Hello
 
@@ -71,8 +73,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     _instances = itertools.count()
 
     def __init__(self, shard: Shard, resume: bytes | None, recovery: bool, tick_s: float,
-                 hello: Hello | None = None, expect: tuple[int, frozenset[int]] | None = None) -> None:
+                 hello: Hello | None = None, expect: tuple[int, frozenset[int]] | None = None,
+                 reloader: RuleReloader | None = None) -> None:
         self._hello = hello
+        # A --rules directory changed while running: its versions, installed at the next batch or tick.
+        self._reloader = reloader
+        self._generation = 0
         # Replay cluster: (the shard every peer greets in this process, the peers); checked at the end of input.
         self._expect = expect
         self._index: int | None = None  # this key's shard number, once a batch of lines told it
@@ -98,7 +104,16 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             note_failure(e)  # a peer's failure may surface first: the runner names this one
             raise
 
+    def _reload(self) -> None:
+        r = self._reloader
+        if r is not None:
+            if r.generation != self._generation:
+                self._generation = r.generation
+                install(self.shard, r.current)
+            r.note_watermark(self.shard.wm)
+
     def _on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
+        self._reload()
         if self._expect is not None and self._index is None:
             self._index = next((v.shard for v in values if type(v) is RawBatch), None)
         if self._hello is not None and Hello in map(type, values):  # only in a cluster
@@ -134,6 +149,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         return [item for item in values if type(item) is not Hello]
 
     def on_notify(self) -> tuple[list[Outputs], bool]:
+        self._reload()
         self.shard.on_wall_clock()
         out = self.shard.take_outputs()
         return ([out] if out else []), StatefulBatchLogic.RETAIN
@@ -176,6 +192,7 @@ def detect(
     tick_s: float = 1.0,
     hello: Hello | None = None,
     expect: tuple[int, frozenset[int]] | None = None,
+    reloader: RuleReloader | None = None,
 ) -> Stream[tuple[str, Outputs]]:
     """Run the pure shard state machine per shard key.
 
@@ -187,9 +204,10 @@ def detect(
         tick_s: Live mode: how often the wall clock advances idle shards.
         hello: This process's cluster handshake, which every ``Hello`` a shard receives must match.
         expect: Replay cluster: the shard the peers greet in this process, and the peers it must hear from.
+        reloader: Watches a ``--rules`` directory; the shards install what it accepts (``flows.rule_reload``).
 
     Returns:
         ``(shard_key, Outputs)`` per shard batch.
     """
     return op.stateful_batch("shards", up, lambda resume: ShardLogic(make_shard(), resume, recovery, tick_s,
-                                                                               hello, expect))
+                                                                               hello, expect, reloader))

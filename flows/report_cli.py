@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 
 from flows.config import ConfigError
-from state.rules import RulePack, load_rule_pack
+from state.rules import RulePack
+from state.versions import load_versions
 
 
 def cmd_report(a: argparse.Namespace) -> int:
     """``moments report [overview|rules]``."""
     from flows.report import OVERVIEW_TABLES, text_report
 
-    pack = load_rule_pack(a.rules)
+    pack = load_versions(a.rules).latest  # CX_RULES may name a directory of versions: the newest describes it
     if a.view == "rules":
         return _report_rules(a, pack)
     for flag, value in (("--from", a.from_), ("--to", a.to), ("--json", a.json or None),

@@ -26,12 +26,14 @@ from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
+from flows.rule_reload import RESULTS, RuleReloader
 from flows.sink import flush_all
 from flows.stats import STATS
 from state.outputs import Outputs
 from state.routing import ShardCountMismatchError
 from state.rules import RulePack
 from state.urgent import default_urgent_lateness
+from state.versions import PackVersions
 
 if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
@@ -80,7 +82,8 @@ def _urgent(cfg: PipelineConfig, pack: RulePack) -> str:
     return f" urgent_lateness={ms}ms" if ms else " urgent_lateness=off"
 
 
-def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None, Dataflow, RecoveryConfig | None]:
+def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> tuple[
+        MetricsServer | None, Dataflow, RecoveryConfig | None]:
     """Start the metrics endpoint, check Kafka, build the dataflow and its recovery configuration."""
     from flows import metrics
 
@@ -91,6 +94,8 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
         log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
                  " (every interface)" if everywhere else "")
     log.info("starting: %s", summary(cfg, pack))
+    if versions is not None and len(versions.packs) > 1:
+        log.info("rule pack versions in %s: %s", versions.path, versions.describe())
     metrics.set_latency_targets(pack)
     # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the
     # cyclic GC rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md).
@@ -100,7 +105,15 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
         _check_kafka(cfg)
     if cfg.wants_clickhouse:
         check_clickhouse_schema(cfg)
-    flow = build_dataflow(cfg, pack, _on_written(pack))  # type: ignore[arg-type]
+    reloader = None
+    if cfg.rules is not None and cfg.rules.is_dir() and versions is not None:
+        reloader = RuleReloader(cfg.rules, versions, cfg.live,
+                                lambda result: metrics.RULE_PACK_RELOADS.labels(result=result).inc())
+        for result in RESULTS:
+            metrics.RULE_PACK_RELOADS.labels(result=result)  # exported at 0 before any change
+        reloader.start()
+    flow = build_dataflow(cfg, pack, _on_written(pack), versions=versions,  # type: ignore[arg-type]
+                          reloader=reloader)
     recovery = None
     if cfg.recovery_dir is not None:
         recovery = recovery_config(cfg.recovery_dir, cfg)
@@ -111,8 +124,11 @@ def _prepare(cfg: PipelineConfig, pack: RulePack) -> tuple[MetricsServer | None,
     return server, flow, recovery
 
 
-def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
-    """Run until the input ends (replay) or forever (live); return an exit code."""
+def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> int:
+    """Run until the input ends (replay) or forever (live); return an exit code.
+
+    ``versions``: the versions of a ``--rules`` directory (``pack`` is the newest); None for ``pack`` alone.
+    """
     # SIGTERM (Kubernetes, docker stop) ends the input (flows.stopping), or the run like Ctrl-C where that does not
     # end it; buffered outputs are flushed on the way out. Armed before any thread starts: a thread inherits the
     # signal mask of its creator, and one started earlier (the metrics server's) would leave SIGTERM unblocked
@@ -126,7 +142,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
     _RUN_ENDED.clear()
     stopping.on_stop_for(lambda: _exit_unless_ended(cfg))
     try:
-        server, flow, recovery = _prepare(cfg, pack)
+        server, flow, recovery = _prepare(cfg, pack, versions)
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: the main thread takes SIGTERM again
         raise

@@ -19,6 +19,7 @@ from state.outputs import Outputs
 from state.plan import JourneyPlan
 from state.record import IDS_AT, WAKE_AT, CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
+from state.versions import NEVER, PackVersions
 from state.wheel import TimerWheel
 
 _STATUS_RANK: Final = {"active": 0, "completed": 1, "expired": 2}
@@ -35,34 +36,16 @@ class BatchContext:
         live: Live mode (staleness of decisions is judged by the wall clock).
     """
 
-    def __init__(self, pack: RulePack, key: str, clock: Callable[[], int], live: bool) -> None:
-        self.pack = pack
+    def __init__(self, pack: RulePack, key: str, clock: Callable[[], int], live: bool,
+                 versions: PackVersions | None = None) -> None:
         self.key = key
         self.now_ms = clock
         self.live = live
-        self.journey_defs = [
-            JourneyPlan(jd, pack.by_journey[jd.id], pack.path,
-                        tuple(r for r in pack.rules if r.generic is not None and r.journey == jd.id))
-            for jd in pack.journeys.values()
-        ]
-        self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}
-        # Event type -> the customer-level detectors (hand-offs) a contact of that type may fire, in pack order.
-        contacts: dict[str, list[tuple[int, Detector]]] = {}
-        for r in pack.rules:
-            if r.generic is not None:
-                continue
-            jidx = self.journey_index[r.journey]
-            d = self.journey_defs[jidx].by_kind[r.kind]
-            if d.CONTACT:
-                contacts.setdefault(r.type, []).append((jidx, d))
-        self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
-        self.attempt_timeout_ms = pack.attempt_timeout_ms  # read for every event of a journey
-        self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
-        # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
-        self.recent_from = 1 - self.recent_steps if self.recent_steps > 1 else 1 << 30
-        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
-        # horizon_ms after the customer's last one must still meet the state.
-        self.evict_after_ms = pack.horizon_ms + 1
+        # The versions of the pack (``state.versions``): the attributes below are the version in force at the
+        # event time being applied; ``use_at`` switches them when an event or wake-up lies outside
+        # [switch_lo, switch_hi). One version: the bounds are never crossed.
+        self.set_versions(versions if versions is not None else PackVersions.of([pack]), 0)
+        self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}  # the same in every version
         self.fired_names: list[list[tuple[str, int]]] = [
             [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
         ]
@@ -78,7 +61,6 @@ class BatchContext:
         self.wheel = TimerWheel()
         self.out = Outputs(key)
         self.current_customer = ""
-        self.source = ""  # the input of the batch being fed (late records name it)
         # Moments fired by the current event or timer, awaiting their contact-policy decision.
         self.pending: list[tuple[MomentRule, dict[str, Any], int]] = []
         self.event_now = 0  # event time of the event or timer being applied
@@ -86,11 +68,55 @@ class BatchContext:
         # every change, including those made by timers, which do not move the attempt's last event time.
         self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
 
+    def set_versions(self, versions: PackVersions, now: int) -> None:
+        """Compile ``versions`` (of one rule set) and use the one in force at event time ``now``."""
+        self.versions = versions
+        self.single = versions.single
+        self._compiled = [_compile(p) for p in versions.in_force]
+        self._by_version = {p.version: p for p in versions.packs}
+        self.use(versions.at(now))
+        # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
+        # horizon_ms after the customer's last one must still meet the state (under any version).
+        self.evict_after_ms = max(p.horizon_ms for p in versions.packs) + 1
+
+    def use(self, i: int) -> None:
+        """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""
+        (self.pack, self.journey_defs, self.contacts, self.attempt_timeout_ms, self.recent_steps,
+         self.recent_from) = self._compiled[i]
+        v = self.versions
+        self.switch_lo = v.starts[i] if i else -NEVER
+        self.switch_hi = v.starts[i + 1] if i + 1 < len(v.starts) else NEVER
+
+    def use_at(self, t: int) -> None:
+        """Switch to the version in force at event time ``t`` (the shard calls it when ``t`` leaves the bounds)."""
+        self.use(self.versions.at(t))
+
+    def defs_at(self, t: int) -> list[JourneyPlan]:
+        """The compiled journeys of the version in force at event time ``t``: a timer armed at ``t`` keeps them."""
+        if self.single:
+            return self.journey_defs
+        return self._compiled[self.versions.at(t)][1]
+
+    def rules_at(self, t: int) -> tuple[MomentRule, ...]:
+        """The rules of the version in force at event time ``t`` (a tag opened at ``t`` keeps its TTL)."""
+        if self.single:
+            return self.pack.rules
+        return self._compiled[self.versions.at(t)][0].rules
+
+    def tag_rule(self, key: int, opened: int) -> MomentRule:
+        """The rule of a held tag (its key: rule index, and in a directory of versions the version it fired under,
+        ``state.firing.fire``): the tag keeps that version's TTL; a version no longer known, that of ``opened``."""
+        if self.single:
+            return self.pack.rules[key & 0xFF]
+        p = self._by_version.get(key >> 8)
+        return (p.rules if p is not None else self.rules_at(opened))[key & 0xFF]
+
     def take_groups_dropped(self, out: Outputs) -> None:
         """Move the generic rules' dropped-group counts (kept on the compiled rules) into ``out``."""
-        for jp in self.journey_defs:
-            if jp.generic is not None:
-                jp.generic.take_dropped(out.groups_dropped)
+        for compiled in self._compiled:
+            for jp in compiled[1]:
+                if jp.generic is not None:
+                    jp.generic.take_dropped(out.groups_dropped)
 
     def canon(self, s: str) -> str:
         """Return one shared string object per distinct value, so attempts do not pin copies."""
@@ -214,6 +240,33 @@ class BatchContext:
                 "ts": ev.ts_ms,
             }
         )
+
+
+_Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, int, int]
+
+
+def _compile(pack: RulePack) -> _Compiled:
+    """What the hot path reads of one version: its journeys compiled, the contact detectors, a few settings."""
+    journey_defs = [
+        JourneyPlan(jd, pack.by_journey[jd.id], pack.path,
+                    tuple(r for r in pack.rules if r.generic is not None and r.journey == jd.id))
+        for jd in pack.journeys.values()
+    ]
+    journey_index = {jd.id: i for i, jd in enumerate(journey_defs)}
+    # Event type -> the customer-level detectors (hand-offs) a contact of that type may fire, in pack order.
+    contacts: dict[str, list[tuple[int, Detector]]] = {}
+    for r in pack.rules:
+        if r.generic is not None:
+            continue
+        jidx = journey_index[r.journey]
+        d = journey_defs[jidx].by_kind[r.kind]
+        if d.CONTACT:
+            contacts.setdefault(r.type, []).append((jidx, d))
+    recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
+    # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
+    recent_from = 1 - recent_steps if recent_steps > 1 else 1 << 30
+    return (pack, journey_defs, {t: tuple(v) for t, v in contacts.items()}, pack.attempt_timeout_ms, recent_steps,
+            recent_from)
 
 
 def _names(cache: dict[int, tuple[str, ...]], mask: int, bits: list[tuple[str, int]]) -> tuple[str, ...]:

@@ -213,7 +213,9 @@ def _contacts(ctx: BatchContext, c: CustomerState, ev: Event, detectors: tuple[t
         agent = d.context(a)
         rules = ctx.pack.rules
         tags = c.tags or ()
-        open_tags = [rules[tags[i]].name for i in range(0, len(tags), _TAG) if rules[tags[i]].journey == r.journey]
+        # A tag's key holds its rule's index in the low byte (``state.firing.fire``).
+        open_tags = [rules[tags[i] & 0xFF].name for i in range(0, len(tags), _TAG)
+                     if rules[tags[i] & 0xFF].journey == r.journey]
         ctx.out.context.append(
             {
                 "schema": SCHEMA_VERSION,

@@ -26,13 +26,15 @@ def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
     """
     due = c.last_seen + ctx.evict_after_ms
     timeout = ctx.pack.attempt_timeout_ms
+    defs = ctx.journey_defs if ctx.single else None
     for jidx, a in enumerate(c.attempts):
         if a is None:
             continue
         d = a.expiry_from + timeout
         if d < due:
             due = d
-        jp = ctx.journey_defs[jidx]
+        # An attempt's timers keep the version of the event that armed them.
+        jp = (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx]
         for det in jp.timed:
             dd = det.due(a)
             if dd is not None and dd < due:
@@ -61,6 +63,8 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
         True when the customer should be evicted.
     """
     c.wake = 0  # moments fired below must not file wake-ups of their own: one is filed at the end
+    if due >= ctx.switch_hi or due < ctx.switch_lo:
+        ctx.use_at(due)  # the contact policy and attempt expiry of the version in force at the wake-up
     if c.tags:  # most customers hold none: no closure, no call
         expire_tags(ctx, c, cid, due)
     _abandonments(ctx, c, cid, due)
@@ -84,11 +88,12 @@ def on_wake(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> bool:
 
 def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> None:
     """Fire the timed rules (abandonments) due by ``due``, each decided on its own."""
-    defs = ctx.journey_defs
     due_now: list[tuple[int, str, Attempt, Detector]] = []
+    defs = ctx.journey_defs if ctx.single else None
     for jidx, a in enumerate(c.attempts):
         if a is not None:
-            for d in defs[jidx].timed:
+            # An abandonment keeps the parameters of the version in force when its arming event happened.
+            for d in (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx].timed:
                 dd = d.due(a)
                 if dd is not None and dd <= due:
                     due_now.append((a.last_ts, a.last_eid, a, d))
@@ -103,14 +108,14 @@ def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> No
         if ctx.pending:
             decide(ctx, c, cid)
     for jidx, a in enumerate(c.attempts):
-        gr = defs[jidx].generic
-        if gr is not None and isinstance(a, GenericAttempt) and a.g is not None:
+        if a is not None and (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx].generic is not None \
+                and isinstance(a, GenericAttempt) and a.g is not None:
             _generic_wake(ctx, c, cid, jidx, a, due)
 
 
 def _generic_wake(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: GenericAttempt, due: int) -> None:
     """Fire the generic timers (``absence``) of one attempt due by ``due``, each decided on its own."""
-    jp = ctx.journey_defs[jidx]
+    jp = ctx.defs_at(a.last_ts)[jidx]
     gr = jp.generic
     g = a.g
     if gr is None or g is None:

@@ -61,7 +61,8 @@ def fire(
             "action": r.action,
         }
     )
-    c.put_tag(r.index, mid, due, 0)
+    # A directory of versions: the tag keeps its version (its TTL and rule_version) in the key's high byte.
+    c.put_tag(r.index if ctx.single else r.index | r.version << 8, mid, due, 0)
     tag_row(ctx, cid, r, mid, TAG_OPEN, "", due, due)
     ctx.schedule(c, due + r.ttl_ms)
     ctx.pending.append((r, ctx.out.moments[-1], a.stage))

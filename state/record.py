@@ -28,7 +28,7 @@ WAKE_AT: Final = 6  # LAST_SEEN_AT + TS_BYTES
 IDS_AT: Final = 12  # WAKE_AT + TS_BYTES: the id count (one byte)
 RING_AT: Final = 13  # the first id hash; the held tags' count follows the last one
 # A held tag's record, at offsets within it:
-TAG_RULE_AT: Final = 0  # rule index:2
+TAG_RULE_AT: Final = 0  # rule index:1, then the version of a directory of versions:1 (0: none)
 TAG_STATE_AT: Final = 2  # state:1 (0 open, 1 actioned)
 TAG_OPENED_AT: Final = 3  # opened_ts:6
 TAG_MID_AT: Final = 9  # moment id:16 (the 32 hex digits as bytes)
@@ -137,8 +137,9 @@ class CustomerState:
         end = i + 2 + n * _TAG_BYTES
         key = ridx.to_bytes(2, "little")
         new = b"".join((key, _STATE_BYTE[state], opened.to_bytes(_TS, "little"), bytes.fromhex(mid)))
+        low = ridx & 0xFF  # the rule (the high byte is the version it fired under, see ``state.firing.fire``)
         for k in range(i + 2, end, _TAG_BYTES):
-            if r[k : k + 2] == key:
+            if r[k] == low:
                 self.rec = b"".join((r[:k], new, r[k + _TAG_BYTES :]))
                 return
         self.rec = b"".join((r[:i], (n + 1).to_bytes(2, "little"), r[i + 2 : end], new, r[end:]))
@@ -151,9 +152,8 @@ class CustomerState:
         r = self.rec
         i = _RING + _ID * r[_IDS]
         end = i + 2 + int.from_bytes(r[i : i + 2], "little") * _TAG_BYTES
-        key = ridx.to_bytes(2, "little")
         for k in range(i + 2, end, _TAG_BYTES):
-            if r[k : k + 2] == key:
+            if r[k] == ridx:
                 if r[k + TAG_STATE_AT] != 0 or r[k + TAG_MID_AT : k + _MID_END].hex() != mid:
                     return None
                 self.rec = b"".join((r[: k + TAG_STATE_AT], _STATE_BYTE[1], r[k + TAG_OPENED_AT :]))

@@ -170,6 +170,8 @@ class RulePack:
     effect_confidence: float = 0.95
     # ... and retired when its uplift is credibly below this (a fraction; 0 = only when credibly negative).
     effect_min_uplift: float = 0.0
+    # A directory of versions (``state.versions``): when this version comes into force (epoch ms).
+    effective_from_ms: int | None = None
 
     @property
     def horizon_ms(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -114,7 +115,8 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
     """
     probs = _Problems(path)
     probs.run(_check_keys, path, "(top)", data, _TOP_KEYS)
-    name, version, attempt_timeout = probs.run(_pack_meta, path, data.get("pack", {})) or (Path(path).stem, 1, 1)
+    name, version, attempt_timeout, effective_from = (probs.run(_pack_meta, path, data.get("pack", {}))
+                                                      or (Path(path).stem, 1, 1, None))
     extra_types = data.get("types", [])
     types = set(BASE_TYPES) | set((probs.run(_str_list, path, "types", extra_types) or ()) if extra_types else ())
     journeys = _journeys(path, data.get("journey", []), types, probs)
@@ -140,24 +142,45 @@ def rule_pack_from_dict(data: dict[str, Any], path: str = "<memory>") -> RulePac
     probs.raise_any()
     return RulePack(
         name, version, path, attempt_timeout, journeys, tuple(rules), frozenset(types), by_journey, targets_ms,
-        policy, min_sample, confidence, min_uplift,
+        policy, min_sample, confidence, min_uplift, effective_from,
     )
 
 
 _DEFAULTS: Final[dict[str, Any]] = {"holdout": 0.0, "act_within_ms": 3_600_000}
 
 
-def _pack_meta(path: str, meta: object) -> tuple[str, int, int]:
+def _pack_meta(path: str, meta: object) -> tuple[str, int, int, int | None]:
     if not isinstance(meta, dict):
         raise RulePackError(path, "pack", "must be a table")
-    _check_keys(path, "pack", meta, {"name", "version", "attempt_timeout"})
+    _check_keys(path, "pack", meta, {"name", "version", "attempt_timeout", "effective_from"})
     name = meta.get("name", Path(path).stem)
     if not isinstance(name, str) or not name:
         raise RulePackError(path, "pack.name", f"must be a non-empty string, got {name!r}")
     version = meta.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise RulePackError(path, "pack.version", f"must be a positive integer, got {version!r}")
-    return name, version, _duration(path, "pack.attempt_timeout", meta.get("attempt_timeout", "24h"))
+    effective = meta.get("effective_from")
+    return (name, version, _duration(path, "pack.attempt_timeout", meta.get("attempt_timeout", "24h")),
+            None if effective is None else _instant(path, "pack.effective_from", effective))
+
+
+def _instant(path: str, where: str, value: object) -> int:
+    """Epoch ms of an RFC 3339 date-time (a string or a TOML date-time, with an offset) or of epoch ms."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise RulePackError(path, where, f"epoch milliseconds must not be negative, got {value}")
+        return value
+    when: object = value
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}") from None
+    if not isinstance(when, datetime):
+        raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}")
+    if when.tzinfo is None:
+        raise RulePackError(path, where, f"needs a UTC offset (e.g. 2026-01-05T09:00:00Z), got {value!r}")
+    return int(when.timestamp() * 1000)
 
 
 def _journeys(path: str, raw: object, types: set[str], probs: _Problems) -> dict[str, JourneyDef]:

@@ -1,13 +1,12 @@
 """A shard of customers with one event-time clock: the unit of state the dataflow keys on.
 
-Events are buffered until the watermark passes them, then applied in (ts, event_id)
-order with timers interleaved (a timer fires before events of the same time). In a
-replay that knows its input partitions the watermark is the smallest, over the
-partitions not yet ended, of each partition's largest valid event time minus the
-allowed lateness; otherwise (live, or no partitions given) it is the largest event
-time seen minus the lateness. That makes detection independent of arrival order
-within the lateness, of how the input is partitioned and read, and of how many
-workers run. Events below the watermark are applied at once and counted as late.
+Events are buffered until the watermark passes them, then applied in (ts, event_id) order with timers
+interleaved (a timer fires before events of the same time). In a replay that knows its input partitions the
+watermark is the smallest, over the partitions not yet ended, of each partition's largest valid event time minus
+the allowed lateness; otherwise (live, or no partitions given) it is the largest event time seen minus the
+lateness. That makes detection independent of arrival order within the lateness, of how the input is
+partitioned and read, and of how many workers run. Events below the watermark are applied at once and counted
+as late.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from state.rules import RulePack
 from state.snapshots import dump, load
 from state.tags import feedback_row
 from state.urgent import urgent_lane
+from state.versions import PackVersions
 from state.watermark import Watermark
 from state.wheel import TimerWheel
 
@@ -59,6 +59,7 @@ class Shard(Watermark):
             has reported and none is behind (``Tick.behind``); a backlog is read in event time.
         urgent_lateness_ms: Live: the lateness of the urgent lane (``state.urgent``) for the rules whose latency
             target is below ``lateness_ms``; 0 turns it off. Ignored in replay.
+        versions: A ``--rules`` directory's versions (``state.versions``; ``pack`` is the newest); None: ``pack``.
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class Shard(Watermark):
         shards: int = 0,
         partitions: frozenset[str] = frozenset(),
         urgent_lateness_ms: int = 0,
+        versions: PackVersions | None = None,
     ) -> None:
         self.key = key
         self.partitions = frozenset() if live else partitions
@@ -91,8 +93,8 @@ class Shard(Watermark):
         self.max_future_ms = max_future_ms
         self.now_ms = clock
         self.max_customers = max_customers
-        # What customer-level code sees of the shard: rule views, outputs, pending decisions, wake-ups.
-        self.ctx = BatchContext(pack, key, clock, live)
+        self.ctx = BatchContext(pack, key, clock, live, versions)  # the version in force; outputs, wake-ups
+        self.types = frozenset().union(*(p.types for p in self.ctx.versions.packs))  # every version's types are valid
         # State (what snapshots carry).
         self.customers: dict[str, CustomerState] = {}
         self.held = ReorderBuffer()
@@ -130,7 +132,7 @@ class Shard(Watermark):
         if batch.source in self.feedback_sources:
             self.feed_feedback(batch)
             return
-        types = self.pack.types
+        types = self.types
         now = self.now_ms() if self.live else None
         held = self.held
         append = held.queue.append
@@ -151,7 +153,7 @@ class Shard(Watermark):
         push = held.push if self.lane is None else self.lane.push
         if self.lane is not None:
             append = self.lane.append
-            self.ctx.source = batch.source
+            self.lane.source = batch.source
         # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
         place = batch.partition << ORIGIN_BITS
         known = len(offsets) == len(batch.values)
@@ -237,7 +239,9 @@ class Shard(Watermark):
             del self.customers[cid]
             self.customers[c.cid] = c
         counts[key] = counts.get(key, 0) + 1
-        ctx.event_now = ev.ts_ms
+        if not ctx.switch_lo <= (t := ev.ts_ms) < ctx.switch_hi:
+            ctx.use_at(t)  # each event is handled by the version in force at its time (``state.versions``)
+        ctx.event_now = t
         apply_event(ctx, c, ev)
         if ctx.pending:
             decide(ctx, c, cid)
@@ -300,7 +304,7 @@ class Shard(Watermark):
         """
         held = self.held if self.lane is None else self.lane.unapplied()
         return dump(self.pack, self.customers, held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
-                    self.part_max)
+                    self.part_max, self.ctx.versions.fingerprint())
 
     def restore(self, blob: bytes) -> None:
         """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
@@ -311,7 +315,7 @@ class Shard(Watermark):
         """
         ctx = self.ctx
         (self.customers, self.held, self.max_ts, self.wm, dirty, self.finals,
-         self.part_max, retuned) = load(blob, self.pack, ctx.journey_defs)
+         self.part_max, retuned) = load(blob, self.pack, ctx.journey_defs, self.ctx.versions.fingerprint())
         ctx.dirty = dirty
         wheel = ctx.wheel = TimerWheel()
         for cid, c in self.customers.items():

@@ -24,17 +24,20 @@ Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
 
 
 def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
-         dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None) -> bytes:
-    """Return a shard's state as bytes (wake-ups are not included: each customer carries its own)."""
+         dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None, full: str = "") -> bytes:
+    """Return a shard's state as bytes (wake-ups are not included: each customer carries its own).
+
+    ``full`` is the fingerprint of every version in force (``PackVersions.fingerprint``; default: the pack's).
+    """
     # Slot 1 holds the layout fingerprint; the full one (rule parameters included) and the rules follow at the end,
     # so a restart may change parameters (see ``load``).
     state = (SNAPSHOT_FORMAT, pack.layout_fingerprint(), customers, list(held.queue), held.heap, max_ts, wm,
-             held.seq, [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}), pack.fingerprint(),
-             pack.layout_rules())
+             held.seq, [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}),
+             full or pack.fingerprint(), pack.layout_rules())
     return pickle.dumps(state, protocol=5)
 
 
-def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
+def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan], full_now: str = "") -> tuple[
         dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int], bool]:
     """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times,
     whether the rule parameters changed) from ``dump``'s bytes.
@@ -56,7 +59,7 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan]) -> tuple[
     # Snapshots from before per-partition watermarks have no partitions' times: the watermark restored stays, and
     # moves again once every open partition has reported (each resumes with its largest time and sends it).
     part_max: dict[str, Any] = dict(rest[1]) if len(rest) > 1 else {}
-    retuned = full != pack.fingerprint()
+    retuned = full != (full_now or pack.fingerprint())
     return (customers, ReorderBuffer(deque(queue), upgrade_heap(heap), seq), max_ts, wm, rows, finals, part_max,
             retuned)
 

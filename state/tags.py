@@ -67,7 +67,7 @@ def apply_feedback(ctx: BatchContext, c: CustomerState, fb: Feedback) -> None:
     if not tags:
         return
     for i in range(0, len(tags), _TAG):
-        ridx, mid, opened = tags[i : i + 3]
+        key, mid, opened = tags[i : i + 3]
         if mid != fb.moment_id:
             continue
         state, closes = TRANSITIONS[fb.outcome]
@@ -76,7 +76,8 @@ def apply_feedback(ctx: BatchContext, c: CustomerState, fb: Feedback) -> None:
         else:
             c.tags = (*tags[:i + 3], 1, *tags[i + _TAG:])
         # A feedback clock behind the moment's must not order the transition before the opening.
-        tag_row(ctx, fb.customer_id, ctx.pack.rules[ridx], mid, state, fb.outcome, opened, max(fb.ts_ms, opened))
+        tag_row(ctx, fb.customer_id, ctx.tag_rule(key, opened), mid, state, fb.outcome, opened,
+                max(fb.ts_ms, opened))
         return
 
 
@@ -91,12 +92,12 @@ def _close(ctx: BatchContext, c: CustomerState, cid: str, state: str, outcome: s
     tags = c.tags
     if not tags:
         return
-    rules = ctx.pack.rules
     kept: list[Any] = []
     for i in range(0, len(tags), _TAG):
-        ridx, mid, opened = tags[i : i + 3]
-        if closes(rules[ridx], opened):
-            tag_row(ctx, cid, rules[ridx], mid, state, outcome, opened, t)
+        key, mid, opened = tags[i : i + 3]
+        r = ctx.tag_rule(key, opened)  # a tag keeps the TTL (and rule_version) of the version it fired under
+        if closes(r, opened):
+            tag_row(ctx, cid, r, mid, state, outcome, opened, t)
         else:
             kept += tags[i : i + _TAG]
     if len(kept) != len(tags):
@@ -107,9 +108,16 @@ def first_expiry(ctx: BatchContext, c: CustomerState, due: int) -> int:
     """Return the earliest TTL end of the customer's tags, or ``due`` if that is earlier."""
     tags = c.tags
     if tags:
-        rules = ctx.pack.rules
+        if ctx.single:  # the common case without a call per tag
+            rules = ctx.pack.rules
+            for i in range(0, len(tags), _TAG):
+                d = tags[i + 2] + rules[tags[i] & 0xFF].ttl_ms
+                if d < due:
+                    due = d
+            return due
+        tag_rule = ctx.tag_rule
         for i in range(0, len(tags), _TAG):
-            d = tags[i + 2] + rules[tags[i]].ttl_ms
+            d = tags[i + 2] + tag_rule(tags[i], tags[i + 2]).ttl_ms
             if d < due:
                 due = d
     return due
@@ -120,8 +128,8 @@ def last_expiry(ctx: BatchContext, c: CustomerState) -> int:
     tags = c.tags
     if not tags:
         return 0
-    rules = ctx.pack.rules
-    last: int = max(tags[k + 2] + rules[tags[k]].ttl_ms for k in range(0, len(tags), _TAG))
+    tag_rule = ctx.tag_rule
+    last: int = max(tags[k + 2] + tag_rule(tags[k], tags[k + 2]).ttl_ms for k in range(0, len(tags), _TAG))
     return last
 
 

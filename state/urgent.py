@@ -111,6 +111,7 @@ class UrgentLane:
         self.applied: set[int] = set()  # ids of held events applied ahead of the watermark
         self.frontier: dict[str, tuple[int, str, int]] = {}  # customer -> the key applied up to, ahead of it
         self._seq = 0
+        self.source = ""  # the input of the batch being fed (its late records name it)
         self.early = 0  # events applied ahead of the watermark (counters: the shard moves them to its outputs)
         self.reordered = 0
 
@@ -137,7 +138,7 @@ class UrgentLane:
             # Never an in-order arrival: the customer's frontier is an event time seen already. Recorded as late
             # behind that frontier (its place in the input is in ``origin``), as one behind the watermark is.
             origin = ev.origin
-            self.ctx.late(ev, f[0], self.ctx.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
+            self.ctx.late(ev, f[0], self.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
                           origin & _POSITION if origin >= 0 else -1)
             self.reordered += 1
             self._apply_late(ev)

@@ -274,7 +274,8 @@ def test_statefulset_mounts_rules_secret_and_recovery_volume() -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     rules_volume = next(v for v in pod["volumes"] if v["name"] == "rules")
     assert rules_volume["configMap"]["name"] == "cx-moments-rules"
-    assert f"--rules {mounts['rules']}/rules.toml" in script
+    assert f"--rules {mounts['rules']} " in script  # the ConfigMap as a directory of versions, updated in place
+    assert "subPath" not in str(container["volumeMounts"])
     claims = {c["metadata"]["name"] for c in sts["spec"]["volumeClaimTemplates"]}
     assert "recovery" in claims
     assert f"--recovery-dir {mounts['recovery']}/" in script

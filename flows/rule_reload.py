@@ -1,0 +1,136 @@
+"""Picking up a changed ``--rules`` directory while running: validated first, then installed in every shard.
+
+A thread of each process reads the directory every ``POLL_S`` seconds. When its files changed (a file added,
+edited or removed), the whole directory is loaded and checked as at start-up, then against what runs: the rule
+set must stay the same, and live, no version may change what was in force up to the process's watermark
+(history is not rewritten). A refused directory changes nothing: the versions in force stay, each problem is
+logged with its file and field, and ``cx_rule_pack_reload_total{result}`` counts it. Accepted versions are
+published with a new generation; each shard installs them at its next batch or wall-clock tick
+(``flows.operators.ShardLogic``) and switches at their ``effective_from`` in event time.
+
+Each process of a cluster reads its own copy of the directory (a ConfigMap volume per pod): processes that
+install a version at different wall times still switch at the same event time as long as the watermark has
+not reached ``effective_from`` (which is why a live ``effective_from`` behind the watermark is refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+from state.rule_model import RulePackError
+from state.versions import PackVersions, load_versions
+
+log = logging.getLogger("cx.rules")
+
+POLL_S: Final = 2.0
+APPLIED: Final = "applied"
+INVALID: Final = "invalid"
+TOO_LATE: Final = "too_late"
+RESULTS: Final = (APPLIED, INVALID, TOO_LATE)
+
+
+def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
+    """(name, content hash) of each pack file of the directory: what a change is judged by."""
+    out: list[tuple[str, str]] = []
+    for f in sorted(directory.iterdir()):
+        if f.suffix != ".toml" or not f.is_file():
+            continue
+        try:
+            out.append((f.name, hashlib.blake2b(f.read_bytes(), digest_size=8).hexdigest()))
+        except OSError:
+            out.append((f.name, "(unreadable)"))  # loading it names the problem
+    return tuple(out)
+
+
+class RuleReloader:
+    """Watches a ``--rules`` directory; ``current`` and ``generation`` are what the shards install.
+
+    Args:
+        directory: The ``--rules`` directory.
+        versions: The versions loaded at start-up.
+        live: Live mode: refuse a change to what was in force up to the watermark.
+        on_result: Called with the result of each change judged (``RESULTS``), e.g. to count it.
+    """
+
+    def __init__(self, directory: Path, versions: PackVersions, live: bool,
+                 on_result: Callable[[str], None] | None = None) -> None:
+        self.directory = directory
+        self.current = versions
+        self.generation = 0
+        self.live = live
+        self._on_result = on_result
+        self._seen = directory_state(directory)
+        self._watermark = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def note_watermark(self, wm: int) -> None:
+        """A shard's watermark after a batch: the process's is the largest (the furthest a shard has gone)."""
+        if wm > self._watermark:
+            self._watermark = wm
+
+    def check(self) -> str | None:
+        """Judge the directory once; return the result (``RESULTS``), None when nothing changed."""
+        try:
+            now = directory_state(self.directory)
+        except OSError as e:
+            log.error("rule pack reload: %s: (directory): cannot be read: %s", self.directory, e.strerror or e)
+            return None
+        if now == self._seen:
+            return None
+        self._seen = now
+        result = self._judge()
+        if self._on_result is not None:
+            self._on_result(result)
+        return result
+
+    def _judge(self) -> str:
+        try:
+            new = load_versions(self.directory)
+        except RulePackError as e:
+            for line in str(e).splitlines():
+                log.error("rule pack reload refused, the versions in force stay: %s", line)
+            return INVALID
+        base = self.current.packs[0]
+        for p in new.packs:
+            if p.layout_fingerprint() != base.layout_fingerprint():
+                changes = p.layout_changes([tuple(r) for r in base.layout_rules()])
+                log.error("rule pack reload refused, the versions in force stay: %s: moment: changes the rule set "
+                          "(%s): a running worker may change rule parameters only; restart with a fresh "
+                          "--recovery-dir to change the rules", p.path, changes)
+                return INVALID
+        wm = self._watermark
+        if self.live and new.history(wm) != self.current.history(wm):
+            known = {(q.version, q.effective_from_ms, q.fingerprint()) for q in self.current.packs}
+            changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.fingerprint()) not in known]
+            where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
+            log.error("rule pack reload refused, the versions in force stay: %s: pack.effective_from: lies before "
+                      "the current watermark (%d): history is not rewritten; give a later effective_from", where, wm)
+            return TOO_LATE
+        with self._lock:
+            self.current = new
+            self.generation += 1
+        log.info("rule pack reloaded from %s: %s", self.directory, new.describe())
+        return APPLIED
+
+    def start(self, poll_s: float = POLL_S) -> None:
+        """Poll the directory in a daemon thread until ``stop``."""
+        def loop() -> None:
+            while not self._stop.wait(poll_s):
+                try:
+                    self.check()
+                except Exception:  # a reload must never stop the worker
+                    log.exception("rule pack reload failed; the versions in force stay")
+
+        self._thread = threading.Thread(target=loop, name="cx-rule-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling."""
+        self._stop.set()

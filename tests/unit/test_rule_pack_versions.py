@@ -1,0 +1,109 @@
+"""A ``--rules`` directory of versioned packs: which version is in force when, and what is refused at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from state.rules import DEFAULT_PACK, RulePackError
+from state.versions import load_versions
+from tests.helpers import T0
+
+_BASE = DEFAULT_PACK.read_text()
+
+
+def _pack(d: Path, name: str, version: int, effective: str | int | None, idle: str = "10m", text: str = _BASE) -> Path:
+    head = f"version = {version}\n" + (f"effective_from = {effective}\n" if effective is not None else "")
+    body = text.replace("version = 1\n", head, 1).replace('idle = "10m"', f'idle = "{idle}"', 1)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / name).write_text(body)
+    return d / name
+
+
+def test_the_newest_version_in_force_at_an_event_time_handles_it(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 1, T0)
+    _pack(tmp_path, "b.toml", 3, '"2026-01-01T02:00:00Z"', idle="30m")
+    _pack(tmp_path, "c.toml", 2, '"2026-01-01T01:00:00+00:00"', idle="20m")
+    v = load_versions(tmp_path)
+    assert [p.version for p in v.packs] == [1, 2, 3]
+    hour = 3_600_000
+    assert [v.pack_at(t).version for t in (T0 - 1, T0, T0 + hour - 1, T0 + hour, T0 + 2 * hour, T0 + 9 * hour)] == [
+        1, 1, 1, 2, 3, 3]
+    assert v.latest.version == 3
+    assert v.pack_at(T0 + hour).rules[0].within_ms == 20 * 60_000
+    assert v.pack_at(T0 + hour).rules[0].version == 2  # moments of that version carry rule_version 2
+
+
+def test_an_older_version_effective_later_never_displaces_a_newer_one(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 2, T0)
+    _pack(tmp_path, "b.toml", 1, T0 + 1000)
+    v = load_versions(tmp_path)
+    assert v.single
+    assert v.pack_at(T0 + 5000).version == 2
+
+
+def test_one_file_without_effective_from_is_in_force_from_the_start(tmp_path: Path) -> None:
+    _pack(tmp_path, "default.toml", 1, None)
+    _pack(tmp_path, "v2.toml", 2, T0, idle="20m")
+    v = load_versions(tmp_path)
+    assert [v.pack_at(t).version for t in (0, T0 - 1, T0)] == [1, 1, 2]
+
+
+def test_a_single_file_is_one_version_in_force_always_with_the_packs_own_fingerprint() -> None:
+    v = load_versions(DEFAULT_PACK)
+    assert v.single
+    assert v.fingerprint() == v.latest.fingerprint()  # the cluster handshake of a single file is unchanged
+
+
+def test_every_bad_file_of_a_directory_is_named_with_its_field(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 1, T0)
+    _pack(tmp_path, "b.toml", 1, '"2026-01-01T01:00:00Z"')  # the same version again
+    _pack(tmp_path, "c.toml", 3, None)  # in force from the start
+    _pack(tmp_path, "c2.toml", 6, None)  # a second one without effective_from
+    _pack(tmp_path, "d.toml", 4, '"2026-01-01 01:00"')  # no offset
+    _pack(tmp_path, "e.toml", 5, T0, idle="soon")  # an invalid parameter
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    text = str(e.value)
+    assert f"{tmp_path / 'b.toml'}: pack.version: version 1 is also the version of {tmp_path / 'a.toml'}" in text
+    assert (f"{tmp_path / 'c2.toml'}: pack.effective_from: is required: only one file may leave it out (in force "
+            f"from the start), and {tmp_path / 'c.toml'} does") in text
+    assert f"{tmp_path / 'd.toml'}: pack.effective_from: needs a UTC offset" in text
+    assert f"{tmp_path / 'e.toml'}: moment[0].idle" in text
+
+
+def test_a_version_that_changes_the_rule_set_is_refused_naming_the_rules(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 1, T0)
+    start = _BASE.index('[[moment]]\nkind = "maze"')
+    _pack(tmp_path, "b.toml", 2, T0 + 1, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert f"{tmp_path / 'b.toml'}: moment: changes the rule set of {tmp_path / 'a.toml'} (removed " in str(e.value)
+    assert "cart.maze" in str(e.value)
+
+
+def test_an_empty_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(RulePackError, match=r"\(directory\): holds no pack file"):
+        load_versions(tmp_path)
+
+
+def test_moments_run_exits_2_naming_the_file_and_field_of_a_bad_version(tmp_path: Path) -> None:
+    _pack(tmp_path / "packs", "a.toml", 1, T0)
+    _pack(tmp_path / "packs", "b.toml", 2, '"yesterday"')
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--rules", str(tmp_path / "packs"), "--sink",
+                           "none", "--no-metrics", "--status", "off"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{tmp_path / 'packs' / 'b.toml'}: pack.effective_from: must be an RFC 3339 date-time" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_the_batch_context_keeps_its_attributes_in_a_shared_key_dict() -> None:
+    """With 30 attributes CPython 3.11 no longer shared the context's dict keys, and every ``ctx.*`` read on the hot
+    path took a slower path (1.1 % more instructions per event, measured: benchmarks/RESULTS.md, s7-packs)."""
+    from state.context import BatchContext
+
+    ctx = BatchContext(load_versions(DEFAULT_PACK).latest, "k", lambda: 0, False)
+    assert len(vars(ctx)) < 30, sorted(vars(ctx))

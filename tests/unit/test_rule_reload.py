@@ -1,0 +1,88 @@
+"""A ``--rules`` directory changed while running: what the reloader accepts, refuses, and how it reports it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from flows.rule_reload import APPLIED, INVALID, TOO_LATE, RuleReloader
+from state.batches import RawBatch, Tick
+from state.rules import DEFAULT_PACK
+from state.shard import Shard, process
+from state.version_switch import install
+from state.versions import load_versions
+from tests.helpers import MIN, T0, ev, raws
+
+_BASE = DEFAULT_PACK.read_text()
+
+
+def _write(d: Path, name: str, version: int, effective: int | None, idle: str = "10m", text: str = _BASE) -> None:
+    head = f"version = {version}\n" + (f"effective_from = {effective}\n" if effective is not None else "")
+    (d / name).write_text(text.replace("version = 1\n", head, 1).replace('idle = "10m"', f'idle = "{idle}"', 1))
+
+
+def _reloader(tmp_path: Path, live: bool = True) -> tuple[RuleReloader, list[str]]:
+    _write(tmp_path, "default.toml", 1, None)
+    seen: list[str] = []
+    return RuleReloader(tmp_path, load_versions(tmp_path), live, seen.append), seen
+
+
+def test_nothing_changed_is_no_reload(tmp_path: Path) -> None:
+    r, seen = _reloader(tmp_path)
+    assert r.check() is None
+    assert (r.generation, seen) == (0, [])
+
+
+def test_an_invalid_file_keeps_the_versions_in_force_and_is_logged_with_file_and_field(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r, seen = _reloader(tmp_path)
+    before = r.current
+    _write(tmp_path, "v2.toml", 2, T0, idle="ten")
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == INVALID
+    assert r.current is before
+    assert r.generation == 0
+    assert seen == [INVALID]
+    assert f"{tmp_path / 'v2.toml'}: moment[0].idle: must be a duration" in caplog.text
+    assert r.check() is None  # judged once per change, not at every poll
+
+
+def test_a_version_that_changes_the_rule_set_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r, _seen = _reloader(tmp_path)
+    start = _BASE.index('[[moment]]\nkind = "maze"')
+    _write(tmp_path, "v2.toml", 2, T0, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == INVALID
+    assert f"{tmp_path / 'v2.toml'}: moment: changes the rule set of {tmp_path / 'default.toml'} (removed " \
+           "5g_upgrade.maze, cart.maze)" in caplog.text
+
+
+def test_live_a_version_effective_behind_the_watermark_is_refused_and_one_ahead_applied(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r, seen = _reloader(tmp_path)
+    r.note_watermark(T0 + 60 * MIN)
+    _write(tmp_path, "v2.toml", 2, T0 + 59 * MIN, idle="20m")
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == TOO_LATE
+    assert f"{tmp_path / 'v2.toml'}: pack.effective_from: lies before the current watermark" in caplog.text
+    _write(tmp_path, "v2.toml", 2, T0 + 61 * MIN, idle="20m")
+    assert r.check() == APPLIED
+    assert r.generation == 1
+    assert r.current.pack_at(T0 + 61 * MIN).version == 2
+    assert seen == [TOO_LATE, APPLIED]
+
+
+def test_a_replay_may_rewrite_history_and_the_shard_recomputes_its_wake_ups(tmp_path: Path) -> None:
+    r, _seen = _reloader(tmp_path, live=False)
+    shard = Shard(r.current.latest, versions=r.current)
+    # k leaves checkout at 0 (idle 10m under v1); the watermark passes 0 but not 10m.
+    process(shard, [RawBatch("t", 0, raws([ev("k1", 0, "submit", customer="k", step="checkout"),
+                                             ev("f1", 2 * MIN, customer="f")]), [0, 1])])
+    _write(tmp_path, "v2.toml", 2, T0 - MIN, idle="20m")  # in force before k1: its abandonment moves to 20m
+    assert r.check() == APPLIED
+    assert install(shard, r.current)
+    out = process(shard, [RawBatch("t", 0, raws([ev("f2", 60 * MIN, customer="f")]), [2]), Tick(0, final=True)])
+    got = [(m["rule"], m["due_ts"], m["rule_version"]) for m in out.moments if m["kind"] == "abandoned"]
+    assert got == [("cart.abandoned", T0 + 20 * MIN, 2)]
