@@ -411,11 +411,12 @@ def console() -> NoReturn:
     After a cluster failure (a peer disagreeing on ``-w`` panics Bytewax's communication) a worker thread of this
     process may still be inside the dataflow. At finalization Python ends such a thread the moment it asks for the
     interpreter (``pthread_exit``), and unwinding through Bytewax's Rust frames aborts the process ("FATAL:
-    exception not rethrown", exit -6) after the error line was printed.
+    exception not rethrown", exit -6) after the error line was printed. A cluster process whose run failed exits
+    at once: other threads of the dataflow (not only its workers) were seen to abort the same way.
     """
     code = main()
     runner = sys.modules.get("flows.runner")  # not imported: no dataflow ran
-    if runner is not None and not runner.await_workers_stopped(WORKER_EXIT_GRACE_S):
+    if runner is not None and (runner.cluster_failed() or not runner.await_workers_stopped(WORKER_EXIT_GRACE_S)):
         sys.stdout.flush()
         sys.stderr.flush()
         logging.shutdown()

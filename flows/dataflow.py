@@ -55,7 +55,7 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     The same lines must reach the same shards (``--shards``; ``-w`` is Bytewax's own handshake), be read from
     the same input (the file names in order, or the simulation) and be judged alike (the rule pack's
     fingerprint, or that of every version of a ``--rules`` directory with its ``effective_from``, the clock,
-    ``--lateness``, live ``--max-future``, ``--max-customers``). Paths, sinks, ports
+    ``--lateness``, live ``--max-future`` and ``--urgent-lateness``, ``--max-customers``). Paths, sinks, ports
     and batch sizes may differ. None outside a cluster. Kafka partitions send none (their batches cross
     processes, and the shard's own ``--shards`` check covers them), but a Kafka process still checks the hello
     of a peer started with another ``--source``.
@@ -73,6 +73,9 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
                 ("--lateness", f"{cfg.lateness_ms}ms"), ("--max-customers", str(cfg.max_customers))]
     if cfg.live:
         settings.append(("--max-future", f"{cfg.max_future_ms}ms"))
+        urgent = (default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None
+                  else cfg.urgent_lateness_ms)
+        settings.append(("--urgent-lateness", f"{urgent}ms"))
     return Hello(cfg.process_id or 0, tuple(settings))
 
 

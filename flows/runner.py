@@ -129,6 +129,17 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | N
 
     ``versions``: the versions of a ``--rules`` directory (``pack`` is the newest); None for ``pack`` alone.
     """
+    global _CLUSTER_FAILED
+    _CLUSTER_FAILED = False
+    try:
+        return _run_pipeline(cfg, pack, versions)
+    except BaseException:
+        # A cluster process that failed inside Bytewax: threads of the dataflow may remain (see cluster_failed).
+        _CLUSTER_FAILED = len(cfg.addresses) > 1 and _RUN_ENDED.is_set()
+        raise
+
+
+def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None) -> int:
     # SIGTERM (Kubernetes, docker stop) ends the input (flows.stopping), or the run like Ctrl-C where that does not
     # end it; buffered outputs are flushed on the way out. Armed before any thread starts: a thread inherits the
     # signal mask of its creator, and one started earlier (the metrics server's) would leave SIGTERM unblocked
@@ -278,6 +289,12 @@ def _start_metrics(cfg: PipelineConfig) -> MetricsServer:
 
 _STOPPING = False
 _RUN_ENDED = threading.Event()
+_CLUSTER_FAILED = False
+
+
+def cluster_failed() -> bool:
+    """Whether the last run of a cluster process ended in an error (``flows.cli.console`` exits at once then)."""
+    return _CLUSTER_FAILED
 STOP_FOR_GRACE_S = 10.0
 
 

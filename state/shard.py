@@ -136,8 +136,10 @@ class Shard(Watermark):
         now = self.now_ms() if self.live else None
         held = self.held
         append = held.queue.append
-        # Partitioned replay: the ticks alone move the watermark, so an event never does (an unreachable lateness).
-        lateness = self.lateness_ms if not self.partitions else 1 << 62
+        # Partitioned replay, and live during a backlog: the ticks alone move the watermark, so an event never does
+        # (an unreachable lateness).
+        ticked = bool(self.partitions or self.behind or self.unheard)
+        lateness = 1 << 62 if ticked else self.lateness_ms
         max_ts = self.max_ts
         # The watermark as one-event-at-a-time processing would have it: lateness is judged per event, so it
         # does not depend on where batches begin and end.
@@ -177,8 +179,10 @@ class Shard(Watermark):
                 # Rare: bring the state to where per-event processing would have it, then apply the straggler.
                 self.max_ts = max_ts
                 self.advance(wm)
-                self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
+                dead = len(self.ctx.out.dead)
                 self._apply_late(ev)
+                if len(self.ctx.out.dead) == dead:  # a copy of an event already seen is a dead letter, not late
+                    self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
                 continue
             if ts > max_ts:
                 max_ts = ts
@@ -188,7 +192,7 @@ class Shard(Watermark):
                 continue
             push(ev)
         self.max_ts = max_ts
-        if not self.partitions:
+        if not ticked:
             self.advance(max_ts - lateness)
 
     def feed_feedback(self, batch: RawBatch) -> None:

@@ -137,11 +137,14 @@ class UrgentLane:
         if f is not None and _key(ev) < f:
             # Never an in-order arrival: the customer's frontier is an event time seen already. Recorded as late
             # behind that frontier (its place in the input is in ``origin``), as one behind the watermark is.
-            origin = ev.origin
-            self.ctx.late(ev, f[0], self.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
-                          origin & _POSITION if origin >= 0 else -1)
-            self.reordered += 1
+            out = self.ctx.out
+            dead = len(out.dead)
             self._apply_late(ev)
+            if len(out.dead) == dead:  # a copy of an event already seen is a dead letter, neither late nor reordered
+                origin = ev.origin
+                self.ctx.late(ev, f[0], self.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
+                              origin & _POSITION if origin >= 0 else -1)
+                self.reordered += 1
             return
         self.hold(ev)
         self._held_buf.push(ev)

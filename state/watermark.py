@@ -41,7 +41,9 @@ class Watermark:
 
         Partitioned replay: the watermark moves to the smallest largest time of the expected partitions not
         yet ended, minus the lateness (nothing moves until each has reported). Live: it follows the largest
-        time of any tick. Otherwise (a replay without partitions) it follows the shard's own events only.
+        time of any tick, but during a backlog (a partition behind or not heard from) only the slowest partition
+        behind (``backlog_clock``), as a replay would. Otherwise (a replay without partitions) it follows the
+        shard's own events only.
         """
         p = t.partition
         if t.final:
@@ -60,13 +62,30 @@ class Watermark:
             return
         if p:
             self.unheard.discard(p)
+            if t.max_ts_ms > self.part_max.get(p, -1):
+                self.part_max[p] = t.max_ts_ms
             if t.behind:
                 self.behind.add(p)
             else:
                 self.behind.discard(p)
+        if self.behind or self.unheard:
+            clock = self.backlog_clock()
+            if clock is not None:
+                self.advance(clock - self.lateness_ms)
+            return
         if t.max_ts_ms > self.max_ts:
             self.max_ts = t.max_ts_ms
         self.advance(self.max_ts - self.lateness_ms)
+
+    def backlog_clock(self) -> int | None:
+        """Live during a backlog: the event time read up to, the largest time of the slowest partition behind.
+
+        None while a partition has not reported since the start (nothing is known of its backlog), as a replay
+        waits for every partition; partitions caught up do not hold it back.
+        """
+        if self.unheard:
+            return None
+        return min(self.part_max.get(p, 0) for p in self.behind)
 
     def _follow_partitions(self) -> None:
         """Advance to the slowest open partition's largest time minus the lateness (all ended: the largest's)."""
@@ -82,10 +101,11 @@ class Watermark:
         wake-ups first.
         """
         if self.live:
-            clock = self.max_ts
-            if not self.behind and not self.unheard:
-                clock = max(clock, self.now_ms())
-                self.advance(clock - self.lateness_ms)
+            if self.behind or self.unheard:
+                clock = self.backlog_clock() or 0
+            else:
+                clock = max(self.max_ts, self.now_ms())
+            self.advance(clock - self.lateness_ms)
             if self.lane is not None:
                 self.lane.run(clock, self.wm)
 

@@ -64,7 +64,8 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
                  clock: bool = True, ticks: bool = False, on_disorder: DisorderHook | None = None,
                  live_ticks: bool = False) -> None:
         self._final_tick = final_tick and stop_at_end
-        # Live: tick when the partition falls behind (a batch that did not reach its end) or catches up, so the
+        # Live: tick when the partition falls behind (read up to less than the high watermark of its last fetch),
+        # while it is behind (its largest time, which a backlog's watermark follows), and when it catches up: the
         # shards let the wall clock move their watermarks only while no partition has a backlog.
         self._live_ticks = live_ticks and clock
         self._behind: bool | None = None  # what the last live tick said (None: nothing said yet)
@@ -73,7 +74,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._ticked = -1  # the time the last tick carried: an unchanged one is not sent again
         # Feedback records are not events: they never move the input's end-of-input time (their final tick
         # carries 0), whatever fields they carry.
-        self._track = (self._final_tick or self._ticks) and clock
+        self._track = (self._final_tick or self._ticks or self._live_ticks) and clock
         self._types = types
         self._max_ts = max_ts
         # Disorder of event partitions: the newest valid event time read, which each message is measured against.
@@ -82,6 +83,7 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
         self._consumer = Consumer(consumer_conf(conf))
         self._topic = topic
         self._part = partition
+        self._tp = TopicPartition(topic, partition)  # for the cached high watermark (``_has_backlog``)
         self._next = start if start is not None else OFFSET_BEGINNING
         self._on_reset = on_reset
         self._policy = reset_policy(conf)
@@ -197,11 +199,28 @@ class _KafkaPartition(StatefulSourcePartition[Item, KafkaPosition]):
             self._ticked = self._max_ts
             tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]")
             items.extend((k, tick) for k in self._keys)
-        elif self._live_ticks and (self._behind is None or self._behind == self._eof):
-            self._behind = not self._eof
-            tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]", behind=self._behind)
-            items.extend((k, tick) for k in self._keys)
+        elif self._live_ticks:
+            backlog = self._has_backlog()
+            if backlog is not self._behind or (backlog and self._max_ts > self._ticked):
+                self._behind = backlog
+                self._ticked = self._max_ts
+                tick = Tick(self._max_ts, partition=f"{self._source}[{self._part}]", behind=backlog)
+                items.extend((k, tick) for k in self._keys)
         return items
+
+    def _has_backlog(self) -> bool:
+        """Whether messages wait beyond what was read: by the high watermark of the last fetch (no network call).
+
+        An end-of-partition event alone would not do: under a steady trickle the broker's long poll always returns
+        a message, so it never comes.
+        """
+        if self._eof:
+            return False
+        try:
+            high = self._consumer.get_watermark_offsets(self._tp, cached=True)[1]
+        except KafkaException:
+            return True
+        return high < 0 or self._next < high
 
     def _checked_start(self, start: int) -> int:
         """Return the restored position, or where ``auto.offset.reset`` moves it when it lies outside the partition.

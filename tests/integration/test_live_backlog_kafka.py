@@ -43,10 +43,13 @@ def _moments(path: Path) -> set[tuple[str, str, int]]:
     return {(m["moment_id"], m["rule"], m["due_ts"]) for m in read_jsonl(path / "moments.jsonl")}
 
 
-def test_a_live_worker_behind_its_topic_gives_the_replay_moments(kafka: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_a_live_worker_behind_its_topic_gives_the_replay_moments(kafka: str, tmp_path: Path, partitions: int) -> None:
+    # With several partitions (unkeyed: one customer's events spread over them) the consumer reads one partition's
+    # backlog ahead of another's: the watermark follows the slowest partition behind, as a replay's does.
     lines = _events(30_000)
     events, feedback = unique("cx.events"), unique("cx.feedback")
-    create_topics(kafka, [events, feedback], partitions=1)
+    create_topics(kafka, [events, feedback], partitions=partitions)
     produce(kafka, events, lines)
     (tmp_path / "lines.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     common = ["--no-metrics", "--status", "log", "--lateness", "5s"]

@@ -25,12 +25,14 @@ def test_await_workers_stopped_reports_worker_threads_still_running(tmp_path: Pa
     assert runner.await_workers_stopped(0.05)
 
 
-@pytest.mark.parametrize("left", [True, False])
-def test_console_exits_hard_only_when_workers_remain(left: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("left", "cluster_failed"), [(True, False), (False, False), (False, True)])
+def test_console_exits_hard_only_when_workers_remain_or_a_cluster_run_failed(
+        left: bool, cluster_failed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     # At finalization Python would end such a thread inside Bytewax's Rust frames: the process aborted (exit -6)
     # after printing its error line; os._exit keeps the exit code.
     monkeypatch.setattr(cli, "main", lambda: 2)
     monkeypatch.setattr(runner, "await_workers_stopped", lambda _t: not left)
+    monkeypatch.setattr(runner, "_CLUSTER_FAILED", cluster_failed)
     exits: list[tuple[str, int]] = []
 
     def hard(code: int) -> None:
@@ -41,4 +43,4 @@ def test_console_exits_hard_only_when_workers_remain(left: bool, monkeypatch: py
     with pytest.raises(SystemExit) as e:
         cli.console()
     assert e.value.code == 2
-    assert exits == ([("os._exit", 2)] if left else [])
+    assert exits == ([("os._exit", 2)] if left or cluster_failed else [])

@@ -154,6 +154,11 @@ def test_cluster_settings_cover_the_input_the_rules_and_the_clock(tmp_path: Path
     kafka = cluster_hello(PipelineConfig(source="kafka", addresses=ADDRS, process_id=0), PACK)
     assert kafka is not None
     assert dict(kafka.settings)["--source"] == "kafka"
+    # Live, the urgent lateness changes what is detected when (auto: from the pack's targets), so it is compared.
+    live = cluster_hello(PipelineConfig(source="simulator", addresses=ADDRS, process_id=0, clock="live"), PACK)
+    assert live is not None
+    assert dict(live.settings)["--urgent-lateness"] == "5000ms"
+    assert "--urgent-lateness" not in settings
 
 
 class PanicException(BaseException):  # noqa: N818 - named as pyo3's, which the runner recognises by name

@@ -67,7 +67,7 @@ def test_a_partition_not_heard_from_holds_the_wall_clock() -> None:
     now = [T0 + 60 * MIN]
     sh = _shard(now)
     outs = [_feed(sh, [CHECKOUT], [Tick(T0, partition=P0)])]  # partition 1 has not reported since the start
-    assert sh.wm == T0 - 30 * SEC
+    assert sh.wm == 0  # nothing is known of partition 1's backlog yet, as a replay waits for every partition
     outs.append(_feed(sh, [], [Tick(0, partition=P1)]))  # an empty partition at its end reports too
     assert sh.wm == now[0] - 30 * SEC
     assert _rules(outs) == ["cart.abandoned"]  # nothing came back: the abandonment is right, once caught up
@@ -99,3 +99,23 @@ def test_the_urgent_lane_follows_event_time_during_a_backlog() -> None:
                 [Tick(T0 + 16 * SEC, partition=P0, behind=True)])
     assert [m["rule"] for m in out.moments] == ["cart.failed"]
     assert (out.urgent_reordered, out.late) == (0, 0)
+
+
+def test_a_backlog_over_two_partitions_follows_the_slower_one_as_a_replay_does() -> None:
+    # Partition 0 is read to its end before partition 1 starts (what a consumer does with a backlog on each): its
+    # largest time must not make partition 1's earlier events late.
+    now = [T0 + 60 * MIN]
+    sh = _shard(now)
+    outs = [_feed(sh, [CHECKOUT, ev("f", 9 * MIN, customer="f", step="product")],
+                  [Tick(T0 + 9 * MIN, partition=P0), Tick(0, partition=P1, behind=True)])]
+    assert sh.wm <= 0  # partition 1 is behind and has read nothing yet
+    items = [orjson.dumps(BACK)]
+    sh.feed(RawBatch(P1, 1, items, [0]))  # c1's payment, from the other partition
+    sh.tick(Tick(T0 + 5 * MIN, partition=P1, behind=True))
+    sh.on_wall_clock()
+    outs.append(sh.take_outputs())
+    assert sh.wm == T0 + 5 * MIN - 30 * SEC
+    outs.append(_feed(sh, [], [Tick(T0 + 5 * MIN, partition=P1)]))  # caught up
+    assert sh.wm == now[0] - 30 * SEC
+    assert _rules(outs) == []
+    assert sum(o.late for o in outs) == 0
