@@ -103,9 +103,12 @@ class Shard:
         # The in-order shortcut of ``advance`` (off: only the general loop, which tests compare it with).
         self.shortcut = True
         self.lane = urgent_lane(pack, self.ctx, lateness_ms, urgent_lateness_ms) if live else None
+        # How a released event is applied: at once, or through the urgent lane. An attribute, not a method
+        # replaced on the instance, which compiled classes do not allow.
+        self._apply: Callable[[Event], None] = self._apply_one
         if self.lane is not None:
-            self.lane.attach(self.held, self.customers, self._apply, self._apply_late)
-            self._apply = self.lane.apply  # type: ignore[method-assign]
+            self.lane.attach(self.held, self.customers, self._apply_one, self._apply_late)
+            self._apply = self.lane.apply
 
     @property
     def out(self) -> Outputs:
@@ -275,7 +278,7 @@ class Shard:
         release(self.held, self.ctx, self.customers, self._apply, wm, wm if timers_to is None else timers_to,
                 self.shortcut)
 
-    def _apply(self, ev: Event) -> None:
+    def _apply_one(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
         ctx = self.ctx
         counts = ctx.out.events
