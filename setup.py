@@ -42,7 +42,7 @@ def _record(compiled: bool, reason: str = "", mypyc: str = "") -> None:
 def _pure(reason: str) -> list[Any]:
     """No extension modules: remove those of an earlier build, record why, say it once."""
     for stale in build_info.compiled_files(STATE):
-        stale.unlink()
+        stale.unlink(missing_ok=True)
     _record(False, reason)
     _say(f"state/ installed as pure Python ({reason})")
     return []

@@ -47,7 +47,7 @@ def digests(root: Path) -> dict[str, str]:
 
 def compiled_files(root: Path) -> list[Path]:
     """Extension modules left in the package folder by a compiled build (this interpreter's suffixes)."""
-    return sorted(p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in root.rglob(f"*{suffix}"))
+    return sorted({p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in root.rglob(f"*{suffix}")})
 
 
 class _SourceOnly(importlib.abc.MetaPathFinder):
@@ -90,6 +90,17 @@ def decide(root: Path, environ: Mapping[str, str]) -> Build:
     reason = _recorded(root, "reason")
     return Build(False, False, "state/ runs as pure Python ("
                  + ("not compiled: install with `pip install -e .`" if reason == "?" else reason) + ")")
+
+
+def rebuild_reason(root: Path, environ: Mapping[str, str]) -> str:
+    """Why ``pip install -e .`` should run again for the package at ``root`` (setup.sh), or ``""``."""
+    if not (root / MANIFEST).is_file():
+        return "not built by setup.py yet"
+    if decide(root, environ).stale:
+        return "its sources changed since they were compiled"
+    if environ.get(PURE_ENV) != "1" and _recorded(root, "reason") == f"{PURE_ENV}=1":
+        return f"it was installed as pure Python with {PURE_ENV}=1"
+    return ""
 
 
 def choose(root: Path) -> Build:

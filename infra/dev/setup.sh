@@ -77,8 +77,9 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" ]]; 
   touch "$stamp"
 fi
 # Compiled modules built from older sources would run as pure Python (state/_build.py): rebuild them.
-if ! .venv/bin/python -c 'import state, sys; sys.exit(state.BUILD.stale)'; then
-  echo "setup: state/ changed since it was compiled; rebuilding" >&2
+why=$(.venv/bin/python -c 'import os, state, state._build as b; print(b.rebuild_reason(b.Path(state.__file__).parent, os.environ))')
+if [[ -n "$why" ]]; then
+  echo "setup: building state/ again ($why)" >&2
   .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
 fi
 echo "setup: $(.venv/bin/python -c 'import state; print(state.BUILD.line)')" >&2

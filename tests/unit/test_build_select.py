@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import state
-from state._build import MANIFEST, PURE_ENV, decide, digests
+from state._build import MANIFEST, PURE_ENV, decide, digests, rebuild_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -99,3 +99,17 @@ def test_an_edited_copy_of_the_compiled_package_imports_its_sources(tmp_path: Pa
     line, shard = _imported(tmp_path, pure=False)
     assert shard == str(tmp_path / "state" / "shard.py")
     assert "moments.py" in line
+
+
+def test_setup_builds_again_after_an_edit_or_a_pure_install_on_request(tmp_path: Path) -> None:
+    root = _package(tmp_path, compiled=True)
+    assert rebuild_reason(root, {}) == ""
+    (root / "a.py").write_text("A = 2\n")
+    assert rebuild_reason(root, {}) == "its sources changed since they were compiled"
+    pure = _package(tmp_path / "pure", compiled=False)
+    assert rebuild_reason(pure, {}) == ""  # no compiler: trying again would not compile
+    (pure / MANIFEST).write_text(json.dumps({"compiled": False, "reason": f"{PURE_ENV}=1", "digests": digests(pure)}))
+    assert rebuild_reason(pure, {PURE_ENV: "1"}) == ""
+    assert rebuild_reason(pure, {}) == f"it was installed as pure Python with {PURE_ENV}=1"
+    (pure / MANIFEST).unlink()
+    assert rebuild_reason(pure, {}) == "not built by setup.py yet"
