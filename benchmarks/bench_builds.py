@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,24 @@ def memory(build: str, customers: int) -> dict[str, float]:
     return _json_child(["-c", MEMORY_CHILD, str(customers), "0", "simulated"], build)  # type: ignore[return-value]
 
 
+def instructions_per_line(build: str, events: Path, n: int) -> float:
+    """Instructions valgrind's callgrind counts per line of the hot path of ``build`` (start-up subtracted).
+
+    Counts, unlike seconds, do not depend on what else the machine runs."""
+    sample, empty = WORK / f"builds-{n}.jsonl", WORK / "builds-empty.jsonl"
+    sample.write_bytes(b"".join(events.read_bytes().splitlines(keepends=True)[:n]))
+    empty.write_bytes(b"")
+
+    def count(path: Path) -> int:
+        err = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-c",
+                              _HOT, str(path)], cwd=ROOT, env=_env(build), check=True, capture_output=True,
+                             text=True).stderr
+        return int(re.search(r"Collected : (\d+)", err).group(1))  # type: ignore[union-attr]
+
+    count(empty)  # bytecode compiled first: it would count in the first run
+    return (count(sample) - count(empty)) / n
+
+
 def main() -> None:
     """Measure both builds alternately and write the ``builds`` section of RESULTS.md."""
     ap = argparse.ArgumentParser()
@@ -89,6 +108,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--memory", type=int, default=100_000, help="customers in the memory runs (0 skips them)")
     ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions over N lines")
     a = ap.parse_args()
     events = events_file(a.customers, a.minutes)
     n = sum(1 for _ in events.open("rb"))
@@ -143,6 +163,11 @@ def main() -> None:
             f"{a.minutes:g} simulated minutes), {moments.pop():,} moments in both builds; builds alternate within "
             f"each round, each measurement in a fresh child process.\n\n{table(figs)}\n\n"
             f"Median compiled / pure: {', '.join(summary)}.")
+    if a.callgrind:
+        per = {b: instructions_per_line(b, events, a.callgrind) for b in BUILDS}
+        body += (f"\n\nInstructions per line of the hot path (callgrind, first {a.callgrind:,} lines, start-up "
+                 f"subtracted): pure {per['pure']:,.0f}, compiled {per['compiled']:,.0f}: "
+                 f"{per['pure'] / per['compiled']:.2f}× fewer.")
     print(body)
     write_section("builds", body)
 
