@@ -76,8 +76,11 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" ]]; 
     || { echo "setup: Python packages failed to install" >&2; exit 1; }
   touch "$stamp"
 fi
-# Compiled modules built from older sources would run as pure Python (state/_build.py): rebuild them.
-why=$(.venv/bin/python -c 'import os, state, state._build as b; print(b.rebuild_reason(b.Path(state.__file__).parent, os.environ))')
+# Compiled modules built from older sources would run as pure Python (state/_build.py): rebuild them. Only in
+# the project itself (setup.py beside it): a partial copy sharing its .venv must not re-install it from there.
+why=""
+[[ -f setup.py ]] && why=$(.venv/bin/python -c 'import os, state, state._build as b
+print(b.rebuild_reason(b.Path(state.__file__).parent, os.environ))')
 if [[ -n "$why" ]]; then
   echo "setup: building state/ again ($why)" >&2
   .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
