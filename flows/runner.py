@@ -19,6 +19,7 @@ from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig
 from bytewax.run import cli_main
 
+import state
 from connectors.replay_source import file_paths
 from flows import stopping
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
@@ -94,6 +95,8 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
                  " (every interface)" if everywhere else "")
     log.info("starting: %s", summary(cfg, pack))
+    # Sources edited since they were compiled run as pure Python: a warning, as the run is slower than it should be.
+    log.log(logging.WARNING if state.BUILD.stale else logging.INFO, "%s", state.BUILD.line)
     if versions is not None and len(versions.packs) > 1:
         log.info("rule pack versions in %s: %s", versions.path, versions.describe())
     metrics.set_latency_targets(pack)

@@ -50,7 +50,8 @@ class Attempt:
         "s4",
     )
 
-    def __init__(self, attempt_id: str, ts: int, state: tuple[Any, ...] = NO_STATE) -> None:
+    # Defaults: unpickling a compiled instance runs __init__ with no arguments before __setstate__.
+    def __init__(self, attempt_id: str = "", ts: int = 0, state: tuple[Any, ...] = NO_STATE) -> None:
         self.attempt_id = attempt_id
         # The attempt's expiry check is due `attempt_timeout` after this time. The check moves it to
         # `last_ts` while events keep coming, and past the last moment an ended attempt still matters;
@@ -95,6 +96,10 @@ class Attempt:
                 self.s4)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
+        if not isinstance(st[10], int):
+            # Format 4 (state.snapshots.upgrade): its five per-kind slots stood where recent, stage and s0 … s4
+            # are; compiled, the typed slots refuse them, so they go to s0 … s4 (in order) for the upgrade.
+            st = (*st[:9], st[14], st[15], *st[9:14])
         (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
          self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
          self.s4) = st
@@ -109,7 +114,8 @@ class GenericAttempt(Attempt):
 
     __slots__ = ("g",)
 
-    def __init__(self, attempt_id: str, ts: int, state: tuple[Any, ...] = NO_STATE, g: list[Any] | None = None) -> None:
+    def __init__(self, attempt_id: str = "", ts: int = 0, state: tuple[Any, ...] = NO_STATE,
+                 g: list[Any] | None = None) -> None:
         super().__init__(attempt_id, ts, state)
         self.g = g
 

@@ -62,7 +62,8 @@ class CustomerState:
 
     __slots__ = ("cid", "attempts", "rec")
 
-    def __init__(self, journeys: tuple[Attempt | None, ...] | int, ts: int, cid: str = "") -> None:
+    # Defaults: unpickling a compiled instance runs __init__ with no arguments before __setstate__.
+    def __init__(self, journeys: tuple[Attempt | None, ...] | int = 0, ts: int = 0, cid: str = "") -> None:
         # The very string object the shard's dict is keyed by, so wake-ups do not pin copies of it.
         self.cid = cid
         # The current attempt per journey index; the shard's shared all-None tuple while there is none.

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import state
+
 URGENCIES: Final = ("P1", "P2", "P3", "P4")
 # Journey life-cycle stages, in order (DESIGN.md §1, issue 6): an attempt only moves forward.
 STAGES: Final = ("awareness", "knowledge", "intention", "use", "reuse")
 STAGE_USE: Final = 3
 STAGE_REUSE: Final = 4
-DEFAULT_PACK: Final = Path(__file__).resolve().parent.parent / "flows" / "rulepacks" / "default.toml"
+# From the package's __init__, which is never compiled: a compiled module's __file__ is not its source's path.
+DEFAULT_PACK: Final = Path(state.__file__).resolve().parent.parent / "flows" / "rulepacks" / "default.toml"
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 if TYPE_CHECKING:

@@ -109,9 +109,12 @@ class Shard(Watermark):
         # The in-order shortcut of ``advance`` (off: only the general loop, which tests compare it with).
         self.shortcut = True
         self.lane = urgent_lane(pack, self.ctx, lateness_ms, urgent_lateness_ms) if live else None
+        # How a released event is applied: at once, or through the urgent lane. An attribute, not a method
+        # replaced on the instance, which compiled classes do not allow.
+        self._apply = self._apply_one
         if self.lane is not None:
-            self.lane.attach(self.held, self.customers, self._apply, self._apply_late)
-            self._apply = self.lane.apply  # type: ignore[method-assign]
+            self.lane.attach(self.held, self.customers, self._apply_one, self._apply_late)
+            self._apply = self.lane.apply
 
     @property
     def out(self) -> Outputs:
@@ -220,7 +223,7 @@ class Shard(Watermark):
     def _dead(self, inv: Invalid, batch: RawBatch, offset: int) -> None:
         self.ctx.out.reject(inv, batch.source, batch.partition, offset, self.now_ms(), self.dead_letter_max_bytes)
 
-    def _apply(self, ev: Event) -> None:
+    def _apply_one(self, ev: Event) -> None:
         # Events are counted when applied, after de-duplication, so counters only ever grow.
         ctx = self.ctx
         counts = ctx.out.events

@@ -102,9 +102,8 @@ def upgrade(fmt: int, customers: dict[str, CustomerState], plans: list[JourneyPl
 
 def _upgrade_attempt_v4(a: Attempt, plan: JourneyPlan) -> None:
     # Format 4 pickled Attempt's 16 slots in the order (…, reached, fails, entries, channels, views, intent_ts,
-    # recent, stage); format 5's __setstate__ took them positionally as (…, reached, recent, stage, s0 … s4).
-    fails, entries, channels, views, intent_ts, recent, stage = a.recent, a.stage, a.s0, a.s1, a.s2, a.s3, a.s4
-    a.recent, a.stage = recent, stage
+    # recent, stage); Attempt.__setstate__ put recent and stage in place and the other five in s0 … s4.
+    fails, entries, channels, views, intent_ts = a.s0, a.s1, a.s2, a.s3, a.s4
     a.s0, a.s1, a.s2, a.s3, a.s4 = plan.initial
     old = {"stuck": (fails,), "maze": (entries,), "channel_hop": (channels,), "interested": (views, intent_ts)}
     for kind, values in old.items():

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
+import state
 from tests.kafka_helpers import Broker, free_port, tansu_bin
+
+
+def pytest_report_header() -> str:
+    """Say which build of state/ the tests run on (compiled with mypyc, or pure Python and why)."""
+    return state.BUILD.line
 
 
 @pytest.fixture(scope="session")

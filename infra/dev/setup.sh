@@ -52,8 +52,20 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PY" -m venv .venv
   fi
 fi
+# state/ is compiled with mypyc when a C compiler and Python's headers are present (setup.py; pure Python
+# otherwise): install them where the OS package manager can (Debian's own Pythons; not pyenv or Homebrew ones).
+if [[ "${CX_PURE_PYTHON:-}" != "1" ]]; then
+  build_need=()
+  command -v cc >/dev/null || command -v gcc >/dev/null || build_need+=(gcc libc6-dev)
+  include=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [[ -f "$include/Python.h" || "$include" != /usr/include/* ]] || build_need+=("$(basename "$include")-dev")
+  if ((${#build_need[@]})); then
+    echo "setup: installing ${build_need[*]} (to compile state/ with mypyc)" >&2
+    apt_install "${build_need[@]}" || echo "setup: could not install ${build_need[*]}: state/ will be pure Python" >&2
+  fi
+fi
 stamp=".venv/.cx-installed-$want_test"
-if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" || setup.py -nt "$stamp" ]]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   if [[ $want_test -eq 1 ]]; then
     .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v "is ignored" || true
@@ -64,6 +76,16 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     || { echo "setup: Python packages failed to install" >&2; exit 1; }
   touch "$stamp"
 fi
+# Compiled modules built from older sources would run as pure Python (state/_build.py): rebuild them. Only in
+# the project itself (setup.py beside it): a partial copy sharing its .venv must not re-install it from there.
+why=""
+[[ -f setup.py ]] && why=$(.venv/bin/python -c 'import os, state, state._build as b
+print(b.rebuild_reason(b.Path(state.__file__).parent, os.environ))')
+if [[ -n "$why" ]]; then
+  echo "setup: building state/ again ($why)" >&2
+  .venv/bin/python -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+fi
+echo "setup: $(.venv/bin/python -c 'import state; print(state.BUILD.line)')" >&2
 
 if [[ $want_test -eq 1 ]]; then
   need=()

@@ -1,0 +1,115 @@
+"""Which build of state/ a process runs (state/_build.py): compiled modules never shadow edited sources (issue 18)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import state
+from state._build import MANIFEST, PURE_ENV, decide, digests, rebuild_reason
+
+ROOT = Path(__file__).resolve().parents[2]
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def _package(tmp_path: Path, compiled: bool) -> Path:
+    """A package folder as a build leaves it: two sources, the record, and (compiled) a module beside each."""
+    root = tmp_path / "state"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "a.py").write_text("A = 1\n")
+    (root / "sub" / "b.py").write_text("B = 2\n")
+    if compiled:
+        for name in ("a", "sub/b", "compiled__mypyc"):
+            (root / f"{name}{SUFFIX}").write_bytes(b"\x7fELF")
+    (root / MANIFEST).write_text(json.dumps({"compiled": compiled, "mypyc": "2.4.1", "digests": digests(root),
+                                             "reason": "" if compiled else "no C compiler: 'cc' not found"}))
+    return root
+
+
+def test_fresh_compiled_modules_are_used(tmp_path: Path) -> None:
+    build = decide(_package(tmp_path, compiled=True), {})
+    assert build.compiled
+    assert not build.stale
+    assert build.line == "state/ compiled with mypyc 2.4.1"
+
+
+def test_a_source_edited_after_the_build_runs_pure_and_says_to_rebuild(tmp_path: Path) -> None:
+    root = _package(tmp_path, compiled=True)
+    (root / "sub" / "b.py").write_text("B = 3\n")
+    build = decide(root, {})
+    assert not build.compiled
+    assert build.stale
+    assert "sub/b.py" in build.line
+    assert "rebuild" in build.line
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "no record"])
+def test_a_source_added_or_removed_or_a_missing_record_runs_pure(tmp_path: Path, change: str) -> None:
+    root = _package(tmp_path, compiled=True)
+    if change == "added":
+        (root / "c.py").write_text("")
+    elif change == "removed":
+        (root / "a.py").unlink()
+    else:
+        (root / MANIFEST).unlink()
+    build = decide(root, {})
+    assert (build.compiled, build.stale) == (False, True)
+
+
+def test_cx_pure_python_runs_the_sources_of_a_fresh_build(tmp_path: Path) -> None:
+    build = decide(_package(tmp_path, compiled=True), {PURE_ENV: "1"})
+    assert (build.compiled, build.stale) == (False, False)
+    assert build.line == f"state/ runs as pure Python ({PURE_ENV}=1)"
+
+
+def test_a_pure_build_says_why_it_was_not_compiled(tmp_path: Path) -> None:
+    build = decide(_package(tmp_path, compiled=False), {})
+    assert (build.compiled, build.stale) == (False, False)
+    assert build.line == "state/ runs as pure Python (no C compiler: 'cc' not found)"
+
+
+def _imported(tree: Path, pure: bool) -> tuple[str, str]:
+    """In a fresh interpreter on ``tree``'s state/: the build line and the file state.shard was loaded from."""
+    env = {k: v for k, v in os.environ.items() if k != PURE_ENV} | {"PYTHONPATH": str(tree)}
+    if pure:
+        env[PURE_ENV] = "1"
+    out = subprocess.run([sys.executable, "-c", "import state, state.shard; print(state.BUILD.line); "
+                          "print(state.shard.__file__)"], cwd=tree, env=env, check=True, capture_output=True,
+                         text=True).stdout.splitlines()
+    return out[0], out[1]
+
+
+@pytest.mark.skipif(not state.BUILD.compiled, reason=f"needs the compiled build: {state.BUILD.line}")
+def test_an_edited_copy_of_the_compiled_package_imports_its_sources(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "state", tmp_path / "state", ignore=shutil.ignore_patterns("__pycache__"))
+    line, shard = _imported(tmp_path, pure=False)
+    assert shard.endswith(SUFFIX), line
+    line, shard = _imported(tmp_path, pure=True)
+    assert shard == str(tmp_path / "state" / "shard.py"), line
+    with (tmp_path / "state" / "moments.py").open("a") as f:
+        f.write("# edited after the build\n")
+    line, shard = _imported(tmp_path, pure=False)
+    assert shard == str(tmp_path / "state" / "shard.py")
+    assert "moments.py" in line
+
+
+def test_setup_builds_again_after_an_edit_or_a_pure_install_on_request(tmp_path: Path) -> None:
+    root = _package(tmp_path, compiled=True)
+    assert rebuild_reason(root, {}) == ""
+    (root / "a.py").write_text("A = 2\n")
+    assert rebuild_reason(root, {}) == "its sources changed since they were compiled"
+    pure = _package(tmp_path / "pure", compiled=False)
+    assert rebuild_reason(pure, {}) == ""  # no compiler: trying again would not compile
+    (pure / MANIFEST).write_text(json.dumps({"compiled": False, "reason": f"{PURE_ENV}=1", "digests": digests(pure)}))
+    assert rebuild_reason(pure, {PURE_ENV: "1"}) == ""
+    assert rebuild_reason(pure, {}) == f"it was installed as pure Python with {PURE_ENV}=1"
+    (pure / MANIFEST).unlink()
+    assert rebuild_reason(pure, {}) == "not built by setup.py yet"
