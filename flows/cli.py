@@ -1,4 +1,4 @@
-"""``moments``: run | simulate | produce | report | check-rules."""
+"""``moments``: run | simulate | produce | report | check-rules | lookup | explain."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from flows.config import (
     simulation_problem,
 )
 from flows.logs import setup_logging
+from flows.lookup_cli import add_lookup_args, cmd_explain, cmd_lookup
 from flows.report_cli import cmd_report
 from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
 
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http-host", default=_env("HTTP_HOST", DEFAULT_HTTP_HOST),
                      help="address /metrics, /healthz, /readyz bind to (default 0.0.0.0: every interface; "
                           "127.0.0.1: this machine only)")
+    run.add_argument("--http-peers", default=_env("HTTP_PEERS"),
+                     help="cluster: every process's look-up API host:port, ';' or ',' separated, in process order "
+                          "(default: each --addresses host with this --metrics-port)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
     run.add_argument("--snapshot-interval", type=float, default=_float_env("SNAPSHOT_INTERVAL", 10.0),
@@ -148,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rules: smallest uplift worth the contacts, a fraction; credibly below it means retire "
                           "(default: rule pack, else 0)")
 
+    look = sub.add_parser("lookup", help="what a running worker knows of a customer: journeys, tags, moments")
+    look.add_argument("customer_id")
+    add_lookup_args(look)
+    expl = sub.add_parser("explain", help="why a moment fired: rule, evidence events, steps, contact decision")
+    expl.add_argument("moment_id")
+    add_lookup_args(expl)
+
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
     chk.add_argument("--simulate", action="store_true",
@@ -197,6 +208,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         addresses=addresses,
         metrics_port=None if a.no_metrics else a.metrics_port,
         http_host=a.http_host,
+        http_peers=tuple(x for x in (a.http_peers or "").replace(",", ";").split(";") if x),
         recovery_dir=a.recovery_dir,
         snapshot_interval_s=a.snapshot_interval,
         max_customers=a.max_customers,
@@ -365,6 +377,8 @@ COMMANDS = {
     "produce": cmd_produce,
     "report": cmd_report,
     "check-rules": cmd_check_rules,
+    "lookup": cmd_lookup,
+    "explain": cmd_explain,
 }
 
 

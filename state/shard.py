@@ -58,6 +58,7 @@ class Shard:
             own events; empty (or live), it follows the largest event time seen.
         urgent_lateness_ms: Live: the lateness of the urgent lane (``state.urgent``) for the rules whose latency
             target is below ``lateness_ms``; 0 turns it off. Ignored in replay.
+        keep_events: Hand each valid event read to the outputs (``Outputs.inputs``): stored to explain moments.
     """
 
     def __init__(
@@ -75,8 +76,9 @@ class Shard:
         shards: int = 0,
         partitions: frozenset[str] = frozenset(),
         urgent_lateness_ms: int = 0,
+        keep_events: bool = False,
     ) -> None:
-        self.key = key
+        self.key, self.keep_events = key, keep_events
         self.partitions = frozenset() if live else partitions
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.shards = shards
@@ -150,6 +152,7 @@ class Shard:
         # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
         place = batch.partition << ORIGIN_BITS
         known = len(offsets) == len(batch.values)
+        keep = self.ctx.out.inputs.append if self.keep_events else None
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
                              origin=place + offsets[i] if known else -1)
@@ -165,6 +168,7 @@ class Shard:
                 if cid not in customers and crc32(cid.encode("utf-8", "surrogatepass")) % shards != routed:
                     self._misrouted(raw, batch, offsets[i] if i < len(offsets) else -1)
                     continue
+            keep(ev) if keep is not None else None  # one append: the stored rows are the Event tuples themselves
             ts = ev.ts_ms
             if ts < wm:
                 # Rare: bring the state to where per-event processing would have it, then apply the straggler.

@@ -1,0 +1,364 @@
+"""Look-up and explanation (DESIGN.md §9): what ``GET /v1/customers/{id}`` and ``GET /v1/moments/{id}`` answer.
+
+Two sources, each for what only it has:
+
+- **The live state** (journeys, held tags, recent sends) is read from the shards this process runs. Every
+  ``ShardLogic`` registers its shard with a lock (``SHARDS``) and applies each Bytewax batch while holding it;
+  a look-up takes the same lock to read one customer. So the HTTP thread never sees a half-applied event
+  (an attempt whose step moved but whose time did not) nor iterates a dict the worker resizes, and the state/
+  hot path is untouched: the worker takes an uncontended lock once per batch (thousands of events), and a
+  look-up waits at most for the batch in progress.
+- **The history** (the last moments with their contact decisions, the latest hand-off context, a moment's
+  evidence events and the steps around it) is read from ClickHouse, through the client the worker's own sink
+  holds (``connectors.clickhouse.client.acquire_client``): on the embedded default (chDB) no other process may
+  open the path while the worker runs, so the worker answers for it.
+
+In a cluster each process serves the customers of its own shards. A process asked about a customer it does
+not hold asks the process that runs the customer's shard (``Placement.process_of``, the placement Bytewax
+uses), then the others, over their HTTP ports (``--http-peers``); the peer answers from its own state and
+its own chDB path. Asking the owner is one hop, needs no shared store, and works on the embedded default,
+where each process has its own ClickHouse path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, Final
+
+import orjson
+
+from state.detectors.channel_hop import ChannelHop
+from state.record import TAG_FIELDS, CustomerState
+from state.routing import shard_of_id
+from state.rule_model import STAGES
+from state.rules import RulePack, describe_rule
+from state.shard import Shard
+
+log = logging.getLogger("cx.serving")
+
+MAX_MOMENTS: Final = 20  # moments a customer look-up lists, newest first
+STEPS_AROUND: Final = 10  # steps of the journey listed before and after an explained moment
+PEER_TIMEOUT_S: Final = 5.0
+TOKEN_ENV: Final = "CX_HTTP_TOKEN"
+
+
+class ShardRegistry:
+    """The shards this process runs, each with the lock its worker holds while applying a batch."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shards: list[tuple[Shard, threading.Lock]] = []
+
+    def add(self, shard: Shard, lock: threading.Lock) -> None:
+        """Register a shard and the lock guarding it."""
+        with self._lock:
+            self._shards.append((shard, lock))
+
+    def clear(self) -> None:
+        """Forget every shard (a new dataflow in the same process, tests)."""
+        with self._lock:
+            self._shards = []
+
+    def __iter__(self) -> Iterator[tuple[Shard, threading.Lock]]:
+        with self._lock:
+            return iter(list(self._shards))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._shards)
+
+    def customer(self, cid: str) -> dict[str, Any] | None:
+        """Return the live view of a customer (``customer_view``), or None when no shard here holds it."""
+        for shard, lock in self:
+            with lock:
+                c = shard.customers.get(cid)
+                if c is not None:
+                    return customer_view(shard, c)
+        return None
+
+    def pack(self) -> RulePack | None:
+        """The rule pack the shards run with (None before the first shard is built)."""
+        for shard, _ in self:
+            return shard.pack
+        return None
+
+
+SHARDS = ShardRegistry()
+
+
+def customer_view(shard: Shard, c: CustomerState) -> dict[str, Any]:
+    """Return what the live state knows of a customer: journeys, held tags, recent sends.
+
+    Call it holding the shard's lock: it reads the attempts and the packed record as they are.
+
+    Args:
+        shard: The shard holding the customer.
+        c: The customer.
+
+    Returns:
+        ``{"journeys": [...], "tags": [...], "sends": [...], "last_seen": ms}`` (JSON-ready).
+    """
+    ctx = shard.ctx
+    journeys = []
+    for jidx, a in enumerate(c.attempts):
+        if a is None:
+            continue
+        jp = ctx.journey_defs[jidx]
+        hop = jp.by_kind.get("channel_hop")
+        channels: list[str] = []
+        if isinstance(hop, ChannelHop) and not a.ended:
+            recs = hop.records(a)
+            for _, ch in sorted((recs[i], recs[i + 1]) for i in range(0, len(recs), 3)):
+                if ch not in channels:
+                    channels.append(ch)
+        journeys.append({
+            "journey": jp.id,
+            "attempt": a.attempt_id,
+            "stage": STAGES[a.stage],
+            "status": a.status,
+            "step": a.last_step or "",
+            "entry": "",
+            "channels": channels,
+            "updated_at": a.last_ts,
+        })
+    rules = shard.pack.rules
+    tags = []
+    held = c.tags or ()
+    for i in range(0, len(held), TAG_FIELDS):
+        r = rules[held[i]]
+        tags.append({"tag": r.name, "journey": r.journey, "moment_id": held[i + 1], "opened_ts": held[i + 2],
+                     "state": "actioned" if held[i + 3] else "open", "expires_at": held[i + 2] + r.ttl_ms})
+    contact = c.contact
+    sends = [{"ts": t, "channel": ch} for t, ch in contact.send_records()] if contact is not None else []
+    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_seen}
+
+
+class History:
+    """Reads the stored history of customers and moments from the ClickHouse database the sink writes.
+
+    Args:
+        dsn: The resolved DSN of the worker's ClickHouse sink.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._shared: Any = None
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        from connectors.clickhouse.client import acquire_client
+
+        with self._lock:
+            if self._shared is None:
+                self._shared = acquire_client(self.dsn)
+            shared = self._shared
+        with shared.lock:
+            res = shared.client.query(sql, parameters=params)
+        return list(res.named_results())
+
+    def close(self) -> None:
+        """Release the ClickHouse client (the sink closes it, and with it the chDB path, once both let go)."""
+        from connectors.clickhouse.client import release_client
+
+        with self._lock:
+            shared, self._shared = self._shared, None
+        if shared is not None:
+            release_client(self.dsn, shared)
+
+    def moments(self, cid: str, limit: int = MAX_MOMENTS) -> list[dict[str, Any]]:
+        """The customer's latest moments (newest first), each with its contact decision (None if not decided)."""
+        rows = self._query(
+            "SELECT moment_id, rule, rule_version, kind, journey, step, urgency, due_ts, detected_at, evidence, "
+            "action FROM moments FINAL WHERE customer_id = {cid:String} ORDER BY due_ts DESC, moment_id "
+            "LIMIT {n:UInt32}", {"cid": cid, "n": limit})
+        decisions = self.decisions(cid, [r["moment_id"] for r in rows]) if rows else {}
+        for r in rows:
+            r["decision"] = decisions.get(r["moment_id"])
+        return rows
+
+    def decisions(self, cid: str, mids: list[str]) -> dict[str, dict[str, Any]]:
+        """The contact decisions of the given moments of a customer, by moment id."""
+        rows = self._query(
+            "SELECT moment_id, status, reason, channel, template, control, suppressed_channels, send_ts "
+            "FROM actions FINAL WHERE customer_id = {cid:String} AND moment_id IN {mids:Array(String)}",
+            {"cid": cid, "mids": mids})
+        return {r.pop("moment_id"): r for r in rows}
+
+    def context(self, cid: str) -> dict[str, Any] | None:
+        """The customer's latest hand-off context, None if none is stored."""
+        rows = self._query(
+            "SELECT * FROM handoff_contexts FINAL WHERE customer_id = {cid:String} ORDER BY contact_ts DESC, "
+            "moment_id LIMIT 1", {"cid": cid})
+        return rows[0] if rows else None
+
+    def moment(self, mid: str) -> dict[str, Any] | None:
+        """The stored moment record, None if this database does not hold it."""
+        rows = self._query("SELECT * FROM moments FINAL WHERE moment_id = {mid:String} LIMIT 1", {"mid": mid})
+        return rows[0] if rows else None
+
+    def events(self, cid: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored input events of a customer with the given ids (one per id, oldest first)."""
+        return self._query(
+            "SELECT event_id, ts, channel, type, journey, step, entry, attrs FROM events "
+            "WHERE customer_id = {cid:String} AND event_id IN {ids:Array(String)} "
+            "ORDER BY ts, event_id LIMIT 1 BY event_id", {"cid": cid, "ids": ids})
+
+    def steps(self, cid: str, journey: str, ts: int) -> list[dict[str, Any]]:
+        """The customer's steps of a journey around a time: up to ``STEPS_AROUND`` before it and after it."""
+        q = ("SELECT attempt_id, step, step_index, entry, channel, event_id, ts FROM journey_steps FINAL "
+             "WHERE customer_id = {cid:String} AND journey = {j:String} AND ts {op} {ts:Int64} "
+             "ORDER BY ts {order}, event_id LIMIT {n:UInt32}")
+        params = {"cid": cid, "j": journey, "ts": ts, "n": STEPS_AROUND}
+        before = self._query(q.replace("{op}", "<=").replace("{order}", "DESC"), params)
+        after = self._query(q.replace("{op}", ">").replace("{order}", "ASC"), params)
+        return [*reversed(before), *after]
+
+    def entries(self, cid: str, journey: str, attempt: str) -> list[dict[str, Any]]:
+        """The first arrival at each step of an attempt (entry and channel), in time order."""
+        return self._query(
+            "SELECT step, entry, channel, ts FROM journey_steps FINAL WHERE customer_id = {cid:String} AND "
+            "journey = {j:String} AND attempt_id = {a:String} ORDER BY ts, event_id",
+            {"cid": cid, "j": journey, "a": attempt})
+
+
+class Service:
+    """Answers the ``/v1/`` look-ups of one process.
+
+    Args:
+        shards: The shards this process runs.
+        history: The stored history (None: no ClickHouse sink, so only the live state is shown).
+        peers: Every process's HTTP ``host:port`` in process order (empty outside a cluster).
+        process: This process's index in ``peers``.
+        total_shards: ``--shards``, to find a customer's shard.
+        workers: Workers per process, to find the process that runs a shard.
+    """
+
+    def __init__(self, shards: ShardRegistry, history: History | None, peers: tuple[str, ...] = (),
+                 process: int = 0, total_shards: int = 64, workers: int = 1) -> None:
+        self.shards = shards
+        self.history = history
+        self.peers = peers
+        self.process = process
+        self.total_shards = total_shards
+        self.workers = workers
+
+    # -- customers --------------------------------------------------------------------
+    def customer(self, cid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/customers/{cid}``: ``(200, view)``, or ``(404, error)`` when nobody knows it."""
+        view = self.shards.customer(cid)
+        if view is not None:
+            return 200, self._with_history(cid, view)
+        if not local:
+            for peer in self._peers_for(cid):
+                code, body = self._ask(peer, f"/v1/customers/{urllib.parse.quote(cid, safe='')}", token)
+                if code == 200:
+                    return code, body
+        return 404, {"error": "unknown customer"}
+
+    def _with_history(self, cid: str, view: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"customer_id": cid, "process": self.process, **view, "moments": [], "context": None}
+        if self.history is None:
+            out["history"] = "not stored: the worker writes no ClickHouse sink"
+            return out
+        try:
+            out["moments"] = self.history.moments(cid)
+            out["context"] = self.history.context(cid)
+            for j in out["journeys"]:
+                steps = self.history.entries(cid, j["journey"], j["attempt"])
+                entries = [s["entry"] for s in steps if s["entry"]]
+                j["entry"] = entries[-1] if entries else ""
+                j["entries"] = list(dict.fromkeys(entries))
+                for ch in (s["channel"] for s in steps):
+                    if ch not in j["channels"]:
+                        j["channels"].append(ch)
+        except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
+            log.warning("look-up history unavailable: %s", type(e).__name__)
+            out["history"] = f"unavailable: {type(e).__name__}"
+        return out
+
+    # -- moments ----------------------------------------------------------------------
+    def moment(self, mid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/moments/{mid}``: the rule, its evidence events, the steps around it, the decision."""
+        found = self._explain(mid) if self.history is not None else None
+        if found is not None:
+            return 200, found
+        if not local:
+            for peer in self._others():
+                code, body = self._ask(peer, f"/v1/moments/{mid}", token)
+                if code == 200:
+                    return code, body
+        if self.history is None:
+            return 404, {"error": "unknown moment (the worker writes no ClickHouse sink, where moments are kept)"}
+        return 404, {"error": "unknown moment"}
+
+    def _explain(self, mid: str) -> dict[str, Any] | None:
+        assert self.history is not None
+        m = self.history.moment(mid)
+        if m is None:
+            return None
+        cid = m["customer_id"]
+        evidence = list(m["evidence"])
+        stored = {e["event_id"]: e for e in self.history.events(cid, evidence)}
+        for e in stored.values():
+            e["attrs"] = orjson.loads(e["attrs"]) if e["attrs"] else {}
+        decision = self.history.decisions(cid, [mid]).get(mid)
+        m["attrs"] = orjson.loads(m["attrs"]) if m["attrs"] else {}
+        return {
+            "moment": m,
+            "rule": self._rule(m["rule"], m["rule_version"]),
+            "evidence": [stored.get(eid, {"event_id": eid, "stored": False}) for eid in evidence],
+            "steps": self.history.steps(cid, m["journey"], m["due_ts"]),
+            "decision": decision,
+            "process": self.process,
+        }
+
+    def _rule(self, name: str, version: int) -> dict[str, Any]:
+        pack = self.shards.pack()
+        r = next((r for r in pack.rules if r.name == name), None) if pack is not None else None
+        if r is None or pack is None:
+            return {"rule": name, "version": version, "known": False}
+        params = {k: v for k, v in (("within_ms", r.within_ms), ("threshold", r.threshold),
+                                    ("no_intent_ms", r.no_intent_ms), ("channel", r.channel), ("type", r.type),
+                                    ("recent_steps", r.recent_steps), ("ttl_ms", r.ttl_ms),
+                                    ("act_within_ms", r.act_within_ms), ("holdout", r.holdout)) if v}
+        return {"rule": name, "version": version, "running_version": r.version, "kind": r.kind,
+                "journey": r.journey, "urgency": r.urgency, "action": r.action, "channels": list(r.channels),
+                "parameters": params, "summary": describe_rule(r), "pack": pack.name}
+
+    # -- peers ------------------------------------------------------------------------
+    def _others(self) -> list[str]:
+        return [p for i, p in enumerate(self.peers) if i != self.process]
+
+    def _peers_for(self, cid: str) -> list[str]:
+        """The other processes to ask about a customer: the one running its shard first."""
+        if len(self.peers) <= 1:
+            return []
+        from connectors.placement import Placement
+
+        owner = Placement(self.process, len(self.peers), self.workers).process_of(
+            str(shard_of_id(cid, self.total_shards)))
+        order = [owner] + [i for i in range(len(self.peers)) if i != owner]
+        return [self.peers[i] for i in order if i != self.process]
+
+    def _ask(self, peer: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(f"http://{peer}{path}?local=1")  # noqa: S310 - a configured peer
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=PEER_TIMEOUT_S) as r:  # noqa: S310 - a configured peer
+                return int(r.status), orjson.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), {}
+        except (OSError, ValueError) as e:
+            log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
+            return 502, {}
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """Encode an API answer (non-string keys and odd types as text rather than failing)."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str)
