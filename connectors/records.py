@@ -20,6 +20,8 @@ _U32 = "UInt32"
 _U64 = "UInt64"
 _STRS = "Array(String)"
 _LCS = "Array(LowCardinality(String))"
+_STEP_TIMES = "Array(Tuple(step LowCardinality(String), ts Int64))"
+_FAILURES = "Array(Tuple(ts Int64, step LowCardinality(String), reason String, error_code String))"
 
 SCHEMA_VERSION = 1
 
@@ -99,7 +101,8 @@ KINDS: Mapping[str, RecordKind] = {k.kind: k for k in (
         (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("journey", _LC),
          ("contact_event_id", _STR), ("contact_ts", _I64), ("open_tags", _LCS), ("attempt_id", _STR),
          ("recent_steps", _LCS), ("channels", _LCS), ("fails", _U32), ("last_step", _LC), ("last_ts", _I64),
-         ("status", _LC)),
+         ("status", _LC), ("stage", _LC), ("entries", _LCS), ("step_times", _STEP_TIMES), ("failures", _FAILURES),
+         ("last_action_ts", _I64), ("last_action_channel", _LC)),
         SCHEMA_VERSION, "context.jsonl", jsonl_default=True, topic="cx.context", table="handoff_contexts",
     ),
     RecordKind(

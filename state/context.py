@@ -14,7 +14,7 @@ from typing import Any, Final
 from state.detectors import KIND_BITS
 from state.detectors.base import Detector
 from state.events import Event
-from state.journey import ACTIVE, Attempt
+from state.journey import ACTIVE, Attempt, add_trail
 from state.outputs import Outputs
 from state.plan import JourneyPlan
 from state.record import IDS_AT, WAKE_AT, CustomerState
@@ -58,6 +58,8 @@ class BatchContext:
         self.contacts: dict[str, tuple[tuple[int, Detector], ...]] = {t: tuple(v) for t, v in contacts.items()}
         self.attempt_timeout_ms = pack.attempt_timeout_ms  # read for every event of a journey
         self.recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
+        # Journeys whose attempts keep a trail (step times, failures) for a hand-off's agent context.
+        self.trails = frozenset(r.journey for r in pack.rules if r.kind == "handoff")
         # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
         self.recent_from = 1 - self.recent_steps if self.recent_steps > 1 else 1 << 30
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
@@ -198,13 +200,15 @@ class BatchContext:
             }
         )
 
-    def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
-        """Emit a journey step row (first arrival at a step in an attempt)."""
+    def step_row(self, cid: str, journey: str, a: Attempt, step: str, idx: int, ev: Event) -> None:
+        """Emit a journey step row (first arrival at a step in an attempt), noting it in the attempt's trail."""
+        if journey in self.trails:
+            add_trail(a, ev.ts_ms, step, ev.entry or "", None, "")
         self.out.steps.append(
             {
                 "customer_id": cid,
                 "journey": journey,
-                "attempt_id": attempt_id,
+                "attempt_id": a.attempt_id,
                 "step": step,
                 "step_index": idx,
                 "entry": ev.entry or "",

@@ -17,7 +17,13 @@ CREATE TABLE IF NOT EXISTS handoff_contexts
     fails UInt32,
     last_step LowCardinality(String),
     last_ts Int64,
-    status LowCardinality(String)
+    status LowCardinality(String),
+    stage LowCardinality(String),
+    entries Array(LowCardinality(String)),
+    step_times Array(Tuple(step LowCardinality(String), ts Int64)),
+    failures Array(Tuple(ts Int64, step LowCardinality(String), reason String, error_code String)),
+    last_action_ts Int64,
+    last_action_channel LowCardinality(String)
 )
 ENGINE = ReplacingMergeTree
 ORDER BY (customer_id, contact_ts, moment_id)

@@ -59,7 +59,10 @@ RECORDS: dict[str, dict[str, Any]] = {
     "context": {"schema": 1, "moment_id": "m-2", "customer_id": "c1", "journey": "cart", "contact_event_id": "e10",
                 "contact_ts": T0 + 2_000, "open_tags": ["cart.failed"], "attempt_id": "a-1",
                 "recent_steps": ["cart", "payment"], "channels": ["app", "web"], "fails": 2, "last_step": "payment",
-                "last_ts": T0 + 1_500, "status": "active"},
+                "last_ts": T0 + 1_500, "status": "active", "stage": "intention", "entries": ["banner", "search"],
+                "step_times": [{"step": "cart", "ts": T0 + 1_000}, {"step": "payment", "ts": T0 + 1_500}],
+                "failures": [{"ts": T0 + 1_500, "step": "payment", "reason": "declined", "error_code": "51"}],
+                "last_action_ts": T0 + 1_600, "last_action_channel": "sms"},
 }
 # ``event`` rows are the shard's Event tuples, not dicts.
 EVENT = Event("e11", "c1", T0 + 3, "web", "fail", "cart", "payment", "banner", {"reason": "declined", "n": 2}, 7)

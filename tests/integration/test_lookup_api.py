@@ -96,6 +96,8 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
         _ev("e2", t + 1, "start", "cust-a", journey="cart", step="cart", entry="search"),
         _ev("e3", t + 2, "fail", "cust-a", journey="cart", step="payment",
             attrs={"reason": "card_declined", "error_code": "E51"}),
+        orjson.dumps({"event_id": "e4", "customer_id": "cust-a", "ts": t + 3, "channel": "call_center",
+                      "type": "contact"}),
     ], key_of=_key)
 
     def looked_up() -> dict[str, Any] | None:
@@ -109,12 +111,25 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
     assert cart["entry"] == "search"
     assert cart["entries"] == ["home_banner", "search"]
     assert cart["channels"] == ["app"]
-    assert [(tg["tag"], tg["state"]) for tg in view["tags"]] == [("cart.failed", "actioned")]
+    assert [(tg["tag"], tg["state"]) for tg in view["tags"]] == [("cart.failed", "actioned"),
+                                                                 ("cart.handoff", "actioned")]
     failed = moment_id("cust-a", "cart.failed", "e3")
-    [m] = view["moments"]
-    assert (m["moment_id"], m["rule"], m["evidence"]) == (failed, "cart.failed", ["e3"])
+    assert [m["rule"] for m in view["moments"]] == ["cart.handoff", "cart.failed"]  # newest first
+    m = view["moments"][1]
+    assert (m["moment_id"], m["evidence"]) == (failed, ["e3"])
     assert m["decision"]["status"] == "sent"
     assert m["decision"]["channel"] == "outbound_call"
+
+    # The hand-off context tells the agent what they would otherwise ask the customer.
+    ctx = view["context"]
+    assert ctx["moment_id"] == moment_id("cust-a", "cart.handoff", "e4")
+    assert ctx["stage"] == "intention"
+    assert ctx["entries"] == ["home_banner", "search"]
+    assert [(s["step"], s["ts"]) for s in ctx["step_times"]] == [("product", t), ("cart", t + 1), ("payment", t + 2)]
+    assert ctx["failures"] == [{"ts": t + 2, "step": "payment", "reason": "card_declined", "error_code": "E51"}]
+    assert ctx["last_action_channel"] == "outbound_call"
+    assert ctx["last_action_ts"] == t + 2
+    assert ctx["recent_steps"] == ["product", "cart", "payment"]  # the fields from before stay
 
     code, ex = _get(port, f"/v1/moments/{failed}")
     assert code == 200, ex
