@@ -23,6 +23,7 @@ from flows.config import (
     simulation_problem,
 )
 from flows.logs import setup_logging
+from flows.lookup_cli import DEFAULT_URL as DEFAULT_LOOKUP_URL
 from flows.lookup_cli import add_lookup_args, cmd_explain, cmd_lookup
 from flows.report_cli import cmd_report
 from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--min-uplift", type=float, default=None,
                      help="rules: smallest uplift worth the contacts, a fraction; credibly below it means retire "
                           "(default: rule pack, else 0)")
+    rep.add_argument("--url", default=_env("LOOKUP_URL", DEFAULT_LOOKUP_URL),
+                     help="while a worker holds the embedded --clickhouse path, ask it at this HTTP endpoint "
+                          f"(default {DEFAULT_LOOKUP_URL}; CX_HTTP_TOKEN is sent as the bearer token when set)")
 
     look = sub.add_parser("lookup", help="what a running worker knows of a customer: journeys, tags, moments")
     look.add_argument("customer_id")

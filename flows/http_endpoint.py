@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 from prometheus_client.exposition import choose_encoder
@@ -130,7 +130,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _v1(self, path: str, query: str) -> None:
         """A look-up: checked (token, path, id), answered, and logged by its route only (ids are customer data)."""
         parts = path.split("/")
-        route = f"/v1/{parts[2]}/{{id}}" if len(parts) == 4 and parts[2] in ("customers", "moments") else "/v1/?"
+        route = (f"/v1/{parts[2]}/{{id}}" if len(parts) == 4 and parts[2] in ("customers", "moments")
+                 else path if path in ("/v1/reports/overview", "/v1/reports/rules") else "/v1/?")
         code = self._v1_answer(parts, query)
         log.debug("GET %s %d", route, code)
 
@@ -144,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not hmac.compare_digest(given, f"Bearer {token}".encode()):
                 return self._json(401, {"error": "missing or wrong Authorization: Bearer token"},
                                   {"WWW-Authenticate": 'Bearer realm="cx-moments"'})
+        if len(parts) == 4 and parts[2] == "reports" and parts[3] in ("overview", "rules"):
+            return self._report(service, parts[3], query)
         if len(parts) != 4 or parts[2] not in ("customers", "moments"):
             return self._json(404, {"error": "not found: try /v1/customers/{customer_id} or /v1/moments/{moment_id}"})
         try:
@@ -161,6 +164,16 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - one failed look-up must not show a traceback (it may hold the id)
             log.warning("look-up %s failed: %s", parts[2], type(e).__name__)
             return self._json(500, {"error": f"look-up failed: {type(e).__name__}"})
+        return self._json(code, body)
+
+    def _report(self, service: Service, view: str, query: str) -> int:
+        try:
+            code, body = service.report(view, dict(parse_qsl(query)))
+        except ValueError as e:
+            return self._json(400, {"error": f"bad report parameter: {e}"})
+        except Exception as e:  # noqa: BLE001 - a failed report must not show a traceback
+            log.warning("report %s failed: %s", view, type(e).__name__)
+            return self._json(500, {"error": f"report failed: {type(e).__name__}"})
         return self._json(code, body)
 
     def _json(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:

@@ -27,8 +27,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -40,10 +40,12 @@ from state.rules import RulePack, describe_rule
 from state.shard import Shard
 
 log = logging.getLogger("cx.serving")
+T = TypeVar("T")
 
 MAX_MOMENTS: Final = 20  # moments a customer look-up lists, newest first
 STEPS_AROUND: Final = 10  # steps of the journey listed before and after an explained moment
 PEER_TIMEOUT_S: Final = 5.0
+_DECISION: Final = ("status", "reason", "channel", "template", "control", "suppressed_channels", "send_ts")
 TOKEN_ENV: Final = "CX_HTTP_TOKEN"
 
 
@@ -150,7 +152,8 @@ class History:
         self._shared: Any = None
         self._lock = threading.Lock()
 
-    def _query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    def with_client(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` holding the shared client's lock (the sink's inserts wait meanwhile)."""
         from connectors.clickhouse.client import acquire_client
 
         with self._lock:
@@ -158,8 +161,10 @@ class History:
                 self._shared = acquire_client(self.dsn)
             shared = self._shared
         with shared.lock:
-            res = shared.client.query(sql, parameters=params)
-        return list(res.named_results())
+            return fn(shared.client)
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.with_client(lambda client: list(client.query(sql, parameters=params).named_results()))
 
     def close(self) -> None:
         """Release the ClickHouse client (the sink closes it, and with it the chDB path, once both let go)."""
@@ -173,13 +178,20 @@ class History:
     def moments(self, cid: str, limit: int = MAX_MOMENTS) -> list[dict[str, Any]]:
         """The customer's latest moments (newest first), each with its contact decision (None if not decided)."""
         rows = self._query(
-            "SELECT moment_id, rule, rule_version, kind, journey, step, urgency, due_ts, detected_at, evidence, "
-            "action FROM moments FINAL WHERE customer_id = {cid:String} ORDER BY due_ts DESC, moment_id "
-            "LIMIT {n:UInt32}", {"cid": cid, "n": limit})
-        decisions = self.decisions(cid, [r["moment_id"] for r in rows]) if rows else {}
+            "SELECT m.moment_id AS moment_id, m.rule AS rule, m.rule_version AS rule_version, m.kind AS kind, "
+            "m.journey AS journey, m.step AS step, m.urgency AS urgency, m.due_ts AS due_ts, "
+            "m.detected_at AS detected_at, m.evidence AS evidence, m.action AS action, a.moment_id AS decided, "
+            "a.status AS status, a.reason AS reason, a.channel AS channel, a.template AS template, "
+            "a.control AS control, a.suppressed_channels AS suppressed_channels, a.send_ts AS send_ts "
+            "FROM (SELECT * FROM moments FINAL WHERE customer_id = {cid:String} ORDER BY due_ts DESC, moment_id "
+            "LIMIT {n:UInt32}) AS m LEFT JOIN (SELECT * FROM actions FINAL WHERE customer_id = {cid:String}) AS a "
+            "ON m.moment_id = a.moment_id ORDER BY m.due_ts DESC, m.moment_id", {"cid": cid, "n": limit})
+        out = []
         for r in rows:
-            r["decision"] = decisions.get(r["moment_id"])
-        return rows
+            decided = r.pop("decided")
+            decision = {k: r.pop(k) for k in _DECISION}
+            out.append({**r, "decision": decision if decided else None})
+        return out
 
     def decisions(self, cid: str, mids: list[str]) -> dict[str, dict[str, Any]]:
         """The contact decisions of the given moments of a customer, by moment id."""
@@ -218,12 +230,12 @@ class History:
         after = self._query(q.replace("{op}", ">").replace("{order}", "ASC"), params)
         return [*reversed(before), *after]
 
-    def entries(self, cid: str, journey: str, attempt: str) -> list[dict[str, Any]]:
-        """The first arrival at each step of an attempt (entry and channel), in time order."""
+    def entries(self, cid: str, attempts: list[str]) -> list[dict[str, Any]]:
+        """The first arrival at each step of the given attempts (journey, entry, channel), in time order."""
         return self._query(
-            "SELECT step, entry, channel, ts FROM journey_steps FINAL WHERE customer_id = {cid:String} AND "
-            "journey = {j:String} AND attempt_id = {a:String} ORDER BY ts, event_id",
-            {"cid": cid, "j": journey, "a": attempt})
+            "SELECT journey, attempt_id, step, entry, channel, ts FROM journey_steps FINAL WHERE "
+            "customer_id = {cid:String} AND attempt_id IN {a:Array(String)} ORDER BY ts, event_id",
+            {"cid": cid, "a": attempts})
 
 
 class Service:
@@ -268,8 +280,12 @@ class Service:
         try:
             out["moments"] = self.history.moments(cid)
             out["context"] = self.history.context(cid)
+            steps_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            if out["journeys"]:
+                for row in self.history.entries(cid, [j["attempt"] for j in out["journeys"]]):
+                    steps_of.setdefault((row["journey"], row["attempt_id"]), []).append(row)
             for j in out["journeys"]:
-                steps = self.history.entries(cid, j["journey"], j["attempt"])
+                steps = steps_of.get((j["journey"], j["attempt"]), [])
                 entries = [s["entry"] for s in steps if s["entry"]]
                 j["entry"] = entries[-1] if entries else ""
                 j["entries"] = list(dict.fromkeys(entries))
@@ -329,6 +345,52 @@ class Service:
         return {"rule": name, "version": version, "running_version": r.version, "kind": r.kind,
                 "journey": r.journey, "urgency": r.urgency, "action": r.action, "channels": list(r.channels),
                 "parameters": params, "summary": describe_rule(r), "pack": pack.name}
+
+    # -- reports ----------------------------------------------------------------------
+    def report(self, view: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/reports/{overview|rules}``: ``moments report`` run by the worker on its own database.
+
+        On the embedded default no other process may open the chDB path while the worker runs; the command
+        asks the worker instead (``flows.report_cli``). Parameters: ``journey``, ``html=1`` (overview);
+        ``from``, ``to`` (epoch ms), ``confidence``, ``min_sample``, ``min_uplift`` (rules).
+
+        Raises:
+            ValueError: a parameter that is not a number where one is needed (the endpoint answers 400).
+        """
+        from flows.report import OVERVIEW_TABLES, RULES_TABLES, missing_tables, text_report_of
+
+        pack = self.shards.pack()
+        if self.history is None or pack is None:
+            return 404, {"error": "no report here: the worker writes no ClickHouse sink (or has not started)"}
+        history = self.history
+        if view == "overview":
+            def overview(client: Any) -> dict[str, Any]:
+                missing = missing_tables(client, OVERVIEW_TABLES)
+                if missing:
+                    return {"missing": missing}
+                out = {"text": text_report_of(client, pack, params.get("journey"))}
+                if params.get("html") == "1":
+                    from flows.report_html import html_report
+
+                    out["html"] = html_report(client, pack, params.get("journey"))
+                return out
+
+            return 200, history.with_client(overview)
+        from flows.rule_report import render_json, render_text, rule_report
+
+        bounds = {k: int(params[k]) if params.get(k) else None for k in ("from", "to")}
+        kw: dict[str, Any] = {"confidence": float(params.get("confidence") or pack.effect_confidence),
+                              "min_sample": int(params.get("min_sample") or pack.effect_min_sample),
+                              "min_uplift": float(params.get("min_uplift") or pack.effect_min_uplift)}
+
+        def rules(client: Any) -> dict[str, Any]:
+            missing = missing_tables(client, RULES_TABLES)
+            if missing:
+                return {"missing": missing}
+            rep = rule_report(client, bounds["from"], bounds["to"], **kw)
+            return {"json": orjson.loads(render_json(rep)), "text": render_text(rep)}
+
+        return 200, history.with_client(rules)
 
     # -- peers ------------------------------------------------------------------------
     def _others(self) -> list[str]:

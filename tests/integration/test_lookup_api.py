@@ -156,6 +156,21 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
     assert "card_declined" in out.stdout
     assert "decision: sent" in out.stdout
 
+    # `moments report` on the path the worker holds: the worker runs it (before: ChdbPathInUseError).
+    dsn = f"chdb://{tmp_path / 'ch'}"
+    url = f"http://127.0.0.1:{port}"
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "report", "--clickhouse", dsn, "--url", url,
+                          "--html", str(tmp_path / "r.html")], capture_output=True, text=True, env=cli_env, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert "Moments by rule" in out.stdout
+    assert "cart.failed" in out.stdout
+    assert "<html" in (tmp_path / "r.html").read_text()
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "report", "rules", "--clickhouse", dsn, "--url", url,
+                          "--json"], capture_output=True, text=True, env=cli_env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "cart.failed" in {r["rule"] for r in orjson.loads(out.stdout)["rules"]}
+
 
 def test_lookups_are_protected_validated_and_never_stop_the_worker(kafka: str, topics: dict[str, str],
                                                                    workers: list[Worker], tmp_path: Path) -> None:
