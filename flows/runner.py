@@ -201,7 +201,7 @@ def run_pipeline(cfg: PipelineConfig, pack: RulePack) -> int:
         stop.set()
         if server is not None:
             server.stop()  # handler threads are daemons: an idle client does not hold the exit
-            _stop_lookups()
+        _stop_lookups()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")

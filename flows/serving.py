@@ -27,6 +27,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -50,29 +51,34 @@ TOKEN_ENV: Final = "CX_HTTP_TOKEN"
 
 
 class ShardRegistry:
-    """The shards this process runs, each with the lock its worker holds while applying a batch."""
+    """The shards this process runs, each with the lock its worker holds while applying a batch.
+
+    Shards are held by weak reference: a dataflow that ended (tests run many in one process) takes its
+    customers with it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shards: list[tuple[Shard, threading.Lock]] = []
+        self._shards: list[tuple[weakref.ref[Shard], threading.Lock]] = []
 
     def add(self, shard: Shard, lock: threading.Lock) -> None:
         """Register a shard and the lock guarding it."""
         with self._lock:
-            self._shards.append((shard, lock))
+            self._shards = [(r, lk) for r, lk in self._shards if r() is not None]
+            self._shards.append((weakref.ref(shard), lock))
 
     def clear(self) -> None:
-        """Forget every shard (a new dataflow in the same process, tests)."""
+        """Forget every shard (a new dataflow in the same process)."""
         with self._lock:
             self._shards = []
 
     def __iter__(self) -> Iterator[tuple[Shard, threading.Lock]]:
         with self._lock:
-            return iter(list(self._shards))
+            entries = list(self._shards)
+        return iter([(shard, lk) for r, lk in entries if (shard := r()) is not None])
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._shards)
+        return sum(1 for _ in self)
 
     def customer(self, cid: str) -> dict[str, Any] | None:
         """Return the live view of a customer (``customer_view``), or None when no shard here holds it."""

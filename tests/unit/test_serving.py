@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -67,3 +68,13 @@ def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applie
     for ts, step in seen:
         assert step == STEPS[(ts - T0) % 3]
     assert registry.customer("nobody") is None
+
+
+def test_the_registry_lets_go_of_the_shards_of_a_dataflow_that_ended() -> None:
+    registry = ShardRegistry()
+    shard = Shard(PACK)
+    registry.add(shard, threading.Lock())
+    assert len(registry) == 1
+    del shard
+    gc.collect()
+    assert len(registry) == 0
