@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop when every input partition reaches its end (backfills, tests)")
     run.add_argument("--dead-letter-max-bytes", type=int, default=_int_env("DEAD_LETTER_MAX_BYTES", 16384),
                      help="original bytes a dead letter keeps; longer inputs are cut, with length and hash (16384)")
+    run.add_argument("--no-events-table", action="store_true",
+                     default=(_env("EVENTS_TABLE", "on") or "on").lower() in ("off", "0", "false", "no"),
+                     help="do not store the input events in ClickHouse (moments are then explained by event ids only)")
     run.add_argument("--tick", type=float, default=1.0, help="live mode: seconds between wall-clock watermark ticks")
     run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))
     _add_sim_args(run)
@@ -228,6 +231,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         tick_s=a.tick,
         status=a.status,
         dead_letter_max_bytes=a.dead_letter_max_bytes,
+        events_table=not a.no_events_table,
     )
     return cfg.validate()
 

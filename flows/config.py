@@ -75,6 +75,8 @@ class PipelineConfig:
     batch_lines: int = 4096
     ch_batch_rows: int = 20_000
     dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
+    # Store the valid input events in ClickHouse (`events`, 7 days), which explaining a moment reads.
+    events_table: bool = True
 
     def kafka_overrides(self) -> dict[str, str]:
         """librdkafka settings given on the command line (the environment supplies the rest)."""
@@ -94,6 +96,11 @@ class PipelineConfig:
     def wants_clickhouse(self) -> bool:
         """Whether a ClickHouse sink is configured."""
         return "clickhouse" in self.sinks
+
+    @property
+    def keeps_events(self) -> bool:
+        """Whether the shards hand their events to the ClickHouse sink's ``events`` table."""
+        return self.wants_clickhouse and self.events_table
 
     @property
     def wants_kafka(self) -> bool:

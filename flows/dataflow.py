@@ -270,7 +270,7 @@ def build_dataflow(
             partitions=partitions(),
             urgent_lateness_ms=(default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None
                                 else cfg.urgent_lateness_ms),
-            keep_events=cfg.wants_clickhouse,  # the events table: a moment's evidence events (flows.serving)
+            keep_events=cfg.keeps_events,  # the events table: a moment's evidence events (flows.serving)
         )
 
     flow = Dataflow("cx_moments")

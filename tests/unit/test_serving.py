@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gc
 import threading
+from pathlib import Path
 
 import pytest
 
+from flows.cli import build_parser, config_from_args
 from flows.serving import ShardRegistry
 from state.batches import RawBatch
 from state.events import MAX_ID_CHARS, id_problem
@@ -78,3 +80,18 @@ def test_the_registry_lets_go_of_the_shards_of_a_dataflow_that_ended() -> None:
     del shard
     gc.collect()
     assert len(registry) == 0
+
+
+@pytest.mark.parametrize(("args", "env", "keeps"), [
+    ([], {}, True),
+    (["--no-events-table"], {}, False),
+    ([], {"CX_EVENTS_TABLE": "off"}, False),
+    (["--sink", "jsonl:out"], {}, False),  # no ClickHouse sink: nowhere to keep them
+])
+def test_the_events_table_is_on_with_a_clickhouse_sink_unless_turned_off(
+        args: list[str], env: dict[str, str], keeps: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = config_from_args(build_parser().parse_args(["run", *args]))
+    assert cfg.keeps_events is keeps
