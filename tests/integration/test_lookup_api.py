@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -195,6 +196,15 @@ def test_lookups_are_protected_validated_and_never_stop_the_worker(kafka: str, t
     assert _get(port, "/v1/customers/%FF%FE")[0] == 400
     assert _get(port, "/v1/moments/not-a-moment")[0] == 400
     assert _get(port, "/v1/customers/cust-p/extra")[0] == 404
+    # Requests that are not HTTP at all, or whose path is far too long, are refused by the server alone.
+    for raw, code in ((b"GARBAGE\r\n\r\n", b"400"),
+                      (b"GET /v1/customers/" + b"y" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+                      # Raw bytes in a path are read as Latin-1 by http.server: an id like any other, unknown.
+                      (b"GET /v1/customers/\xff\xfe HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+                       b"404")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            assert code in sock.recv(4096)  # an error page (for a line that is not HTTP, without a status line)
     assert w.alive()
     assert _get(port, "/v1/customers/cust-p")[0] == 200
     assert "cust-p" not in w.log()
