@@ -20,6 +20,8 @@ _U32 = "UInt32"
 _U64 = "UInt64"
 _STRS = "Array(String)"
 _LCS = "Array(LowCardinality(String))"
+_STEP_TIMES = "Array(Tuple(step LowCardinality(String), ts Int64))"
+_FAILURES = "Array(Tuple(ts Int64, step LowCardinality(String), reason String, error_code String))"
 
 SCHEMA_VERSION = 1
 
@@ -40,6 +42,8 @@ class RecordKind:
         topic: Default Kafka topic (``CX_TOPIC_<KIND>`` overrides it); None: not published.
         table: ClickHouse table; empty: not stored.
         json_fields: Fields holding a dict, stored as JSON text in a ``String`` column.
+        compact: Rows are tuples in field order (not dicts), inserted as ``JSONCompactEachRow``; a null is
+            stored as the column's default.
     """
 
     kind: str
@@ -50,6 +54,7 @@ class RecordKind:
     topic: str | None = None
     table: str = ""
     json_fields: frozenset[str] = frozenset()
+    compact: bool = False
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -93,11 +98,12 @@ KINDS: Mapping[str, RecordKind] = {k.kind: k for k in (
     ),
     RecordKind(
         "context",
-        (("schema", None), ("moment_id", None), ("customer_id", None), ("journey", None),
-         ("contact_event_id", None), ("contact_ts", None), ("open_tags", None), ("attempt_id", None),
-         ("recent_steps", None), ("channels", None), ("fails", None), ("last_step", None), ("last_ts", None),
-         ("status", None)),
-        SCHEMA_VERSION, "context.jsonl", jsonl_default=True, topic="cx.context",
+        (("schema", _U8), ("moment_id", _STR), ("customer_id", _STR), ("journey", _LC),
+         ("contact_event_id", _STR), ("contact_ts", _I64), ("open_tags", _LCS), ("attempt_id", _STR),
+         ("recent_steps", _LCS), ("channels", _LCS), ("fails", _U32), ("last_step", _LC), ("last_ts", _I64),
+         ("status", _LC), ("stage", _LC), ("entries", _LCS), ("step_times", _STEP_TIMES), ("failures", _FAILURES),
+         ("last_action_ts", _I64), ("last_action_channel", _LC)),
+        SCHEMA_VERSION, "context.jsonl", jsonl_default=True, topic="cx.context", table="handoff_contexts",
     ),
     RecordKind(
         "dead_letter",
@@ -130,6 +136,12 @@ KINDS: Mapping[str, RecordKind] = {k.kind: k for k in (
          ("ts", _I64), ("watermark", _I64), ("late_ms", _I64), ("source", _LC), ("partition", "Int32"),
          ("offset", _I64), ("received_at", _I64)),
         SCHEMA_VERSION, "late.jsonl", jsonl_default=True, table="late_events",
+    ),
+    RecordKind(
+        "event",
+        (("event_id", _STR), ("customer_id", _STR), ("ts", _I64), ("channel", _LC), ("type", _LC),
+         ("journey", _LC), ("step", _LC), ("entry", _LC), ("attrs", _STR), ("origin", _I64)),
+        None, "events.jsonl", table="events", json_fields=frozenset({"attrs"}), compact=True,
     ),
 )}
 

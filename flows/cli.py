@@ -1,4 +1,4 @@
-"""``moments``: run | simulate | produce | report | check-rules."""
+"""``moments``: run | simulate | produce | report | check-rules | lookup | explain."""
 
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from flows.config import (
     simulation_problem,
 )
 from flows.logs import setup_logging
+from flows.lookup_cli import DEFAULT_URL as DEFAULT_LOOKUP_URL
+from flows.lookup_cli import add_lookup_args, cmd_explain, cmd_lookup
 from flows.report_cli import cmd_report
-from state.rules import STAGES, RulePack, RulePackError, describe_rule, load_rule_pack
+from flows.rule_check import cmd_check_rules
+from state.rules import RulePackError, load_rule_pack
 from state.versions import load_versions
 
 log = logging.getLogger("cx.cli")
@@ -97,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--http-host", default=_env("HTTP_HOST", DEFAULT_HTTP_HOST),
                      help="address /metrics, /healthz, /readyz bind to (default 0.0.0.0: every interface; "
                           "127.0.0.1: this machine only)")
+    run.add_argument("--http-peers", default=_env("HTTP_PEERS"),
+                     help="cluster: every process's look-up API host:port, ';' or ',' separated, in process order "
+                          "(default: each --addresses host with this --metrics-port)")
     run.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     run.add_argument("--recovery-dir", type=Path, default=_env("RECOVERY_DIR"), help="enable Bytewax recovery here")
     run.add_argument("--snapshot-interval", type=float, default=_float_env("SNAPSHOT_INTERVAL", 10.0),
@@ -112,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop when every input partition reaches its end (backfills, tests)")
     run.add_argument("--dead-letter-max-bytes", type=int, default=_int_env("DEAD_LETTER_MAX_BYTES", 16384),
                      help="original bytes a dead letter keeps; longer inputs are cut, with length and hash (16384)")
+    run.add_argument("--no-events-table", action="store_true",
+                     default=(_env("EVENTS_TABLE", "on") or "on").lower() in ("off", "0", "false", "no"),
+                     help="do not store the input events in ClickHouse (moments are then explained by event ids only)")
     run.add_argument("--tick", type=float, default=1.0, help="live mode: seconds between wall-clock watermark ticks")
     run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))
     _add_sim_args(run)
@@ -149,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--min-uplift", type=float, default=None,
                      help="rules: smallest uplift worth the contacts, a fraction; credibly below it means retire "
                           "(default: rule pack, else 0)")
+    rep.add_argument("--url", default=_env("LOOKUP_URL", DEFAULT_LOOKUP_URL),
+                     help="while a worker holds the embedded --clickhouse path, ask it at this HTTP endpoint "
+                          f"(default {DEFAULT_LOOKUP_URL}; CX_HTTP_TOKEN is sent as the bearer token when set)")
+
+    look = sub.add_parser("lookup", help="what a running worker knows of a customer: journeys, tags, moments")
+    look.add_argument("customer_id")
+    add_lookup_args(look)
+    expl = sub.add_parser("explain", help="why a moment fired: rule, evidence events, steps, contact decision")
+    expl.add_argument("moment_id")
+    add_lookup_args(expl)
 
     chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
@@ -199,6 +218,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         addresses=addresses,
         metrics_port=None if a.no_metrics else a.metrics_port,
         http_host=a.http_host,
+        http_peers=tuple(x for x in (a.http_peers or "").replace(",", ";").split(";") if x),
         recovery_dir=a.recovery_dir,
         snapshot_interval_s=a.snapshot_interval,
         max_customers=a.max_customers,
@@ -214,6 +234,7 @@ def config_from_args(a: argparse.Namespace) -> PipelineConfig:
         tick_s=a.tick,
         status=a.status,
         dead_letter_max_bytes=a.dead_letter_max_bytes,
+        events_table=not a.no_events_table,
     )
     return cfg.validate()
 
@@ -303,70 +324,14 @@ def cmd_produce(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check_rules(a: argparse.Namespace) -> int:
-    """``moments check-rules``."""
-    pack = load_rule_pack(a.path)
-    print(f"{pack.path}: rule pack {pack.name!r} v{pack.version} is valid")
-    print(f"  attempt timeout {pack.attempt_timeout_ms // 60000} min; eviction horizon {pack.horizon_ms // 60000} min")
-    for jd in pack.journeys.values():
-        steps = " → ".join(f"[{s}]" if s in jd.key_steps else s for s in jd.steps)
-        print(f"  journey {jd.id}: {steps}  (complete on '{jd.complete_type}'; [key steps])")
-    for r in pack.rules:
-        extra = []
-        if r.within_ms:
-            extra.append(f"window {r.within_ms // 1000}s")
-        if r.threshold:
-            extra.append(f"n={r.threshold}")
-        print(f"  rule {r.name:<26} {r.urgency}  action={r.action:<16} ttl={r.ttl_ms // 3600000}h  {', '.join(extra)}")
-        print(f"       {r.kind}: {describe_rule(r)}")
-        how = "→".join(r.channels) or "(no channel)"
-        print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
-              + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")
-              + ("" if r.contact else "; not a customer contact (no caps)")
-              + ("; escalates past min_gap (caps still hold)" if r.escalate else ""))
-    pol = pack.policy
-    quiet = (f"{pol.quiet[0] // 60:02d}:{pol.quiet[0] % 60:02d}-{pol.quiet[1] // 60:02d}:{pol.quiet[1] % 60:02d} "
-             f"({pol.timezone} unless events carry attrs.tz; {', '.join(sorted(pol.quiet_bypass)) or 'none'} "
-             "may bypass)" if pol.quiet else "none")
-    caps = ", ".join(f"{ch} {n}/24h" for ch, n in sorted(pol.channel_caps.items())) or "none"
-    print(f"  contact policy: at most {pol.max_per_day or '∞'} per 24 h and {pol.max_per_week or '∞'} per 7 days, "
-          f"{pol.min_gap_ms // 60000} min apart; quiet hours {quiet}")
-    print(f"    channel caps {caps}; no actions for {pol.after_complete_ms // 3600000} h after a journey is completed")
-    print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
-          f"at {pack.effect_confidence:.0%} confidence (valid at every look); retire below "
-          f"{100 * pack.effect_min_uplift:g} points of uplift")
-    if a.strict and not a.simulate:
-        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
-    return _check_by_simulation(pack, a) if a.simulate else 0
-
-
-def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
-    from flows.rule_check import format_runs, simulate_rules
-
-    problem = simulation_problem(a.customers, a.minutes)
-    if problem:
-        raise ConfigError("--customers/--minutes", problem)
-    events, runs = simulate_rules(pack, a.customers, a.minutes, a.seed)
-    print(f"  simulated run: {a.customers} customers, {a.minutes:g} min (seed {a.seed}), {events} events; "
-          "decisions under the pack's own policy:")
-    print("\n".join(format_runs(runs)))
-    flagged = [r for r in runs if r.flag]
-    for r in flagged:
-        print(f"  rule {r.rule} {r.flag} on this traffic"
-              + (": check its parameters against the events it expects" if not r.fired
-                 else f": every moment is suppressed ({', '.join(sorted(r.suppressed))})"))
-    if flagged and a.strict:
-        print(f"check-rules --strict: {len(flagged)} of {len(runs)} rules never fire or never act", file=sys.stderr)
-        return 1
-    return 0
-
-
 COMMANDS = {
     "run": cmd_run,
     "simulate": cmd_simulate,
     "produce": cmd_produce,
     "report": cmd_report,
     "check-rules": cmd_check_rules,
+    "lookup": cmd_lookup,
+    "explain": cmd_explain,
 }
 
 

@@ -55,6 +55,8 @@ class PipelineConfig:
     addresses: tuple[str, ...] = ()
     metrics_port: int | None = DEFAULT_METRICS_PORT
     http_host: str = DEFAULT_HTTP_HOST
+    # Every process's look-up API as host:port, in process order (cluster); empty: the -a hosts, --metrics-port.
+    http_peers: tuple[str, ...] = ()
     recovery_dir: Path | None = None
     snapshot_interval_s: float = 10.0
     backup_interval_s: float = 0.0
@@ -73,6 +75,8 @@ class PipelineConfig:
     batch_lines: int = 4096
     ch_batch_rows: int = 20_000
     dead_letter_max_bytes: int = DEFAULT_DEAD_LETTER_MAX_BYTES
+    # Store the valid input events in ClickHouse (`events`, 7 days), which explaining a moment reads.
+    events_table: bool = True
 
     def kafka_overrides(self) -> dict[str, str]:
         """librdkafka settings given on the command line (the environment supplies the rest)."""
@@ -94,9 +98,23 @@ class PipelineConfig:
         return "clickhouse" in self.sinks
 
     @property
+    def keeps_events(self) -> bool:
+        """Whether the shards hand their events to the ClickHouse sink's ``events`` table."""
+        return self.wants_clickhouse and self.events_table
+
+    @property
     def wants_kafka(self) -> bool:
         """Whether Kafka output topics are configured."""
         return "kafka" in self.sinks
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """Every process's HTTP ``host:port`` in process order: ``--http-peers``, else each ``-a`` host with
+        this process's ``--metrics-port`` (processes on separate hosts); empty outside a cluster."""
+        if self.http_peers or len(self.addresses) <= 1:
+            return self.http_peers
+        port = self.metrics_port if self.metrics_port is not None else DEFAULT_METRICS_PORT
+        return tuple(f"{a.rsplit(':', 1)[0]}:{port}" for a in self.addresses)
 
     def validate(self) -> PipelineConfig:
         """Check cross-field rules.
@@ -165,6 +183,14 @@ class PipelineConfig:
             raise ConfigError("--metrics-port", f"must be 0..65535, got {self.metrics_port}")
         if not self.http_host.strip():
             raise ConfigError("--http-host", "must be an address to bind, e.g. 0.0.0.0 (every interface) or 127.0.0.1")
+        if self.http_peers:
+            if len(self.http_peers) != max(1, len(self.addresses)):
+                raise ConfigError("--http-peers (CX_HTTP_PEERS)", f"lists {len(self.http_peers)} processes but "
+                                  f"--addresses lists {len(self.addresses)}: give one host:port per process, in order")
+            for peer in self.http_peers:
+                host, _, port = peer.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+                    raise ConfigError("--http-peers (CX_HTTP_PEERS)", f"{peer!r} is not host:port")
         if not 1 <= self.kafka_partitions <= MAX_KAFKA_PARTITIONS:
             # Partitions of the topics this run creates: each is a consumer in the worker; 100,000 were created
             # on the broker and the worker never got going.

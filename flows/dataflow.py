@@ -285,6 +285,7 @@ def build_dataflow(
             urgent_lateness_ms=(default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None
                                 else cfg.urgent_lateness_ms),
             versions=versions,
+            keep_events=cfg.keeps_events,  # the events table: a moment's evidence events (flows.serving)
         )
 
     flow = Dataflow("cx_moments")

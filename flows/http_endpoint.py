@@ -1,23 +1,34 @@
-"""The HTTP endpoint: /metrics (the registry of ``flows.metrics``), /healthz and /readyz (registered checks).
+"""The HTTP endpoint: /metrics (the registry of ``flows.metrics``), /healthz and /readyz (registered checks),
+and the look-up API ``/v1/customers/{id}`` and ``/v1/moments/{id}`` (``flows.serving``) once a run sets it up.
 
 It listens on port 9464 by default (``CX_METRICS_PORT``, ``--metrics-port``), on every interface
-unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine only).
+unless ``--http-host``/``CX_HTTP_HOST`` names one (``127.0.0.1``: this machine only). The ``/v1/`` paths
+carry customer data: with ``CX_HTTP_TOKEN`` set they need ``Authorization: Bearer <token>``; ids in
+their paths are never logged.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import os
+import re
 import socket
 import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 from prometheus_client.exposition import choose_encoder
 
 from flows.metrics import REGISTRY
+from state.events import id_problem
+
+if TYPE_CHECKING:
+    from flows.serving import Service
 
 log = logging.getLogger("cx.metrics")
 
@@ -69,6 +80,29 @@ def readiness() -> dict[str, bool]:
     return result
 
 
+_api: list[tuple[Service, str | None]] = []  # the look-up service and the bearer token (at most one)
+_MOMENT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def set_service(service: Service | None, token: str | None = None) -> Service | None:
+    """Serve the ``/v1/`` look-ups with ``service`` (None: stop serving them).
+
+    Args:
+        service: Answers the look-ups.
+        token: When set, ``/v1/`` requests need ``Authorization: Bearer <token>`` (default: ``CX_HTTP_TOKEN``).
+
+    Returns:
+        The service served before, if any.
+    """
+    from flows.serving import TOKEN_ENV
+
+    old = _api[0][0] if _api else None
+    _api.clear()
+    if service is not None:
+        _api.append((service, token if token is not None else os.environ.get(TOKEN_ENV) or None))
+    return old
+
+
 # A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
 HTTP_READ_TIMEOUT_S = 10.0
 
@@ -88,8 +122,72 @@ class _Handler(BaseHTTPRequestHandler):
             failing = sorted(n for n, ok in checks.items() if not ok)
             body = orjson.dumps({"ready": not failing, "failing": failing, "checks": checks})
             self._send(503 if failing else 200, body, "application/json")
+        elif path.startswith("/v1/"):
+            self._v1(path, self.path.partition("?")[2])
         else:
             self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+    def _v1(self, path: str, query: str) -> None:
+        """A look-up: checked (token, path, id), answered, and logged by its route only (ids are customer data)."""
+        parts = path.split("/")
+        route = (f"/v1/{parts[2]}/{{id}}" if len(parts) == 4 and parts[2] in ("customers", "moments")
+                 else path if path in ("/v1/reports/overview", "/v1/reports/rules") else "/v1/?")
+        code = self._v1_answer(parts, query)
+        log.debug("GET %s %d", route, code)
+
+    def _v1_answer(self, parts: list[str], query: str) -> int:
+        if not _api:
+            return self._json(404, {"error": "no look-up API here (it is served by a running worker)"})
+        service, token = _api[0]
+        if token is not None:
+            given = self.headers.get("Authorization", "").encode("utf-8", "replace")
+            # Constant time: how much of a guess matches must not show in the time of the answer.
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                return self._json(401, {"error": "missing or wrong Authorization: Bearer token"},
+                                  {"WWW-Authenticate": 'Bearer realm="cx-moments"'})
+        if len(parts) == 4 and parts[2] == "reports" and parts[3] in ("overview", "rules"):
+            return self._report(service, parts[3], query)
+        if len(parts) != 4 or parts[2] not in ("customers", "moments"):
+            return self._json(404, {"error": "not found: try /v1/customers/{customer_id} or /v1/moments/{moment_id}"})
+        try:
+            ident = unquote(parts[3], errors="strict")
+        except UnicodeDecodeError:
+            return self._json(400, {"error": "the id is not UTF-8"})
+        local = "local=1" in query.split("&")
+        customers = parts[2] == "customers"
+        problem = (id_problem(ident, "customer_id") if customers
+                   else None if _MOMENT_ID.fullmatch(ident) else "moment_id must be 32 lowercase hex digits")
+        if problem:
+            return self._json(400, {"error": problem})
+        try:
+            code, body = (service.customer if customers else service.moment)(ident, local, token)
+        except Exception as e:  # noqa: BLE001 - one failed look-up must not show a traceback (it may hold the id)
+            log.warning("look-up %s failed: %s", parts[2], type(e).__name__)
+            return self._json(500, {"error": f"look-up failed: {type(e).__name__}"})
+        return self._json(code, body)
+
+    def _report(self, service: Service, view: str, query: str) -> int:
+        try:
+            code, body = service.report(view, dict(parse_qsl(query)))
+        except ValueError as e:
+            return self._json(400, {"error": f"bad report parameter: {e}"})
+        except Exception as e:  # noqa: BLE001 - a failed report must not show a traceback
+            log.warning("report %s failed: %s", view, type(e).__name__)
+            return self._json(500, {"error": f"report failed: {type(e).__name__}"})
+        return self._json(code, body)
+
+    def _json(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
+        from flows.serving import dumps
+
+        data = dumps(body)
+        self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return code
 
     def _send(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from flows.rule_reload import RuleReloader
+from flows.serving import SHARDS
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs
@@ -93,13 +95,17 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             except Exception as e:  # noqa: BLE001 - any failure here means the stored snapshot is unusable
                 raise SnapshotRestoreError(f"{type(e).__name__}: {e}") from e
         self._recovery = recovery
+        # Held while a batch is applied; the HTTP thread's look-ups take it to read a customer whole (flows.serving).
+        self._lock = threading.Lock()
+        SHARDS.add(shard, self._lock)
         self._tick = timedelta(seconds=tick_s)
         self.snapshot_seconds = 0.0
         self.snapshot_bytes = 0
 
     def on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
         try:
-            return self._on_batch(values)
+            with self._lock:
+                return self._on_batch(values)
         except ShardCountMismatchError as e:  # a Kafka batch from a process with more shards
             note_failure(e)  # a peer's failure may surface first: the runner names this one
             raise
@@ -149,22 +155,25 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         return [item for item in values if type(item) is not Hello]
 
     def on_notify(self) -> tuple[list[Outputs], bool]:
-        self._reload()
-        self.shard.on_wall_clock()
-        out = self.shard.take_outputs()
+        with self._lock:
+            self._reload()
+            self.shard.on_wall_clock()
+            out = self.shard.take_outputs()
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:
         # Bytewax calls this once every input partition of every process has ended; an input ended by
         # SIGTERM has not really ended, so nothing is released early.
         if not stop_requested():
-            self.shard.end_of_input()
+            with self._lock:
+                self.shard.end_of_input()
             expect = self._expect
             if expect is not None and self._index == expect[0] and expect[1] - self._greeters:
                 # A peer greets this shard unless it sees other shards here: a hello it never sent cannot differ.
                 ours = self._hello.process if self._hello is not None else 0
                 note_failure(ClusterSilenceError(sorted(expect[1] - self._greeters), ours))
-        out = self.shard.take_outputs(states=True)
+        with self._lock:
+            out = self.shard.take_outputs(states=True)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

@@ -75,7 +75,11 @@ def text_report(dsn: str, pack: RulePack, journey: str | None = None) -> str:
     """
     from connectors.clickhouse.client import open_client
 
-    client = open_client(dsn)
+    return text_report_of(open_client(dsn), pack, journey)
+
+
+def text_report_of(client: Any, pack: RulePack, journey: str | None = None) -> str:
+    """``text_report`` on an open client (a running worker answers ``moments report`` with its own)."""
     lines = ["Moments by rule", f"  {'rule':<28}{'urgency':<9}{'moments':>9}"]
     by_rule = moments_by_rule(client)
     lines += [f"  {r:<28}{u:<9}{n:>9}" for r, u, n in by_rule] or ["  (no moments yet)"]

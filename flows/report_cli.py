@@ -22,6 +22,8 @@ def cmd_report(a: argparse.Namespace) -> int:
                         ("--min-sample", a.min_sample), ("--confidence", a.confidence)):
         if value is not None:
             raise ConfigError(flag, "applies to `moments report rules` only")
+    if _held_by_worker(a.clickhouse):
+        return _via_worker(a, "overview", {"journey": a.journey, "html": "1" if a.html is not None else None})
     if _no_report_data(a, OVERVIEW_TABLES):
         return 0
     print(text_report(a.clickhouse, pack, a.journey))
@@ -60,6 +62,9 @@ def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
         raise ConfigError("--confidence", f"must be a number in [0.5, 1), got {confidence}")
     if not 0.0 <= min_uplift < 1.0:
         raise ConfigError("--min-uplift", f"must be a fraction in [0, 1), e.g. 0.01 for one point, got {min_uplift}")
+    if _held_by_worker(a.clickhouse):
+        return _via_worker(a, "rules", {"from": bounds["--from"], "to": bounds["--to"], "confidence": confidence,
+                                        "min_sample": min_sample, "min_uplift": min_uplift})
     if _no_report_data(a, RULES_TABLES, RuleReport(bounds["--from"], bounds["--to"], confidence, min_sample, (),
                                                          min_uplift)):
         return 0
@@ -70,6 +75,41 @@ def _report_rules(a: argparse.Namespace, pack: RulePack) -> int:
     finally:
         client.close()  # releases the chDB path lock for the next process
     print(render_json(report) if a.json else render_text(report))
+    return 0
+
+
+def _held_by_worker(dsn: str) -> bool:
+    """Whether the DSN is an embedded path another process (a running worker) holds: only it may read it."""
+    from connectors.clickhouse.client import _path_locked_by_other_process, chdb_path
+
+    path = chdb_path(dsn)
+    return path is not None and Path(path).exists() and _path_locked_by_other_process(path)
+
+
+def _via_worker(a: argparse.Namespace, view: str, params: dict[str, object]) -> int:
+    """Ask the worker that holds the embedded path (``--url``) to run the report on it, and print its answer.
+
+    The worker's own rule pack names the journeys and key steps then (``--rules`` is not sent).
+    """
+    from urllib.parse import urlencode
+
+    from flows.lookup_cli import fetch
+    from flows.report import no_data_message
+
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    answer = fetch(a.url, f"/v1/reports/{view}" + (f"?{query}" if query else ""))
+    if answer.get("missing"):
+        print(no_data_message(a.clickhouse, answer["missing"]))
+        return 0
+    if view == "rules":
+        import orjson
+
+        print(orjson.dumps(answer["json"], option=orjson.OPT_INDENT_2).decode() if a.json else answer["text"])
+        return 0
+    print(answer["text"])
+    if a.html is not None:
+        a.html.write_text(answer["html"], encoding="utf-8")
+        print(f"wrote {a.html}")
     return 0
 
 

@@ -7,15 +7,18 @@ action opened). The run is a replay through the real shard (state/), with no Byt
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import orjson
 
+from flows.config import ConfigError, simulation_problem
 from state.batches import RawBatch, Tick
 from state.outputs import Outputs
 from state.policy import CONTROL, SENT
-from state.rules import RulePack
+from state.rules import STAGES, RulePack, describe_rule, load_rule_pack
 from state.shard import Shard, process
 
 BATCH = 4096
@@ -100,3 +103,59 @@ def format_runs(runs: list[RuleRun]) -> list[str]:
         flag = f"  <- {r.flag.upper()}" if r.flag else ""
         lines.append(f"  {r.rule:<{width}}  {r.urgency:<3}  {r.fired:>6} {r.sent:>6} {r.control:>7}  {why}{flag}")
     return lines
+
+
+def cmd_check_rules(a: argparse.Namespace) -> int:
+    """``moments check-rules``."""
+    pack = load_rule_pack(a.path)
+    print(f"{pack.path}: rule pack {pack.name!r} v{pack.version} is valid")
+    print(f"  attempt timeout {pack.attempt_timeout_ms // 60000} min; eviction horizon {pack.horizon_ms // 60000} min")
+    for jd in pack.journeys.values():
+        steps = " → ".join(f"[{s}]" if s in jd.key_steps else s for s in jd.steps)
+        print(f"  journey {jd.id}: {steps}  (complete on '{jd.complete_type}'; [key steps])")
+    for r in pack.rules:
+        extra = []
+        if r.within_ms:
+            extra.append(f"window {r.within_ms // 1000}s")
+        if r.threshold:
+            extra.append(f"n={r.threshold}")
+        print(f"  rule {r.name:<26} {r.urgency}  action={r.action:<16} ttl={r.ttl_ms // 3600000}h  {', '.join(extra)}")
+        print(f"       {r.kind}: {describe_rule(r)}")
+        how = "→".join(r.channels) or "(no channel)"
+        print(f"       act via {how} within {r.act_within_ms // 60000} min; hold-out {r.holdout:.0%}"
+              + (f"; only in {', '.join(STAGES[s] for s in sorted(r.stages))}" if r.stages else "")
+              + ("" if r.contact else "; not a customer contact (no caps)")
+              + ("; escalates past min_gap (caps still hold)" if r.escalate else ""))
+    pol = pack.policy
+    quiet = (f"{pol.quiet[0] // 60:02d}:{pol.quiet[0] % 60:02d}-{pol.quiet[1] // 60:02d}:{pol.quiet[1] % 60:02d} "
+             f"({pol.timezone} unless events carry attrs.tz; {', '.join(sorted(pol.quiet_bypass)) or 'none'} "
+             "may bypass)" if pol.quiet else "none")
+    caps = ", ".join(f"{ch} {n}/24h" for ch, n in sorted(pol.channel_caps.items())) or "none"
+    print(f"  contact policy: at most {pol.max_per_day or '∞'} per 24 h and {pol.max_per_week or '∞'} per 7 days, "
+          f"{pol.min_gap_ms // 60000} min apart; quiet hours {quiet}")
+    print(f"    channel caps {caps}; no actions for {pol.after_complete_ms // 3600000} h after a journey is completed")
+    print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
+          f"at {pack.effect_confidence:.0%} confidence (valid at every look); retire below "
+          f"{100 * pack.effect_min_uplift:g} points of uplift")
+    if a.strict and not a.simulate:
+        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
+    return _check_by_simulation(pack, a) if a.simulate else 0
+
+
+def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
+    problem = simulation_problem(a.customers, a.minutes)
+    if problem:
+        raise ConfigError("--customers/--minutes", problem)
+    events, runs = simulate_rules(pack, a.customers, a.minutes, a.seed)
+    print(f"  simulated run: {a.customers} customers, {a.minutes:g} min (seed {a.seed}), {events} events; "
+          "decisions under the pack's own policy:")
+    print("\n".join(format_runs(runs)))
+    flagged = [r for r in runs if r.flag]
+    for r in flagged:
+        print(f"  rule {r.rule} {r.flag} on this traffic"
+              + (": check its parameters against the events it expects" if not r.fired
+                 else f": every moment is suppressed ({', '.join(sorted(r.suppressed))})"))
+    if flagged and a.strict:
+        print(f"check-rules --strict: {len(flagged)} of {len(runs)} rules never fire or never act", file=sys.stderr)
+        return 1
+    return 0

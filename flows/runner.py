@@ -94,6 +94,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
         log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
                  " (every interface)" if everywhere else "")
+        _serve_lookups(cfg)
     log.info("starting: %s", summary(cfg, pack))
     # Sources edited since they were compiled run as pure Python: a warning, as the run is slower than it should be.
     log.log(logging.WARNING if state.BUILD.stale else logging.INFO, "%s", state.BUILD.line)
@@ -125,6 +126,34 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         if cfg.source.startswith("file:"):
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     return server, flow, recovery
+
+
+def _serve_lookups(cfg: PipelineConfig) -> None:
+    """Answer ``/v1/`` look-ups on the HTTP endpoint from this run's shards and ClickHouse sink (flows.serving)."""
+    from flows import http_endpoint, serving
+
+    history = None
+    if cfg.wants_clickhouse:
+        from connectors.clickhouse.client import resolve_dsn
+
+        history = serving.History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
+    serving.SHARDS.clear()
+    service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers)
+    http_endpoint.set_service(service)
+    if os.environ.get(serving.TOKEN_ENV):
+        log.info("look-up API on /v1/ (bearer token required)")
+    else:
+        log.info("look-up API on /v1/ without a token (set %s to require one)", serving.TOKEN_ENV)
+
+
+def _stop_lookups() -> None:
+    """Stop answering look-ups and release the ClickHouse client they read through (the chDB path's lock)."""
+    from flows import http_endpoint, serving
+
+    service = http_endpoint.set_service(None)
+    if service is not None and service.history is not None:
+        service.history.close()
+    serving.SHARDS.clear()
 
 
 def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> int:
@@ -202,6 +231,7 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         stop.set()
         if server is not None:
             server.stop()  # handler threads are daemons: an idle client does not hold the exit
+        _stop_lookups()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")

@@ -14,7 +14,7 @@ from typing import Any, Final
 from state.detectors import KIND_BITS
 from state.detectors.base import Detector
 from state.events import Event
-from state.journey import ACTIVE, Attempt
+from state.journey import ACTIVE, Attempt, add_trail
 from state.outputs import Outputs
 from state.plan import JourneyPlan
 from state.record import IDS_AT, WAKE_AT, CustomerState
@@ -81,7 +81,7 @@ class BatchContext:
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""
-        (self.pack, self.journey_defs, self.contacts, self.attempt_timeout_ms, self.recent_steps,
+        (self.pack, self.journey_defs, self.contacts, self.attempt_timeout_ms, self.trails,
          self.recent_from) = self._compiled[i]
         v = self.versions
         self.switch_lo = v.starts[i] if i else -NEVER
@@ -225,13 +225,15 @@ class BatchContext:
             }
         )
 
-    def step_row(self, cid: str, journey: str, attempt_id: str, step: str, idx: int, ev: Event) -> None:
-        """Emit a journey step row (first arrival at a step in an attempt)."""
+    def step_row(self, cid: str, journey: str, a: Attempt, step: str, idx: int, ev: Event) -> None:
+        """Emit a journey step row (first arrival at a step in an attempt), noting it in the attempt's trail."""
+        if journey in self.trails:
+            add_trail(a, ev.ts_ms, step, ev.entry or "", None, "")
         self.out.steps.append(
             {
                 "customer_id": cid,
                 "journey": journey,
-                "attempt_id": attempt_id,
+                "attempt_id": a.attempt_id,
                 "step": step,
                 "step_index": idx,
                 "entry": ev.entry or "",
@@ -242,7 +244,7 @@ class BatchContext:
         )
 
 
-_Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, int, int]
+_Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, frozenset[str], int]
 
 
 def _compile(pack: RulePack) -> _Compiled:
@@ -265,7 +267,9 @@ def _compile(pack: RulePack) -> _Compiled:
     recent_steps = max((r.recent_steps for r in pack.rules if r.kind == "handoff"), default=5)
     # Where the kept part of an attempt's recent steps starts when a step is added (none kept for 1).
     recent_from = 1 - recent_steps if recent_steps > 1 else 1 << 30
-    return (pack, journey_defs, {t: tuple(v) for t, v in contacts.items()}, pack.attempt_timeout_ms, recent_steps,
+    # Journeys whose attempts keep a trail (step times, failures) for a hand-off's agent context.
+    trails = frozenset(r.journey for r in pack.rules if r.kind == "handoff")
+    return (pack, journey_defs, {t: tuple(v) for t, v in contacts.items()}, pack.attempt_timeout_ms, trails,
             recent_from)
 
 

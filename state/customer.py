@@ -74,7 +74,7 @@ def apply_event(ctx: BatchContext, c: CustomerState, ev: Event) -> None:
         idx = jp.step_index.get(step)
         if idx is not None and not a.reached >> idx & 1:
             a.reached |= 1 << idx
-            ctx.step_row(cid, jp.id, a.attempt_id, step, idx, ev)
+            ctx.step_row(cid, jp.id, a, step, idx, ev)
         recent = a.recent
         # The latest steps, without a repeat: kept as is (no branch: apply_event stays within its complexity bound).
         a.recent = recent if recent and recent[-1] == step else ctx.canon_steps((*recent[ctx.recent_from:], step))
@@ -172,7 +172,7 @@ def _complete(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: Jour
     a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
     if ctx.pack.policy.after_complete_ms:
         c.contact = remember_completion(c.contact, jidx, t)
-    ctx.step_row(cid, jp.id, a.attempt_id, "(complete)", len(jp.steps), ev)
+    ctx.step_row(cid, jp.id, a, "(complete)", len(jp.steps), ev)
     resolve_tags(ctx, c, cid, jp.id, t)
     ctx.state_row(c, cid, jidx, a, t)
 
@@ -216,6 +216,10 @@ def _contacts(ctx: BatchContext, c: CustomerState, ev: Event, detectors: tuple[t
         # A tag's key holds its rule's index in the low byte (``state.firing.fire``).
         open_tags = [rules[tags[i] & 0xFF].name for i in range(0, len(tags), _TAG)
                      if rules[tags[i] & 0xFF].journey == r.journey]
+        # The last contact the policy remembers sending (any journey): what the agent need not offer again.
+        contact = c.contact
+        sends = contact.send_records() if contact is not None else ()
+        last = max(sends) if sends else (0, "")
         ctx.out.context.append(
             {
                 "schema": SCHEMA_VERSION,
@@ -226,6 +230,8 @@ def _contacts(ctx: BatchContext, c: CustomerState, ev: Event, detectors: tuple[t
                 "contact_ts": ev.ts_ms,
                 "open_tags": open_tags,
                 **agent,
+                "last_action_ts": last[0],
+                "last_action_channel": last[1],
             }
         )
 

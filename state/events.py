@@ -117,6 +117,25 @@ def _ident(doc: dict[str, Any], name: str, limit: int) -> str:
     return v
 
 
+def id_problem(value: str, name: str = "customer_id") -> str | None:
+    """Return why ``value`` could not be an input event's id (as ``parse_event`` judges it), or None.
+
+    For ids that arrive elsewhere than in an event, e.g. in a look-up URL: the same rules, one place.
+
+    Args:
+        value: The id, decoded.
+        name: The field it stands for, named in the problem.
+
+    Returns:
+        The problem (naming ``name``, never the value), or None when the id is acceptable.
+    """
+    if not value.strip():
+        return f"{name} must not be empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{name} is longer than {MAX_ID_CHARS} characters"
+    return None
+
+
 def _optional(doc: dict[str, Any], name: str) -> str | None:
     v = doc.get(name)
     if v is None:

@@ -16,6 +16,10 @@ ACTIVE: Final = "active"
 COMPLETED: Final = "completed"
 EXPIRED: Final = "expired"
 NO_STATE: Final[tuple[Any, ...]] = ((), (), (), (), ())  # five empty state slots
+# The agent's trail of an attempt (``Attempt.trail``): (ts, step, entry, reason, error_code) records, the last
+# TRAIL_RECORDS of them; reason is None for a first arrival at a step, the failure's reason ("" if none) for a fail.
+TRAIL_FIELDS: Final = 5
+TRAIL_RECORDS: Final = 8
 
 # A rule window: records of a fixed number of fields laid end to end, e.g. (ts, event_id, ts, event_id, …);
 # each detector's docstring gives its record layout. One tuple instead of one per record saves
@@ -43,6 +47,7 @@ class Attempt:
         "reached",
         "recent",
         "stage",
+        "trail",
         "s0",
         "s1",
         "s2",
@@ -68,6 +73,8 @@ class Attempt:
         self.reached = 0  # bit per journey step reached in this attempt
         self.recent: tuple[str, ...] = ()  # the latest steps, for the agent's screen
         self.stage = 0  # life-cycle stage reached (index into state.rules.STAGES)
+        # Journeys with a hand-off rule: step arrivals and failures for the agent's screen (TRAIL_FIELDS records).
+        self.trail: tuple[Any, ...] = ()
         # Detector state: the journey's initial values (see state.plan.JourneyPlan.initial).
         self.s0: Any
         self.s1: Any
@@ -93,7 +100,7 @@ class Attempt:
     def __getstate__(self) -> tuple[object, ...]:
         return (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
                 self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
-                self.s4)
+                self.s4, self.trail)
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
         if not isinstance(st[10], int):
@@ -102,7 +109,13 @@ class Attempt:
             st = (*st[:9], st[14], st[15], *st[9:14])
         (self.attempt_id, self.expiry_from, self.last_ts, self.last_eid, self.last_step, self.last_key,
          self.ended, self.fired, self.reached, self.recent, self.stage, self.s0, self.s1, self.s2, self.s3,
-         self.s4) = st
+         self.s4) = st[:16]
+        self.trail = st[16] if len(st) > 16 else ()  # snapshots from before the trail (issue 17) have none
+
+
+def add_trail(a: Attempt, ts: int, step: str, entry: str, reason: str | None, code: str) -> None:
+    """Add a record to the attempt's trail (``Attempt.trail``), dropping the oldest beyond ``TRAIL_RECORDS``."""
+    a.trail = (*a.trail[(1 - TRAIL_RECORDS) * TRAIL_FIELDS:], ts, step, entry, reason, code)
 
 
 class GenericAttempt(Attempt):

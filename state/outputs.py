@@ -6,7 +6,7 @@ import base64
 import hashlib
 from typing import Any, Final
 
-from state.events import Invalid
+from state.events import Event, Invalid
 
 # 16 KiB of original bytes: even when every byte becomes a 6-character JSON escape (``\\u0000``) the encoded
 # record stays near 100 KiB, far below Kafka's default 1 MB message limit.
@@ -85,6 +85,7 @@ class Outputs:
         "context",
         "feedback",
         "late_events",
+        "inputs",
         "events",
         "invalid",
         "late",
@@ -111,6 +112,8 @@ class Outputs:
         self.context: list[dict[str, Any]] = []
         self.feedback: list[dict[str, Any]] = []
         self.late_events: list[dict[str, Any]] = []  # events applied behind the watermark (also counted in `late`)
+        # The valid input events read (``Shard(keep_events=True)``): stored for explaining moments (``event`` kind).
+        self.inputs: list[Event] = []
         self.events: dict[tuple[str, str], int] = {}  # (channel, type) -> count
         self.invalid: dict[str, int] = {}  # reason -> count
         self.late = 0
@@ -134,8 +137,8 @@ class Outputs:
         self.invalid[inv.reason.value] = self.invalid.get(inv.reason.value, 0) + 1
         self.dead.append(dead_letter_record(inv, source, partition, offset, now_ms, max_bytes))
 
-    def records(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """Return ``(kind, rows)`` pairs for the kinds that have rows."""
+    def records(self) -> list[tuple[str, list[Any]]]:
+        """Return ``(kind, rows)`` pairs for the kinds that have rows (``event`` rows are ``Event`` tuples)."""
         pairs = (
             ("moment", self.moments),
             ("action", self.actions),
@@ -146,6 +149,7 @@ class Outputs:
             ("context", self.context),
             ("feedback", self.feedback),
             ("late", self.late_events),
+            ("event", self.inputs),
         )
         return [(k, rows) for k, rows in pairs if rows]
 

@@ -60,6 +60,7 @@ class Shard(Watermark):
         urgent_lateness_ms: Live: the lateness of the urgent lane (``state.urgent``) for the rules whose latency
             target is below ``lateness_ms``; 0 turns it off. Ignored in replay.
         versions: A ``--rules`` directory's versions (``state.versions``; ``pack`` is the newest); None: ``pack``.
+        keep_events: Hand each valid event read to the outputs (``Outputs.inputs``): stored to explain moments.
     """
 
     def __init__(
@@ -78,8 +79,9 @@ class Shard(Watermark):
         partitions: frozenset[str] = frozenset(),
         urgent_lateness_ms: int = 0,
         versions: PackVersions | None = None,
+        keep_events: bool = False,
     ) -> None:
-        self.key = key
+        self.key, self.keep_events = key, keep_events
         self.partitions = frozenset() if live else partitions
         # Live: partitions that must report before the wall clock counts, and those with input not yet read.
         self.unheard = set(partitions) if live else set()
@@ -162,6 +164,7 @@ class Shard(Watermark):
         # Each event's place in the input (Event.origin): copies of one id at one time keep input order.
         place = batch.partition << ORIGIN_BITS
         known = len(offsets) == len(batch.values)
+        keep = self.ctx.out.inputs.append if self.keep_events else None
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
                              origin=place + offsets[i] if known else -1)
@@ -177,6 +180,7 @@ class Shard(Watermark):
                 if cid not in customers and crc32(cid.encode("utf-8", "surrogatepass")) % shards != routed:
                     self._misrouted(raw, batch, offsets[i] if i < len(offsets) else -1)
                     continue
+            keep(ev) if keep is not None else None  # one append: the stored rows are the Event tuples themselves
             ts = ev.ts_ms
             if ts < wm:
                 # Rare: bring the state to where per-event processing would have it, then apply the straggler.

@@ -41,7 +41,14 @@ from connectors.clickhouse.errors import (
     error_code,
     is_transient_clickhouse_error,
 )
-from connectors.clickhouse.schema import JSON_INSERT_SETTINGS, TABLES, check_tables, payload, schema_statements
+from connectors.clickhouse.schema import (
+    COMPACT_INSERT_SETTINGS,
+    JSON_INSERT_SETTINGS,
+    TABLES,
+    check_tables,
+    payload,
+    schema_statements,
+)
 from connectors.clickhouse.writer import InsertThread
 from connectors.records import KINDS
 from connectors.retry import retry
@@ -303,14 +310,15 @@ class ClickHouseSink:
         spec = TABLES[kind]
         data = payload(kind, spec, rows)
         names = list(spec.columns)
+        fmt, settings = ("JSONCompactEachRow", COMPACT_INSERT_SETTINGS) if spec.compact else ("JSONEachRow",
+                                                                                             JSON_INSERT_SETTINGS)
 
         def insert() -> float:
             shared = self._connection()
             t0 = time.perf_counter()
             try:
                 with shared.lock:
-                    shared.client.raw_insert(spec.table, names, data, settings=JSON_INSERT_SETTINGS,
-                                             fmt="JSONEachRow")
+                    shared.client.raw_insert(spec.table, names, data, settings=settings, fmt=fmt)
             except Exception as e:
                 code = error_code(e)
                 if code not in (UNKNOWN_TABLE, UNKNOWN_DATABASE):
@@ -320,8 +328,7 @@ class ClickHouseSink:
                 log.warning("table %s is missing (code %d); re-creating the schema", spec.table, code)
                 self._create_schema()
                 with shared.lock:
-                    shared.client.raw_insert(spec.table, names, data, settings=JSON_INSERT_SETTINGS,
-                                             fmt="JSONEachRow")
+                    shared.client.raw_insert(spec.table, names, data, settings=settings, fmt=fmt)
             return time.perf_counter() - t0
 
         seconds = self._call(spec.table, insert)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from state.detectors.base import Detector, Param
+from state.detectors.base import Detector, Evidence, Host, Param
 from state.detectors.channel_hop import ChannelHop
 from state.detectors.stuck import Stuck
 from state.events import Event
-from state.journey import Attempt
+from state.journey import TRAIL_FIELDS, Attempt, add_trail
+from state.record import CustomerState
+from state.rule_model import STAGES
 
 
 class Handoff(Detector):
     """Fires on a contact of the rule's type and channel within ``within`` after an event of the journey.
 
-    A customer-level kind (``CONTACT``): the contact need not belong to the journey. No state of its
-    own: the agent context reads the attempt and the channel-hop and stuck windows when those rules exist.
+    A customer-level kind (``CONTACT``): the contact need not belong to the journey. No state slot of its
+    own: the agent context reads the attempt, its trail (step arrivals, noted by the engine, and failures,
+    noted here: ``TYPES``) and the channel-hop and stuck windows when those rules exist.
     """
 
     KIND: ClassVar[str] = "handoff"
@@ -26,6 +29,7 @@ class Handoff(Detector):
                                            Param("within", "within_ms", "30m", "duration"),
                                            Param("recent_steps", "recent_steps", 5, "count"))
     CONTACT: ClassVar[bool] = True
+    TYPES: ClassVar[frozenset[str] | None] = frozenset({"fail"})  # only to note failures in the trail; never fires
 
     def link(self, siblings: dict[str, Detector]) -> None:
         """Find the journey's channel-hop and stuck detectors, whose windows the agent context shows."""
@@ -39,9 +43,17 @@ class Handoff(Detector):
         return (not a.fired & self.bit and ev.type == r.type and ev.channel == r.channel
                 and 0 < ev.ts_ms - a.last_ts <= r.within_ms)
 
+    def on_event(self, host: Host, c: CustomerState, a: Attempt, ev: Event, step: str | None, prev_ts: int,
+                 prev_eid: str) -> Evidence | None:
+        """Note a failure in the attempt's trail: its step, entry, and ``attrs.reason``/``attrs.error_code``."""
+        attrs = ev.attrs or {}
+        add_trail(a, ev.ts_ms, step or "", ev.entry or "", _text(attrs.get("reason")), _text(attrs.get("error_code")))
+        return None
+
     def context(self, a: Attempt) -> dict[str, object]:
         """Return what an agent's screen shows of the journey so far."""
         chans = self.hop.records(a) if self.hop is not None else ()
+        trail = [a.trail[i : i + TRAIL_FIELDS] for i in range(0, len(a.trail), TRAIL_FIELDS)]
         return {
             "attempt_id": a.attempt_id,
             "recent_steps": list(a.recent),
@@ -50,8 +62,22 @@ class Handoff(Detector):
             "last_step": a.last_step or "",
             "last_ts": a.last_ts,
             "status": a.status,
+            "stage": STAGES[a.stage],
+            "entries": list(dict.fromkeys(r[2] for r in trail if r[2])),
+            "step_times": [{"step": r[1], "ts": r[0]} for r in trail if r[3] is None],
+            "failures": [{"ts": r[0], "step": r[1], "reason": r[3], "error_code": r[4]} for r in trail
+                         if r[3] is not None],
         }
 
     def keep_until(self, a: Attempt) -> int:
         """A contact may still hand the ended attempt off within the window."""
         return a.last_ts + self.rule.within_ms
+
+
+def _text(v: object) -> str:
+    """An attribute as the agent reads it: text as is, a number or flag as JSON would show it, nothing as ""."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v if isinstance(v, str) else str(v)

@@ -32,7 +32,7 @@ DASHBOARD = GRAFANA / "dashboards" / "cx-moments.json"
 # DESIGN.md §5: the canonical names.
 TOPICS = {"cx.events", "cx.moments", "cx.actions", "cx.tags", "cx.context", "cx.deadletter", "cx.feedback"}
 TABLE_NAMES = {"moments", "customer_tags", "journey_states", "actions", "journey_steps", "dead_letters", "feedback",
-               "late_events"}
+               "late_events", "handoff_contexts", "events"}
 # Derived from those by the schema (materialized view target), never written by the sink.
 DERIVED_TABLES = {"tag_history"}
 CLUSTER_PORT = 7000

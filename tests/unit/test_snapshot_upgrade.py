@@ -49,7 +49,17 @@ def test_a_format_4_snapshot_restores_and_detects_what_the_current_format_does()
 
     expected = _records(via_current, second)
     assert sum(len(rows) for kind, rows in expected if kind == "moment") > 10
-    assert _records(upgraded, second) == expected
+    assert _untrailed(_records(upgraded, second)) == _untrailed(expected)
+
+
+# What a hand-off context shows of the attempt's trail (issue 17): format 4 kept no trail, so an attempt restored
+# from it shows only what happened after the restart; everything else is the same.
+_TRAIL_FIELDS = ("entries", "step_times", "failures")
+
+
+def _untrailed(records: list[tuple[str, list[dict[str, Any]]]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [(kind, [{k: v for k, v in r.items() if k not in _TRAIL_FIELDS} for r in rows] if kind == "context"
+             else rows) for kind, rows in records]
 
 
 def test_a_snapshot_of_an_unknown_format_is_refused_saying_what_to_do() -> None:

@@ -1,0 +1,150 @@
+"""Look-up latency while the worker processes events, and what serving and the events table cost (issue 17).
+
+``moments run`` replays the simulator into the embedded ClickHouse (the default sink) three ways, the same input
+each time: with the events table off (the shard's ``keep_events`` forced off), as shipped, and as shipped while
+client threads ask ``GET /v1/customers/{id}`` at 200 requests/s for random simulated customers. Throughput is
+valid events (``cx_events_total``) per second between the first and the last counted event, polled from
+/metrics; latency is each request's wall time from the client, split by answer (200: the customer is held, its
+history read from ClickHouse; 404: not held).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from benchmarks.harness import Figure, machine, table, write_section
+
+RATE = 200.0  # look-ups per second
+CLIENTS = 4
+# Forces the events table off: the shard hands no events to the sink (the comparison run).
+NO_EVENTS = ("import state.shard as _s\n_i = _s.Shard.__init__\n"
+             "def _init(self, *a, **k):\n    k['keep_events'] = False\n    _i(self, *a, **k)\n"
+             "_s.Shard.__init__ = _init\n")
+_EVENTS = re.compile(rb"^cx_events_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _events(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310 - loopback
+            return sum(float(v) for v in _EVENTS.findall(r.read()))
+    except OSError:
+        return None
+
+
+def _lookups(port: int, customers: int, stop: threading.Event, out: list[tuple[float, int, float]],
+             seed: int) -> None:
+    rnd = random.Random(seed)  # noqa: S311 - sampling customers, not security
+    gap = CLIENTS / RATE
+    due = time.perf_counter()
+    while not stop.is_set():
+        cid = f"c{rnd.randrange(customers):07d}"
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/customers/{cid}", timeout=10) as r:  # noqa: S310
+                r.read()
+                code = r.status
+        except urllib.error.HTTPError as e:
+            code = e.code
+        except OSError:
+            code = 0
+        out.append((t0, code, time.perf_counter() - t0))
+        due += gap
+        time.sleep(max(0.0, due - time.perf_counter()))
+
+
+def run(customers: int, minutes: float, mode: str) -> tuple[float, list[tuple[int, float]]]:
+    """One replay; returns (events/s, [(status, seconds)] of the look-ups made while events flowed)."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        args = ["run", "--source", "simulator", "--customers", str(customers), "--minutes", str(minutes),
+                "--sink", f"chdb://{Path(tmp) / 'ch'}", "--metrics-port", str(port), "--status", "off"]
+        cmd = ["-c", NO_EVENTS + "import runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)"] \
+            if mode == "no-events" else ["-m", "flows.cli"]
+        proc = subprocess.Popen([sys.executable, *cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "CX_LOG_LEVEL": "warning"})
+        samples: list[tuple[float, float]] = []
+        lat: list[tuple[float, int, float]] = []
+        stop = threading.Event()
+        threads: list[threading.Thread] = []
+        while proc.poll() is None:
+            n = _events(port)
+            if n is not None:
+                samples.append((time.perf_counter(), n))
+                if mode == "lookups" and not threads and n > 0:
+                    threads = [threading.Thread(target=_lookups, args=(port, customers, stop, lat, i))
+                               for i in range(CLIENTS)]
+                    for t in threads:
+                        t.start()
+            time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join()
+        proc.wait(timeout=600)
+    # From the first sample that counted events to the first that reached the final count (the end of input).
+    flowing = [(t, n) for t, n in samples if n > 0]
+    first = flowing[0]
+    last = next(s for s in flowing if s[1] == flowing[-1][1])
+    # Only the look-ups made while events flowed (after the end of input the worker flushes and exits).
+    return (last[1] - first[1]) / max(last[0] - first[0], 1e-9), [(c, d) for t, c, d in lat if t <= last[0]]
+
+
+def _ms(xs: list[float], q: float) -> float:
+    return 1000 * statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else float("nan")
+
+
+def main() -> None:
+    """Run the comparison and write its RESULTS.md section."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=20_000)
+    ap.add_argument("--minutes", type=float, default=600)
+    ap.add_argument("--runs", type=int, default=3)
+    a = ap.parse_args()
+    rates: dict[str, list[float]] = {"no-events": [], "shipped": [], "lookups": []}
+    lat: list[tuple[int, float]] = []
+    for _ in range(a.runs):
+        for mode in rates:
+            r, got = run(a.customers, a.minutes, mode)
+            rates[mode].append(r)
+            lat += got
+            print(f"{mode}: {r:,.0f} events/s, {len(got)} look-ups", flush=True)
+    ok = [s for c, s in lat if c == 200]
+    miss = [s for c, s in lat if c == 404]
+    figures = [
+        Figure("replay into chDB, events table off", tuple(rates["no-events"])),
+        Figure("replay into chDB, as shipped (events table on)", tuple(rates["shipped"])),
+        Figure("as shipped, with 200 look-ups/s", tuple(rates["lookups"])),
+        Figure("ratio events table on / off", tuple(s / n for s, n in zip(rates["shipped"], rates["no-events"],
+                                                                           strict=True)), "×"),
+        Figure("ratio with look-ups / without", tuple(s / n for s, n in zip(rates["lookups"], rates["shipped"],
+                                                                          strict=True)), "×"),
+    ]
+    body = (f"## Look-ups while the worker runs (issue 17; simulator, {a.customers:,} customers, {a.minutes:g} min, "
+            f"embedded ClickHouse)\n\n{machine()}\n\n{table(figures)}\n\n"
+            f"Look-ups at {RATE:.0f}/s from {CLIENTS} client threads while events flowed: {len(lat):,} requests, "
+            f"{len(ok):,} answered 200 (p50 {_ms(ok, 50):.1f} ms, p99 {_ms(ok, 99):.1f} ms), {len(miss):,} 404 "
+            f"(p50 {_ms(miss, 50):.1f} ms, p99 {_ms(miss, 99):.1f} ms), {len(lat) - len(ok) - len(miss)} other.")
+    write_section("lookup", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""``moments lookup ID`` and ``moments explain MOMENT_ID``: a running worker's look-up API, printed for a person.
+
+They ask the worker's HTTP API (``--url``, ``CX_LOOKUP_URL``; default the local worker) rather than
+ClickHouse: on the embedded default the worker holds the chDB path, and only it knows the live state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from flows.config import DEFAULT_METRICS_PORT, ConfigError, RunError
+from flows.serving import TOKEN_ENV
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}"
+URL_ENV = "CX_LOOKUP_URL"
+
+
+def add_lookup_args(p: argparse.ArgumentParser) -> None:
+    """The options ``lookup`` and ``explain`` share."""
+    p.add_argument("--url", default=os.environ.get(URL_ENV, DEFAULT_URL),
+                   help=f"the worker's HTTP endpoint (default {DEFAULT_URL}; {URL_ENV}); {TOKEN_ENV} is sent as "
+                        "the bearer token when set")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
+
+
+def fetch(url: str, path: str) -> dict[str, Any]:
+    """GET ``path`` from the worker at ``url`` and return its JSON answer.
+
+    Raises:
+        ConfigError: the URL is not http(s).
+        RunError: the worker is unreachable or refuses (status 1; the message says why, never the id).
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url ({URL_ENV})", f"must start with http:// or https://, got {url!r}")
+    req = urllib.request.Request(url.rstrip("/") + path)  # noqa: S310 - http(s) checked above
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) checked above
+            return orjson.loads(r.read())  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as e:
+        try:
+            problem = orjson.loads(e.read()).get("error", "")
+        except ValueError:
+            problem = ""
+        if e.code == 401:
+            problem = f"the worker requires a token: set {TOKEN_ENV} ({problem})"
+        raise RunError(f"{url}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"{url}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
+                       f"with its HTTP port there? (--url, {URL_ENV})") from None
+
+
+def _t(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"
+
+
+def format_customer(d: dict[str, Any]) -> list[str]:
+    """The look-up of a customer as lines for a person."""
+    lines = [f"customer {d['customer_id']} (last seen {_t(d['last_seen'])} UTC, process {d['process']})"]
+    lines.append("journeys:" if d["journeys"] else "journeys: none")
+    for j in d["journeys"]:
+        channels = ", ".join(j["channels"]) or "-"
+        lines.append(f"  {j['journey']:<12} {j['status']:<9} stage {j['stage']:<9} at {j['step'] or '-':<12} "
+                     f"since {_t(j['updated_at'])}  entry {j['entry'] or '-'}  channels {channels}"
+                     f"  (attempt {j['attempt']})")
+    lines.append("tags:" if d["tags"] else "tags: none")
+    for t in d["tags"]:
+        lines.append(f"  {t['tag']:<24} {t['state']:<9} opened {_t(t['opened_ts'])}  expires {_t(t['expires_at'])}")
+    for s in d.get("sends", []):
+        lines.append(f"  sent via {s['channel']} at {_t(s['ts'])}")
+    if "history" in d:
+        lines.append(f"history: {d['history']}")
+    lines.append(f"moments (latest {len(d['moments'])}):" if d["moments"] else "moments: none")
+    for m in d["moments"]:
+        dec = m.get("decision") or {}
+        what = (f"{dec.get('status')} ({dec.get('reason') or dec.get('channel') or '-'})" if dec else "undecided")
+        lines.append(f"  {_t(m['due_ts'])}  {m['rule']:<24} {m['urgency']}  {what}  {m['moment_id']}")
+    ctx = d.get("context")
+    if ctx:
+        lines.append(f"hand-off context ({ctx['journey']}, contact {_t(ctx['contact_ts'])}):")
+        for k, v in ctx.items():
+            if k not in ("schema", "customer_id", "journey", "contact_ts"):
+                lines.append(f"  {k}: {v}")
+    else:
+        lines.append("hand-off context: none")
+    return lines
+
+
+def format_explanation(d: dict[str, Any]) -> list[str]:
+    """The explanation of a moment as lines for a person."""
+    m, r = d["moment"], d["rule"]
+    lines = [f"moment {m['moment_id']}: {m['rule']} v{m['rule_version']} ({m['kind']}, {m['urgency']}) for customer "
+             f"{m['customer_id']}, due {_t(m['due_ts'])} UTC at step {m['step'] or '-'}"]
+    if r.get("known", True):
+        lines.append(f"rule: {r['summary']}")
+        lines.append("parameters: " + ", ".join(f"{k}={v}" for k, v in r["parameters"].items()))
+        if r["running_version"] != r["version"]:
+            lines.append(f"  (the worker now runs version {r['running_version']} of this rule)")
+    else:
+        lines.append("rule: not in the worker's rule pack any more")
+    lines.append("evidence:")
+    for e in d["evidence"]:
+        if e.get("stored") is False:
+            lines.append(f"  {e['event_id']}: not stored (older than the events table keeps, or stored elsewhere)")
+        else:
+            lines.append(f"  {_t(e['ts'])}  {e['type']:<8} {e['channel']:<11} {e['journey'] or '-'}/{e['step'] or '-'}"
+                         f"  entry {e['entry'] or '-'}  {orjson.dumps(e['attrs']).decode() if e['attrs'] else ''}"
+                         f"  ({e['event_id']})")
+    lines.append("steps around it:")
+    for s in d["steps"]:
+        mark = "*" if s["ts"] <= m["due_ts"] else " "
+        lines.append(f" {mark} {_t(s['ts'])}  {s['step']:<14} via {s['channel']:<11} entry {s['entry'] or '-'}")
+    dec = d.get("decision")
+    if dec:
+        lines.append(f"decision: {dec['status']}, reason {dec['reason'] or '-'}, channel {dec['channel'] or '-'}"
+                     + (f", suppressed channels {', '.join(dec['suppressed_channels'])}"
+                        if dec["suppressed_channels"] else "") + (" (hold-out control)" if dec["control"] else ""))
+    else:
+        lines.append("decision: none stored yet")
+    return lines
+
+
+def cmd_lookup(a: argparse.Namespace) -> int:
+    """``moments lookup CUSTOMER_ID``."""
+    d = fetch(a.url, "/v1/customers/" + urllib.parse.quote(a.customer_id, safe=""))
+    print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() if a.json else "\n".join(format_customer(d)))
+    return 0
+
+
+def cmd_explain(a: argparse.Namespace) -> int:
+    """``moments explain MOMENT_ID``."""
+    d = fetch(a.url, "/v1/moments/" + urllib.parse.quote(a.moment_id, safe=""))
+    print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() if a.json else "\n".join(format_explanation(d)))
+    return 0

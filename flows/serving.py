@@ -1,0 +1,437 @@
+"""Look-up and explanation (DESIGN.md §9): what ``GET /v1/customers/{id}`` and ``GET /v1/moments/{id}`` answer.
+
+Two sources, each for what only it has:
+
+- **The live state** (journeys, held tags, recent sends) is read from the shards this process runs. Every
+  ``ShardLogic`` registers its shard with a lock (``SHARDS``) and applies each Bytewax batch while holding it;
+  a look-up takes the same lock to read one customer. So the HTTP thread never sees a half-applied event
+  (an attempt whose step moved but whose time did not) nor iterates a dict the worker resizes, and the state/
+  hot path is untouched: the worker takes an uncontended lock once per batch (thousands of events), and a
+  look-up waits at most for the batch in progress.
+- **The history** (the last moments with their contact decisions, the latest hand-off context, a moment's
+  evidence events and the steps around it) is read from ClickHouse, through the client the worker's own sink
+  holds (``connectors.clickhouse.client.acquire_client``): on the embedded default (chDB) no other process may
+  open the path while the worker runs, so the worker answers for it.
+
+In a cluster each process serves the customers of its own shards. A process asked about a customer it does
+not hold asks the process that runs the customer's shard (``Placement.process_of``, the placement Bytewax
+uses), then the others, over their HTTP ports (``--http-peers``); the peer answers from its own state and
+its own chDB path. Asking the owner is one hop, needs no shared store, and works on the embedded default,
+where each process has its own ClickHouse path.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeVar
+
+import orjson
+
+from state.detectors.channel_hop import ChannelHop
+from state.record import TAG_FIELDS, CustomerState
+from state.routing import shard_of_id
+from state.rule_model import STAGES
+from state.rules import RulePack, describe_rule
+from state.shard import Shard
+
+log = logging.getLogger("cx.serving")
+T = TypeVar("T")
+
+MAX_MOMENTS: Final = 20  # moments a customer look-up lists, newest first
+STEPS_AROUND: Final = 10  # steps of the journey listed before and after an explained moment
+PEER_TIMEOUT_S: Final = 5.0
+_DECISION: Final = ("status", "reason", "channel", "template", "control", "suppressed_channels", "send_ts")
+TOKEN_ENV: Final = "CX_HTTP_TOKEN"
+
+
+class ShardRegistry:
+    """The shards this process runs, each with the lock its worker holds while applying a batch.
+
+    Shards are held by weak reference: a dataflow that ended (tests run many in one process) takes its
+    customers with it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shards: list[tuple[weakref.ref[Shard], threading.Lock]] = []
+
+    def add(self, shard: Shard, lock: threading.Lock) -> None:
+        """Register a shard and the lock guarding it."""
+        with self._lock:
+            self._shards = [(r, lk) for r, lk in self._shards if r() is not None]
+            self._shards.append((weakref.ref(shard), lock))
+
+    def clear(self) -> None:
+        """Forget every shard (a new dataflow in the same process)."""
+        with self._lock:
+            self._shards = []
+
+    def __iter__(self) -> Iterator[tuple[Shard, threading.Lock]]:
+        with self._lock:
+            entries = list(self._shards)
+        return iter([(shard, lk) for r, lk in entries if (shard := r()) is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def customer(self, cid: str) -> dict[str, Any] | None:
+        """Return the live view of a customer (``customer_view``), or None when no shard here holds it."""
+        for shard, lock in self:
+            with lock:
+                c = shard.customers.get(cid)
+                if c is not None:
+                    return customer_view(shard, c)
+        return None
+
+    def pack(self) -> RulePack | None:
+        """The rule pack the shards run with (None before the first shard is built)."""
+        for shard, _ in self:
+            return shard.pack
+        return None
+
+
+SHARDS = ShardRegistry()
+
+
+def customer_view(shard: Shard, c: CustomerState) -> dict[str, Any]:
+    """Return what the live state knows of a customer: journeys, held tags, recent sends.
+
+    Call it holding the shard's lock: it reads the attempts and the packed record as they are.
+
+    Args:
+        shard: The shard holding the customer.
+        c: The customer.
+
+    Returns:
+        ``{"journeys": [...], "tags": [...], "sends": [...], "last_seen": ms}`` (JSON-ready).
+    """
+    ctx = shard.ctx
+    journeys = []
+    for jidx, a in enumerate(c.attempts):
+        if a is None:
+            continue
+        jp = ctx.journey_defs[jidx]
+        hop = jp.by_kind.get("channel_hop")
+        channels: list[str] = []
+        if isinstance(hop, ChannelHop) and not a.ended:
+            recs = hop.records(a)
+            for _, ch in sorted((recs[i], recs[i + 1]) for i in range(0, len(recs), 3)):
+                if ch not in channels:
+                    channels.append(ch)
+        journeys.append({
+            "journey": jp.id,
+            "attempt": a.attempt_id,
+            "stage": STAGES[a.stage],
+            "status": a.status,
+            "step": a.last_step or "",
+            "entry": "",
+            "channels": channels,
+            "updated_at": a.last_ts,
+        })
+    tags = []
+    held = c.tags or ()
+    for i in range(0, len(held), TAG_FIELDS):
+        # The key holds the rule's index, and with a directory of versions the version it fired under: its TTL.
+        r = shard.ctx.tag_rule(held[i], held[i + 2])
+        tags.append({"tag": r.name, "journey": r.journey, "moment_id": held[i + 1], "opened_ts": held[i + 2],
+                     "state": "actioned" if held[i + 3] else "open", "expires_at": held[i + 2] + r.ttl_ms})
+    contact = c.contact
+    sends = [{"ts": t, "channel": ch} for t, ch in contact.send_records()] if contact is not None else []
+    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_seen}
+
+
+class History:
+    """Reads the stored history of customers and moments from the ClickHouse database the sink writes.
+
+    Without ``FINAL``: a replayed row is an exact copy (ids are deterministic), so ``LIMIT 1 BY`` its key
+    drops copies at a fraction of the cost of merging every part at query time while the sink inserts.
+
+    Args:
+        dsn: The resolved DSN of the worker's ClickHouse sink.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._shared: Any = None
+        self._lock = threading.Lock()
+
+    def with_client(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` holding the shared client's lock (the sink's inserts wait meanwhile)."""
+        from connectors.clickhouse.client import acquire_client
+
+        with self._lock:
+            if self._shared is None:
+                self._shared = acquire_client(self.dsn)
+            shared = self._shared
+        with shared.lock:
+            return fn(shared.client)
+
+    def _query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.with_client(lambda client: list(client.query(sql, parameters=params).named_results()))
+
+    def close(self) -> None:
+        """Release the ClickHouse client (the sink closes it, and with it the chDB path, once both let go)."""
+        from connectors.clickhouse.client import release_client
+
+        with self._lock:
+            shared, self._shared = self._shared, None
+        if shared is not None:
+            release_client(self.dsn, shared)
+
+    def moments(self, cid: str, limit: int = MAX_MOMENTS) -> list[dict[str, Any]]:
+        """The customer's latest moments (newest first), each with its contact decision (None if not decided)."""
+        rows = self._query(
+            "SELECT m.moment_id AS moment_id, m.rule AS rule, m.rule_version AS rule_version, m.kind AS kind, "
+            "m.journey AS journey, m.step AS step, m.urgency AS urgency, m.due_ts AS due_ts, "
+            "m.detected_at AS detected_at, m.evidence AS evidence, m.action AS action, a.moment_id AS decided, "
+            "a.status AS status, a.reason AS reason, a.channel AS channel, a.template AS template, "
+            "a.control AS control, a.suppressed_channels AS suppressed_channels, a.send_ts AS send_ts "
+            "FROM (SELECT * FROM moments WHERE customer_id = {cid:String} ORDER BY due_ts DESC, moment_id "
+            "LIMIT 1 BY moment_id LIMIT {n:UInt32}) AS m LEFT JOIN (SELECT * FROM actions WHERE customer_id = "
+            "{cid:String} LIMIT 1 BY moment_id) AS a ON m.moment_id = a.moment_id ORDER BY m.due_ts DESC, m.moment_id",
+            {"cid": cid, "n": limit})
+        out = []
+        for r in rows:
+            decided = r.pop("decided")
+            decision = {k: r.pop(k) for k in _DECISION}
+            out.append({**r, "decision": decision if decided else None})
+        return out
+
+    def decisions(self, cid: str, mids: list[str]) -> dict[str, dict[str, Any]]:
+        """The contact decisions of the given moments of a customer, by moment id."""
+        rows = self._query(
+            "SELECT moment_id, status, reason, channel, template, control, suppressed_channels, send_ts "
+            "FROM actions WHERE customer_id = {cid:String} AND moment_id IN {mids:Array(String)} LIMIT 1 BY moment_id",
+            {"cid": cid, "mids": mids})
+        return {r.pop("moment_id"): r for r in rows}
+
+    def context(self, cid: str) -> dict[str, Any] | None:
+        """The customer's latest hand-off context, None if none is stored."""
+        rows = self._query(
+            "SELECT * FROM handoff_contexts WHERE customer_id = {cid:String} ORDER BY contact_ts DESC, "
+            "moment_id LIMIT 1", {"cid": cid})
+        return rows[0] if rows else None
+
+    def moment(self, mid: str) -> dict[str, Any] | None:
+        """The stored moment record, None if this database does not hold it."""
+        rows = self._query("SELECT * FROM moments WHERE moment_id = {mid:String} LIMIT 1", {"mid": mid})
+        return rows[0] if rows else None
+
+    def events(self, cid: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The stored input events of a customer with the given ids (one per id, oldest first)."""
+        return self._query(
+            "SELECT event_id, ts, channel, type, journey, step, entry, attrs FROM events "
+            "WHERE customer_id = {cid:String} AND event_id IN {ids:Array(String)} "
+            "ORDER BY ts, event_id LIMIT 1 BY event_id", {"cid": cid, "ids": ids})
+
+    def steps(self, cid: str, journey: str, ts: int) -> list[dict[str, Any]]:
+        """The customer's steps of a journey around a time: up to ``STEPS_AROUND`` before it and after it."""
+        q = ("SELECT attempt_id, step, step_index, entry, channel, event_id, ts FROM journey_steps "
+             "WHERE customer_id = {cid:String} AND journey = {j:String} AND ts {op} {ts:Int64} "
+             "ORDER BY ts {order}, event_id LIMIT 1 BY event_id LIMIT {n:UInt32}")
+        params = {"cid": cid, "j": journey, "ts": ts, "n": STEPS_AROUND}
+        before = self._query(q.replace("{op}", "<=").replace("{order}", "DESC"), params)
+        after = self._query(q.replace("{op}", ">").replace("{order}", "ASC"), params)
+        return [*reversed(before), *after]
+
+    def entries(self, cid: str, attempts: list[str]) -> list[dict[str, Any]]:
+        """The first arrival at each step of the given attempts (journey, entry, channel), in time order."""
+        return self._query(
+            "SELECT journey, attempt_id, step, entry, channel, ts FROM journey_steps WHERE "
+            "customer_id = {cid:String} AND attempt_id IN {a:Array(String)} ORDER BY ts, event_id "
+            "LIMIT 1 BY journey, attempt_id, step",
+            {"cid": cid, "a": attempts})
+
+
+class Service:
+    """Answers the ``/v1/`` look-ups of one process.
+
+    Args:
+        shards: The shards this process runs.
+        history: The stored history (None: no ClickHouse sink, so only the live state is shown).
+        peers: Every process's HTTP ``host:port`` in process order (empty outside a cluster).
+        process: This process's index in ``peers``.
+        total_shards: ``--shards``, to find a customer's shard.
+        workers: Workers per process, to find the process that runs a shard.
+    """
+
+    def __init__(self, shards: ShardRegistry, history: History | None, peers: tuple[str, ...] = (),
+                 process: int = 0, total_shards: int = 64, workers: int = 1) -> None:
+        self.shards = shards
+        self.history = history
+        self.peers = peers
+        self.process = process
+        self.total_shards = total_shards
+        self.workers = workers
+
+    # -- customers --------------------------------------------------------------------
+    def customer(self, cid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/customers/{cid}``: ``(200, view)``, or ``(404, error)`` when nobody knows it."""
+        view = self.shards.customer(cid)
+        if view is not None:
+            return 200, self._with_history(cid, view)
+        if not local:
+            for peer in self._peers_for(cid):
+                code, body = self._ask(peer, f"/v1/customers/{urllib.parse.quote(cid, safe='')}", token)
+                if code == 200:
+                    return code, body
+        return 404, {"error": "unknown customer"}
+
+    def _with_history(self, cid: str, view: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"customer_id": cid, "process": self.process, **view, "moments": [], "context": None}
+        if self.history is None:
+            out["history"] = "not stored: the worker writes no ClickHouse sink"
+            return out
+        try:
+            out["moments"] = self.history.moments(cid)
+            out["context"] = self.history.context(cid)
+            steps_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            if out["journeys"]:
+                for row in self.history.entries(cid, [j["attempt"] for j in out["journeys"]]):
+                    steps_of.setdefault((row["journey"], row["attempt_id"]), []).append(row)
+            for j in out["journeys"]:
+                steps = steps_of.get((j["journey"], j["attempt"]), [])
+                entries = [s["entry"] for s in steps if s["entry"]]
+                j["entry"] = entries[-1] if entries else ""
+                j["entries"] = list(dict.fromkeys(entries))
+                for ch in (s["channel"] for s in steps):
+                    if ch not in j["channels"]:
+                        j["channels"].append(ch)
+        except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
+            log.warning("look-up history unavailable: %s", type(e).__name__)
+            out["history"] = f"unavailable: {type(e).__name__}"
+        return out
+
+    # -- moments ----------------------------------------------------------------------
+    def moment(self, mid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/moments/{mid}``: the rule, its evidence events, the steps around it, the decision."""
+        found = self._explain(mid) if self.history is not None else None
+        if found is not None:
+            return 200, found
+        if not local:
+            for peer in self._others():
+                code, body = self._ask(peer, f"/v1/moments/{mid}", token)
+                if code == 200:
+                    return code, body
+        if self.history is None:
+            return 404, {"error": "unknown moment (the worker writes no ClickHouse sink, where moments are kept)"}
+        return 404, {"error": "unknown moment"}
+
+    def _explain(self, mid: str) -> dict[str, Any] | None:
+        assert self.history is not None
+        m = self.history.moment(mid)
+        if m is None:
+            return None
+        cid = m["customer_id"]
+        evidence = list(m["evidence"])
+        stored = {e["event_id"]: e for e in self.history.events(cid, evidence)}
+        for e in stored.values():
+            e["attrs"] = orjson.loads(e["attrs"]) if e["attrs"] else {}
+        decision = self.history.decisions(cid, [mid]).get(mid)
+        m["attrs"] = orjson.loads(m["attrs"]) if m["attrs"] else {}
+        return {
+            "moment": m,
+            "rule": self._rule(m["rule"], m["rule_version"]),
+            "evidence": [stored.get(eid, {"event_id": eid, "stored": False}) for eid in evidence],
+            "steps": self.history.steps(cid, m["journey"], m["due_ts"]),
+            "decision": decision,
+            "process": self.process,
+        }
+
+    def _rule(self, name: str, version: int) -> dict[str, Any]:
+        pack = self.shards.pack()
+        r = next((r for r in pack.rules if r.name == name), None) if pack is not None else None
+        if r is None or pack is None:
+            return {"rule": name, "version": version, "known": False}
+        params = {k: v for k, v in (("within_ms", r.within_ms), ("threshold", r.threshold),
+                                    ("no_intent_ms", r.no_intent_ms), ("channel", r.channel), ("type", r.type),
+                                    ("recent_steps", r.recent_steps), ("ttl_ms", r.ttl_ms),
+                                    ("act_within_ms", r.act_within_ms), ("holdout", r.holdout)) if v}
+        return {"rule": name, "version": version, "running_version": r.version, "kind": r.kind,
+                "journey": r.journey, "urgency": r.urgency, "action": r.action, "channels": list(r.channels),
+                "parameters": params, "summary": describe_rule(r), "pack": pack.name}
+
+    # -- reports ----------------------------------------------------------------------
+    def report(self, view: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Answer ``GET /v1/reports/{overview|rules}``: ``moments report`` run by the worker on its own database.
+
+        On the embedded default no other process may open the chDB path while the worker runs; the command
+        asks the worker instead (``flows.report_cli``). Parameters: ``journey``, ``html=1`` (overview);
+        ``from``, ``to`` (epoch ms), ``confidence``, ``min_sample``, ``min_uplift`` (rules).
+
+        Raises:
+            ValueError: a parameter that is not a number where one is needed (the endpoint answers 400).
+        """
+        from flows.report import OVERVIEW_TABLES, RULES_TABLES, missing_tables, text_report_of
+
+        pack = self.shards.pack()
+        if self.history is None or pack is None:
+            return 404, {"error": "no report here: the worker writes no ClickHouse sink (or has not started)"}
+        history = self.history
+        if view == "overview":
+            def overview(client: Any) -> dict[str, Any]:
+                missing = missing_tables(client, OVERVIEW_TABLES)
+                if missing:
+                    return {"missing": missing}
+                out = {"text": text_report_of(client, pack, params.get("journey"))}
+                if params.get("html") == "1":
+                    from flows.report_html import html_report
+
+                    out["html"] = html_report(client, pack, params.get("journey"))
+                return out
+
+            return 200, history.with_client(overview)
+        from flows.rule_report import render_json, render_text, rule_report
+
+        bounds = {k: int(params[k]) if params.get(k) else None for k in ("from", "to")}
+        kw: dict[str, Any] = {"confidence": float(params.get("confidence") or pack.effect_confidence),
+                              "min_sample": int(params.get("min_sample") or pack.effect_min_sample),
+                              "min_uplift": float(params.get("min_uplift") or pack.effect_min_uplift)}
+
+        def rules(client: Any) -> dict[str, Any]:
+            missing = missing_tables(client, RULES_TABLES)
+            if missing:
+                return {"missing": missing}
+            rep = rule_report(client, bounds["from"], bounds["to"], **kw)
+            return {"json": orjson.loads(render_json(rep)), "text": render_text(rep)}
+
+        return 200, history.with_client(rules)
+
+    # -- peers ------------------------------------------------------------------------
+    def _others(self) -> list[str]:
+        return [p for i, p in enumerate(self.peers) if i != self.process]
+
+    def _peers_for(self, cid: str) -> list[str]:
+        """The other processes to ask about a customer: the one running its shard first."""
+        if len(self.peers) <= 1:
+            return []
+        from connectors.placement import Placement
+
+        owner = Placement(self.process, len(self.peers), self.workers).process_of(
+            str(shard_of_id(cid, self.total_shards)))
+        order = [owner] + [i for i in range(len(self.peers)) if i != owner]
+        return [self.peers[i] for i in order if i != self.process]
+
+    def _ask(self, peer: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
+        req = urllib.request.Request(f"http://{peer}{path}?local=1")  # noqa: S310 - a configured peer
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=PEER_TIMEOUT_S) as r:  # noqa: S310 - a configured peer
+                return int(r.status), orjson.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), {}
+        except (OSError, ValueError) as e:
+            log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
+            return 502, {}
+
+
+def dumps(body: dict[str, Any]) -> bytes:
+    """Encode an API answer (non-string keys and odd types as text rather than failing)."""
+    return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str)

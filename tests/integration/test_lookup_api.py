@@ -1,0 +1,239 @@
+"""The look-up API against a live worker (a real Tansu broker feeds it): customers, moments, protection, cluster."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from connectors.placement import Placement
+from state.moments import moment_id
+from state.routing import shard_of_id
+from tests.helpers import wait_until
+from tests.kafka_helpers import create_topics, free_port, produce, unique
+from tests.worker import Worker
+
+pytestmark = pytest.mark.kafka
+
+TOKEN = "s3cret-token"  # noqa: S105 - a test's token
+
+
+def _now() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ev(eid: str, ts: int, type_: str, customer: str, **kw: object) -> bytes:
+    return orjson.dumps({"event_id": eid, "customer_id": customer, "ts": ts, "channel": "app", "type": type_, **kw})
+
+
+def _key(v: bytes) -> bytes | None:
+    try:
+        return str(orjson.loads(v)["customer_id"]).encode()
+    except Exception:  # noqa: BLE001 - garbage has no key
+        return None
+
+
+def _port(w: Worker) -> int:
+    w.wait_log("metrics on http://")
+    m = re.search(r"metrics on http://[^ ]+:(\d+)/metrics", w.log())
+    assert m, w.log()[-3000:]
+    return int(m.group(1))
+
+
+def _get(port: int, path: str, token: str | None = TOKEN) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")  # noqa: S310 - loopback
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - loopback
+            body = r.read()
+            return int(r.status), orjson.loads(body) if r.headers.get("Content-Type") == "application/json" else body
+    except urllib.error.HTTPError as e:
+        return int(e.code), orjson.loads(e.read() or b"{}")
+
+
+@pytest.fixture
+def topics(kafka: str) -> dict[str, str]:
+    """The event and feedback topics of one test."""
+    names = {"events": unique("cx.events"), "feedback": unique("cx.feedback")}
+    create_topics(kafka, names.values(), partitions=2)
+    return names
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for w in started:
+        w.stop()
+
+
+def _args(kafka: str, topics: dict[str, str], where: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    args = ["--source", "kafka", "--kafka-bootstrap", kafka, "--sink", f"chdb://{where / 'ch'}", "--status", "off",
+            "--lateness", "1s", "--tick", "0.2", *extra]
+    env = {"CX_TOPIC_EVENTS": topics["events"], "CX_TOPIC_FEEDBACK": topics["feedback"], "CX_HTTP_TOKEN": TOKEN}
+    return args, env
+
+
+def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str, str], workers: list[Worker],
+                                                   tmp_path: Path) -> None:
+    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0")
+    w = Worker(args, tmp_path / "w.log", env=env)
+    workers.append(w)
+    port = _port(w)
+    t = _now()
+    produce(kafka, topics["events"], [
+        _ev("e1", t, "view", "cust-a", journey="cart", step="product", entry="home_banner"),
+        _ev("e2", t + 1, "start", "cust-a", journey="cart", step="cart", entry="search"),
+        _ev("e3", t + 2, "fail", "cust-a", journey="cart", step="payment",
+            attrs={"reason": "card_declined", "error_code": "E51"}),
+        orjson.dumps({"event_id": "e4", "customer_id": "cust-a", "ts": t + 3, "channel": "call_center",
+                      "type": "contact"}),
+    ], key_of=_key)
+
+    def looked_up() -> dict[str, Any] | None:
+        code, body = _get(port, "/v1/customers/cust-a")
+        return body if code == 200 and body["moments"] and body["moments"][0]["decision"] else None
+
+    view = wait_until(looked_up, 60, "the customer's look-up with its moment")
+    assert isinstance(view, dict)
+    [cart] = view["journeys"]
+    assert (cart["journey"], cart["step"], cart["status"], cart["attempt"]) == ("cart", "payment", "active", "e1")
+    assert cart["entry"] == "search"
+    assert cart["entries"] == ["home_banner", "search"]
+    assert cart["channels"] == ["app"]
+    assert [(tg["tag"], tg["state"]) for tg in view["tags"]] == [("cart.failed", "actioned"),
+                                                                 ("cart.handoff", "actioned")]
+    failed = moment_id("cust-a", "cart.failed", "e3")
+    assert [m["rule"] for m in view["moments"]] == ["cart.handoff", "cart.failed"]  # newest first
+    m = view["moments"][1]
+    assert (m["moment_id"], m["evidence"]) == (failed, ["e3"])
+    assert m["decision"]["status"] == "sent"
+    assert m["decision"]["channel"] == "outbound_call"
+
+    # The hand-off context tells the agent what they would otherwise ask the customer.
+    ctx = view["context"]
+    assert ctx["moment_id"] == moment_id("cust-a", "cart.handoff", "e4")
+    assert ctx["stage"] == "intention"
+    assert ctx["entries"] == ["home_banner", "search"]
+    assert [(s["step"], s["ts"]) for s in ctx["step_times"]] == [("product", t), ("cart", t + 1), ("payment", t + 2)]
+    assert ctx["failures"] == [{"ts": t + 2, "step": "payment", "reason": "card_declined", "error_code": "E51"}]
+    assert ctx["last_action_channel"] == "outbound_call"
+    assert ctx["last_action_ts"] == t + 2
+    assert ctx["recent_steps"] == ["product", "cart", "payment"]  # the fields from before stay
+
+    code, ex = _get(port, f"/v1/moments/{failed}")
+    assert code == 200, ex
+    assert ex["rule"]["rule"] == "cart.failed"
+    assert ex["rule"]["version"] == 1
+    assert ex["rule"]["summary"]
+    [ev] = ex["evidence"]
+    assert (ev["event_id"], ev["type"], ev["step"]) == ("e3", "fail", "payment")
+    assert ev["attrs"] == {"reason": "card_declined", "error_code": "E51"}
+    assert [s["step"] for s in ex["steps"]] == ["product", "cart", "payment"]
+    assert ex["decision"]["status"] == "sent"
+    assert ex["decision"]["reason"] is not None
+
+    # The command-line clients print the same for a person, through the worker (it holds the chDB path).
+    cli_env = {"CX_HTTP_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "lookup", "cust-a", "--url", f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, env=cli_env, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "cart.failed" in out.stdout
+    assert "payment" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "explain", failed, "--url", f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, env=cli_env, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "card_declined" in out.stdout
+    assert "decision: sent" in out.stdout
+
+    # `moments report` on the path the worker holds: the worker runs it (before: ChdbPathInUseError).
+    dsn = f"chdb://{tmp_path / 'ch'}"
+    url = f"http://127.0.0.1:{port}"
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "report", "--clickhouse", dsn, "--url", url,
+                          "--html", str(tmp_path / "r.html")], capture_output=True, text=True, env=cli_env, timeout=120,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert "Moments by rule" in out.stdout
+    assert "cart.failed" in out.stdout
+    assert "<html" in (tmp_path / "r.html").read_text()
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "report", "rules", "--clickhouse", dsn, "--url", url,
+                          "--json"], capture_output=True, text=True, env=cli_env, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "cart.failed" in {r["rule"] for r in orjson.loads(out.stdout)["rules"]}
+
+
+def test_lookups_are_protected_validated_and_never_stop_the_worker(kafka: str, topics: dict[str, str],
+                                                                   workers: list[Worker], tmp_path: Path) -> None:
+    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0")
+    w = Worker(args, tmp_path / "w.log", env={**env, "CX_LOG_LEVEL": "debug"})
+    workers.append(w)
+    port = _port(w)
+    produce(kafka, topics["events"], [_ev("p1", _now(), "view", "cust-p", journey="cart", step="product")],
+            key_of=_key)
+    wait_until(lambda: _get(port, "/v1/customers/cust-p")[0] == 200, 60, "the customer to be known")
+    assert _get(port, "/v1/customers/cust-p", token=None)[0] == 401
+    assert _get(port, "/v1/customers/cust-p", token="wrong")[0] == 401
+    assert _get(port, "/v1/moments/" + "0" * 32, token=None)[0] == 401
+    for open_path in ("/metrics", "/healthz"):
+        assert _get(port, open_path, token=None)[0] == 200
+    assert _get(port, "/v1/customers/nobody")[0] == 404
+    assert _get(port, "/v1/moments/" + "0" * 32)[0] == 404
+    for bad in ("x" * 129, "%20%20", "%FF%FE", ""):
+        assert _get(port, f"/v1/customers/{bad}")[0] in (400, 404), bad
+    assert _get(port, "/v1/customers/" + "x" * 129)[0] == 400
+    assert _get(port, "/v1/customers/%20%20")[0] == 400
+    assert _get(port, "/v1/customers/%FF%FE")[0] == 400
+    assert _get(port, "/v1/moments/not-a-moment")[0] == 400
+    assert _get(port, "/v1/customers/cust-p/extra")[0] == 404
+    # Requests that are not HTTP at all, or whose path is far too long, are refused by the server alone.
+    for raw, code in ((b"GARBAGE\r\n\r\n", b"400"),
+                      (b"GET /v1/customers/" + b"y" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+                      # Raw bytes in a path are read as Latin-1 by http.server: an id like any other, unknown.
+                      (b"GET /v1/customers/\xff\xfe HTTP/1.1\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n",
+                       b"404")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(raw)
+            assert code in sock.recv(4096)  # an error page (for a line that is not HTTP, without a status line)
+    assert w.alive()
+    assert _get(port, "/v1/customers/cust-p")[0] == 200
+    assert "cust-p" not in w.log()
+    assert "x" * 129 not in w.log()
+
+
+def test_any_process_of_a_cluster_answers_for_a_customer_of_another(kafka: str, topics: dict[str, str],
+                                                                    workers: list[Worker], tmp_path: Path) -> None:
+    http = [free_port(), free_port()]
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    peers = ";".join(f"127.0.0.1:{p}" for p in http)
+    for i in range(2):
+        args, env = _args(kafka, topics, tmp_path, "--metrics-port", str(http[i]), "-i", str(i), "-a", addresses,
+                          "--http-peers", peers)
+        workers.append(Worker(args, tmp_path / f"w{i}.log", env=env))
+    for w in workers:
+        _port(w)
+    # A customer whose shard runs in process 1, asked of process 0.
+    placement = Placement(0, 2, 1)
+    cid = next(c for c in (f"cust-{n}" for n in range(1000)) if placement.process_of(str(shard_of_id(c, 64))) == 1)
+    produce(kafka, topics["events"], [_ev("c1", _now(), "view", cid, journey="cart", step="cart")], key_of=_key)
+
+    def answered() -> dict[str, Any] | None:
+        code, body = _get(http[0], f"/v1/customers/{cid}")
+        return body if code == 200 else None
+
+    body = wait_until(answered, 90, "process 0 to answer for a customer of process 1")
+    assert isinstance(body, dict)
+    assert body["process"] == 1
+    assert body["journeys"][0]["step"] == "cart"
+    assert _get(http[0], f"/v1/customers/{cid}?local=1")[0] == 404  # process 0 itself does not hold it
+    assert _get(http[1], "/v1/customers/nobody")[0] == 404

@@ -1,0 +1,97 @@
+"""Look-ups read the live state whole while a worker thread applies batches; ids are checked like input events."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from pathlib import Path
+
+import pytest
+
+from flows.cli import build_parser, config_from_args
+from flows.serving import ShardRegistry
+from state.batches import RawBatch
+from state.events import MAX_ID_CHARS, id_problem
+from state.shard import Shard, process
+from tests.helpers import PACK, T0, ev, raws
+
+STEPS = ("product", "cart", "checkout")
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("c-1", None),
+    ("x" * MAX_ID_CHARS, None),
+    ("x" * (MAX_ID_CHARS + 1), "customer_id is longer than 128 characters"),
+    ("", "customer_id must not be empty"),
+    ("  \t", "customer_id must not be empty"),
+])
+def test_ids_in_paths_are_judged_like_an_input_events_ids(value: str, problem: str | None) -> None:
+    assert id_problem(value) == problem
+
+
+def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applies_batches() -> None:
+    shard = Shard(PACK, lateness_ms=0)
+    lock = threading.Lock()
+    registry = ShardRegistry()
+    registry.add(shard, lock)
+    n = 3_000
+    seen: list[tuple[int, str]] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def worker() -> None:
+        # Like ShardLogic.on_batch: each batch applied under the shard's lock.
+        try:
+            for i in range(0, n, 50):
+                batch = [ev(f"e{k}", k, "view", step=STEPS[k % 3]) for k in range(i, i + 50)]
+                with lock:
+                    process(shard, [RawBatch("file:t", 0, raws(batch), list(range(i, i + 50)))])
+        finally:
+            done.set()
+
+    def reader() -> None:
+        try:
+            while not done.is_set():
+                view = registry.customer("c1")
+                if view is not None:
+                    j = view["journeys"][0]
+                    seen.append((j["updated_at"], j["step"]))
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    assert seen, "the reader never found the customer"
+    # The step shown is always the step of the event at the time shown: never one from a half-applied event.
+    for ts, step in seen:
+        assert step == STEPS[(ts - T0) % 3]
+    assert registry.customer("nobody") is None
+
+
+def test_the_registry_lets_go_of_the_shards_of_a_dataflow_that_ended() -> None:
+    registry = ShardRegistry()
+    shard = Shard(PACK)
+    registry.add(shard, threading.Lock())
+    assert len(registry) == 1
+    del shard
+    gc.collect()
+    assert len(registry) == 0
+
+
+@pytest.mark.parametrize(("args", "env", "keeps"), [
+    ([], {}, True),
+    (["--no-events-table"], {}, False),
+    ([], {"CX_EVENTS_TABLE": "off"}, False),
+    (["--sink", "jsonl:out"], {}, False),  # no ClickHouse sink: nowhere to keep them
+])
+def test_the_events_table_is_on_with_a_clickhouse_sink_unless_turned_off(
+        args: list[str], env: dict[str, str], keeps: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    cfg = config_from_args(build_parser().parse_args(["run", *args]))
+    assert cfg.keeps_events is keeps
