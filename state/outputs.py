@@ -156,4 +156,4 @@ class Outputs:
     def __bool__(self) -> bool:
         return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
                     or self.feedback or self.late_events or self.events or self.invalid or self.late or self.evicted
-                    or self.urgent_early or self.urgent_reordered)
+                    or self.urgent_early or self.urgent_reordered or self.inputs)

@@ -103,7 +103,11 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
 
     def looked_up() -> dict[str, Any] | None:
         code, body = _get(port, "/v1/customers/cust-a")
-        return body if code == 200 and body["moments"] and body["moments"][0]["decision"] else None
+        # The history comes from what the sink has written (moments, decisions, steps, the context), each kind
+        # in its own insert: wait until all of it is there.
+        ready = (code == 200 and len(body["moments"]) >= 2 and all(m["decision"] for m in body["moments"])
+                 and body["context"] is not None and all(j["entry"] for j in body["journeys"]))
+        return body if ready else None
 
     view = wait_until(looked_up, 60, "the customer's look-up with its moment")
     assert isinstance(view, dict)
@@ -132,8 +136,12 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
     assert ctx["last_action_ts"] == t + 2
     assert ctx["recent_steps"] == ["product", "cart", "payment"]  # the fields from before stay
 
-    code, ex = _get(port, f"/v1/moments/{failed}")
-    assert code == 200, ex
+    def explained() -> dict[str, Any] | None:
+        code, body = _get(port, f"/v1/moments/{failed}")
+        return body if code == 200 and all(e.get("stored", True) for e in body["evidence"]) else None
+
+    ex = wait_until(explained, 60, "the moment's explanation with its stored evidence")
+    assert isinstance(ex, dict)
     assert ex["rule"]["rule"] == "cart.failed"
     assert ex["rule"]["version"] == 1
     assert ex["rule"]["summary"]

@@ -6,6 +6,7 @@ import gc
 import threading
 from pathlib import Path
 
+import orjson
 import pytest
 
 from flows.cli import build_parser, config_from_args
@@ -95,3 +96,17 @@ def test_the_events_table_is_on_with_a_clickhouse_sink_unless_turned_off(
         monkeypatch.setenv(k, v)
     cfg = config_from_args(build_parser().parse_args(["run", *args]))
     assert cfg.keeps_events is keeps
+
+
+def test_a_batch_holding_only_events_to_store_is_not_dropped() -> None:
+    # Live, a batch that only buffers events (nothing applied yet) has no other records: its outputs were dropped as
+    # empty, and a moment's evidence events were missing from the events table when it fired later.
+    from state.batches import RawBatch
+    from state.shard import Shard
+    from tests.helpers import PACK, T0, ev
+
+    sh = Shard(PACK, live=True, clock=lambda: T0, keep_events=True)
+    sh.feed(RawBatch("test", 0, [orjson.dumps(ev("e1", 0, customer="c1", step="product"))], [0]))
+    out = sh.take_outputs()
+    assert [e.event_id for e in out.inputs] == ["e1"]
+    assert out
