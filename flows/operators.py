@@ -97,7 +97,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         self._recovery = recovery
         # Held while a batch is applied; the HTTP thread's look-ups take it to read a customer whole (flows.serving).
         self._lock = threading.Lock()
-        SHARDS.add(shard, self._lock)
+        SHARDS.add(self, self._lock)
         self._tick = timedelta(seconds=tick_s)
         self.snapshot_seconds = 0.0
         self.snapshot_bytes = 0

@@ -29,7 +29,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import orjson
 
@@ -50,22 +50,29 @@ _DECISION: Final = ("status", "reason", "channel", "template", "control", "suppr
 TOKEN_ENV: Final = "CX_HTTP_TOKEN"
 
 
+class ShardOwner(Protocol):
+    """What holds a shard for the registry (``flows.operators.ShardLogic``)."""
+
+    shard: Shard
+
+
 class ShardRegistry:
     """The shards this process runs, each with the lock its worker holds while applying a batch.
 
-    Shards are held by weak reference: a dataflow that ended (tests run many in one process) takes its
-    customers with it.
+    Shards are held through their owners (the Bytewax operator logic), by weak reference: a dataflow that ended
+    (tests run many in one process) takes its customers with it. Not the shard itself: a compiled (mypyc) class
+    cannot be referenced weakly.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shards: list[tuple[weakref.ref[Shard], threading.Lock]] = []
+        self._shards: list[tuple[weakref.ref[ShardOwner], threading.Lock]] = []
 
-    def add(self, shard: Shard, lock: threading.Lock) -> None:
-        """Register a shard and the lock guarding it."""
+    def add(self, owner: ShardOwner, lock: threading.Lock) -> None:
+        """Register a shard, by the object that holds it (its ``shard``), and the lock guarding it."""
         with self._lock:
             self._shards = [(r, lk) for r, lk in self._shards if r() is not None]
-            self._shards.append((weakref.ref(shard), lock))
+            self._shards.append((weakref.ref(owner), lock))
 
     def clear(self) -> None:
         """Forget every shard (a new dataflow in the same process)."""
@@ -75,7 +82,7 @@ class ShardRegistry:
     def __iter__(self) -> Iterator[tuple[Shard, threading.Lock]]:
         with self._lock:
             entries = list(self._shards)
-        return iter([(shard, lk) for r, lk in entries if (shard := r()) is not None])
+        return iter([(owner.shard, lk) for r, lk in entries if (owner := r()) is not None])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

@@ -30,11 +30,19 @@ def test_ids_in_paths_are_judged_like_an_input_events_ids(value: str, problem: s
     assert id_problem(value) == problem
 
 
+class _Owner:
+    """Holds a shard as the operator logic does (the registry refers to the owner weakly)."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+
 def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applies_batches() -> None:
     shard = Shard(PACK, lateness_ms=0)
     lock = threading.Lock()
     registry = ShardRegistry()
-    registry.add(shard, lock)
+    owner = _Owner(shard)
+    registry.add(owner, lock)
     n = 3_000
     seen: list[tuple[int, str]] = []
     errors: list[BaseException] = []
@@ -75,10 +83,10 @@ def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applie
 
 def test_the_registry_lets_go_of_the_shards_of_a_dataflow_that_ended() -> None:
     registry = ShardRegistry()
-    shard = Shard(PACK)
-    registry.add(shard, threading.Lock())
+    owner = _Owner(Shard(PACK))
+    registry.add(owner, threading.Lock())
     assert len(registry) == 1
-    del shard
+    del owner
     gc.collect()
     assert len(registry) == 0
 
