@@ -418,7 +418,7 @@ def _sigterm_watcher() -> None:
     # finishes once every process ended its input (each gets the signal from its orchestrator).
     stopping.request_stop()
     # A step still running (a long shard batch) is waited for: interrupting it is what made Bytewax panic.
-    if not stopping.wait_for_end(lambda: _STOPPING, run_pipeline.__code__, INPUT_STOP_GRACE_S):
+    if not stopping.wait_for_end(lambda: _STOPPING, _run_pipeline.__code__, INPUT_STOP_GRACE_S):
         _thread.interrupt_main(signal.SIGTERM)
     deadline = time.monotonic() + SIGTERM_GRACE_S
     while time.monotonic() < deadline:
