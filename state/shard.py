@@ -186,9 +186,7 @@ class Shard(Watermark):
                 # Rare: bring the state to where per-event processing would have it, then apply the straggler.
                 self.max_ts = max_ts
                 self.advance(wm)
-                dead = len(self.ctx.out.dead)
-                self._apply_late(ev)
-                if len(self.ctx.out.dead) == dead:  # a copy of an event already seen is a dead letter, not late
+                if self._apply_late(ev):  # a copy of an event already seen is a dead letter, not late
                     self.ctx.late(ev, wm, batch.source, batch.partition, offsets[i] if i < len(offsets) else -1)
                 continue
             if ts > max_ts:
@@ -257,18 +255,22 @@ class Shard(Watermark):
         if ctx.pending:
             decide(ctx, c, cid)
 
-    def _apply_late(self, ev: Event) -> None:
+    def _apply_late(self, ev: Event) -> bool:
         # A straggler of an attempt that ended since is left out (applied, it would open a new attempt whose rules
         # fire twice for one attempt), but it is a valid event that was read: de-duplicated and counted all the same.
+        # Returns False when it was a copy of an event already seen (then a dead letter, not a late event).
         c = self.customers.get(ev.customer_id)
         if c is None or not straggler_of_ended(self.ctx, c, ev):
+            dead = len(self.ctx.out.dead)
             self._apply(ev)
-        elif seen_before(c, ev):
+            return len(self.ctx.out.dead) == dead
+        if seen_before(c, ev):
             self._dup(ev)
-        else:
-            counts = self.ctx.out.events
-            key = (ev.channel, ev.type)
-            counts[key] = counts.get(key, 0) + 1
+            return False
+        counts = self.ctx.out.events
+        key = (ev.channel, ev.type)
+        counts[key] = counts.get(key, 0) + 1
+        return True
 
     def _dup(self, ev: Event) -> None:
         # raw is the event id (≤128 characters), so raw_len and raw_sha256 describe what the record holds.

@@ -19,7 +19,7 @@ import heapq
 from bisect import insort
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final
+from typing import Final, NoReturn
 
 from state.context import BatchContext
 from state.deadlines import on_wake
@@ -33,7 +33,7 @@ _ANY: Final = "*"
 _POSITION: Final = (1 << ORIGIN_BITS) - 1
 
 
-def _nothing(_ev: Event) -> None:
+def _nothing(_ev: Event) -> NoReturn:
     raise AssertionError("the urgent lane was not attached to its shard")
 
 
@@ -102,7 +102,7 @@ class UrgentLane:
         self._held_buf = ReorderBuffer()
         self._customers: dict[str, CustomerState] = {}
         self._apply_now: Callable[[Event], None] = _nothing
-        self._apply_late: Callable[[Event], None] = _nothing
+        self._apply_late: Callable[[Event], bool] = _nothing
         self.triggers = triggers
         self._every = triggers.get(_ANY, frozenset())
         self.lateness_ms = lateness_ms
@@ -116,7 +116,7 @@ class UrgentLane:
         self.reordered = 0
 
     def attach(self, held: ReorderBuffer, customers: dict[str, CustomerState],
-               apply: Callable[[Event], None] | None = None, apply_late: Callable[[Event], None] | None = None) -> None:
+               apply: Callable[[Event], None] | None = None, apply_late: Callable[[Event], bool] | None = None) -> None:
         """Work on the shard's (new, after a restore) buffer and customers; index the events it holds."""
         self._held_buf = held
         self._customers = customers
@@ -137,10 +137,7 @@ class UrgentLane:
         if f is not None and _key(ev) < f:
             # Never an in-order arrival: the customer's frontier is an event time seen already. Recorded as late
             # behind that frontier (its place in the input is in ``origin``), as one behind the watermark is.
-            out = self.ctx.out
-            dead = len(out.dead)
-            self._apply_late(ev)
-            if len(out.dead) == dead:  # a copy of an event already seen is a dead letter, neither late nor reordered
+            if self._apply_late(ev):  # a copy of an event already seen is a dead letter, neither late nor reordered
                 origin = ev.origin
                 self.ctx.late(ev, f[0], self.source, origin >> ORIGIN_BITS if origin >= 0 else -1,
                               origin & _POSITION if origin >= 0 else -1)
