@@ -67,6 +67,8 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes:g} --seed {cfg.sim_seed})"
     elif cfg.source.startswith("file:"):
         source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
+    elif cfg.source == "kafka":
+        source = f"kafka (topic {cfg.kafka_topics.get('events', '?')})"
     fp = pack.fingerprint() if versions is None else versions.fingerprint()  # one version: the pack's own
     settings = [("--shards", str(cfg.shards)), ("--source", source),
                 ("--rules", f"{pack.name} (fingerprint {fp})"), ("--clock", cfg.clock),

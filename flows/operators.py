@@ -36,6 +36,14 @@ class ClusterSettingsError(ValueError):
                          f"{ours}: {harm}; start every process with the same {setting}")
         self.setting = setting
 
+    @classmethod
+    def from_text(cls, setting: str, text: str) -> ClusterSettingsError:
+        """Rebuild an error another process found and sent (``flows.cluster_preflight``)."""
+        e = cls.__new__(cls)
+        ValueError.__init__(e, text)
+        e.setting = setting
+        return e
+
 
 class ClusterSilenceError(ClusterSettingsError):
     """A peer sent this process no handshake although it read input: it sees another cluster (``--shards``/``-w``)."""

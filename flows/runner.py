@@ -22,6 +22,7 @@ from bytewax.run import cli_main
 import state
 from connectors.replay_source import file_paths
 from flows import stopping
+from flows.cluster_preflight import check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import ClusterSettingsError
@@ -125,6 +126,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         check_rule_pack(cfg.recovery_dir, pack)
         if cfg.source.startswith("file:"):
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
+    check_cluster(cfg, pack, versions)  # last: a peer waits for this process's settings only once it can run
     return server, flow, recovery
 
 

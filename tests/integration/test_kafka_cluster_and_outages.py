@@ -59,6 +59,22 @@ def test_two_process_cluster_publishes_the_same_moments_as_one_process(kafka: st
     assert one == two
 
 
+def test_kafka_cluster_processes_with_different_lateness_both_stop_naming_it(kafka: str, tmp_path: Path) -> None:
+    """Kafka partitions carry no in-dataflow handshake: the settings exchange before Bytewax starts must catch it."""
+    names = _topics(kafka, partitions=2)
+    ports = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    lateness = [[], ["--lateness", "1h"]]
+    cluster = [Worker([*_replay_args(kafka, tmp_path / f"p{i}"), "-i", str(i), "-a", ports, *lateness[i]],
+                      tmp_path / f"p{i}.log", env=_env(names)) for i in range(2)]
+    values = ("604800000ms", "3600000ms")
+    for i, w in enumerate(cluster):
+        assert w.wait(120) == 2, w.log()[-3000:]
+        errors = [line for line in w.log().splitlines() if "error:" in line]
+        assert len(errors) == 1, w.log()[-3000:]
+        assert (f"configuration: --lateness: process {1 - i} of the cluster runs with --lateness {values[1 - i]}, "
+                f"process {i} with {values[i]}") in errors[0]
+
+
 def test_worker_started_before_the_broker_waits_and_then_processes(own_broker: Broker, tmp_path: Path) -> None:
     out = tmp_path / "out"
     worker = Worker(["--source", "kafka", "--kafka-bootstrap", own_broker.addr, "--sink", "kafka", "--sink",
