@@ -50,6 +50,16 @@ def _int_env(name: str, default: int | None) -> int | None:
         raise ConfigError(f"CX_{name}", f"must be an integer, got {v!r}") from None
 
 
+def _off_env(name: str) -> bool:
+    """Whether ``CX_<name>`` turns a feature off (``off``/``0``/``false``/``no``); unset or empty leaves it on."""
+    v = (_env(name) or "").strip().lower()
+    if v in ("", "on", "1", "true", "yes"):
+        return False
+    if v in ("off", "0", "false", "no"):
+        return True
+    raise ConfigError(f"CX_{name}", f"must be on or off, got {_env(name)!r}")
+
+
 def _float_env(name: str, default: float) -> float:
     v = _env(name)
     if v is None or v == "":
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dead-letter-max-bytes", type=int, default=_int_env("DEAD_LETTER_MAX_BYTES", 16384),
                      help="original bytes a dead letter keeps; longer inputs are cut, with length and hash (16384)")
     run.add_argument("--no-events-table", action="store_true",
-                     default=(_env("EVENTS_TABLE", "on") or "on").lower() in ("off", "0", "false", "no"),
+                     default=_off_env("EVENTS_TABLE"),
                      help="do not store the input events in ClickHouse (moments are then explained by event ids only)")
     run.add_argument("--tick", type=float, default=1.0, help="live mode: seconds between wall-clock watermark ticks")
     run.add_argument("--status", choices=["auto", "tty", "log", "off"], default=_env("STATUS", "auto"))

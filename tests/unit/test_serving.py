@@ -95,6 +95,9 @@ def test_the_registry_lets_go_of_the_shards_of_a_dataflow_that_ended() -> None:
     ([], {}, True),
     (["--no-events-table"], {}, False),
     ([], {"CX_EVENTS_TABLE": "off"}, False),
+    ([], {"CX_EVENTS_TABLE": " No "}, False),
+    ([], {"CX_EVENTS_TABLE": "on"}, True),
+    ([], {"CX_EVENTS_TABLE": ""}, True),
     (["--sink", "jsonl:out"], {}, False),  # no ClickHouse sink: nowhere to keep them
 ])
 def test_the_events_table_is_on_with_a_clickhouse_sink_unless_turned_off(
@@ -104,6 +107,17 @@ def test_the_events_table_is_on_with_a_clickhouse_sink_unless_turned_off(
         monkeypatch.setenv(k, v)
     cfg = config_from_args(build_parser().parse_args(["run", *args]))
     assert cfg.keeps_events is keeps
+
+
+@pytest.mark.parametrize("value", ["maybe", "-1", "2", "offf"])
+def test_an_events_table_setting_that_is_neither_on_nor_off_is_refused_naming_it(
+        value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It was read as "on" whatever it said: a typo of "off" kept storing every event.
+    from flows.config import ConfigError
+
+    monkeypatch.setenv("CX_EVENTS_TABLE", value)
+    with pytest.raises(ConfigError, match=f"CX_EVENTS_TABLE: must be on or off, got '{value}'"):
+        build_parser()
 
 
 def test_a_batch_holding_only_events_to_store_is_not_dropped() -> None:
