@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
 
+from flows import stopping
 from flows.config import ConfigError
 from flows.dataflow import cluster_hello
 from flows.operators import ClusterSettingsError, check_hello
@@ -40,6 +41,14 @@ _MAGIC = "cx-moments-preflight-1"
 
 class PreflightError(ConnectionError):
     """The exchange itself failed (a peer that closed or spoke another protocol); names the address."""
+
+
+class PreflightStoppedError(Exception):
+    """A stop was requested (SIGTERM) while this process waited for the others."""
+
+
+def _never() -> bool:
+    return False
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -77,8 +86,10 @@ def _decode(line: bytes) -> tuple[Hello, str | None] | None:
         return None
 
 
-def agree(addresses: Sequence[str], ours: Hello) -> None:
+def agree(addresses: Sequence[str], ours: Hello, stop: Callable[[], bool] = _never) -> None:
     """Exchange settings with every process of the cluster; return when all agree.
+
+    ``stop`` is asked about once a second while waiting (SIGTERM ends the wait: ``PreflightStoppedError``).
 
     Raises:
         ClusterSettingsError: a process runs with another value of a setting (named, with both values).
@@ -87,12 +98,12 @@ def agree(addresses: Sequence[str], ours: Hello) -> None:
     if len(addresses) <= 1:
         return
     if ours.process == 0:
-        _collect(addresses, ours)
+        _collect(addresses, ours, stop)
     else:
-        _report(addresses[0], ours)
+        _report(addresses[0], ours, stop)
 
 
-def _collect(addresses: Sequence[str], ours: Hello) -> None:
+def _collect(addresses: Sequence[str], ours: Hello, stop: Callable[[], bool]) -> None:
     host, port = _split(addresses[0])
     peers: dict[int, tuple[socket.socket, Hello]] = {}
     listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -107,6 +118,10 @@ def _collect(addresses: Sequence[str], ours: Hello) -> None:
         said = time.monotonic()
         expected = set(range(1, len(addresses)))
         while expected - peers.keys():
+            if stop():
+                for conn, _hello in peers.values():
+                    conn.close()
+                raise PreflightStoppedError
             if time.monotonic() - said >= WAIT_LOG_S:
                 said = time.monotonic()
                 log.info("waiting for cluster process(es) %s to start",
@@ -156,10 +171,29 @@ def _peer_view(failure: ClusterSettingsError, peer: Hello, ours: Hello) -> str:
     return f"{failure.setting}\tprocess 0 stops: {failure}"
 
 
-def _report(address: str, ours: Hello) -> None:
+def _answer(conn: socket.socket, stop: Callable[[], bool]) -> bytes:
+    conn.settimeout(1.0)
+    buf = bytearray()
+    while b"\n" not in buf and len(buf) <= _MAX_LINE:
+        try:
+            chunk = conn.recv(65536)
+        except TimeoutError:
+            if stop():
+                conn.close()
+                raise PreflightStoppedError from None
+            continue
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf.split(b"\n", 1)[0])
+
+
+def _report(address: str, ours: Hello, stop: Callable[[], bool]) -> None:
     host, port = _split(address)
     said = time.monotonic()
     while True:
+        if stop():
+            raise PreflightStoppedError
         try:
             conn = socket.create_connection((host, port), timeout=5.0)
         except OSError:
@@ -170,7 +204,7 @@ def _report(address: str, ours: Hello) -> None:
             continue
         try:
             conn.sendall(_encode(ours))
-            line = _read_line(conn, None)  # process 0 answers once every process has reported
+            line = _answer(conn, stop)  # process 0 answers once every process has reported
         except OSError:
             conn.close()
             time.sleep(0.2)
@@ -203,7 +237,7 @@ def check_cluster(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         return
     settings = (("--processes", str(len(cfg.addresses))), ("-w", str(cfg.workers)), *hello.settings)
     try:
-        agree(cfg.addresses, Hello(hello.process, settings))
+        agree(cfg.addresses, Hello(hello.process, settings), stopping.stop_requested)
     except ClusterSettingsError as e:
         raise ConfigError(e.setting, str(e)) from None
     except PreflightError as e:

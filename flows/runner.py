@@ -22,7 +22,7 @@ from bytewax.run import cli_main
 import state
 from connectors.replay_source import file_paths
 from flows import stopping
-from flows.cluster_preflight import check_cluster
+from flows.cluster_preflight import PreflightStoppedError, check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.operators import ClusterSettingsError
@@ -188,6 +188,11 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     stopping.on_stop_for(lambda: _exit_unless_ended(cfg))
     try:
         server, flow, recovery = _prepare(cfg, pack, versions)
+    except PreflightStoppedError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _STOPPING = True  # the watcher leaves the exit to this thread
+        log.info("stopping on signal while waiting for the other processes of the cluster; nothing was read")
+        return 0
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # not running: the main thread takes SIGTERM again
         raise

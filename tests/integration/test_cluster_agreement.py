@@ -115,3 +115,18 @@ def test_a_third_process_with_another_setting_stops_the_two_that_agree(tmp_path:
                                     "30000ms, process 2 with 5000ms")
     _ends_with_one_line(cluster[0], "configuration: --lateness: process 2 of the cluster runs with --lateness 5000ms")
     _ends_with_one_line(cluster[1], "configuration: --lateness: process 0 stops: process 2 of the cluster runs with")
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_sigterm_while_waiting_for_the_other_processes_ends_at_once_and_cleanly(tmp_path: Path, process: int) -> None:
+    """An orchestrator's SIGTERM to a process whose peers never came: no traceback, status 0, one line saying so."""
+    import signal
+
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    w = Worker(["--source", f"file:{_events(tmp_path)}", "--no-metrics", "--status", "off", "--sink",
+                f"jsonl:{tmp_path / 'out'}", "-i", str(process), "-a", addrs], tmp_path / "alone.log")
+    w.wait_log("starting:")
+    w.proc.send_signal(signal.SIGTERM)
+    assert w.wait(30) == 0, w.log()[-3000:]
+    assert "stopping on signal while waiting for the other processes of the cluster" in w.log()
+    assert "Traceback" not in w.log()
