@@ -4,16 +4,21 @@ Processes of a cluster that disagree on ``-w`` are not caught by Bytewax: its wo
 a process with fewer workers leaves the other's waiting (a hang in 4 of 18 runs of an adversary's reproduction)
 or panics. Kafka partitions send no in-dataflow handshake (``state.batches.Hello``), so a Kafka cluster with two
 ``--lateness`` values ran silently. So before Bytewax binds its ports each process says its settings to process
-0 over a short TCP exchange on process 0's own cluster address; process 0 compares them all with its own and
-answers every process with its settings and the first disagreement found, and only an agreeing cluster starts.
+0 over a short TCP exchange on process 0's own cluster address; process 0 compares each with its own as it
+arrives, and answers every process once all agree, or at the first difference (then it also answers latecomers
+for up to ``LINGER_S`` before it stops). Only an agreeing cluster starts.
 
-Process 0 closes its listener before answering, so Bytewax can bind the address at once (its peers retry
-connecting until it does); each peer closes its connection first, which leaves the TIME_WAIT on the peer's side.
+Process 0 reads every connection at once (a stranger that never finishes a line holds nobody up), keeps one
+report per process (a second process with the same ``-i`` is refused; a report whose connection closed, a peer
+killed while waiting, is dropped before the answer), and closes its listener before answering, so Bytewax can
+bind the address at once (its peers retry connecting until it does). Each peer closes its connection first,
+which leaves the TIME_WAIT on the peer's side.
 """
 
 from __future__ import annotations
 
 import logging
+import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from flows import stopping
-from flows.config import ConfigError
+from flows.config import ConfigError, split_address
 from flows.dataflow import cluster_hello
 from flows.operators import ClusterSettingsError, check_hello
 from state.batches import Hello
@@ -35,12 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("cx.run")
 
 WAIT_LOG_S = 10.0  # how often a process says whom it is still waiting for
+READ_S = 10.0  # a connection must send its whole line within this
+LINGER_S = 10.0  # after a difference, process 0 still answers processes that report late
 _MAX_LINE = 1 << 20  # settings are a few hundred bytes: a longer line is not a peer of this version
 _MAGIC = "cx-moments-preflight-1"
 
 
 class PreflightError(ConnectionError):
-    """The exchange itself failed (a peer that closed or spoke another protocol); names the address."""
+    """The exchange itself failed (this process's address cannot be bound); names the address."""
 
 
 class PreflightStoppedError(Exception):
@@ -49,24 +56,6 @@ class PreflightStoppedError(Exception):
 
 def _never() -> bool:
     return False
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - the cluster address as Bytewax binds it
-
-
-def _read_line(conn: socket.socket, timeout_s: float | None) -> bytes:
-    conn.settimeout(timeout_s)
-    buf = bytearray()
-    while b"\n" not in buf:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > _MAX_LINE:
-            break
-    return bytes(buf.split(b"\n", 1)[0])
 
 
 def _encode(hello: Hello, failure: str | None = None) -> bytes:
@@ -89,81 +78,33 @@ def _decode(line: bytes) -> tuple[Hello, str | None] | None:
 def agree(addresses: Sequence[str], ours: Hello, stop: Callable[[], bool] = _never) -> None:
     """Exchange settings with every process of the cluster; return when all agree.
 
-    ``stop`` is asked about once a second while waiting (SIGTERM ends the wait: ``PreflightStoppedError``).
+    ``stop`` is asked about twice a second while waiting (SIGTERM ends the wait: ``PreflightStoppedError``).
 
     Raises:
         ClusterSettingsError: a process runs with another value of a setting (named, with both values).
-        PreflightError: the exchange failed (names the address).
+        PreflightError: this process cannot listen on its address.
     """
     if len(addresses) <= 1:
         return
     if ours.process == 0:
-        _collect(addresses, ours, stop)
+        _Collector(addresses, ours, stop).run()
     else:
         _report(addresses[0], ours, stop)
 
 
-def _collect(addresses: Sequence[str], ours: Hello, stop: Callable[[], bool]) -> None:
-    host, port = _split(addresses[0])
-    peers: dict[int, tuple[socket.socket, Hello]] = {}
-    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def _closed(conn: socket.socket) -> bool:
+    # A peer sends nothing after its line until it has read the answer: readable now means closed (or reset).
     try:
-        try:
-            listener.bind((host, port))
-        except OSError as e:
-            raise PreflightError(f"cannot listen on {addresses[0]} (this process's -a address): {e.strerror}") from None
-        listener.listen(len(addresses) * 2)
-        listener.settimeout(1.0)
-        said = time.monotonic()
-        expected = set(range(1, len(addresses)))
-        while expected - peers.keys():
-            if stop():
-                for conn, _hello in peers.values():
-                    conn.close()
-                raise PreflightStoppedError
-            if time.monotonic() - said >= WAIT_LOG_S:
-                said = time.monotonic()
-                log.info("waiting for cluster process(es) %s to start",
-                         ", ".join(map(str, sorted(expected - peers.keys()))))
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                got = _decode(_read_line(conn, 10.0))
-            except OSError:
-                got = None
-            if got is None or got[0].process not in expected:
-                conn.close()  # not a peer of this version (or a second process with one -i): it retries or fails
-                continue
-            if got[0].process in peers:
-                peers[got[0].process][0].close()  # a restarted peer: its newer connection counts
-            peers[got[0].process] = (conn, got[0])
-    finally:
-        listener.close()
-    failure: ClusterSettingsError | None = None
-    for process in sorted(peers):
-        try:
-            check_hello(peers[process][1], ours)
-        except ClusterSettingsError as e:
-            failure = e
-            break
-    for conn, hello in peers.values():
-        try:
-            # Each peer is told the first disagreement this process found, seen from the peer's side.
-            theirs = None if failure is None else _peer_view(failure, hello, ours)
-            conn.sendall(_encode(ours, theirs))
-            _read_line(conn, 5.0)  # the peer closes first
-        except OSError:
-            pass
-        finally:
-            conn.close()
-    if failure is not None:
-        raise failure
+        conn.setblocking(False)
+        return conn.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
-def _peer_view(failure: ClusterSettingsError, peer: Hello, ours: Hello) -> str:
+def _view(failure: ClusterSettingsError, peer: Hello, ours: Hello) -> str:
+    """The difference as the peer should report it: its own against process 0's, else the one process 0 found."""
     try:
         check_hello(ours, peer)
     except ClusterSettingsError as e:
@@ -171,9 +112,155 @@ def _peer_view(failure: ClusterSettingsError, peer: Hello, ours: Hello) -> str:
     return f"{failure.setting}\tprocess 0 stops: {failure}"
 
 
-def _answer(conn: socket.socket, stop: Callable[[], bool]) -> bytes:
-    conn.settimeout(1.0)
+class _Collector:
+    """Process 0's side: collect every peer's settings, judge them, answer."""
+
+    def __init__(self, addresses: Sequence[str], ours: Hello, stop: Callable[[], bool]) -> None:
+        self.addresses, self.ours, self.stop = addresses, ours, stop
+        self.expected = set(range(1, len(addresses)))
+        self.peers: dict[int, tuple[socket.socket, Hello]] = {}
+        self.reading: dict[socket.socket, tuple[bytearray, float]] = {}
+        self.failure: ClusterSettingsError | None = None
+        self.answered: set[int] = set()
+        self.sel = selectors.DefaultSelector()
+
+    def run(self) -> None:
+        host, port = split_address(self.addresses[0])
+        listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            try:
+                listener.bind((host, port))
+            except OSError as e:
+                raise PreflightError(f"cannot listen on {self.addresses[0]} (this process's -a address): "
+                                     f"{e.strerror or e}") from None
+            listener.listen(64)
+            listener.setblocking(False)
+            self.sel.register(listener, selectors.EVENT_READ, None)
+            self._collect(listener)
+        finally:
+            self.sel.close()
+            listener.close()
+            for conn in self.reading:
+                conn.close()
+        self._answer_all()
+        if self.failure is not None:
+            raise self.failure
+
+    def _collect(self, listener: socket.socket) -> None:
+        said = time.monotonic()
+        linger_until = None
+        while True:
+            if self.stop():
+                for conn, _hello in self.peers.values():
+                    conn.close()
+                raise PreflightStoppedError
+            now = time.monotonic()
+            if self.failure is not None:
+                linger_until = linger_until or now + LINGER_S
+                self._answer_all()  # those waiting now learn at once; latecomers as they come
+                if now >= linger_until or self.expected <= self.answered:
+                    return
+            elif not self.expected - self.peers.keys():
+                for p in [p for p, (c, _h) in self.peers.items() if _closed(c)]:
+                    self.peers.pop(p)[0].close()  # it left (killed while waiting): wait for it again
+                if not self.expected - self.peers.keys():
+                    return
+            if self.failure is None and now - said >= WAIT_LOG_S:
+                said = now
+                log.info("waiting for cluster process(es) %s to report their settings",
+                         ", ".join(map(str, sorted(self.expected - self.peers.keys()))))
+            for key, _ev in self.sel.select(0.5):
+                if key.data is None:
+                    self._accept(listener)
+                else:
+                    self._read(key.fileobj)  # type: ignore[arg-type]
+            for conn in [c for c, (_b, deadline) in self.reading.items() if deadline < time.monotonic()]:
+                self._drop(conn)  # a stranger that never finished its line
+
+    def _accept(self, listener: socket.socket) -> None:
+        try:
+            conn, _addr = listener.accept()
+        except BlockingIOError:
+            return
+        conn.setblocking(False)
+        self.reading[conn] = (bytearray(), time.monotonic() + READ_S)
+        self.sel.register(conn, selectors.EVENT_READ, True)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.sel.unregister(conn)
+        self.reading.pop(conn, None)
+        conn.close()
+
+    def _read(self, conn: socket.socket) -> None:
+        buf, _deadline = self.reading[conn]
+        try:
+            chunk = conn.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        buf += chunk
+        if b"\n" not in buf:
+            if not chunk or len(buf) > _MAX_LINE:
+                self._drop(conn)  # closed before a whole line, or not a peer of this version
+            return
+        got = _decode(bytes(buf.split(b"\n", 1)[0]))
+        self.sel.unregister(conn)
+        del self.reading[conn]
+        if got is None:
+            conn.close()
+            return
+        self._judge(conn, got[0])
+
+    def _judge(self, conn: socket.socket, hello: Hello) -> None:
+        p = hello.process
+        if p not in self.expected:
+            # Not a process of this cluster (another -a list, or a second -i 0): its own difference, if any.
+            self._send(conn, hello, self._refusal(hello, f"there is no process {p} in process 0's -a list"))
+            return
+        if p in self.peers:
+            old = self.peers[p][0]
+            if not _closed(old):
+                self._send(conn, hello, f"-i\tanother process already reported as process {p} of the cluster: "
+                                        f"two processes were started with -i {p}; start each with its own -i")
+                return
+            old.close()  # the same process, restarted
+        try:
+            check_hello(hello, self.ours)
+        except ClusterSettingsError as e:
+            self.failure = self.failure or e
+        self.peers[p] = (conn, hello)
+
+    def _refusal(self, hello: Hello, otherwise: str) -> str:
+        try:
+            check_hello(self.ours, hello)
+        except ClusterSettingsError as e:
+            return f"{e.setting}\t{e}"
+        return f"-i\t{otherwise}"
+
+    def _send(self, conn: socket.socket, hello: Hello, failure: str | None) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(5.0)
+            conn.sendall(_encode(self.ours, failure))
+            conn.recv(1)  # the peer closes first
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _answer_all(self) -> None:
+        for p in list(self.peers):
+            conn, hello = self.peers.pop(p)
+            self.answered.add(p)
+            self._send(conn, hello, None if self.failure is None else _view(self.failure, hello, self.ours))
+
+
+def _answer(conn: socket.socket, address: str, stop: Callable[[], bool]) -> bytes:
+    conn.settimeout(0.5)
     buf = bytearray()
+    said = time.monotonic()
     while b"\n" not in buf and len(buf) <= _MAX_LINE:
         try:
             chunk = conn.recv(65536)
@@ -181,6 +268,9 @@ def _answer(conn: socket.socket, stop: Callable[[], bool]) -> bytes:
             if stop():
                 conn.close()
                 raise PreflightStoppedError from None
+            if time.monotonic() - said >= WAIT_LOG_S:
+                said = time.monotonic()
+                log.info("waiting for cluster process 0 at %s to hear from every process", address)
             continue
         if not chunk:
             break
@@ -189,34 +279,29 @@ def _answer(conn: socket.socket, stop: Callable[[], bool]) -> bytes:
 
 
 def _report(address: str, ours: Hello, stop: Callable[[], bool]) -> None:
-    host, port = _split(address)
+    host, port = split_address(address)
     said = time.monotonic()
     while True:
         if stop():
             raise PreflightStoppedError
+        if time.monotonic() - said >= WAIT_LOG_S:
+            said = time.monotonic()
+            log.info("waiting for cluster process 0 at %s", address)
         try:
             conn = socket.create_connection((host, port), timeout=5.0)
         except OSError:
-            if time.monotonic() - said >= WAIT_LOG_S:
-                said = time.monotonic()
-                log.info("waiting for cluster process 0 at %s", address)
             time.sleep(0.2)
             continue
         try:
             conn.sendall(_encode(ours))
-            line = _answer(conn, stop)  # process 0 answers once every process has reported
+            line = _answer(conn, address, stop)
         except OSError:
+            line = b""
+        finally:
             conn.close()
-            time.sleep(0.2)
-            continue
-        conn.close()
         got = _decode(line)
         if got is None:
-            # Refused (a second process with this -i, or Bytewax already running there): try again.
-            time.sleep(0.2)
-            if time.monotonic() - said >= WAIT_LOG_S:
-                said = time.monotonic()
-                log.info("waiting for cluster process 0 at %s", address)
+            time.sleep(0.2)  # process 0 dropped this report (it restarted, or judged it gone): report again
             continue
         hello, failure = got
         if failure is not None:
@@ -235,7 +320,8 @@ def check_cluster(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     hello = cluster_hello(cfg, pack, versions)
     if hello is None:
         return
-    settings = (("--processes", str(len(cfg.addresses))), ("-w", str(cfg.workers)), *hello.settings)
+    settings = (("--processes", str(len(cfg.addresses))), ("--addresses", ";".join(cfg.addresses)),
+                ("-w", str(cfg.workers)), *hello.settings)
     try:
         agree(cfg.addresses, Hello(hello.process, settings), stopping.stop_requested)
     except ClusterSettingsError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,25 @@ class ConfigError(ValueError):
     def __init__(self, setting: str, problem: str) -> None:
         super().__init__(f"configuration: {setting}: {problem}")
         self.setting = setting
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as Bytewax's cluster addresses are written.
+
+    Raises:
+        ValueError: not host:port with a port 1..65535.
+    """
+    host, sep, port = address.strip().rpartition(":")
+    v6 = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if v6 else host
+    ok_host = _V6.fullmatch(host) if v6 else _HOST.fullmatch(host)
+    if not sep or not ok_host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not host:port with a port 1..65535")
+    return host, int(port)
+
+
+_HOST = re.compile(r"[A-Za-z0-9_.-]{1,253}")  # a name or an IPv4 address ([v6] is written in brackets)
+_V6 = re.compile(r"[0-9A-Fa-f:.]{2,45}(%[A-Za-z0-9_.-]+)?")
 
 
 class RunError(RuntimeError):
@@ -155,6 +175,14 @@ class PipelineConfig:
             # minutes to start, deaf to SIGTERM. Scale beyond one machine's cores with processes (-i/-a).
             raise ConfigError("--workers", f"must be 1..{MAX_WORKERS} per process (add processes to scale out), "
                               f"got {self.workers}")
+        for address in self.addresses:
+            try:
+                split_address(address)
+            except ValueError as e:
+                raise ConfigError("--addresses", f"{e} (one host:port per process, separated by ;)") from None
+        if len(self.addresses) > 1 and self.process_id is None:
+            raise ConfigError("--process-id", f"is required with an --addresses list of {len(self.addresses)} "
+                              f"processes: this process's place in it, 0..{len(self.addresses) - 1}")
         if self.process_id is not None:
             if not self.addresses:
                 raise ConfigError("--addresses", "is required with --process-id")
@@ -188,9 +216,10 @@ class PipelineConfig:
                 raise ConfigError("--http-peers (CX_HTTP_PEERS)", f"lists {len(self.http_peers)} processes but "
                                   f"--addresses lists {len(self.addresses)}: give one host:port per process, in order")
             for peer in self.http_peers:
-                host, _, port = peer.rpartition(":")
-                if not host or not port.isdigit() or not 0 < int(port) <= 65535:
-                    raise ConfigError("--http-peers (CX_HTTP_PEERS)", f"{peer!r} is not host:port")
+                try:
+                    split_address(peer)
+                except ValueError:
+                    raise ConfigError("--http-peers (CX_HTTP_PEERS)", f"{peer!r} is not host:port") from None
         if not 1 <= self.kafka_partitions <= MAX_KAFKA_PARTITIONS:
             # Partitions of the topics this run creates: each is a consumer in the worker; 100,000 were created
             # on the broker and the worker never got going.

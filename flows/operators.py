@@ -31,6 +31,7 @@ class ClusterSettingsError(ValueError):
         # Another shard count or input keeps other lines in each process; other detection settings judge alike
         # lines differently.
         harm = ("lines would be lost or counted twice" if setting in ("--shards", "--source")
+                else "the processes cannot form one cluster" if setting in ("--processes", "--addresses", "-w")
                 else "the same events would give different moments")
         super().__init__(f"process {peer} of the cluster runs with {setting} {theirs}, process {process} with "
                          f"{ours}: {harm}; start every process with the same {setting}")

@@ -282,6 +282,11 @@ def _cluster_mismatch(e: BaseException, cfg: PipelineConfig) -> Exception | None
         return ConfigError(found.setting, str(found))
     if found is not None:
         return ConfigError("--shards", str(found))
+    if len(cfg.addresses) > 1 and "failed to initialize networking" in str(e):
+        cause = str(e).rsplit("failed to initialize networking:", 1)[-1].strip().splitlines()[0]
+        return ConfigError("--addresses", f"Bytewax could not connect the cluster ({cause}): something other than "
+                           f"a peer of this run (a process restarted or started twice, or another program) "
+                           f"connected to this process's -a address as it started; restart every process")
     if len(cfg.addresses) > 1 and type(e).__name__ == "PanicException":
         return ConfigError("--workers/-w", f"cluster processes disagree on -w or a peer failed: {e} (give every "
                            f"process of the -a list the same -w (and --processes); if they agree, see the other "

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from connectors.simulator import simulate, write_jsonl
+from tests.cluster_helpers import agree_as_peer
+from tests.helpers import wait_until
 from tests.kafka_helpers import free_port
 from tests.worker import Worker
 
@@ -130,3 +132,61 @@ def test_sigterm_while_waiting_for_the_other_processes_ends_at_once_and_cleanly(
     assert w.wait(30) == 0, w.log()[-3000:]
     assert "stopping on signal while waiting for the other processes of the cluster" in w.log()
     assert "Traceback" not in w.log()
+
+
+def test_address_lists_that_differ_in_one_peer_stop_both_instead_of_hanging(tmp_path: Path) -> None:
+    """Same length, another address for process 1 in process 1's list: Bytewax waited for ever (an adversary's)."""
+    p0, p1, elsewhere = free_port(), free_port(), free_port()
+    source = f"file:{_events(tmp_path)}"
+    lists = [f"127.0.0.1:{p0};127.0.0.1:{p1}", f"127.0.0.1:{p0};127.0.0.1:{elsewhere}"]
+    cluster = [Worker(["--source", source, "--no-metrics", "--status", "off", "--sink", f"jsonl:{tmp_path / f'o{i}'}",
+                       "-i", str(i), "-a", lists[i]], tmp_path / f"o{i}.log") for i in range(2)]
+    for i, w in enumerate(cluster):
+        _ends_with_one_line(w, f"configuration: --addresses: process {1 - i} of the cluster runs with --addresses "
+                               f"{lists[1 - i]}, process {i} with {lists[i]}")
+
+
+def test_a_stranger_on_process_0s_address_while_bytewax_connects_stops_it_with_one_line(tmp_path: Path) -> None:
+    """A restarted or duplicate process reaching Bytewax's listener: a traceback, now one line naming -a."""
+    import socket
+
+    port = free_port()
+    args = ["--source", f"file:{_events(tmp_path)}", "--no-metrics", "--status", "off", "--sink",
+            f"jsonl:{tmp_path / 'out'}", "-a", f"127.0.0.1:{port};127.0.0.1:{free_port()}"]
+    w = Worker([*args, "-i", "0"], tmp_path / "zero.log")
+    try:
+        agree_as_peer(args, 1)  # then Bytewax waits for process 1 on the same port
+        held: list[socket.socket] = []
+
+        def connected() -> bool:
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+                return True
+            except OSError:
+                return False
+
+        wait_until(connected, 60, "Bytewax to listen on process 0's address", detail=lambda: w.log()[-3000:])
+        with held[0] as s:
+            s.sendall(b'{"magic":"cx-moments-preflight-1","process":1}\n')
+            _ends_with_one_line(w, "configuration: --addresses: Bytewax could not connect the cluster")
+    finally:
+        w.stop()
+
+
+@pytest.mark.parametrize(("addresses", "problem"), [
+    ("127.0.0.1:abc;127.0.0.1:5", "'127.0.0.1:abc' is not host:port with a port 1..65535"),
+    ("127.0.0.1:99999;127.0.0.1:5", "'127.0.0.1:99999' is not host:port"),
+    (":0;127.0.0.1:5", "':0' is not host:port"),
+    ("http://x:80;127.0.0.1:5", "'http://x:80' is not host:port"),
+])
+def test_a_malformed_address_is_refused_before_anything_starts(tmp_path: Path, addresses: str, problem: str) -> None:
+    w = Worker(["--source", f"file:{_events(tmp_path)}", "--no-metrics", "--status", "off", "--sink",
+                f"jsonl:{tmp_path / 'out'}", "-i", "0", "-a", addresses], tmp_path / "bad.log")
+    _ends_with_one_line(w, f"configuration: --addresses: {problem}")
+
+
+def test_an_address_list_without_a_process_id_is_refused(tmp_path: Path) -> None:
+    w = Worker(["--source", f"file:{_events(tmp_path)}", "--no-metrics", "--status", "off", "--sink",
+                f"jsonl:{tmp_path / 'out'}", "-a", f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"],
+               tmp_path / "noid.log")
+    _ends_with_one_line(w, "configuration: --process-id: is required with an --addresses list of 2 processes")

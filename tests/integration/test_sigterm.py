@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_helpers import agree_as_peer
 from tests.helpers import wait_until
 from tests.kafka_helpers import free_port
 from tests.worker import Worker
@@ -39,30 +40,13 @@ def _status_events(log: str) -> int:
 def test_sigterm_while_waiting_for_cluster_peers_exits_promptly(tmp_path: Path) -> None:
     # Process 0 of a two-process cluster whose process 1 agreed on the settings and then never started Bytewax:
     # Bytewax waits in Rust for the peer, where no Python signal handler runs.
-    import threading
-
-    from flows.cli import build_parser, config_from_args
-    from flows.cluster_preflight import agree
-    from flows.dataflow import cluster_hello
-    from state.batches import Hello
-    from state.versions import load_versions
-
     port = free_port()
     addrs = f"127.0.0.1:{port};127.0.0.1:{free_port()}"
     args = ["--source", "simulator", "--customers", "100", "--sink", f"jsonl:{tmp_path / 'out'}", "--no-metrics",
             "--status", "off", "-a", addrs]
     w = Worker([*args, "-i", "0"], tmp_path / "w.log")
     try:
-        # Process 1's side of the settings exchange, as `moments run -i 1` would say it.
-        cfg = config_from_args(build_parser().parse_args(["run", *args, "-i", "1"]))
-        versions = load_versions(cfg.rules)
-        hello = cluster_hello(cfg, versions.latest, versions)
-        assert hello is not None
-        peer = threading.Thread(target=agree, args=(cfg.addresses, Hello(1, (
-            ("--processes", "2"), ("-w", "1"), *hello.settings))), daemon=True)
-        peer.start()
-        peer.join(60)
-        assert not peer.is_alive(), w.log()[-3000:]
+        agree_as_peer(args, 1)
         # Bytewax listens on process 0's address once it waits for its peers: the signal then lands there.
         wait_until(lambda: _listening(port) or not w.alive(), 60, f"process 0 to listen on port {port}",
                    detail=lambda: w.log()[-3000:])
