@@ -37,7 +37,8 @@ LOG_FORMATS = ("text", "json")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"CX_{name}", default)
+    # Empty is unset, for every variable: CX_RECOVERY_DIR= meant the current directory, CX_RULES= loaded it as packs.
+    return os.environ.get(f"CX_{name}") or default
 
 
 def _int_env(name: str, default: int | None) -> int | None:

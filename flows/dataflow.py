@@ -64,7 +64,7 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         return None
     source = cfg.source
     if cfg.source == "simulator":
-        source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes:g} --seed {cfg.sim_seed})"
+        source = f"simulator (--customers {cfg.sim_customers} --minutes {cfg.sim_minutes!r} --seed {cfg.sim_seed})"
     elif cfg.source.startswith("file:"):
         source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
     elif cfg.source == "kafka":
@@ -72,7 +72,8 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     fp = pack.fingerprint() if versions is None else versions.fingerprint()  # one version: the pack's own
     settings = [("--shards", str(cfg.shards)), ("--source", source),
                 ("--rules", f"{pack.name} (fingerprint {fp})"), ("--clock", cfg.clock),
-                ("--lateness", f"{cfg.lateness_ms}ms"), ("--max-customers", str(cfg.max_customers))]
+                ("--lateness", f"{cfg.lateness_ms}ms"),
+                ("--max-customers", "(no cap)" if cfg.max_customers is None else str(cfg.max_customers))]
     if cfg.live:
         settings.append(("--max-future", f"{cfg.max_future_ms}ms"))
         urgent = (default_urgent_lateness(pack, cfg.lateness_ms) if cfg.urgent_lateness_ms is None

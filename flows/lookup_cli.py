@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from flows.config import DEFAULT_METRICS_PORT, ConfigError, RunError
-from flows.serving import TOKEN_ENV
+from flows.http_token import TOKEN_ENV, http_token
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}"
 URL_ENV = "CX_LOOKUP_URL"
@@ -39,9 +39,17 @@ def fetch(url: str, path: str) -> dict[str, Any]:
         RunError: the worker is unreachable or refuses (status 1; the message says why, never the id).
     """
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url ({URL_ENV})", f"must start with http:// or https://, got {url!r}")
+        raise ConfigError(f"--url ({URL_ENV})", f"must start with http:// or https://, got {_shown(url)!r}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # raises for a port that is not a number 0..65535
+    except ValueError as e:
+        raise ConfigError(f"--url ({URL_ENV})", f"is not a URL ({e}): {_shown(url)!r}") from None
+    if not parts.hostname:
+        raise ConfigError(f"--url ({URL_ENV})", f"names no host: {_shown(url)!r}")
+    shown = _shown(url)
     req = urllib.request.Request(url.rstrip("/") + path)  # noqa: S310 - http(s) checked above
-    token = os.environ.get(TOKEN_ENV)
+    token = http_token()
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -54,10 +62,17 @@ def fetch(url: str, path: str) -> dict[str, Any]:
             problem = ""
         if e.code == 401:
             problem = f"the worker requires a token: set {TOKEN_ENV} ({problem})"
-        raise RunError(f"{url}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
+        raise RunError(f"{shown}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
     except (OSError, ValueError) as e:
-        raise RunError(f"{url}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
+        raise RunError(f"{shown}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
                        f"with its HTTP port there? (--url, {URL_ENV})") from None
+
+
+def _shown(url: str) -> str:
+    """The URL without a user name or password (they are secrets: never printed)."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}" if "@" in netloc else url
 
 
 def _t(ms: int) -> str:

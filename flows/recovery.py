@@ -166,7 +166,12 @@ def recovery_config(directory: Path, cfg: PipelineConfig) -> RecoveryConfig:
             message), so this is refused here with one. Also when another process holds this process's
             partition (``_lock_partition``) or a partition is damaged (``_check_partitions``).
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError("--recovery-dir", f"{directory} exists and is not a directory") from None
+    except OSError as e:
+        raise ConfigError("--recovery-dir", f"cannot create {directory}: {e.strerror or e}") from None
     count = max(1, len(cfg.addresses))
     # Locked before it is checked or created, so that two processes never race to create or resume it.
     _lock_partition(directory / f"part-{cfg.process_id or 0}.sqlite3")

@@ -25,6 +25,7 @@ from flows import stopping
 from flows.cluster_preflight import PreflightStoppedError, check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
+from flows.http_token import http_token
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
@@ -142,7 +143,7 @@ def _serve_lookups(cfg: PipelineConfig) -> None:
     serving.SHARDS.clear()
     service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers)
     http_endpoint.set_service(service)
-    if os.environ.get(serving.TOKEN_ENV):
+    if http_token():
         log.info("look-up API on /v1/ (bearer token required)")
     else:
         log.info("look-up API on /v1/ without a token (set %s to require one)", serving.TOKEN_ENV)

@@ -153,7 +153,7 @@ def test_cluster_settings_cover_the_input_the_rules_and_the_clock(tmp_path: Path
     # A Kafka process sends none (its partitions send no hello) but checks a peer's: it names its source too.
     kafka = cluster_hello(PipelineConfig(source="kafka", addresses=ADDRS, process_id=0), PACK)
     assert kafka is not None
-    assert dict(kafka.settings)["--source"] == "kafka"
+    assert dict(kafka.settings)["--source"] == "kafka (topic cx.events)"
     # Live, the urgent lateness changes what is detected when (auto: from the pack's targets), so it is compared.
     live = cluster_hello(PipelineConfig(source="simulator", addresses=ADDRS, process_id=0, clock="live"), PACK)
     assert live is not None
