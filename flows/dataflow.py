@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import bytewax.operators as op
@@ -16,7 +17,7 @@ from connectors.jsonl import JsonlWriter
 from connectors.placement import Placement
 from connectors.replay_source import JsonlFileSource, file_partition_names, file_paths
 from connectors.simulator_source import SimulatorSource
-from flows.config import PipelineConfig, RunError
+from flows.config import ConfigError, PipelineConfig, RunError
 from flows.operators import detect
 from flows.rule_reload import RuleReloader
 from flows.sink import PipelineSink, Writer
@@ -180,12 +181,17 @@ def check_clickhouse_schema(cfg: PipelineConfig) -> None:
     Raises:
         RunError: naming each table and column that does not fit its record kind.
     """
-    from connectors.clickhouse.client import resolve_dsn
+    from connectors.clickhouse.client import chdb_path, resolve_dsn
     from connectors.clickhouse.schema import SchemaMismatchError
     from connectors.clickhouse.sink import ClickHouseSink
 
-    sink = ClickHouseSink(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None),
-                          background=False)
+    dsn = resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None)
+    path = chdb_path(dsn)
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        # chDB itself answers with a 150-line traceback.
+        raise ConfigError("--clickhouse or --sink chdb:///… (CX_CLICKHOUSE_DSN)", f"{path} exists and is not a directory: the embedded "
+                          "ClickHouse keeps its data in a directory")
+    sink = ClickHouseSink(dsn, background=False)
     try:
         sink.ensure_schema()
     except SchemaMismatchError as e:

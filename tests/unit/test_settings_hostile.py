@@ -62,3 +62,14 @@ def test_a_recovery_dir_that_is_a_file_is_refused_naming_it(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"configuration: --recovery-dir: {afile} exists and is not a directory" in err
+
+
+def test_an_embedded_clickhouse_path_that_is_a_file_is_refused_naming_it(capsys: pytest.CaptureFixture[str],
+                                                                         tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert main(["run", "--no-metrics", "--source", "simulator", "--customers", "5", "--minutes", "1", "--sink",
+                 f"chdb://{afile}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"(CX_CLICKHOUSE_DSN): {afile} exists and is not a directory" in err
