@@ -189,8 +189,8 @@ def check_clickhouse_schema(cfg: PipelineConfig) -> None:
     path = chdb_path(dsn)
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         # chDB itself answers with a 150-line traceback.
-        raise ConfigError("--clickhouse or --sink chdb:///… (CX_CLICKHOUSE_DSN)", f"{path} exists and is not a directory: the embedded "
-                          "ClickHouse keeps its data in a directory")
+        raise ConfigError("--clickhouse or --sink chdb:///… (CX_CLICKHOUSE_DSN)",
+                          f"{path} exists and is not a directory: embedded ClickHouse keeps its data in a directory")
     sink = ClickHouseSink(dsn, background=False)
     try:
         sink.ensure_schema()
