@@ -109,6 +109,11 @@ HTTP_READ_TIMEOUT_S = 10.0
 
 class _Handler(BaseHTTPRequestHandler):
     timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
+    # Keep-alive: a desktop asking look-ups in a row reuses its connection (no connect, no new handler thread).
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: with Nagle on, a kept-alive connection's answer waits for the
+    # client's delayed ACK (40 ms on Linux).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]

@@ -133,14 +133,18 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
 def _serve_lookups(cfg: PipelineConfig) -> None:
     """Answer ``/v1/`` look-ups on the HTTP endpoint from this run's shards and ClickHouse sink (flows.serving)."""
     from flows import http_endpoint, serving
+    from flows.lookup_history import History
+    from flows.recent import RECENT, max_customers_setting
 
     history = None
     if cfg.wants_clickhouse:
         from connectors.clickhouse.client import resolve_dsn
 
-        history = serving.History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
+        history = History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
     serving.SHARDS.clear()
-    service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers)
+    RECENT.clear(enabled=True, max_customers=max_customers_setting())
+    service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
+                              resumed=cfg.recovery_dir is not None)
     http_endpoint.set_service(service)
     if os.environ.get(serving.TOKEN_ENV):
         log.info("look-up API on /v1/ (bearer token required)")
@@ -151,11 +155,13 @@ def _serve_lookups(cfg: PipelineConfig) -> None:
 def _stop_lookups() -> None:
     """Stop answering look-ups and release the ClickHouse client they read through (the chDB path's lock)."""
     from flows import http_endpoint, serving
+    from flows.recent import RECENT
 
     service = http_endpoint.set_service(None)
     if service is not None and service.history is not None:
         service.history.close()
     serving.SHARDS.clear()
+    RECENT.clear()
 
 
 def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> int:
