@@ -130,6 +130,10 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
     return server, flow, recovery
 
 
+LOOKUP_SWITCH_INTERVAL_S = 0.001
+_switch_interval: list[float] = []  # the interpreter's switch interval before look-ups were served
+
+
 def _serve_lookups(cfg: PipelineConfig) -> None:
     """Answer ``/v1/`` look-ups on the HTTP endpoint from this run's shards and ClickHouse sink (flows.serving)."""
     from flows import http_endpoint, serving
@@ -143,6 +147,10 @@ def _serve_lookups(cfg: PipelineConfig) -> None:
         history = History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
     serving.SHARDS.clear()
     RECENT.clear(enabled=True, max_customers=max_customers_setting())
+    # A look-up's thread wakes (its request arrived) and waits for the GIL, which the worker thread gives up
+    # only after the switch interval (5 ms by default), once or twice per look-up: 1 ms (RESULTS.md, look-ups).
+    _switch_interval.append(sys.getswitchinterval())
+    sys.setswitchinterval(LOOKUP_SWITCH_INTERVAL_S)
     service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
                               resumed=cfg.recovery_dir is not None)
     http_endpoint.set_service(service)
@@ -162,6 +170,8 @@ def _stop_lookups() -> None:
         service.history.close()
     serving.SHARDS.clear()
     RECENT.clear()
+    if _switch_interval:
+        sys.setswitchinterval(_switch_interval.pop())
 
 
 def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> int:
