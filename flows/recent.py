@@ -16,9 +16,9 @@ answer (``orjson.Fragment``) without encoding them again.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import zlib
-from collections import OrderedDict, deque
 from typing import Any, Final
 
 import orjson
@@ -27,7 +27,7 @@ from state.outputs import Outputs
 
 MAX_MOMENTS: Final = 20  # moments kept (and listed) per customer, newest first
 MAX_ATTEMPTS: Final = 4  # attempts per customer whose entry points and channels are kept
-DEFAULT_CUSTOMERS: Final = 200_000  # per process; CX_LOOKUP_CUSTOMERS changes it
+DEFAULT_CUSTOMERS: Final = 100_000  # per process; CX_LOOKUP_CUSTOMERS changes it
 CUSTOMERS_ENV: Final = "CX_LOOKUP_CUSTOMERS"
 _MOMENT: Final = ("moment_id", "rule", "rule_version", "kind", "journey", "step", "urgency", "due_ts", "detected_at",
                   "evidence", "action")
@@ -35,17 +35,11 @@ _DROPPED_BITS: Final = 1 << 23  # 1 MiB: one bit per hashed id of a customer dro
 _DECISION: Final = ("status", "reason", "channel", "template", "control", "suppressed_channels", "send_ts")
 
 
-class Remembered:
-    """One customer's entry: moments as ``(due_ts, moment_id, json)``, the latest context, attempts' entries."""
-
-    __slots__ = ("attempts", "context", "context_key", "moments")
-
-    def __init__(self) -> None:
-        self.moments: deque[tuple[int, str, bytes]] = deque(maxlen=MAX_MOMENTS)
-        self.context: bytes | None = None
-        self.context_key: tuple[int, str] = (-1, "")
-        # (journey, attempt id) -> (entry points in order of first use, channels in order of first use)
-        self.attempts: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+# One customer's entry, a list (smaller than an object, and than a dict): [moments, context, attempts].
+#   moments: tuple of (due_ts, moment_id, json), oldest first, at most MAX_MOMENTS; () when none
+#   context: (contact_ts, moment_id, json) of the latest hand-off context, or None
+#   attempts: tuple of (journey, attempt_id, entries, channels) (tuples, first use first), at most MAX_ATTEMPTS
+_MOMENTS, _CONTEXT, _ATTEMPTS = 0, 1, 2
 
 
 class Recent:
@@ -62,12 +56,13 @@ class Recent:
         # Which ids were dropped (a one-hash Bloom filter): an id never seen needs no ClickHouse query to be a 404.
         self._dropped_bits = bytearray(_DROPPED_BITS // 8)
         self._lock = threading.Lock()
-        self._customers: OrderedDict[str, Remembered] = OrderedDict()
+        # In order of last noting (re-inserted when noted): a dict is half the size of an OrderedDict.
+        self._customers: dict[str, list[Any]] = {}
 
     def clear(self, enabled: bool = False, max_customers: int | None = None) -> None:
         """Forget everything (a new run in the same process); ``enabled``: note outputs from now on."""
         with self._lock:
-            self._customers = OrderedDict()
+            self._customers = {}
             self.dropped = 0
             self._dropped_bits = bytearray(_DROPPED_BITS // 8)
             self.enabled = enabled
@@ -77,17 +72,18 @@ class Recent:
     def __len__(self) -> int:
         return len(self._customers)
 
-    def _entry(self, cid: str) -> Remembered:
+    def _entry(self, cid: str) -> list[Any]:
         d = self._customers
-        e = d.get(cid)
+        e = d.pop(cid, None)
         if e is None:
-            e = d[cid] = Remembered()
-            if len(d) > self.max_customers:
-                h = _bit(d.popitem(last=False)[0])
+            e = [(), None, ()]
+            if len(d) >= self.max_customers:
+                oldest = next(iter(d))
+                del d[oldest]
+                h = _bit(oldest)
                 self._dropped_bits[h >> 3] |= 1 << (h & 7)
                 self.dropped += 1
-        else:
-            d.move_to_end(cid)
+        d[cid] = e
         return e
 
     def note(self, out: Outputs) -> None:
@@ -101,30 +97,33 @@ class Recent:
             a = decisions.get(m["moment_id"])
             rec = {k: m[k] for k in _MOMENT}
             rec["decision"] = {k: a[k] for k in _DECISION} if a is not None else None
-            encoded.append((m["customer_id"], m["due_ts"], m["moment_id"], orjson.dumps(rec)))
-        contexts = [(c["customer_id"], (c["contact_ts"], c["moment_id"]), orjson.dumps(c)) for c in out.context]
+            encoded.append((m["customer_id"], (m["due_ts"], m["moment_id"], orjson.dumps(rec))))
+        contexts = [(c["customer_id"], (c["contact_ts"], c["moment_id"], orjson.dumps(c))) for c in out.context]
+        intern = sys.intern  # journeys, entry points and channels: a few names, shared by every customer
         with self._lock:  # encoded above: the HTTP threads wait only for the inserts
             entry = self._entry
             for s in out.steps:
                 e = entry(s["customer_id"])
-                key = (s["journey"], s["attempt_id"])
-                att = e.attempts.get(key)
-                if att is None:
-                    if len(e.attempts) >= MAX_ATTEMPTS:
-                        del e.attempts[next(iter(e.attempts))]
-                    att = e.attempts[key] = ([], [])
-                if s["entry"] and s["entry"] not in att[0]:
-                    att[0].append(s["entry"])
-                if s["channel"] not in att[1]:
-                    att[1].append(s["channel"])
-            for cid, due, mid, data in encoded:
+                journey, attempt, en, ch = s["journey"], s["attempt_id"], s["entry"], s["channel"]
+                atts = e[_ATTEMPTS]
+                i = next((i for i, t in enumerate(atts) if t[1] == attempt and t[0] == journey), -1)
+                old = atts[i] if i >= 0 else (intern(journey), attempt, (), ())
+                entries = old[2] if not en or en in old[2] else (*old[2], intern(en))
+                channels = old[3] if ch in old[3] else (*old[3], intern(ch))
+                new = (old[0], attempt, entries, channels)
+                e[_ATTEMPTS] = (atts[:i] + (new,) + atts[i + 1:] if i >= 0
+                                else (*atts[len(atts) - MAX_ATTEMPTS + 1:], new) if len(atts) >= MAX_ATTEMPTS
+                                else (*atts, new))
+            for cid, moment in encoded:
                 e = entry(cid)
-                if not any(m[1] == mid for m in e.moments):  # a replayed batch fires the same moment id again
-                    e.moments.append((due, mid, data))
-            for cid, key2, data in contexts:
+                kept = e[_MOMENTS]
+                if not any(m[1] == moment[1] for m in kept):  # a replayed batch fires the same moment id again
+                    e[_MOMENTS] = (*kept[len(kept) - MAX_MOMENTS + 1:], moment) if len(kept) >= MAX_MOMENTS \
+                        else (*kept, moment)
+            for cid, ctx in contexts:
                 e = entry(cid)
-                if key2 >= e.context_key:
-                    e.context, e.context_key = data, key2
+                if e[_CONTEXT] is None or ctx[:2] >= e[_CONTEXT][:2]:
+                    e[_CONTEXT] = ctx
 
     def maybe_dropped(self, cid: str) -> bool:
         """Whether the bound may have dropped the customer (False: it never was here, or still is)."""
@@ -142,11 +141,10 @@ class Recent:
             e = self._customers.get(cid)
             if e is None:
                 return None
-            moments = sorted(e.moments, key=lambda m: (-m[0], m[1]))
-            context = e.context
-            attempts = {k: (list(v[0]), list(v[1])) for k, v in e.attempts.items()}
-        return {"moments": [orjson.Fragment(m[2]) for m in moments],
-                "context": orjson.Fragment(context) if context is not None else None, "attempts": attempts}
+            moments, context, attempts = e[_MOMENTS], e[_CONTEXT], e[_ATTEMPTS]  # tuples: never changed in place
+        return {"moments": [orjson.Fragment(m[2]) for m in sorted(moments, key=lambda m: (-m[0], m[1]))],
+                "context": orjson.Fragment(context[2]) if context is not None else None,
+                "attempts": {(t[0], t[1]): (t[2], t[3]) for t in attempts}}
 
 
 def _bit(cid: str) -> int:
