@@ -9,8 +9,9 @@ and snapshots stay as they were, and only customers with steps, moments or conte
 Bounded two ways: at most ``MAX_MOMENTS`` moments and ``MAX_ATTEMPTS`` attempts per customer, and at most
 ``max_customers`` customers, the least recently noted dropped first (an LRU, not eviction with the state: the
 store does not see the state evict, and a customer dropped here is still answered, from ClickHouse). Moments and
-contexts are kept JSON-encoded: a third of the memory of the dicts, and a look-up splices the bytes into its
-answer (``orjson.Fragment``) without encoding them again.
+contexts are kept JSON-encoded (about 430 and 720 bytes): smaller than their dicts, and a look-up splices the
+bytes into its answer (``orjson.Fragment``) without encoding them again. What it costs per customer is in
+benchmarks/RESULTS.md ("Look-ups' recent history in memory").
 """
 
 from __future__ import annotations
