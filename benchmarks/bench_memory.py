@@ -33,6 +33,11 @@ from state.shard import Shard, process
 
 customers, breakdown = int(sys.argv[1]), sys.argv[2] == "1"
 scenario = sys.argv[3] if len(sys.argv) > 3 else "simulated"
+store = None
+if len(sys.argv) > 4 and sys.argv[4] == "1":  # also keep the look-ups' recent history (flows.recent), unbounded
+    from flows.recent import Recent
+    store = Recent(max_customers=1 << 40)
+    store.clear(enabled=True)
 if scenario == "open":
     # Every customer mid-journey: landing and plan choice in the app, then the order form on the web (a key
     # step: an abandonment is pending), all within six minutes, so nothing fires or expires.
@@ -67,7 +72,10 @@ for s, blob in enumerate(blobs):
     events += len(g)
     for i in range(0, len(g), 4096):
         chunk = g[i:i + 4096]
-        process(shards[s], [RawBatch("m", 0, chunk, list(range(len(chunk))))])
+        out = process(shards[s], [RawBatch("m", 0, chunk, list(range(len(chunk))))])
+        if store is not None:
+            store.note(out)
+        del out
     del g, chunk
 process_s = time.perf_counter() - t0
 gc.collect()
@@ -81,6 +89,7 @@ snap_s = time.perf_counter() - t0
 res = {"tracked": tracked, "open": open_attempts, "events": events, "process_s": process_s,
        "bytes_per_customer": (after - before) / tracked, "snapshot_bytes": sum(map(len, snaps)), "snapshot_s": snap_s}
 del snaps
+res["kept"] = len(store) if store is not None else 0
 if breakdown:
     seen = set()
     acc, cnt = {}, {}
@@ -140,10 +149,12 @@ print(json.dumps(res))
 """
 
 
-def measure(customers: int, breakdown: bool = False, scenario: str = "simulated") -> dict[str, float]:
-    """Run one child and return its figures (``scenario``: simulated traffic, or ``open``: all mid-journey)."""
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers), "1" if breakdown else "0", scenario],
-                         capture_output=True, text=True, check=True)
+def measure(customers: int, breakdown: bool = False, scenario: str = "simulated",
+            recent: bool = False) -> dict[str, float]:
+    """Run one child and return its figures (``scenario``: simulated traffic, or ``open``: all mid-journey;
+    ``recent``: the look-ups' recent history is kept as well)."""
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(customers), "1" if breakdown else "0", scenario,
+                          "1" if recent else "0"], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -156,6 +167,29 @@ def _breakdown_table(res: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def lookup_store(size: int, runs: int) -> None:
+    """Measure RSS per tracked customer with and without the look-ups' recent history; write its section."""
+    without = [measure(size) for _ in range(runs)]
+    with_store = [measure(size, recent=True) for _ in range(runs)]
+    figs = [Figure(f"RSS per tracked customer, state only, {size:,} simulated customers",
+                   tuple(r["bytes_per_customer"] for r in without), unit="bytes"),
+            Figure("the same with the look-ups' recent history (unbounded)",
+                   tuple(r["bytes_per_customer"] for r in with_store), unit="bytes"),
+            Figure("recent history: added per tracked customer",
+                   tuple(w["bytes_per_customer"] - o["bytes_per_customer"] for w, o in zip(with_store, without,
+                                                                                        strict=True)), unit="bytes"),
+            Figure("state update and recent history per event",
+                   tuple(r["process_s"] / r["events"] * 1e6 for r in with_store), unit="µs"),
+            Figure("state update alone per event", tuple(r["process_s"] / r["events"] * 1e6 for r in without),
+                   unit="µs")]
+    r0 = with_store[0]
+    body = (f"## Look-ups' recent history in memory (issue 17; flows.recent)\n\n{machine()}\n\n{table(figs)}\n\n"
+            f"- {int(r0['events']):,} events; {int(r0['tracked']):,} customers tracked, {int(r0['kept']):,} of them "
+            "in the recent history (customers with a journey step, a moment or a hand-off context)")
+    print(body)
+    write_section("lookup-memory", body)
+
+
 def main() -> None:
     """Measure and write the ``memory`` section of RESULTS.md."""
     ap = argparse.ArgumentParser()
@@ -166,7 +200,12 @@ def main() -> None:
                     help="customers in the all-mid-journey scenario (0 skips it)")
     ap.add_argument("--large-runs", type=int, default=1,
                     help="runs at 1M customers and more (RSS is deterministic for one input; each run takes minutes)")
+    ap.add_argument("--lookup-store", type=int, default=0, metavar="CUSTOMERS",
+                    help="only measure what the look-ups' recent history (flows.recent) adds, at this size")
     a = ap.parse_args()
+    if a.lookup_store:
+        lookup_store(a.lookup_store, a.runs)
+        return
     sizes = [int(x) for x in a.sizes.split(",")]
     figs = []
     notes = []

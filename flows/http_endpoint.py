@@ -109,6 +109,13 @@ HTTP_READ_TIMEOUT_S = 10.0
 
 class _Handler(BaseHTTPRequestHandler):
     timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
+    # Keep-alive: a desktop asking look-ups in a row reuses its connection (no connect, no new handler thread).
+    protocol_version = "HTTP/1.1"
+    # Headers and body leave in one write (http.server flushes after each request): a second write is a second
+    # wait for the GIL, which the worker thread holds up to the switch interval; and with Nagle on, a kept-alive
+    # connection's second write waits for the client's delayed ACK (40 ms on Linux).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]

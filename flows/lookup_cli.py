@@ -82,6 +82,8 @@ def _t(ms: int) -> str:
 def format_customer(d: dict[str, Any]) -> list[str]:
     """The look-up of a customer as lines for a person."""
     lines = [f"customer {d['customer_id']} (last seen {_t(d['last_seen'])} UTC, process {d['process']})"]
+    if d.get("held") is False:
+        lines.append("not held by the worker any more (evicted): its journeys, moments and context as stored")
     lines.append("journeys:" if d["journeys"] else "journeys: none")
     for j in d["journeys"]:
         channels = ", ".join(j["channels"]) or "-"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,8 +11,10 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from flows.recent import RECENT
 from flows.rule_reload import RuleReloader
 from flows.serving import SHARDS
+from flows.shard_gate import ShardGate
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs
@@ -104,9 +105,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             except Exception as e:  # noqa: BLE001 - any failure here means the stored snapshot is unusable
                 raise SnapshotRestoreError(f"{type(e).__name__}: {e}") from e
         self._recovery = recovery
-        # Held while a batch is applied; the HTTP thread's look-ups take it to read a customer whole (flows.serving).
-        self._lock = threading.Lock()
-        SHARDS.add(self, self._lock)
+        # Held while a batch is applied; the HTTP thread's look-ups read a customer whole through it, between two
+        # events (flows.shard_gate).
+        self._gate = ShardGate()
+        self._gate.attach(shard)
+        self._lock = self._gate.lock
+        SHARDS.add(self, self._gate)
         self._tick = timedelta(seconds=tick_s)
         self.snapshot_seconds = 0.0
         self.snapshot_bytes = 0
@@ -114,10 +118,13 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
     def on_batch(self, values: list[ShardItem]) -> tuple[list[Outputs], bool]:
         try:
             with self._lock:
-                return self._on_batch(values)
+                outs, retain = self._on_batch(values)
         except ShardCountMismatchError as e:  # a Kafka batch from a process with more shards
             note_failure(e)  # a peer's failure may surface first: the runner names this one
             raise
+        for out in outs:
+            RECENT.note(out)  # outside the lock: the look-ups' memory (flows.recent)
+        return outs, retain
 
     def _reload(self) -> None:
         r = self._reloader
@@ -168,6 +175,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             self._reload()
             self.shard.on_wall_clock()
             out = self.shard.take_outputs()
+        RECENT.note(out)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:
@@ -183,6 +191,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
                 note_failure(ClusterSilenceError(sorted(expect[1] - self._greeters), ours))
         with self._lock:
             out = self.shard.take_outputs(states=True)
+        RECENT.note(out)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

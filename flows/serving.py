@@ -1,17 +1,20 @@
 """Look-up and explanation (DESIGN.md §9): what ``GET /v1/customers/{id}`` and ``GET /v1/moments/{id}`` answer.
 
-Two sources, each for what only it has:
+A customer look-up is answered from the worker's memory:
 
-- **The live state** (journeys, held tags, recent sends) is read from the shards this process runs. Every
-  ``ShardLogic`` registers its shard with a lock (``SHARDS``) and applies each Bytewax batch while holding it;
-  a look-up takes the same lock to read one customer. So the HTTP thread never sees a half-applied event
-  (an attempt whose step moved but whose time did not) nor iterates a dict the worker resizes, and the state/
-  hot path is untouched: the worker takes an uncontended lock once per batch (thousands of events), and a
-  look-up waits at most for the batch in progress.
-- **The history** (the last moments with their contact decisions, the latest hand-off context, a moment's
-  evidence events and the steps around it) is read from ClickHouse, through the client the worker's own sink
-  holds (``connectors.clickhouse.client.acquire_client``): on the embedded default (chDB) no other process may
-  open the path while the worker runs, so the worker answers for it.
+- **The live state** (journeys, held tags, recent sends) is read from the shards this process runs. Each
+  ``ShardLogic`` registers its shard with a gate (``SHARDS``, ``flows.shard_gate``): its worker applies a Bytewax
+  batch holding the gate's lock, and a look-up is read between two of the worker's events (by the worker, at its
+  next event boundary, or by the look-up once the lock is free). So the HTTP thread never sees a half-applied
+  event (an attempt whose step moved but whose time did not) nor iterates a dict the worker resizes, and waits
+  for one event, not a whole batch; the state/ hot path pays one test per event.
+- **The recent history** (the last moments with their contact decisions, the latest hand-off context, the entry
+  points of the customer's attempts) is kept from the worker's outputs in ``flows.recent`` (bounded).
+
+ClickHouse is asked only for what memory cannot answer (``flows.lookup_history``): a customer the state evicted
+(its stored journeys, moments and context), one the recent store dropped, and a moment's explanation (its
+evidence events, the steps around it), through the client the worker's own sink holds: on the embedded default
+(chDB) no other process may open the path while the worker runs, so the worker answers for it.
 
 In a cluster each process serves the customers of its own shards. A process asked about a customer it does
 not hold asks the process that runs the customer's shard (``Placement.process_of``, the placement Bytewax
@@ -28,11 +31,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, Final, Protocol, TypeVar
+from collections.abc import Iterator
+from typing import Any, Final, Protocol
 
 import orjson
 
+from flows.lookup_history import History
+from flows.recent import RECENT, Recent
+from flows.shard_gate import ShardGate
 from state.detectors.channel_hop import ChannelHop
 from state.record import TAG_FIELDS, CustomerState
 from state.routing import shard_of_id
@@ -41,12 +47,8 @@ from state.rules import RulePack, describe_rule
 from state.shard import Shard
 
 log = logging.getLogger("cx.serving")
-T = TypeVar("T")
 
-MAX_MOMENTS: Final = 20  # moments a customer look-up lists, newest first
-STEPS_AROUND: Final = 10  # steps of the journey listed before and after an explained moment
 PEER_TIMEOUT_S: Final = 5.0
-_DECISION: Final = ("status", "reason", "channel", "template", "control", "suppressed_channels", "send_ts")
 TOKEN_ENV: Final = "CX_HTTP_TOKEN"
 
 
@@ -57,7 +59,7 @@ class ShardOwner(Protocol):
 
 
 class ShardRegistry:
-    """The shards this process runs, each with the lock its worker holds while applying a batch.
+    """The shards this process runs, each with the gate its worker holds while applying a batch.
 
     Shards are held through their owners (the Bytewax operator logic), by weak reference: a dataflow that ended
     (tests run many in one process) takes its customers with it. Not the shard itself: a compiled (mypyc) class
@@ -66,34 +68,43 @@ class ShardRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shards: list[tuple[weakref.ref[ShardOwner], threading.Lock]] = []
+        self._shards: list[tuple[weakref.ref[ShardOwner], ShardGate]] = []
 
-    def add(self, owner: ShardOwner, lock: threading.Lock) -> None:
-        """Register a shard, by the object that holds it (its ``shard``), and the lock guarding it."""
+    def add(self, owner: ShardOwner, gate: ShardGate | threading.Lock) -> None:
+        """Register a shard, by the object that holds it (its ``shard``), and the gate (or bare lock) guarding it."""
+        g = gate if isinstance(gate, ShardGate) else ShardGate(gate)
         with self._lock:
             self._shards = [(r, lk) for r, lk in self._shards if r() is not None]
-            self._shards.append((weakref.ref(owner), lock))
+            self._shards.append((weakref.ref(owner), g))
 
     def clear(self) -> None:
         """Forget every shard (a new dataflow in the same process)."""
         with self._lock:
             self._shards = []
 
-    def __iter__(self) -> Iterator[tuple[Shard, threading.Lock]]:
+    def __iter__(self) -> Iterator[tuple[Shard, ShardGate]]:
         with self._lock:
             entries = list(self._shards)
-        return iter([(owner.shard, lk) for r, lk in entries if (owner := r()) is not None])
+        return iter([(owner.shard, g) for r, g in entries if (owner := r()) is not None])
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def customer(self, cid: str) -> dict[str, Any] | None:
-        """Return the live view of a customer (``customer_view``), or None when no shard here holds it."""
-        for shard, lock in self:
-            with lock:
-                c = shard.customers.get(cid)
-                if c is not None:
-                    return customer_view(shard, c)
+        """Return the live view of a customer (``customer_view``), or None when no shard here holds it.
+
+        The shard holding it is found without its lock (a dict's ``in`` is atomic under the GIL); the view is read
+        between two of its worker's events (``ShardGate.read``), so a look-up waits for one event, not a batch.
+        """
+        def view(shard: Shard) -> dict[str, Any] | None:
+            c = shard.customers.get(cid)
+            return customer_view(shard, c) if c is not None else None
+
+        for shard, gate in self:
+            if cid in shard.customers:
+                found = gate.read(shard, view)
+                if found is not None:
+                    return found
         return None
 
     def pack(self) -> RulePack | None:
@@ -153,109 +164,6 @@ def customer_view(shard: Shard, c: CustomerState) -> dict[str, Any]:
     return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_seen}
 
 
-class History:
-    """Reads the stored history of customers and moments from the ClickHouse database the sink writes.
-
-    Without ``FINAL``: a replayed row is an exact copy (ids are deterministic), so ``LIMIT 1 BY`` its key
-    drops copies at a fraction of the cost of merging every part at query time while the sink inserts.
-
-    Args:
-        dsn: The resolved DSN of the worker's ClickHouse sink.
-    """
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._shared: Any = None
-        self._lock = threading.Lock()
-
-    def with_client(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(client)`` holding the shared client's lock (the sink's inserts wait meanwhile)."""
-        from connectors.clickhouse.client import acquire_client
-
-        with self._lock:
-            if self._shared is None:
-                self._shared = acquire_client(self.dsn)
-            shared = self._shared
-        with shared.lock:
-            return fn(shared.client)
-
-    def _query(self, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return self.with_client(lambda client: list(client.query(sql, parameters=params).named_results()))
-
-    def close(self) -> None:
-        """Release the ClickHouse client (the sink closes it, and with it the chDB path, once both let go)."""
-        from connectors.clickhouse.client import release_client
-
-        with self._lock:
-            shared, self._shared = self._shared, None
-        if shared is not None:
-            release_client(self.dsn, shared)
-
-    def moments(self, cid: str, limit: int = MAX_MOMENTS) -> list[dict[str, Any]]:
-        """The customer's latest moments (newest first), each with its contact decision (None if not decided)."""
-        rows = self._query(
-            "SELECT m.moment_id AS moment_id, m.rule AS rule, m.rule_version AS rule_version, m.kind AS kind, "
-            "m.journey AS journey, m.step AS step, m.urgency AS urgency, m.due_ts AS due_ts, "
-            "m.detected_at AS detected_at, m.evidence AS evidence, m.action AS action, a.moment_id AS decided, "
-            "a.status AS status, a.reason AS reason, a.channel AS channel, a.template AS template, "
-            "a.control AS control, a.suppressed_channels AS suppressed_channels, a.send_ts AS send_ts "
-            "FROM (SELECT * FROM moments WHERE customer_id = {cid:String} ORDER BY due_ts DESC, moment_id "
-            "LIMIT 1 BY moment_id LIMIT {n:UInt32}) AS m LEFT JOIN (SELECT * FROM actions WHERE customer_id = "
-            "{cid:String} LIMIT 1 BY moment_id) AS a ON m.moment_id = a.moment_id ORDER BY m.due_ts DESC, m.moment_id",
-            {"cid": cid, "n": limit})
-        out = []
-        for r in rows:
-            decided = r.pop("decided")
-            decision = {k: r.pop(k) for k in _DECISION}
-            out.append({**r, "decision": decision if decided else None})
-        return out
-
-    def decisions(self, cid: str, mids: list[str]) -> dict[str, dict[str, Any]]:
-        """The contact decisions of the given moments of a customer, by moment id."""
-        rows = self._query(
-            "SELECT moment_id, status, reason, channel, template, control, suppressed_channels, send_ts "
-            "FROM actions WHERE customer_id = {cid:String} AND moment_id IN {mids:Array(String)} LIMIT 1 BY moment_id",
-            {"cid": cid, "mids": mids})
-        return {r.pop("moment_id"): r for r in rows}
-
-    def context(self, cid: str) -> dict[str, Any] | None:
-        """The customer's latest hand-off context, None if none is stored."""
-        rows = self._query(
-            "SELECT * FROM handoff_contexts WHERE customer_id = {cid:String} ORDER BY contact_ts DESC, "
-            "moment_id LIMIT 1", {"cid": cid})
-        return rows[0] if rows else None
-
-    def moment(self, mid: str) -> dict[str, Any] | None:
-        """The stored moment record, None if this database does not hold it."""
-        rows = self._query("SELECT * FROM moments WHERE moment_id = {mid:String} LIMIT 1", {"mid": mid})
-        return rows[0] if rows else None
-
-    def events(self, cid: str, ids: list[str]) -> list[dict[str, Any]]:
-        """The stored input events of a customer with the given ids (one per id, oldest first)."""
-        return self._query(
-            "SELECT event_id, ts, channel, type, journey, step, entry, attrs FROM events "
-            "WHERE customer_id = {cid:String} AND event_id IN {ids:Array(String)} "
-            "ORDER BY ts, event_id LIMIT 1 BY event_id", {"cid": cid, "ids": ids})
-
-    def steps(self, cid: str, journey: str, ts: int) -> list[dict[str, Any]]:
-        """The customer's steps of a journey around a time: up to ``STEPS_AROUND`` before it and after it."""
-        q = ("SELECT attempt_id, step, step_index, entry, channel, event_id, ts FROM journey_steps "
-             "WHERE customer_id = {cid:String} AND journey = {j:String} AND ts {op} {ts:Int64} "
-             "ORDER BY ts {order}, event_id LIMIT 1 BY event_id LIMIT {n:UInt32}")
-        params = {"cid": cid, "j": journey, "ts": ts, "n": STEPS_AROUND}
-        before = self._query(q.replace("{op}", "<=").replace("{order}", "DESC"), params)
-        after = self._query(q.replace("{op}", ">").replace("{order}", "ASC"), params)
-        return [*reversed(before), *after]
-
-    def entries(self, cid: str, attempts: list[str]) -> list[dict[str, Any]]:
-        """The first arrival at each step of the given attempts (journey, entry, channel), in time order."""
-        return self._query(
-            "SELECT journey, attempt_id, step, entry, channel, ts FROM journey_steps WHERE "
-            "customer_id = {cid:String} AND attempt_id IN {a:Array(String)} ORDER BY ts, event_id "
-            "LIMIT 1 BY journey, attempt_id, step",
-            {"cid": cid, "a": attempts})
-
-
 class Service:
     """Answers the ``/v1/`` look-ups of one process.
 
@@ -266,11 +174,16 @@ class Service:
         process: This process's index in ``peers``.
         total_shards: ``--shards``, to find a customer's shard.
         workers: Workers per process, to find the process that runs a shard.
+        recent: The recent history kept in memory (``flows.recent``).
+        resumed: The run resumed from snapshots: memory lacks the history from before, ClickHouse has it.
     """
 
     def __init__(self, shards: ShardRegistry, history: History | None, peers: tuple[str, ...] = (),
-                 process: int = 0, total_shards: int = 64, workers: int = 1) -> None:
+                 process: int = 0, total_shards: int = 64, workers: int = 1, recent: Recent = RECENT,
+                 resumed: bool = False) -> None:
         self.shards = shards
+        self.recent = recent
+        self.resumed = resumed
         self.history = history
         self.peers = peers
         self.process = process
@@ -279,7 +192,12 @@ class Service:
 
     # -- customers --------------------------------------------------------------------
     def customer(self, cid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
-        """Answer ``GET /v1/customers/{cid}``: ``(200, view)``, or ``(404, error)`` when nobody knows it."""
+        """Answer ``GET /v1/customers/{cid}``: ``(200, view)``, or ``(404, error)`` when nobody knows it.
+
+        A customer a shard here holds is answered from memory (its state, and ``flows.recent`` for its moments,
+        context and entry points); ClickHouse is asked only for what memory lacks: a customer the state evicted
+        (its stored journeys, moments and context), or one the recent store dropped (its moments and context).
+        """
         view = self.shards.customer(cid)
         if view is not None:
             return 200, self._with_history(cid, view)
@@ -288,31 +206,63 @@ class Service:
                 code, body = self._ask(peer, f"/v1/customers/{urllib.parse.quote(cid, safe='')}", token)
                 if code == 200:
                     return code, body
-        return 404, {"error": "unknown customer"}
+        stored = self._stored(cid)
+        return (200, stored) if stored is not None else (404, {"error": "unknown customer"})
+
+    def _may_be_stored(self, cid: str) -> bool:
+        """Whether ClickHouse may hold history of a customer that memory lacks (dropped, from before a resume)."""
+        r = self.recent
+        return self.history is not None and (not r.enabled or self.resumed or r.maybe_dropped(cid))
 
     def _with_history(self, cid: str, view: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"customer_id": cid, "process": self.process, **view, "moments": [], "context": None}
-        if self.history is None:
-            out["history"] = "not stored: the worker writes no ClickHouse sink"
-            return out
-        try:
-            out["moments"] = self.history.moments(cid)
-            out["context"] = self.history.context(cid)
-            steps_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            if out["journeys"]:
-                for row in self.history.entries(cid, [j["attempt"] for j in out["journeys"]]):
-                    steps_of.setdefault((row["journey"], row["attempt_id"]), []).append(row)
+        out: dict[str, Any] = {"customer_id": cid, "process": self.process, "held": True, **view, "moments": [],
+                               "context": None}
+        kept = self.recent.get(cid)
+        if kept is not None:
+            out["moments"], out["context"] = kept["moments"], kept["context"]
             for j in out["journeys"]:
-                steps = steps_of.get((j["journey"], j["attempt"]), [])
-                entries = [s["entry"] for s in steps if s["entry"]]
+                entries, channels = kept["attempts"].get((j["journey"], j["attempt"]), ((), ()))
                 j["entry"] = entries[-1] if entries else ""
-                j["entries"] = list(dict.fromkeys(entries))
-                for ch in (s["channel"] for s in steps):
-                    if ch not in j["channels"]:
-                        j["channels"].append(ch)
-        except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
-            log.warning("look-up history unavailable: %s", type(e).__name__)
-            out["history"] = f"unavailable: {type(e).__name__}"
+                j["entries"] = list(entries)
+                j["channels"] += [ch for ch in channels if ch not in j["channels"]]
+            return out
+        for j in out["journeys"]:
+            j["entries"] = []
+        if self.history is not None and self._may_be_stored(cid):
+            try:
+                out["moments"] = self.history.moments(cid)
+                out["context"] = self.history.context(cid)
+            except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
+                log.warning("look-up history unavailable: %s", type(e).__name__)
+                out["history"] = f"unavailable: {type(e).__name__}"
+        return out
+
+    def _stored(self, cid: str) -> dict[str, Any] | None:
+        """A customer no shard here holds (the state evicted it): from memory, and ClickHouse for what memory lacks.
+
+        Returns None when neither knows it: an id never seen is a 404 without a query.
+        """
+        kept = self.recent.get(cid)
+        if kept is None and not self._may_be_stored(cid):
+            return None
+        out: dict[str, Any] = {"customer_id": cid, "process": self.process, "held": False, "journeys": [],
+                               "tags": [], "sends": [], "last_seen": 0, "moments": [], "context": None}
+        if kept is not None:
+            out["moments"], out["context"] = kept["moments"], kept["context"]
+        if self.history is not None:
+            try:
+                out["journeys"] = self.history.journeys(cid)
+                if kept is None:
+                    out["moments"] = self.history.moments(cid)
+                    out["context"] = self.history.context(cid)
+            except Exception as e:  # noqa: BLE001 - what memory holds still answers; the problem is named
+                log.warning("look-up of a stored customer failed: %s", type(e).__name__)
+                out["history"] = f"unavailable: {type(e).__name__}"
+        if not (kept is not None or out["journeys"] or out["moments"] or out["context"]):
+            return None
+        for j in out["journeys"]:
+            j.update(entry="", entries=[], channels=[])
+        out["last_seen"] = max((j["updated_at"] for j in out["journeys"]), default=0)
         return out
 
     # -- moments ----------------------------------------------------------------------

@@ -245,3 +245,40 @@ def test_any_process_of_a_cluster_answers_for_a_customer_of_another(kafka: str, 
     assert body["journeys"][0]["step"] == "cart"
     assert _get(http[0], f"/v1/customers/{cid}?local=1")[0] == 404  # process 0 itself does not hold it
     assert _get(http[1], "/v1/customers/nobody")[0] == 404
+
+
+def test_a_customer_evicted_from_memory_is_answered_from_clickhouse(kafka: str, topics: dict[str, str],
+                                                                    workers: list[Worker], tmp_path: Path) -> None:
+    # One customer in the state (--max-customers 1 on one shard) and in the look-ups' memory (CX_LOOKUP_CUSTOMERS):
+    # a second customer evicts the first from both. Before, the first was a 404 although ClickHouse held it.
+    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0", "--shards", "1", "--max-customers", "1")
+    w = Worker(args, tmp_path / "w.log", env={**env, "CX_LOOKUP_CUSTOMERS": "1"})
+    workers.append(w)
+    port = _port(w)
+    t = _now()
+    produce(kafka, topics["events"], [
+        _ev("e1", t, "view", "cust-a", journey="cart", step="product"),
+        _ev("e2", t + 1, "fail", "cust-a", journey="cart", step="payment", attrs={"reason": "card_declined"}),
+        orjson.dumps({"event_id": "e3", "customer_id": "cust-a", "ts": t + 2, "channel": "call_center",
+                      "type": "contact"}),
+    ], key_of=_key)
+
+    def held() -> bool:
+        code, body = _get(port, "/v1/customers/cust-a")
+        return code == 200 and body.get("held", True) and len(body["moments"]) == 2 and body["context"] is not None
+
+    wait_until(held, 60, "the customer's moments, from memory")
+    produce(kafka, topics["events"], [_ev("b1", t + 3, "view", "cust-b", journey="cart", step="product")],
+            key_of=_key)
+
+    def stored() -> dict[str, Any] | None:
+        code, body = _get(port, "/v1/customers/cust-a")
+        return body if code == 200 and body.get("held") is False and len(body["moments"]) == 2 else None
+
+    body = wait_until(stored, 60, "the evicted customer's history, from ClickHouse")
+    assert isinstance(body, dict)
+    assert [m["rule"] for m in body["moments"]] == ["cart.handoff", "cart.failed"]
+    assert body["moments"][1]["decision"]["status"] == "sent"
+    assert body["context"]["moment_id"] == moment_id("cust-a", "cart.handoff", "e3")
+    assert _get(port, "/v1/customers/cust-b")[1]["held"] is True
+    assert _get(port, "/v1/customers/nobody")[0] == 404
