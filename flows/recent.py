@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from flows.config import ConfigError
 from state.outputs import Outputs
 
 MAX_MOMENTS: Final = 20  # moments kept (and listed) per customer, newest first
@@ -156,13 +157,13 @@ def max_customers_setting() -> int:
     """``CX_LOOKUP_CUSTOMERS`` (customers whose recent history a process keeps for look-ups), or the default.
 
     Raises:
-        ValueError: naming the setting, when it is not a positive whole number.
+        ConfigError: naming the setting, when it is not a positive whole number.
     """
     raw = os.environ.get(CUSTOMERS_ENV, "").strip()
     if not raw:
         return DEFAULT_CUSTOMERS
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise ValueError(f"{CUSTOMERS_ENV}={raw!r}: must be a whole number of customers, at least 1")
+        raise ConfigError(CUSTOMERS_ENV, f"must be a whole number of customers, at least 1, got {raw!r}")
     return int(raw)
 
 

@@ -26,6 +26,7 @@ from flows.cluster_preflight import PreflightStoppedError, check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.http_token import http_token
+from flows.lookup_serve import serve_lookups, stop_lookups
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
@@ -92,11 +93,14 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
 
     server = None
     if cfg.metrics_port is not None:
+        from flows.recent import max_customers_setting
+
+        http_token(), max_customers_setting()  # the look-up API's settings: refused before anything starts
         server = _start_metrics(cfg)
         everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
         log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
                  " (every interface)" if everywhere else "")
-        _serve_lookups(cfg)
+        serve_lookups(cfg)
     log.info("starting: %s", summary(cfg, pack))
     # Sources edited since they were compiled run as pure Python: a warning, as the run is slower than it should be.
     log.log(logging.WARNING if state.BUILD.stale else logging.INFO, "%s", state.BUILD.line)
@@ -129,50 +133,6 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     check_cluster(cfg, pack, versions)  # last: a peer waits for this process's settings only once it can run
     return server, flow, recovery
-
-
-LOOKUP_SWITCH_INTERVAL_S = 0.001
-_switch_interval: list[float] = []  # the interpreter's switch interval before look-ups were served
-
-
-def _serve_lookups(cfg: PipelineConfig) -> None:
-    """Answer ``/v1/`` look-ups on the HTTP endpoint from this run's shards and ClickHouse sink (flows.serving)."""
-    from flows import http_endpoint, serving
-    from flows.lookup_history import History
-    from flows.recent import RECENT, max_customers_setting
-
-    history = None
-    if cfg.wants_clickhouse:
-        from connectors.clickhouse.client import resolve_dsn
-
-        history = History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
-    serving.SHARDS.clear()
-    RECENT.clear(enabled=True, max_customers=max_customers_setting())
-    # A look-up's thread wakes (its request arrived) and waits for the GIL, which the worker thread gives up
-    # only after the switch interval (5 ms by default), once or twice per look-up: 1 ms (RESULTS.md, look-ups).
-    _switch_interval.append(sys.getswitchinterval())
-    sys.setswitchinterval(LOOKUP_SWITCH_INTERVAL_S)
-    service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
-                              resumed=cfg.recovery_dir is not None)
-    http_endpoint.set_service(service)
-    if http_token():
-        log.info("look-up API on /v1/ (bearer token required)")
-    else:
-        log.info("look-up API on /v1/ without a token (set %s to require one)", serving.TOKEN_ENV)
-
-
-def _stop_lookups() -> None:
-    """Stop answering look-ups and release the ClickHouse client they read through (the chDB path's lock)."""
-    from flows import http_endpoint, serving
-    from flows.recent import RECENT
-
-    service = http_endpoint.set_service(None)
-    if service is not None and service.history is not None:
-        service.history.close()
-    serving.SHARDS.clear()
-    RECENT.clear()
-    if _switch_interval:
-        sys.setswitchinterval(_switch_interval.pop())
 
 
 def run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None = None) -> int:
@@ -255,7 +215,7 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         stop.set()
         if server is not None:
             server.stop()  # handler threads are daemons: an idle client does not hold the exit
-        _stop_lookups()
+        stop_lookups()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if status is not None and (cfg.status == "tty" or (cfg.status == "auto" and sys.stderr.isatty())):
             sys.stderr.write("\n")

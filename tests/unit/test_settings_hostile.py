@@ -73,3 +73,14 @@ def test_an_embedded_clickhouse_path_that_is_a_file_is_refused_naming_it(capsys:
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"(CX_CLICKHOUSE_DSN): {afile} exists and is not a directory" in err
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "²"])
+def test_a_lookup_store_size_that_is_not_a_count_is_one_line(value: str, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    monkeypatch.setenv("CX_LOOKUP_CUSTOMERS", value)
+    assert main(["run", "--metrics-port", "0", "--source", "simulator", "--customers", "5", "--minutes", "1",
+                 "--sink", f"jsonl:{tmp_path / 'out'}"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"configuration: CX_LOOKUP_CUSTOMERS: must be a whole number of customers, at least 1, got {value!r}" in err
