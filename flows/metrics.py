@@ -71,8 +71,8 @@ MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["
 ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or suppressed (with the reason)",
                   ["rule", "status", "reason"], registry=_R)
 RULE_PACK_RELOADS = Counter("cx_rule_pack_reload_total", "Changes of the --rules directory judged while running, by "
-                            "result: applied, invalid, too_late (effective_from behind the watermark)", ["result"],
-                            registry=_R)
+                            "result: applied, invalid, too_late (effective_from behind the watermark), replay (a "
+                            "replay reads the directory once)", ["result"], registry=_R)
 TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new state", ["state"], registry=_R)
 TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
 CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)

@@ -123,7 +123,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
     if cfg.recovery_dir is not None:
         recovery = recovery_config(cfg.recovery_dir, cfg)
         check_shards(cfg.recovery_dir, cfg.shards)
-        check_rule_pack(cfg.recovery_dir, pack)
+        check_rule_pack(cfg.recovery_dir, versions if versions is not None else PackVersions.of([pack]))
         if cfg.source.startswith("file:"):
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     check_cluster(cfg, pack, versions)  # last: a peer waits for this process's settings only once it can run
