@@ -14,7 +14,13 @@ and applies at the next run.
 
 Each process of a cluster reads its own copy of the directory (a ConfigMap volume per pod): processes that
 install a version at different wall times still switch at the same event time as long as the watermark has
-not reached ``effective_from`` (which is why a live ``effective_from`` behind the watermark is refused).
+not reached ``effective_from``. So that every process decides alike, a live change is judged against the wall
+clock, which the processes share, not against each process's own watermark (a process behind on a backlog
+would accept what the others refuse, and the cluster would run two rule sets): a version added, changed or
+removed must come into force at least ``MARGIN_MS`` after the wall clock at which the process reads it (and,
+as before, after its watermark). Processes still decide apart when the file reaches them at wall times that
+straddle ``effective_from - MARGIN_MS``; ``cx_rule_pack_versions_info{fingerprint}`` shows each process's
+versions in force, and the alert ``CxRulePackSplit`` fires when they differ.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from pathlib import Path
 from typing import Final
 
 from state.rule_model import RulePackError
+from state.shard import wall_ms
 from state.versions import PackVersions, RuleLayout, journeys_fingerprint, load_versions
 
 log = logging.getLogger("cx.rules")
 
 POLL_S: Final = 2.0
+MARGIN_MS: Final = 10_000  # live: how far ahead of the wall clock a change must come into force
 APPLIED: Final = "applied"
 INVALID: Final = "invalid"
 TOO_LATE: Final = "too_late"
@@ -60,11 +68,13 @@ class RuleReloader:
         versions: The versions loaded at start-up.
         live: Live mode: refuse a change to what was in force up to the watermark. Replay: refuse every change.
         on_result: Called with the result of each change judged (``RESULTS``), e.g. to count it.
+        clock: The wall clock (epoch ms) a live change is judged against.
     """
 
     def __init__(self, directory: Path, versions: PackVersions, live: bool,
-                 on_result: Callable[[str], None] | None = None) -> None:
+                 on_result: Callable[[str], None] | None = None, clock: Callable[[], int] = wall_ms) -> None:
         self.directory = directory
+        self._clock = clock
         self.current = versions
         self.generation = 0
         self.live = live
@@ -115,13 +125,19 @@ class RuleReloader:
             log.error("rule pack reload refused, the versions in force stay: %s: %s: %s", p.path, where, problem)
         if problems:
             return INVALID
-        wm = self._watermark
-        if self.live and new.history(wm) != self.current.history(wm):
+        wm, now = self._watermark, self._clock()
+        # Judged against the wall clock (shared by the processes) plus the margin; the watermark only when it is
+        # ahead of that (events from the future), so that history is never rewritten.
+        limit = max(wm, now + MARGIN_MS - 1)
+        if new.history(limit) != self.current.history(limit):
             known = {(q.version, q.effective_from_ms, q.fingerprint()) for q in self.current.packs}
             changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.fingerprint()) not in known]
             where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
             log.error("rule pack reload refused, the versions in force stay: %s: pack.effective_from: lies before "
-                      "the current watermark (%d): history is not rewritten; give a later effective_from", where, wm)
+                      "the wall clock plus %d s (%d; watermark %d): every process of a cluster judges a change by "
+                      "the wall clock, so that all decide alike, and history is not rewritten; give an "
+                      "effective_from at least %d s ahead of the time the file reaches every process", where,
+                      MARGIN_MS // 1000, now + MARGIN_MS, wm, MARGIN_MS // 1000)
             return TOO_LATE
         with self._lock:
             self.current = new

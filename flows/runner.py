@@ -112,8 +112,13 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         check_clickhouse_schema(cfg)
     reloader = None
     if cfg.rules is not None and cfg.rules.is_dir() and versions is not None:
-        reloader = RuleReloader(cfg.rules, versions, cfg.live,
-                                lambda result: metrics.RULE_PACK_RELOADS.labels(result=result).inc())
+        def judged(result: str) -> None:
+            metrics.RULE_PACK_RELOADS.labels(result=result).inc()
+            if reloader is not None:
+                metrics.set_rule_versions(reloader.current.fingerprint())
+
+        reloader = RuleReloader(cfg.rules, versions, cfg.live, judged)
+        metrics.set_rule_versions(versions.fingerprint())
         for result in RESULTS:
             metrics.RULE_PACK_RELOADS.labels(result=result)  # exported at 0 before any change
         reloader.start()

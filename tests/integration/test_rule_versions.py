@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from connectors.jsonl import read_jsonl
+from flows.rule_reload import MARGIN_MS
 from state.routing import shard_of_id
 from tests.helpers import MIN, T0, wait_until
 from tests.kafka_helpers import create_topics, free_port, produce, unique
@@ -289,11 +290,11 @@ def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(k
         (packs / "v2.toml").write_text(_PACK.format(version=2, effective=now - 3_600_000, idle=25, ttl="3h",
                                                     urgency="P1"))
         wait_until(lambda: _reloads(port)["too_late"] == 1, 30, "the late file counted", detail=lambda: w.log())
-        assert f"{packs / 'v2.toml'}: pack.effective_from: lies before the current watermark" in w.log()
+        assert f"{packs / 'v2.toml'}: pack.effective_from: lies before the wall clock plus 10 s" in w.log()
         produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail("b", time.time_ns() // 1_000_000)])
         assert version_of("b") == 1  # neither file changed what is in force
 
-        effective = time.time_ns() // 1_000_000 + 5_000
+        effective = time.time_ns() // 1_000_000 + MARGIN_MS + 5_000  # ahead of the reload margin
         (packs / "v2.toml").write_text(_PACK.format(version=2, effective=effective, idle=25, ttl="3h", urgency="P1"))
         wait_until(lambda: _reloads(port)["applied"] == 1, 10, "the new version picked up within 10 s",
                    detail=lambda: w.log())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.rule_reload import APPLIED, INVALID, REPLAY, TOO_LATE, RuleReloader
+from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, RuleReloader
 from state.batches import RawBatch, Tick
 from state.rules import DEFAULT_PACK
 from state.shard import Shard, process
@@ -23,10 +23,11 @@ def _write(d: Path, name: str, version: int, effective: int | None, idle: str = 
     (d / name).write_text(text.replace("version = 1\n", head, 1).replace('idle = "10m"', f'idle = "{idle}"', 1))
 
 
-def _reloader(tmp_path: Path, live: bool = True) -> tuple[RuleReloader, list[str]]:
+def _reloader(tmp_path: Path, live: bool = True, now: int = T0) -> tuple[RuleReloader, list[str]]:
+    """A reloader whose wall clock stands at ``now``."""
     _write(tmp_path, "default.toml", 1, None)
     seen: list[str] = []
-    return RuleReloader(tmp_path, load_versions(tmp_path), live, seen.append), seen
+    return RuleReloader(tmp_path, load_versions(tmp_path), live, seen.append, clock=lambda: now), seen
 
 
 def test_nothing_changed_is_no_reload(tmp_path: Path) -> None:
@@ -53,10 +54,10 @@ def test_a_version_may_change_the_rules_and_one_that_changes_the_journeys_is_ref
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     r, _seen = _reloader(tmp_path)
     start = _BASE.index('[[moment]]\nkind = "maze"')
-    _write(tmp_path, "v2.toml", 2, T0, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    _write(tmp_path, "v2.toml", 2, T0 + MIN, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
     assert r.check() == APPLIED
-    assert not [x for x in r.current.pack_at(T0).rules if x.kind == "maze"]
-    _write(tmp_path, "v3.toml", 3, T0 + 1, text=_BASE.replace('"checkout", "payment"]',
+    assert not [x for x in r.current.pack_at(T0 + MIN).rules if x.kind == "maze"]
+    _write(tmp_path, "v3.toml", 3, T0 + 2 * MIN, text=_BASE.replace('"checkout", "payment"]',
                                                               '"checkout", "review", "payment"]', 1))
     with caplog.at_level(logging.ERROR, "cx.rules"):
         assert r.check() == INVALID
@@ -70,12 +71,28 @@ def test_live_a_version_effective_behind_the_watermark_is_refused_and_one_ahead_
     _write(tmp_path, "v2.toml", 2, T0 + 59 * MIN, idle="20m")
     with caplog.at_level(logging.ERROR, "cx.rules"):
         assert r.check() == TOO_LATE
-    assert f"{tmp_path / 'v2.toml'}: pack.effective_from: lies before the current watermark" in caplog.text
+    assert f"{tmp_path / 'v2.toml'}: pack.effective_from: lies before the wall clock plus 10 s" in caplog.text
     _write(tmp_path, "v2.toml", 2, T0 + 61 * MIN, idle="20m")
     assert r.check() == APPLIED
     assert r.generation == 1
     assert r.current.pack_at(T0 + 61 * MIN).version == 2
     assert seen == [TOO_LATE, APPLIED]
+
+
+def test_processes_at_different_watermarks_decide_alike_by_the_wall_clock(tmp_path: Path) -> None:
+    """A process behind on a backlog (its watermark an hour back) and one up to date judge a change alike: by the
+    wall clock and the margin, not each by its own watermark (which split the cluster into two rule sets)."""
+    now = T0 + 120 * MIN
+    for effective, want in ((now + MARGIN_MS // 2, TOO_LATE), (now + MARGIN_MS, APPLIED)):
+        results = []
+        for name, wm in (("behind", now - 60 * MIN), ("current", now - 1_000)):
+            d = tmp_path / f"{name}{effective}"
+            d.mkdir()
+            r, _seen = _reloader(d, now=now)
+            r.note_watermark(wm)
+            _write(d, "v2.toml", 2, effective, idle="20m")
+            results.append(r.check())
+        assert results == [want, want], effective
 
 
 def test_a_replay_refuses_every_change_of_the_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
