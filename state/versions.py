@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from state.detectors import KINDS, REGISTRY
+from state.detectors.base import STATE_SLOTS
 from state.generic.schema import COMMON
 from state.rule_model import MomentRule, RulePack, RulePackError
 from state.rules import load_rule_pack
@@ -111,11 +112,18 @@ class RuleLayout:
         return MomentRule(name, kind, journey, i, urgency, action, ttl_ms, contact=False, version=version)
 
     def problems(self) -> list[str]:
-        """What the layout cannot hold (more rules than a tag's byte can name)."""
+        """What the layout cannot hold: more rules than a tag's byte can name, or built-in kinds of a journey whose
+        state needs more than an attempt's slots (a removed kind keeps its slots)."""
+        found = []
         if len(self.rules) > MAX_RULES:
-            return [f"the versions (with the recovery state's rules) hold {len(self.rules)} distinct rules, at most "
-                    f"{MAX_RULES} can be kept; start a separate deployment with a fresh --recovery-dir"]
-        return []
+            found.append(f"the versions (with the recovery state's rules) hold {len(self.rules)} distinct rules, at "
+                         f"most {MAX_RULES} can be kept; start a separate deployment with a fresh --recovery-dir")
+        for journey, kinds in self.kinds:
+            if sum(len(REGISTRY[k].STATE) for k in kinds) > len(STATE_SLOTS):
+                found.append(f"journey {journey!r}: the built-in kinds of every version (and of the recovery state) "
+                             f"together, {', '.join(kinds)}, keep more per-attempt state than an attempt holds "
+                             f"({len(STATE_SLOTS)} slots); start a separate deployment with a fresh --recovery-dir")
+        return found
 
     def dump(self) -> tuple[object, ...]:
         """Plain tuples for a snapshot."""
