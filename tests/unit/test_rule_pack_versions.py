@@ -113,3 +113,19 @@ def test_the_batch_context_keeps_its_attributes_in_a_shared_key_dict() -> None:
 
     ctx = BatchContext(load_versions(DEFAULT_PACK).latest, "k", lambda: 0, False)
     assert len(vars(ctx)) < 30, sorted(vars(ctx))
+
+
+def test_versions_whose_kinds_together_need_more_state_slots_than_an_attempt_has_are_refused(tmp_path: Path) -> None:
+    """v2 swaps cart's maze for browse_loop: each version fits an attempt's 5 slots, both together (maze keeps its
+    slots for v1's state) do not."""
+    _pack(tmp_path, "a.toml", 1, T0)
+    start = _BASE.index('[[moment]]\nkind = "maze"')
+    swapped = (_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):]
+               + '\n[[moment]]\nkind = "browse_loop"\njourneys = ["cart"]\n')
+    alone = _pack(tmp_path / "alone", "b.toml", 2, T0 + 1, text=swapped)
+    assert load_versions(alone).single  # valid on its own
+    _pack(tmp_path, "b.toml", 2, T0 + 1, text=swapped)
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert "journey 'cart': the built-in kinds of every version" in str(e.value)
+    assert "fresh --recovery-dir" in str(e.value)
