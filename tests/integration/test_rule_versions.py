@@ -71,6 +71,12 @@ def write_v2(d: Path) -> None:
                                             urgency="P1"))
 
 
+def write_v2_other_rules(d: Path) -> None:
+    """Version 2 with another rule set: idle 25m, ``failed`` removed, ``stuck`` added, in force from 01:30Z."""
+    text = _PACK.format(version=2, effective='"2026-01-01T01:30:00Z"', idle=25, ttl="3h", urgency="P1")
+    (d / "v2.toml").write_text(text.replace('kind = "failed"', 'kind = "stuck"\nthreshold = 2'))
+
+
 def events(seed: int = 7, customers: int = 60) -> list[dict[str, Any]]:
     """Each customer walks the cart journey with pauses around the switch; in (ts, event_id) order, ids unique."""
     rnd = random.Random(seed)
@@ -205,10 +211,12 @@ def _k(eid: str, minute: int, step: str) -> bytes:
 
 
 @pytest.mark.kafka
-def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonment(kafka: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("add_v2", [write_v2, write_v2_other_rules], ids=["same-rules", "other-rules"])
+def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonment(
+        kafka: str, tmp_path: Path, add_v2: Any) -> None:
     """Customer k leaves checkout at 01:20 under v1 (idle 10m) and the worker is SIGKILLed before it is due; restarted
-    with v2 added (idle 25m from 01:30), k's journey is still open and its abandonment fires at 01:30 under v1 (v2's
-    idle would have let k's next event at 01:40 disarm it)."""
+    with v2 added (idle 25m from 01:30; with ``other-rules`` also a rule removed and one added), k's journey is still
+    open and its abandonment fires at 01:30 under v1 (v2's idle would have let k's next event at 01:40 disarm it)."""
     topics = {"CX_TOPIC_EVENTS": unique("cx.events"), "CX_TOPIC_FEEDBACK": unique("cx.feedback")}
     create_topics(kafka, topics.values(), partitions=1)
     # Without ticks a shard's watermark follows its own events: a probe customer of k's shard fails at 01:21 and
@@ -233,7 +241,7 @@ def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonm
         stop_process(w.proc)
     assert not [m for m in read_jsonl(tmp_path / "out1" / "moments.jsonl") if m["customer_id"] == "k"]
 
-    write_v2(packs)
+    add_v2(packs)
     produce(kafka, topics["CX_TOPIC_EVENTS"], [_k("k2", 100, "payment"), _k("k3", 200, "product")])
     w = Worker([*args, "--kafka-stop-at-end", "--sink", f"jsonl:{tmp_path / 'out2'}"], tmp_path / "second.log",
                env=topics)
