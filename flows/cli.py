@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     expl.add_argument("moment_id")
     add_lookup_args(expl)
 
-    chk = sub.add_parser("check-rules", help="validate a rule pack and summarise it")
+    chk = sub.add_parser("check-rules", help="validate a rule pack, or a directory of versions, and summarise it")
     chk.add_argument("path", type=Path, nargs="?", default=None)
     chk.add_argument("--simulate", action="store_true",
                      help="also replay the simulator through the pack: per rule fired, sent, control, suppressed by "

@@ -71,8 +71,19 @@ MOMENTS = Counter("cx_moments_total", "Moments detected by rule and urgency", ["
 ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or suppressed (with the reason)",
                   ["rule", "status", "reason"], registry=_R)
 RULE_PACK_RELOADS = Counter("cx_rule_pack_reload_total", "Changes of the --rules directory judged while running, by "
-                            "result: applied, invalid, too_late (effective_from behind the watermark)", ["result"],
-                            registry=_R)
+                            "result: applied, invalid, too_late (effective_from behind the watermark), replay (a "
+                            "replay reads the directory once)", ["result"], registry=_R)
+RULE_PACK_VERSIONS = Gauge("cx_rule_pack_versions_info", "1 for the fingerprint of the --rules versions in force in "
+                           "this process (processes of a cluster that differ run two rule sets)", ["fingerprint"],
+                           registry=_R)
+
+
+def set_rule_versions(fingerprint: str) -> None:
+    """Export the fingerprint of the versions in force (``PackVersions.fingerprint``), replacing the previous one."""
+    RULE_PACK_VERSIONS.clear()
+    RULE_PACK_VERSIONS.labels(fingerprint=fingerprint).set(1)
+
+
 TAG_TRANSITIONS = Counter("cx_tag_transitions_total", "Tag transitions by new state", ["state"], registry=_R)
 TAGS_OPEN = Gauge("cx_tags_open", "Tags open or actioned, not yet resolved or expired (this process)", registry=_R)
 CUSTOMERS = Gauge("cx_customers_tracked", "Customers with state in this process (sum over its shards)", registry=_R)
@@ -126,7 +137,7 @@ OUTPUT_REFUSED = Counter("cx_output_refused_total",
 OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
                         "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER)  # type: ignore[assignment]  # a longer tuple, same use
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER, RULE_PACK_VERSIONS)  # type: ignore[assignment]  # a longer tuple, same use
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})

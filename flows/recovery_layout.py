@@ -2,9 +2,10 @@
 
 Three changes between runs would silently mix up state: another ``--shards`` (a customer's events would meet
 another shard's state, or Bytewax panics on a shard it has no route for), another file in a place of
-the input list (its lines would be skipped up to the old file's position) and a rule pack with other rules
+the input list (its lines would be skipped up to the old file's position) and a rule pack with other journeys
 (the restore refuses it, but only inside Bytewax, after a Rust panic). All are refused here with one line
-saying what to do; Bytewax itself would only find them mid-run, if at all.
+saying what to do; Bytewax itself would only find them mid-run, if at all. Other rules are no refusal: a
+snapshot records where each rule's state lives, and the restore lays new rules out after those.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import ConfigError
-from state.rules import RulePack
 from state.snapshots import check_blob
+from state.versions import PackVersions
 
 SHARD_STEP = "cx_moments.detect.shards"
 INPUT_STEP = "cx_moments.input"
@@ -68,17 +69,17 @@ def check_shards(directory: Path, shards: int) -> None:
         os.replace(tmp, layout)
 
 
-def check_rule_pack(directory: Path, pack: RulePack) -> None:
-    """Refuse a rule pack whose rules or journeys differ from those the saved shards were built with.
+def check_rule_pack(directory: Path, versions: PackVersions) -> None:
+    """Refuse rules whose journeys differ from those the saved shards were built with (or, for a snapshot from before
+    rule layouts, whose rules differ), or that cannot all be kept beside the saved ones (``state.snapshots``).
 
-    Rule parameters may change (see ``state.snapshots``); one shard's latest snapshot tells, as every shard
-    is written with the same pack.
+    One shard's latest snapshot tells, as every shard is written with the same rules.
     """
     for blob in _latest_snapshots(directory, SHARD_STEP).values():
         try:
             inner = pickle.loads(blob)  # noqa: S301 - our own recovery store: the shard's snapshot bytes
             if isinstance(inner, bytes):
-                check_blob(inner, pack)
+                check_blob(inner, versions)
         except ValueError as e:
             raise ConfigError("--rules", str(e)) from None
         except Exception:  # noqa: BLE001, S112 - left to the restore, which names an unusable snapshot

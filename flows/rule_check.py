@@ -11,6 +11,8 @@ import argparse
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
@@ -20,6 +22,7 @@ from state.outputs import Outputs
 from state.policy import CONTROL, SENT
 from state.rules import STAGES, RulePack, describe_rule, load_rule_pack
 from state.shard import Shard, process
+from state.versions import identity, load_versions
 
 BATCH = 4096
 NEVER_FIRES = "never fires"
@@ -106,9 +109,67 @@ def format_runs(runs: list[RuleRun]) -> list[str]:
 
 
 def cmd_check_rules(a: argparse.Namespace) -> int:
-    """``moments check-rules``."""
+    """``moments check-rules``: a pack file, or a directory of versions (each checked as ``moments run`` would)."""
+    if a.strict and not a.simulate:
+        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
+    if a.path is not None and Path(a.path).is_dir():
+        return _check_directory(a)
     pack = load_rule_pack(a.path)
     print(f"{pack.path}: rule pack {pack.name!r} v{pack.version} is valid")
+    _describe(pack)
+    if not a.simulate:
+        return 0
+    flagged, total = _check_by_simulation(pack, a)
+    if flagged and a.strict:
+        print(f"check-rules --strict: {flagged} of {total} rules never fire or never act", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_directory(a: argparse.Namespace) -> int:
+    """Every version of a ``--rules`` directory: validated together as at start-up (``load_versions`` raises, naming
+    file, field and problem of each), described, and with ``--simulate`` each run through the simulator."""
+    versions = load_versions(a.path)
+    print(f"{versions.path}: {len(versions.packs)} version(s) valid together: {versions.describe()}")
+    prev: RulePack | None = None
+    for p in versions.packs:
+        print(f"\n{p.path}: v{p.version}, in force from {_when(p)}"
+              + (f"; against v{prev.version}: {rule_changes(prev, p)}" if prev is not None else ""))
+        _describe(p)
+        prev = p
+    if not a.simulate:
+        return 0
+    flagged = total = 0
+    for p in versions.packs:
+        # Each version on the same traffic, as if in force throughout: versions compared on one sample.
+        print(f"\nv{p.version} ({p.path}):")
+        f, n = _check_by_simulation(p, a)
+        flagged, total = flagged + f, total + n
+    if flagged and a.strict:
+        print(f"check-rules --strict: {flagged} of {total} rules (over all versions) never fire or never act",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _when(p: RulePack) -> str:
+    if p.effective_from_ms is None:
+        return "the start"
+    return datetime.fromtimestamp(p.effective_from_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def rule_changes(old: RulePack, new: RulePack) -> str:
+    """The rules ``new`` adds, removes and redefines against ``old`` (``state.versions.identity``), or "same rules"."""
+    before, after = {identity(r) for r in old.rules}, {identity(r) for r in new.rules}
+    names_before, names_after = {i[0] for i in before}, {i[0] for i in after}
+    redefined = {i[0] for i in after - before} & names_before
+    parts = [f"{what} {', '.join(sorted(names))}" for what, names in (
+        ("adds", names_after - names_before), ("removes", names_before - names_after), ("redefines", redefined))
+        if names]
+    return "; ".join(parts) or "same rules (parameters may differ)"
+
+
+def _describe(pack: RulePack) -> None:
     print(f"  attempt timeout {pack.attempt_timeout_ms // 60000} min; eviction horizon {pack.horizon_ms // 60000} min")
     for jd in pack.journeys.values():
         steps = " → ".join(f"[{s}]" if s in jd.key_steps else s for s in jd.steps)
@@ -137,12 +198,10 @@ def cmd_check_rules(a: argparse.Namespace) -> int:
     print(f"  effectiveness: verdict once sent and control have {pack.effect_min_sample} moments each, "
           f"at {pack.effect_confidence:.0%} confidence (valid at every look); retire below "
           f"{100 * pack.effect_min_uplift:g} points of uplift")
-    if a.strict and not a.simulate:
-        raise ConfigError("--strict", "needs --simulate (it judges the rules by a simulated run)")
-    return _check_by_simulation(pack, a) if a.simulate else 0
 
 
-def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
+def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> tuple[int, int]:
+    """Print the simulated run's table; return (rules flagged, rules)."""
     problem = simulation_problem(a.customers, a.minutes)
     if problem:
         raise ConfigError("--customers/--minutes", problem)
@@ -155,7 +214,4 @@ def _check_by_simulation(pack: RulePack, a: argparse.Namespace) -> int:
         print(f"  rule {r.rule} {r.flag} on this traffic"
               + (": check its parameters against the events it expects" if not r.fired
                  else f": every moment is suppressed ({', '.join(sorted(r.suppressed))})"))
-    if flagged and a.strict:
-        print(f"check-rules --strict: {len(flagged)} of {len(runs)} rules never fire or never act", file=sys.stderr)
-        return 1
-    return 0
+    return len(flagged), len(runs)

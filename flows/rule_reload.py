@@ -1,16 +1,26 @@
 """Picking up a changed ``--rules`` directory while running: validated first, then installed in every shard.
 
 A thread of each process reads the directory every ``POLL_S`` seconds. When its files changed (a file added,
-edited or removed), the whole directory is loaded and checked as at start-up, then against what runs: the rule
-set must stay the same, and live, no version may change what was in force up to the process's watermark
+edited or removed), the whole directory is loaded and checked as at start-up, then against what runs: the
+journeys must stay the same, and live, no version may change what was in force up to the process's watermark
 (history is not rewritten). A refused directory changes nothing: the versions in force stay, each problem is
 logged with its file and field, and ``cx_rule_pack_reload_total{result}`` counts it. Accepted versions are
 published with a new generation; each shard installs them at its next batch or wall-clock tick
 (``flows.operators.ShardLogic``) and switches at their ``effective_from`` in event time.
 
+A replay (``--clock replay``) reads the directory once, at start: its moments depend on its input and that
+directory only, whenever the files change while it runs. A later change is refused there (``result="replay"``)
+and applies at the next run.
+
 Each process of a cluster reads its own copy of the directory (a ConfigMap volume per pod): processes that
 install a version at different wall times still switch at the same event time as long as the watermark has
-not reached ``effective_from`` (which is why a live ``effective_from`` behind the watermark is refused).
+not reached ``effective_from``. So that every process decides alike, a live change is judged against the wall
+clock, which the processes share, not against each process's own watermark (a process behind on a backlog
+would accept what the others refuse, and the cluster would run two rule sets): a version added, changed or
+removed must come into force at least ``MARGIN_MS`` after the wall clock at which the process reads it (and,
+as before, after its watermark). Processes still decide apart when the file reaches them at wall times that
+straddle ``effective_from - MARGIN_MS``; ``cx_rule_pack_versions_info{fingerprint}`` shows each process's
+versions in force, and the alert ``CxRulePackSplit`` fires when they differ.
 """
 
 from __future__ import annotations
@@ -23,15 +33,18 @@ from pathlib import Path
 from typing import Final
 
 from state.rule_model import RulePackError
-from state.versions import PackVersions, load_versions
+from state.shard import wall_ms
+from state.versions import PackVersions, RuleLayout, journeys_fingerprint, load_versions
 
 log = logging.getLogger("cx.rules")
 
 POLL_S: Final = 2.0
+MARGIN_MS: Final = 10_000  # live: how far ahead of the wall clock a change must come into force
 APPLIED: Final = "applied"
 INVALID: Final = "invalid"
 TOO_LATE: Final = "too_late"
-RESULTS: Final = (APPLIED, INVALID, TOO_LATE)
+REPLAY: Final = "replay"
+RESULTS: Final = (APPLIED, INVALID, TOO_LATE, REPLAY)
 
 
 def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
@@ -53,13 +66,15 @@ class RuleReloader:
     Args:
         directory: The ``--rules`` directory.
         versions: The versions loaded at start-up.
-        live: Live mode: refuse a change to what was in force up to the watermark.
+        live: Live mode: refuse a change to what was in force up to the watermark. Replay: refuse every change.
         on_result: Called with the result of each change judged (``RESULTS``), e.g. to count it.
+        clock: The wall clock (epoch ms) a live change is judged against.
     """
 
     def __init__(self, directory: Path, versions: PackVersions, live: bool,
-                 on_result: Callable[[str], None] | None = None) -> None:
+                 on_result: Callable[[str], None] | None = None, clock: Callable[[], int] = wall_ms) -> None:
         self.directory = directory
+        self._clock = clock
         self.current = versions
         self.generation = 0
         self.live = live
@@ -91,27 +106,38 @@ class RuleReloader:
         return result
 
     def _judge(self) -> str:
+        if not self.live:
+            log.error("rule pack reload refused, the versions in force stay: %s: a replay (--clock replay) reads the "
+                      "--rules directory once, at start, so that its moments depend on its input only; the change "
+                      "applies at the next run", self.directory)
+            return REPLAY
         try:
             new = load_versions(self.directory)
         except RulePackError as e:
             for line in str(e).splitlines():
                 log.error("rule pack reload refused, the versions in force stay: %s", line)
             return INVALID
-        base = self.current.packs[0]
-        for p in new.packs:
-            if p.layout_fingerprint() != base.layout_fingerprint():
-                changes = p.layout_changes([tuple(r) for r in base.layout_rules()])
-                log.error("rule pack reload refused, the versions in force stay: %s: moment: changes the rule set "
-                          "(%s): a running worker may change rule parameters only; restart with a fresh "
-                          "--recovery-dir to change the rules", p.path, changes)
-                return INVALID
-        wm = self._watermark
-        if self.live and new.history(wm) != self.current.history(wm):
+        problems = [(new.latest, "moment", pr) for pr in RuleLayout.of(new.packs, self.current.layout).problems()]
+        if journeys_fingerprint(new.packs[0]) != journeys_fingerprint(self.current.packs[0]):
+            problems.append((new.packs[0], "journey", "changes the journeys: a running worker may change rules, not "
+                             "journeys; restart with a fresh --recovery-dir to change them"))
+        for p, where, problem in problems:
+            log.error("rule pack reload refused, the versions in force stay: %s: %s: %s", p.path, where, problem)
+        if problems:
+            return INVALID
+        wm, now = self._watermark, self._clock()
+        # Judged against the wall clock (shared by the processes) plus the margin; the watermark only when it is
+        # ahead of that (events from the future), so that history is never rewritten.
+        limit = max(wm, now + MARGIN_MS - 1)
+        if new.history(limit) != self.current.history(limit):
             known = {(q.version, q.effective_from_ms, q.fingerprint()) for q in self.current.packs}
             changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.fingerprint()) not in known]
             where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
             log.error("rule pack reload refused, the versions in force stay: %s: pack.effective_from: lies before "
-                      "the current watermark (%d): history is not rewritten; give a later effective_from", where, wm)
+                      "the wall clock plus %d s (%d; watermark %d): every process of a cluster judges a change by "
+                      "the wall clock, so that all decide alike, and history is not rewritten; give an "
+                      "effective_from at least %d s ahead of the time the file reaches every process", where,
+                      MARGIN_MS // 1000, now + MARGIN_MS, wm, MARGIN_MS // 1000)
             return TOO_LATE
         with self._lock:
             self.current = new

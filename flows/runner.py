@@ -117,8 +117,13 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         check_clickhouse_schema(cfg)
     reloader = None
     if cfg.rules is not None and cfg.rules.is_dir() and versions is not None:
-        reloader = RuleReloader(cfg.rules, versions, cfg.live,
-                                lambda result: metrics.RULE_PACK_RELOADS.labels(result=result).inc())
+        def judged(result: str) -> None:
+            metrics.RULE_PACK_RELOADS.labels(result=result).inc()
+            if reloader is not None:
+                metrics.set_rule_versions(reloader.current.fingerprint())
+
+        reloader = RuleReloader(cfg.rules, versions, cfg.live, judged)
+        metrics.set_rule_versions(versions.fingerprint())
         for result in RESULTS:
             metrics.RULE_PACK_RELOADS.labels(result=result)  # exported at 0 before any change
         reloader.start()
@@ -128,7 +133,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
     if cfg.recovery_dir is not None:
         recovery = recovery_config(cfg.recovery_dir, cfg)
         check_shards(cfg.recovery_dir, cfg.shards)
-        check_rule_pack(cfg.recovery_dir, pack)
+        check_rule_pack(cfg.recovery_dir, versions if versions is not None else PackVersions.of([pack]))
         if cfg.source.startswith("file:"):
             check_input_files(cfg.recovery_dir, file_paths(cfg.source[5:]))
     check_cluster(cfg, pack, versions)  # last: a peer waits for this process's settings only once it can run

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from state.detectors import KIND_BITS
 from state.detectors.base import Detector
 from state.events import Event
+from state.generic.base import GenericRule
 from state.journey import ACTIVE, Attempt, add_trail
 from state.outputs import Outputs
 from state.plan import JourneyPlan
@@ -46,11 +46,7 @@ class BatchContext:
         # [switch_lo, switch_hi). One version: the bounds are never crossed.
         self.set_versions(versions if versions is not None else PackVersions.of([pack]), 0)
         self.journey_index = {jd.id: i for i, jd in enumerate(self.journey_defs)}  # the same in every version
-        self.fired_names: list[list[tuple[str, int]]] = [
-            [(r.name, r.bit or KIND_BITS[r.kind]) for r in pack.rules if r.journey == jd.id] for jd in self.journey_defs
-        ]
         self._reached_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
-        self._fired_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
         self.vocab: dict[str, str] = {}
         self._paths: dict[tuple[str, ...], tuple[str, ...]] = {}
         for jd in pack.journeys.values():
@@ -69,15 +65,37 @@ class BatchContext:
         self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
 
     def set_versions(self, versions: PackVersions, now: int) -> None:
-        """Compile ``versions`` (of one rule set) and use the one in force at event time ``now``."""
+        """Compile ``versions`` (laid out alike, ``state.versions.RuleLayout``) and use the one in force at ``now``."""
         self.versions = versions
         self.single = versions.single
-        self._compiled = [_compile(p) for p in versions.in_force]
-        self._by_version = {p.version: p for p in versions.packs}
+        lay = versions.layout
+        kinds = dict(lay.kinds)
+        defined: dict[int, GenericRule] = {}
+        for p in versions.packs:
+            for r in p.rules:
+                if r.generic is not None:
+                    defined.setdefault(r.index, r.generic)
+        generic_all = {jid: tuple(defined.get(i) for i in lay.generic_places(jid)) for jid in kinds}
+        self._compiled = [_compile(p, kinds, generic_all) for p in versions.in_force]
+        # Version -> place -> its rule (``MomentRule.index`` is the rule's place in the layout, not in its pack).
+        self._places = {p.version: {r.index: r for r in p.rules} for p in versions.packs}
         self.use(versions.at(now))
+        self._names_of(versions)
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
         # horizon_ms after the customer's last one must still meet the state (under any version).
         self.evict_after_ms = max(p.horizon_ms for p in versions.packs) + 1
+
+    def _names_of(self, versions: PackVersions) -> None:
+        """The (name, bit in ``Attempt.fired``) of every rule of the layout, per journey, for the state rows."""
+        lay = versions.layout
+        self.fired_names: list[list[tuple[str, int]]] = [
+            [(r[0], lay.bit(i)) for i, r in enumerate(lay.rules) if r[2] == jd.id] for jd in self.journey_defs]
+        self._fired_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
+
+    def in_force(self, t: int, jidx: int, bit: int) -> bool:
+        """Whether the rule of journey ``jidx`` with ``bit`` is in force at event time ``t`` (a removed rule's armed
+        timer does not fire once its removal is in force)."""
+        return bool(self.defs_at(t)[jidx].bits & bit)
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""
@@ -108,8 +126,16 @@ class BatchContext:
         ``state.firing.fire``): the tag keeps that version's TTL; a version no longer known, that of ``opened``."""
         if self.single:
             return self.pack.rules[key & 0xFF]
-        p = self._by_version.get(key >> 8)
-        return (p.rules if p is not None else self.rules_at(opened))[key & 0xFF]
+        place = key & 0xFF
+        rules = self._places.get(key >> 8)
+        r = rules.get(place) if rules is not None else None
+        if r is None:
+            r = self._places[self.pack_at(opened).version].get(place)
+        return r if r is not None else self.versions.layout.ghost(place)
+
+    def pack_at(self, t: int) -> RulePack:
+        """The version in force at event time ``t``."""
+        return self.versions.pack_at(t)
 
     def take_groups_dropped(self, out: Outputs) -> None:
         """Move the generic rules' dropped-group counts (kept on the compiled rules) into ``out``."""
@@ -247,11 +273,14 @@ class BatchContext:
 _Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, frozenset[str], int]
 
 
-def _compile(pack: RulePack) -> _Compiled:
-    """What the hot path reads of one version: its journeys compiled, the contact detectors, a few settings."""
+def _compile(pack: RulePack, kinds: dict[str, tuple[str, ...]],
+             generic_all: dict[str, tuple[GenericRule | None, ...]]) -> _Compiled:
+    """What the hot path reads of one version: its journeys compiled (with the state slots of every version's rules),
+    the contact detectors, a few settings."""
     journey_defs = [
         JourneyPlan(jd, pack.by_journey[jd.id], pack.path,
-                    tuple(r for r in pack.rules if r.generic is not None and r.journey == jd.id))
+                    tuple(r for r in pack.rules if r.generic is not None and r.journey == jd.id),
+                    kinds.get(jd.id), generic_all.get(jd.id))
         for jd in pack.journeys.values()
     ]
     journey_index = {jd.id: i for i, jd in enumerate(journey_defs)}
@@ -275,7 +304,7 @@ def _compile(pack: RulePack) -> _Compiled:
 
 def _names(cache: dict[int, tuple[str, ...]], mask: int, bits: list[tuple[str, int]]) -> tuple[str, ...]:
     """The names whose bit is set in ``mask``, kept in ``cache`` (up to a bound)."""
-    names = tuple(name for name, bit in bits if mask & bit)
+    names = tuple(dict.fromkeys(name for name, bit in bits if mask & bit))  # a redefined rule: one name, two bits
     if len(cache) < _CANON_MAX:
         cache[mask] = names
     return names

@@ -211,11 +211,10 @@ def _contacts(ctx: BatchContext, c: CustomerState, ev: Event, detectors: tuple[t
         r = d.rule
         mid = fire(ctx, c, r, a, ev, (ev.event_id,), ev.ts_ms, a.last_step)
         agent = d.context(a)
-        rules = ctx.pack.rules
         tags = c.tags or ()
-        # A tag's key holds its rule's index in the low byte (``state.firing.fire``).
-        open_tags = [rules[tags[i] & 0xFF].name for i in range(0, len(tags), _TAG)
-                     if rules[tags[i] & 0xFF].journey == r.journey]
+        # A tag's key holds its rule's place in the low byte (``state.firing.fire``).
+        held = [ctx.tag_rule(tags[i], tags[i + 2]) for i in range(0, len(tags), _TAG)]
+        open_tags = [t.name for t in held if t.journey == r.journey]
         # The last contact the policy remembers sending (any journey): what the agent need not offer again.
         contact = c.contact
         sends = contact.send_records() if contact is not None else ()

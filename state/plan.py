@@ -11,6 +11,7 @@ from typing import Any
 
 from state.detectors import KIND_BITS, REGISTRY
 from state.detectors.base import STATE_SLOTS, Detector
+from state.generic.base import GenericRule
 from state.generic.dispatch import JourneyRules
 from state.journey import NO_STATE
 from state.rule_model import JourneyDef, MomentRule, RulePackError
@@ -44,7 +45,11 @@ class JourneyPlan:
     """
 
     def __init__(self, jd: JourneyDef, rules: dict[str, MomentRule], path: str = "<memory>",
-                 generic: tuple[MomentRule, ...] = ()) -> None:
+                 generic: tuple[MomentRule, ...] = (), kinds: tuple[str, ...] | None = None,
+                 generic_all: tuple[GenericRule | None, ...] | None = None) -> None:
+        """``kinds``: the built-in kinds whose state slots the journey's attempts hold, in slot order (a directory of
+        versions: every version's, ``state.versions.RuleLayout``); default: ``rules``'s. ``generic_all``: the
+        generic rules whose states they hold (None where no version defines one); default: ``generic``'s."""
         self.id: str = jd.id
         self.steps: tuple[str, ...] = jd.steps
         self.key_steps: frozenset[str] = jd.key_steps
@@ -55,15 +60,18 @@ class JourneyPlan:
         self.rules = rules
         initial: list[Any] = []
         detectors: list[Detector] = []
-        for kind, cls in REGISTRY.items():
-            r = rules.get(kind)
-            if r is None:
-                continue
+        for kind in (kinds if kinds is not None else tuple(k for k in REGISTRY if k in rules)):
+            cls = REGISTRY[kind]
             slots = tuple(range(len(initial), len(initial) + len(cls.STATE)))
             initial += cls.STATE
             if len(initial) > len(STATE_SLOTS):
                 raise RulePackError(path, f"journey {jd.id!r}", f"its rules keep more per-attempt state than an "
-                                    f"attempt holds ({len(STATE_SLOTS)} slots); move some rules to other journeys")
+                                    f"attempt holds ({len(STATE_SLOTS)} slots); move some rules to other journeys"
+                                    + ("" if kinds is None else " (the rules of every version count, and those "
+                                       "of the recovery state: start with a fresh --recovery-dir)"))
+            r = rules.get(kind)
+            if r is None:
+                continue  # a kind of another version: its slots stay, it reacts to nothing in this one
             d = cls(r, jd, slots)
             d.bit = KIND_BITS[kind]
             detectors.append(d)
@@ -111,8 +119,13 @@ class JourneyPlan:
         self.initial: tuple[Any, ...] = (*initial, *NO_STATE[len(initial):])
         self.by_kind = by_kind
         compiled = [r.generic for r in generic if r.generic is not None]
-        self.generic: JourneyRules | None = JourneyRules(jd.id, compiled) if compiled else None
+        kept: tuple[GenericRule | None, ...] = tuple(compiled) if generic_all is None else generic_all
+        self.generic: JourneyRules | None = (JourneyRules(jd.id, kept, active=frozenset(map(id, compiled)))
+                                             if any(g is not None for g in kept) else None)
         self.generic_rules: dict[str, MomentRule] = {r.name: r for r in generic}
+        # The bits (``Attempt.fired``) of the rules in force in this version: a timer armed under another version
+        # fires only while its rule is (``BatchContext.in_force``).
+        self.bits: int = sum(d.bit for d in detectors) | sum(r.bit for r in generic)
         self.generic_span_ms: int = max((g.lookback_ms() for g in compiled), default=0)
 
     def rule(self, kind: str) -> MomentRule | None:

@@ -23,14 +23,15 @@ from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs
+from state.plan import JourneyPlan
 from state.record import CustomerState, seen_before
 from state.reorder import ReorderBuffer
 from state.routing import ShardCountMismatchError, shard_of_id
 from state.rules import RulePack
-from state.snapshots import dump, load
+from state.snapshots import check_layout, dump, load
 from state.tags import feedback_row
 from state.urgent import urgent_lane
-from state.versions import PackVersions
+from state.versions import PackVersions, RuleLayout
 from state.watermark import Watermark
 from state.wheel import TimerWheel
 
@@ -317,7 +318,7 @@ class Shard(Watermark):
         """
         held = self.held if self.lane is None else self.lane.unapplied()
         return dump(self.pack, self.customers, held, self.max_ts, self.wm, self.ctx.dirty, self.finals,
-                    self.part_max, self.ctx.versions.fingerprint())
+                    self.part_max, self.ctx.versions.fingerprint(), self.ctx.versions.layout)
 
     def restore(self, blob: bytes) -> None:
         """Load a snapshot taken by ``snapshot`` (or by format 4, upgraded).
@@ -327,8 +328,17 @@ class Shard(Watermark):
                 journeys or generic rules changed; parameters may change), or in a format that cannot be upgraded.
         """
         ctx = self.ctx
+
+        def rebase(saved: RuleLayout) -> tuple[list[JourneyPlan], bool]:
+            # The rules of the snapshot keep their places; rules added since are laid out after them.
+            versions = check_layout(saved, ctx.versions)
+            moved = versions is not ctx.versions
+            if moved:
+                ctx.set_versions(versions, 0)
+            return ctx.journey_defs, moved
+
         (self.customers, self.held, self.max_ts, self.wm, dirty, self.finals,
-         self.part_max, retuned) = load(blob, self.pack, ctx.journey_defs, self.ctx.versions.fingerprint())
+         self.part_max, retuned) = load(blob, self.pack, ctx.journey_defs, self.ctx.versions.fingerprint(), rebase)
         ctx.dirty = dirty
         wheel = ctx.wheel = TimerWheel()
         for cid, c in self.customers.items():

@@ -1,20 +1,24 @@
 """Snapshot formats: the current one, and the upgrade of the previous one on restore.
 
-Format 5 (issue 14) keeps the detectors' per-attempt state in the attempt's generic slots; format 4
-had a named slot per kind. A format-4 snapshot still restores: its attempts are rearranged here.
+A snapshot records where each rule's state lives (``state.versions.RuleLayout``): it restores under a pack or
+directory with other rules (their places are kept; new rules are laid out after them). Format 5 (issue 14)
+keeps the detectors' per-attempt state in the attempt's generic slots; format 4 had a named slot per kind. A
+format-4 snapshot still restores: its attempts are rearranged here.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
-from state.journey import Attempt
+from state.journey import Attempt, GenericAttempt
 from state.plan import JourneyPlan
 from state.record import CustomerState
 from state.reorder import ReorderBuffer, upgrade_heap
 from state.rule_model import RulePack
+from state.versions import PackVersions, RuleLayout
 
 SNAPSHOT_FORMAT: Final = 5
 UPGRADABLE: Final = frozenset({4})
@@ -24,42 +28,55 @@ Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
 
 
 def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffer, max_ts: int, wm: int,
-         dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None, full: str = "") -> bytes:
+         dirty: Dirty, finals: dict[str, int], part_max: dict[str, int] | None = None, full: str = "",
+         layout: RuleLayout | None = None) -> bytes:
     """Return a shard's state as bytes (wake-ups are not included: each customer carries its own).
 
-    ``full`` is the fingerprint of every version in force (``PackVersions.fingerprint``; default: the pack's).
+    ``full`` is the fingerprint of every version in force (``PackVersions.fingerprint``; default: the pack's);
+    ``layout`` where each rule's state lives (``state.versions.RuleLayout``; default: the pack's own).
     """
+    layout = layout if layout is not None else PackVersions.of([pack]).layout
     # Slot 1 holds the layout fingerprint; the full one (rule parameters included) and the rules follow at the end,
     # so a restart may change parameters (see ``load``).
     state = (SNAPSHOT_FORMAT, pack.layout_fingerprint(), customers, list(held.queue), held.heap, max_ts, wm,
              held.seq, [(k, t) for k, (_c, t) in dirty.items()], finals, dict(part_max or {}),
-             full or pack.fingerprint(), pack.layout_rules())
+             full or pack.fingerprint(), pack.layout_rules(), layout.dump())
     return pickle.dumps(state, protocol=5)
 
 
-def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan], full_now: str = "") -> tuple[
+def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan], full_now: str = "",
+         rebase: Callable[[RuleLayout], tuple[list[JourneyPlan], bool]] | None = None) -> tuple[
         dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int], bool]:
     """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times,
-    whether the rule parameters changed) from ``dump``'s bytes.
+    whether the rules or their parameters changed) from ``dump``'s bytes.
 
-    A pack whose rules differ only in their parameters restores (the new parameters apply from the restart on);
-    one that adds, removes or reorders rules, changes a journey or a generic rule does not.
+    A snapshot that records its rule layout restores under any rules of the same journeys: ``rebase`` is given
+    that layout and lays the rules now in force out after it (returning the journeys compiled so, and whether
+    anything moved). An older one restores under a pack whose rules differ only in their parameters.
 
     Raises:
-        ValueError: when they were taken with a rule pack of another layout, or in a format that cannot be upgraded.
+        ValueError: when they were taken with other journeys (or, without a layout, another rule set), or in a
+            format that cannot be upgraded.
     """
     fmt, fp, customers, queue, heap, max_ts, wm, seq, dirty, *rest = pickle.loads(blob)  # noqa: S301
-    check_pack(fmt, fp, rest, pack)
+    moved = False
+    if len(rest) > 4 and rebase is not None:
+        check_format(fmt)
+        plans, moved = rebase(RuleLayout.load(rest[4]))
+    else:
+        check_pack(fmt, fp, rest, pack)
     # Older snapshots carry the full fingerprint in slot 1: they restore under the very same pack only.
     full = rest[2] if len(rest) > 2 else fp
     upgrade(fmt, customers, plans)
+    if moved:
+        _generic_attempts(customers, plans)
     rows: Dirty = {k: (customers[k[0]], t) for k, t in dirty if k[0] in customers}
     # A partition that ended before the snapshot reports 0 after a restart: keep what it said then.
     finals: dict[str, Any] = dict(rest[0]) if rest else {}
     # Snapshots from before per-partition watermarks have no partitions' times: the watermark restored stays, and
     # moves again once every open partition has reported (each resumes with its largest time and sends it).
     part_max: dict[str, Any] = dict(rest[1]) if len(rest) > 1 else {}
-    retuned = full != (full_now or pack.fingerprint())
+    retuned = moved or full != (full_now or pack.fingerprint())
     return (customers, ReorderBuffer(deque(queue), upgrade_heap(heap), seq), max_ts, wm, rows, finals, part_max,
             retuned)
 
@@ -76,10 +93,33 @@ def check_pack(fmt: object, fp: object, rest: list[Any], pack: RulePack) -> None
         )
 
 
-def check_blob(blob: bytes, pack: RulePack) -> None:
-    """``check_pack`` for a whole snapshot (as ``dump`` wrote it), before anything is restored."""
+def check_blob(blob: bytes, versions: PackVersions) -> None:
+    """What ``load`` would refuse of a whole snapshot (as ``dump`` wrote it), before anything is restored."""
     fmt, fp, *state = pickle.loads(blob)  # noqa: S301 - our own recovery store
-    check_pack(fmt, fp, state[7:], pack)
+    rest = state[7:]
+    if len(rest) <= 4:
+        check_pack(fmt, fp, rest, versions.latest)
+        return
+    check_format(fmt)
+    check_layout(RuleLayout.load(rest[4]), versions)
+
+
+def check_layout(saved: RuleLayout, versions: PackVersions) -> PackVersions:
+    """Return ``versions`` laid out after a snapshot's ``saved`` layout.
+
+    Raises:
+        ValueError: naming what to do, when the journeys changed or the rules cannot all be kept.
+    """
+    if saved.journeys != versions.layout.journeys:
+        raise ValueError(f"recovery state was built with other journeys than those of {versions.path} (their ids, "
+                         "order, steps, key steps or completion type changed): rules may change across a restart, "
+                         "journeys may not; keep the journeys until a fresh start, or start with a fresh recovery "
+                         "directory")
+    rebased = versions.rebased(saved)
+    problems = rebased.layout.problems()
+    if problems:
+        raise ValueError(f"recovery state: {problems[0]}")
+    return rebased
 
 
 def check_format(fmt: object) -> None:
@@ -98,6 +138,24 @@ def upgrade(fmt: int, customers: dict[str, CustomerState], plans: list[JourneyPl
         for jidx, a in enumerate(c.attempts):
             if a is not None:
                 _upgrade_attempt_v4(a, plans[jidx])
+
+
+def _generic_attempts(customers: dict[str, CustomerState], plans: list[JourneyPlan]) -> None:
+    """Give the attempts of journeys that now have generic rules (added since the snapshot) their generic slot."""
+    gains = [i for i, p in enumerate(plans) if p.generic is not None]
+    if not gains:
+        return
+    for c in customers.values():
+        if any(c.attempts[i] is not None and not isinstance(c.attempts[i], GenericAttempt) for i in gains):
+            c.attempts = tuple(_with_g(a) if i in gains and a is not None else a for i, a in enumerate(c.attempts))
+
+
+def _with_g(a: Attempt) -> Attempt:
+    if isinstance(a, GenericAttempt):
+        return a
+    g = GenericAttempt()
+    g.__setstate__((*a.__getstate__(), None))
+    return g
 
 
 def _upgrade_attempt_v4(a: Attempt, plan: JourneyPlan) -> None:

@@ -4,24 +4,146 @@ Each event is handled by the newest version (largest ``[pack] version``) whose `
 before its event time; one file may leave ``effective_from`` out (in force from the start); before the earliest
 ``effective_from`` the earliest file's version applies. The
 choice depends on event time only, so a replay is deterministic and every process switches at the same
-event time. The versions of one directory share their rule set (journeys, rule names and kinds, generic
-definitions) and differ in parameters: a file that changes the rule set is refused, naming what changed.
+event time. The versions of one directory share their journeys; their rules may differ. A rule's state belongs
+to its identity (``RuleLayout``): its name, kind and, for a generic rule, its definition. The identities of
+all versions (and of a restored snapshot) are laid out once, so every version compiles to the same per-attempt
+state layout: a rule a version lacks keeps its place but reacts to nothing while that version is in force.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from state.rule_model import RulePack, RulePackError
+from state.detectors import KINDS, REGISTRY
+from state.detectors.base import STATE_SLOTS
+from state.generic.schema import COMMON
+from state.rule_model import MomentRule, RulePack, RulePackError
 from state.rules import load_rule_pack
 
 NEVER: Final = 1 << 62  # a switch time no event reaches
 MAX_VERSION: Final = 255
+MAX_RULES: Final = 255  # a held tag records its rule's place in one byte
 _EARLIEST: Final = -(1 << 62)
+# A rule's identity: (name, kind, journey, definition); the definition is "" for a built-in kind, else the generic
+# rule's fields other than the common ones (urgency, action, ttl, channels, …, which are parameters).
+Identity = tuple[str, str, str, str]
+# What a held tag of a rule no version defines any more needs: (urgency, action, ttl_ms, version).
+Ghost = tuple[str, str, int, int]
+
+
+def identity(r: MomentRule) -> Identity:
+    """The identity of a rule: what its state belongs to (a changed definition is a new rule under that name)."""
+    if r.generic is None:
+        return (r.name, r.kind, r.journey, "")
+    spec = {k: v for k, v in r.generic.source.items() if k not in COMMON or k == "kind"}
+    return (r.name, r.kind, r.journey, json.dumps(spec, sort_keys=True, default=str))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleLayout:
+    """Where each rule's state lives, the same for every version of a directory.
+
+    Attributes:
+        rules: The identities, by their place (``MomentRule.index``: a held tag's key); the first version's in its
+            own order, then each rule as it first appears (in ``effective_from`` order).
+        ghosts: Per place, what a tag of the rule needs when no version defines the rule any more.
+        kinds: Per journey, its built-in kinds in the order their state slots are given out.
+        journeys: A fingerprint of the journeys (which cannot change across versions).
+    """
+
+    rules: tuple[Identity, ...]
+    ghosts: tuple[Ghost, ...]
+    kinds: tuple[tuple[str, tuple[str, ...]], ...]
+    journeys: str
+
+    @classmethod
+    def of(cls, packs: tuple[RulePack, ...], base: RuleLayout | None = None) -> RuleLayout:
+        """Lay out the rules of ``packs`` (in force order) after those of ``base`` (e.g. a snapshot's)."""
+        rules = list(base.rules) if base is not None else []
+        ghosts = list(base.ghosts) if base is not None else []
+        kinds = {j: list(ks) for j, ks in base.kinds} if base is not None else {}
+        place = {r: i for i, r in enumerate(rules)}
+        for p in packs:
+            for r in p.rules:
+                ident = identity(r)
+                if ident not in place:
+                    place[ident] = len(rules)
+                    rules.append(ident)
+                    ghosts.append((r.urgency, r.action, r.ttl_ms, r.version))
+                else:
+                    ghosts[place[ident]] = (r.urgency, r.action, r.ttl_ms, r.version)  # the newest definition
+            for j in p.journeys:
+                have = kinds.setdefault(j, [])
+                have += [k for k in REGISTRY if k in p.by_journey.get(j, {}) and k not in have]
+        return cls(tuple(rules), tuple(ghosts), tuple((j, tuple(ks)) for j, ks in kinds.items()),
+                   journeys_fingerprint(packs[0]) if packs else (base.journeys if base is not None else ""))
+
+    def generic_places(self, journey: str) -> list[int]:
+        """The places of the journey's generic rules, in the order of their per-attempt states (and bits)."""
+        return [i for i, r in enumerate(self.rules) if r[2] == journey and r[3]]
+
+    def bit(self, i: int) -> int:
+        """The rule's bit in ``Attempt.fired``: a built-in kind's own, a generic rule's by its journey's order."""
+        name, kind, journey, definition = self.rules[i]
+        if not definition:
+            return 1 << KINDS.index(kind)
+        return 1 << (len(KINDS) + self.generic_places(journey).index(i))
+
+    def align(self, pack: RulePack) -> RulePack:
+        """``pack`` with each rule's ``index`` and ``bit`` at its place in the layout (itself when they are)."""
+        place = {r: i for i, r in enumerate(self.rules)}
+        rules = tuple(replace(r, index=place[identity(r)], bit=self.bit(place[identity(r)]) if r.generic else 0)
+                      for r in pack.rules)
+        if all(a.index == b.index and a.bit == b.bit for a, b in zip(rules, pack.rules, strict=True)):
+            return pack
+        new = {r.name: r for r in rules}
+        by_journey = {j: {k: new[r.name] for k, r in rs.items()} for j, rs in pack.by_journey.items()}
+        return replace(pack, rules=rules, by_journey=by_journey)
+
+    def ghost(self, i: int) -> MomentRule:
+        """A stand-in for the rule at place ``i`` when no version defines it: its tags run to their TTL."""
+        name, kind, journey, _d = self.rules[i]
+        urgency, action, ttl_ms, version = self.ghosts[i]
+        return MomentRule(name, kind, journey, i, urgency, action, ttl_ms, contact=False, version=version)
+
+    def problems(self) -> list[str]:
+        """What the layout cannot hold: more rules than a tag's byte can name, or built-in kinds of a journey whose
+        state needs more than an attempt's slots (a removed kind keeps its slots)."""
+        found = []
+        if len(self.rules) > MAX_RULES:
+            found.append(f"the versions (with the recovery state's rules) hold {len(self.rules)} distinct rules, at "
+                         f"most {MAX_RULES} can be kept; start a separate deployment with a fresh --recovery-dir")
+        for journey, kinds in self.kinds:
+            if sum(len(REGISTRY[k].STATE) for k in kinds) > len(STATE_SLOTS):
+                found.append(f"journey {journey!r}: the built-in kinds of every version (and of the recovery state) "
+                             f"together, {', '.join(kinds)}, keep more per-attempt state than an attempt holds "
+                             f"({len(STATE_SLOTS)} slots); start a separate deployment with a fresh --recovery-dir")
+        return found
+
+    def dump(self) -> tuple[object, ...]:
+        """Plain tuples for a snapshot."""
+        return (self.rules, self.ghosts, self.kinds, self.journeys)
+
+    @classmethod
+    def load(cls, raw: tuple[Any, ...]) -> RuleLayout:
+        """Back from ``dump``."""
+        rules: list[Any] = list(raw[0])
+        ghosts: list[Any] = list(raw[1])
+        kinds: list[Any] = list(raw[2])
+        return cls(tuple((str(a), str(b), str(c), str(d)) for a, b, c, d in rules),
+                   tuple((str(u), str(x), int(t), int(v)) for u, x, t, v in ghosts),
+                   tuple((str(j), tuple(ks)) for j, ks in kinds), str(raw[3]))
+
+
+def journeys_fingerprint(pack: RulePack) -> str:
+    """A short hash of a pack's journeys (steps, key steps, completion): the versions must share them."""
+    journeys = [(j.id, j.steps, sorted(j.key_steps), j.complete_type) for j in pack.journeys.values()]
+    return hashlib.blake2b(repr(journeys).encode(), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +161,16 @@ class PackVersions:
     path: str
     starts: tuple[int, ...]
     in_force: tuple[RulePack, ...]
+    layout: RuleLayout
 
     @classmethod
-    def of(cls, packs: list[RulePack] | tuple[RulePack, ...], path: str = "") -> PackVersions:
-        """Order ``packs`` by ``effective_from`` and work out which is in force when (see the module)."""
+    def of(cls, packs: list[RulePack] | tuple[RulePack, ...], path: str = "",
+           base: RuleLayout | None = None) -> PackVersions:
+        """Order ``packs`` by ``effective_from`` and work out which is in force when (see the module); their rules
+        are laid out after ``base``'s (a restored snapshot's, or the running shard's)."""
         ordered = tuple(sorted(packs, key=lambda p: (_start(p), p.version)))
+        layout = RuleLayout.of(ordered, base)
+        ordered = tuple(layout.align(p) for p in ordered)
         starts: list[int] = [_EARLIEST]
         in_force: list[RulePack] = [ordered[0]]
         for p in ordered[1:]:
@@ -57,7 +184,13 @@ class PackVersions:
             else:
                 starts.append(t)
                 in_force.append(newest)
-        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force))
+        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout)
+
+    def rebased(self, base: RuleLayout) -> PackVersions:
+        """These versions with their rules laid out after ``base``'s (itself when ``base`` is its layout)."""
+        if base == self.layout:
+            return self
+        return PackVersions.of(self.packs, self.path, base)
 
     @property
     def latest(self) -> RulePack:
@@ -66,8 +199,8 @@ class PackVersions:
 
     @property
     def single(self) -> bool:
-        """Whether one version is in force at every event time."""
-        return len(self.in_force) == 1
+        """Whether one version is in force at every event time and the layout holds its rules only."""
+        return len(self.in_force) == 1 and len(self.layout.rules) == len(self.in_force[0].rules)
 
     def at(self, t: int) -> int:
         """The index (into ``starts``/``in_force``) of the version in force at event time ``t``."""
@@ -106,8 +239,8 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
 
     Raises:
         RulePackError: naming file, field and problem for each invalid file (all files are checked), for two
-            files with the same ``[pack] version``, a second file without ``effective_from``, or one whose rule set
-            differs from the others' (parameters may differ, the rules may not).
+            files with the same ``[pack] version``, a second file without ``effective_from``, or one whose journeys
+            differ from the others' (rules may differ: see ``RuleLayout``).
     """
     p = Path(path) if path is not None else None
     if p is None or not p.is_dir():
@@ -158,9 +291,11 @@ def version_problems(packs: list[RulePack], current: PackVersions | None = None)
         if q.version > MAX_VERSION:
             found.append((q, "pack.version", f"must be at most {MAX_VERSION} in a directory of versions (a held tag "
                           f"records it in one byte), got {q.version}"))
-        if base is not None and q.layout_fingerprint() != base.layout_fingerprint():
-            changes = q.layout_changes([tuple(r) for r in base.layout_rules()])
-            found.append((q, "moment", f"changes the rule set of {base.path} ({changes}): the versions of a "
-                          "directory may change rule parameters, not which rules or journeys there are; keep the "
-                          "rules of the other files, or start a separate deployment with a fresh --recovery-dir"))
+        if base is not None and journeys_fingerprint(q) != journeys_fingerprint(base):
+            found.append((q, "journey", f"changes the journeys of {base.path} (their ids, order, steps, key steps or "
+                          "completion type): the versions of a directory may change rules, not journeys; keep the "
+                          "journeys of the other files, or start a separate deployment with a fresh --recovery-dir"))
+    if packs and not found:
+        found += [(packs[0], "moment", pr) for pr in RuleLayout.of(tuple(packs), current.layout if current
+                                                                     else None).problems()]
     return found

@@ -19,20 +19,32 @@ States = list[RuleState | None]
 class JourneyRules:
     """The compiled generic rules of one journey and their dispatch table by event type."""
 
-    __slots__ = ("by_type", "every_type", "journey", "rules", "timed")
+    __slots__ = ("active", "by_type", "every_type", "gone", "journey", "rules", "timed")
 
-    def __init__(self, journey: str, rules: Iterable[GenericRule], types: Iterable[str] = ()) -> None:
-        """Index ``rules`` (those of ``journey``) for the event types ``types`` (more are indexed on first sight)."""
+    def __init__(self, journey: str, rules: Iterable[GenericRule | None], types: Iterable[str] = (),
+                 active: frozenset[int] | None = None) -> None:
+        """Index ``rules`` (those of ``journey``) for the event types ``types`` (more are indexed on first sight).
+
+        ``active``: the ids of the rules in force (a directory of versions, ``state.versions.RuleLayout``); the
+        others keep their place in the states but react to nothing; a None (a rule no version defines any more, from
+        a restored snapshot) also keeps its place, and its state is dropped at attempt end. Default: all in force.
+        """
         self.journey = journey
-        self.rules: tuple[GenericRule, ...] = tuple(r for r in rules if r.journey == journey)
-        self.every_type: tuple[int, ...] = tuple(i for i, r in enumerate(self.rules) if r.reacts_to is None)
-        self.timed: tuple[int, ...] = tuple(i for i, r in enumerate(self.rules) if r.kind == "absence")
+        given = [r for r in rules if r is None or r.journey == journey]
+        defined = [r for r in given if r is not None]
+        # A place no version defines holds another rule, never called: ``gone`` names those places.
+        self.gone: frozenset[int] = frozenset(i for i, r in enumerate(given) if r is None)
+        self.rules: tuple[GenericRule, ...] = tuple(r if r is not None else defined[0] for r in given)
+        self.active: tuple[int, ...] = tuple(i for i, r in enumerate(given)
+                                             if r is not None and (active is None or id(r) in active))
+        self.every_type: tuple[int, ...] = tuple(i for i in self.active if self.rules[i].reacts_to is None)
+        self.timed: tuple[int, ...] = tuple(i for i in self.active if self.rules[i].kind == "absence")
         self.by_type: dict[str, tuple[int, ...]] = {}
         for t in types:
             self._index(t)
 
     def _index(self, t: str) -> tuple[int, ...]:
-        out = tuple(i for i, r in enumerate(self.rules) if r.reacts_to is None or t in r.reacts_to)
+        out = tuple(i for i in self.active if (rt := self.rules[i].reacts_to) is None or t in rt)
         self.by_type[t] = out
         return out
 
@@ -87,7 +99,8 @@ class JourneyRules:
         The counts live on the compiled rules, which the shards of a process share: whichever shard collects
         them first reports them, so each drop is counted once per process.
         """
-        for r in self.rules:
+        for i in self.active:
+            r = self.rules[i]
             n = r.take_dropped()
             if n:
                 into[r.name] = into.get(r.name, 0) + n
@@ -97,6 +110,9 @@ class JourneyRules:
         empty = True
         for i, st in enumerate(states):
             if st is not None:
+                if i in self.gone:
+                    states[i] = None  # a rule no version defines any more: its state goes
+                    continue
                 r = self.rules[i]
                 r.end_attempt(st)
                 if r.is_empty(st, now_ms):

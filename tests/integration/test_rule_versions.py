@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from connectors.jsonl import read_jsonl
+from flows.rule_reload import MARGIN_MS
 from state.routing import shard_of_id
 from tests.helpers import MIN, T0, wait_until
 from tests.kafka_helpers import create_topics, free_port, produce, unique
@@ -68,6 +69,12 @@ def write_v2(d: Path) -> None:
     """Version 2: idle 25m, failed at P1, in force from 01:30Z (``SWITCH``)."""
     (d / "v2.toml").write_text(_PACK.format(version=2, effective='"2026-01-01T01:30:00Z"', idle=25, ttl="3h",
                                             urgency="P1"))
+
+
+def write_v2_other_rules(d: Path) -> None:
+    """Version 2 with another rule set: idle 25m, ``failed`` removed, ``stuck`` added, in force from 01:30Z."""
+    text = _PACK.format(version=2, effective='"2026-01-01T01:30:00Z"', idle=25, ttl="3h", urgency="P1")
+    (d / "v2.toml").write_text(text.replace('kind = "failed"', 'kind = "stuck"\nthreshold = 2'))
 
 
 def events(seed: int = 7, customers: int = 60) -> list[dict[str, Any]]:
@@ -204,10 +211,12 @@ def _k(eid: str, minute: int, step: str) -> bytes:
 
 
 @pytest.mark.kafka
-def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonment(kafka: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("add_v2", [write_v2, write_v2_other_rules], ids=["same-rules", "other-rules"])
+def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonment(
+        kafka: str, tmp_path: Path, add_v2: Any) -> None:
     """Customer k leaves checkout at 01:20 under v1 (idle 10m) and the worker is SIGKILLed before it is due; restarted
-    with v2 added (idle 25m from 01:30), k's journey is still open and its abandonment fires at 01:30 under v1 (v2's
-    idle would have let k's next event at 01:40 disarm it)."""
+    with v2 added (idle 25m from 01:30; with ``other-rules`` also a rule removed and one added), k's journey is still
+    open and its abandonment fires at 01:30 under v1 (v2's idle would have let k's next event at 01:40 disarm it)."""
     topics = {"CX_TOPIC_EVENTS": unique("cx.events"), "CX_TOPIC_FEEDBACK": unique("cx.feedback")}
     create_topics(kafka, topics.values(), partitions=1)
     # Without ticks a shard's watermark follows its own events: a probe customer of k's shard fails at 01:21 and
@@ -232,7 +241,7 @@ def test_a_sigkilled_worker_restarted_with_a_new_version_keeps_an_armed_abandonm
         stop_process(w.proc)
     assert not [m for m in read_jsonl(tmp_path / "out1" / "moments.jsonl") if m["customer_id"] == "k"]
 
-    write_v2(packs)
+    add_v2(packs)
     produce(kafka, topics["CX_TOPIC_EVENTS"], [_k("k2", 100, "payment"), _k("k3", 200, "product")])
     w = Worker([*args, "--kafka-stop-at-end", "--sink", f"jsonl:{tmp_path / 'out2'}"], tmp_path / "second.log",
                env=topics)
@@ -272,7 +281,7 @@ def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(k
         w.wait_log("metrics on http://")
         port = int(re.findall(r"metrics on http://[^ ]+:(\d+)/metrics", w.log())[0])
         assert wait_until(lambda: _reloads(port), 30, "the reload counters") == {"applied": 0, "invalid": 0,
-                                                                                  "too_late": 0}
+                                                                                  "too_late": 0, "replay": 0}
 
         def version_of(cid: str) -> int:
             got = wait_until(lambda: out.exists() and [m for m in read_jsonl(out) if m["customer_id"] == cid], 60,
@@ -289,11 +298,11 @@ def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(k
         (packs / "v2.toml").write_text(_PACK.format(version=2, effective=now - 3_600_000, idle=25, ttl="3h",
                                                     urgency="P1"))
         wait_until(lambda: _reloads(port)["too_late"] == 1, 30, "the late file counted", detail=lambda: w.log())
-        assert f"{packs / 'v2.toml'}: pack.effective_from: lies before the current watermark" in w.log()
+        assert f"{packs / 'v2.toml'}: pack.effective_from: lies before the wall clock plus 10 s" in w.log()
         produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail("b", time.time_ns() // 1_000_000)])
         assert version_of("b") == 1  # neither file changed what is in force
 
-        effective = time.time_ns() // 1_000_000 + 5_000
+        effective = time.time_ns() // 1_000_000 + MARGIN_MS + 5_000  # ahead of the reload margin
         (packs / "v2.toml").write_text(_PACK.format(version=2, effective=effective, idle=25, ttl="3h", urgency="P1"))
         wait_until(lambda: _reloads(port)["applied"] == 1, 10, "the new version picked up within 10 s",
                    detail=lambda: w.log())

@@ -72,3 +72,52 @@ def test_strict_without_simulate_is_refused_naming_the_option(capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "--strict" in err
     assert "needs --simulate" in err
+
+
+def _versions(d: Path) -> Path:
+    """v1: the default pack from the start; v2 from 01:00Z: maze removed, a generic rule added."""
+    text = DEFAULT_PACK.read_text()
+    start = text.index('[[moment]]\nkind = "maze"')
+    d.mkdir()
+    (d / "v1.toml").write_text(text)
+    (d / "v2.toml").write_text(
+        text[:start].replace("version = 1\n", 'version = 2\neffective_from = "2026-01-01T01:00:00Z"\n', 1)
+        + text[text.index("[[moment]]", start + 1):]
+        + '\n[[moment]]\nkind = "count"\nname = "views"\njourneys = ["cart"]\nwhen = { type = "view" }\n'
+          'threshold = 3\nwithin = "30m"\nurgency = "P3"\naction = "none"\n')
+    return d
+
+
+def test_a_directory_of_versions_is_checked_version_by_version(capsys: pytest.CaptureFixture[str],
+                                                               tmp_path: Path) -> None:
+    d = _versions(tmp_path / "packs")
+    assert main(["check-rules", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert f"{d}: 2 version(s) valid together: v1 from start, v2 from 1767229200000" in out
+    assert f"{d / 'v2.toml'}: v2, in force from 2026-01-01T01:00:00Z; against v1: adds cart.views; removes " \
+           "5g_upgrade.maze, cart.maze" in out
+    assert "rule cart.views" in out
+
+
+def test_a_directory_with_a_bad_version_exits_2_naming_file_and_field(capsys: pytest.CaptureFixture[str],
+                                                                     tmp_path: Path) -> None:
+    d = _versions(tmp_path / "packs")
+    (d / "v3.toml").write_text((d / "v1.toml").read_text().replace("version = 1\n", "version = 3\n"
+                                                                   'effective_from = "tomorrow"\n', 1))
+    (d / "v4.toml").write_text((d / "v1.toml").read_text().replace('idle = "10m"', 'idle = "soon"'))
+    assert main(["check-rules", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'v3.toml'}: pack.effective_from: must be an RFC 3339 date-time" in err
+    assert f"{d / 'v4.toml'}: moment[0].idle: must be a duration like '10m', got 'soon'" in err
+
+
+def test_a_directory_is_simulated_per_version_and_rule(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    d = _versions(tmp_path / "packs")
+    assert main(["check-rules", str(d), "--simulate", *ARGS]) == 0
+    out = capsys.readouterr().out
+    v1, v2 = out.split(f"\nv2 ({d / 'v2.toml'}):")
+    assert f"\nv1 ({d / 'v1.toml'}):" in v1
+    assert _row(v1, "cart.maze")[0] > 0
+    assert "cart.views" not in v1.split("simulated run")[1]
+    assert _row(v2, "cart.views")[0] > 0
+    assert "cart.maze " not in v2

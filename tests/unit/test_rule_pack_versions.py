@@ -76,14 +76,18 @@ def test_every_bad_file_of_a_directory_is_named_with_its_field(tmp_path: Path) -
     assert f"{tmp_path / 'e.toml'}: moment[0].idle" in text
 
 
-def test_a_version_that_changes_the_rule_set_is_refused_naming_the_rules(tmp_path: Path) -> None:
+def test_a_version_may_change_the_rules_but_not_the_journeys(tmp_path: Path) -> None:
     _pack(tmp_path, "a.toml", 1, T0)
     start = _BASE.index('[[moment]]\nkind = "maze"')
     _pack(tmp_path, "b.toml", 2, T0 + 1, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    v = load_versions(tmp_path)  # a version without maze: its place is kept, the rule is out of force in v2
+    assert [r.name for r in v.pack_at(T0 + 1).rules if r.kind == "maze"] == []
+    assert [r[0] for r in v.layout.rules] == [r.name for r in v.pack_at(T0).rules]  # v1's order, maze included
+    _pack(tmp_path, "c.toml", 3, T0 + 2,
+          text=_BASE.replace('"checkout", "payment"]', '"checkout", "review", "payment"]', 1))
     with pytest.raises(RulePackError) as e:
         load_versions(tmp_path)
-    assert f"{tmp_path / 'b.toml'}: moment: changes the rule set of {tmp_path / 'a.toml'} (removed " in str(e.value)
-    assert "cart.maze" in str(e.value)
+    assert f"{tmp_path / 'c.toml'}: journey: changes the journeys of {tmp_path / 'a.toml'}" in str(e.value)
 
 
 def test_an_empty_directory_is_refused(tmp_path: Path) -> None:
@@ -109,3 +113,19 @@ def test_the_batch_context_keeps_its_attributes_in_a_shared_key_dict() -> None:
 
     ctx = BatchContext(load_versions(DEFAULT_PACK).latest, "k", lambda: 0, False)
     assert len(vars(ctx)) < 30, sorted(vars(ctx))
+
+
+def test_versions_whose_kinds_together_need_more_state_slots_than_an_attempt_has_are_refused(tmp_path: Path) -> None:
+    """v2 swaps cart's maze for browse_loop: each version fits an attempt's 5 slots, both together (maze keeps its
+    slots for v1's state) do not."""
+    _pack(tmp_path, "a.toml", 1, T0)
+    start = _BASE.index('[[moment]]\nkind = "maze"')
+    swapped = (_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):]
+               + '\n[[moment]]\nkind = "browse_loop"\njourneys = ["cart"]\n')
+    alone = _pack(tmp_path / "alone", "b.toml", 2, T0 + 1, text=swapped)
+    assert load_versions(alone).single  # valid on its own
+    _pack(tmp_path, "b.toml", 2, T0 + 1, text=swapped)
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert "journey 'cart': the built-in kinds of every version" in str(e.value)
+    assert "fresh --recovery-dir" in str(e.value)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.rule_reload import APPLIED, INVALID, TOO_LATE, RuleReloader
+from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, RuleReloader
 from state.batches import RawBatch, Tick
 from state.rules import DEFAULT_PACK
 from state.shard import Shard, process
@@ -23,10 +23,11 @@ def _write(d: Path, name: str, version: int, effective: int | None, idle: str = 
     (d / name).write_text(text.replace("version = 1\n", head, 1).replace('idle = "10m"', f'idle = "{idle}"', 1))
 
 
-def _reloader(tmp_path: Path, live: bool = True) -> tuple[RuleReloader, list[str]]:
+def _reloader(tmp_path: Path, live: bool = True, now: int = T0) -> tuple[RuleReloader, list[str]]:
+    """A reloader whose wall clock stands at ``now``."""
     _write(tmp_path, "default.toml", 1, None)
     seen: list[str] = []
-    return RuleReloader(tmp_path, load_versions(tmp_path), live, seen.append), seen
+    return RuleReloader(tmp_path, load_versions(tmp_path), live, seen.append, clock=lambda: now), seen
 
 
 def test_nothing_changed_is_no_reload(tmp_path: Path) -> None:
@@ -49,14 +50,18 @@ def test_an_invalid_file_keeps_the_versions_in_force_and_is_logged_with_file_and
     assert r.check() is None  # judged once per change, not at every poll
 
 
-def test_a_version_that_changes_the_rule_set_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_version_may_change_the_rules_and_one_that_changes_the_journeys_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     r, _seen = _reloader(tmp_path)
     start = _BASE.index('[[moment]]\nkind = "maze"')
-    _write(tmp_path, "v2.toml", 2, T0, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    _write(tmp_path, "v2.toml", 2, T0 + MIN, text=_BASE[:start] + _BASE[_BASE.index("[[moment]]", start + 1):])
+    assert r.check() == APPLIED
+    assert not [x for x in r.current.pack_at(T0 + MIN).rules if x.kind == "maze"]
+    _write(tmp_path, "v3.toml", 3, T0 + 2 * MIN, text=_BASE.replace('"checkout", "payment"]',
+                                                              '"checkout", "review", "payment"]', 1))
     with caplog.at_level(logging.ERROR, "cx.rules"):
         assert r.check() == INVALID
-    assert f"{tmp_path / 'v2.toml'}: moment: changes the rule set of {tmp_path / 'default.toml'} (removed " \
-           "5g_upgrade.maze, cart.maze)" in caplog.text
+    assert f"{tmp_path / 'v3.toml'}: journey: changes the journeys of" in caplog.text
 
 
 def test_live_a_version_effective_behind_the_watermark_is_refused_and_one_ahead_applied(
@@ -66,7 +71,7 @@ def test_live_a_version_effective_behind_the_watermark_is_refused_and_one_ahead_
     _write(tmp_path, "v2.toml", 2, T0 + 59 * MIN, idle="20m")
     with caplog.at_level(logging.ERROR, "cx.rules"):
         assert r.check() == TOO_LATE
-    assert f"{tmp_path / 'v2.toml'}: pack.effective_from: lies before the current watermark" in caplog.text
+    assert f"{tmp_path / 'v2.toml'}: pack.effective_from: lies before the wall clock plus 10 s" in caplog.text
     _write(tmp_path, "v2.toml", 2, T0 + 61 * MIN, idle="20m")
     assert r.check() == APPLIED
     assert r.generation == 1
@@ -74,15 +79,42 @@ def test_live_a_version_effective_behind_the_watermark_is_refused_and_one_ahead_
     assert seen == [TOO_LATE, APPLIED]
 
 
-def test_a_replay_may_rewrite_history_and_the_shard_recomputes_its_wake_ups(tmp_path: Path) -> None:
-    r, _seen = _reloader(tmp_path, live=False)
+def test_processes_at_different_watermarks_decide_alike_by_the_wall_clock(tmp_path: Path) -> None:
+    """A process behind on a backlog (its watermark an hour back) and one up to date judge a change alike: by the
+    wall clock and the margin, not each by its own watermark (which split the cluster into two rule sets)."""
+    now = T0 + 120 * MIN
+    for effective, want in ((now + MARGIN_MS // 2, TOO_LATE), (now + MARGIN_MS, APPLIED)):
+        results = []
+        for name, wm in (("behind", now - 60 * MIN), ("current", now - 1_000)):
+            d = tmp_path / f"{name}{effective}"
+            d.mkdir()
+            r, _seen = _reloader(d, now=now)
+            r.note_watermark(wm)
+            _write(d, "v2.toml", 2, effective, idle="20m")
+            results.append(r.check())
+        assert results == [want, want], effective
+
+
+def test_a_replay_refuses_every_change_of_the_directory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    r, seen = _reloader(tmp_path, live=False)
+    before = r.current
+    _write(tmp_path, "v2.toml", 2, T0 + 600 * MIN, idle="20m")  # even one ahead of everything
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == REPLAY
+    assert r.current is before
+    assert r.generation == 0
+    assert seen == [REPLAY]
+    assert f"{tmp_path}: a replay (--clock replay) reads the --rules directory once, at start" in caplog.text
+
+
+def test_versions_that_rewrite_history_make_the_shard_recompute_its_wake_ups(tmp_path: Path) -> None:
+    r, _seen = _reloader(tmp_path, live=True)
     shard = Shard(r.current.latest, versions=r.current)
     # k leaves checkout at 0 (idle 10m under v1); the watermark passes 0 but not 10m.
     process(shard, [RawBatch("t", 0, raws([ev("k1", 0, "submit", customer="k", step="checkout"),
                                              ev("f1", 2 * MIN, customer="f")]), [0, 1])])
     _write(tmp_path, "v2.toml", 2, T0 - MIN, idle="20m")  # in force before k1: its abandonment moves to 20m
-    assert r.check() == APPLIED
-    assert install(shard, r.current)
+    assert install(shard, load_versions(tmp_path))  # (the reloader refuses that; a shard handles it all the same)
     out = process(shard, [RawBatch("t", 0, raws([ev("f2", 60 * MIN, customer="f")]), [2]), Tick(0, final=True)])
     got = [(m["rule"], m["due_ts"], m["rule_version"]) for m in out.moments if m["kind"] == "abandoned"]
     assert got == [("cart.abandoned", T0 + 20 * MIN, 2)]
