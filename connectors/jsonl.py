@@ -84,6 +84,7 @@ class JsonlWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._kinds = set(kinds)
+        self.kinds = frozenset(kinds)  # what it writes (``flows.sink.Writer``)
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 

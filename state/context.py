@@ -229,19 +229,9 @@ class BatchContext:
         """Emit a journey step row (first arrival at a step in an attempt), noting it in the attempt's trail."""
         if journey in self.trails:
             add_trail(a, ev.ts_ms, step, ev.entry or "", None, "")
-        self.out.steps.append(
-            {
-                "customer_id": cid,
-                "journey": journey,
-                "attempt_id": a.attempt_id,
-                "step": step,
-                "step_index": idx,
-                "entry": ev.entry or "",
-                "channel": ev.channel,
-                "event_id": ev.event_id,
-                "ts": ev.ts_ms,
-            }
-        )
+        # A tuple in ``STEP_FIELDS`` order: a dict only for a sink that writes step rows (``Outputs.records``).
+        self.out.steps.append((cid, journey, a.attempt_id, step, idx, ev.entry or "", ev.channel, ev.event_id,
+                               ev.ts_ms))
 
 
 _Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, frozenset[str], int]
