@@ -17,7 +17,7 @@ from state.events import Event
 from state.journey import ACTIVE, Attempt, add_trail
 from state.outputs import Outputs
 from state.plan import JourneyPlan
-from state.record import IDS_AT, WAKE_AT, CustomerState
+from state.record import CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
 from state.versions import NEVER, PackVersions
 from state.wheel import TimerWheel
@@ -138,9 +138,7 @@ class BatchContext:
 
     def schedule(self, c: CustomerState, due: int) -> None:
         """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
-        # The wake-up time read from the packed record directly (``c.wake`` adds a Python call): this runs for
-        # every new attempt and every latest event at a key step.
-        if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):
+        if due < c.wake:
             c.wake = due
             self.wheel.file(c.cid, due)
 
