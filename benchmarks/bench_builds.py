@@ -176,7 +176,8 @@ def main() -> None:
                  Figure("ratio with ClickHouse / without, compiled (JSONL + embedded ClickHouse / JSONL)",
                         tuple(o / c for o, c in zip(one, chd, strict=True)), "×")]
     body = (f"## Compiled (mypyc) against pure-Python state/, same run\n\n{machine()}\n\n"
-            f"`python -m benchmarks.bench_builds --runs {a.runs}`: {n:,} events ({a.customers:,} customers, "
+            f"`python -m benchmarks.bench_builds --runs {a.runs}{' --ratios' if a.ratios else ''}`: {n:,} events "
+            f"({a.customers:,} customers, "
             f"{a.minutes:g} simulated minutes), {moments.pop():,} moments in both builds; builds alternate within "
             f"each round, each measurement in a fresh child process.\n\n{table(figs)}\n\n"
             f"Median compiled / pure: {', '.join(summary)}.")
