@@ -228,7 +228,7 @@ class BatchContext:
         if journey in self.trails:
             add_trail(a, ev.ts_ms, step, ev.entry or "", None, "")
         # A tuple in ``STEP_FIELDS`` order: a dict only for a sink that writes step rows (``Outputs.records``).
-        self.out.steps.append((cid, journey, a.attempt_id, step, idx, ev.entry or "", ev.channel, ev.event_id,
+        self.out.step_rows.append((cid, journey, a.attempt_id, step, idx, ev.entry or "", ev.channel, ev.event_id,
                                ev.ts_ms))
 
 

@@ -14,8 +14,8 @@ from state.events import Event, Invalid
 DEFAULT_DEAD_LETTER_MAX_BYTES: Final = 16 * 1024
 # The largest allowed setting: 6 × 128 KiB plus the record's other fields still fits in 1 MB.
 MAX_DEAD_LETTER_MAX_BYTES: Final = 128 * 1024
-# A journey step row's fields: ``Outputs.steps`` holds the rows as tuples in this order, made dicts by ``records``
-# only for a sink that writes them (most events add a step row; JSONL does not write them by default).
+# A journey step row's fields: ``Outputs.step_rows`` holds the rows as tuples in this order, made dicts (``steps``,
+# ``records``) only for what reads them (most events add a step row; JSONL does not write them by default).
 STEP_FIELDS: Final = ("customer_id", "journey", "attempt_id", "step", "step_index", "entry", "channel", "event_id",
                       "ts")
 
@@ -85,7 +85,7 @@ class Outputs:
         "actions",
         "tags",
         "states",
-        "steps",
+        "step_rows",
         "dead",
         "context",
         "feedback",
@@ -112,7 +112,7 @@ class Outputs:
         self.actions: list[dict[str, Any]] = []  # one contact-policy decision per moment
         self.tags: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
-        self.steps: list[tuple[Any, ...]] = []  # journey step rows, in STEP_FIELDS order
+        self.step_rows: list[tuple[Any, ...]] = []  # journey step rows, in STEP_FIELDS order
         self.dead: list[dict[str, Any]] = []
         self.context: list[dict[str, Any]] = []
         self.feedback: list[dict[str, Any]] = []
@@ -147,7 +147,7 @@ class Outputs:
 
         Journey step rows are made dicts here, and only when ``kinds`` (None: every kind) holds them.
         """
-        steps: list[Any] = self.steps
+        steps: list[Any] = self.step_rows
         if steps:
             steps = [_step_record(r) for r in steps] if kinds is None or "journey_step" in kinds else []
         pairs = (
@@ -164,10 +164,15 @@ class Outputs:
         )
         return [(k, rows) for k, rows in pairs if rows]
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The journey step rows as records (dicts, made at each call from ``step_rows``)."""
+        return [_step_record(r) for r in self.step_rows]
+
     def __bool__(self) -> bool:
-        return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
-                    or self.feedback or self.late_events or self.events or self.invalid or self.late or self.evicted
-                    or self.urgent_early or self.urgent_reordered or self.inputs)
+        return bool(self.moments or self.actions or self.tags or self.states or self.step_rows or self.dead
+                    or self.context or self.feedback or self.late_events or self.events or self.invalid or self.late
+                    or self.evicted or self.urgent_early or self.urgent_reordered or self.inputs)
 
 
 def _step_record(r: tuple[Any, ...]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ def test_step_rows_become_dicts_with_the_documented_fields_only_for_a_sink_that_
         ("product", 0, "a"), ("cart", 1, "b"), ("payment", 3, "c"), ("(complete)", 4, "c")]
     assert "journey_step" not in dict(out.records({"moment", "tag"}))  # type: ignore[attr-defined]
     assert dict(out.records({"journey_step"}))["journey_step"] == rows  # type: ignore[attr-defined]
+    assert out.steps == rows  # type: ignore[attr-defined]  # what reads Outputs.steps (look-ups) gets the dicts
 
 
 class _Every:

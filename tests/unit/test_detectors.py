@@ -438,9 +438,8 @@ def test_tags_expire_after_their_ttl() -> None:
 def test_journey_steps_record_first_arrival_per_step_and_completion() -> None:
     out = run([ev("a", 0, "view", step="product"), ev("b", MIN, "start", step="cart"),
                ev("b2", 2 * MIN, "view", step="cart"), ev("c", 3 * MIN, "complete", step="payment")])
-    steps = dict(out.records())["journey_step"]
-    assert [(s["step"], s["step_index"]) for s in steps] == [("product", 0), ("cart", 1), ("payment", 3),
-                                                             ("(complete)", 4)]
+    assert [(s["step"], s["step_index"]) for s in out.steps] == [("product", 0), ("cart", 1), ("payment", 3),
+                                                                 ("(complete)", 4)]
     final = [s for s in out.states if s["status"] == "completed"]
     assert final
     assert final[-1]["steps_reached"] == ["product", "cart", "payment"]
