@@ -5,7 +5,10 @@ pure one (state/_build.py loads the sources), the builds alternating within ever
 runs made under the same load. The hot-path child also times the reference loop (benchmarks/reference_loop.py)
 on the same lines, so its ratio to the reference is a same-process figure too.
 
-    python -m benchmarks.bench_builds [--customers 20000] [--minutes 240] [--runs 5] [--memory 100000]
+    python -m benchmarks.bench_builds [--customers 20000] [--minutes 240] [--runs 5] [--memory 100000] [--ratios]
+
+``--ratios`` also measures, with the compiled build in the same rounds, bench_replay's two-process ratio (a
+two-process cluster / one process) and its ClickHouse-sink ratio (JSONL + embedded ClickHouse / JSONL alone).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_memory import _CHILD as MEMORY_CHILD
+from benchmarks.bench_replay import one_process, two_processes
 from benchmarks.harness import WORK, Figure, machine, table, write_section
 from benchmarks.traffic import events_file
 
@@ -109,6 +113,7 @@ def main() -> None:
     ap.add_argument("--memory", type=int, default=100_000, help="customers in the memory runs (0 skips them)")
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions over N lines")
+    ap.add_argument("--ratios", action="store_true", help="also the 2-process and ClickHouse-sink ratios (compiled)")
     a = ap.parse_args()
     events = events_file(a.customers, a.minutes)
     n = sum(1 for _ in events.open("rb"))
@@ -116,6 +121,9 @@ def main() -> None:
     ref: dict[str, list[float]] = {b: [] for b in BUILDS}
     rep: dict[str, list[float]] = {b: [] for b in BUILDS}
     mem: dict[str, list[dict[str, float]]] = {b: [] for b in BUILDS}
+    one: list[float] = []  # --ratios, compiled: one process, two processes, one process with ClickHouse (s)
+    two: list[float] = []
+    chd: list[float] = []
     moments: set[object] = set()
     for i in range(a.runs):
         order = BUILDS if i % 2 == 0 else BUILDS[::-1]
@@ -127,6 +135,10 @@ def main() -> None:
         if not a.no_replay:
             for b in order:
                 rep[b].append(replay(b, events, WORK / "builds-out"))
+        if a.ratios:  # the installed build is the compiled one (asserted by the hot-path children)
+            one.append(one_process(events, WORK / "builds-ratios"))
+            two.append(two_processes(events, WORK / "builds-ratios")[0])
+            chd.append(one_process(events, WORK / "builds-ratios", clickhouse=True))
         if a.memory and i < 3:
             for b in order:
                 mem[b].append(memory(b, a.memory))
@@ -158,8 +170,14 @@ def main() -> None:
         for b in BUILDS:
             figs.append(Figure(f"state update cost per event (bench_memory), {b}",
                                tuple(m["process_s"] / m["events"] * 1e6 for m in mem[b]), "µs"))
+    if one:
+        figs += [Figure("ratio 2 processes / 1 process, compiled (bench_replay's cluster)",
+                        tuple(o / t for o, t in zip(one, two, strict=True)), "×"),
+                 Figure("ratio with ClickHouse / without, compiled (JSONL + embedded ClickHouse / JSONL)",
+                        tuple(o / c for o, c in zip(one, chd, strict=True)), "×")]
     body = (f"## Compiled (mypyc) against pure-Python state/, same run\n\n{machine()}\n\n"
-            f"`python -m benchmarks.bench_builds --runs {a.runs}`: {n:,} events ({a.customers:,} customers, "
+            f"`python -m benchmarks.bench_builds --runs {a.runs}{' --ratios' if a.ratios else ''}`: {n:,} events "
+            f"({a.customers:,} customers, "
             f"{a.minutes:g} simulated minutes), {moments.pop():,} moments in both builds; builds alternate within "
             f"each round, each measurement in a fresh child process.\n\n{table(figs)}\n\n"
             f"Median compiled / pure: {', '.join(summary)}.")

@@ -84,6 +84,7 @@ class JsonlWriter:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._kinds = set(kinds)
+        self.kinds = frozenset(kinds)  # what it writes (``flows.sink.Writer``)
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -98,7 +99,8 @@ class JsonlWriter:
                 known = ", ".join(FILE_NAMES)
                 raise ValueError(f"unknown record kind {kind!r} (connectors/records.py defines {known})")
             return
-        data = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        dumps, nl = orjson.dumps, orjson.OPT_APPEND_NEWLINE  # the newline added by orjson: no second bytes per row
+        data = b"".join([dumps(r, option=nl) for r in rows])
         with self._lock:
             fd = self._fds.get(kind)
             path = self._dir / FILE_NAMES[kind]

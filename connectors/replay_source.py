@@ -33,8 +33,8 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from connectors.disorder import DisorderHook
 from connectors.placement import Placement, hello_items
 from state.batches import Hello, RawBatch, Tick
-from state.events import BASE_TYPES, unframed
-from state.routing import parsed_ts, shard_of_raw, ts_of_raw, validated_max_ts
+from state.events import BASE_TYPES
+from state.routing import split_lines, ts_of_raw, validated_max_ts
 from state.shard import wall_ms
 
 Item = tuple[str, RawBatch | Tick | Hello]
@@ -109,7 +109,6 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         max_ts = self._max_ts
         candidates: list[tuple[int, bytes]] = []
         pos = self._pos
-        n = 0
         limit = self._batch
         if self._pace is not None:
             allowed = self._pace(pos)
@@ -124,39 +123,14 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         now = wall_ms() if self._realtime else None
         self._awake = None
         # Disorder against the newest time, from the validated one: a hostile future ts skews one batch at most.
-        measure = self._on_disorder is not None
-        newest = max_ts
-        behind: list[int] = []
-        for raw in lines:
-            raw = unframed(raw)
-            t = ts_of_raw(raw)
-            if now is not None and t is not None and t > now:
-                # Not yet: a live simulation releases each event at its own time, never ahead of the clock.
-                self._held = raw
-                self._awake = datetime.now(UTC) + timedelta(milliseconds=min(t - now, 200))
-                break
-            pos += 1
-            if not raw:
-                continue
-            s = shard_of_raw(raw, shards)
-            if keep[s]:
-                values[s].append(raw)
-                offsets[s].append(pos)
-            if b"\\" in raw:
-                # An escape may hide the event's ts from slicing or show a decoy: the tracked time is the parsed one.
-                t = parsed_ts(raw)
-            if t is not None and t > max_ts:
-                candidates.append((t, raw))
-            if measure and t is not None:
-                if t >= newest:
-                    newest = t
-                elif keep[s]:
-                    behind.append(newest - t)
-            n += 1
-            if n >= limit:
-                break
-        else:
-            self._done = True
+        behind: list[int] | None = [] if self._on_disorder is not None else None
+        pos, n, ended, held = split_lines(lines, limit, shards, keep, values, offsets, pos, max_ts, candidates, behind,
+                                          now)
+        if held is not None:
+            self._held = held
+            t = ts_of_raw(held) or 0  # split_lines held it back for its ts
+            self._awake = datetime.now(UTC) + timedelta(milliseconds=min(t - (now or 0), 200))
+        self._done = ended
         self._pos = pos
         # Only a valid event may move the clock: a hostile line carrying a future ts would otherwise make every
         # later event late. Usually the newest candidate is valid, so this parses about one line per batch.
@@ -170,6 +144,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         self._max_ts = max_ts
         if self._on_disorder is not None:
             kept = sum(map(len, values))  # the others are in order (a line without a ts too: a dead letter)
+            assert behind is not None
             self._on_disorder(self._source.partition(":")[0], self._place, kept - len(behind), behind)
         keys = self._keys
         src = self._source

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.metrics import (
     ACTION_REASON_LABELS,
@@ -54,6 +54,17 @@ _lock = threading.Lock()
 _customers: dict[str, int] = {}
 _watermarks: dict[str, int] = {}
 _open_tags = 0
+# Labelled children by (metric, label values): prometheus-client's ``labels()`` validates and locks on every call,
+# which cost more than the rest of a batch's accounting. Label values are bounded (``label``), and so is this.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *values: str) -> Any:
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def _watermark_lag_s() -> float:
@@ -74,7 +85,7 @@ def record_events(counts: Mapping[tuple[str, str], int]) -> None:
     """
     for (channel, etype), n in counts.items():
         if n:
-            EVENTS.labels(label(channel, CHANNEL_LABELS), label(etype, TYPE_LABELS)).inc(n)
+            _child(EVENTS, label(channel, CHANNEL_LABELS), label(etype, TYPE_LABELS)).inc(n)
 
 
 def record_invalid(counts: Mapping[str, int]) -> None:
@@ -86,7 +97,7 @@ def record_invalid(counts: Mapping[str, int]) -> None:
     """
     for reason, n in counts.items():
         if n:
-            INVALID.labels(label(str(reason).split(":", 1)[0], INVALID_LABELS)).inc(n)
+            _child(INVALID, label(str(reason).split(":", 1)[0], INVALID_LABELS)).inc(n)
 
 
 def record_late(n: int) -> None:
@@ -156,11 +167,11 @@ def record_moment(rule: str, urgency: str, latency_s: float, target_s: float | N
     u = label(urgency, URGENCY_LABELS)
     latency_s = max(0.0, latency_s)
     rule_label = label(rule, RULE_LABELS)
-    MOMENTS.labels(rule_label, u).inc()
-    LATENCY.labels(rule_label, u).observe(latency_s)
+    _child(MOMENTS, rule_label, u).inc()
+    _child(LATENCY, rule_label, u).observe(latency_s)
     target = TARGETS_S.get(u) if target_s is None else target_s
     if target is not None and latency_s <= target:
-        WITHIN_TARGET.labels(u).inc()
+        _child(WITHIN_TARGET, u).inc()
 
 
 def record_actions(counts: Mapping[tuple[str, str, str], int]) -> None:
@@ -172,8 +183,8 @@ def record_actions(counts: Mapping[tuple[str, str, str], int]) -> None:
     """
     for (rule, status, reason), n in counts.items():
         if n:
-            ACTIONS.labels(label(rule, RULE_LABELS), label(status, ACTION_STATUSES),
-                           label(reason or "none", ACTION_REASON_LABELS)).inc(n)
+            _child(ACTIONS, label(rule, RULE_LABELS), label(status, ACTION_STATUSES),
+                   label(reason or "none", ACTION_REASON_LABELS)).inc(n)
 
 
 def record_tag_transitions(counts: Mapping[str, int]) -> None:
@@ -188,7 +199,7 @@ def record_tag_transitions(counts: Mapping[str, int]) -> None:
         if not n:
             continue
         s = label(state, TAG_STATES)
-        TAG_TRANSITIONS.labels(s).inc(n)
+        _child(TAG_TRANSITIONS, s).inc(n)
         if s == "open":
             delta += n
         elif s in ("resolved", "expired", "removed"):

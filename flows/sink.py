@@ -28,7 +28,8 @@ class Writer(Protocol):
     """What a sink backend offers (JSONL, ClickHouse, Kafka).
 
     A writer may also offer ``start_flush()``: hand its buffered rows over to be written without waiting
-    (``flush`` must then wait for everything handed over).
+    (``flush`` must then wait for everything handed over), and ``kinds``: the record kinds it writes (rows of
+    other kinds it would ignore; journey step rows are then not made dicts for it).
     """
 
     def add(self, kind: str, rows: list[dict[str, Any]]) -> None: ...  # noqa: D102
@@ -61,11 +62,14 @@ class _ProcessWriters:
         self._pending = False
         self._users = 0
         self._stop = threading.Event()
+        self._kinds: frozenset[str] | None = None  # what the writers write (None: all, or not known)
 
     def acquire(self) -> Sequence[Writer]:
         with self._lock:
             if self._writers is None:
                 self._writers = self._make(0)
+                kinds = [getattr(w, "kinds", None) for w in self._writers]
+                self._kinds = None if None in kinds else frozenset().union(*kinds)  # type: ignore[arg-type]
                 _LIVE.append(self)
                 threading.Thread(target=self._flusher, name="sink-flusher", daemon=True).start()
             self._users += 1
@@ -83,9 +87,9 @@ class _ProcessWriters:
     def write(self, outputs: list[Outputs]) -> None:
         writers = self._writers or ()
         with self._lock:
-            for w in writers:
-                for out in outputs:
-                    for kind, rows in out.records():
+            for out in outputs:
+                for kind, rows in out.records(self._kinds):
+                    for w in writers:
                         w.add(kind, rows)
             self._pending = True
             if time.monotonic() - self._last_flush >= self._interval:

@@ -17,7 +17,7 @@ from state.generic.base import GenericRule
 from state.journey import ACTIVE, Attempt, add_trail
 from state.outputs import Outputs
 from state.plan import JourneyPlan
-from state.record import IDS_AT, WAKE_AT, CustomerState
+from state.record import CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
 from state.versions import NEVER, PackVersions
 from state.wheel import TimerWheel
@@ -164,9 +164,7 @@ class BatchContext:
 
     def schedule(self, c: CustomerState, due: int) -> None:
         """Make sure the customer wakes up by ``due`` (a deadline its state now implies)."""
-        # The wake-up time read from the packed record directly (``c.wake`` adds a Python call): this runs for
-        # every new attempt and every latest event at a key step.
-        if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):
+        if due < c.wake:
             c.wake = due
             self.wheel.file(c.cid, due)
 
@@ -255,19 +253,9 @@ class BatchContext:
         """Emit a journey step row (first arrival at a step in an attempt), noting it in the attempt's trail."""
         if journey in self.trails:
             add_trail(a, ev.ts_ms, step, ev.entry or "", None, "")
-        self.out.steps.append(
-            {
-                "customer_id": cid,
-                "journey": journey,
-                "attempt_id": a.attempt_id,
-                "step": step,
-                "step_index": idx,
-                "entry": ev.entry or "",
-                "channel": ev.channel,
-                "event_id": ev.event_id,
-                "ts": ev.ts_ms,
-            }
-        )
+        # A tuple in ``STEP_FIELDS`` order: a dict only for a sink that writes step rows (``Outputs.records``).
+        self.out.step_rows.append((cid, journey, a.attempt_id, step, idx, ev.entry or "", ev.channel, ev.event_id,
+                               ev.ts_ms))
 
 
 _Compiled = tuple[RulePack, list[JourneyPlan], dict[str, tuple[tuple[int, Detector], ...]], int, frozenset[str], int]

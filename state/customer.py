@@ -19,7 +19,7 @@ from state.journey import COMPLETED, EXPIRED, Attempt, GenericAttempt
 from state.moments import SCHEMA_VERSION
 from state.plan import JourneyPlan
 from state.policy import remember_completion, remember_tz
-from state.record import IDS_AT, TAG_FIELDS, WAKE_AT, CustomerState
+from state.record import TAG_FIELDS, CustomerState
 from state.rule_model import STAGE_REUSE, STAGE_USE
 from state.tags import resolve_tags
 
@@ -156,7 +156,7 @@ def _new_attempt(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: J
     set_attempt(ctx, c, jidx, a)
     ctx.mark_dirty(c, cid, jidx)
     due = t + timeout
-    if due < int.from_bytes(c.rec[WAKE_AT:IDS_AT], "little"):  # ``ctx.schedule``'s test: usually nothing to do
+    if due < c.wake:  # ``ctx.schedule``'s test: usually nothing to do
         ctx.schedule(c, due)
     return a
 

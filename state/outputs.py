@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Container
 from typing import Any, Final
 
 from state.events import Event, Invalid
@@ -13,6 +14,10 @@ from state.events import Event, Invalid
 DEFAULT_DEAD_LETTER_MAX_BYTES: Final = 16 * 1024
 # The largest allowed setting: 6 × 128 KiB plus the record's other fields still fits in 1 MB.
 MAX_DEAD_LETTER_MAX_BYTES: Final = 128 * 1024
+# A journey step row's fields: ``Outputs.step_rows`` holds the rows as tuples in this order, made dicts (``steps``,
+# ``records``) only for what reads them (most events add a step row; JSONL does not write them by default).
+STEP_FIELDS: Final = ("customer_id", "journey", "attempt_id", "step", "step_index", "entry", "channel", "event_id",
+                      "ts")
 
 
 def _text_or_base64(raw: bytes, cut: bool) -> tuple[str, str]:
@@ -80,7 +85,7 @@ class Outputs:
         "actions",
         "tags",
         "states",
-        "steps",
+        "step_rows",
         "dead",
         "context",
         "feedback",
@@ -107,7 +112,7 @@ class Outputs:
         self.actions: list[dict[str, Any]] = []  # one contact-policy decision per moment
         self.tags: list[dict[str, Any]] = []
         self.states: list[dict[str, Any]] = []
-        self.steps: list[dict[str, Any]] = []
+        self.step_rows: list[tuple[Any, ...]] = []  # journey step rows, in STEP_FIELDS order
         self.dead: list[dict[str, Any]] = []
         self.context: list[dict[str, Any]] = []
         self.feedback: list[dict[str, Any]] = []
@@ -137,14 +142,20 @@ class Outputs:
         self.invalid[inv.reason.value] = self.invalid.get(inv.reason.value, 0) + 1
         self.dead.append(dead_letter_record(inv, source, partition, offset, now_ms, max_bytes))
 
-    def records(self) -> list[tuple[str, list[Any]]]:
-        """Return ``(kind, rows)`` pairs for the kinds that have rows (``event`` rows are ``Event`` tuples)."""
+    def records(self, kinds: Container[str] | None = None) -> list[tuple[str, list[Any]]]:
+        """Return ``(kind, rows)`` pairs for the kinds that have rows (``event`` rows are ``Event`` tuples).
+
+        Journey step rows are made dicts here, and only when ``kinds`` (None: every kind) holds them.
+        """
+        steps: list[Any] = self.step_rows
+        if steps:
+            steps = [_step_record(r) for r in steps] if kinds is None or "journey_step" in kinds else []
         pairs = (
             ("moment", self.moments),
             ("action", self.actions),
             ("tag", self.tags),
             ("journey_state", self.states),
-            ("journey_step", self.steps),
+            ("journey_step", steps),
             ("dead_letter", self.dead),
             ("context", self.context),
             ("feedback", self.feedback),
@@ -153,7 +164,17 @@ class Outputs:
         )
         return [(k, rows) for k, rows in pairs if rows]
 
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        """The journey step rows as records (dicts, made at each call from ``step_rows``)."""
+        return [_step_record(r) for r in self.step_rows]
+
     def __bool__(self) -> bool:
-        return bool(self.moments or self.actions or self.tags or self.states or self.steps or self.dead or self.context
-                    or self.feedback or self.late_events or self.events or self.invalid or self.late or self.evicted
-                    or self.urgent_early or self.urgent_reordered or self.inputs)
+        return bool(self.moments or self.actions or self.tags or self.states or self.step_rows or self.dead
+                    or self.context or self.feedback or self.late_events or self.events or self.invalid or self.late
+                    or self.evicted or self.urgent_early or self.urgent_reordered or self.inputs)
+
+
+def _step_record(r: tuple[Any, ...]) -> dict[str, Any]:
+    return {"customer_id": r[0], "journey": r[1], "attempt_id": r[2], "step": r[3], "step_index": r[4],
+            "entry": r[5], "channel": r[6], "event_id": r[7], "ts": r[8]}

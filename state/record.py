@@ -17,16 +17,18 @@ DEDUP_SLOTS: Final = 8  # recent event ids remembered per customer
 TAG_FIELDS: Final = 4  # fields per record in CustomerState.tags
 
 # CustomerState.rec, little-endian:
-#   last_seen:6  wake:6  n:1  n × event-id hash:6                     (rewritten by every event)
+#   last_seen:6  n:1  n × event-id hash:6                             (rewritten by every event)
 #   t:2  t × (rule index:2  state:1  opened_ts:6  moment id:16)       held tags
 #   tz_len:1  tz  s:2  s × (ts:6  len:1  channel)  d:2  d × (journey index:2  ts:6)   contact history,
 #                                                                     absent while there is none
 TS_BYTES: Final = 6  # bytes of an event time (enough until the year 6000)
 ID_BYTES: Final = 6  # bytes of a remembered event id's hash
 LAST_SEEN_AT: Final = 0
-WAKE_AT: Final = 6  # LAST_SEEN_AT + TS_BYTES
-IDS_AT: Final = 12  # WAKE_AT + TS_BYTES: the id count (one byte)
-RING_AT: Final = 13  # the first id hash; the held tags' count follows the last one
+IDS_AT: Final = 6  # LAST_SEEN_AT + TS_BYTES: the id count (one byte)
+RING_AT: Final = 7  # the first id hash; the held tags' count follows the last one
+# Snapshots carry the wake-up inside the record, after last_seen (``CustomerState.__getstate__``): the layout
+# before the wake-up became an attribute of its own, which keeps snapshots of either layout interchangeable.
+SNAPSHOT_WAKE_AT: Final = 6
 # A held tag's record, at offsets within it:
 TAG_RULE_AT: Final = 0  # rule index:1, then the version of a directory of versions:1 (0: none)
 TAG_STATE_AT: Final = 2  # state:1 (0 open, 1 actioned)
@@ -39,7 +41,6 @@ _ID_MASK: Final = (1 << 8 * ID_BYTES) - 1
 _IDS: Final = IDS_AT
 _RING: Final = RING_AT
 _TAG_BYTES: Final = TAG_BYTES
-_NO_WAKE: Final = bytes(TS_BYTES)
 _NO_TAGS: Final = bytes(2)
 _STATE_BYTE: Final = (b"\0", b"\1")  # a tag record's state byte: open, actioned
 _COUNTS: Final = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
@@ -56,11 +57,13 @@ class CustomerState:
 
     No timer is stored: every pending deadline (abandonment, attempt expiry, tag TTL, eviction) is
     derived from the state by ``next_deadline``, and the shard keeps one wake-up per customer at
-    the earliest of them (``wake``). All but the attempts live packed in ``rec`` (layout above);
-    the properties decode and re-encode it, which the hot path only does for ids and times.
+    the earliest of them (``wake``: event time of the wake-up, 0 while it is being handled). All but
+    the attempts and the wake-up live packed in ``rec`` (layout above); the properties decode and
+    re-encode it, which the hot path only does for ids and times. The wake-up is read and moved
+    several times per event and wake-up: kept apart (compiled, 8 unboxed bytes) it costs no new record.
     """
 
-    __slots__ = ("cid", "attempts", "rec")
+    __slots__ = ("cid", "attempts", "rec", "wake")
 
     # Defaults: unpickling a compiled instance runs __init__ with no arguments before __setstate__.
     def __init__(self, journeys: tuple[Attempt | None, ...] | int = 0, ts: int = 0, cid: str = "") -> None:
@@ -68,7 +71,8 @@ class CustomerState:
         self.cid = cid
         # The current attempt per journey index; the shard's shared all-None tuple while there is none.
         self.attempts: tuple[Attempt | None, ...] = journeys if isinstance(journeys, tuple) else (None,) * journeys
-        self.rec = ts.to_bytes(_TS, "little") + _NO_WAKE + b"\0" + _NO_TAGS
+        self.rec = ts.to_bytes(_TS, "little") + b"\0" + _NO_TAGS
+        self.wake = 0
 
     @property
     def last_seen(self) -> int:
@@ -81,16 +85,6 @@ class CustomerState:
     @last_seen.setter
     def last_seen(self, ts: int) -> None:
         self.rec = ts.to_bytes(_TS, "little") + self.rec[_TS:]
-
-    @property
-    def wake(self) -> int:
-        """Event time of the customer's wake-up in the shard (0 while it is being handled)."""
-        return int.from_bytes(self.rec[_TS:_IDS], "little")  # not via _u: read on every schedule()
-
-    @wake.setter
-    def wake(self, due: int) -> None:
-        r = self.rec
-        self.rec = r[:_TS] + due.to_bytes(_TS, "little") + r[_IDS:]
 
     def _tags_at(self) -> int:
         return _RING + _ID * self.rec[_IDS]
@@ -231,10 +225,13 @@ class CustomerState:
         return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
 
     def __getstate__(self) -> tuple[object, ...]:
-        return (self.cid, self.attempts, self.rec)
+        r = self.rec
+        return (self.cid, self.attempts, r[:SNAPSHOT_WAKE_AT] + self.wake.to_bytes(_TS, "little") + r[_IDS:])
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
-        self.cid, self.attempts, self.rec = st
+        self.cid, self.attempts, r = st
+        self.wake = int.from_bytes(r[SNAPSHOT_WAKE_AT : SNAPSHOT_WAKE_AT + _TS], "little")
+        self.rec = r[:SNAPSHOT_WAKE_AT] + r[SNAPSHOT_WAKE_AT + _TS :]
 
 
 def seen_before(c: CustomerState, ev: Event) -> bool:
@@ -254,15 +251,15 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
         if (i - _RING) % _ID == 0:  # only whole entries count
             return True
         i = r.find(key, i + 1, end)
-    # One join builds the new record (this runs for every event): last_seen (if later), wake, the id
-    # count, the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
+    # One join builds the new record (this runs for every event): last_seen (if later), the id count,
+    # the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
     if n >= DEDUP_SLOTS:
         first, count = _RING + _ID, r[_IDS:_RING]
     else:
         first, count = _RING, _COUNTS[n + 1]
     ts = ev.ts_ms
     if ts > int.from_bytes(r[:_TS], "little"):
-        c.rec = b"".join((ts.to_bytes(_TS, "little"), r[_TS:_IDS], count, r[first:end], key, r[end:]))
+        c.rec = b"".join((ts.to_bytes(_TS, "little"), count, r[first:end], key, r[end:]))
     else:
         c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))
     return False
