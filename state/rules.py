@@ -91,6 +91,9 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
         RulePackError: naming file, field and problem.
     """
     p = Path(path) if path is not None else DEFAULT_PACK
+    if p.exists() and not p.is_file():
+        # A FIFO would block the read for ever and /dev/zero fill memory.
+        raise RulePackError(p, "(file)", "is not a regular file (a directory, FIFO or device)")
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark is not TOML
     except FileNotFoundError:

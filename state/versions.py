@@ -245,11 +245,15 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
     p = Path(path) if path is not None else None
     if p is None or not p.is_dir():
         return PackVersions.of([load_rule_pack(p)])
-    files = sorted(f for f in p.iterdir() if f.suffix == ".toml" and f.is_file())
-    if not files:
+    entries = sorted(f for f in p.iterdir() if f.suffix == ".toml")
+    files = [f for f in entries if f.is_file()]
+    # Skipped without a word, a version meant to be in force would be missing: a broken link, a FIFO, a directory.
+    problems: list[tuple[str, str, str]] = [(str(f), "(file)", "is not a regular file (a directory, FIFO, device "
+                                             "or broken link): remove it or make it a pack file")
+                                            for f in entries if not f.is_file()]
+    if not files and not problems:
         raise RulePackError(p, "(directory)", "holds no pack file (*.toml)")
     packs: list[RulePack] = []
-    problems: list[tuple[str, str, str]] = []
     for f in files:
         try:
             packs.append(load_rule_pack(f))

@@ -84,3 +84,33 @@ def test_a_lookup_store_size_that_is_not_a_count_is_one_line(value: str, monkeyp
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert f"configuration: CX_LOOKUP_CUSTOMERS: must be a whole number of customers, at least 1, got {value!r}" in err
+
+
+def test_a_rules_directory_entry_that_is_not_a_regular_file_is_named_not_skipped(tmp_path: Path) -> None:
+    import os
+
+    from state.rules import DEFAULT_PACK, RulePackError
+    from state.versions import load_versions
+
+    (tmp_path / "v1.toml").write_text(DEFAULT_PACK.read_text())
+    (tmp_path / "v2.toml").symlink_to(tmp_path / "gone.toml")  # a broken link: a version meant to be in force
+    (tmp_path / "v3.toml").mkdir()
+    os.mkfifo(tmp_path / "v4.toml")
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    lines = str(e.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(tmp_path / f"v{i}.toml") for i in (2, 3, 4)]
+    assert all("(file): is not a regular file" in line for line in lines)
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "fifo"])
+def test_a_pack_path_that_is_not_a_regular_file_is_refused_without_reading_it(tmp_path: Path, path: str) -> None:
+    import os
+
+    from state.rules import RulePackError, load_rule_pack
+
+    if path == "fifo":
+        path = str(tmp_path / "p.toml")
+        os.mkfifo(path)  # reading it would block for ever
+    with pytest.raises(RulePackError, match="is not a regular file"):
+        load_rule_pack(path)
