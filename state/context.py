@@ -75,8 +75,9 @@ class BatchContext:
             for r in p.rules:
                 if r.generic is not None:
                     defined.setdefault(r.index, r.generic)
-        generic_all = {jid: tuple(defined.get(i) for i in lay.generic_places(jid)) for jid in kinds}
-        self._compiled = [_compile(p, kinds, generic_all) for p in versions.in_force]
+        # Each version's own generic rules in their places (a place only defined by others keeps theirs, inactive):
+        # with the first version's objects in every version, a later version's rules were never active.
+        self._compiled = [_compile(p, kinds, self._generic_places(p, kinds, defined)) for p in versions.in_force]
         # Version -> place -> its rule (``MomentRule.index`` is the rule's place in the layout, not in its pack).
         self._places = {p.version: {r.index: r for r in p.rules} for p in versions.packs}
         self.use(versions.at(now))
@@ -84,6 +85,12 @@ class BatchContext:
         # Idle for longer than the horizon: rule windows are inclusive, so an event exactly
         # horizon_ms after the customer's last one must still meet the state (under any version).
         self.evict_after_ms = max(p.horizon_ms for p in versions.packs) + 1
+
+    def _generic_places(self, p: RulePack, kinds: dict[str, Any],
+                        defined: dict[int, GenericRule]) -> dict[str, tuple[GenericRule | None, ...]]:
+        own = {r.index: r.generic for r in p.rules if r.generic is not None}
+        lay = self.versions.layout
+        return {jid: tuple(own.get(i, defined.get(i)) for i in lay.generic_places(jid)) for jid in kinds}
 
     def _names_of(self, versions: PackVersions) -> None:
         """The (name, bit in ``Attempt.fired``) of every rule of the layout, per journey, for the state rows."""

@@ -141,13 +141,18 @@ def upgrade(fmt: int, customers: dict[str, CustomerState], plans: list[JourneyPl
 
 
 def _generic_attempts(customers: dict[str, CustomerState], plans: list[JourneyPlan]) -> None:
-    """Give the attempts of journeys that now have generic rules (added since the snapshot) their generic slot."""
-    gains = [i for i, p in enumerate(plans) if p.generic is not None]
-    if not gains:
+    """Lay the attempts out for generic rules added since the snapshot: a journey's first one gives its attempts
+    their generic slot; later ones a place each at the end of the slot's list (the layout appends new rules)."""
+    sizes = {i: len(p.generic.rules) for i, p in enumerate(plans) if p.generic is not None}
+    if not sizes:
         return
     for c in customers.values():
-        if any(c.attempts[i] is not None and not isinstance(c.attempts[i], GenericAttempt) for i in gains):
-            c.attempts = tuple(_with_g(a) if i in gains and a is not None else a for i, a in enumerate(c.attempts))
+        if any(c.attempts[i] is not None and not isinstance(c.attempts[i], GenericAttempt) for i in sizes):
+            c.attempts = tuple(_with_g(a) if i in sizes and a is not None else a for i, a in enumerate(c.attempts))
+        for i, n in sizes.items():
+            a = c.attempts[i]
+            if isinstance(a, GenericAttempt) and a.g is not None and len(a.g) < n:
+                a.g.extend([None] * (n - len(a.g)))
 
 
 def _with_g(a: Attempt) -> Attempt:

@@ -109,3 +109,28 @@ def test_a_snapshot_restores_under_a_pack_with_other_rules(tmp_path: Path) -> No
     third = Shard(old)
     third.restore(second.snapshot())
     assert not third.ctx.single
+
+
+def test_a_generic_rule_fires_under_every_version_that_keeps_it(tmp_path: Path) -> None:
+    """An adversary's: v2, an identical copy in force from 60 min, silenced every generic rule from then on."""
+    v1 = _pack(tmp_path, "v1.toml", 1, T0, _COUNT.format(n=3))
+    v2 = _pack(tmp_path, "v2.toml", 2, T0 + 60 * MIN, _COUNT.format(n=3))
+    versions = PackVersions.of([v1, v2])
+    views = [ev(f"{c}{i}", t + i * MIN, customer=c, step="product") for c, t in (("a", 0), ("b", 61 * MIN))
+             for i in range(3)]
+    got = _moments(Shard(versions.latest, versions=versions), [*views, ev("end", 300 * MIN, customer="z")])
+    assert got == [("a", "cart.views", 2 * MIN, 1), ("b", "cart.views", 63 * MIN, 2)]
+
+
+def test_a_snapshot_restores_under_a_pack_that_adds_a_generic_rule_to_a_journey_that_has_one(tmp_path: Path) -> None:
+    """An adversary's: the restored attempt's generic list had one place for two rules (IndexError, every restart)."""
+    one = _pack(tmp_path / "a", "p.toml", 1, T0, _ABSENCE)
+    two = _pack(tmp_path / "b", "p.toml", 1, T0, _ABSENCE + _COUNT.format(n=2))
+    first = Shard(one)
+    run([ev("k1", 0, "submit", customer="k", step="checkout"), ev("n1", MIN, customer="n", step="product"),
+         ev("f1", 2 * MIN, customer="f", step="product")], shard=first, end=False)
+    second = Shard(two)
+    second.restore(first.snapshot())
+    got = _moments(second, [ev("n2", 3 * MIN, customer="n", step="product"),
+                            ev("n3", 4 * MIN, customer="n", step="product"), ev("end", 300 * MIN, customer="z")])
+    assert got == [("k", "cart.left_checkout", 20 * MIN, 1), ("n", "cart.views", 4 * MIN, 1)]
