@@ -16,7 +16,7 @@ from typing import Any, Final, TypeVar
 
 from state.detectors import KINDS, REGISTRY
 from state.detectors.base import describe
-from state.events import BASE_TYPES
+from state.events import BASE_TYPES, MAX_TS_MS
 from state.generic import schema as generic_schema
 from state.generic.base import GenericRule
 from state.plan import JourneyPlan
@@ -170,8 +170,8 @@ def _pack_meta(path: str, meta: object) -> tuple[str, int, int, int | None]:
 def _instant(path: str, where: str, value: object) -> int:
     """Epoch ms of an RFC 3339 date-time (a string or a TOML date-time, with an offset) or of epoch ms."""
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise RulePackError(path, where, f"epoch milliseconds must not be negative, got {value}")
+        if not 0 <= value < MAX_TS_MS:  # no event is valid at or after it: such a version could never be in force
+            raise RulePackError(path, where, f"epoch ms must be 0..{MAX_TS_MS - 1} (before 2100), got {value}")
         return value
     when: object = value
     if isinstance(value, str):
@@ -183,7 +183,10 @@ def _instant(path: str, where: str, value: object) -> int:
         raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}")
     if when.tzinfo is None:
         raise RulePackError(path, where, f"needs a UTC offset (e.g. 2026-01-05T09:00:00Z), got {value!r}")
-    return int(when.timestamp() * 1000)
+    ms = int(when.timestamp() * 1000)
+    if not 0 <= ms < MAX_TS_MS:
+        raise RulePackError(path, where, f"must lie in 1970..2099 (event times accepted), got {value!r}")
+    return ms
 
 
 def _journeys(path: str, raw: object, types: set[str], probs: _Problems) -> dict[str, JourneyDef]:

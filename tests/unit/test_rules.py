@@ -157,7 +157,7 @@ def test_missing_rule_pack_file_is_named(tmp_path: Path) -> None:
 
 
 def test_unreadable_rule_pack_is_a_rule_pack_error(tmp_path: Path) -> None:
-    with pytest.raises(RulePackError, match=r": \(file\): cannot be read"):
+    with pytest.raises(RulePackError, match=r": \(file\): is not a regular file"):
         load_rule_pack(tmp_path)  # a directory
     binary = tmp_path / "binary.toml"
     binary.write_bytes(b"name = '\xff\xfe'\n")

@@ -114,3 +114,21 @@ def test_a_pack_path_that_is_not_a_regular_file_is_refused_without_reading_it(tm
         os.mkfifo(path)  # reading it would block for ever
     with pytest.raises(RulePackError, match="is not a regular file"):
         load_rule_pack(path)
+
+
+@pytest.mark.parametrize("value", ["253402300800000", "4611686018427387904", "99999999999999999999",
+                                   '"2100-01-01T00:00:00Z"', "-1"])
+def test_an_effective_from_no_event_can_reach_is_refused_naming_the_field(tmp_path: Path, value: str) -> None:
+    """check-rules crashed on these (year 10000) while run accepted them: a version that could never be in force."""
+    import tomllib
+
+    from state.rules import DEFAULT_PACK, RulePackError, load_rule_pack
+
+    text = DEFAULT_PACK.read_text().replace("version = 1\n", f"version = 1\neffective_from = {value}\n", 1)
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        pytest.skip("not TOML")
+    (tmp_path / "v.toml").write_text(text)
+    with pytest.raises(RulePackError, match="pack.effective_from"):
+        load_rule_pack(tmp_path / "v.toml")
