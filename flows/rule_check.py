@@ -132,11 +132,20 @@ def _check_directory(a: argparse.Namespace) -> int:
     versions = load_versions(a.path)
     print(f"{versions.path}: {len(versions.packs)} version(s) valid together: {versions.describe()}")
     prev: RulePack | None = None
-    for p in versions.packs:
-        print(f"\n{p.path}: v{p.version}, in force from {_when(p)}"
+    for start, p in zip(versions.starts, versions.in_force, strict=True):
+        # What a run does: the newest version whose effective_from has come, in the order they come into force.
+        print(f"\n{p.path}: v{p.version}, in force from {_when(p, start)}"
               + (f"; against v{prev.version}: {rule_changes(prev, p)}" if prev is not None else ""))
         _describe(p)
         prev = p
+    used = {p.version for p in versions.in_force}
+    never = [p for p in versions.packs if p.version not in used]
+    for p in never:
+        print(f"\n{p.path}: v{p.version} is NEVER in force: a newer version is in force from {_when(p)} on "
+              f"(each event is handled by the newest version whose effective_from has come)")
+    if never and a.strict:
+        print(f"check-rules --strict: {len(never)} version(s) never in force", file=sys.stderr)
+        return 1
     if not a.simulate:
         return 0
     flagged = total = 0
@@ -152,10 +161,12 @@ def _check_directory(a: argparse.Namespace) -> int:
     return 0
 
 
-def _when(p: RulePack) -> str:
-    if p.effective_from_ms is None:
+def _when(p: RulePack, start: int | None = None) -> str:
+    t = p.effective_from_ms if start is None else start
+    if t is None or t <= 0 or (start is not None and p.effective_from_ms is None):
         return "the start"
-    return datetime.fromtimestamp(p.effective_from_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    when = datetime.fromtimestamp(t // 1000, UTC).replace(microsecond=t % 1000 * 1000)  # exact, no float rounding
+    return when.isoformat(timespec="milliseconds" if t % 1000 else "seconds").replace("+00:00", "Z")
 
 
 def rule_changes(old: RulePack, new: RulePack) -> str:

@@ -121,3 +121,17 @@ def test_a_directory_is_simulated_per_version_and_rule(capsys: pytest.CaptureFix
     assert "cart.views" not in v1.split("simulated run")[1]
     assert _row(v2, "cart.views")[0] > 0
     assert "cart.maze " not in v2
+
+
+def test_a_version_that_is_never_in_force_is_said_so_and_strict_fails(capsys: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
+    """An adversary's: v5 from the start shadows v2 from 00:40 (the newest version in force wins), yet check-rules
+    described v2 as in force from 00:40, removing rules that went on firing with rule_version 5."""
+    d = _versions(tmp_path / "packs")
+    (d / "v1.toml").write_text((d / "v1.toml").read_text().replace("version = 1\n", "version = 5\n", 1))
+    assert main(["check-rules", str(d)]) == 0
+    out = capsys.readouterr().out
+    assert f"{d / 'v1.toml'}: v5, in force from the start" in out
+    assert f"{d / 'v2.toml'}: v2 is NEVER in force: a newer version is in force from 2026-01-01T01:00:00Z on" in out
+    assert "v2, in force from" not in out
+    assert main(["check-rules", "--simulate", "--strict", *ARGS, str(d)]) == 1
