@@ -89,7 +89,8 @@ def check_pack(fmt: object, fp: object, rest: list[Any], pack: RulePack) -> None
         raise ValueError(
             f"recovery state was built with a different rule pack ({changed}; fingerprint {fp}, now "
             f"{pack.layout_fingerprint()} for {pack.path}): only rule parameters may change across a restart; "
-            "keep the old rules until a fresh start, or start with a fresh recovery directory"
+            "restart once with the old rules (that writes a snapshot with its rule layout, which later restarts "
+            "may change), or start with a fresh recovery directory"
         )
 
 

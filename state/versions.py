@@ -117,12 +117,14 @@ class RuleLayout:
         found = []
         if len(self.rules) > MAX_RULES:
             found.append(f"the versions (with the recovery state's rules) hold {len(self.rules)} distinct rules, at "
-                         f"most {MAX_RULES} can be kept; start a separate deployment with a fresh --recovery-dir")
+                         f"most {MAX_RULES} can be kept: use fewer distinct rules over the versions "
+                         "(with --recovery-dir, a removed rule keeps its place until a fresh recovery directory)")
         for journey, kinds in self.kinds:
             if sum(len(REGISTRY[k].STATE) for k in kinds) > len(STATE_SLOTS):
                 found.append(f"journey {journey!r}: the built-in kinds of every version (and of the recovery state) "
                              f"together, {', '.join(kinds)}, keep more per-attempt state than an attempt holds "
-                             f"({len(STATE_SLOTS)} slots); start a separate deployment with a fresh --recovery-dir")
+                             f"({len(STATE_SLOTS)} slots): use fewer built-in kinds in that journey "
+                             "(with --recovery-dir, a removed kind keeps its slots until a fresh recovery directory)")
         return found
 
     def dump(self) -> tuple[object, ...]:
