@@ -128,4 +128,4 @@ def test_versions_whose_kinds_together_need_more_state_slots_than_an_attempt_has
     with pytest.raises(RulePackError) as e:
         load_versions(tmp_path)
     assert "journey 'cart': the built-in kinds of every version" in str(e.value)
-    assert "fresh --recovery-dir" in str(e.value)
+    assert "use fewer built-in kinds in that journey" in str(e.value)
