@@ -25,7 +25,7 @@ from typing import Any, Final
 import orjson
 
 from flows.config import ConfigError
-from state.outputs import Outputs
+from state.outputs import STEP_FIELDS, Outputs
 
 MAX_MOMENTS: Final = 20  # moments kept (and listed) per customer, newest first
 MAX_ATTEMPTS: Final = 4  # attempts per customer whose entry points and channels are kept
@@ -34,6 +34,8 @@ CUSTOMERS_ENV: Final = "CX_LOOKUP_CUSTOMERS"
 _MOMENT: Final = ("moment_id", "rule", "rule_version", "kind", "journey", "step", "urgency", "due_ts", "detected_at",
                   "evidence", "action")
 _DROPPED_BITS: Final = 1 << 23  # 1 MiB: one bit per hashed id of a customer dropped by the bound
+_CID, _JOURNEY, _ATTEMPT, _ENTRY, _CHANNEL = (STEP_FIELDS.index(f) for f in (
+    "customer_id", "journey", "attempt_id", "entry", "channel"))
 _DECISION: Final = ("status", "reason", "channel", "template", "control", "suppressed_channels", "send_ts")
 
 
@@ -90,7 +92,7 @@ class Recent:
 
     def note(self, out: Outputs) -> None:
         """Remember what a shard batch produced: its moments with their decisions, contexts and journey steps."""
-        if not self.enabled or not (out.moments or out.context or out.steps):
+        if not self.enabled or not (out.moments or out.context or out.step_rows):
             return
         # A moment's decision is made in the batch that fires it (state.firing.decide).
         decisions = {a["moment_id"]: a for a in out.actions} if out.actions else {}
@@ -104,9 +106,9 @@ class Recent:
         intern = sys.intern  # journeys, entry points and channels: a few names, shared by every customer
         with self._lock:  # encoded above: the HTTP threads wait only for the inserts
             entry = self._entry
-            for s in out.steps:
-                e = entry(s["customer_id"])
-                journey, attempt, en, ch = s["journey"], s["attempt_id"], s["entry"], s["channel"]
+            for s in out.step_rows:  # the tuples as the shard made them: ``Outputs.steps`` would build dicts
+                e = entry(s[_CID])
+                journey, attempt, en, ch = s[_JOURNEY], s[_ATTEMPT], s[_ENTRY], s[_CHANNEL]
                 atts = e[_ATTEMPTS]
                 i = next((i for i, t in enumerate(atts) if t[1] == attempt and t[0] == journey), -1)
                 old = atts[i] if i >= 0 else (intern(journey), attempt, (), ())

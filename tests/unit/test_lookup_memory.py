@@ -13,7 +13,7 @@ from flows.recent import MAX_MOMENTS, RECENT, Recent
 from flows.serving import SHARDS, Service, dumps
 from state.batches import RawBatch
 from state.moments import moment_id
-from state.outputs import Outputs
+from state.outputs import STEP_FIELDS, Outputs
 from state.shard import Shard
 from tests.helpers import PACK, T0, ev, raws
 
@@ -83,8 +83,9 @@ def test_the_recent_store_is_bounded_per_customer_and_in_customers() -> None:
     assert [m["due_ts"] for m in orjson.loads(orjson.dumps(kept["moments"]))] == list(range(MAX_MOMENTS + 4, 4, -1))
     for cid in ("b", "c"):
         o = Outputs()
-        o.steps.append({"customer_id": cid, "journey": "j", "attempt_id": "x", "step": "s", "entry": "",
-                        "channel": "app"})
+        row = {"customer_id": cid, "journey": "j", "attempt_id": "x", "step": "s", "step_index": 0, "entry": "",
+               "channel": "app", "event_id": "e", "ts": 1}
+        o.step_rows.append(tuple(row[f] for f in STEP_FIELDS))  # as the shard makes them (``Outputs.steps``: dicts)
         store.note(o)
     assert (store.get("a"), len(store), store.dropped) == (None, 2, 1)  # the least recently noted went first
     assert store.maybe_dropped("a")
