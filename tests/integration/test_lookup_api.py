@@ -138,9 +138,11 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
 
     def explained() -> dict[str, Any] | None:
         code, body = _get(port, f"/v1/moments/{failed}")
-        return body if code == 200 and all(e.get("stored", True) for e in body["evidence"]) else None
+        # Evidence and steps are separate inserts of the sink: wait for both (CI once read the steps before theirs).
+        return body if (code == 200 and all(e.get("stored", True) for e in body["evidence"])
+                        and len(body["steps"]) >= 3) else None
 
-    ex = wait_until(explained, 60, "the moment's explanation with its stored evidence")
+    ex = wait_until(explained, 60, "the moment's explanation with its stored evidence and steps")
     assert isinstance(ex, dict)
     assert ex["rule"]["rule"] == "cart.failed"
     assert ex["rule"]["version"] == 1
