@@ -171,8 +171,8 @@ def test_garbage_on_process_0s_address_is_dropped_and_the_peers_still_agree() ->
                 s.sendall(payload)
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(100) == b""  # closed without an answer
-            except ConnectionResetError:
-                pass  # closed while the payload was still arriving
+            except OSError:
+                pass  # closed while the payload was still arriving (reset, broken pipe or not connected by now)
     assert _Process(addresses, Hello(1, SAME)).outcome() is None
     assert zero.outcome() is None
 
