@@ -43,7 +43,7 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _int_env(name: str, default: int | None) -> int | None:
     v = _env(name)
-    if v is None or v == "":
+    if v is None:
         return default
     try:
         return int(v)
@@ -63,7 +63,7 @@ def _off_env(name: str) -> bool:
 
 def _float_env(name: str, default: float) -> float:
     v = _env(name)
-    if v is None or v == "":
+    if v is None:
         return default
     try:
         return float(v)

@@ -103,13 +103,14 @@ def _closed(conn: socket.socket) -> bool:
         return True
 
 
-def _view(failure: ClusterSettingsError, peer: Hello, ours: Hello) -> str:
-    """The difference as the peer should report it: its own against process 0's, else the one process 0 found."""
+def _difference(peer: Hello, ours: Hello, otherwise: str) -> str:
+    """The refusal as the peer should report it (``setting<TAB>text``): its own difference against process 0's
+    settings, else ``otherwise``."""
     try:
         check_hello(ours, peer)
     except ClusterSettingsError as e:
         return f"{e.setting}\t{e}"
-    return f"{failure.setting}\tprocess 0 stops: {failure}"
+    return otherwise
 
 
 class _Collector:
@@ -217,7 +218,8 @@ class _Collector:
         p = hello.process
         if p not in self.expected:
             # Not a process of this cluster (another -a list, or a second -i 0): its own difference, if any.
-            self._send(conn, hello, self._refusal(hello, f"there is no process {p} in process 0's -a list"))
+            stranger = f"-i\tthere is no process {p} in process 0's -a list"
+            self._send(conn, hello, _difference(hello, self.ours, stranger))
             return
         if p in self.peers:
             old = self.peers[p][0]
@@ -231,13 +233,6 @@ class _Collector:
         except ClusterSettingsError as e:
             self.failure = self.failure or e
         self.peers[p] = (conn, hello)
-
-    def _refusal(self, hello: Hello, otherwise: str) -> str:
-        try:
-            check_hello(self.ours, hello)
-        except ClusterSettingsError as e:
-            return f"{e.setting}\t{e}"
-        return f"-i\t{otherwise}"
 
     def _send(self, conn: socket.socket, hello: Hello, failure: str | None) -> None:
         try:
@@ -254,7 +249,9 @@ class _Collector:
         for p in list(self.peers):
             conn, hello = self.peers.pop(p)
             self.answered.add(p)
-            self._send(conn, hello, None if self.failure is None else _view(self.failure, hello, self.ours))
+            failure = self.failure
+            self._send(conn, hello, None if failure is None else
+                       _difference(hello, self.ours, f"{failure.setting}\tprocess 0 stops: {failure}"))
 
 
 def _answer(conn: socket.socket, address: str, stop: Callable[[], bool]) -> bytes:

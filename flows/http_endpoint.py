@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import re
 import socket
 import sys
@@ -94,12 +93,12 @@ def set_service(service: Service | None, token: str | None = None) -> Service | 
     Returns:
         The service served before, if any.
     """
-    from flows.serving import TOKEN_ENV
+    from flows.http_token import http_token
 
     old = _api[0][0] if _api else None
     _api.clear()
     if service is not None:
-        _api.append((service, token if token is not None else os.environ.get(TOKEN_ENV) or None))
+        _api.append((service, token if token is not None else http_token()))
     return old
 
 

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from flows.config import PipelineConfig
-from flows.http_token import http_token
+from flows.http_token import TOKEN_ENV, http_token
 
 log = logging.getLogger("cx.run")
 
@@ -37,7 +37,7 @@ def serve_lookups(cfg: PipelineConfig) -> None:
     if http_token():
         log.info("look-up API on /v1/ (bearer token required)")
     else:
-        log.info("look-up API on /v1/ without a token (set %s to require one)", serving.TOKEN_ENV)
+        log.info("look-up API on /v1/ without a token (set %s to require one)", TOKEN_ENV)
 
 
 def stop_lookups() -> None:

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bytewax.errors import BytewaxRuntimeError
@@ -33,6 +32,7 @@ from flows.recovery_layout import check_input_files, check_rule_pack, check_shar
 from flows.rule_reload import RESULTS, RuleReloader
 from flows.sink import flush_all
 from flows.stats import STATS
+from flows.stopping import await_workers_stopped
 from state.outputs import Outputs
 from state.routing import ShardCountMismatchError
 from state.rules import RulePack
@@ -356,36 +356,6 @@ def _terminate(_signum: int, _frame: object) -> None:
 
 SIGTERM_GRACE_S = 5.0
 INPUT_STOP_GRACE_S = 5.0
-_TASKS = Path("/proc/self/task")
-
-
-def _worker_threads() -> int:
-    """Count this process's Bytewax worker threads (Timely names them ``timely:work-N``); 0 where unknown."""
-    count = 0
-    try:
-        for task in _TASKS.iterdir():
-            try:
-                if (task / "comm").read_text().startswith("timely:work"):
-                    count += 1
-            except OSError:
-                continue  # the thread ended while listing
-    except OSError:
-        return 0
-    return count
-
-
-def await_workers_stopped(timeout_s: float) -> bool:
-    """Wait until the worker threads have left the dataflow; return whether they have.
-
-    On a signal Bytewax returns as soon as it has told the workers to stop; a worker may still be finishing
-    the step it was in, and rows it writes after ``flush_all`` would be lost.
-    """
-    deadline = time.monotonic() + timeout_s
-    while _worker_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return not _worker_threads()
-
-
 _WATCHER: threading.Thread | None = None
 
 

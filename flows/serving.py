@@ -49,7 +49,6 @@ from state.shard import Shard
 log = logging.getLogger("cx.serving")
 
 PEER_TIMEOUT_S: Final = 5.0
-TOKEN_ENV: Final = "CX_HTTP_TOKEN"
 
 
 class ShardOwner(Protocol):

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import CodeType, FrameType
 from typing import Any
 
@@ -182,3 +183,33 @@ class StoppableSource(FixedPartitionedSource[Any, Any]):
 def stoppable(source: Source[Any]) -> Source[Any]:
     """Wrap a fixed-partition source so that a requested stop ends it; other sources are returned as they are."""
     return StoppableSource(source) if isinstance(source, FixedPartitionedSource) else source
+
+
+_TASKS = Path("/proc/self/task")
+
+
+def _worker_threads() -> int:
+    """Count this process's Bytewax worker threads (Timely names them ``timely:work-N``); 0 where unknown."""
+    count = 0
+    try:
+        for task in _TASKS.iterdir():
+            try:
+                if (task / "comm").read_text().startswith("timely:work"):
+                    count += 1
+            except OSError:
+                continue  # the thread ended while listing
+    except OSError:
+        return 0
+    return count
+
+
+def await_workers_stopped(timeout_s: float) -> bool:
+    """Wait until the worker threads have left the dataflow; return whether they have.
+
+    On a signal Bytewax returns as soon as it has told the workers to stop; a worker may still be finishing
+    the step it was in, and rows it writes after ``flush_all`` would be lost.
+    """
+    deadline = time.monotonic() + timeout_s
+    while _worker_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not _worker_threads()

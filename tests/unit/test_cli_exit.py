@@ -8,6 +8,7 @@ import pytest
 
 import flows.cli as cli
 import flows.runner as runner
+import flows.stopping as stopping
 
 
 def _tasks(tmp_path: Path, names: list[str]) -> Path:
@@ -19,10 +20,10 @@ def _tasks(tmp_path: Path, names: list[str]) -> Path:
 
 def test_await_workers_stopped_reports_worker_threads_still_running(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "_TASKS", _tasks(tmp_path, ["python", "timely:work-1", "timely:send-0"]))
-    assert not runner.await_workers_stopped(0.05)
+    monkeypatch.setattr(stopping, "_TASKS", _tasks(tmp_path, ["python", "timely:work-1", "timely:send-0"]))
+    assert not stopping.await_workers_stopped(0.05)
     (tmp_path / "1" / "comm").write_text("python\n")  # the worker left the dataflow
-    assert runner.await_workers_stopped(0.05)
+    assert stopping.await_workers_stopped(0.05)
 
 
 @pytest.mark.parametrize(("left", "cluster_failed"), [(True, False), (False, False), (False, True)])

@@ -47,6 +47,7 @@ def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applie
     seen: list[tuple[int, str]] = []
     errors: list[BaseException] = []
     done = threading.Event()
+    found = threading.Event()
 
     def worker() -> None:
         # Like ShardLogic.on_batch: each batch applied under the shard's lock.
@@ -55,6 +56,8 @@ def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applie
                 batch = [ev(f"e{k}", k, "view", step=STEPS[k % 3]) for k in range(i, i + 50)]
                 with lock:
                     process(shard, [RawBatch("file:t", 0, raws(batch), list(range(i, i + 50)))])
+                if i == 0:
+                    found.wait(10)  # the compiled shard can finish every batch before the reader's first look
         finally:
             done.set()
 
@@ -65,6 +68,7 @@ def test_a_lookup_sees_the_customer_as_one_event_left_it_while_the_worker_applie
                 if view is not None:
                     j = view["journeys"][0]
                     seen.append((j["updated_at"], j["step"]))
+                    found.set()
         except BaseException as e:  # noqa: BLE001 - reported by the test
             errors.append(e)
 
