@@ -1,11 +1,12 @@
 """Look-up latency while the worker processes events, and what serving and the events table cost (issue 17).
 
-``moments run`` replays the simulator into the embedded ClickHouse (the default sink) three ways, the same input
-each time: with the events table off (the shard's ``keep_events`` forced off), as shipped, and as shipped while
-client threads ask ``GET /v1/customers/{id}`` at 200 requests/s for random simulated customers. Throughput is
-valid events (``cx_events_total``) per second between the first and the last counted event, polled from
-/metrics; latency is each request's wall time from the client, split by answer (200: the customer is held, its
-history read from ClickHouse; 404: not held).
+``moments run`` replays simulated events (a file written once by the simulator, or ``--source simulator``:
+generated in the worker, which then spends part of its time generating) into the embedded ClickHouse (the default
+sink) three ways, the same input each time: with the events table off (the shard's ``keep_events`` forced off), as
+shipped, and as shipped while client threads ask ``GET /v1/customers/{id}`` at 200 requests/s for random simulated
+customers. Throughput is valid events (``cx_events_total``) per second between the first and the last counted event,
+polled from /metrics; latency is each request's wall time from the client, split by answer (200 from memory: the
+customer is held; 200 with ``"held": false``: evicted, read from ClickHouse; 404: unknown).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.harness import Figure, machine, table, write_section
+from benchmarks.traffic import events_file
 
 RATE = 200.0  # look-ups per second
 # Open loop: each client thread keeps its own schedule (RATE / CLIENTS) on one kept-alive connection, so a slow
@@ -76,12 +78,15 @@ def _lookups(port: int, customers: int, stop: threading.Event, out: list[tuple[f
     conn.close()
 
 
-def run(customers: int, minutes: float, mode: str) -> tuple[float, list[tuple[int, float]], float]:
-    """One replay; returns (events/s, [(status, seconds)] of the look-ups made while events flowed, their span)."""
+def run(customers: int, minutes: float, mode: str, source: Path | None = None) -> tuple[
+        float, list[tuple[int, float]], float]:
+    """One replay (of ``source``, else the simulator); returns (events/s, [(status, seconds)] of the look-ups made
+    while events flowed, their span)."""
     port = _free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["run", "--source", "simulator", "--customers", str(customers), "--minutes", str(minutes),
-                "--sink", f"chdb://{Path(tmp) / 'ch'}", "--metrics-port", str(port), "--status", "off"]
+        src = ["--source", f"file:{source}"] if source is not None else \
+            ["--source", "simulator", "--customers", str(customers), "--minutes", str(minutes)]
+        args = ["run", *src, "--sink", f"chdb://{Path(tmp) / 'ch'}", "--metrics-port", str(port), "--status", "off"]
         cmd = ["-c", NO_EVENTS + "import runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)"] \
             if mode == "no-events" else ["-m", "flows.cli"]
         proc = subprocess.Popen([sys.executable, *cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -124,13 +129,16 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=20_000)
     ap.add_argument("--minutes", type=float, default=600)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--source", choices=("file", "simulator"), default="file",
+                    help="replay a file the simulator wrote once (default), or simulate inside the worker")
     a = ap.parse_args()
+    source = events_file(a.customers, a.minutes) if a.source == "file" else None
     rates: dict[str, list[float]] = {"no-events": [], "shipped": [], "lookups": []}
     lat: list[tuple[int, float]] = []
     span = 0.0
     for _ in range(a.runs):
         for mode in rates:
-            r, got, secs = run(a.customers, a.minutes, mode)
+            r, got, secs = run(a.customers, a.minutes, mode, source)
             rates[mode].append(r)
             lat += got
             span += secs
@@ -149,7 +157,8 @@ def main() -> None:
         Figure("ratio with look-ups / without", tuple(s / n for s, n in zip(rates["lookups"], rates["shipped"],
                                                                           strict=True)), "×"),
     ]
-    body = (f"## Look-ups while the worker runs (issue 17; simulator, {a.customers:,} customers, {a.minutes:g} min, "
+    what = "a file of simulated events" if source is not None else "the simulator in the worker"
+    body = (f"## Look-ups while the worker runs (issue 17; {what}, {a.customers:,} customers, {a.minutes:g} min, "
             f"embedded ClickHouse)\n\n{machine()}\n\n{table(figures)}\n\n"
             f"Look-ups at {RATE:.0f}/s from {CLIENTS} open-loop client threads (kept-alive connections) while events "
             f"flowed: {len(lat):,} requests ({sent_rate:.0f}/s), "
