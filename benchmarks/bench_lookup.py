@@ -42,6 +42,7 @@ CLIENTS = 8
 NO_EVENTS = ("import state.shard as _s\n_i = _s.Shard.__init__\n"
              "def _init(self, *a, **k):\n    k['keep_events'] = False\n    _i(self, *a, **k)\n"
              "_s.Shard.__init__ = _init\n")
+RUN_CLI = "import runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)\n"
 _EVENTS = re.compile(rb"^cx_events_total\{[^}]*\} ([0-9.e+]+)$", re.M)
 
 
@@ -88,14 +89,15 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run(customers: int, minutes: float, mode: str, source: Path | None = None, sink: str = "chdb") -> tuple[
+def run(customers: int, minutes: float, mode: str, source: Path | None = None, sink: str = "chdb",
+        prelude: str = "") -> tuple[
         float, list[tuple[int, float]], float, float]:
     """One replay (of ``source``, else the simulator); returns (events/s, [(status, seconds)] of the look-ups made
     while events flowed, their span, the worker's events per CPU-second).
 
-    Events per CPU-second is the rate the worker reaches with a core to itself (start-up and the final flush
-    included): on a machine shared with other work it moves far less than the wall-clock rate, and the
-    look-ups' cost shows in it because the HTTP threads run in the worker's process.
+    Events per CPU-second counts the CPU time of the whole worker process (every thread: Bytewax's, the writers',
+    the HTTP threads', embedded ClickHouse's; start-up and the final flush included), so the look-ups' cost shows
+    in it; a shared machine moves it less than the wall-clock rate, but it still moves.
     """
     port = _free_port()
     cpu0 = _children_cpu()
@@ -104,8 +106,8 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
             ["--source", "simulator", "--customers", str(customers), "--minutes", str(minutes)]
         out = f"chdb://{Path(tmp) / 'ch'}" if sink == "chdb" else f"jsonl:{Path(tmp) / 'out'}"
         args = ["run", *src, "--sink", out, "--metrics-port", str(port), "--status", "off"]
-        cmd = ["-c", NO_EVENTS + "import runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)"] \
-            if mode == "no-events" else ["-m", "flows.cli"]
+        cmd = ["-c", NO_EVENTS + RUN_CLI] \
+            if mode == "no-events" else ["-c", prelude + RUN_CLI] if prelude else ["-m", "flows.cli"]
         proc = subprocess.Popen([sys.executable, *cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "CX_LOG_LEVEL": "warning"})
         samples: list[tuple[float, float]] = []
