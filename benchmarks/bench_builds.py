@@ -71,14 +71,25 @@ def hot_path(build: str, events: Path) -> dict[str, object]:
     return got
 
 
-def replay(build: str, events: Path, out: Path) -> float:
-    """Events/s of wall time of one ``moments run`` process (file in, JSONL out)."""
-    n = sum(1 for _ in events.open("rb"))
+def _run_seconds(build: str, events: Path, out: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "flows.cli", "--log-level", "warning", "run", "--source",
                     f"file:{events}", "--sink", f"jsonl:{out / build}", "--no-metrics", "--status", "off"],
                    cwd=ROOT, env=_env(build), check=True, stdout=subprocess.DEVNULL)
-    return n / (time.perf_counter() - t0)
+    return time.perf_counter() - t0
+
+
+def replay(build: str, events: Path, out: Path) -> float:
+    """Events/s of wall time of one ``moments run`` process (file in, JSONL out)."""
+    n = sum(1 for _ in events.open("rb"))
+    return n / _run_seconds(build, events, out)
+
+
+def start_up(build: str, out: Path) -> float:
+    """Wall seconds of one ``moments run`` over an empty file: imports, Bytewax, the rule pack; no events."""
+    empty = WORK / "builds-empty.jsonl"
+    empty.write_bytes(b"")
+    return _run_seconds(build, empty, out)
 
 
 def memory(build: str, customers: int) -> dict[str, float]:
@@ -120,6 +131,7 @@ def main() -> None:
     hot: dict[str, list[float]] = {b: [] for b in BUILDS}
     ref: dict[str, list[float]] = {b: [] for b in BUILDS}
     rep: dict[str, list[float]] = {b: [] for b in BUILDS}
+    idle: dict[str, list[float]] = {b: [] for b in BUILDS}  # start-up: the same run over an empty file (s)
     mem: dict[str, list[dict[str, float]]] = {b: [] for b in BUILDS}
     one: list[float] = []  # --ratios, compiled: one process, two processes, one process with ClickHouse (s)
     two: list[float] = []
@@ -135,6 +147,7 @@ def main() -> None:
         if not a.no_replay:
             for b in order:
                 rep[b].append(replay(b, events, WORK / "builds-out"))
+                idle[b].append(start_up(b, WORK / "builds-out"))
         if a.ratios:  # the installed build is the compiled one (asserted by the hot-path children)
             one.append(one_process(events, WORK / "builds-ratios"))
             two.append(two_processes(events, WORK / "builds-ratios")[0])
@@ -163,6 +176,17 @@ def main() -> None:
                  Figure("replay, compiled", tuple(rep["compiled"])),
                  Figure("replay: compiled / pure (per round)", tuple(rep_ratio), "×")]
         summary.append(f"replay {statistics.median(rep_ratio):.2f}×")
+        # Steady state: the run's wall time less the same round's run over an empty file, so start-up (the
+        # same work in both builds) is left out of both; the figure above keeps it in.
+        steady = {b: [n / max(n / r - s, 1e-9) for r, s in zip(rep[b], idle[b], strict=True)] for b in BUILDS}
+        steady_ratio = [c / p for c, p in zip(steady["compiled"], steady["pure"], strict=True)]
+        figs += [Figure("start-up of `moments run` (empty file), pure", tuple(t * 1000 for t in idle["pure"]), "ms"),
+                 Figure("start-up of `moments run` (empty file), compiled", tuple(t * 1000 for t in idle["compiled"]),
+                        "ms"),
+                 Figure("replay, steady state (start-up subtracted), pure", tuple(steady["pure"])),
+                 Figure("replay, steady state (start-up subtracted), compiled", tuple(steady["compiled"])),
+                 Figure("replay, steady state: compiled / pure (per round)", tuple(steady_ratio), "×")]
+        summary.append(f"replay in steady state {statistics.median(steady_ratio):.2f}×")
     if mem["pure"]:
         for b in BUILDS:
             figs.append(Figure(f"RSS per tracked customer, {a.memory:,} customers, {b}",

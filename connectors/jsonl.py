@@ -103,8 +103,8 @@ class JsonlWriter:
         data = b"".join([dumps(r, option=nl) for r in rows])
         with self._lock:
             fd = self._fds.get(kind)
-            path = self._dir / FILE_NAMES[kind]
             if fd is None:
+                path = self._dir / FILE_NAMES[kind]
                 # O_RDWR: the tail check reads the file.
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -127,7 +127,8 @@ class JsonlWriter:
                         os.ftruncate(fd, start)
                     except OSError as cut:
                         # The torn tail stays; the next open cuts it off (repair_tail).
-                        log.error("%s: could not cut a failed write back to %d bytes: %s", path, start, cut)
+                        log.error("%s: could not cut a failed write back to %d bytes: %s", self._dir / FILE_NAMES[kind],
+                                  start, cut)
                     raise e from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)

@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -233,9 +233,8 @@ def _open_file_at(path: Path) -> Callable[[int], Iterator[bytes]]:
             if start == 0 and first:
                 # Editors on Windows write a UTF-8 byte-order mark: left on, it made the first event invalid JSON.
                 yield first[3:] if first.startswith(_UTF8_BOM) else first
-            for i, line in enumerate(f, 1):
-                if i >= start:
-                    yield line
+            # Delegated whole: the reader's loop then resumes this generator with no bytecode of its own per line.
+            yield from islice(f, max(start - 1, 0), None)
 
     return open_at
 

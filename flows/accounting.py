@@ -16,6 +16,7 @@ from flows.metrics import (
     ACTION_REASON_LABELS,
     ACTION_STATUSES,
     ACTIONS,
+    BEFORE_COLLECT,
     CHANNEL_LABELS,
     CUSTOMERS,
     EVENT_LAG,
@@ -77,15 +78,42 @@ def _watermark_lag_s() -> float:
 WATERMARK_LAG.set_function(_watermark_lag_s)
 
 
+# Valid events (and moments) counted since the registry was last read, per labelled child of the counter: a shard batch
+# of a few dozen lines has a few dozen (channel, type) keys, and an ``inc`` each (a lock, a float add) cost more
+# than the rest of its accounting. The batches add to plain ints under one lock; every read of the registry adds
+# them to the counter first (``metrics.BEFORE_COLLECT``), so a scrape still sees every event accounted so far.
+_pending_lock = threading.Lock()
+_pending_events: dict[Any, int] = {}
+_event_children: dict[tuple[str, str], Any] = {}  # admitted (channel, type) -> its child (bounded: admitted only)
+
+
 def record_events(counts: Mapping[tuple[str, str], int]) -> None:
     """Count one batch's valid events.
 
     Args:
         counts: ``(channel, type) -> count``; unknown channels and types are counted as ``other``.
     """
-    for (channel, etype), n in counts.items():
-        if n:
-            _child(EVENTS, label(channel, CHANNEL_LABELS), label(etype, TYPE_LABELS)).inc(n)
+    children, pending = _event_children, _pending_events
+    with _pending_lock:
+        for key, n in counts.items():
+            child = children.get(key)
+            if child is None:
+                channel, etype = key
+                child = _child(EVENTS, label(channel, CHANNEL_LABELS), label(etype, TYPE_LABELS))
+                if channel in CHANNEL_LABELS and etype in TYPE_LABELS:
+                    children[key] = child
+            pending[child] = pending.get(child, 0) + n
+
+
+def _add_pending() -> None:
+    with _pending_lock:
+        for child, n in _pending_events.items():
+            if n:
+                child.inc(n)
+        _pending_events.clear()
+
+
+BEFORE_COLLECT.hooks.append(_add_pending)
 
 
 def record_invalid(counts: Mapping[str, int]) -> None:
@@ -164,14 +192,23 @@ def record_moment(rule: str, urgency: str, latency_s: float, target_s: float | N
         latency_s: Publish wall time minus the moment's due time (clamped at 0).
         target_s: The urgency's target; None uses the configured one (no target: not counted as within).
     """
+    with _pending_lock:
+        _moment(rule, urgency, latency_s, target_s)
+
+
+def _moment(rule: str, urgency: str, latency_s: float, target_s: float | None = None) -> None:
+    # The caller holds _pending_lock: the counters are added when the registry is read, as the events' are.
     u = label(urgency, URGENCY_LABELS)
     latency_s = max(0.0, latency_s)
     rule_label = label(rule, RULE_LABELS)
-    _child(MOMENTS, rule_label, u).inc()
+    pending = _pending_events
+    child = _child(MOMENTS, rule_label, u)
+    pending[child] = pending.get(child, 0) + 1
     _child(LATENCY, rule_label, u).observe(latency_s)
     target = TARGETS_S.get(u) if target_s is None else target_s
     if target is not None and latency_s <= target:
-        _child(WITHIN_TARGET, u).inc()
+        child = _child(WITHIN_TARGET, u)
+        pending[child] = pending.get(child, 0) + 1
 
 
 def record_actions(counts: Mapping[tuple[str, str, str], int]) -> None:
@@ -218,9 +255,14 @@ def set_customers(shard: str, n: int) -> None:
         shard: Shard key.
         n: Customers it holds.
     """
-    with _lock:
-        _customers[shard] = n
-        CUSTOMERS.set(sum(_customers.values()))
+    _customers[shard] = n  # one store: the gauge sums the shards when it is read
+
+
+def _customers_total() -> float:
+    return sum(list(_customers.values()))  # a copy: a worker may add a shard meanwhile
+
+
+CUSTOMERS.set_function(_customers_total)
 
 
 def observe_watermark(shard: str, watermark_ms: int) -> None:
@@ -266,8 +308,10 @@ def observe_outputs(key: str, out: Outputs, now_ms: int, pack: RulePack | None =
     for rule, n in out.groups_dropped.items():
         GROUPS_DROPPED.labels(label(rule, RULE_LABELS)).inc(n)
     record_shed(out.shed, out.shed_pending, out.shed_moments)
-    for m in out.moments:
-        record_moment(m["rule"], m["urgency"], (now_ms - m["due_ts"]) / 1000)
+    if out.moments:
+        with _pending_lock:
+            for m in out.moments:
+                _moment(m["rule"], m["urgency"], (now_ms - m["due_ts"]) / 1000)
     if out.actions:
         decisions: dict[tuple[str, str, str], int] = {}
         for a in out.actions:

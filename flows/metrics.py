@@ -13,7 +13,7 @@ snapshots) and ``flows.http_endpoint`` serves them with /healthz and /readyz.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -22,6 +22,7 @@ from prometheus_client import (
     Gauge,
     GCCollector,
     Histogram,
+    Metric,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -42,6 +43,26 @@ OTHER = "other"
 disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+class _BeforeCollect:
+    """Registered first, so every read of the registry (a scrape, ``get_sample_value``) runs ``hooks`` before it
+    reads any metric: counts kept in plain ints between reads (``flows.accounting``) are added then, exactly."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def describe(self) -> list[Metric]:  # no series of its own
+        return []
+
+    def collect(self) -> list[Metric]:
+        for hook in self.hooks:
+            hook()
+        return []
+
+
+BEFORE_COLLECT = _BeforeCollect()
+REGISTRY.register(BEFORE_COLLECT)
 _RUNTIME = (
     ProcessCollector(registry=REGISTRY),  # process_cpu_seconds_total, process_resident_memory_bytes, …
     PlatformCollector(registry=REGISTRY),  # python_info

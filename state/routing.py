@@ -15,9 +15,13 @@ from typing import Final
 
 import orjson
 
+from state import BUILD
 from state.events import MAX_TS_MS, MIN_TS_MS, Event, _RejectError, parse_event, parse_ts, unframed
 
 _CUSTOMER_KEY: Final = b'"customer_id"'
+# Compiled, a loop over the bytes costs less than a regex match, which builds a match object (callgrind: a few
+# hundred instructions a line each; the two ``find`` calls around it cost more); pure Python, the patterns are faster.
+_BYTE_LOOPS: Final = BUILD.compiled
 # The common spellings, as one C call each (measured ≈0.2 µs a line faster than slicing by hand); anything
 # they do not match takes the general path below.
 _ID_AT: Final = re.compile(rb'"customer_id"\s*:\s*"([^"\\]*)"').match
@@ -58,10 +62,39 @@ def shard_of_raw(raw: bytes, shards: int) -> int:
     """
     i = raw.find(_CUSTOMER_KEY)
     if i >= 0 and raw.find(_CUSTOMER_KEY, i + 13) < 0:
-        m = _ID_AT(raw, i)
-        if m is not None:
-            return zlib.crc32(m.group(1)) % shards
+        if _BYTE_LOOPS:
+            value = id_value_at(raw, i + 13)
+            if value is not None:
+                return zlib.crc32(value) % shards
+        else:
+            m = _ID_AT(raw, i)
+            if m is not None:
+                return zlib.crc32(m.group(1)) % shards
     return _shard_by_slicing(raw, shards)
+
+
+def _skip_space(raw: bytes, j: int) -> int:
+    n = len(raw)
+    while j < n:
+        c = raw[j]
+        if c != 32 and not 9 <= c <= 13:  # what ``\s`` matches in a bytes pattern
+            break
+        j += 1
+    return j
+
+
+def id_value_at(raw: bytes, j: int) -> bytes | None:
+    """What ``_ID_AT`` captures after ``"customer_id"`` ends at ``j`` (None where it does not match), by bytes."""
+    j = _skip_space(raw, j)
+    if j >= len(raw) or raw[j] != 58:  # ':'
+        return None
+    j = _skip_space(raw, j + 1)
+    if j >= len(raw) or raw[j] != 34:  # '"'
+        return None
+    end = raw.find(b'"', j + 1)
+    if end < 0 or raw.find(b"\\", j + 1, end) >= 0:
+        return None
+    return raw[j + 1 : end]
 
 
 def _shard_by_slicing(raw: bytes, shards: int) -> int:
@@ -110,6 +143,8 @@ def ts_of_raw(raw: bytes) -> int | None:
     Returns:
         Epoch ms, or None.
     """
+    if _BYTE_LOOPS:
+        return _ts_by_slicing(raw)  # the general path, which the pattern must agree with: compiled, the cheaper
     i = raw.find(_TS_KEY)
     if i >= 0 and raw.find(_TS_KEY, i + 4) < 0:
         m = _TS_AT(raw, i)

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state.events import MAX_TS_MS, MIN_TS_MS, Event, parse_event
-from state.routing import _shard_by_slicing, _ts_by_slicing, shard_of_id, shard_of_raw, ts_of_raw
+from state.routing import (
+    _ID_AT,
+    _shard_by_slicing,
+    _ts_by_slicing,
+    id_value_at,
+    shard_of_id,
+    shard_of_raw,
+    ts_of_raw,
+)
 from tests.helpers import T0, styled
 
 SHARDS = 16
@@ -217,6 +225,28 @@ def test_patterns_agree_with_slicing_on_events(cid: str, ts: int, shards: int, s
 def test_patterns_agree_with_slicing_on_hostile_bytes(raw: bytes) -> None:
     assert shard_of_raw(raw, SHARDS) == _shard_by_slicing(raw, SHARDS)
     assert ts_of_raw(raw) == _ts_by_slicing(raw)
+
+
+def _id_pattern_agrees(raw: bytes) -> None:
+    # The compiled build routes by bytes (``id_value_at``), the pure one by the pattern: both builds check both.
+    i = raw.find(b'"customer_id"')
+    while i >= 0:
+        m = _ID_AT(raw, i)
+        assert id_value_at(raw, i + 13) == (m.group(1) if m is not None else None), raw
+        i = raw.find(b'"customer_id"', i + 1)
+
+
+@pytest.mark.parametrize("raw", [*_ODD_LINES, b'{"customer_id"\x0b:\x0c"c1"}', b'{"customer_id": ""}',
+                                 b'{"customer_id":', b'{"customer_id" "c1"}', b'{"customer_id":"a\\"b"}'])
+def test_id_bytes_agree_with_the_pattern(raw: bytes) -> None:
+    _id_pattern_agrees(raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b'"customer_id"', b":", b" ", b"\t", b"\x0b", b"\r", b'"', b"\\", b"c1", b",",
+                                 b"}", b"{", b"\n", b"\xff"]), max_size=12).map(b"".join))
+def test_id_bytes_agree_with_the_pattern_on_hostile_bytes(raw: bytes) -> None:
+    _id_pattern_agrees(raw)
 
 
 def _escape_all(s: str) -> str:
