@@ -46,7 +46,6 @@ from state.routing import shard_of_id
 from state.rule_model import STAGES
 from state.rules import RulePack, describe_rule
 from state.shard import Shard
-from state.tags import last_expiry
 
 log = logging.getLogger("cx.serving")
 
@@ -173,26 +172,7 @@ def customer_view(shard: Shard, c: CustomerState) -> dict[str, Any]:
                      "state": "actioned" if held[i + 3] else "open", "expires_at": held[i + 2] + r.ttl_ms})
     contact = c.contact
     sends = [{"ts": t, "channel": ch} for t, ch in contact.send_records()] if contact is not None else []
-    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": last_event(shard, c)}
-
-
-def last_event(shard: Shard, c: CustomerState) -> int:
-    """The customer's last event time, as far as the state knows it (0: not known).
-
-    ``c.last_seen`` is that time unless a wake-up postponed the customer's eviction (``state.deadlines``: open
-    tags or contact history keep an idle customer), which set it to ``later + 1 - evict_after``, ``later`` being
-    the last tag's expiry or the end of what the contact policy looks back on: recognised here by that value.
-    The latest update of its attempts is then the best known (the state keeps no other copy of the time).
-    """
-    seen = c.last_seen
-    ctx = shard.ctx
-    later = last_expiry(ctx, c)
-    contact = c.contact
-    if contact is not None:
-        later = max(later, contact.needed_until(ctx.pack.policy))
-    if later and seen == later + 1 - ctx.evict_after_ms:
-        return max((a.last_ts for a in c.attempts if a is not None), default=0)
-    return seen
+    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_event}
 
 
 class Service:
