@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -86,6 +87,9 @@ def test_peers_are_asked_directly_even_with_a_proxy_configured(monkeypatch: pyte
         monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.getsockname()[1]}")
     for var in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
+    # urllib reads the proxy variables when it builds its default opener, once per process: as a worker started
+    # with them set would.
+    monkeypatch.setattr(urllib.request, "_opener", None)
     monkeypatch.setattr(serving, "PEER_TIMEOUT_S", 2.0)
     try:
         code, body = _service(f"127.0.0.1:{peer.server_address[1]}").customer(CID, token="s3cret")  # noqa: S106
