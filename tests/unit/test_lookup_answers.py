@@ -99,3 +99,44 @@ def test_lookup_escapes_control_characters_from_event_data(served: MetricsServer
         assert raw.encode() not in out.stdout
         assert raw.encode("utf-8") not in out.stdout
     assert b"pay" in out.stdout
+
+
+def test_a_moment_whose_rows_are_not_written_yet_is_pending_not_unstored(tmp_path: Path, recent: Recent) -> None:
+    from connectors.clickhouse.client import resolve_dsn
+    from connectors.clickhouse.sink import ClickHouseSink
+    from flows.lookup_history import History
+    from state.shard import process
+
+    dsn = resolve_dsn(f"chdb://{tmp_path / 'ch'}")
+    sink = ClickHouseSink(dsn, background=False)
+    sink.ensure_schema()
+    history = History(dsn)
+    try:
+        out = process(Shard(PACK, lateness_ms=0, keep_events=True), [RawBatch("file:t", 0, raws([
+            ev("e1", 0, "start", customer="cust-m", step="cart"),
+            ev("e3", 2, "fail", customer="cust-m", step="payment", reason="card_declined", error_code="E51"),
+            ev("z0", 5, "view", customer="cust-z", step="product")]), [0, 1, 2])])
+        recent.note(out)
+        records = out.records()
+        # The sink wrote the moment's row, not yet its evidence events, steps and decision (another table each).
+        for kind, rows in records:
+            if kind == "moment":
+                sink.add(kind, rows)
+        sink.flush()
+        service = Service(ShardRegistry(), history, recent=recent)
+        [mid] = [r["moment_id"] for kind, rows in records if kind == "moment" for r in rows
+                 if r["customer_id"] == "cust-m" and r["rule"] == "cart.failed"]
+        code, body = service.moment(mid)
+        assert code == 503, body
+        assert body["error"].startswith("pending")
+        for kind, rows in records:
+            if kind != "moment":
+                sink.add(kind, rows)
+        sink.flush()
+        code, body = service.moment(mid)
+        assert code == 200, body
+        assert all(e.get("stored") is not False for e in body["evidence"]), body["evidence"]
+        assert body["decision"] is not None
+    finally:
+        history.close()
+        sink.close()
