@@ -15,6 +15,7 @@ import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,7 @@ def readiness() -> dict[str, bool]:
 
 _api: list[tuple[Service, str | None]] = []  # the look-up service and the bearer token (at most one)
 _MOMENT_ID = re.compile(r"[0-9a-f]{32}")
+_report_lock = threading.Lock()
 
 
 def set_service(service: Service | None, token: str | None = None) -> Service | None:
@@ -104,6 +106,83 @@ def set_service(service: Service | None, token: str | None = None) -> Service | 
 
 # A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
 HTTP_READ_TIMEOUT_S = 10.0
+# ... and one that trickles a byte at a time resets a per-read timeout each time: a request's line and headers
+# (and a kept-alive connection's wait for its next request) get this long in all.
+HEADER_DEADLINE_S = 10.0
+# Each connection is a thread and a descriptor: unbounded, idle clients exhausted the process's descriptors
+# (chDB then failed with EMFILE and the worker died). Scrapers, probes and people asking look-ups need a few.
+MAX_CONNECTIONS = 64
+# Connections closed for a new client but not yet gone: beyond the cap by this many, new clients are refused.
+_EVICT_SLACK = 16
+
+
+class _Connections:
+    """The open connections, each waiting for a request (with a deadline) or answering one.
+
+    At the cap a new client closes the connection that has waited longest for a request (an idle or trickling
+    client), so /metrics and the health probes stay answerable while look-up clients misbehave; only when every
+    connection is answering is a new one refused. A watchdog closes those past their header deadline.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # id(socket) -> (socket, deadline while waiting): not the descriptor, which a new connection may reuse at once
+        self._open: dict[int, tuple[socket.socket, float | None]] = {}
+        self._closing = 0
+
+    def admit(self, sock: socket.socket) -> bool:
+        """Whether to serve a new connection (making room if needed); False: close it at once."""
+        from flows.metrics import HTTP_DROPPED
+
+        with self._lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                waiting = [(d, k) for k, (_, d) in self._open.items() if d is not None]
+                if not waiting or len(self._open) >= MAX_CONNECTIONS + _EVICT_SLACK:
+                    HTTP_DROPPED.labels("full").inc()
+                    return False
+                _, k = min(waiting)
+                self._close(k)
+                HTTP_DROPPED.labels("evicted").inc()
+            self._open[id(sock)] = (sock, time.monotonic() + HEADER_DEADLINE_S)
+            return True
+
+    def waiting(self, sock: socket.socket) -> None:
+        """The connection waits for a request's line and headers, from now until the deadline."""
+        with self._lock:
+            if id(sock) in self._open:
+                self._open[id(sock)] = (sock, time.monotonic() + HEADER_DEADLINE_S)
+
+    def answering(self, sock: socket.socket) -> None:
+        """The connection's request is read: no deadline, nor eviction, while it is answered."""
+        with self._lock:
+            if id(sock) in self._open:
+                self._open[id(sock)] = (sock, None)
+
+    def gone(self, sock: socket.socket) -> None:
+        """The connection's thread ended."""
+        with self._lock:
+            self._open.pop(id(sock), None)
+
+    def expire(self) -> None:
+        """Close the connections past their header deadline."""
+        from flows.metrics import HTTP_DROPPED
+
+        now = time.monotonic()
+        with self._lock:
+            late = [k for k, (_, d) in self._open.items() if d is not None and d < now]
+            for k in late:
+                self._close(k)
+                HTTP_DROPPED.labels("deadline").inc()
+
+    def _close(self, key: int) -> None:
+        # Shut down, not closed: the handler's thread blocked in a read returns at once and closes it itself;
+        # it stays counted until then, marked as no longer waiting.
+        sock, _ = self._open[key]
+        self._open[key] = (sock, None)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -116,7 +195,19 @@ class _Handler(BaseHTTPRequestHandler):
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
 
+    def handle_one_request(self) -> None:
+        """Read and answer one request, within the header deadline (``_Connections``)."""
+        conns: _Connections = self.server.connections  # type: ignore[attr-defined]
+        conns.waiting(self.connection)
+        super().handle_one_request()
+
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.connections.answering(self.connection)  # type: ignore[attr-defined]
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "").strip() not in ("", "0"):
+            # Unread, a body would be parsed as the next request of a kept-alive connection (smuggled past a
+            # proxy that saw one request): refused, and the connection closed.
+            self._send(400, b"a GET has no body\n", "text/plain; charset=utf-8", close=True)
+            return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
@@ -146,11 +237,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(404, {"error": "no look-up API here (it is served by a running worker)"})
         service, token = _api[0]
         if token is not None:
-            given = self.headers.get("Authorization", "").encode("utf-8", "replace")
-            # Constant time: how much of a guess matches must not show in the time of the answer.
-            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+            scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+            # The scheme is case-insensitive (RFC 7235). Constant time: how much of a guess matches must not show
+            # in the time of the answer.
+            if not (scheme.lower() == "bearer"
+                    and hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode())):
                 return self._json(401, {"error": "missing or wrong Authorization: Bearer token"},
                                   {"WWW-Authenticate": 'Bearer realm="cx-moments"'})
+        if not service.ready():
+            return self._json(503, {"error": "starting: the worker does not answer look-ups yet"},
+                              {"Retry-After": "1"})
         if len(parts) == 4 and parts[2] == "reports" and parts[3] in ("overview", "rules"):
             return self._report(service, parts[3], query)
         if len(parts) != 4 or parts[2] not in ("customers", "moments"):
@@ -170,9 +266,14 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - one failed look-up must not show a traceback (it may hold the id)
             log.warning("look-up %s failed: %s", parts[2], type(e).__name__)
             return self._json(500, {"error": f"look-up failed: {type(e).__name__}"})
-        return self._json(code, body)
+        return self._json(code, body, {"Retry-After": "1"} if code in (503, 504) else None)
 
     def _report(self, service: Service, view: str, query: str) -> int:
+        # One report at a time per process: each is a scan of the tables on the worker's own ClickHouse (and
+        # CPU); two at once slowed the worker 2.6x. Others are told to come back.
+        if not _report_lock.acquire(blocking=False):
+            return self._json(429, {"error": "another report is running here: retry shortly"},
+                              {"Retry-After": "2"})
         try:
             code, body = service.report(view, dict(parse_qsl(query)))
         except ValueError as e:
@@ -180,6 +281,8 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - a failed report must not show a traceback
             log.warning("report %s failed: %s", view, type(e).__name__)
             return self._json(500, {"error": f"report failed: {type(e).__name__}"})
+        finally:
+            _report_lock.release()
         return self._json(code, body)
 
     def _json(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> int:
@@ -195,8 +298,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         return code
 
-    def _send(self, code: int, body: bytes, ctype: str) -> None:
+    def _send(self, code: int, body: bytes, ctype: str, close: bool = False) -> None:
         self.send_response(code)
+        if close:
+            self.send_header("Connection", "close")  # http.server then closes the connection after the answer
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -215,6 +320,31 @@ class MetricsServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False  # stopping never waits on a client's connection (threads end by HTTP_READ_TIMEOUT_S)
+    # Bursts of new connections (many look-up clients, a scrape during them) queue in the kernel, not refused
+    # and retried a second later as with socketserver's 5.
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.connections = _Connections()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve a connection on its own thread, within the cap (``MAX_CONNECTIONS``); refused: closed at once."""
+        if not self.connections.admit(request):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """socketserver's, then the connection no longer counts."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.gone(request)
+
+    def service_actions(self) -> None:
+        """Between two accepts (at least every half second): close connections past their header deadline."""
+        self.connections.expire()
 
     @property
     def port(self) -> int:

@@ -62,6 +62,9 @@ def fetch(url: str, path: str) -> dict[str, Any]:
             problem = ""
         if e.code == 401:
             problem = f"the worker requires a token: set {TOKEN_ENV} ({problem})"
+        if e.code in (502, 503, 504):
+            # Not "unknown": the worker could not answer (yet); status 4 lets a script retry.
+            raise RunError(f"{shown}: HTTP {e.code}: no answer now, retry: {problem}", 4) from None
         raise RunError(f"{shown}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
     except (OSError, ValueError) as e:
         raise RunError(f"{shown}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
@@ -147,15 +150,35 @@ def format_explanation(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def printable(text: str, json: bool = False) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``; in JSON ``\\u001b``, still valid JSON).
+
+    Event data (ids, steps, entry points, attributes) reaches the terminal: an ESC or BEL in it would be run by
+    the terminal (move the cursor, rewrite the screen, change the title) rather than shown.
+    """
+    if text.isprintable():
+        return text
+    if json:
+        return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in text)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _print(d: dict[str, Any], as_json: bool, lines: list[str] | None) -> None:
+    if as_json or lines is None:
+        print(printable(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode(), json=True))
+    else:
+        print("\n".join(printable(line) for line in lines))
+
+
 def cmd_lookup(a: argparse.Namespace) -> int:
     """``moments lookup CUSTOMER_ID``."""
     d = fetch(a.url, "/v1/customers/" + urllib.parse.quote(a.customer_id, safe=""))
-    print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() if a.json else "\n".join(format_customer(d)))
+    _print(d, a.json, None if a.json else format_customer(d))
     return 0
 
 
 def cmd_explain(a: argparse.Namespace) -> int:
     """``moments explain MOMENT_ID``."""
     d = fetch(a.url, "/v1/moments/" + urllib.parse.quote(a.moment_id, safe=""))
-    print(orjson.dumps(d, option=orjson.OPT_INDENT_2).decode() if a.json else "\n".join(format_explanation(d)))
+    _print(d, a.json, None if a.json else format_explanation(d))
     return 0

@@ -158,7 +158,11 @@ OUTPUT_REFUSED = Counter("cx_output_refused_total",
 OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "Input positions outside the partition's offsets (e.g. the broker lost its log), moved per "
                         "auto.offset.reset", ["topic"], registry=_R)
-_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER, RULE_PACK_VERSIONS)  # type: ignore[assignment]  # a longer tuple, same use
+HTTP_DROPPED = Counter("cx_http_connections_dropped_total",
+                       "HTTP connections closed by the endpoint's limits: full (refused at the cap), evicted (the "
+                       "oldest waiting one, for a new client), deadline (no complete request headers in time)",
+                       ["reason"], registry=_R)
+_METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER, RULE_PACK_VERSIONS, HTTP_DROPPED)  # type: ignore[assignment]  # a longer tuple, same use
 
 # Bounded label sets. Rule names and extra event types join when a rule pack is configured.
 ACTION_STATUSES = frozenset({"sent", "suppressed", "control"})

@@ -25,7 +25,7 @@ from flows.cluster_preflight import PreflightStoppedError, check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
 from flows.http_token import http_token
-from flows.lookup_serve import serve_lookups, stop_lookups
+from flows.lookup_serve import lookups_running, serve_lookups, stop_lookups
 from flows.operators import ClusterSettingsError
 from flows.recovery import recovery_config, recovery_failure
 from flows.recovery_layout import check_input_files, check_rule_pack, check_shards
@@ -96,11 +96,15 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         from flows.recent import max_customers_setting
 
         http_token(), max_customers_setting()  # the look-up API's settings: refused before anything starts
-        server = _start_metrics(cfg)
+        serve_lookups(cfg, pack)  # first: the endpoint's first answers already say "starting", not "none here"
+        try:
+            server = _start_metrics(cfg)
+        except BaseException:
+            stop_lookups()
+            raise
         everywhere = server.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
         log.info("metrics on http://%s/metrics%s", _host_port(server.host, server.port),
                  " (every interface)" if everywhere else "")
-        serve_lookups(cfg)
     log.info("starting: %s", summary(cfg, pack))
     # Sources edited since they were compiled run as pure Python: a warning, as the run is slower than it should be.
     log.log(logging.WARNING if state.BUILD.stale else logging.INFO, "%s", state.BUILD.line)
@@ -183,6 +187,7 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     if cfg.status != "off":
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
+    lookups_running()
     try:
         cli_main(
             flow,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -49,6 +50,17 @@ from state.shard import Shard
 log = logging.getLogger("cx.serving")
 
 PEER_TIMEOUT_S: Final = 5.0
+PENDING_S: Final = 30.0  # how long a moment held in memory may lack stored rows before they count as gone
+# Peers are asked directly, never through a proxy from http_proxy & co.: it would see the bearer token and the
+# customer id, and a proxy cannot reach a peer's loopback or cluster address anyway.
+_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _unanswered(codes: list[int]) -> tuple[int, dict[str, Any]]:
+    """The answer when a process that may hold the answer did not give one: not "unknown" (that would be false)."""
+    code = 504 if 504 in codes else 502
+    return code, {"error": f"incomplete: {len(codes)} other process(es) of the cluster did not answer "
+                           f"(HTTP {', '.join(map(str, sorted(set(codes))))}); retry, or check --http-peers"}
 
 
 class ShardOwner(Protocol):
@@ -160,7 +172,7 @@ def customer_view(shard: Shard, c: CustomerState) -> dict[str, Any]:
                      "state": "actioned" if held[i + 3] else "open", "expires_at": held[i + 2] + r.ttl_ms})
     contact = c.contact
     sends = [{"ts": t, "channel": ch} for t, ch in contact.send_records()] if contact is not None else []
-    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_seen}
+    return {"journeys": journeys, "tags": tags, "sends": sends, "last_seen": c.last_event}
 
 
 class Service:
@@ -175,11 +187,15 @@ class Service:
         workers: Workers per process, to find the process that runs a shard.
         recent: The recent history kept in memory (``flows.recent``).
         resumed: The run resumed from snapshots: memory lacks the history from before, ClickHouse has it.
+        pack: The rule pack the run starts with (the shards' own once they are built: before any event).
     """
 
     def __init__(self, shards: ShardRegistry, history: History | None, peers: tuple[str, ...] = (),
                  process: int = 0, total_shards: int = 64, workers: int = 1, recent: Recent = RECENT,
-                 resumed: bool = False) -> None:
+                 resumed: bool = False, pack: RulePack | None = None) -> None:
+        self._incomplete: dict[str, float] = {}  # moment id -> when first found with rows not yet written
+        self.running = False  # set once the dataflow runs (its ClickHouse tables exist): answers before are 503
+        self.pack = pack
         self.shards = shards
         self.recent = recent
         self.resumed = resumed
@@ -188,6 +204,13 @@ class Service:
         self.process = process
         self.total_shards = total_shards
         self.workers = workers
+
+    def ready(self) -> bool:
+        """Whether look-ups can be answered: the dataflow runs (readiness check ``lookups``)."""
+        return self.running
+
+    def _pack(self) -> RulePack | None:
+        return self.shards.pack() or self.pack
 
     # -- customers --------------------------------------------------------------------
     def customer(self, cid: str, local: bool = False, token: str | None = None) -> tuple[int, dict[str, Any]]:
@@ -200,13 +223,18 @@ class Service:
         view = self.shards.customer(cid)
         if view is not None:
             return 200, self._with_history(cid, view)
+        failed: list[int] = []
         if not local:
             for peer in self._peers_for(cid):
                 code, body = self._ask(peer, f"/v1/customers/{urllib.parse.quote(cid, safe='')}", token)
                 if code == 200:
                     return code, body
+                if code != 404:
+                    failed.append(code)
         stored = self._stored(cid)
-        return (200, stored) if stored is not None else (404, {"error": "unknown customer"})
+        if stored is not None:
+            return 200, stored
+        return _unanswered(failed) if failed else (404, {"error": "unknown customer"})
 
     def _may_be_stored(self, cid: str) -> bool:
         """Whether ClickHouse may hold history of a customer that memory lacks (dropped, from before a resume)."""
@@ -259,8 +287,11 @@ class Service:
                 out["history"] = f"unavailable: {type(e).__name__}"
         if not (kept is not None or out["journeys"] or out["moments"] or out["context"]):
             return None
+        attempts = kept["attempts"] if kept is not None else {}
         for j in out["journeys"]:
-            j.update(entry="", entries=[], channels=[])
+            # What memory still holds of the attempt (entry points, channels): stored journey states have none.
+            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
+            j.update(entry=entries[-1] if entries else "", entries=list(entries), channels=list(channels))
         out["last_seen"] = max((j["updated_at"] for j in out["journeys"]), default=0)
         return out
 
@@ -269,15 +300,44 @@ class Service:
         """Answer ``GET /v1/moments/{mid}``: the rule, its evidence events, the steps around it, the decision."""
         found = self._explain(mid) if self.history is not None else None
         if found is not None:
+            if self._pending(mid, found):
+                return 503, {"error": "pending: the moment's rows are still being written to ClickHouse; retry",
+                             "retry_after_s": 1}
             return 200, found
+        failed: list[int] = []
         if not local:
             for peer in self._others():
                 code, body = self._ask(peer, f"/v1/moments/{mid}", token)
                 if code == 200:
                     return code, body
+                if code != 404:
+                    failed.append(code)
+        if failed:
+            return _unanswered(failed)
         if self.history is None:
             return 404, {"error": "unknown moment (the worker writes no ClickHouse sink, where moments are kept)"}
         return 404, {"error": "unknown moment"}
+
+    def _pending(self, mid: str, found: dict[str, Any]) -> bool:
+        """Whether a moment found in ClickHouse lacks rows the sink has not written yet (about a second).
+
+        Its moment row can be stored before its evidence events and its decision: for a moment this process's
+        memory holds (``flows.recent``), missing evidence or a decision memory has means "not yet", for
+        ``PENDING_S`` from the first such answer (after that, evidence past the events table's TTL is missing
+        for good and is shown as not stored).
+        """
+        kept = self.recent.get(found["moment"]["customer_id"])
+        if kept is None:
+            return False
+        key = mid.encode()
+        mem = next((orjson.loads(orjson.dumps(f)) for f in kept["moments"] if key in orjson.dumps(f)), None)
+        if mem is None or not (any(e.get("stored") is False for e in found["evidence"])
+                               or (found["decision"] is None and mem.get("decision") is not None)):
+            return False
+        now = time.monotonic()
+        if len(self._incomplete) > 10_000:  # bounded: forget those past the window
+            self._incomplete = {k: t for k, t in self._incomplete.items() if now - t < PENDING_S}
+        return now - self._incomplete.setdefault(mid, now) < PENDING_S
 
     def _explain(self, mid: str) -> dict[str, Any] | None:
         assert self.history is not None
@@ -301,7 +361,7 @@ class Service:
         }
 
     def _rule(self, name: str, version: int) -> dict[str, Any]:
-        pack = self.shards.pack()
+        pack = self._pack()
         r = next((r for r in pack.rules if r.name == name), None) if pack is not None else None
         if r is None or pack is None:
             return {"rule": name, "version": version, "known": False}
@@ -326,7 +386,8 @@ class Service:
         """
         from flows.report import OVERVIEW_TABLES, RULES_TABLES, missing_tables, text_report_of
 
-        pack = self.shards.pack()
+        bounds = {k: _epoch_ms(k, params[k]) if params.get(k) else None for k in ("from", "to")}
+        pack = self._pack()
         if self.history is None or pack is None:
             return 404, {"error": "no report here: the worker writes no ClickHouse sink (or has not started)"}
         history = self.history
@@ -345,7 +406,6 @@ class Service:
             return 200, history.with_client(overview)
         from flows.rule_report import render_json, render_text, rule_report
 
-        bounds = {k: int(params[k]) if params.get(k) else None for k in ("from", "to")}
         kw: dict[str, Any] = {"confidence": float(params.get("confidence") or pack.effect_confidence),
                               "min_sample": int(params.get("min_sample") or pack.effect_min_sample),
                               "min_uplift": float(params.get("min_uplift") or pack.effect_min_uplift)}
@@ -375,17 +435,27 @@ class Service:
         return [self.peers[i] for i in order if i != self.process]
 
     def _ask(self, peer: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
+        """GET ``path`` from a peer: ``(status, body)``; 502 when it cannot be reached, 504 when it is too slow."""
         req = urllib.request.Request(f"http://{peer}{path}?local=1")  # noqa: S310 - a configured peer
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=PEER_TIMEOUT_S) as r:  # noqa: S310 - a configured peer
+            with _PEER_OPENER.open(req, timeout=PEER_TIMEOUT_S) as r:
                 return int(r.status), orjson.loads(r.read())
         except urllib.error.HTTPError as e:
             return int(e.code), {}
         except (OSError, ValueError) as e:
+            slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
             log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
-            return 502, {}
+            return (504 if slow else 502), {}
+
+
+def _epoch_ms(name: str, text: str) -> int:
+    """A report bound: epoch milliseconds that ClickHouse's Int64 holds (beyond it the query failed: a 500)."""
+    ms = int(text)
+    if not 0 <= ms < 2**63:
+        raise ValueError(f"{name}={text[:24]} is not epoch milliseconds (0 to 2^63-1)")
+    return ms
 
 
 def dumps(body: dict[str, Any]) -> bytes:

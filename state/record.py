@@ -63,7 +63,7 @@ class CustomerState:
     several times per event and wake-up: kept apart (compiled, 8 unboxed bytes) it costs no new record.
     """
 
-    __slots__ = ("cid", "attempts", "rec", "wake")
+    __slots__ = ("cid", "attempts", "rec", "wake", "idle_until")
 
     # Defaults: unpickling a compiled instance runs __init__ with no arguments before __setstate__.
     def __init__(self, journeys: tuple[Attempt | None, ...] | int = 0, ts: int = 0, cid: str = "") -> None:
@@ -73,6 +73,9 @@ class CustomerState:
         self.attempts: tuple[Attempt | None, ...] = journeys if isinstance(journeys, tuple) else (None,) * journeys
         self.rec = ts.to_bytes(_TS, "little") + b"\0" + _NO_TAGS
         self.wake = 0
+        # Where the wake-ups moved last_seen to keep an idle customer (open tags, contact history): apart from
+        # the last event time in ``rec``, which look-ups report. 0 while not moved.
+        self.idle_until = 0
 
     @property
     def last_seen(self) -> int:
@@ -80,11 +83,17 @@ class CustomerState:
 
         The customer is evicted ``evict_after_ms`` after it.
         """
-        return int.from_bytes(self.rec[:_TS], "little")  # not via _u: read on every wake-up check
+        seen = int.from_bytes(self.rec[:_TS], "little")  # not via _u: read on every wake-up check
+        return seen if seen >= self.idle_until else self.idle_until
 
     @last_seen.setter
     def last_seen(self, ts: int) -> None:
-        self.rec = ts.to_bytes(_TS, "little") + self.rec[_TS:]
+        self.idle_until = ts  # only the wake-ups move it (state.deadlines); events move last_event
+
+    @property
+    def last_event(self) -> int:
+        """The customer's latest event time (``last_seen`` before the wake-ups moved it)."""
+        return int.from_bytes(self.rec[:_TS], "little")
 
     def _tags_at(self) -> int:
         return _RING + _ID * self.rec[_IDS]
@@ -225,12 +234,15 @@ class CustomerState:
         return r[i + 1 : i + 1 + r[i]].decode() if i < len(r) and r[i] else None
 
     def __getstate__(self) -> tuple[object, ...]:
+        # last_seen as before (the layout is unchanged): a restored customer's last event is where it was moved.
         r = self.rec
-        return (self.cid, self.attempts, r[:SNAPSHOT_WAKE_AT] + self.wake.to_bytes(_TS, "little") + r[_IDS:])
+        return (self.cid, self.attempts, self.last_seen.to_bytes(_TS, "little") + self.wake.to_bytes(_TS, "little")
+                + r[_IDS:])
 
     def __setstate__(self, st: tuple[Any, ...]) -> None:
         self.cid, self.attempts, r = st
         self.wake = int.from_bytes(r[SNAPSHOT_WAKE_AT : SNAPSHOT_WAKE_AT + _TS], "little")
+        self.idle_until = 0
         self.rec = r[:SNAPSHOT_WAKE_AT] + r[SNAPSHOT_WAKE_AT + _TS :]
 
 
