@@ -20,7 +20,7 @@ def serve_lookups(cfg: PipelineConfig, pack: RulePack | None = None) -> None:
 
     They answer 503 ("starting") until ``lookups_running``; ``pack``: the rule pack the run starts with.
     """
-    from flows import http_endpoint, serving
+    from flows import http_endpoint, serving, shard_registry
     from flows.lookup_history import History
     from flows.recent import RECENT, max_customers_setting
 
@@ -29,13 +29,13 @@ def serve_lookups(cfg: PipelineConfig, pack: RulePack | None = None) -> None:
         from connectors.clickhouse.client import resolve_dsn
 
         history = History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
-    serving.SHARDS.clear()
+    shard_registry.SHARDS.clear()
     RECENT.clear(enabled=True, max_customers=max_customers_setting())
     # A look-up's thread wakes (its request arrived) and waits for the GIL, which the worker thread gives up
     # only after the switch interval (5 ms by default), once or twice per look-up: 1 ms (RESULTS.md, look-ups).
     _switch_interval.append(sys.getswitchinterval())
     sys.setswitchinterval(LOOKUP_SWITCH_INTERVAL_S)
-    service = serving.Service(serving.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
+    service = serving.Service(shard_registry.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
                               resumed=cfg.recovery_dir is not None, pack=pack)
     http_endpoint.set_service(service)
     if not cfg.http_peers and len(set(cfg.peers)) < len(cfg.peers):
@@ -71,14 +71,14 @@ def lookups_running() -> None:
 
 def stop_lookups() -> None:
     """Stop answering look-ups and release the ClickHouse client they read through (the chDB path's lock)."""
-    from flows import http_endpoint, serving
+    from flows import http_endpoint, shard_registry
     from flows.recent import RECENT
 
     service = http_endpoint.set_service(None)
     http_endpoint.unregister_readiness("lookups")
     if service is not None and service.history is not None:
         service.history.close()
-    serving.SHARDS.clear()
+    shard_registry.SHARDS.clear()
     RECENT.clear()
     if _switch_interval:
         sys.setswitchinterval(_switch_interval.pop())

@@ -13,8 +13,8 @@ from bytewax.operators import StatefulBatchLogic
 
 from flows.recent import RECENT
 from flows.rule_reload import RuleReloader
-from flows.serving import SHARDS
 from flows.shard_gate import ShardGate
+from flows.shard_registry import SHARDS
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
 from state.outputs import Outputs

@@ -14,7 +14,8 @@ import pytest
 from flows import http_endpoint
 from flows.http_endpoint import MetricsServer, start_http
 from flows.recent import Recent
-from flows.serving import Service, ShardRegistry
+from flows.serving import Service
+from flows.shard_registry import ShardRegistry
 from tests.helpers import wait_until
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from flows import serving
 from flows.recent import Recent
-from flows.serving import Service, ShardRegistry
+from flows.serving import Service
+from flows.shard_registry import ShardRegistry
 
 CID = "cust-peer-1"
 

@@ -15,7 +15,8 @@ from flows import http_endpoint
 from flows.http_endpoint import MetricsServer, start_http
 from flows.operators import ShardLogic
 from flows.recent import RECENT, Recent
-from flows.serving import SHARDS, Service, ShardRegistry, customer_view
+from flows.serving import Service
+from flows.shard_registry import SHARDS, ShardRegistry, customer_view
 from state.batches import RawBatch
 from state.shard import Shard
 from tests.helpers import PACK, T0, ev, raws

@@ -10,7 +10,8 @@ import pytest
 
 from flows.operators import ShardLogic
 from flows.recent import MAX_MOMENTS, RECENT, Recent
-from flows.serving import SHARDS, Service, dumps
+from flows.serving import Service, dumps
+from flows.shard_registry import SHARDS
 from state.batches import RawBatch
 from state.moments import moment_id
 from state.outputs import STEP_FIELDS, Outputs

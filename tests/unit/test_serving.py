@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from flows.cli import build_parser, config_from_args
-from flows.serving import ShardRegistry
+from flows.shard_registry import ShardRegistry
 from state.batches import RawBatch
 from state.events import MAX_ID_CHARS, id_problem
 from state.shard import Shard, process
