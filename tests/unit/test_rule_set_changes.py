@@ -215,3 +215,42 @@ def test_a_restart_records_a_rule_set_change_in_the_layout(tmp_path: Path) -> No
     old = RuleLayout.load(lay.dump()[:4])
     assert old.eras == ()
     assert old.current == tuple(range(len(lay.rules)))
+
+
+def test_restarts_in_a_row_and_a_redefined_rule_removed_and_re_added_keep_the_versions_equivalence(
+        tmp_path: Path) -> None:
+    """An adversary's: two changed restarts at one watermark (an era of no length), and `views` redefined (n=2), then
+    removed, then back as redefined: the restarts still give the moments of the equivalent directory."""
+    d = tmp_path / "packs"
+    texts = [_COUNT.format(n=3), _COUNT.format(n=2), "", "", _COUNT.format(n=2)]
+    segments = [
+        [ev("v1", MIN, customer="v", step="product"), ev("v2", 2 * MIN, customer="v", step="product"),
+         ev("f1", 8 * MIN, customer="f", step="product")],
+        [],  # the next restart comes at the same watermark
+        [ev("w1", 12 * MIN, customer="w", step="product"), ev("w2", 13 * MIN, customer="w", step="product"),
+         ev("g1", 30 * MIN, customer="g", step="product")],
+        [ev("v3", 31 * MIN, customer="v", step="product"), ev("g2", 40 * MIN, customer="g", step="product")],
+        [ev("w3", 41 * MIN, customer="w", step="product"), ev("v4", 42 * MIN, customer="v", step="product"),
+         ev("end", 300 * MIN, customer="z", step="product")],
+    ]
+    files = [_pack(d / f"p{i}", "p.toml", i + 1, T0, text) for i, text in enumerate(texts)]
+    outs = []
+    shard = Shard(files[0])
+    bounds = []
+    for i, (pack, seg) in enumerate(zip(files, segments, strict=True)):
+        if i:
+            restored = Shard(pack)
+            restored.restore(shard.snapshot())
+            bounds.append(shard.wm)
+            shard = restored
+        outs.append(run(seg, shard=shard, end=i == len(files) - 1))
+    got = _all(outs)
+    assert bounds[0] == bounds[1]  # no event between the first two restarts
+    dirs = [_pack(d / "dir", f"v{i + 1}.toml", i + 1, bounds[i - 1] if i else T0, text)
+            for i, text in enumerate(texts)]
+    versions = PackVersions.of(dirs)
+    want = _all([run([e for seg in segments for e in seg], shard=Shard(versions.latest, versions=versions))])
+    assert got == want
+    # The redefined rule (n=2) is in force for no time after the first restart, absent from the second, and back at
+    # the fourth: it saw none of w1, w2 or v3 (the old definition's window, v1 and v2, is not its own).
+    assert [m for m in got if m[1] == "cart.views"] == []
