@@ -42,8 +42,9 @@ def _run(tmp: Path, name: str, files: list[Path], rules: Path, *more: str) -> Wo
     return w
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_rule_removed_at_a_restart_and_added_back_at_a_later_one_fires_as_with_a_directory_of_versions(
-        tmp_path: Path) -> None:
+        tmp_path: Path, workers: str) -> None:
     evs = sorted(simulate(2000, 120, seed=7).events(), key=lambda e: (e["ts"], e["event_id"]))
     start = evs[0]["ts"]
     # Three files by event time: the first run reads the first, each restart one more (an input list may grow at
@@ -59,7 +60,7 @@ def test_a_rule_removed_at_a_restart_and_added_back_at_a_later_one_fires_as_with
     for p, text in zip(packs, (_pack(1, None), _pack(2, None, abandoned=False), _pack(3, None)), strict=True):
         p.write_text(text)
 
-    recovery = ("--recovery-dir", str(tmp_path / "recovery"))
+    recovery = ("--recovery-dir", str(tmp_path / "recovery"), "-w", workers)
     restarted: set[tuple[str, str, int]] = set()
     boundaries = []
     for i in range(3):
@@ -77,7 +78,7 @@ def test_a_rule_removed_at_a_restart_and_added_back_at_a_later_one_fires_as_with
     (versions / "v1.toml").write_text(_pack(1, None))
     (versions / "v2.toml").write_text(_pack(2, boundaries[0], abandoned=False))
     (versions / "v3.toml").write_text(_pack(3, boundaries[1]))
-    _run(tmp_path, "versions", files, versions)
+    _run(tmp_path, "versions", files, versions, "-w", workers)
     want = _moments(tmp_path / "versions")
     assert {r for _c, r, _d in want} >= {"cart.abandoned", "5g_upgrade.abandoned"}
     extra, missing = restarted - want, want - restarted
