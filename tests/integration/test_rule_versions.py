@@ -1,5 +1,6 @@
 """A ``--rules`` directory with a second version effective mid-stream: a replay (one process, or a cluster of two)
-equals a reference written here that switches parameters at the effective time; a restart keeps open journeys."""
+equals a reference written here that switches parameters at the effective time; a restart keeps open journeys; live,
+one process or a cluster of two pick up a new file, or refuse it, alike."""
 
 from __future__ import annotations
 
