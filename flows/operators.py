@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,9 @@ from state.outputs import Outputs
 from state.routing import ShardCountMismatchError
 from state.shard import Shard, process
 from state.version_switch import install
+
+log = logging.getLogger(__name__)
+_BOUNDARIES_LOGGED: set[int] = set()  # restart boundaries logged by this process (state.versions.RuleLayout.eras)
 
 ShardItem = RawBatch | Tick | Hello
 
@@ -104,6 +108,12 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
                 shard.restore(resume)
             except Exception as e:  # noqa: BLE001 - any failure here means the stored snapshot is unusable
                 raise SnapshotRestoreError(f"{type(e).__name__}: {e}") from e
+            at = shard.rules_changed_at
+            if at is not None and at not in _BOUNDARIES_LOGGED:  # once per process and time, not once per shard
+                _BOUNDARIES_LOGGED.add(at)
+                log.info("the rules differ from those of the recovery state's run: recorded as a version boundary at "
+                         "event time %d (the restored watermark of shard %s, and of every shard restored at it); rules "
+                         "absent before it stay absent for that time", at, shard.key)
         self._recovery = recovery
         # Held while a batch is applied; the HTTP thread's look-ups read a customer whole through it, between two
         # events (flows.shard_gate).

@@ -107,6 +107,8 @@ class Shard(Watermark):
         self.finals: dict[str, int] = {}
         # Replay: the largest valid event time each partition has reported (its ticks), for the watermark.
         self.part_max: dict[str, int] = {}
+        # The restored watermark when the restore found other rules than the snapshot's run had (a version boundary).
+        self.rules_changed_at: int | None = None
         self._states_at = 0
         self.state_interval_ms = 1_000
         # The in-order shortcut of ``advance`` (off: only the general loop, which tests compare it with).
@@ -329,9 +331,12 @@ class Shard(Watermark):
         """
         ctx = self.ctx
 
-        def rebase(saved: RuleLayout) -> tuple[list[JourneyPlan], bool]:
-            # The rules of the snapshot keep their places; rules added since are laid out after them.
-            versions = check_layout(saved, ctx.versions)
+        def rebase(saved: RuleLayout, wm: int) -> tuple[list[JourneyPlan], bool]:
+            # The rules of the snapshot keep their places; rules added since are laid out after them. Other rules
+            # than the snapshot's run had are a version boundary at its watermark (``PackVersions.restarted``).
+            versions = check_layout(saved, ctx.versions).restarted(saved, wm)
+            if versions.layout.since != saved.since:
+                self.rules_changed_at = wm
             moved = versions is not ctx.versions
             if moved:
                 ctx.set_versions(versions, 0)

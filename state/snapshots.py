@@ -45,14 +45,15 @@ def dump(pack: RulePack, customers: dict[str, CustomerState], held: ReorderBuffe
 
 
 def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan], full_now: str = "",
-         rebase: Callable[[RuleLayout], tuple[list[JourneyPlan], bool]] | None = None) -> tuple[
+         rebase: Callable[[RuleLayout, int], tuple[list[JourneyPlan], bool]] | None = None) -> tuple[
         dict[str, CustomerState], ReorderBuffer, int, int, Dirty, dict[str, int], dict[str, int], bool]:
     """Return (customers, reorder buffer, max_ts, watermark, dirty rows, final ticks, partitions' largest times,
     whether the rules or their parameters changed) from ``dump``'s bytes.
 
     A snapshot that records its rule layout restores under any rules of the same journeys: ``rebase`` is given
-    that layout and lays the rules now in force out after it (returning the journeys compiled so, and whether
-    anything moved). An older one restores under a pack whose rules differ only in their parameters.
+    that layout and the snapshot's watermark, and lays the rules now in force out after it (returning the journeys
+    compiled so, and whether anything moved). An older one restores under a pack whose rules differ only in their
+    parameters.
 
     Raises:
         ValueError: when they were taken with other journeys (or, without a layout, another rule set), or in a
@@ -62,7 +63,7 @@ def load(blob: bytes, pack: RulePack, plans: list[JourneyPlan], full_now: str = 
     moved = False
     if len(rest) > 4 and rebase is not None:
         check_format(fmt)
-        plans, moved = rebase(RuleLayout.load(rest[4]))
+        plans, moved = rebase(RuleLayout.load(rest[4]), wm)
     else:
         check_pack(fmt, fp, rest, pack)
     # Older snapshots carry the full fingerprint in slot 1: they restore under the very same pack only.

@@ -8,6 +8,10 @@ event time. The versions of one directory share their journeys; their rules may 
 to its identity (``RuleLayout``): its name, kind and, for a generic rule, its definition. The identities of
 all versions (and of a restored snapshot) are laid out once, so every version compiles to the same per-attempt
 state layout: a rule a version lacks keeps its place but reacts to nothing while that version is in force.
+
+A restart with another rule set records the change in the layout as a boundary at the restored watermark
+(``RuleLayout.eras``): before it, only the rules then running are in force, as if the change had been written as a
+version. So a rule removed at one restart and added back at a later one is absent for the time between.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ _EARLIEST: Final = -(1 << 62)
 Identity = tuple[str, str, str, str]
 # What a held tag of a rule no version defines any more needs: (urgency, action, ttl_ms, version).
 Ghost = tuple[str, str, int, int]
+# From an event time on (to the next era's start), the places of the rules then running (``RuleLayout.eras``).
+Era = tuple[int, tuple[int, ...]]
 
 
 def identity(r: MomentRule) -> Identity:
@@ -54,12 +60,20 @@ class RuleLayout:
         ghosts: Per place, what a tag of the rule needs when no version defines the rule any more.
         kinds: Per journey, its built-in kinds in the order their state slots are given out.
         journeys: A fingerprint of the journeys (which cannot change across versions).
+        eras: The rule sets of earlier runs, each from its start to the next's (the last's to ``since``): a restart
+            with other rules ends one (``PackVersions.restarted``). Before ``since`` a version keeps only the rules
+            of the era.
+        since: From this event time on, the rules of the versions running are in force as they say.
+        current: The places of the rules of the versions running (what the next restart compares).
     """
 
     rules: tuple[Identity, ...]
     ghosts: tuple[Ghost, ...]
     kinds: tuple[tuple[str, tuple[str, ...]], ...]
     journeys: str
+    eras: tuple[Era, ...] = ()
+    since: int = _EARLIEST
+    current: tuple[int, ...] = ()
 
     @classmethod
     def of(cls, packs: tuple[RulePack, ...], base: RuleLayout | None = None) -> RuleLayout:
@@ -80,8 +94,21 @@ class RuleLayout:
             for j in p.journeys:
                 have = kinds.setdefault(j, [])
                 have += [k for k in REGISTRY if k in p.by_journey.get(j, {}) and k not in have]
+        current = tuple(sorted({place[identity(r)] for p in packs for r in p.rules}))
         return cls(tuple(rules), tuple(ghosts), tuple((j, tuple(ks)) for j, ks in kinds.items()),
-                   journeys_fingerprint(packs[0]) if packs else (base.journeys if base is not None else ""))
+                   journeys_fingerprint(packs[0]) if packs else (base.journeys if base is not None else ""),
+                   base.eras if base is not None else (), base.since if base is not None else _EARLIEST, current)
+
+    def era_at(self, t: int) -> frozenset[int] | None:
+        """The places of the rules running at event time ``t`` by the restarts' record; None: all (from ``since``)."""
+        if t >= self.since or not self.eras:
+            return None
+        keep = self.eras[0][1]
+        for start, places in self.eras:
+            if start > t:
+                break
+            keep = places
+        return frozenset(keep)
 
     def generic_places(self, journey: str) -> list[int]:
         """The places of the journey's generic rules, in the order of their per-attempt states (and bits)."""
@@ -129,17 +156,21 @@ class RuleLayout:
 
     def dump(self) -> tuple[object, ...]:
         """Plain tuples for a snapshot."""
-        return (self.rules, self.ghosts, self.kinds, self.journeys)
+        return (self.rules, self.ghosts, self.kinds, self.journeys, self.eras, self.since, self.current)
 
     @classmethod
     def load(cls, raw: tuple[Any, ...]) -> RuleLayout:
-        """Back from ``dump``."""
+        """Back from ``dump``. A layout written before eras were recorded counts every rule it holds as running."""
         rules: list[Any] = list(raw[0])
         ghosts: list[Any] = list(raw[1])
         kinds: list[Any] = list(raw[2])
+        eras: list[Any] = list(raw[4]) if len(raw) > 6 else []
+        current: list[Any] = list(raw[6]) if len(raw) > 6 else list(range(len(rules)))
         return cls(tuple((str(a), str(b), str(c), str(d)) for a, b, c, d in rules),
                    tuple((str(u), str(x), int(t), int(v)) for u, x, t, v in ghosts),
-                   tuple((str(j), tuple(ks)) for j, ks in kinds), str(raw[3]))
+                   tuple((str(j), tuple(ks)) for j, ks in kinds), str(raw[3]),
+                   tuple((int(s), tuple(int(i) for i in ps)) for s, ps in eras),
+                   int(raw[5]) if len(raw) > 6 else _EARLIEST, tuple(int(i) for i in current))
 
 
 def journeys_fingerprint(pack: RulePack) -> str:
@@ -186,7 +217,18 @@ class PackVersions:
             else:
                 starts.append(t)
                 in_force.append(newest)
+        if layout.eras:
+            starts, in_force = _with_eras(starts, in_force, layout)
         return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout)
+
+    def restarted(self, saved: RuleLayout, at: int) -> PackVersions:
+        """These versions (laid out after ``saved``) restored from a snapshot with layout ``saved`` whose watermark
+        is ``at``: when they run other rules than the snapshot's run did, the change is recorded as a boundary at
+        ``at`` (before it, only the rules the snapshot's run had are in force), as if written as a version."""
+        if set(saved.current) == set(self.layout.current):
+            return self
+        layout = replace(self.layout, eras=(*saved.eras, (saved.since, saved.current)), since=at)
+        return PackVersions.of(self.packs, self.path, layout)
 
     def rebased(self, base: RuleLayout) -> PackVersions:
         """These versions with their rules laid out after ``base``'s (itself when ``base`` is its layout)."""
@@ -229,6 +271,38 @@ class PackVersions:
         """One line: the versions and when each comes into force."""
         return ", ".join(f"v{p.version} from {p.effective_from_ms if p.effective_from_ms is not None else 'start'}"
                          for p in self.packs)
+
+
+def _with_eras(starts: list[int], in_force: list[RulePack],
+               layout: RuleLayout) -> tuple[list[int], list[RulePack]]:
+    """``starts``/``in_force`` with each version, before ``layout.since``, keeping only the rules of its era."""
+    bounds = sorted({*starts, *(s for s, _p in layout.eras), layout.since})
+    out_s: list[int] = []
+    out_p: list[RulePack] = []
+    made: dict[tuple[int, frozenset[int]], RulePack] = {}
+    for b in bounds:
+        i = bisect_right(starts, b) - 1
+        p = in_force[i]
+        keep = layout.era_at(b)
+        if keep is not None:
+            q = made.get((i, keep))
+            if q is None:
+                q = made[(i, keep)] = _only(p, keep)
+            p = q
+        if out_p and out_p[-1] is p:
+            continue
+        out_s.append(b)
+        out_p.append(p)
+    return out_s, out_p
+
+
+def _only(pack: RulePack, keep: frozenset[int]) -> RulePack:
+    """``pack`` with the rules at the places ``keep`` only (itself when it has no other)."""
+    rules = tuple(r for r in pack.rules if r.index in keep)
+    if len(rules) == len(pack.rules):
+        return pack
+    by_journey = {j: {k: r for k, r in rs.items() if r.index in keep} for j, rs in pack.by_journey.items()}
+    return replace(pack, rules=rules, by_journey=by_journey)
 
 
 def _start(p: RulePack) -> int:

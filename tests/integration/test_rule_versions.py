@@ -1,5 +1,6 @@
 """A ``--rules`` directory with a second version effective mid-stream: a replay (one process, or a cluster of two)
-equals a reference written here that switches parameters at the effective time; a restart keeps open journeys."""
+equals a reference written here that switches parameters at the effective time; a restart keeps open journeys; live,
+one process or a cluster of two pick up a new file, or refuse it, alike."""
 
 from __future__ import annotations
 
@@ -312,3 +313,87 @@ def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(k
         assert w.alive()
     finally:
         stop_process(w.proc)
+
+
+def _info(port: int) -> set[str]:
+    """The fingerprints ``cx_rule_pack_versions_info`` reports 1 for (the versions in force in the process)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:  # noqa: S310 - loopback
+        text = r.read().decode()
+    return set(re.findall(r'^cx_rule_pack_versions_info\{fingerprint="(\w+)"\} 1\.0$', text, re.M))
+
+
+@pytest.mark.kafka
+def test_a_live_two_process_cluster_switches_alike_and_refuses_alike(kafka: str, tmp_path: Path) -> None:
+    """Two live processes on the real broker, one --rules directory: a version dropped in with its effective_from
+    past the reload margin is accepted by both, and each moment of either process's customers carries v2 exactly
+    when it is due at or after effective_from; one effective too soon is refused by both, and nothing changes."""
+    topics = {"CX_TOPIC_EVENTS": unique("cx.events"), "CX_TOPIC_FEEDBACK": unique("cx.feedback")}
+    create_topics(kafka, topics.values(), partitions=4)
+    packs = write_packs(tmp_path / "packs", second=False)
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    cluster = [Worker(["--source", "kafka", "--kafka-bootstrap", kafka, "--clock", "live", "--lateness", "1s",
+                       "--rules", str(packs), "--sink", f"jsonl:{tmp_path / f'out{i}'}", "--metrics-port", "0",
+                       "--status", "off", "-i", str(i), "-a", addrs], tmp_path / f"live{i}.log", env=topics)
+               for i in range(2)]
+    outs = [tmp_path / f"out{i}" / "moments.jsonl" for i in range(2)]
+    try:
+        ports = []
+        for w in cluster:
+            w.wait_log("metrics on http://", 60)
+            ports.append(int(re.findall(r"metrics on http://[^ ]+:(\d+)/metrics", w.log())[0]))
+        for p in ports:
+            wait_until(lambda p=p: _reloads(p), 30, "the reload counters")
+
+        def detail() -> str:
+            return "\n".join(w.log()[-1500:] for w in cluster)
+
+        def fails(prefix: str, n: int = 40) -> dict[str, dict[str, Any]]:
+            """n customers fail now; return their moments (customer -> moment) once every one is out."""
+            now = time.time_ns() // 1_000_000
+            produce(kafka, topics["CX_TOPIC_EVENTS"], [_fail(f"{prefix}{i}", now) for i in range(n)],
+                    key_of=lambda v: orjson.loads(v)["customer_id"].encode())
+
+            def found() -> dict[str, dict[str, Any]]:
+                got = {m["customer_id"]: {**m, "process": i} for i, o in enumerate(outs) if o.exists()
+                       for m in read_jsonl(o) if m["customer_id"].startswith(prefix)}
+                return got if len(got) == n else {}
+            return wait_until(found, 90, f"the moments of {prefix}*", detail=detail)  # type: ignore[return-value]
+
+        first = fails("a")
+        assert {m["rule_version"] for m in first.values()} == {1}
+        assert {m["process"] for m in first.values()} == {0, 1}  # both processes hold customers
+        fingerprints = [_info(p) for p in ports]
+        assert fingerprints[0] == fingerprints[1]
+        assert len(fingerprints[0]) == 1
+
+        effective = time.time_ns() // 1_000_000 + MARGIN_MS + 20_000  # a margin for a loaded machine
+        (packs / "v2.toml").write_text(_PACK.format(version=2, effective=effective, idle=25, ttl="3h", urgency="P1"))
+        for p in ports:
+            wait_until(lambda p=p: _reloads(p)["applied"] == 1, 30, "v2 applied by every process", detail=detail)
+        now = [_info(p) for p in ports]
+        assert now[0] == now[1]
+        assert now[0] != fingerprints[0]
+        before = fails("b")  # most likely due before effective_from; judged by due time either way
+        wait_until(lambda: time.time_ns() // 1_000_000 > effective, 30, "the wall clock past effective_from")
+        after = fails("c")
+        assert {m["process"] for m in after.values()} == {0, 1}
+        for m in [*first.values(), *before.values(), *after.values()]:
+            assert m["rule_version"] == (2 if m["due_ts"] >= effective else 1), m
+        assert {m["rule_version"] for m in after.values()} == {2}
+
+        # Effective in 2 s: inside the margin for every process, refused by both; v2 stays in force.
+        soon = time.time_ns() // 1_000_000 + 2_000
+        (packs / "v3.toml").write_text(_PACK.format(version=3, effective=soon, idle=30, ttl="3h", urgency="P3"))
+        for p in ports:
+            wait_until(lambda p=p: _reloads(p)["too_late"] == 1, 30, "v3 refused by every process", detail=detail)
+        for w in cluster:
+            assert f"{packs / 'v3.toml'}: pack.effective_from: lies before the wall clock plus 10 s" in w.log()
+        assert [_info(p) for p in ports] == now
+        later = fails("d")
+        assert {m["rule_version"] for m in later.values()} == {2}
+        assert {m["process"] for m in later.values()} == {0, 1}
+        assert all(_reloads(p)["applied"] == 1 for p in ports)
+        assert all(w.alive() for w in cluster)
+    finally:
+        for w in cluster:
+            stop_process(w.proc)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from state.rules import DEFAULT_PACK, RulePack, load_rule_pack
 from state.shard import Shard
-from state.versions import PackVersions, load_versions
+from state.versions import PackVersions, RuleLayout, load_versions
 from tests.helpers import MIN, T0, ev, run
 
 _BASE = DEFAULT_PACK.read_text()
@@ -134,3 +134,123 @@ def test_a_snapshot_restores_under_a_pack_that_adds_a_generic_rule_to_a_journey_
     got = _moments(second, [ev("n2", 3 * MIN, customer="n", step="product"),
                             ev("n3", 4 * MIN, customer="n", step="product"), ev("end", 300 * MIN, customer="z")])
     assert got == [("k", "cart.left_checkout", 20 * MIN, 1), ("n", "cart.views", 4 * MIN, 1)]
+
+
+def _without_abandoned(text: str) -> str:
+    start = text.index('[[moment]]\nkind = "abandoned"')
+    return text[:start] + text[text.index("[[moment]]", start + 1):]
+
+
+def _three_packs(d: Path) -> tuple[RulePack, RulePack, RulePack]:
+    """v1 with `abandoned`, `left_checkout` and `views`, v2 without them (from 7.5 min), v3 with them again (from
+    29.5 min): the restored watermarks of the restarts below."""
+    v1 = _pack(d, "v1.toml", 1, T0, _ABSENCE + _COUNT.format(n=3))
+    _pack(d, "v2.toml", 2, T0 + 7 * MIN + 30_000, "")
+    (d / "v2.toml").write_text(_without_abandoned((d / "v2.toml").read_text()))
+    v3 = _pack(d, "v3.toml", 3, T0 + 29 * MIN + 30_000, _ABSENCE + _COUNT.format(n=3))
+    return v1, load_rule_pack(d / "v2.toml"), v3
+
+
+_SEGMENTS = [
+    # a: key step before the removal, due (15 and 25 min) while removed; v: two views before it.
+    [ev("a1", 5 * MIN, "submit", customer="a", step="checkout"), ev("v1", MIN, customer="v", step="product"),
+     ev("v2", 2 * MIN, customer="v", step="product"), ev("f1", 8 * MIN, customer="f", step="product")],
+    # b: key step while removed (due at 22 and 32 min: the rules are back at 29.5 min).
+    [ev("b1", 12 * MIN, "submit", customer="b", step="checkout"), ev("g1", 30 * MIN, customer="g", step="product")],
+    # c: key step after the rules came back; v: a third view within the hour (the window kept its first two).
+    [ev("c1", 40 * MIN, "submit", customer="c", step="checkout"), ev("v3", 41 * MIN, customer="v", step="product"),
+     ev("end", 300 * MIN, customer="z", step="product")],
+]
+
+
+def _all(outs: list[object]) -> list[tuple[str, str, int]]:
+    return sorted((m["customer_id"], m["rule"], m["due_ts"] - T0) for o in outs for m in o.moments)  # type: ignore[attr-defined]
+
+
+def test_a_rule_removed_at_a_restart_and_back_at_a_later_one_is_absent_between_as_with_versions(
+        tmp_path: Path) -> None:
+    """The restarts record the rule-set changes at their restored watermarks: the same moments as the directory of
+    versions that writes the absence down (before, the rules fired for a and b after the second restart)."""
+    v1, v2, v3 = _three_packs(tmp_path / "packs")
+    versions = PackVersions.of([v1, v2, v3])
+    want = _all([run([e for seg in _SEGMENTS for e in seg], shard=Shard(versions.latest, versions=versions))])
+    outs = []
+    shard = Shard(v1)
+    for i, (pack, seg) in enumerate(zip((v1, v2, v3), _SEGMENTS, strict=True)):
+        if i:
+            restored = Shard(pack)
+            restored.restore(shard.snapshot())
+            shard = restored
+        outs.append(run(seg, shard=shard, end=i == 2))
+    got = _all(outs)
+    assert got == want
+    kept = [m for m in got if m[1] in ("cart.abandoned", "cart.left_checkout", "cart.views")]
+    assert kept == [("c", "cart.abandoned", 50 * MIN), ("c", "cart.left_checkout", 60 * MIN),
+                    ("v", "cart.views", 41 * MIN)]
+
+
+def test_a_restart_records_a_rule_set_change_in_the_layout(tmp_path: Path) -> None:
+    v1, v2, v3 = _three_packs(tmp_path / "packs")
+    first = Shard(v1)
+    run(_SEGMENTS[0], shard=first, end=False)
+    saved = first.ctx.versions.layout
+    assert saved.eras == ()
+    assert saved.current == tuple(range(len(v1.rules)))
+    second = Shard(v2)
+    second.restore(first.snapshot())
+    lay = second.ctx.versions.layout
+    assert lay.eras == ((saved.since, saved.current),)
+    assert lay.since == first.wm
+    gone = {i for i, r in enumerate(lay.rules) if r[1] == "abandoned" or r[0] in ("cart.left_checkout", "cart.views")}
+    assert set(lay.current) == set(saved.current) - gone
+    assert lay.era_at(first.wm - 1) == frozenset(saved.current)
+    assert lay.era_at(first.wm) is None
+    assert RuleLayout.load(lay.dump()) == lay
+    # The same rules again: no boundary, the layout is kept as it was.
+    again = Shard(v2)
+    again.restore(second.snapshot())
+    assert again.ctx.versions.layout == lay
+    assert again.rules_changed_at is None
+    # A layout from before eras were recorded: every rule it holds counts as running.
+    old = RuleLayout.load(lay.dump()[:4])
+    assert old.eras == ()
+    assert old.current == tuple(range(len(lay.rules)))
+
+
+def test_restarts_in_a_row_and_a_redefined_rule_removed_and_re_added_keep_the_versions_equivalence(
+        tmp_path: Path) -> None:
+    """An adversary's: two changed restarts at one watermark (an era of no length), and `views` redefined (n=2), then
+    removed, then back as redefined: the restarts still give the moments of the equivalent directory."""
+    d = tmp_path / "packs"
+    texts = [_COUNT.format(n=3), _COUNT.format(n=2), "", "", _COUNT.format(n=2)]
+    segments = [
+        [ev("v1", MIN, customer="v", step="product"), ev("v2", 2 * MIN, customer="v", step="product"),
+         ev("f1", 8 * MIN, customer="f", step="product")],
+        [],  # the next restart comes at the same watermark
+        [ev("w1", 12 * MIN, customer="w", step="product"), ev("w2", 13 * MIN, customer="w", step="product"),
+         ev("g1", 30 * MIN, customer="g", step="product")],
+        [ev("v3", 31 * MIN, customer="v", step="product"), ev("g2", 40 * MIN, customer="g", step="product")],
+        [ev("w3", 41 * MIN, customer="w", step="product"), ev("v4", 42 * MIN, customer="v", step="product"),
+         ev("end", 300 * MIN, customer="z", step="product")],
+    ]
+    files = [_pack(d / f"p{i}", "p.toml", i + 1, T0, text) for i, text in enumerate(texts)]
+    outs = []
+    shard = Shard(files[0])
+    bounds = []
+    for i, (pack, seg) in enumerate(zip(files, segments, strict=True)):
+        if i:
+            restored = Shard(pack)
+            restored.restore(shard.snapshot())
+            bounds.append(shard.wm)
+            shard = restored
+        outs.append(run(seg, shard=shard, end=i == len(files) - 1))
+    got = _all(outs)
+    assert bounds[0] == bounds[1]  # no event between the first two restarts
+    dirs = [_pack(d / "dir", f"v{i + 1}.toml", i + 1, bounds[i - 1] if i else T0, text)
+            for i, text in enumerate(texts)]
+    versions = PackVersions.of(dirs)
+    want = _all([run([e for seg in segments for e in seg], shard=Shard(versions.latest, versions=versions))])
+    assert got == want
+    # The redefined rule (n=2) is in force for no time after the first restart, absent from the second, and back at
+    # the fourth: it saw none of w1, w2 or v3 (the old definition's window, v1 and v2, is not its own).
+    assert [m for m in got if m[1] == "cart.views"] == []
