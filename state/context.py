@@ -8,6 +8,7 @@ shard itself (so state/ has no import cycle).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -103,6 +104,13 @@ class BatchContext:
         """Whether the rule of journey ``jidx`` with ``bit`` is in force at event time ``t`` (a removed rule's armed
         timer does not fire once its removal is in force)."""
         return bool(self.defs_at(t)[jidx].bits & bit)
+
+    def in_force_over(self, armed: int, due: int, place: int) -> bool:
+        """Whether the rule at ``place`` was in force at every event time from ``armed`` to ``due``: a timer armed
+        before the rule's removal does not fire, even when a later version adds the rule back before it falls due."""
+        starts, ends = self.versions.absent[place]
+        i = bisect_right(ends, armed)  # the first gap that ends after the arming
+        return i == len(ends) or starts[i] > due
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""

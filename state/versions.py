@@ -157,6 +157,7 @@ class PackVersions:
         path: The directory (or the single file) they came from.
         starts: Event times at which the version in force changes (the first is ``-2**62``).
         in_force: The version in force from each of ``starts`` on.
+        absent: Per rule place, the event times it is not in force: (starts, ends) of half-open intervals.
     """
 
     packs: tuple[RulePack, ...]
@@ -164,6 +165,7 @@ class PackVersions:
     starts: tuple[int, ...]
     in_force: tuple[RulePack, ...]
     layout: RuleLayout
+    absent: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
     @classmethod
     def of(cls, packs: list[RulePack] | tuple[RulePack, ...], path: str = "",
@@ -186,7 +188,8 @@ class PackVersions:
             else:
                 starts.append(t)
                 in_force.append(newest)
-        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout)
+        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout,
+                   absences(tuple(starts), tuple(in_force), len(layout.rules)))
 
     def rebased(self, base: RuleLayout) -> PackVersions:
         """These versions with their rules laid out after ``base``'s (itself when ``base`` is its layout)."""
@@ -229,6 +232,25 @@ class PackVersions:
         """One line: the versions and when each comes into force."""
         return ", ".join(f"v{p.version} from {p.effective_from_ms if p.effective_from_ms is not None else 'start'}"
                          for p in self.packs)
+
+
+def absences(starts: tuple[int, ...], in_force: tuple[RulePack, ...],
+             places: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
+    """Per rule place, the (starts, ends) of the event-time intervals ``[start, end)`` in which no version in force
+    has the rule: a timer fires only when no such interval lies between its arming and its due time."""
+    out: list[tuple[list[int], list[int]]] = [([], []) for _ in range(places)]
+    for k, p in enumerate(in_force):
+        end = starts[k + 1] if k + 1 < len(starts) else NEVER
+        have = {r.index for r in p.rules}
+        for place, (s, e) in enumerate(out):
+            if place in have:
+                continue
+            if e and e[-1] == starts[k]:
+                e[-1] = end  # the gap goes on
+            else:
+                s.append(starts[k])
+                e.append(end)
+    return tuple((tuple(s), tuple(e)) for s, e in out)
 
 
 def _start(p: RulePack) -> int:

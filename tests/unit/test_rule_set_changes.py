@@ -134,3 +134,24 @@ def test_a_snapshot_restores_under_a_pack_that_adds_a_generic_rule_to_a_journey_
     got = _moments(second, [ev("n2", 3 * MIN, customer="n", step="product"),
                             ev("n3", 4 * MIN, customer="n", step="product"), ev("end", 300 * MIN, customer="z")])
     assert got == [("k", "cart.left_checkout", 20 * MIN, 1), ("n", "cart.views", 4 * MIN, 1)]
+
+
+def test_a_timer_armed_before_its_rules_removal_does_not_fire_when_the_rule_is_back_by_its_due_time(
+        tmp_path: Path) -> None:
+    """An adversary's: v2 removed cart.abandoned and an absence rule, v3 brought them back; timers armed under v1 and
+    due under v3 fired (the check looked at the version in force at the due time only)."""
+    base = _BASE.replace('idle = "10m"', 'idle = "15m"', 1)  # the abandonment
+    start = base.index('[[moment]]\nkind = "abandoned"')
+    texts = [(1, T0, base + _ABSENCE), (2, T0 + 30 * MIN, base[:start] + base[base.index("[[moment]]", start + 1):]),
+             (3, T0 + 40 * MIN, base + _ABSENCE)]
+    for v, t, text in texts:
+        (tmp_path / f"v{v}.toml").write_text(text.replace("version = 1\n", f"version = {v}\neffective_from = {t}\n", 1))
+    versions = load_versions(tmp_path)
+    out = run([ev("a1", 5 * MIN, "submit", customer="a", step="checkout"),  # due at 20 and 25 min: before v2
+               ev("c1", 28 * MIN, "submit", customer="c", step="checkout"),  # due at 43 and 48 min: removed meanwhile
+               ev("d1", 41 * MIN, "submit", customer="d", step="checkout"),  # armed under v3: fires
+               ev("end", 300 * MIN, customer="z", step="product")], shard=Shard(versions.latest, versions=versions))
+    got = sorted((m["customer_id"], m["rule"], m["due_ts"] - T0, m["rule_version"]) for m in out.moments
+                 if m["rule"] in ("cart.abandoned", "cart.left_checkout"))
+    assert got == [("a", "cart.abandoned", 20 * MIN, 1), ("a", "cart.left_checkout", 25 * MIN, 1),
+                   ("d", "cart.abandoned", 56 * MIN, 3), ("d", "cart.left_checkout", 61 * MIN, 3)]
