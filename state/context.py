@@ -112,6 +112,10 @@ class BatchContext:
         i = bisect_right(ends, armed)  # the first gap that ends after the arming
         return i == len(ends) or starts[i] > due
 
+    def rule_at(self, t: int, place: int) -> MomentRule | None:
+        """The rule at ``place`` as the version in force at event time ``t`` defines it (None: it has none)."""
+        return self._places[self.pack_at(t).version].get(place)
+
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""
         (self.pack, self.journey_defs, self.contacts, self.attempt_timeout_ms, self.trails,

@@ -128,9 +128,11 @@ def _generic_wake(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: G
         return
     for f in gr.wake(g, due):
         r = jp.generic_rules[f.rule]
-        if not ctx.single and r.generic is not None \
-                and not ctx.in_force_over(r.generic.armed_ms(f.due_ms), f.due_ms, r.index):
-            continue  # removed (or redefined) between its arming and its due time: it fires no more
+        if not ctx.single and r.generic is not None:
+            armed = r.generic.armed_ms(f.due_ms)
+            if not ctx.in_force_over(armed, f.due_ms, r.index):
+                continue  # removed (or redefined) between its arming and its due time: it fires no more
+            r = ctx.rule_at(armed, r.index) or r  # the timer keeps the version in force when it was armed
         ctx.current_customer = cid
         fire(ctx, c, r, a, None, f.evidence, f.due_ms, a.last_step, anchor=f.anchor)
         if ctx.pending:

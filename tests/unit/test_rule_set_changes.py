@@ -155,3 +155,17 @@ def test_a_timer_armed_before_its_rules_removal_does_not_fire_when_the_rule_is_b
                  if m["rule"] in ("cart.abandoned", "cart.left_checkout"))
     assert got == [("a", "cart.abandoned", 20 * MIN, 1), ("a", "cart.left_checkout", 25 * MIN, 1),
                    ("d", "cart.abandoned", 56 * MIN, 3), ("d", "cart.left_checkout", 61 * MIN, 3)]
+
+
+def test_an_absence_timer_keeps_the_version_of_its_arming_event_not_of_a_later_event(tmp_path: Path) -> None:
+    """An adversary's: a view under v2 that did not disarm the timer gave its moment v2's version and urgency."""
+    until = _ABSENCE.replace('idle = "20m"', 'idle = "20m"\nuntil = { type = "complete" }')
+    v1 = _pack(tmp_path, "v1.toml", 1, T0, until)
+    v2 = _pack(tmp_path, "v2.toml", 2, T0 + 40 * MIN, until.replace('urgency = "P3"', 'urgency = "P4"'))
+    versions = PackVersions.of([v1, v2])
+    out = run([ev("a1", 30 * MIN, "submit", customer="a", step="checkout"),  # arms under v1, due at 50 min
+               ev("a2", 45 * MIN, customer="a", step="product"),  # under v2; does not disarm
+               ev("end", 300 * MIN, customer="z", step="product")], shard=Shard(versions.latest, versions=versions))
+    got = [(m["due_ts"] - T0, m["rule_version"], m["urgency"]) for m in out.moments
+           if m["rule"] == "cart.left_checkout"]
+    assert got == [(50 * MIN, 1, "P3")]
