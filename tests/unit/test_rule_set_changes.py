@@ -8,6 +8,7 @@ from pathlib import Path
 
 from state.rules import DEFAULT_PACK, RulePack, load_rule_pack
 from state.shard import Shard
+from state.version_switch import install
 from state.versions import PackVersions, load_versions
 from tests.helpers import MIN, T0, ev, run
 
@@ -169,3 +170,21 @@ def test_an_absence_timer_keeps_the_version_of_its_arming_event_not_of_a_later_e
     got = [(m["due_ts"] - T0, m["rule_version"], m["urgency"]) for m in out.moments
            if m["rule"] == "cart.left_checkout"]
     assert got == [(50 * MIN, 1, "P3")]
+
+
+def test_a_versions_event_types_are_accepted_only_while_it_is_in_force(tmp_path: Path) -> None:
+    """An adversary's: a type only a later version lists was accepted before that version (the shard took every
+    version's types), so it re-armed an abandonment in January; installed while running, likewise."""
+    v1 = _pack(tmp_path, "v1.toml", 1, T0, "")
+    (tmp_path / "v2.toml").write_text('types = ["topup"]\n' + (tmp_path / "v1.toml").read_text().replace(
+        "version = 1\n", "version = 2\n", 1).replace(f"effective_from = {T0}", f"effective_from = {T0 + 60 * MIN}"))
+    versions = PackVersions.of([v1, load_rule_pack(tmp_path / "v2.toml")])
+    events = [ev("a1", 10 * MIN, "topup", customer="a", step="checkout"),
+              ev("a2", 70 * MIN, "topup", customer="a", step="checkout"), ev("end", 300 * MIN, customer="z")]
+    started = Shard(versions.latest, versions=versions)
+    reloaded = Shard(v1)
+    install(reloaded, versions)
+    for shard in (started, reloaded):
+        out = run(events, shard=shard)
+        assert [d["reason"] for d in out.dead] == ["unknown_type:type"]
+        assert [m["due_ts"] - T0 for m in out.moments if m["rule"] == "cart.abandoned"] == [80 * MIN]
