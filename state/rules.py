@@ -10,7 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -50,6 +50,7 @@ __all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGEN
 _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
 _MAX_RULES: Final = 60
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class _Problems:
@@ -183,7 +184,7 @@ def _instant(path: str, where: str, value: object) -> int:
         raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}")
     if when.tzinfo is None:
         raise RulePackError(path, where, f"needs a UTC offset (e.g. 2026-01-05T09:00:00Z), got {value!r}")
-    ms = int(when.timestamp() * 1000)
+    ms = (when - _EPOCH) // timedelta(milliseconds=1)  # exact: a float timestamp came into force 1 ms early
     if not 0 <= ms < MAX_TS_MS:
         raise RulePackError(path, where, f"must lie in 1970..2099 (event times accepted), got {value!r}")
     return ms

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,15 @@ def test_versions_whose_kinds_together_need_more_state_slots_than_an_attempt_has
         load_versions(tmp_path)
     assert "journey 'cart': the built-in kinds of every version" in str(e.value)
     assert "use fewer built-in kinds in that journey" in str(e.value)
+
+
+@pytest.mark.parametrize("effective", ['"2039-03-08T19:46:13.411Z"', "2039-03-08T19:46:13.411Z",
+                                       '"2039-03-08T20:46:13.411+01:00"'])
+def test_an_effective_from_with_milliseconds_comes_into_force_at_that_very_ms(tmp_path: Path, effective: str) -> None:
+    """An adversary's: the float timestamp made 19:46:13.411 come into force at .410."""
+    _pack(tmp_path, "a.toml", 1, None)
+    _pack(tmp_path, "b.toml", 2, effective)
+    exact = calendar.timegm((2039, 3, 8, 19, 46, 13)) * 1000 + 411
+    v = load_versions(tmp_path)
+    assert v.packs[1].effective_from_ms == exact
+    assert [v.pack_at(t).version for t in (exact - 1, exact)] == [1, 2]
