@@ -269,7 +269,7 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
     p = Path(path) if path is not None else None
     if p is None or not p.is_dir():
         return PackVersions.of([load_rule_pack(p)])
-    entries = sorted(f for f in p.iterdir() if f.suffix == ".toml")
+    entries = sorted(f for f in p.iterdir() if f.suffix.lower() == ".toml")  # V2.TOML too
     files = [f for f in entries if f.is_file()]
     # Skipped without a word, a version meant to be in force would be missing: a broken link, a FIFO, a directory.
     problems: list[tuple[str, str, str]] = [(str(f), "(file)", "is not a regular file (a directory, FIFO, device "

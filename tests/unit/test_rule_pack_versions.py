@@ -142,3 +142,32 @@ def test_an_effective_from_with_milliseconds_comes_into_force_at_that_very_ms(tm
     v = load_versions(tmp_path)
     assert v.packs[1].effective_from_ms == exact
     assert [v.pack_at(t).version for t in (exact - 1, exact)] == [1, 2]
+
+
+@pytest.mark.parametrize("effective", ['"20260101T000000Z"', '"2026-W01-4T00:00Z"', '"2026-01-01T00Z"',
+                                       '"2026-01-01T00:00Z"', '"2026-01-01T00:00:00+0100"'])
+def test_an_iso_8601_form_that_rfc_3339_lacks_is_refused_naming_file_and_field(tmp_path: Path, effective: str) -> None:
+    """An adversary's: basic, week-date and hour-only forms were accepted as RFC 3339."""
+    _pack(tmp_path, "a.toml", 1, None)
+    _pack(tmp_path, "b.toml", 2, effective)
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert f"{tmp_path / 'b.toml'}: pack.effective_from: must be an RFC 3339 date-time" in str(e.value)
+
+
+def test_rfc_3339_forms_are_accepted_and_a_leap_second_is_refused_saying_why(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 1, None)
+    for i, form in enumerate(['"2026-01-01t00:00:00z"', '"2026-01-01 00:00:00Z"', '"2026-01-01T05:30:00.000+05:30"']):
+        _pack(tmp_path, "b.toml", 2, form)
+        assert load_versions(tmp_path).packs[1].effective_from_ms == T0, form
+    _pack(tmp_path, "b.toml", 2, '"2016-12-31T23:59:60Z"')
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert f"{tmp_path / 'b.toml'}: pack.effective_from: is a leap second" in str(e.value)
+
+
+def test_a_pack_file_named_in_upper_case_is_a_version_too(tmp_path: Path) -> None:
+    """An adversary's: V2.TOML was ignored without a word."""
+    _pack(tmp_path, "v1.toml", 1, None)
+    _pack(tmp_path, "V2.TOML", 2, T0, idle="20m")
+    assert [p.version for p in load_versions(tmp_path).packs] == [1, 2]

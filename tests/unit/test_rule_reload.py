@@ -140,3 +140,10 @@ def test_a_pack_name_that_is_not_a_regular_file_is_reported_at_once(
     assert seen == [INVALID]
     assert r.current is before
     assert f"{bad}: (file): is not a regular file" in caplog.text
+
+
+def test_a_pack_file_named_in_upper_case_added_while_running_is_picked_up(tmp_path: Path) -> None:
+    r, seen = _reloader(tmp_path)
+    _write(tmp_path, "V2.TOML", 2, T0 + MIN, idle="20m")
+    assert r.check() == APPLIED
+    assert r.current.pack_at(T0 + MIN).version == 2
