@@ -157,7 +157,7 @@ def test_an_iso_8601_form_that_rfc_3339_lacks_is_refused_naming_file_and_field(t
 
 def test_rfc_3339_forms_are_accepted_and_a_leap_second_is_refused_saying_why(tmp_path: Path) -> None:
     _pack(tmp_path, "a.toml", 1, None)
-    for i, form in enumerate(['"2026-01-01t00:00:00z"', '"2026-01-01 00:00:00Z"', '"2026-01-01T05:30:00.000+05:30"']):
+    for form in ['"2026-01-01t00:00:00z"', '"2026-01-01 00:00:00Z"', '"2026-01-01T05:30:00.000+05:30"']:
         _pack(tmp_path, "b.toml", 2, form)
         assert load_versions(tmp_path).packs[1].effective_from_ms == T0, form
     _pack(tmp_path, "b.toml", 2, '"2016-12-31T23:59:60Z"')
