@@ -51,7 +51,10 @@ def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
     """(name, content hash) of each pack file of the directory: what a change is judged by."""
     out: list[tuple[str, str]] = []
     for f in sorted(directory.iterdir()):
-        if f.suffix != ".toml" or not f.is_file():
+        if f.suffix.lower() != ".toml":  # as load_versions: V2.TOML is a pack file too
+            continue
+        if not f.is_file():  # a directory, FIFO or broken link: loading refuses it, so it is a change (never read)
+            out.append((f.name, "(not a regular file)"))
             continue
         try:
             out.append((f.name, hashlib.blake2b(f.read_bytes(), digest_size=8).hexdigest()))

@@ -8,6 +8,7 @@ shard itself (so state/ has no import cycle).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -19,7 +20,8 @@ from state.outputs import Outputs
 from state.plan import JourneyPlan
 from state.record import CustomerState
 from state.rule_model import STAGES, MomentRule, RulePack
-from state.versions import NEVER, PackVersions
+from state.version_gaps import NEVER
+from state.versions import PackVersions
 from state.wheel import TimerWheel
 
 _STATUS_RANK: Final = {"active": 0, "completed": 1, "expired": 2}
@@ -99,10 +101,16 @@ class BatchContext:
             [(r[0], lay.bit(i)) for i, r in enumerate(lay.rules) if r[2] == jd.id] for jd in self.journey_defs]
         self._fired_names: list[dict[int, tuple[str, ...]]] = [{} for _ in self.journey_defs]
 
-    def in_force(self, t: int, jidx: int, bit: int) -> bool:
-        """Whether the rule of journey ``jidx`` with ``bit`` is in force at event time ``t`` (a removed rule's armed
-        timer does not fire once its removal is in force)."""
-        return bool(self.defs_at(t)[jidx].bits & bit)
+    def in_force_over(self, armed: int, due: int, place: int) -> bool:
+        """Whether the rule at ``place`` was in force at every event time from ``armed`` to ``due``: a timer armed
+        before the rule's removal does not fire, even when a later version adds the rule back before it falls due."""
+        starts, ends = self.versions.absent[place]
+        i = bisect_right(ends, armed)  # the first gap that ends after the arming
+        return i == len(ends) or starts[i] > due
+
+    def rule_at(self, t: int, place: int) -> MomentRule | None:
+        """The rule at ``place`` as the version in force at event time ``t`` defines it (None: it has none)."""
+        return self._places[self.pack_at(t).version].get(place)
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""

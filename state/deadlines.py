@@ -37,7 +37,9 @@ def next_deadline(ctx: BatchContext, c: CustomerState) -> int:
         jp = (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx]
         for det in jp.timed:
             dd = det.due(a)
-            if dd is not None and dd < due and (defs is not None or ctx.in_force(dd, jidx, det.bit)):
+            # A timer fires only when its rule stayed in force from its arming to its due time.
+            if dd is not None and dd < due and (defs is not None
+                                                or ctx.in_force_over(a.last_ts, dd, det.rule.index)):
                 due = dd
         gr = jp.generic
         if gr is not None and isinstance(a, GenericAttempt) and a.g is not None:
@@ -95,7 +97,8 @@ def _abandonments(ctx: BatchContext, c: CustomerState, cid: str, due: int) -> No
             # An abandonment keeps the parameters of the version in force when its arming event happened.
             for d in (defs if defs is not None else ctx.defs_at(a.last_ts))[jidx].timed:
                 dd = d.due(a)
-                if dd is not None and dd <= due and (defs is not None or ctx.in_force(dd, jidx, d.bit)):
+                if dd is not None and dd <= due and (defs is not None
+                                                     or ctx.in_force_over(a.last_ts, dd, d.rule.index)):
                     due_now.append((a.last_ts, a.last_eid, a, d))
     if len(due_now) > 1:
         # Several journeys abandoned at the same instant: decided one by one in the order of the events
@@ -125,8 +128,11 @@ def _generic_wake(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, a: G
         return
     for f in gr.wake(g, due):
         r = jp.generic_rules[f.rule]
-        if not ctx.single and not ctx.in_force(f.due_ms, jidx, r.bit):
-            continue  # removed (or redefined) by the version in force when it fell due: it fires no more
+        if not ctx.single and r.generic is not None:
+            armed = r.generic.armed_ms(f.due_ms)
+            if not ctx.in_force_over(armed, f.due_ms, r.index):
+                continue  # removed (or redefined) between its arming and its due time: it fires no more
+            r = ctx.rule_at(armed, r.index) or r  # the timer keeps the version in force when it was armed
         ctx.current_customer = cid
         fire(ctx, c, r, a, None, f.evidence, f.due_ms, a.last_step, anchor=f.anchor)
         if ctx.pending:

@@ -7,10 +7,11 @@ policy's tables and fields by ``state.rules_policy``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -50,6 +51,8 @@ __all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGEN
 _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
 _MAX_RULES: Final = 60
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 class _Problems:
@@ -174,16 +177,23 @@ def _instant(path: str, where: str, value: object) -> int:
             raise RulePackError(path, where, f"epoch ms must be 0..{MAX_TS_MS - 1} (before 2100), got {value}")
         return value
     when: object = value
+    rfc = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if rfc is not None and rfc.group(1) == "60":
+        raise RulePackError(path, where, f"is a leap second, which epoch ms (Unix time) cannot name: give the second "
+                                         f"before or the next one, got {value!r}")
     if isinstance(value, str):
         try:
-            when = datetime.fromisoformat(value)
+            when = datetime.fromisoformat(value.upper())  # RFC 3339 allows 't' and 'z'
         except ValueError:
             raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}") from None
     if not isinstance(when, datetime):
         raise RulePackError(path, where, f"must be an RFC 3339 date-time or epoch ms, got {value!r}")
     if when.tzinfo is None:
         raise RulePackError(path, where, f"needs a UTC offset (e.g. 2026-01-05T09:00:00Z), got {value!r}")
-    ms = int(when.timestamp() * 1000)
+    if isinstance(value, str) and rfc is None:  # ISO 8601 forms RFC 3339 lacks: basic, week dates, no seconds, …
+        raise RulePackError(path, where, f"must be an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, optional fraction, "
+                                         f"then Z or +HH:MM) or epoch ms, got {value!r}")
+    ms = (when - _EPOCH) // timedelta(milliseconds=1)  # exact: a float timestamp came into force 1 ms early
     if not 0 <= ms < MAX_TS_MS:
         raise RulePackError(path, where, f"must lie in 1970..2099 (event times accepted), got {value!r}")
     return ms

@@ -97,7 +97,7 @@ class Shard(Watermark):
         self.now_ms = clock
         self.max_customers = max_customers
         self.ctx = BatchContext(pack, key, clock, live, versions)  # the version in force; outputs, wake-ups
-        self.types = frozenset().union(*(p.types for p in self.ctx.versions.packs))  # every version's types are valid
+        self.types, self.types_vary = event_types(self.ctx.versions)
         # State (what snapshots carry).
         self.customers: dict[str, CustomerState] = {}
         self.held = ReorderBuffer()
@@ -141,6 +141,7 @@ class Shard(Watermark):
             self.feed_feedback(batch)
             return
         types = self.types
+        vary = self.types_vary  # versions with other event types: each event is checked against its own
         now = self.now_ms() if self.live else None
         held = self.held
         append = held.queue.append
@@ -171,7 +172,10 @@ class Shard(Watermark):
         for i, raw in enumerate(batch.values):
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
                              origin=place + offsets[i] if known else -1)
-            if type(ev) is not Event:
+            if type(ev) is not Event or (vary and ev.type not in self.ctx.pack_at(ev.ts_ms).types):
+                if type(ev) is Event:  # a type of another version only: not accepted before (or after) that one
+                    ev = Invalid(InvalidReason.UNKNOWN_TYPE, "type is not an event type of the rule pack version "
+                                 "in force at its ts", raw, "type")
                 assert isinstance(ev, Invalid)
                 self._dead(ev, batch, offsets[i] if i < len(offsets) else -1)
                 continue
@@ -365,3 +369,10 @@ def process(shard: Shard, items: Iterable[RawBatch | Tick]) -> Outputs:
             shard.tick(item)  # type: ignore[arg-type]
             final = final or item.final  # type: ignore[union-attr]
     return shard.take_outputs(states=True if final else None)
+
+
+def event_types(versions: PackVersions) -> tuple[frozenset[str], bool]:
+    """The event types of every version in force, and whether those versions differ in them (then each event is
+    checked against the types of the version in force at its ts)."""
+    every: frozenset[str] = frozenset().union(*(p.types for p in versions.in_force))
+    return every, any(p.types != every for p in versions.in_force)

@@ -10,7 +10,7 @@ when it does (a replay), every customer's wake-up is recomputed under the new ve
 from __future__ import annotations
 
 from state.deadlines import next_deadline
-from state.shard import Shard
+from state.shard import Shard, event_types
 from state.versions import PackVersions
 
 
@@ -20,7 +20,7 @@ def install(shard: Shard, versions: PackVersions) -> bool:
     versions = versions.rebased(ctx.versions.layout)
     rewritten = ctx.versions.history(shard.wm) != versions.history(shard.wm)
     ctx.set_versions(versions, max(ctx.event_now, shard.wm))
-    shard.types = frozenset().union(*(p.types for p in versions.packs))
+    shard.types, shard.types_vary = event_types(versions)
     if rewritten:
         wheel = ctx.wheel
         for cid, c in shard.customers.items():

@@ -28,8 +28,8 @@ from state.detectors.base import STATE_SLOTS
 from state.generic.schema import COMMON
 from state.rule_model import MomentRule, RulePack, RulePackError
 from state.rules import load_rule_pack
+from state.version_gaps import absences
 
-NEVER: Final = 1 << 62  # a switch time no event reaches
 MAX_VERSION: Final = 255
 MAX_RULES: Final = 255  # a held tag records its rule's place in one byte
 _EARLIEST: Final = -(1 << 62)
@@ -188,6 +188,7 @@ class PackVersions:
         path: The directory (or the single file) they came from.
         starts: Event times at which the version in force changes (the first is ``-2**62``).
         in_force: The version in force from each of ``starts`` on.
+        absent: Per rule place, the event times it is not in force: (starts, ends) of half-open intervals.
     """
 
     packs: tuple[RulePack, ...]
@@ -195,6 +196,7 @@ class PackVersions:
     starts: tuple[int, ...]
     in_force: tuple[RulePack, ...]
     layout: RuleLayout
+    absent: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...] = ()
 
     @classmethod
     def of(cls, packs: list[RulePack] | tuple[RulePack, ...], path: str = "",
@@ -219,7 +221,8 @@ class PackVersions:
                 in_force.append(newest)
         if layout.eras:
             starts, in_force = _with_eras(starts, in_force, layout)
-        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout)
+        return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout,
+                   absences(tuple(starts), tuple(in_force), len(layout.rules)))
 
     def restarted(self, saved: RuleLayout, at: int) -> PackVersions:
         """These versions (laid out after ``saved``) restored from a snapshot with layout ``saved`` whose watermark
@@ -321,7 +324,7 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
     p = Path(path) if path is not None else None
     if p is None or not p.is_dir():
         return PackVersions.of([load_rule_pack(p)])
-    entries = sorted(f for f in p.iterdir() if f.suffix == ".toml")
+    entries = sorted(f for f in p.iterdir() if f.suffix.lower() == ".toml")  # V2.TOML too
     files = [f for f in entries if f.is_file()]
     # Skipped without a word, a version meant to be in force would be missing: a broken link, a FIFO, a directory.
     problems: list[tuple[str, str, str]] = [(str(f), "(file)", "is not a regular file (a directory, FIFO, device "

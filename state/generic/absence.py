@@ -111,6 +111,10 @@ class AbsenceRule(GenericRule):
         s.arm_id = ""
         return f
 
+    def armed_ms(self, due_ms: int) -> int:
+        """The arming event's ts: ``idle`` before the due time."""
+        return due_ms - self.idle_ms
+
     def is_empty(self, st: RuleState, now_ms: int) -> bool:
         """True when not armed and not fired."""
         s: AbsenceState = st  # type: ignore[assignment]

@@ -120,6 +120,10 @@ class GenericRule:
         """Fire a timer due at or before ``now_ms`` (the watermark)."""
         return None
 
+    def armed_ms(self, due_ms: int) -> int:
+        """When the timer of a firing due at ``due_ms`` was armed (its arming event's ts)."""
+        return due_ms
+
     def end_attempt(self, st: RuleState) -> None:
         """Clear the attempt's windows, timers and fired flag (on completion, after the event, or timeout)."""
         st.end_attempt()

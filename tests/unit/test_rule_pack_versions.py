@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,44 @@ def test_versions_whose_kinds_together_need_more_state_slots_than_an_attempt_has
         load_versions(tmp_path)
     assert "journey 'cart': the built-in kinds of every version" in str(e.value)
     assert "use fewer built-in kinds in that journey" in str(e.value)
+
+
+@pytest.mark.parametrize("effective", ['"2039-03-08T19:46:13.411Z"', "2039-03-08T19:46:13.411Z",
+                                       '"2039-03-08T20:46:13.411+01:00"'])
+def test_an_effective_from_with_milliseconds_comes_into_force_at_that_very_ms(tmp_path: Path, effective: str) -> None:
+    """An adversary's: the float timestamp made 19:46:13.411 come into force at .410."""
+    _pack(tmp_path, "a.toml", 1, None)
+    _pack(tmp_path, "b.toml", 2, effective)
+    exact = calendar.timegm((2039, 3, 8, 19, 46, 13)) * 1000 + 411
+    v = load_versions(tmp_path)
+    assert v.packs[1].effective_from_ms == exact
+    assert [v.pack_at(t).version for t in (exact - 1, exact)] == [1, 2]
+
+
+@pytest.mark.parametrize("effective", ['"20260101T000000Z"', '"2026-W01-4T00:00Z"', '"2026-01-01T00Z"',
+                                       '"2026-01-01T00:00Z"', '"2026-01-01T00:00:00+0100"'])
+def test_an_iso_8601_form_that_rfc_3339_lacks_is_refused_naming_file_and_field(tmp_path: Path, effective: str) -> None:
+    """An adversary's: basic, week-date and hour-only forms were accepted as RFC 3339."""
+    _pack(tmp_path, "a.toml", 1, None)
+    _pack(tmp_path, "b.toml", 2, effective)
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert f"{tmp_path / 'b.toml'}: pack.effective_from: must be an RFC 3339 date-time" in str(e.value)
+
+
+def test_rfc_3339_forms_are_accepted_and_a_leap_second_is_refused_saying_why(tmp_path: Path) -> None:
+    _pack(tmp_path, "a.toml", 1, None)
+    for form in ['"2026-01-01t00:00:00z"', '"2026-01-01 00:00:00Z"', '"2026-01-01T05:30:00.000+05:30"']:
+        _pack(tmp_path, "b.toml", 2, form)
+        assert load_versions(tmp_path).packs[1].effective_from_ms == T0, form
+    _pack(tmp_path, "b.toml", 2, '"2016-12-31T23:59:60Z"')
+    with pytest.raises(RulePackError) as e:
+        load_versions(tmp_path)
+    assert f"{tmp_path / 'b.toml'}: pack.effective_from: is a leap second" in str(e.value)
+
+
+def test_a_pack_file_named_in_upper_case_is_a_version_too(tmp_path: Path) -> None:
+    """An adversary's: V2.TOML was ignored without a word."""
+    _pack(tmp_path, "v1.toml", 1, None)
+    _pack(tmp_path, "V2.TOML", 2, T0, idle="20m")
+    assert [p.version for p in load_versions(tmp_path).packs] == [1, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,31 @@ def test_versions_that_rewrite_history_make_the_shard_recompute_its_wake_ups(tmp
     out = process(shard, [RawBatch("t", 0, raws([ev("f2", 60 * MIN, customer="f")]), [2]), Tick(0, final=True)])
     got = [(m["rule"], m["due_ts"], m["rule_version"]) for m in out.moments if m["kind"] == "abandoned"]
     assert got == [("cart.abandoned", T0 + 20 * MIN, 2)]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "broken link", "directory"])
+def test_a_pack_name_that_is_not_a_regular_file_is_reported_at_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    """An adversary's: added while running, it went unnoticed (no log, no count) until a later valid change was
+    refused naming it; start-up refuses the same directory."""
+    r, seen = _reloader(tmp_path)
+    before = r.current
+    bad = tmp_path / "v2.toml"
+    if kind == "fifo":
+        os.mkfifo(bad)
+    elif kind == "broken link":
+        bad.symlink_to(tmp_path / "missing.toml")
+    else:
+        bad.mkdir()
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == INVALID
+    assert seen == [INVALID]
+    assert r.current is before
+    assert f"{bad}: (file): is not a regular file" in caplog.text
+
+
+def test_a_pack_file_named_in_upper_case_added_while_running_is_picked_up(tmp_path: Path) -> None:
+    r, seen = _reloader(tmp_path)
+    _write(tmp_path, "V2.TOML", 2, T0 + MIN, idle="20m")
+    assert r.check() == APPLIED
+    assert r.current.pack_at(T0 + MIN).version == 2

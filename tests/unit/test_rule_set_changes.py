@@ -8,6 +8,7 @@ from pathlib import Path
 
 from state.rules import DEFAULT_PACK, RulePack, load_rule_pack
 from state.shard import Shard
+from state.version_switch import install
 from state.versions import PackVersions, RuleLayout, load_versions
 from tests.helpers import MIN, T0, ev, run
 
@@ -254,3 +255,56 @@ def test_restarts_in_a_row_and_a_redefined_rule_removed_and_re_added_keep_the_ve
     # The redefined rule (n=2) is in force for no time after the first restart, absent from the second, and back at
     # the fourth: it saw none of w1, w2 or v3 (the old definition's window, v1 and v2, is not its own).
     assert [m for m in got if m[1] == "cart.views"] == []
+
+
+def test_a_timer_armed_before_its_rules_removal_does_not_fire_when_the_rule_is_back_by_its_due_time(
+        tmp_path: Path) -> None:
+    """An adversary's: v2 removed cart.abandoned and an absence rule, v3 brought them back; timers armed under v1 and
+    due under v3 fired (the check looked at the version in force at the due time only)."""
+    base = _BASE.replace('idle = "10m"', 'idle = "15m"', 1)  # the abandonment
+    start = base.index('[[moment]]\nkind = "abandoned"')
+    texts = [(1, T0, base + _ABSENCE), (2, T0 + 30 * MIN, base[:start] + base[base.index("[[moment]]", start + 1):]),
+             (3, T0 + 40 * MIN, base + _ABSENCE)]
+    for v, t, text in texts:
+        (tmp_path / f"v{v}.toml").write_text(text.replace("version = 1\n", f"version = {v}\neffective_from = {t}\n", 1))
+    versions = load_versions(tmp_path)
+    out = run([ev("a1", 5 * MIN, "submit", customer="a", step="checkout"),  # due at 20 and 25 min: before v2
+               ev("c1", 28 * MIN, "submit", customer="c", step="checkout"),  # due at 43 and 48 min: removed meanwhile
+               ev("d1", 41 * MIN, "submit", customer="d", step="checkout"),  # armed under v3: fires
+               ev("end", 300 * MIN, customer="z", step="product")], shard=Shard(versions.latest, versions=versions))
+    got = sorted((m["customer_id"], m["rule"], m["due_ts"] - T0, m["rule_version"]) for m in out.moments
+                 if m["rule"] in ("cart.abandoned", "cart.left_checkout"))
+    assert got == [("a", "cart.abandoned", 20 * MIN, 1), ("a", "cart.left_checkout", 25 * MIN, 1),
+                   ("d", "cart.abandoned", 56 * MIN, 3), ("d", "cart.left_checkout", 61 * MIN, 3)]
+
+
+def test_an_absence_timer_keeps_the_version_of_its_arming_event_not_of_a_later_event(tmp_path: Path) -> None:
+    """An adversary's: a view under v2 that did not disarm the timer gave its moment v2's version and urgency."""
+    until = _ABSENCE.replace('idle = "20m"', 'idle = "20m"\nuntil = { type = "complete" }')
+    v1 = _pack(tmp_path, "v1.toml", 1, T0, until)
+    v2 = _pack(tmp_path, "v2.toml", 2, T0 + 40 * MIN, until.replace('urgency = "P3"', 'urgency = "P4"'))
+    versions = PackVersions.of([v1, v2])
+    out = run([ev("a1", 30 * MIN, "submit", customer="a", step="checkout"),  # arms under v1, due at 50 min
+               ev("a2", 45 * MIN, customer="a", step="product"),  # under v2; does not disarm
+               ev("end", 300 * MIN, customer="z", step="product")], shard=Shard(versions.latest, versions=versions))
+    got = [(m["due_ts"] - T0, m["rule_version"], m["urgency"]) for m in out.moments
+           if m["rule"] == "cart.left_checkout"]
+    assert got == [(50 * MIN, 1, "P3")]
+
+
+def test_a_versions_event_types_are_accepted_only_while_it_is_in_force(tmp_path: Path) -> None:
+    """An adversary's: a type only a later version lists was accepted before that version (the shard took every
+    version's types), so it re-armed an abandonment in January; installed while running, likewise."""
+    v1 = _pack(tmp_path, "v1.toml", 1, T0, "")
+    (tmp_path / "v2.toml").write_text('types = ["topup"]\n' + (tmp_path / "v1.toml").read_text().replace(
+        "version = 1\n", "version = 2\n", 1).replace(f"effective_from = {T0}", f"effective_from = {T0 + 60 * MIN}"))
+    versions = PackVersions.of([v1, load_rule_pack(tmp_path / "v2.toml")])
+    events = [ev("a1", 10 * MIN, "topup", customer="a", step="checkout"),
+              ev("a2", 70 * MIN, "topup", customer="a", step="checkout"), ev("end", 300 * MIN, customer="z")]
+    started = Shard(versions.latest, versions=versions)
+    reloaded = Shard(v1)
+    install(reloaded, versions)
+    for shard in (started, reloaded):
+        out = run(events, shard=shard)
+        assert [d["reason"] for d in out.dead] == ["unknown_type:type"]
+        assert [m["due_ts"] - T0 for m in out.moments if m["rule"] == "cart.abandoned"] == [80 * MIN]
