@@ -33,9 +33,10 @@ def _say(line: str) -> None:
     print(f"cx-moments build: {line}", file=sys.stderr, flush=True)
 
 
-def _record(compiled: bool, reason: str = "", mypyc: str = "") -> None:
+def _record(compiled: bool, reason: str = "", mypyc: str = "", digests: dict[str, str] | None = None) -> None:
     (STATE / build_info.MANIFEST).write_text(json.dumps(
-        {"compiled": compiled, "reason": reason, "mypyc": mypyc, "digests": build_info.digests(STATE)},
+        {"compiled": compiled, "reason": reason, "mypyc": mypyc,
+         "digests": digests if digests is not None else build_info.digests(STATE)},
         indent=1, sort_keys=True) + "\n")
 
 
@@ -72,13 +73,16 @@ def ext_modules() -> list[Any]:
     except ImportError as e:
         return _pure(f"mypyc not importable: {e}")
     sources = [p.relative_to(ROOT).as_posix() for p in build_info.sources(STATE)]
+    # The digests of the sources as mypyc is about to read them: a source edited while it translates (a minute)
+    # must show as stale at import, not be recorded as what the compiled modules were built from.
+    read = build_info.digests(STATE)
     # The group's shared library goes inside the package (state/compiled__mypyc.*.so), where the editable
     # install's finder looks, rather than at the top level of the tree.
     try:
         exts: list[Any] = mypycify(sources, opt_level="3", group_name="state.compiled")
     except (Exception, SystemExit) as e:  # mypy's own errors exit; the type check (test.sh) reports them
         return _pure(f"mypyc refused state/: {e}")
-    _record(True, mypyc=mypy.version.__version__)
+    _record(True, mypyc=mypy.version.__version__, digests=read)
     _say(f"state/ compiled with mypyc {mypy.version.__version__}")
     return exts
 

@@ -1,0 +1,52 @@
+"""The build record (state/_build.json) names the sources mypyc read, so an edit during a build shows as stale."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _setup_module(tree: Path) -> dict[str, Any]:
+    """setup.py's functions, run from ``tree`` (without its last statement, which would start a build)."""
+    code = (tree / "setup.py").read_text()
+    code = code[: code.rindex("\nsetup(")]
+    ns: dict[str, Any] = {"__file__": str(tree / "setup.py"), "__name__": "cx_setup_under_test"}
+    exec(compile(code, str(tree / "setup.py"), "exec"), ns)  # noqa: S102 - the project's own build script
+    return ns
+
+
+def test_a_source_edited_while_mypyc_translates_is_stale_at_import(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the digests were taken after mypycify returned, so an edit made while it ran was recorded as
+    # built, and the compiled modules of the old source ran as if current (a helper's rebuild was then skipped).
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "state", tree / "state", ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.json"))
+    shutil.copy(ROOT / "setup.py", tree / "setup.py")
+    edited = tree / "state" / "moments.py"
+
+    def mypycify(sources: list[str], **_kw: Any) -> list[Any]:
+        assert "state/moments.py" in sources
+        edited.write_text(edited.read_text() + "\n# edited while mypyc ran\n")
+        return []
+
+    fake = types.ModuleType("mypyc.build")
+    fake.mypycify = mypycify  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mypyc.build", fake)
+    monkeypatch.delenv("CX_PURE_PYTHON", raising=False)
+    ns = _setup_module(tree)
+    monkeypatch.setitem(ns, "_missing_toolchain", lambda: "")
+    ns["ext_modules"]()
+    record = json.loads((tree / "state" / "_build.json").read_text())
+    assert record["compiled"]
+    now = ns["build_info"].digests(tree / "state")
+    assert record["digests"]["moments.py"] != now["moments.py"]  # so the import finds it stale
+    assert {k: v for k, v in record["digests"].items() if k != "moments.py"} == \
+        {k: v for k, v in now.items() if k != "moments.py"}
