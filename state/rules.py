@@ -52,7 +52,7 @@ _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
 _MAX_RULES: Final = 60
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+_RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)")
 
 
 class _Problems:
@@ -193,7 +193,9 @@ def _instant(path: str, where: str, value: object) -> int:
     if isinstance(value, str) and rfc is None:  # ISO 8601 forms RFC 3339 lacks: basic, week dates, no seconds, …
         raise RulePackError(path, where, f"must be an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, optional fraction, "
                                          f"then Z or +HH:MM) or epoch ms, got {value!r}")
-    ms = (when - _EPOCH) // timedelta(milliseconds=1)  # exact: a float timestamp came into force 1 ms early
+    # Exact, and rounded up: the first event ms at or after the instant (a float timestamp, and rounding a
+    # sub-millisecond instant down, made a version take force up to 1 ms early).
+    ms = -((_EPOCH - when) // timedelta(milliseconds=1))
     if not 0 <= ms < MAX_TS_MS:
         raise RulePackError(path, where, f"must lie in 1970..2099 (event times accepted), got {value!r}")
     return ms

@@ -144,8 +144,20 @@ def test_an_effective_from_with_milliseconds_comes_into_force_at_that_very_ms(tm
     assert [v.pack_at(t).version for t in (exact - 1, exact)] == [1, 2]
 
 
+@pytest.mark.parametrize("effective", ['"2039-03-08T19:46:13.4105Z"', "2039-03-08T19:46:13.410001Z"])
+def test_a_sub_millisecond_effective_from_comes_into_force_at_the_next_ms(tmp_path: Path, effective: str) -> None:
+    """An adversary's: .4105 was rounded down, so an event at .410 (before the instant) got the new version."""
+    _pack(tmp_path, "a.toml", 1, None)
+    _pack(tmp_path, "b.toml", 2, effective)
+    first = calendar.timegm((2039, 3, 8, 19, 46, 13)) * 1000 + 411
+    v = load_versions(tmp_path)
+    assert [v.pack_at(t).version for t in (first - 1, first)] == [1, 2]
+
+
 @pytest.mark.parametrize("effective", ['"20260101T000000Z"', '"2026-W01-4T00:00Z"', '"2026-01-01T00Z"',
-                                       '"2026-01-01T00:00Z"', '"2026-01-01T00:00:00+0100"'])
+                                       '"2026-01-01T00:00Z"', '"2026-01-01T00:00:00+0100"',
+                                       '"2026-12-31T23:59:59+00:60"', '"2026-12-31T23:59:59+05:75"',
+                                       '"2026-12-31T23:59:59-24:00"'])
 def test_an_iso_8601_form_that_rfc_3339_lacks_is_refused_naming_file_and_field(tmp_path: Path, effective: str) -> None:
     """An adversary's: basic, week-date and hour-only forms were accepted as RFC 3339."""
     _pack(tmp_path, "a.toml", 1, None)
