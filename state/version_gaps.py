@@ -1,23 +1,29 @@
-"""When each rule of a directory of versions is absent: the gaps a timer must not span (a timer fires only when its
-rule was in force without a gap from its arming to its due time; ``BatchContext.in_force_over``)."""
+"""When each rule of a directory of versions is in force: the earlier runs' rules (a restart's eras) folded into the
+versions, and each rule's gaps, which a timer must not span (a timer fires only when its rule was in force without a
+gap from its arming to its due time; ``BatchContext.in_force_over``)."""
 
 from __future__ import annotations
 
-from typing import Final
+from bisect import bisect_right
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final
 
 from state.rule_model import RulePack
+
+if TYPE_CHECKING:
+    from state.versions import Era, RuleLayout
 
 NEVER: Final = 1 << 62  # a switch time no event reaches
 
 
-def absences(starts: tuple[int, ...], in_force: tuple[RulePack, ...],
+def absences(starts: tuple[int, ...], in_force: tuple[frozenset[int], ...],
              places: int) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]:
-    """Per rule place, the (starts, ends) of the event-time intervals ``[start, end)`` in which no version in force
-    has the rule: a timer fires only when no such interval lies between its arming and its due time."""
+    """Per rule place, the (starts, ends) of the event-time intervals ``[start, end)`` in which it is not in force
+    (``in_force``: the places in force from each of ``starts`` on): a timer fires only when no such interval lies
+    between its arming and its due time."""
     out: list[tuple[list[int], list[int]]] = [([], []) for _ in range(places)]
-    for k, p in enumerate(in_force):
+    for k, have in enumerate(in_force):
         end = starts[k + 1] if k + 1 < len(starts) else NEVER
-        have = {r.index for r in p.rules}
         for place, (s, e) in enumerate(out):
             if place in have:
                 continue
@@ -27,3 +33,65 @@ def absences(starts: tuple[int, ...], in_force: tuple[RulePack, ...],
                 s.append(starts[k])
                 e.append(end)
     return tuple((tuple(s), tuple(e)) for s, e in out)
+
+
+def clip(timeline: tuple[Era, ...], lo: int, hi: int) -> tuple[Era, ...]:
+    """The (start, places) of ``timeline`` in ``[lo, hi)``, the first from ``lo``, equal neighbours merged."""
+    out: list[Era] = []
+    for k, (s, places) in enumerate(timeline):
+        end = timeline[k + 1][0] if k + 1 < len(timeline) else hi
+        if end <= lo or s >= hi:
+            continue
+        if out and out[-1][1] == tuple(places):
+            continue
+        out.append((max(s, lo), tuple(places)))
+    return tuple(out)
+
+
+def spans(starts: list[int], in_force: list[RulePack],
+           layout: RuleLayout) -> tuple[tuple[int, ...], tuple[frozenset[int], ...]]:
+    """When each rule place is in force: the eras' rules before ``layout.since``, then the versions'."""
+    sets = [frozenset(r.index for r in p.rules) for p in in_force]
+    if not layout.eras:
+        return tuple(starts), tuple(sets)
+    out_s: list[int] = []
+    out_k: list[frozenset[int]] = []
+    for b in sorted({*starts, *(s for s, _p in layout.eras), layout.since}):
+        era = layout.era_at(b)
+        k = era if era is not None else sets[bisect_right(starts, b) - 1]
+        if not out_k or out_k[-1] != k:
+            out_s.append(b)
+            out_k.append(k)
+    return tuple(out_s), tuple(out_k)
+
+
+def with_eras(starts: list[int], in_force: list[RulePack],
+               layout: RuleLayout) -> tuple[list[int], list[RulePack]]:
+    """``starts``/``in_force`` with each version, before ``layout.since``, keeping only the rules of its era."""
+    bounds = sorted({*starts, *(s for s, _p in layout.eras), layout.since})
+    out_s: list[int] = []
+    out_p: list[RulePack] = []
+    made: dict[tuple[int, frozenset[int]], RulePack] = {}
+    for b in bounds:
+        i = bisect_right(starts, b) - 1
+        p = in_force[i]
+        keep = layout.era_at(b)
+        if keep is not None:
+            q = made.get((i, keep))
+            if q is None:
+                q = made[(i, keep)] = only_rules(p, keep)
+            p = q
+        if out_p and out_p[-1] is p:
+            continue
+        out_s.append(b)
+        out_p.append(p)
+    return out_s, out_p
+
+
+def only_rules(pack: RulePack, keep: frozenset[int]) -> RulePack:
+    """``pack`` with the rules at the places ``keep`` only (itself when it has no other)."""
+    rules = tuple(r for r in pack.rules if r.index in keep)
+    if len(rules) == len(pack.rules):
+        return pack
+    by_journey = {j: {k: r for k, r in rs.items() if r.index in keep} for j, rs in pack.by_journey.items()}
+    return replace(pack, rules=rules, by_journey=by_journey)

@@ -28,7 +28,7 @@ from state.detectors.base import STATE_SLOTS
 from state.generic.schema import COMMON
 from state.rule_model import MomentRule, RulePack, RulePackError
 from state.rules import load_rule_pack
-from state.version_gaps import absences
+from state.version_gaps import absences, clip, spans, with_eras
 
 MAX_VERSION: Final = 255
 MAX_RULES: Final = 255  # a held tag records its rule's place in one byte
@@ -64,7 +64,9 @@ class RuleLayout:
             with other rules ends one (``PackVersions.restarted``). Before ``since`` a version keeps only the rules
             of the era.
         since: From this event time on, the rules of the versions running are in force as they say.
-        current: The places of the rules of the versions running (what the next restart compares).
+        current: The places of the rules of the versions running, all together.
+        timeline: When each of those rules is in force: (start, places) per version in force, the last to the end of
+            time (what the next restart compares and records as the eras up to its watermark).
     """
 
     rules: tuple[Identity, ...]
@@ -74,6 +76,7 @@ class RuleLayout:
     eras: tuple[Era, ...] = ()
     since: int = _EARLIEST
     current: tuple[int, ...] = ()
+    timeline: tuple[Era, ...] = ()
 
     @classmethod
     def of(cls, packs: tuple[RulePack, ...], base: RuleLayout | None = None) -> RuleLayout:
@@ -156,7 +159,7 @@ class RuleLayout:
 
     def dump(self) -> tuple[object, ...]:
         """Plain tuples for a snapshot."""
-        return (self.rules, self.ghosts, self.kinds, self.journeys, self.eras, self.since, self.current)
+        return (self.rules, self.ghosts, self.kinds, self.journeys, self.eras, self.since, self.current, self.timeline)
 
     @classmethod
     def load(cls, raw: tuple[Any, ...]) -> RuleLayout:
@@ -166,11 +169,15 @@ class RuleLayout:
         kinds: list[Any] = list(raw[2])
         eras: list[Any] = list(raw[4]) if len(raw) > 6 else []
         current: list[Any] = list(raw[6]) if len(raw) > 6 else list(range(len(rules)))
+        since = int(raw[5]) if len(raw) > 6 else _EARLIEST
+        # Written before timelines were recorded: the rules all together, from ``since`` on.
+        timeline: list[Any] = list(raw[7]) if len(raw) > 7 else [(since, current)]
         return cls(tuple((str(a), str(b), str(c), str(d)) for a, b, c, d in rules),
                    tuple((str(u), str(x), int(t), int(v)) for u, x, t, v in ghosts),
                    tuple((str(j), tuple(ks)) for j, ks in kinds), str(raw[3]),
                    tuple((int(s), tuple(int(i) for i in ps)) for s, ps in eras),
-                   int(raw[5]) if len(raw) > 6 else _EARLIEST, tuple(int(i) for i in current))
+                   since, tuple(int(i) for i in current),
+                   tuple((int(s), tuple(int(i) for i in ps)) for s, ps in timeline))
 
 
 def journeys_fingerprint(pack: RulePack) -> str:
@@ -219,18 +226,23 @@ class PackVersions:
             else:
                 starts.append(t)
                 in_force.append(newest)
+        layout = replace(layout, timeline=tuple((t, tuple(sorted(r.index for r in p.rules)))
+                                                for t, p in zip(starts, in_force, strict=True)))
+        # Before ``since`` a rule is in force as the earlier runs had it (their eras), whatever the versions say.
+        gap_starts, gap_sets = spans(starts, in_force, layout)
         if layout.eras:
-            starts, in_force = _with_eras(starts, in_force, layout)
+            starts, in_force = with_eras(starts, in_force, layout)
         return cls(ordered, path or ordered[0].path, tuple(starts), tuple(in_force), layout,
-                   absences(tuple(starts), tuple(in_force), len(layout.rules)))
+                   absences(gap_starts, gap_sets, len(layout.rules)))
 
     def restarted(self, saved: RuleLayout, at: int) -> PackVersions:
         """These versions (laid out after ``saved``) restored from a snapshot with layout ``saved`` whose watermark
         is ``at``: when they run other rules than the snapshot's run did, the change is recorded as a boundary at
         ``at`` (before it, only the rules the snapshot's run had are in force), as if written as a version."""
-        if set(saved.current) == set(self.layout.current):
+        before = clip(saved.timeline or ((saved.since, saved.current),), saved.since, at)
+        if before == clip(self.layout.timeline, saved.since, at):
             return self
-        layout = replace(self.layout, eras=(*saved.eras, (saved.since, saved.current)), since=at)
+        layout = replace(self.layout, eras=(*saved.eras, *before), since=at)
         return PackVersions.of(self.packs, self.path, layout)
 
     def rebased(self, base: RuleLayout) -> PackVersions:
@@ -274,38 +286,6 @@ class PackVersions:
         """One line: the versions and when each comes into force."""
         return ", ".join(f"v{p.version} from {p.effective_from_ms if p.effective_from_ms is not None else 'start'}"
                          for p in self.packs)
-
-
-def _with_eras(starts: list[int], in_force: list[RulePack],
-               layout: RuleLayout) -> tuple[list[int], list[RulePack]]:
-    """``starts``/``in_force`` with each version, before ``layout.since``, keeping only the rules of its era."""
-    bounds = sorted({*starts, *(s for s, _p in layout.eras), layout.since})
-    out_s: list[int] = []
-    out_p: list[RulePack] = []
-    made: dict[tuple[int, frozenset[int]], RulePack] = {}
-    for b in bounds:
-        i = bisect_right(starts, b) - 1
-        p = in_force[i]
-        keep = layout.era_at(b)
-        if keep is not None:
-            q = made.get((i, keep))
-            if q is None:
-                q = made[(i, keep)] = _only(p, keep)
-            p = q
-        if out_p and out_p[-1] is p:
-            continue
-        out_s.append(b)
-        out_p.append(p)
-    return out_s, out_p
-
-
-def _only(pack: RulePack, keep: frozenset[int]) -> RulePack:
-    """``pack`` with the rules at the places ``keep`` only (itself when it has no other)."""
-    rules = tuple(r for r in pack.rules if r.index in keep)
-    if len(rules) == len(pack.rules):
-        return pack
-    by_journey = {j: {k: r for k, r in rs.items() if r.index in keep} for j, rs in pack.by_journey.items()}
-    return replace(pack, rules=rules, by_journey=by_journey)
 
 
 def _start(p: RulePack) -> int:

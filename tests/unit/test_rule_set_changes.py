@@ -308,3 +308,38 @@ def test_a_versions_event_types_are_accepted_only_while_it_is_in_force(tmp_path:
         out = run(events, shard=shard)
         assert [d["reason"] for d in out.dead] == ["unknown_type:type"]
         assert [m["due_ts"] - T0 for m in out.moments if m["rule"] == "cart.abandoned"] == [80 * MIN]
+
+
+
+_SEG1 = [ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", 16 * MIN, customer="f", step="product")]
+_SEG2 = [ev("g1", 25 * MIN, customer="g", step="product"), ev("end", 300 * MIN, customer="z", step="product")]
+
+
+def _restarted(first: list[RulePack], then: list[RulePack]) -> tuple[list[tuple[str, str, int]], int]:
+    """_SEG1 under the versions ``first``, a restart under ``then`` for _SEG2: the absence rule's moments and the
+    restored watermark."""
+    one, two = PackVersions.of(first), PackVersions.of(then)
+    shard = Shard(one.latest, versions=one)
+    out1 = run(_SEG1, shard=shard, end=False)
+    restored = Shard(two.latest, versions=two)
+    restored.restore(shard.snapshot())
+    got = _all([out1, run(_SEG2, shard=restored)])
+    return [m for m in got if m[1] == "cart.left_checkout"], shard.wm
+
+
+def _in_one_go(packs: list[RulePack]) -> list[tuple[str, str, int]]:
+    versions = PackVersions.of(packs)
+    got = _all([run(_SEG1 + _SEG2, shard=Shard(versions.latest, versions=versions))])
+    return [m for m in got if m[1] == "cart.left_checkout"]
+
+
+def test_a_removal_by_a_version_of_the_run_before_a_restart_still_counts_when_the_restart_brings_the_rule_back(
+        tmp_path: Path) -> None:
+    """An adversary's: the snapshot recorded the earlier run's rules all together, not when each was in force, so a
+    rule its v2 removed (at 10 min) and the restart's pack had again fired a timer armed before the removal."""
+    first = [_pack(tmp_path / "d", "v1.toml", 1, T0, _ABSENCE), _pack(tmp_path / "d", "v2.toml", 2, T0 + 10 * MIN, "")]
+    got, w = _restarted(first, [_pack(tmp_path / "p", "p.toml", 1, T0, _ABSENCE)])
+    eq = tmp_path / "eq"
+    want = _in_one_go([_pack(eq, "v1.toml", 1, T0, _ABSENCE), _pack(eq, "v2.toml", 2, T0 + 10 * MIN, ""),
+                       _pack(eq, "v3.toml", 3, w, _ABSENCE)])
+    assert got == want == []  # armed at 0, due at 20 min: the rule was absent from 10 min to the restart
