@@ -203,9 +203,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.connections.answering(self.connection)  # type: ignore[attr-defined]
-        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "").strip() not in ("", "0"):
+        lengths = self.headers.get_all("Content-Length") or []
+        if (self.headers.get("Transfer-Encoding") or len(lengths) > 1
+                or any(v.strip() not in ("", "0") for v in lengths)):
             # Unread, a body would be parsed as the next request of a kept-alive connection (smuggled past a
-            # proxy that saw one request): refused, and the connection closed.
+            # proxy that saw one request, or read another of two Content-Length headers): refused, and closed.
             self._send(400, b"a GET has no body\n", "text/plain; charset=utf-8", close=True)
             return
         path = self.path.split("?", 1)[0]

@@ -150,6 +150,14 @@ def format_explanation(d: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _json_escape(c: str) -> str:
+    n = ord(c)
+    if n < 0x10000:
+        return f"\\u{n:04x}"
+    n -= 0x10000  # beyond the BMP JSON escapes a UTF-16 surrogate pair (\\u plus five digits means another text)
+    return f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}"
+
+
 def printable(text: str, json: bool = False) -> str:
     """``text`` with every non-printable character escaped (``\\x1b``; in JSON ``\\u001b``, still valid JSON).
 
@@ -159,7 +167,7 @@ def printable(text: str, json: bool = False) -> str:
     if text.isprintable():
         return text
     if json:
-        return "".join(c if c.isprintable() or c == "\n" else f"\\u{ord(c):04x}" for c in text)
+        return "".join(c if c.isprintable() or c == "\n" else _json_escape(c) for c in text)
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 

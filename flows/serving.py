@@ -25,6 +25,7 @@ where each process has its own ClickHouse path.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import time
 import urllib.error
@@ -42,11 +43,18 @@ from state.rules import RulePack, describe_rule
 
 log = logging.getLogger("cx.serving")
 
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        return None  # urllib then raises the 3xx as an HTTPError: the peer did not answer
+
+
 PEER_TIMEOUT_S: Final = 5.0
 PENDING_S: Final = 30.0  # how long a moment held in memory may lack stored rows before they count as gone
 # Peers are asked directly, never through a proxy from http_proxy & co.: it would see the bearer token and the
 # customer id, and a proxy cannot reach a peer's loopback or cluster address anyway.
-_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+# Nor does a peer's redirect reach anyone: the token would go to wherever it points (an answer is never one).
+_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _unanswered(codes: list[int]) -> tuple[int, dict[str, Any]]:
@@ -268,6 +276,7 @@ class Service:
         from flows.report import OVERVIEW_TABLES, RULES_TABLES, missing_tables, text_report_of
 
         bounds = {k: _epoch_ms(k, params[k]) if params.get(k) else None for k in ("from", "to")}
+        _min_sample(params.get("min_sample"), 1)  # refused before anything is read
         pack = self._pack()
         if self.history is None or pack is None:
             return 404, {"error": "no report here: the worker writes no ClickHouse sink (or has not started)"}
@@ -288,7 +297,7 @@ class Service:
         from flows.rule_report import render_json, render_text, rule_report
 
         kw: dict[str, Any] = {"confidence": float(params.get("confidence") or pack.effect_confidence),
-                              "min_sample": int(params.get("min_sample") or pack.effect_min_sample),
+                              "min_sample": _min_sample(params.get("min_sample"), pack.effect_min_sample),
                               "min_uplift": float(params.get("min_uplift") or pack.effect_min_uplift)}
 
         def rules(client: Any) -> dict[str, Any]:
@@ -322,10 +331,13 @@ class Service:
             req.add_header("Authorization", f"Bearer {token}")
         try:
             with _PEER_OPENER.open(req, timeout=PEER_TIMEOUT_S) as r:
-                return int(r.status), orjson.loads(r.read())
+                code, body = int(r.status), orjson.loads(r.read())
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")  # not a peer's answer
+            return code, body
         except urllib.error.HTTPError as e:
             return int(e.code), {}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, http.client.HTTPException) as e:  # an answer cut short: IncompleteRead
             slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
             log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
             return (504 if slow else 502), {}
@@ -342,3 +354,11 @@ def _epoch_ms(name: str, text: str) -> int:
 def dumps(body: dict[str, Any]) -> bytes:
     """Encode an API answer (non-string keys and odd types as text rather than failing)."""
     return orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS, default=str)
+
+
+def _min_sample(text: str | None, default: int) -> int:
+    """A report's ``min_sample`` parameter, as ``moments report --min-sample`` bounds it (ValueError: a 400)."""
+    n = int(text) if text else default
+    if not 1 <= n <= 1_000_000_000:
+        raise ValueError(f"min_sample must be 1..1000000000, got {text}")
+    return n

@@ -146,6 +146,15 @@ def test_a_get_with_a_body_is_refused_and_its_body_never_read_as_a_request(serve
     assert got.count(b"HTTP/1.1 ") == 1, got[:2000]  # one answer, and the connection closed after it
 
 
+def test_two_content_length_headers_are_refused_and_the_second_never_read_as_a_body(server: MetricsServer) -> None:
+    """An adversary's: only the first Content-Length was checked, so `0` then `41` served the body as a request."""
+    smuggled = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n%s"
+               % (len(smuggled), smuggled))
+    assert got.startswith(b"HTTP/1.1 400 "), got[:200]
+    assert got.count(b"HTTP/1.1 ") == 1, got[:2000]
+
+
 def test_the_bearer_scheme_is_case_insensitive_and_spaces_are_tolerated(
         api: tuple[MetricsServer, threading.Event, threading.Event]) -> None:
     port = api[0].port
@@ -164,6 +173,14 @@ def test_a_report_bound_beyond_int64_is_a_bad_parameter(
     got = _raw(api[0].port, b"GET /v1/reports/rules?from=" + b"9" * 30
                + b" HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer tok\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 400 "), got[:300]
+
+
+def test_a_report_min_sample_beyond_its_bounds_is_a_bad_parameter(
+        api: tuple[MetricsServer, threading.Event, threading.Event]) -> None:
+    for value in (b"9" * 23, b"0"):
+        got = _raw(api[0].port, b"GET /v1/reports/rules?min_sample=" + value
+                   + b" HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer tok\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 400 "), (value, got[:300])
 
 
 def test_reports_run_one_at_a_time_and_the_others_are_told_to_retry(

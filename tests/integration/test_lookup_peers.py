@@ -102,6 +102,36 @@ def test_peers_are_asked_directly_even_with_a_proxy_configured(monkeypatch: pyte
         proxy.close()
 
 
+class _Redirecting(BaseHTTPRequestHandler):
+    """A peer address that answers with a redirect (to ``server.target``), and the target, which records callers."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.seen.append((self.path, self.headers.get("Authorization")))  # type: ignore[attr-defined]
+        self.send_response(302)
+        self.send_header("Location", self.server.target)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        return
+
+
+def test_a_peers_redirect_is_not_followed_and_the_token_goes_nowhere_else(peer: ThreadingHTTPServer) -> None:
+    """An adversary's: urllib followed a peer's 302 and sent the bearer token to the host it named."""
+    redirecting = ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    redirecting.seen = []  # type: ignore[attr-defined]
+    redirecting.target = f"http://127.0.0.1:{peer.server_address[1]}/stolen"  # type: ignore[attr-defined]
+    threading.Thread(target=redirecting.serve_forever, daemon=True).start()
+    try:
+        code, body = _service(f"127.0.0.1:{redirecting.server_address[1]}").customer(CID, token="s3cret")  # noqa: S106
+        assert code == 502, body
+        assert peer.seen == []  # type: ignore[attr-defined]
+        assert len(redirecting.seen) == 1  # type: ignore[attr-defined]
+    finally:
+        redirecting.shutdown()
+        redirecting.server_close()
+
+
 def test_a_cluster_on_one_host_without_http_peers_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     from flows.config import PipelineConfig
     from flows.lookup_serve import serve_lookups, stop_lookups

@@ -141,3 +141,16 @@ def test_a_moment_whose_rows_are_not_written_yet_is_pending_not_unstored(tmp_pat
     finally:
         history.close()
         sink.close()
+
+
+def test_json_output_escapes_characters_beyond_the_bmp_as_surrogate_pairs() -> None:
+    """An adversary's: U+E0041 came out as a backslash-u and five digits, which a JSON reader takes for U+E004 and
+    a '1'."""
+    import json as stdlib_json
+
+    from flows.lookup_cli import printable
+
+    doc = {"customer_id": "tag\U000e0041\U000e0042", "code": "E\x1b1"}
+    escaped = printable(stdlib_json.dumps(doc, ensure_ascii=False), json=True)
+    assert "\x1b" not in escaped
+    assert stdlib_json.loads(escaped) == doc
