@@ -6,14 +6,25 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import replace
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from state.rule_model import RulePack
 
-if TYPE_CHECKING:
-    from state.versions import Era, RuleLayout
-
 NEVER: Final = 1 << 62  # a switch time no event reaches
+# From an event time on (to the next era's start), the places of the rules then running (``RuleLayout.eras``).
+Era = tuple[int, tuple[int, ...]]
+
+
+class Eras(Protocol):
+    """What the eras need of a ``state.versions.RuleLayout`` (not imported: versions imports this module)."""
+
+    @property
+    def eras(self) -> tuple[Era, ...]: ...
+
+    @property
+    def since(self) -> int: ...
+
+    def era_at(self, t: int) -> frozenset[int] | None: ...
 
 
 def absences(starts: tuple[int, ...], in_force: tuple[frozenset[int], ...],
@@ -49,7 +60,7 @@ def clip(timeline: tuple[Era, ...], lo: int, hi: int) -> tuple[Era, ...]:
 
 
 def spans(starts: list[int], in_force: list[RulePack],
-           layout: RuleLayout) -> tuple[tuple[int, ...], tuple[frozenset[int], ...]]:
+           layout: Eras) -> tuple[tuple[int, ...], tuple[frozenset[int], ...]]:
     """When each rule place is in force: the eras' rules before ``layout.since``, then the versions'."""
     sets = [frozenset(r.index for r in p.rules) for p in in_force]
     if not layout.eras:
@@ -66,7 +77,7 @@ def spans(starts: list[int], in_force: list[RulePack],
 
 
 def with_eras(starts: list[int], in_force: list[RulePack],
-               layout: RuleLayout) -> tuple[list[int], list[RulePack]]:
+               layout: Eras) -> tuple[list[int], list[RulePack]]:
     """``starts``/``in_force`` with each version, before ``layout.since``, keeping only the rules of its era."""
     bounds = sorted({*starts, *(s for s, _p in layout.eras), layout.since})
     out_s: list[int] = []

@@ -28,7 +28,7 @@ from state.detectors.base import STATE_SLOTS
 from state.generic.schema import COMMON
 from state.rule_model import MomentRule, RulePack, RulePackError
 from state.rules import load_rule_pack
-from state.version_gaps import absences, clip, spans, with_eras
+from state.version_gaps import Era, absences, clip, spans, with_eras
 
 MAX_VERSION: Final = 255
 MAX_RULES: Final = 255  # a held tag records its rule's place in one byte
@@ -38,8 +38,6 @@ _EARLIEST: Final = -(1 << 62)
 Identity = tuple[str, str, str, str]
 # What a held tag of a rule no version defines any more needs: (urgency, action, ttl_ms, version).
 Ghost = tuple[str, str, int, int]
-# From an event time on (to the next era's start), the places of the rules then running (``RuleLayout.eras``).
-Era = tuple[int, tuple[int, ...]]
 
 
 def identity(r: MomentRule) -> Identity:
