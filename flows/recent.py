@@ -24,7 +24,7 @@ import orjson
 
 from flows.config import ConfigError
 from state.outputs import Outputs
-from state.recent_trail import Trail
+from state.recent_trail import ATTEMPTS, CONTEXT, MOMENTS, Trail
 
 MAX_MOMENTS: Final = 20  # moments kept (and listed) per customer, newest first
 MAX_ATTEMPTS: Final = 4  # attempts per customer whose entry points and channels are kept
@@ -36,7 +36,6 @@ CUSTOMERS_ENV: Final = "CX_LOOKUP_CUSTOMERS"
 #   moments: tuple of (due_ts, moment_id, json), oldest first, at most MAX_MOMENTS; () when none
 #   context: (contact_ts, moment_id, json) of the latest hand-off context, or None
 #   attempts: tuple of (journey, attempt_id, entries, channels) (tuples, first use first), at most MAX_ATTEMPTS
-_MOMENTS, _CONTEXT, _ATTEMPTS = 0, 1, 2
 
 
 class Recent:
@@ -92,7 +91,7 @@ class Recent:
             e = self._trail.customers.get(cid)
             if e is None:
                 return None
-            moments, context, attempts = e[_MOMENTS], e[_CONTEXT], e[_ATTEMPTS]  # tuples: never changed in place
+            moments, context, attempts = e[MOMENTS], e[CONTEXT], e[ATTEMPTS]  # tuples: never changed in place
         return {"moments": [orjson.Fragment(m[2]) for m in sorted(moments, key=lambda m: (-m[0], m[1]))],
                 "context": orjson.Fragment(context[2]) if context is not None else None,
                 "attempts": {(t[0], t[1]): (t[2], t[3]) for t in attempts}}

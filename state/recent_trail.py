@@ -1,11 +1,12 @@
-"""The look-ups' per-customer trail of recent attempts, noted from a shard batch's journey step rows.
+"""The look-ups' per-customer recent history, noted from each shard batch's outputs.
 
-``flows.recent`` keeps, per customer, the entry points and channels of its last attempts, and notes them for every
-journey step row a batch makes (about 0.4 per event). Noting is here, compiled with the rest of state/, because
-it runs on the worker's thread for every row: interpreted, it cost about a seventh of the hot path's time.
+``flows.recent`` keeps, per customer, the last moments with their decisions, the latest hand-off context and the
+entry points and channels of its last attempts, noted for every batch (journey step rows come at about 0.4 per
+event). Noting is here, compiled with the rest of state/, because it runs on the worker's thread: interpreted, it
+cost about a seventh of the hot path's instructions.
 
-A customer's entry is a list ``[moments, context, attempts]`` (see ``flows.recent``); this module touches the
-attempts and the order of the customers only.
+A customer's entry is a list ``[moments, context, attempts]`` (places ``MOMENTS``, ``CONTEXT``, ``ATTEMPTS``;
+``flows.recent`` describes them and reads them for look-ups).
 """
 
 from __future__ import annotations
