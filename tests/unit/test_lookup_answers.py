@@ -14,24 +14,15 @@ import pytest
 from flows import http_endpoint
 from flows.http_endpoint import MetricsServer, start_http
 from flows.operators import ShardLogic
-from flows.recent import RECENT, Recent
+from flows.recent import Recent
 from flows.serving import Service
-from flows.shard_registry import SHARDS, ShardRegistry, customer_view
+from flows.shard_registry import ShardRegistry, customer_view
 from state.batches import RawBatch
 from state.shard import Shard
 from tests.helpers import PACK, T0, ev, raws
 
 REPO = Path(__file__).resolve().parents[2]
 HOUR = 3_600_000
-
-
-@pytest.fixture
-def recent() -> Iterator[Recent]:
-    RECENT.clear(enabled=True)
-    SHARDS.clear()
-    yield RECENT
-    RECENT.clear()
-    SHARDS.clear()
 
 
 def test_last_seen_is_the_last_event_when_contact_history_keeps_an_idle_customer(recent: Recent) -> None:

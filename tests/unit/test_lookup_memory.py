@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import orjson
-import pytest
 
 from flows.operators import ShardLogic
-from flows.recent import MAX_MOMENTS, RECENT, Recent
+from flows.recent import MAX_MOMENTS, Recent
 from flows.serving import Service, dumps
 from flows.shard_registry import SHARDS
 from state.batches import RawBatch
@@ -19,15 +17,6 @@ from state.shard import Shard
 from tests.helpers import PACK, T0, ev, raws
 
 STEPS = ("product", "cart", "checkout")
-
-
-@pytest.fixture
-def recent() -> Iterator[Recent]:
-    RECENT.clear(enabled=True)
-    SHARDS.clear()
-    yield RECENT
-    RECENT.clear()
-    SHARDS.clear()
 
 
 def _batch(events: list[dict[str, object]], first: int = 0) -> RawBatch:
