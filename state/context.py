@@ -110,7 +110,8 @@ class BatchContext:
 
     def rule_at(self, t: int, place: int) -> MomentRule | None:
         """The rule at ``place`` as the version in force at event time ``t`` defines it (None: it has none)."""
-        return self._places[self.pack_at(t).version].get(place)
+        # The version in force as compiled (before a restart's boundary, with the eras' rules): rare, a timer firing.
+        return next((r for r in self._compiled[self.versions.at(t)][0].rules if r.index == place), None)
 
     def use(self, i: int) -> None:
         """Make version ``i`` of ``versions.in_force`` the one the hot path reads."""

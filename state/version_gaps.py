@@ -8,7 +8,7 @@ from bisect import bisect_right
 from dataclasses import replace
 from typing import Final, Protocol
 
-from state.rule_model import RulePack
+from state.rule_model import MomentRule, RulePack
 
 NEVER: Final = 1 << 62  # a switch time no event reaches
 # From an event time on (to the next era's start), the places of the rules then running (``RuleLayout.eras``).
@@ -90,7 +90,10 @@ def with_eras(starts: list[int], in_force: list[RulePack],
         if keep is not None:
             q = made.get((i, keep))
             if q is None:
-                q = made[(i, keep)] = only_rules(p, keep)
+                # A rule of the era that this version lacks takes its definition from the next version that has
+                # it (else the nearest earlier one): a timer the earlier run armed under it is kept, with the
+                # parameters the restart's versions give the rule, as a changed parameter would be.
+                q = made[(i, keep)] = era_rules(p, keep, (*in_force[i + 1:], *reversed(in_force[:i])))
             p = q
         if out_p and out_p[-1] is p:
             continue
@@ -99,10 +102,19 @@ def with_eras(starts: list[int], in_force: list[RulePack],
     return out_s, out_p
 
 
-def only_rules(pack: RulePack, keep: frozenset[int]) -> RulePack:
-    """``pack`` with the rules at the places ``keep`` only (itself when it has no other)."""
-    rules = tuple(r for r in pack.rules if r.index in keep)
-    if len(rules) == len(pack.rules):
+def era_rules(pack: RulePack, keep: frozenset[int], others: tuple[RulePack, ...]) -> RulePack:
+    """``pack`` with the rules at the places ``keep``: its own, and for a place it lacks the rule of the first of
+    ``others`` that defines it (none does: the rule was removed, it stays out); itself when that is all of it."""
+    rules = [r for r in pack.rules if r.index in keep]
+    have = {r.index for r in rules}
+    for place in sorted(keep - have):
+        r = next((r for q in others for r in q.rules if r.index == place), None)
+        if r is not None:
+            rules.append(r)
+    if len(rules) == len(pack.rules) and all(a is b for a, b in zip(rules, pack.rules, strict=True)):
         return pack
-    by_journey = {j: {k: r for k, r in rs.items() if r.index in keep} for j, rs in pack.by_journey.items()}
-    return replace(pack, rules=rules, by_journey=by_journey)
+    by_journey: dict[str, dict[str, MomentRule]] = {j: {} for j in pack.by_journey}
+    for r in rules:
+        if r.generic is None:
+            by_journey[r.journey][r.kind] = r
+    return replace(pack, rules=tuple(rules), by_journey=by_journey)

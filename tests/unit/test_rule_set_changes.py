@@ -343,3 +343,28 @@ def test_a_removal_by_a_version_of_the_run_before_a_restart_still_counts_when_th
     want = _in_one_go([_pack(eq, "v1.toml", 1, T0, _ABSENCE), _pack(eq, "v2.toml", 2, T0 + 10 * MIN, ""),
                        _pack(eq, "v3.toml", 3, w, _ABSENCE)])
     assert got == want == []  # armed at 0, due at 20 min: the rule was absent from 10 min to the restart
+
+
+def test_a_rule_the_earlier_run_had_keeps_its_timer_when_the_restarts_directory_adds_it_by_a_later_version(
+        tmp_path: Path) -> None:
+    """An adversary's: the earlier run had cart.abandoned and an absence rule throughout; the restart's directory
+    lacks them in its v1 and adds them by v2 (before the restored watermark). Their timers armed at 0 were lost: the
+    version in force at the arming had no such rule. They fire, with v2's parameters and version."""
+    first = _pack(tmp_path / "p", "p.toml", 1, T0, _ABSENCE)
+    d = tmp_path / "d"
+    _pack(d, "v1.toml", 1, T0, "")
+    (d / "v1.toml").write_text(_without_abandoned((d / "v1.toml").read_text()))
+    v2 = _pack(d, "v2.toml", 2, T0 + MIN, _ABSENCE)
+    got, w = _restarted([first], [load_rule_pack(d / "v1.toml"), v2])
+    assert w > T0 + MIN  # the restart's v2 was in force from before the boundary on: no gap
+    assert got == _in_one_go([first]) == [("w", "cart.left_checkout", 20 * MIN)]
+    one, two = PackVersions.of([first]), PackVersions.of([load_rule_pack(d / "v1.toml"), v2])
+    shard = Shard(one.latest, versions=one)
+    run([ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", 5 * MIN, customer="f", step="product")],
+        shard=shard, end=False)
+    restored = Shard(two.latest, versions=two)
+    restored.restore(shard.snapshot())
+    out = run([ev("end", 300 * MIN, customer="z", step="product")], shard=restored)
+    fired = sorted((m["customer_id"], m["rule"], m["due_ts"] - T0, m["rule_version"]) for m in out.moments
+                   if m["customer_id"] == "w")
+    assert fired == [("w", "cart.abandoned", 10 * MIN, 2), ("w", "cart.left_checkout", 20 * MIN, 2)]
