@@ -93,7 +93,8 @@ ACTIONS = Counter("cx_actions_total", "Moments after the contact policy: sent or
                   ["rule", "status", "reason"], registry=_R)
 RULE_PACK_RELOADS = Counter("cx_rule_pack_reload_total", "Changes of the --rules directory judged while running, by "
                             "result: applied, invalid, too_late (effective_from less than 10 s ahead of the wall "
-                            "clock, or behind the watermark), replay (a replay reads the directory once)", ["result"],
+                            "clock, or behind the watermark), replay (a replay reads the directory once), "
+                            "unchanged (the versions in force again, e.g. a refused file removed)", ["result"],
                             registry=_R)
 RULE_PACK_VERSIONS = Gauge("cx_rule_pack_versions_info", "1 for the fingerprint of the --rules versions in force in "
                            "this process (processes of a cluster that differ run two rule sets)", ["fingerprint"],

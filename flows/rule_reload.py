@@ -44,7 +44,8 @@ APPLIED: Final = "applied"
 INVALID: Final = "invalid"
 TOO_LATE: Final = "too_late"
 REPLAY: Final = "replay"
-RESULTS: Final = (APPLIED, INVALID, TOO_LATE, REPLAY)
+UNCHANGED: Final = "unchanged"
+RESULTS: Final = (APPLIED, INVALID, TOO_LATE, REPLAY, UNCHANGED)
 
 
 def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
@@ -120,6 +121,11 @@ class RuleReloader:
             for line in str(e).splitlines():
                 log.error("rule pack reload refused, the versions in force stay: %s", line)
             return INVALID
+        if _same(new, self.current):
+            # A refused file removed, or a file touched: the versions in force are those of the directory again.
+            log.info("rule pack directory %s changed; its versions are those in force: nothing to apply",
+                     self.directory)
+            return UNCHANGED
         problems = [(new.latest, "moment", pr) for pr in RuleLayout.of(new.packs, self.current.layout).problems()]
         if journeys_fingerprint(new.packs[0]) != journeys_fingerprint(self.current.packs[0]):
             problems.append((new.packs[0], "journey", "changes the journeys: a running worker may change rules, not "
@@ -163,3 +169,10 @@ class RuleReloader:
     def stop(self) -> None:
         """Stop polling."""
         self._stop.set()
+
+
+def _same(a: PackVersions, b: PackVersions) -> bool:
+    """Whether ``a`` and ``b`` hold the same versions (number, effective_from and rules)."""
+    def key(v: PackVersions) -> list[tuple[int, int | None, str]]:
+        return sorted((q.version, q.effective_from_ms, q.fingerprint()) for q in v.packs)
+    return key(a) == key(b)

@@ -282,7 +282,8 @@ def test_a_live_worker_picks_up_a_new_version_and_refuses_invalid_or_late_ones(k
         w.wait_log("metrics on http://")
         port = int(re.findall(r"metrics on http://[^ ]+:(\d+)/metrics", w.log())[0])
         assert wait_until(lambda: _reloads(port), 30, "the reload counters") == {"applied": 0, "invalid": 0,
-                                                                                  "too_late": 0, "replay": 0}
+                                                                                  "too_late": 0, "replay": 0,
+                                                                                  "unchanged": 0}
 
         def version_of(cid: str) -> int:
             got = wait_until(lambda: out.exists() and [m for m in read_jsonl(out) if m["customer_id"] == cid], 60,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, RuleReloader
+from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, UNCHANGED, RuleReloader
 from state.batches import RawBatch, Tick
 from state.rules import DEFAULT_PACK
 from state.shard import Shard, process
@@ -49,6 +49,18 @@ def test_an_invalid_file_keeps_the_versions_in_force_and_is_logged_with_file_and
     assert seen == [INVALID]
     assert f"{tmp_path / 'v2.toml'}: moment[0].idle: must be a duration" in caplog.text
     assert r.check() is None  # judged once per change, not at every poll
+
+
+def test_removing_a_refused_file_is_counted_unchanged_not_applied(tmp_path: Path) -> None:
+    r, seen = _reloader(tmp_path)
+    before = r.current
+    _write(tmp_path, "v2.toml", 2, T0, idle="ten")
+    assert r.check() == INVALID
+    (tmp_path / "v2.toml").unlink()
+    assert r.check() == UNCHANGED
+    (tmp_path / "default.toml").write_text((tmp_path / "default.toml").read_text() + "\n# touched\n")
+    assert r.check() == UNCHANGED
+    assert (r.current, r.generation, seen) == (before, 0, [INVALID, UNCHANGED, UNCHANGED])
 
 
 def test_a_version_may_change_the_rules_and_one_that_changes_the_journeys_is_refused(
