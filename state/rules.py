@@ -194,7 +194,10 @@ def _instant(path: str, where: str, value: object) -> int:
         raise RulePackError(path, where, f"must be an RFC 3339 date-time (YYYY-MM-DDTHH:MM:SS, optional fraction, "
                                          f"then Z or +HH:MM) or epoch ms, got {value!r}")
     # Exact, and rounded up: the first event ms at or after the instant (a float timestamp, and rounding a
-    # sub-millisecond instant down, made a version take force up to 1 ms early).
+    # sub-millisecond instant down, made a version take force up to 1 ms early). datetime keeps microseconds:
+    # digits beyond them that are not all 0 put the instant just after ``when``.
+    if rfc is not None and rfc.group(2) and rfc.group(2)[7:].strip("0"):
+        when += timedelta(microseconds=1)
     ms = -((_EPOCH - when) // timedelta(milliseconds=1))
     if not 0 <= ms < MAX_TS_MS:
         raise RulePackError(path, where, f"must lie in 1970..2099 (event times accepted), got {value!r}")

@@ -83,6 +83,7 @@ def with_eras(starts: list[int], in_force: list[RulePack],
     out_s: list[int] = []
     out_p: list[RulePack] = []
     made: dict[tuple[int, frozenset[int]], RulePack] = {}
+    at_since = in_force[bisect_right(starts, layout.since) - 1]
     for b in bounds:
         i = bisect_right(starts, b) - 1
         p = in_force[i]
@@ -90,10 +91,11 @@ def with_eras(starts: list[int], in_force: list[RulePack],
         if keep is not None:
             q = made.get((i, keep))
             if q is None:
-                # A rule of the era that this version lacks takes its definition from the next version that has
-                # it (else the nearest earlier one): a timer the earlier run armed under it is kept, with the
-                # parameters the restart's versions give the rule, as a changed parameter would be.
-                q = made[(i, keep)] = era_rules(p, keep, (*in_force[i + 1:], *reversed(in_force[:i])))
+                # A rule of the era that this version lacks takes its definition from the version in force at the
+                # boundary (the restart's rules): a timer the earlier run armed under it is kept, with the
+                # parameters the restart gives the rule, as a changed parameter would be. Without it there, the
+                # restart removed the rule: its timers do not fire, whatever another version's parameters say.
+                q = made[(i, keep)] = era_rules(p, keep, at_since)
             p = q
         if out_p and out_p[-1] is p:
             continue
@@ -102,15 +104,12 @@ def with_eras(starts: list[int], in_force: list[RulePack],
     return out_s, out_p
 
 
-def era_rules(pack: RulePack, keep: frozenset[int], others: tuple[RulePack, ...]) -> RulePack:
-    """``pack`` with the rules at the places ``keep``: its own, and for a place it lacks the rule of the first of
-    ``others`` that defines it (none does: the rule was removed, it stays out); itself when that is all of it."""
+def era_rules(pack: RulePack, keep: frozenset[int], other: RulePack) -> RulePack:
+    """``pack`` with the rules at the places ``keep``: its own, and for a place it lacks ``other``'s rule there (if
+    ``other`` lacks it too, it stays out); itself when that is all of it."""
     rules = [r for r in pack.rules if r.index in keep]
     have = {r.index for r in rules}
-    for place in sorted(keep - have):
-        r = next((r for q in others for r in q.rules if r.index == place), None)
-        if r is not None:
-            rules.append(r)
+    rules += [r for r in other.rules if r.index in keep and r.index not in have]
     if len(rules) == len(pack.rules) and all(a is b for a, b in zip(rules, pack.rules, strict=True)):
         return pack
     by_journey: dict[str, dict[str, MomentRule]] = {j: {} for j in pack.by_journey}

@@ -144,9 +144,13 @@ def test_an_effective_from_with_milliseconds_comes_into_force_at_that_very_ms(tm
     assert [v.pack_at(t).version for t in (exact - 1, exact)] == [1, 2]
 
 
-@pytest.mark.parametrize("effective", ['"2039-03-08T19:46:13.4105Z"', "2039-03-08T19:46:13.410001Z"])
+@pytest.mark.parametrize("effective", ['"2039-03-08T19:46:13.4105Z"', "2039-03-08T19:46:13.410001Z",
+                                       '"2039-03-08T19:46:13.4100001Z"', '"2039-03-08T19:46:13.410000000001Z"',
+                                       '"2039-03-08T20:46:13.41000000000000000001+01:00"',
+                                       '"2039-03-08T19:46:13.4109999999Z"'])
 def test_a_sub_millisecond_effective_from_comes_into_force_at_the_next_ms(tmp_path: Path, effective: str) -> None:
-    """An adversary's: .4105 was rounded down, so an event at .410 (before the instant) got the new version."""
+    """Adversaries': .4105 was rounded down, so an event at .410 (before the instant) got the new version; then
+    digits beyond the microsecond were cut before rounding up (.4100001)."""
     _pack(tmp_path, "a.toml", 1, None)
     _pack(tmp_path, "b.toml", 2, effective)
     first = calendar.timegm((2039, 3, 8, 19, 46, 13)) * 1000 + 411

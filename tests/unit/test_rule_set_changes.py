@@ -368,3 +368,32 @@ def test_a_rule_the_earlier_run_had_keeps_its_timer_when_the_restarts_directory_
     fired = sorted((m["customer_id"], m["rule"], m["due_ts"] - T0, m["rule_version"]) for m in out.moments
                    if m["customer_id"] == "w")
     assert fired == [("w", "cart.abandoned", 10 * MIN, 2), ("w", "cart.left_checkout", 20 * MIN, 2)]
+
+
+def _abandoned_idle(d: Path, name: str, version: int, effective: int, idle: str | None) -> RulePack:
+    """The default pack with cart.abandoned's idle at ``idle`` (None: without cart.abandoned)."""
+    _pack(d, name, version, effective, "")
+    text = (d / name).read_text()
+    text = _without_abandoned(text) if idle is None else text.replace('idle = "10m"', f'idle = "{idle}"', 1)
+    (d / name).write_text(text)
+    return load_rule_pack(d / name)
+
+
+def test_a_rule_the_restart_removes_fires_no_timer_whatever_idle_another_version_gives_it(tmp_path: Path) -> None:
+    """An adversary's: the earlier run had cart.abandoned (40 min); the restart's directory lacks it at the
+    boundary. Its definition was taken from another version (5 min, before or after the boundary), so the timer
+    armed at 0 fell due at 5 min and fired at the restore, with a version not in force then."""
+    first = PackVersions.of([_abandoned_idle(tmp_path / "p", "p.toml", 1, T0, "40m")])
+    cases = {"removed before the arming": (T0 - 60 * MIN, "5m", T0 - 30 * MIN, None),
+             "added after the boundary": (T0 - 60 * MIN, None, T0 + 30 * MIN, "5m")}
+    for case, (e1, idle1, e2, idle2) in cases.items():
+        d = tmp_path / case.replace(" ", "_")
+        two = PackVersions.of([_abandoned_idle(d, "v1.toml", 1, e1, idle1),
+                               _abandoned_idle(d, "v2.toml", 2, e2, idle2)])
+        shard = Shard(first.latest, versions=first)
+        run([ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", 16 * MIN, customer="f", step="product")],
+            shard=shard, end=False)
+        restored = Shard(two.latest, versions=two)
+        restored.restore(shard.snapshot())
+        out = run([ev("end", 300 * MIN, customer="z", step="product")], shard=restored)
+        assert [m for m in out.moments if m["customer_id"] == "w"] == [], case
