@@ -70,7 +70,8 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         source = "file:" + ",".join(p.name for p in file_paths(cfg.source[5:]))
     elif cfg.source == "kafka":
         source = f"kafka (topic {cfg.kafka_topics.get('events', '?')})"
-    fp = pack.fingerprint() if versions is None else versions.fingerprint()  # one version: the pack's own
+    # Everything the rules decide (types and contact policy too): packs that differ in any of it give other moments.
+    fp = PackVersions.of([pack]).full_fingerprint() if versions is None else versions.full_fingerprint()
     settings = [("--shards", str(cfg.shards)), ("--source", source),
                 ("--rules", f"{pack.name} (fingerprint {fp})"), ("--clock", cfg.clock),
                 ("--lateness", f"{cfg.lateness_ms}ms"),

@@ -139,8 +139,8 @@ class RuleReloader:
         # ahead of that (events from the future), so that history is never rewritten.
         limit = max(wm, now + MARGIN_MS - 1)
         if new.history(limit) != self.current.history(limit):
-            known = {(q.version, q.effective_from_ms, q.fingerprint()) for q in self.current.packs}
-            changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.fingerprint()) not in known]
+            known = {(q.version, q.effective_from_ms, q.full_fingerprint()) for q in self.current.packs}
+            changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.full_fingerprint()) not in known]
             where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
             log.error("rule pack reload refused, the versions in force stay: %s: pack.effective_from: lies before "
                       "the wall clock plus %d s (%d; watermark %d): every process of a cluster judges a change by "
@@ -174,5 +174,5 @@ class RuleReloader:
 def _same(a: PackVersions, b: PackVersions) -> bool:
     """Whether ``a`` and ``b`` hold the same versions (number, effective_from and rules)."""
     def key(v: PackVersions) -> list[tuple[int, int | None, str]]:
-        return sorted((q.version, q.effective_from_ms, q.fingerprint()) for q in v.packs)
+        return sorted((q.version, q.effective_from_ms, q.full_fingerprint()) for q in v.packs)
     return key(a) == key(b)

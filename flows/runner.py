@@ -124,10 +124,10 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
         def judged(result: str) -> None:
             metrics.RULE_PACK_RELOADS.labels(result=result).inc()
             if reloader is not None:
-                metrics.set_rule_versions(reloader.current.fingerprint())
+                metrics.set_rule_versions(reloader.current.full_fingerprint())
 
         reloader = RuleReloader(cfg.rules, versions, cfg.live, judged)
-        metrics.set_rule_versions(versions.fingerprint())
+        metrics.set_rule_versions(versions.full_fingerprint())
         for result in RESULTS:
             metrics.RULE_PACK_RELOADS.labels(result=result)  # exported at 0 before any change
         reloader.start()

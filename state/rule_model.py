@@ -198,6 +198,31 @@ class RulePack:
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+    def full_fingerprint(self) -> str:
+        """A short hash of everything the pack decides: ``fingerprint``'s detection semantics plus event types,
+        journey stages, every rule field (channels, hold-out, stages, contact, escalation, version), the contact
+        policy, effectiveness settings and latency targets. What processes of a cluster and a running worker's
+        reload compare: two processes whose packs differ only in a type or a hold-out give other moments."""
+        import dataclasses
+        import hashlib
+        import json
+
+        def canon(o: object) -> object:
+            if isinstance(o, (set, frozenset)):
+                return sorted(o, key=repr)
+            if isinstance(o, tzinfo):
+                return str(o)
+            return repr(o)
+
+        rules = [[getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "generic"]
+                 + [r.generic.source if r.generic is not None else None] for r in self.rules]
+        journeys = [dataclasses.asdict(j) for j in self.journeys.values()]
+        text = json.dumps([self.fingerprint(), sorted(self.types), journeys, rules, dataclasses.asdict(self.policy),
+                           self.latency_targets_ms, self.effect_min_sample, self.effect_confidence,
+                           self.effect_min_uplift, self.effective_from_ms, self.version],
+                          sort_keys=True, default=canon)
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
     def layout_fingerprint(self) -> str:
         """A short hash of what the shape of the saved state depends on: the journeys, and which rules there are.
 

@@ -270,7 +270,8 @@ class PackVersions:
     def history(self, t: int) -> list[tuple[int, int, str]]:
         """(start, version, fingerprint) of each version in force at or before event time ``t``: what a change
         of the directory must leave alone once the watermark is at ``t``."""
-        return [(s, p.version, p.fingerprint()) for s, p in zip(self.starts, self.in_force, strict=True) if s <= t]
+        return [(s, p.version, p.full_fingerprint()) for s, p in zip(self.starts, self.in_force, strict=True)
+                if s <= t]
 
     def fingerprint(self) -> str:
         """A short hash of every version's rules and when it comes into force (the cluster handshake's, the
@@ -278,6 +279,12 @@ class PackVersions:
         if len(self.packs) == 1:
             return self.packs[0].fingerprint()
         text = repr([(p.version, p.effective_from_ms, p.fingerprint()) for p in self.packs])
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def full_fingerprint(self) -> str:
+        """A short hash of everything every version decides and when each comes into force (``RulePack``'s
+        ``full_fingerprint``: types and contact policy too): what the processes of a cluster compare."""
+        text = repr([(p.version, p.effective_from_ms, p.full_fingerprint()) for p in self.packs])
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
     def describe(self) -> str:

@@ -18,7 +18,9 @@ from flows.dataflow import cluster_hello
 from flows.operators import ClusterSettingsError, ShardLogic, check_hello
 from flows.runner import _cluster_mismatch
 from state.batches import Hello, RawBatch, Tick
+from state.rules import DEFAULT_PACK, load_rule_pack
 from state.shard import Shard
+from state.versions import PackVersions
 from tests.helpers import PACK, T0
 
 SHARDS = 16
@@ -144,7 +146,7 @@ def test_cluster_settings_cover_the_input_the_rules_and_the_clock(tmp_path: Path
     settings = dict(hello.settings)
     assert settings["--shards"] == "64"
     assert settings["--source"] == "file:a.jsonl,b.jsonl"
-    assert PACK.fingerprint() in settings["--rules"]
+    assert PackVersions.of([PACK]).full_fingerprint() in settings["--rules"]
     assert {"--clock", "--lateness", "--max-customers"} <= set(settings)
     sim = cluster_hello(PipelineConfig(source="simulator", addresses=ADDRS, process_id=0, sim_seed=3), PACK)
     assert sim is not None
@@ -172,3 +174,21 @@ def test_a_bytewax_panic_in_a_cluster_names_workers() -> None:
     assert "--workers/-w" in str(named)
     assert "disagree on -w or a peer failed: Recv thread panic" in str(named)
     assert _cluster_mismatch(PanicException("x"), PipelineConfig()) is None
+
+
+@pytest.mark.parametrize("edit", [("[pack]", 'types = ["topup"]\n[pack]'), ("max_per_day = 2", "max_per_day = 5"),
+                                  ('[[moment]]\nkind = "failed"', '[[moment]]\nkind = "failed"\nholdout = 0.5')])
+def test_processes_whose_packs_differ_in_types_or_contact_policy_do_not_agree(tmp_path: Path,
+                                                                               edit: tuple[str, str]) -> None:
+    """An adversary's: packs differing only in an event type or a hold-out passed the handshake (the fingerprint
+    covered detection fields only), and the same events gave other moments in each process."""
+    base = DEFAULT_PACK.read_text()
+    assert edit[0] in base
+    (tmp_path / "a.toml").write_text(base)
+    (tmp_path / "b.toml").write_text(base.replace(*edit, 1))
+    cfg = PipelineConfig(source="simulator", addresses=ADDRS, process_id=0)
+    a, b, a2 = (cluster_hello(cfg, load_rule_pack(tmp_path / n)) for n in ("a.toml", "b.toml", "a.toml"))
+    assert a is not None
+    assert b is not None
+    assert dict(a.settings)["--rules"] != dict(b.settings)["--rules"]
+    assert a == a2

@@ -63,6 +63,23 @@ def test_removing_a_refused_file_is_counted_unchanged_not_applied(tmp_path: Path
     assert (r.current, r.generation, seen) == (before, 0, [INVALID, UNCHANGED, UNCHANGED])
 
 
+@pytest.mark.parametrize("edit", [("max_per_day = 2", "max_per_day = 5"), ("[pack]", 'types = ["topup"]\n[pack]'),
+                                  ("[[moment]]\nkind = \"failed\"", "[[moment]]\nkind = \"failed\"\nholdout = 0.5")])
+def test_live_a_change_of_types_or_policy_in_the_version_in_force_is_too_late(tmp_path: Path,
+                                                                              edit: tuple[str, str]) -> None:
+    """An adversary's: a changed hold-out, policy or event type of the version in force was applied at once (the
+    comparison left them out), rewriting what was in force; the same edit as a later version is applied."""
+    r, seen = _reloader(tmp_path)
+    r.note_watermark(T0 + 60 * MIN)
+    assert edit[0] in _BASE
+    _write(tmp_path, "default.toml", 1, None, text=_BASE.replace(*edit, 1))
+    assert r.check() == TOO_LATE
+    _write(tmp_path, "default.toml", 1, None)
+    _write(tmp_path, "v2.toml", 2, T0 + 61 * MIN, text=_BASE.replace(*edit, 1))
+    assert r.check() == APPLIED
+    assert seen == [TOO_LATE, APPLIED]
+
+
 def test_a_version_may_change_the_rules_and_one_that_changes_the_journeys_is_refused(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     r, _seen = _reloader(tmp_path)
