@@ -141,8 +141,9 @@ def _check_directory(a: argparse.Namespace) -> int:
     used = {p.version for p in versions.in_force}
     never = [p for p in versions.packs if p.version not in used]
     for p in never:
-        print(f"\n{p.path}: v{p.version} is NEVER in force: a newer version is in force from {_when(p)} on "
-              f"(each event is handled by the newest version whose effective_from has come)")
+        print(f"\n{p.path}: v{p.version} is NEVER in force: at its own effective_from ({_when(p)}) a newer "
+              f"version is already in force (each event is handled by the newest version whose effective_from has "
+              f"come)")
     if never and a.strict:
         print(f"check-rules --strict: {len(never)} version(s) never in force", file=sys.stderr)
         return 1

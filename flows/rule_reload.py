@@ -34,7 +34,7 @@ from typing import Final
 
 from state.rule_model import RulePackError
 from state.shard import wall_ms
-from state.versions import PackVersions, RuleLayout, journeys_fingerprint, load_versions
+from state.versions import PackVersions, RuleLayout, is_pack_name, journeys_fingerprint, load_versions
 
 log = logging.getLogger("cx.rules")
 
@@ -52,7 +52,7 @@ def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
     """(name, content hash) of each pack file of the directory: what a change is judged by."""
     out: list[tuple[str, str]] = []
     for f in sorted(directory.iterdir()):
-        if f.suffix.lower() != ".toml":  # as load_versions: V2.TOML is a pack file too
+        if not is_pack_name(f.name):  # as load_versions: V2.TOML is a pack file too, .#v1.toml (hidden) is not
             continue
         if not f.is_file():  # a directory, FIFO or broken link: loading refuses it, so it is a change (never read)
             out.append((f.name, "(not a regular file)"))

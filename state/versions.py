@@ -298,6 +298,12 @@ def _start(p: RulePack) -> int:
     return _EARLIEST if p.effective_from_ms is None else p.effective_from_ms
 
 
+def is_pack_name(name: str) -> bool:
+    """Whether a directory entry is a version: ``*.toml`` in any case (V2.TOML too), not hidden (an editor's lock
+    file ``.#v1.toml`` or backup ``.v1.toml.swp``-like names are not versions)."""
+    return name.lower().endswith(".toml") and not name.startswith(".")
+
+
 def load_versions(path: str | Path | None = None) -> PackVersions:
     """Load ``--rules``: a pack file (one version, in force always) or a directory of versioned pack files.
 
@@ -309,7 +315,7 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
     p = Path(path) if path is not None else None
     if p is None or not p.is_dir():
         return PackVersions.of([load_rule_pack(p)])
-    entries = sorted(f for f in p.iterdir() if f.suffix.lower() == ".toml")  # V2.TOML too
+    entries = sorted(f for f in p.iterdir() if is_pack_name(f.name))
     files = [f for f in entries if f.is_file()]
     # Skipped without a word, a version meant to be in force would be missing: a broken link, a FIFO, a directory.
     problems: list[tuple[str, str, str]] = [(str(f), "(file)", "is not a regular file (a directory, FIFO, device "

@@ -132,6 +132,7 @@ def test_a_version_that_is_never_in_force_is_said_so_and_strict_fails(capsys: py
     assert main(["check-rules", str(d)]) == 0
     out = capsys.readouterr().out
     assert f"{d / 'v1.toml'}: v5, in force from the start" in out
-    assert f"{d / 'v2.toml'}: v2 is NEVER in force: a newer version is in force from 2026-01-01T01:00:00Z on" in out
+    assert (f"{d / 'v2.toml'}: v2 is NEVER in force: at its own effective_from (2026-01-01T01:00:00Z) a newer "
+            "version is already in force") in out
     assert "v2, in force from" not in out
     assert main(["check-rules", "--simulate", "--strict", *ARGS, str(d)]) == 1

@@ -176,3 +176,16 @@ def test_a_pack_file_named_in_upper_case_added_while_running_is_picked_up(tmp_pa
     _write(tmp_path, "V2.TOML", 2, T0 + MIN, idle="20m")
     assert r.check() == APPLIED
     assert r.current.pack_at(T0 + MIN).version == 2
+
+
+def test_hidden_names_are_not_versions_at_start_up_nor_while_running(tmp_path: Path) -> None:
+    """An adversary's: an editor's lock file `.#v1.toml` (a broken link) made start-up refuse the directory, and a
+    hidden `.v3.toml` was loaded as a version."""
+    (tmp_path / ".#default.toml").symlink_to("user@host.1234:1700000000")
+    _write(tmp_path, ".v3.toml", 3, T0, idle="20m")
+    r, seen = _reloader(tmp_path)
+    assert [p.version for p in r.current.packs] == [1]
+    _write(tmp_path, ".v4.toml", 4, T0 + 61 * MIN, idle="30m")
+    (tmp_path / ".#default.toml").unlink()
+    assert r.check() is None
+    assert seen == []
