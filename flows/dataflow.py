@@ -73,7 +73,8 @@ def cluster_hello(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
     # Everything the rules decide (types and contact policy too): packs that differ in any of it give other moments.
     fp = PackVersions.of([pack]).full_fingerprint() if versions is None else versions.full_fingerprint()
     settings = [("--shards", str(cfg.shards)), ("--source", source),
-                ("--rules", f"{pack.name} (fingerprint {fp})"), ("--clock", cfg.clock),
+                # Not the pack's name: it decides nothing (processes whose packs differ in it alone agree).
+                ("--rules", f"fingerprint {fp}"), ("--clock", cfg.clock),
                 ("--lateness", f"{cfg.lateness_ms}ms"),
                 ("--max-customers", "(no cap)" if cfg.max_customers is None else str(cfg.max_customers))]
     if cfg.live:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Final
 
 from state.rule_model import RulePackError
+from state.rules import MAX_PACK_BYTES
 from state.shard import wall_ms
 from state.versions import PackVersions, RuleLayout, is_pack_name, journeys_fingerprint, load_versions
 
@@ -58,6 +59,10 @@ def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
             out.append((f.name, "(not a regular file)"))
             continue
         try:
+            size = f.stat().st_size
+            if size > MAX_PACK_BYTES:  # refused by loading: not read (nor hashed) at every poll
+                out.append((f.name, f"(too large: {size} bytes, {f.stat().st_mtime_ns})"))
+                continue
             out.append((f.name, hashlib.blake2b(f.read_bytes(), digest_size=8).hexdigest()))
         except OSError:
             out.append((f.name, "(unreadable)"))  # loading it names the problem
@@ -142,6 +147,15 @@ class RuleReloader:
             known = {(q.version, q.effective_from_ms, q.full_fingerprint()) for q in self.current.packs}
             changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.full_fingerprint()) not in known]
             where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
+            edited = [q for q in changed if (q.effective_from_ms or 0) <= limit and any(
+                o.version == q.version and o.effective_from_ms == q.effective_from_ms for o in self.current.packs)]
+            if edited:
+                log.error("rule pack reload refused, the versions in force stay: %s: (file): edits version %d, in "
+                          "force up to the wall clock plus %d s (its rules, types or contact policy): a version in "
+                          "force is not changed, so that history is not rewritten; put the change in a new version "
+                          "with an effective_from at least %d s ahead", edited[0].path, edited[0].version,
+                          MARGIN_MS // 1000, MARGIN_MS // 1000)
+                return TOO_LATE
             log.error("rule pack reload refused, the versions in force stay: %s: pack.effective_from: lies before "
                       "the wall clock plus %d s (%d; watermark %d): every process of a cluster judges a change by "
                       "the wall clock, so that all decide alike, and history is not rewritten; give an "

@@ -51,6 +51,7 @@ __all__ = ["DEFAULT_PACK", "KINDS", "STAGES", "STAGE_REUSE", "STAGE_USE", "URGEN
 _T = TypeVar("_T")
 _TOP_KEYS: Final = {"pack", "journey", "moment", "latency_targets", "types", "policy", "effectiveness"}
 _MAX_RULES: Final = 60
+MAX_PACK_BYTES: Final = 4 << 20  # a pack of 60 rules is a few KB: more is a mistake, read (and hashed) every poll
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _RFC3339: Final = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:(\d{2})(\.\d+)?([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)")
 
@@ -98,6 +99,9 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
         # A FIFO would block the read for ever and /dev/zero fill memory.
         raise RulePackError(p, "(file)", "is not a regular file (a directory, FIFO or device)")
     try:
+        if p.exists() and p.stat().st_size > MAX_PACK_BYTES:
+            raise RulePackError(p, "(file)", f"is {p.stat().st_size} bytes; a pack file may have at most "
+                                             f"{MAX_PACK_BYTES} (a pack holds at most {_MAX_RULES} rules)")
         data = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark is not TOML
     except FileNotFoundError:
         raise RulePackError(p, "(file)", "file not found") from None

@@ -322,7 +322,7 @@ def load_versions(path: str | Path | None = None) -> PackVersions:
                                              "or broken link): remove it or make it a pack file")
                                             for f in entries if not f.is_file()]
     if not files and not problems:
-        raise RulePackError(p, "(directory)", "holds no pack file (*.toml)")
+        raise RulePackError(p, "(directory)", "holds no pack file (*.toml; hidden names such as .v1.toml are not read)")
     packs: list[RulePack] = []
     for f in files:
         try:

@@ -192,3 +192,15 @@ def test_processes_whose_packs_differ_in_types_or_contact_policy_do_not_agree(tm
     assert b is not None
     assert dict(a.settings)["--rules"] != dict(b.settings)["--rules"]
     assert a == a2
+
+
+def test_processes_whose_packs_differ_only_in_the_packs_name_agree(tmp_path: Path) -> None:
+    """An adversary's: the name (in no moment) was part of the handshake, so such processes stopped with a message
+    giving both the same fingerprint."""
+    base = DEFAULT_PACK.read_text()
+    (tmp_path / "a.toml").write_text(base)
+    (tmp_path / "b.toml").write_text(base.replace('name = "default"', 'name = "renamed"', 1))
+    cfg = PipelineConfig(source="simulator", addresses=ADDRS, process_id=0)
+    a, b = (cluster_hello(cfg, load_rule_pack(tmp_path / n)) for n in ("a.toml", "b.toml"))
+    assert load_rule_pack(tmp_path / "b.toml").name == "renamed"
+    assert a == b

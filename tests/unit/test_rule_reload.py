@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, UNCHANGED, RuleReloader
+from flows.rule_reload import APPLIED, INVALID, MARGIN_MS, REPLAY, TOO_LATE, UNCHANGED, RuleReloader, directory_state
 from state.batches import RawBatch, Tick
-from state.rules import DEFAULT_PACK
+from state.rule_model import RulePackError
+from state.rules import DEFAULT_PACK, MAX_PACK_BYTES
 from state.shard import Shard, process
 from state.version_switch import install
 from state.versions import load_versions
@@ -189,3 +190,31 @@ def test_hidden_names_are_not_versions_at_start_up_nor_while_running(tmp_path: P
     (tmp_path / ".#default.toml").unlink()
     assert r.check() is None
     assert seen == []
+
+
+def test_a_pack_file_too_large_is_refused_naming_it_and_not_read_at_every_poll(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An adversary's: a 400 MB *.toml took 10 s and 860 MB to refuse at start-up, and while running was read and
+    hashed in full every 2 s."""
+    r, seen = _reloader(tmp_path)
+    big = tmp_path / "zz.toml"
+    with big.open("wb") as f:
+        f.truncate(MAX_PACK_BYTES + 1)  # sparse: no disk used
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == INVALID
+    assert f"{big}: (file): is {MAX_PACK_BYTES + 1} bytes; a pack file may have at most {MAX_PACK_BYTES}" in caplog.text
+    assert "(too large" in dict(directory_state(tmp_path))["zz.toml"]
+    with pytest.raises(RulePackError, match="a pack file may have at most"):
+        load_versions(tmp_path)
+    assert seen == [INVALID]
+
+
+def test_an_edit_of_the_version_in_force_is_refused_saying_so(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """An adversary's: an edited hold-out of a file without effective_from was refused naming that absent field."""
+    r, _seen = _reloader(tmp_path)
+    _write(tmp_path, "default.toml", 1, None, text=_BASE.replace("max_per_day = 2", "max_per_day = 3", 1))
+    with caplog.at_level(logging.ERROR, "cx.rules"):
+        assert r.check() == TOO_LATE
+    assert f"{tmp_path / 'default.toml'}: (file): edits version 1, in force" in caplog.text
+    assert "put the change in a new version" in caplog.text
