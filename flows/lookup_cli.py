@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,15 +45,20 @@ def fetch(url: str, path: str) -> dict[str, Any]:
         raise ConfigError(f"--url ({URL_ENV})", f"is not a URL ({e}): {_shown(url)!r}") from None
     if not parts.hostname:
         raise ConfigError(f"--url ({URL_ENV})", f"names no host: {_shown(url)!r}")
+    # Imported here: `moments run` builds its parser from this module and never fetches (urllib.request pulls in
+    # http.client, email and ssl: ≈50 ms of its start-up).
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
     shown = _shown(url)
-    req = urllib.request.Request(url.rstrip("/") + path)  # noqa: S310 - http(s) checked above
+    req = Request(url.rstrip("/") + path)  # noqa: S310 - http(s) checked above
     token = http_token()
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) checked above
+        with urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) checked above
             return orjson.loads(r.read())  # type: ignore[no-any-return]
-    except urllib.error.HTTPError as e:
+    except HTTPError as e:
         try:
             problem = orjson.loads(e.read()).get("error", "")
         except ValueError:
