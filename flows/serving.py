@@ -36,7 +36,7 @@ from typing import Any, Final
 import orjson
 
 from flows.lookup_history import History
-from flows.recent import RECENT, Recent
+from flows.recent import MAX_MOMENTS, RECENT, Recent
 from flows.shard_registry import ShardRegistry
 from state.routing import shard_of_id
 from state.rules import RulePack, describe_rule
@@ -75,7 +75,8 @@ class Service:
         total_shards: ``--shards``, to find a customer's shard.
         workers: Workers per process, to find the process that runs a shard.
         recent: The recent history kept in memory (``flows.recent``).
-        resumed: The run resumed from snapshots: memory lacks the history from before, ClickHouse has it.
+        resumed: The run resumed from snapshots (or started on a database holding moments): memory lacks the
+            history from before, ClickHouse has it.
         pack: The rule pack the run starts with (the shards' own once they are built: before any event).
     """
 
@@ -88,6 +89,9 @@ class Service:
         self.shards = shards
         self.recent = recent
         self.resumed = resumed
+        # The run started on a database holding moments without restoring state: tags held before are in
+        # ClickHouse only (set by flows.lookup_serve once the dataflow runs).
+        self.restarted = False
         self.history = history
         self.peers = peers
         self.process = process
@@ -134,23 +138,48 @@ class Service:
         out: dict[str, Any] = {"customer_id": cid, "process": self.process, "held": True, **view, "moments": [],
                                "context": None}
         kept = self.recent.get(cid)
+        attempts = kept["attempts"] if kept is not None else {}
+        for j in out["journeys"]:
+            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
+            j["entry"] = entries[-1] if entries else ""
+            j["entries"] = list(entries)
+            j["channels"] += [ch for ch in channels if ch not in j["channels"]]
         if kept is not None:
             out["moments"], out["context"] = kept["moments"], kept["context"]
-            for j in out["journeys"]:
-                entries, channels = kept["attempts"].get((j["journey"], j["attempt"]), ((), ()))
-                j["entry"] = entries[-1] if entries else ""
-                j["entries"] = list(entries)
-                j["channels"] += [ch for ch in channels if ch not in j["channels"]]
-            return out
-        for j in out["journeys"]:
-            j["entries"] = []
+            if len(kept["moments"]) >= MAX_MOMENTS and kept["context"] is not None:
+                return out  # the newest moments and context are all from this run: memory alone is complete
         if self.history is not None and self._may_be_stored(cid):
+            # Memory holds only what happened since the run started (or since the store dropped the customer):
+            # the earlier moments and context are in ClickHouse, merged with memory's.
             try:
-                out["moments"] = self.history.moments(cid)
-                out["context"] = self.history.context(cid)
+                out["moments"] = _merged(out["moments"], self.history.moments(cid))
+                out["context"] = _latest(out["context"], self.history.context(cid))
+                if self.restarted:  # a state started empty: tags held before the restart are stored only
+                    out["tags"] = self._tags(cid, out["tags"], out["last_seen"])
             except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
                 log.warning("look-up history unavailable: %s", type(e).__name__)
                 out["history"] = f"unavailable: {type(e).__name__}"
+        return out
+
+    def _tags(self, cid: str, held: list[dict[str, Any]], seen: int) -> list[dict[str, Any]]:
+        """The tags ``held`` by the state, and those stored open (or actioned) and not expired, in ClickHouse.
+
+        Expired is judged at this process's event time (its shards' watermark, or the customer's last event if
+        later): a replay's tags are not all expired by the wall clock. A tag of a rule the pack no longer has
+        is left out (its time to live is unknown).
+        """
+        assert self.history is not None
+        pack = self._pack()
+        now = max([seen, *(shard.wm for shard, _ in self.shards)])
+        out, names = list(held), {t["tag"] for t in held}
+        for t in self.history.tags(cid):
+            r = next((r for r in pack.rules if r.name == t["rule"]), None) if pack is not None else None
+            if t["tag"] in names or t["state"] not in ("open", "actioned") or r is None:
+                continue
+            expires = t["opened_ts"] + r.ttl_ms
+            if expires > now:
+                out.append({"tag": t["tag"], "journey": t["journey"], "moment_id": t["moment_id"],
+                            "opened_ts": t["opened_ts"], "state": t["state"], "expires_at": expires})
         return out
 
     def _stored(self, cid: str) -> dict[str, Any] | None:
@@ -168,9 +197,9 @@ class Service:
         if self.history is not None:
             try:
                 out["journeys"] = self.history.journeys(cid)
-                if kept is None:
-                    out["moments"] = self.history.moments(cid)
-                    out["context"] = self.history.context(cid)
+                out["moments"] = _merged(out["moments"], self.history.moments(cid))
+                out["context"] = _latest(out["context"], self.history.context(cid))
+                out["tags"] = self._tags(cid, [], max((j["updated_at"] for j in out["journeys"]), default=0))
             except Exception as e:  # noqa: BLE001 - what memory holds still answers; the problem is named
                 log.warning("look-up of a stored customer failed: %s", type(e).__name__)
                 out["history"] = f"unavailable: {type(e).__name__}"
@@ -341,6 +370,30 @@ class Service:
             slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
             log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
             return (504 if slow else 502), {}
+
+
+def _key(m: Any) -> tuple[int, str, Any]:
+    """``(time, moment id, m)`` of a moment (or a context) as memory holds it (encoded) or ClickHouse gives it."""
+    d = orjson.loads(orjson.dumps(m)) if isinstance(m, orjson.Fragment) else m
+    return int(d.get("due_ts", d.get("contact_ts", 0))), str(d["moment_id"]), m
+
+
+def _merged(kept: list[Any], stored: list[dict[str, Any]]) -> list[Any]:
+    """Memory's moments and ClickHouse's, each once (by moment id), newest first, at most ``MAX_MOMENTS``."""
+    if not stored:
+        return kept
+    keys = [_key(m) for m in kept]
+    ids = {k[1] for k in keys}
+    keys += [_key(m) for m in stored if m["moment_id"] not in ids]
+    keys.sort(key=lambda k: (-k[0], k[1]))
+    return [k[2] for k in keys[:MAX_MOMENTS]]
+
+
+def _latest(kept: Any, stored: dict[str, Any] | None) -> Any:
+    """The later of memory's hand-off context and ClickHouse's (memory's on a tie: it is this run's)."""
+    if kept is None or stored is None:
+        return stored if kept is None else kept
+    return stored if _key(stored)[0] > _key(kept)[0] else kept
 
 
 def _epoch_ms(name: str, text: str) -> int:
