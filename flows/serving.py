@@ -25,17 +25,15 @@ where each process has its own ClickHouse path.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Final
 
 import orjson
 
 from flows.lookup_history import History
+from flows.lookup_peers import Peers
 from flows.recent import MAX_MOMENTS, RECENT, Recent
 from flows.shard_registry import ShardRegistry
 from state.routing import shard_of_id
@@ -44,22 +42,15 @@ from state.rules import RulePack, describe_rule
 log = logging.getLogger("cx.serving")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
-        return None  # urllib then raises the 3xx as an HTTPError: the peer did not answer
-
-
-PEER_TIMEOUT_S: Final = 5.0
 PENDING_S: Final = 30.0  # how long a moment held in memory may lack stored rows before they count as gone
-# Peers are asked directly, never through a proxy from http_proxy & co.: it would see the bearer token and the
-# customer id, and a proxy cannot reach a peer's loopback or cluster address anyway.
-# Nor does a peer's redirect reach anyone: the token would go to wherever it points (an answer is never one).
-_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _unanswered(codes: list[int]) -> tuple[int, dict[str, Any]]:
-    """The answer when a process that may hold the answer did not give one: not "unknown" (that would be false)."""
-    code = 504 if 504 in codes else 502
+    """The answer when a process that may hold the answer did not give one: not "unknown" (that would be false).
+
+    503 when every such process was busy (or starting): retry shortly; 504 when one was too slow; 502 otherwise.
+    """
+    code = 504 if 504 in codes else 503 if set(codes) == {503} else 502
     return code, {"error": f"incomplete: {len(codes)} other process(es) of the cluster did not answer "
                            f"(HTTP {', '.join(map(str, sorted(set(codes))))}); retry, or check --http-peers"}
 
@@ -97,6 +88,7 @@ class Service:
         self.process = process
         self.total_shards = total_shards
         self.workers = workers
+        self.peer_calls = Peers()  # each with a deadline, a bound per peer (flows.lookup_peers)
 
     def ready(self) -> bool:
         """Whether look-ups can be answered: the dataflow runs (readiness check ``lookups``)."""
@@ -354,22 +346,8 @@ class Service:
         return [self.peers[i] for i in order if i != self.process]
 
     def _ask(self, peer: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
-        """GET ``path`` from a peer: ``(status, body)``; 502 when it cannot be reached, 504 when it is too slow."""
-        req = urllib.request.Request(f"http://{peer}{path}?local=1")  # noqa: S310 - a configured peer
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with _PEER_OPENER.open(req, timeout=PEER_TIMEOUT_S) as r:
-                code, body = int(r.status), orjson.loads(r.read())
-            if not isinstance(body, dict):
-                raise ValueError("not a JSON object")  # not a peer's answer
-            return code, body
-        except urllib.error.HTTPError as e:
-            return int(e.code), {}
-        except (OSError, ValueError, http.client.HTTPException) as e:  # an answer cut short: IncompleteRead
-            slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
-            log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
-            return (504 if slow else 502), {}
+        """GET ``path`` from a peer (``Peers.ask``): 502 unreachable, 504 too slow, 503 too many calls waiting on it."""
+        return self.peer_calls.ask(peer, path, token)
 
 
 def _key(m: Any) -> tuple[int, str, Any]:
