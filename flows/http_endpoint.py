@@ -104,6 +104,30 @@ def set_service(service: Service | None, token: str | None = None) -> Service | 
     return old
 
 
+_scrape_lock = threading.Lock()
+_scrapes: dict[Callable[..., bytes], tuple[int, bytes]] = {}  # encoder -> (number of the encoding, its body)
+_scrape_count = [0]
+
+
+def _exposition(encoder: Callable[..., bytes]) -> bytes:
+    """The registry encoded for a scrape: one encoding at a time, shared by the scrapes that wait for it.
+
+    Sixty scrapes at once (clients pipelining /metrics) each encoded the registry, holding every connection
+    "answering" for seconds of CPU: probes were refused. A scrape takes the body of an encoding started after it
+    arrived (never an older one), so concurrent scrapes cost at most two encodings.
+    """
+    wanted = _scrape_count[0] + 1
+    with _scrape_lock:
+        done = _scrapes.get(encoder)
+        if done is not None and done[0] >= wanted:
+            return done[1]
+        _scrape_count[0] += 1
+        n = _scrape_count[0]
+        body = encoder(REGISTRY)
+        _scrapes[encoder] = (n, body)
+        return body
+
+
 # A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
 HTTP_READ_TIMEOUT_S = 10.0
 
@@ -136,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-            self._send(200, encoder(REGISTRY), ctype)
+            self._send(200, _exposition(encoder), ctype)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/readyz":

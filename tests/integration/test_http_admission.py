@@ -175,3 +175,40 @@ def test_head_is_answered_on_health_and_metrics(server: MetricsServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         _get(server.port, "/v1/customers/c1", "HEAD")
     assert e.value.code == 405
+
+
+def test_scrapes_at_once_share_an_encoding_started_after_they_arrived(
+        server: MetricsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty clients pipelining /metrics each encoded the registry: seconds of CPU with every connection busy."""
+    from prometheus_client.exposition import generate_latest
+
+    from flows.metrics import HTTP_DROPPED
+
+    started, release = threading.Event(), threading.Event()
+    encodings: list[int] = []
+
+    def slow(registry: Any) -> bytes:
+        encodings.append(1)
+        started.set()
+        release.wait(60)
+        return bytes(generate_latest(registry))
+
+    monkeypatch.setattr(http_endpoint, "choose_encoder", lambda accept: (slow, "text/plain"))
+    bodies: list[bytes] = []
+    first = threading.Thread(target=lambda: bodies.append(_get(server.port, "/metrics")[1]), daemon=True)
+    first.start()
+    assert started.wait(60)
+    # Scrapes arriving during that encoding: their counter moved after it started, so they wait for the next one.
+    HTTP_DROPPED.labels("probe-test").inc()
+    others = [threading.Thread(target=lambda: bodies.append(_get(server.port, "/metrics")[1]), daemon=True)
+              for _ in range(CAP - 3)]
+    for t in others:
+        t.start()
+    wait_until(lambda: sum(c.state == 1 for c in server.connections._open.values()) == CAP - 2, 60,
+               "the scrapes to wait for the encoding")
+    release.set()
+    for t in [first, *others]:
+        t.join(60)
+    assert len(bodies) == CAP - 2
+    assert len(encodings) == 2  # one the first scrape started, one for all those that came during it
+    assert all(b'reason="probe-test"' in b for b in bodies[1:])
