@@ -33,21 +33,32 @@ _WAITING: Final = 0  # for a request's line and headers, until the deadline
 _ANSWERING: Final = 1  # its request is read: no deadline, nor eviction, while the answer is made
 _WRITING: Final = 2  # its answer is being taken by the client, until the deadline
 _CLOSING: Final = 3  # shut down, its thread not yet gone
+_QUEUED: Final = 4  # a scrape waiting for the registry's shared encoding: no work of its own lost if closed
 
 
 class _Conn:
-    __slots__ = ("deadline", "since", "sock", "state")
+    __slots__ = ("deadline", "served", "since", "sock", "state")
 
     def __init__(self, sock: socket.socket, state: int, since: float, deadline: float) -> None:
         self.sock, self.state, self.since, self.deadline = sock, state, since, deadline
+        self.served = False  # has written an answer: an idle kept-alive connection, not one yet to send its request
+
+    def eviction_order(self) -> tuple[int, float]:
+        """Closed first for a new client: stuck writing, idle after an answer, a queued scrape, new; oldest first."""
+        state = self.state
+        return (0 if state == _WRITING else 1 if state == _WAITING and self.served else 2 if state == _QUEUED
+                else 3), self.since
 
 
 class Connections:
     """The open connections, each waiting for a request, answering one, or writing the answer (with a deadline).
 
     A watchdog (``expire``) closes those past their deadline; at the cap a new client closes the connection that
-    has waited longest on its client (waiting or writing), so a scrape or probe is admitted while clients
-    misbehave; only when every connection is answering is a new one refused.
+    has waited longest on its client (an answer it does not take first, then an idle kept-alive one, a scrape
+    queued for the registry's shared encoding, and last one yet to send its first request: a probe admitted
+    under load is not closed before its thread reads its request),
+    so a scrape or probe is admitted while clients misbehave; only when every connection is answering is a new
+    one refused.
     """
 
     def __init__(self) -> None:
@@ -63,7 +74,8 @@ class Connections:
         now = time.monotonic()
         with self._lock:
             if len(self._open) >= MAX_CONNECTIONS:
-                on_client = [(c.since, k) for k, c in self._open.items() if c.state in (_WAITING, _WRITING)]
+                on_client = [(c.eviction_order(), k) for k, c in self._open.items()
+                             if c.state in (_WAITING, _WRITING, _QUEUED)]
                 if not on_client or len(self._open) >= MAX_CONNECTIONS + _EVICT_SLACK:
                     HTTP_DROPPED.labels("full").inc()
                     return False
@@ -79,6 +91,7 @@ class Connections:
             c = self._open.get(id(sock))
             if c is not None and c.state != _CLOSING:
                 c.state, c.since, c.deadline = state, now, now + within
+                c.served = c.served or state == _WRITING
 
     def waiting(self, sock: socket.socket) -> None:
         """The connection waits for a request's line and headers, from now until the deadline."""
@@ -87,6 +100,10 @@ class Connections:
     def answering(self, sock: socket.socket) -> None:
         """The connection's request is read: no deadline, nor eviction, while it is answered."""
         self._mark(sock, _ANSWERING, 0.0)
+
+    def queued(self, sock: socket.socket) -> None:
+        """The connection's scrape waits for the registry's encoding (shared with others): it may be closed."""
+        self._mark(sock, _QUEUED, 0.0)
 
     def writing(self, sock: socket.socket) -> None:
         """The connection's answer is being written: the client must take it before the write deadline."""

@@ -160,6 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
+            self.server.connections.queued(self.connection)  # type: ignore[attr-defined]
             self._send(200, _exposition(encoder), ctype)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")

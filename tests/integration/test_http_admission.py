@@ -204,11 +204,13 @@ def test_scrapes_at_once_share_an_encoding_started_after_they_arrived(
               for _ in range(CAP - 3)]
     for t in others:
         t.start()
-    wait_until(lambda: sum(c.state == 1 for c in server.connections._open.values()) == CAP - 2, 60,
+    wait_until(lambda: sum(c.state == http_admission._QUEUED for c in server.connections._open.values()) == CAP - 2, 60,
                "the scrapes to wait for the encoding")
     release.set()
     for t in [first, *others]:
         t.join(60)
     assert len(bodies) == CAP - 2
-    assert len(encodings) == 2  # one the first scrape started, one for all those that came during it
+    # One the first scrape started, one for all those that came during it (a third only if a scrape's thread was
+    # held up between being counted as queued above and looking at the encodings: never one per scrape).
+    assert 2 <= len(encodings) <= 3, len(encodings)
     assert all(b'reason="probe-test"' in b for b in bodies[1:])
