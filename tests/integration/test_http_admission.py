@@ -112,10 +112,10 @@ def test_an_answer_read_a_little_at_a_time_is_given_up_at_the_write_deadline(
     reader = threading.Thread(target=trickle, daemon=True)
     reader.start()
     try:
-        wait_until(lambda: not reader.is_alive(), 120, "the server to close a connection taking its answers slowly")
-        after = REGISTRY.get_sample_value("cx_http_connections_dropped_total", {"reason": "stalled"})
-        assert after is not None
-        assert after > before
+        # Seen from the server: the client may still be reading what the kernel had queued before the close.
+        wait_until(lambda: (REGISTRY.get_sample_value("cx_http_connections_dropped_total", {"reason": "stalled"})
+                            or 0.0) > before and not server.connections._open, 120,
+                   "the server to close a connection taking its answers slowly")
     finally:
         stop.set()
         client.close()
