@@ -15,7 +15,6 @@ import re
 import socket
 import sys
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from urllib.parse import parse_qsl, unquote
 import orjson
 from prometheus_client.exposition import choose_encoder
 
+from flows.http_admission import Connections as _Connections
 from flows.metrics import REGISTRY
 from state.events import id_problem
 
@@ -104,85 +104,32 @@ def set_service(service: Service | None, token: str | None = None) -> Service | 
     return old
 
 
+_scrape_lock = threading.Lock()
+_scrapes: dict[Callable[..., bytes], tuple[int, bytes]] = {}  # encoder -> (number of the encoding, its body)
+_scrape_count = [0]
+
+
+def _exposition(encoder: Callable[..., bytes]) -> bytes:
+    """The registry encoded for a scrape: one encoding at a time, shared by the scrapes that wait for it.
+
+    Sixty scrapes at once (clients pipelining /metrics) each encoded the registry, holding every connection
+    "answering" for seconds of CPU: probes were refused. A scrape takes the body of an encoding started after it
+    arrived (never an older one), so concurrent scrapes cost at most two encodings.
+    """
+    wanted = _scrape_count[0] + 1
+    with _scrape_lock:
+        done = _scrapes.get(encoder)
+        if done is not None and done[0] >= wanted:
+            return done[1]
+        _scrape_count[0] += 1
+        n = _scrape_count[0]
+        body = encoder(REGISTRY)
+        _scrapes[encoder] = (n, body)
+        return body
+
+
 # A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
 HTTP_READ_TIMEOUT_S = 10.0
-# ... and one that trickles a byte at a time resets a per-read timeout each time: a request's line and headers
-# (and a kept-alive connection's wait for its next request) get this long in all.
-HEADER_DEADLINE_S = 10.0
-# Each connection is a thread and a descriptor: unbounded, idle clients exhausted the process's descriptors
-# (chDB then failed with EMFILE and the worker died). Scrapers, probes and people asking look-ups need a few.
-MAX_CONNECTIONS = 64
-# Connections closed for a new client but not yet gone: beyond the cap by this many, new clients are refused.
-_EVICT_SLACK = 16
-
-
-class _Connections:
-    """The open connections, each waiting for a request (with a deadline) or answering one.
-
-    At the cap a new client closes the connection that has waited longest for a request (an idle or trickling
-    client), so /metrics and the health probes stay answerable while look-up clients misbehave; only when every
-    connection is answering is a new one refused. A watchdog closes those past their header deadline.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        # id(socket) -> (socket, deadline while waiting): not the descriptor, which a new connection may reuse at once
-        self._open: dict[int, tuple[socket.socket, float | None]] = {}
-        self._closing = 0
-
-    def admit(self, sock: socket.socket) -> bool:
-        """Whether to serve a new connection (making room if needed); False: close it at once."""
-        from flows.metrics import HTTP_DROPPED
-
-        with self._lock:
-            if len(self._open) >= MAX_CONNECTIONS:
-                waiting = [(d, k) for k, (_, d) in self._open.items() if d is not None]
-                if not waiting or len(self._open) >= MAX_CONNECTIONS + _EVICT_SLACK:
-                    HTTP_DROPPED.labels("full").inc()
-                    return False
-                _, k = min(waiting)
-                self._close(k)
-                HTTP_DROPPED.labels("evicted").inc()
-            self._open[id(sock)] = (sock, time.monotonic() + HEADER_DEADLINE_S)
-            return True
-
-    def waiting(self, sock: socket.socket) -> None:
-        """The connection waits for a request's line and headers, from now until the deadline."""
-        with self._lock:
-            if id(sock) in self._open:
-                self._open[id(sock)] = (sock, time.monotonic() + HEADER_DEADLINE_S)
-
-    def answering(self, sock: socket.socket) -> None:
-        """The connection's request is read: no deadline, nor eviction, while it is answered."""
-        with self._lock:
-            if id(sock) in self._open:
-                self._open[id(sock)] = (sock, None)
-
-    def gone(self, sock: socket.socket) -> None:
-        """The connection's thread ended."""
-        with self._lock:
-            self._open.pop(id(sock), None)
-
-    def expire(self) -> None:
-        """Close the connections past their header deadline."""
-        from flows.metrics import HTTP_DROPPED
-
-        now = time.monotonic()
-        with self._lock:
-            late = [k for k, (_, d) in self._open.items() if d is not None and d < now]
-            for k in late:
-                self._close(k)
-                HTTP_DROPPED.labels("deadline").inc()
-
-    def _close(self, key: int) -> None:
-        # Shut down, not closed: the handler's thread blocked in a read returns at once and closes it itself;
-        # it stays counted until then, marked as no longer waiting.
-        sock, _ = self._open[key]
-        self._open[key] = (sock, None)
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -213,7 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
             encoder, ctype = choose_encoder(self.headers.get("Accept", ""))
-            self._send(200, encoder(REGISTRY), ctype)
+            self.server.connections.queued(self.connection)  # type: ignore[attr-defined]
+            self._send(200, _exposition(encoder), ctype)
         elif path == "/healthz":
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path == "/readyz":
@@ -222,9 +170,28 @@ class _Handler(BaseHTTPRequestHandler):
             body = orjson.dumps({"ready": not failing, "failing": failing, "checks": checks})
             self._send(503 if failing else 200, body, "application/json")
         elif path.startswith("/v1/"):
-            self._v1(path, self.path.partition("?")[2])
+            conns: _Connections = self.server.connections  # type: ignore[attr-defined]
+            if not conns.enter_v1():  # connections stay for scrapes and probes (flows.http_admission)
+                self._json(503, {"error": "busy: too many look-ups at once here; retry"}, {"Retry-After": "1"})
+                return
+            try:
+                self._v1(path, self.path.partition("?")[2])
+            finally:
+                conns.leave_v1()
         else:
             self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        """The health and metrics paths' headers, without the body (a monitor's availability check)."""
+        if self.path.split("?", 1)[0] in ("/metrics", "/healthz", "/readyz"):
+            self.do_GET()
+        else:
+            self._send(405, b"HEAD: only /metrics, /healthz and /readyz\n", "text/plain; charset=utf-8")
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        """http.server's, once the answer is made: from now the client must take it by the write deadline."""
+        self.server.connections.writing(self.connection)  # type: ignore[attr-defined]
+        super().send_response(code, message)
 
     def _v1(self, path: str, query: str) -> None:
         """A look-up: checked (token, path, id), answered, and logged by its route only (ids are customer data)."""
@@ -307,7 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         return
@@ -331,7 +299,7 @@ class MetricsServer(ThreadingHTTPServer):
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve a connection on its own thread, within the cap (``MAX_CONNECTIONS``); refused: closed at once."""
+        """Serve a connection on its own thread, within the cap (``flows.http_admission``); refused: closed at once."""
         if not self.connections.admit(request):
             self.shutdown_request(request)
             return
@@ -345,7 +313,7 @@ class MetricsServer(ThreadingHTTPServer):
             self.connections.gone(request)
 
     def service_actions(self) -> None:
-        """Between two accepts (at least every half second): close connections past their header deadline."""
+        """Between two accepts (at least every half second): close connections past their deadline."""
         self.connections.expire()
 
     @property

@@ -116,3 +116,9 @@ class History:
             "SELECT journey, attempt_id AS attempt, stage, status, last_step AS step, last_ts AS updated_at "
             "FROM journey_states WHERE customer_id = {cid:String} ORDER BY version DESC LIMIT 1 BY journey",
             {"cid": cid})
+
+    def tags(self, cid: str) -> list[dict[str, Any]]:
+        """The customer's stored tags, each in its latest state (``open``, ``actioned``, ``resolved``, ``expired``)."""
+        return self._query(
+            "SELECT tag, rule, journey, state, moment_id, opened_ts FROM customer_tags WHERE customer_id = "
+            "{cid:String} ORDER BY version DESC, moment_id LIMIT 1 BY tag", {"cid": cid})

@@ -60,12 +60,13 @@ def lookups_running() -> None:
     if service.history is not None and not service.resumed:
         # A database that already holds moments (a restart without --recovery-dir) has history memory lacks:
         # asked as after a resume, rather than a false 404 for its customers. One query, at start.
+        # Its state started empty too: the tags held before are in ClickHouse only.
         try:
-            service.resumed = bool(service.history.with_client(
+            service.resumed = service.restarted = bool(service.history.with_client(
                 lambda c: c.query("SELECT 1 FROM moments LIMIT 1").result_rows))
         except Exception as e:  # noqa: BLE001 - unknown: ask ClickHouse for ids memory lacks
             log.warning("could not tell whether ClickHouse holds earlier moments: %s", type(e).__name__)
-            service.resumed = True
+            service.resumed = service.restarted = True
     service.running = True
 
 

@@ -162,7 +162,8 @@ OFFSET_RESETS = Counter("cx_kafka_offset_resets_total",
                         "auto.offset.reset", ["topic"], registry=_R)
 HTTP_DROPPED = Counter("cx_http_connections_dropped_total",
                        "HTTP connections closed by the endpoint's limits: full (refused at the cap), evicted (the "
-                       "oldest waiting one, for a new client), deadline (no complete request headers in time)",
+                       "connection waiting longest on its client, for a new client), deadline (no complete request "
+                       "headers in time), stalled (an answer the client did not take in time)",
                        ["reason"], registry=_R)
 _METRICS = (*_METRICS, OUTPUT_REFUSED, OFFSET_RESETS, EVENT_DISORDER, RULE_PACK_VERSIONS, HTTP_DROPPED)  # type: ignore[assignment]  # a longer tuple, same use
 

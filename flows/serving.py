@@ -25,18 +25,16 @@ where each process has its own ClickHouse path.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any, Final
 
 import orjson
 
 from flows.lookup_history import History
-from flows.recent import RECENT, Recent
+from flows.lookup_peers import Peers
+from flows.recent import MAX_MOMENTS, RECENT, Recent
 from flows.shard_registry import ShardRegistry
 from state.routing import shard_of_id
 from state.rules import RulePack, describe_rule
@@ -44,22 +42,15 @@ from state.rules import RulePack, describe_rule
 log = logging.getLogger("cx.serving")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
-        return None  # urllib then raises the 3xx as an HTTPError: the peer did not answer
-
-
-PEER_TIMEOUT_S: Final = 5.0
 PENDING_S: Final = 30.0  # how long a moment held in memory may lack stored rows before they count as gone
-# Peers are asked directly, never through a proxy from http_proxy & co.: it would see the bearer token and the
-# customer id, and a proxy cannot reach a peer's loopback or cluster address anyway.
-# Nor does a peer's redirect reach anyone: the token would go to wherever it points (an answer is never one).
-_PEER_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
 
 
 def _unanswered(codes: list[int]) -> tuple[int, dict[str, Any]]:
-    """The answer when a process that may hold the answer did not give one: not "unknown" (that would be false)."""
-    code = 504 if 504 in codes else 502
+    """The answer when a process that may hold the answer did not give one: not "unknown" (that would be false).
+
+    503 when every such process was busy (or starting): retry shortly; 504 when one was too slow; 502 otherwise.
+    """
+    code = 504 if 504 in codes else 503 if set(codes) == {503} else 502
     return code, {"error": f"incomplete: {len(codes)} other process(es) of the cluster did not answer "
                            f"(HTTP {', '.join(map(str, sorted(set(codes))))}); retry, or check --http-peers"}
 
@@ -75,7 +66,8 @@ class Service:
         total_shards: ``--shards``, to find a customer's shard.
         workers: Workers per process, to find the process that runs a shard.
         recent: The recent history kept in memory (``flows.recent``).
-        resumed: The run resumed from snapshots: memory lacks the history from before, ClickHouse has it.
+        resumed: The run resumed from snapshots (or started on a database holding moments): memory lacks the
+            history from before, ClickHouse has it.
         pack: The rule pack the run starts with (the shards' own once they are built: before any event).
     """
 
@@ -88,11 +80,15 @@ class Service:
         self.shards = shards
         self.recent = recent
         self.resumed = resumed
+        # The run started on a database holding moments without restoring state: tags held before are in
+        # ClickHouse only (set by flows.lookup_serve once the dataflow runs).
+        self.restarted = False
         self.history = history
         self.peers = peers
         self.process = process
         self.total_shards = total_shards
         self.workers = workers
+        self.peer_calls = Peers()  # each with a deadline, a bound per peer (flows.lookup_peers)
 
     def ready(self) -> bool:
         """Whether look-ups can be answered: the dataflow runs (readiness check ``lookups``)."""
@@ -134,23 +130,48 @@ class Service:
         out: dict[str, Any] = {"customer_id": cid, "process": self.process, "held": True, **view, "moments": [],
                                "context": None}
         kept = self.recent.get(cid)
+        attempts = kept["attempts"] if kept is not None else {}
+        for j in out["journeys"]:
+            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
+            j["entry"] = entries[-1] if entries else ""
+            j["entries"] = list(entries)
+            j["channels"] += [ch for ch in channels if ch not in j["channels"]]
         if kept is not None:
             out["moments"], out["context"] = kept["moments"], kept["context"]
-            for j in out["journeys"]:
-                entries, channels = kept["attempts"].get((j["journey"], j["attempt"]), ((), ()))
-                j["entry"] = entries[-1] if entries else ""
-                j["entries"] = list(entries)
-                j["channels"] += [ch for ch in channels if ch not in j["channels"]]
-            return out
-        for j in out["journeys"]:
-            j["entries"] = []
+            if len(kept["moments"]) >= MAX_MOMENTS and kept["context"] is not None:
+                return out  # the newest moments and context are all from this run: memory alone is complete
         if self.history is not None and self._may_be_stored(cid):
+            # Memory holds only what happened since the run started (or since the store dropped the customer):
+            # the earlier moments and context are in ClickHouse, merged with memory's.
             try:
-                out["moments"] = self.history.moments(cid)
-                out["context"] = self.history.context(cid)
+                out["moments"] = _merged(out["moments"], self.history.moments(cid))
+                out["context"] = _latest(out["context"], self.history.context(cid))
+                if self.restarted:  # a state started empty: tags held before the restart are stored only
+                    out["tags"] = self._tags(cid, out["tags"], out["last_seen"])
             except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
                 log.warning("look-up history unavailable: %s", type(e).__name__)
                 out["history"] = f"unavailable: {type(e).__name__}"
+        return out
+
+    def _tags(self, cid: str, held: list[dict[str, Any]], seen: int) -> list[dict[str, Any]]:
+        """The tags ``held`` by the state, and those stored open (or actioned) and not expired, in ClickHouse.
+
+        Expired is judged at this process's event time (its shards' watermark, or the customer's last event if
+        later): a replay's tags are not all expired by the wall clock. A tag of a rule the pack no longer has
+        is left out (its time to live is unknown).
+        """
+        assert self.history is not None
+        pack = self._pack()
+        now = max([seen, *(shard.wm for shard, _ in self.shards)])
+        out, names = list(held), {t["tag"] for t in held}
+        for t in self.history.tags(cid):
+            r = next((r for r in pack.rules if r.name == t["rule"]), None) if pack is not None else None
+            if t["tag"] in names or t["state"] not in ("open", "actioned") or r is None:
+                continue
+            expires = t["opened_ts"] + r.ttl_ms
+            if expires > now:
+                out.append({"tag": t["tag"], "journey": t["journey"], "moment_id": t["moment_id"],
+                            "opened_ts": t["opened_ts"], "state": t["state"], "expires_at": expires})
         return out
 
     def _stored(self, cid: str) -> dict[str, Any] | None:
@@ -168,9 +189,9 @@ class Service:
         if self.history is not None:
             try:
                 out["journeys"] = self.history.journeys(cid)
-                if kept is None:
-                    out["moments"] = self.history.moments(cid)
-                    out["context"] = self.history.context(cid)
+                out["moments"] = _merged(out["moments"], self.history.moments(cid))
+                out["context"] = _latest(out["context"], self.history.context(cid))
+                out["tags"] = self._tags(cid, [], max((j["updated_at"] for j in out["journeys"]), default=0))
             except Exception as e:  # noqa: BLE001 - what memory holds still answers; the problem is named
                 log.warning("look-up of a stored customer failed: %s", type(e).__name__)
                 out["history"] = f"unavailable: {type(e).__name__}"
@@ -325,22 +346,32 @@ class Service:
         return [self.peers[i] for i in order if i != self.process]
 
     def _ask(self, peer: str, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
-        """GET ``path`` from a peer: ``(status, body)``; 502 when it cannot be reached, 504 when it is too slow."""
-        req = urllib.request.Request(f"http://{peer}{path}?local=1")  # noqa: S310 - a configured peer
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with _PEER_OPENER.open(req, timeout=PEER_TIMEOUT_S) as r:
-                code, body = int(r.status), orjson.loads(r.read())
-            if not isinstance(body, dict):
-                raise ValueError("not a JSON object")  # not a peer's answer
-            return code, body
-        except urllib.error.HTTPError as e:
-            return int(e.code), {}
-        except (OSError, ValueError, http.client.HTTPException) as e:  # an answer cut short: IncompleteRead
-            slow = isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError)
-            log.warning("peer %s did not answer a look-up: %s", peer, type(e).__name__)
-            return (504 if slow else 502), {}
+        """GET ``path`` from a peer (``Peers.ask``): 502 unreachable, 504 too slow, 503 too many calls waiting on it."""
+        return self.peer_calls.ask(peer, path, token)
+
+
+def _key(m: Any) -> tuple[int, str, Any]:
+    """``(time, moment id, m)`` of a moment (or a context) as memory holds it (encoded) or ClickHouse gives it."""
+    d = orjson.loads(orjson.dumps(m)) if isinstance(m, orjson.Fragment) else m
+    return int(d.get("due_ts", d.get("contact_ts", 0))), str(d["moment_id"]), m
+
+
+def _merged(kept: list[Any], stored: list[dict[str, Any]]) -> list[Any]:
+    """Memory's moments and ClickHouse's, each once (by moment id), newest first, at most ``MAX_MOMENTS``."""
+    if not stored:
+        return kept
+    keys = [_key(m) for m in kept]
+    ids = {k[1] for k in keys}
+    keys += [_key(m) for m in stored if m["moment_id"] not in ids]
+    keys.sort(key=lambda k: (-k[0], k[1]))
+    return [k[2] for k in keys[:MAX_MOMENTS]]
+
+
+def _latest(kept: Any, stored: dict[str, Any] | None) -> Any:
+    """The later of memory's hand-off context and ClickHouse's (memory's on a tie: it is this run's)."""
+    if kept is None or stored is None:
+        return stored if kept is None else kept
+    return stored if _key(stored)[0] > _key(kept)[0] else kept
 
 
 def _epoch_ms(name: str, text: str) -> int:

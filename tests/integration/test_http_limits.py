@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flows import http_endpoint
+from flows import http_admission, http_endpoint
 from flows.http_endpoint import MetricsServer, start_http
 from flows.recent import Recent
 from flows.serving import Service
@@ -22,7 +22,7 @@ from tests.helpers import wait_until
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MetricsServer]:
     # A short header deadline keeps the test short; the behaviour is the same at the default's 10 s.
-    monkeypatch.setattr(http_endpoint, "HEADER_DEADLINE_S", 1.0, raising=False)
+    monkeypatch.setattr(http_admission, "HEADER_DEADLINE_S", 1.0)
     s = start_http(0, "127.0.0.1")
     yield s
     s.stop()

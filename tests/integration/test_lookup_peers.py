@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from flows import serving
+from flows import lookup_peers
 from flows.recent import Recent
 from flows.serving import Service
 from flows.shard_registry import ShardRegistry
@@ -66,7 +66,7 @@ def test_a_peer_that_is_down_makes_the_answer_an_error_not_unknown() -> None:
 
 
 def test_a_stopped_peer_makes_the_answer_a_gateway_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "PEER_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(lookup_peers, "PEER_DEADLINE_S", 0.5)
     # A listener that never accepts: the connection completes in the kernel, the request is never answered
     # (a process stopped with SIGSTOP).
     with socket.socket() as stopped:
@@ -91,7 +91,7 @@ def test_peers_are_asked_directly_even_with_a_proxy_configured(monkeypatch: pyte
     # urllib reads the proxy variables when it builds its default opener, once per process: as a worker started
     # with them set would.
     monkeypatch.setattr(urllib.request, "_opener", None)
-    monkeypatch.setattr(serving, "PEER_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(lookup_peers, "PEER_DEADLINE_S", 2.0)
     try:
         code, body = _service(f"127.0.0.1:{peer.server_address[1]}").customer(CID, token="s3cret")  # noqa: S106
         assert code == 200, body

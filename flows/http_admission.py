@@ -1,0 +1,149 @@
+"""The HTTP endpoint's connections (``flows.http_endpoint``): the cap, the deadlines, and the look-ups' share.
+
+Each connection is a thread and a descriptor: unbounded, idle clients exhausted the process's descriptors (chDB
+then failed with EMFILE and the worker died). So at most ``MAX_CONNECTIONS`` are open, and none is held by a
+client that does not play its part: a request's line and headers get ``HEADER_DEADLINE_S`` in all, an answer
+``WRITE_DEADLINE_S`` to be taken by the client (it is not read: pipelined requests never read filled the cap, each
+connection "answering" for ever). At the cap a new client closes the connection that has waited longest on its
+client (for a request, or for an answer to be read). ``/v1/`` look-ups may be answered on at most
+``MAX_CONNECTIONS - V1_RESERVE`` connections at once (the rest answer 503 at once): however look-up clients
+misbehave, connections remain for ``/metrics``, ``/healthz`` and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Final
+
+# A client that connects and then sends nothing, or trickles a byte at a time (each resets a per-read timeout):
+# a request's line and headers (and a kept-alive connection's wait for its next request) get this long in all.
+HEADER_DEADLINE_S = 10.0
+# An answer the client does not take within this long closes the connection (a per-write timeout would be reset
+# by a client reading a little at a time).
+WRITE_DEADLINE_S = 5.0
+MAX_CONNECTIONS = 64
+# Connections kept from /v1/ look-ups for scrapes and probes: look-ups are answered on at most 64 - 8 at once.
+V1_RESERVE = 8
+# Connections closed for a new client but not yet gone: beyond the cap by this many, new clients are refused.
+_EVICT_SLACK = 16
+
+_WAITING: Final = 0  # for a request's line and headers, until the deadline
+_ANSWERING: Final = 1  # its request is read: no deadline, nor eviction, while the answer is made
+_WRITING: Final = 2  # its answer is being taken by the client, until the deadline
+_CLOSING: Final = 3  # shut down, its thread not yet gone
+_QUEUED: Final = 4  # a scrape waiting for the registry's shared encoding: no work of its own lost if closed
+
+
+class _Conn:
+    __slots__ = ("deadline", "served", "since", "sock", "state")
+
+    def __init__(self, sock: socket.socket, state: int, since: float, deadline: float) -> None:
+        self.sock, self.state, self.since, self.deadline = sock, state, since, deadline
+        self.served = False  # has written an answer: an idle kept-alive connection, not one yet to send its request
+
+    def eviction_order(self) -> tuple[int, float]:
+        """Closed first for a new client: stuck writing, idle after an answer, a queued scrape, new; oldest first."""
+        state = self.state
+        return (0 if state == _WRITING else 1 if state == _WAITING and self.served else 2 if state == _QUEUED
+                else 3), self.since
+
+
+class Connections:
+    """The open connections, each waiting for a request, answering one, or writing the answer (with a deadline).
+
+    A watchdog (``expire``) closes those past their deadline; at the cap a new client closes the connection that
+    has waited longest on its client (an answer it does not take first, then an idle kept-alive one, a scrape
+    queued for the registry's shared encoding, and last one yet to send its first request: a probe admitted
+    under load is not closed before its thread reads its request),
+    so a scrape or probe is admitted while clients misbehave; only when every connection is answering is a new
+    one refused.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # by id(socket): not the descriptor, which a new connection may reuse at once
+        self._open: dict[int, _Conn] = {}
+        self._v1 = 0
+
+    def admit(self, sock: socket.socket) -> bool:
+        """Whether to serve a new connection (making room if needed); False: close it at once."""
+        from flows.metrics import HTTP_DROPPED
+
+        now = time.monotonic()
+        with self._lock:
+            if len(self._open) >= MAX_CONNECTIONS:
+                on_client = [(c.eviction_order(), k) for k, c in self._open.items()
+                             if c.state in (_WAITING, _WRITING, _QUEUED)]
+                if not on_client or len(self._open) >= MAX_CONNECTIONS + _EVICT_SLACK:
+                    HTTP_DROPPED.labels("full").inc()
+                    return False
+                _, k = min(on_client)
+                self._close(k)
+                HTTP_DROPPED.labels("evicted").inc()
+            self._open[id(sock)] = _Conn(sock, _WAITING, now, now + HEADER_DEADLINE_S)
+            return True
+
+    def _mark(self, sock: socket.socket, state: int, within: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            c = self._open.get(id(sock))
+            if c is not None and c.state != _CLOSING:
+                c.state, c.since, c.deadline = state, now, now + within
+                c.served = c.served or state == _WRITING
+
+    def waiting(self, sock: socket.socket) -> None:
+        """The connection waits for a request's line and headers, from now until the deadline."""
+        self._mark(sock, _WAITING, HEADER_DEADLINE_S)
+
+    def answering(self, sock: socket.socket) -> None:
+        """The connection's request is read: no deadline, nor eviction, while it is answered."""
+        self._mark(sock, _ANSWERING, 0.0)
+
+    def queued(self, sock: socket.socket) -> None:
+        """The connection's scrape waits for the registry's encoding (shared with others): it may be closed."""
+        self._mark(sock, _QUEUED, 0.0)
+
+    def writing(self, sock: socket.socket) -> None:
+        """The connection's answer is being written: the client must take it before the write deadline."""
+        self._mark(sock, _WRITING, WRITE_DEADLINE_S)
+
+    def gone(self, sock: socket.socket) -> None:
+        """The connection's thread ended."""
+        with self._lock:
+            self._open.pop(id(sock), None)
+
+    def enter_v1(self) -> bool:
+        """Take one of the look-ups' connections (``MAX_CONNECTIONS - V1_RESERVE``); False: all are answering."""
+        with self._lock:
+            if self._v1 >= MAX_CONNECTIONS - V1_RESERVE:
+                return False
+            self._v1 += 1
+            return True
+
+    def leave_v1(self) -> None:
+        """Give back a look-up's connection (``enter_v1``)."""
+        with self._lock:
+            self._v1 -= 1
+
+    def expire(self) -> None:
+        """Close the connections past their deadline: headers not sent, or an answer not taken, in time."""
+        from flows.metrics import HTTP_DROPPED
+
+        now = time.monotonic()
+        with self._lock:
+            late = [(k, c.state) for k, c in self._open.items() if c.state in (_WAITING, _WRITING) and c.deadline < now]
+            for k, state in late:
+                self._close(k)
+                HTTP_DROPPED.labels("deadline" if state == _WAITING else "stalled").inc()
+
+    def _close(self, key: int) -> None:
+        # Shut down, not closed: the handler's thread blocked in a read or a write returns at once and closes it
+        # itself; it stays counted until then, marked as closing.
+        c = self._open[key]
+        c.state = _CLOSING
+        try:
+            c.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
