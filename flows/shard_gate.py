@@ -1,24 +1,45 @@
 """How an HTTP thread reads a shard the worker is changing, without waiting for the worker's whole batch.
 
 The worker applies a Bytewax batch (thousands of events) holding the gate's ``lock``. A reader that finds the
-lock free reads at once, holding it. Otherwise it leaves its read with the gate, and the worker runs it at its
-next event boundary (``checkpoint``, called after each applied event): the reader sees the state as one
-whole event left it, never half an event, and waits for one event rather than the batch. A batch spends part
-of its time outside event boundaries (parsing lines, taking its outputs), so the reader also polls the lock
-every ``POLL_S`` and reads itself once the worker let go.
+lock free reads at once, holding it. Otherwise it leaves its read with the gate and sets the shard's
+``on_boundary``, which the worker calls after the next event it applies (``checkpoint``): the reader sees the
+state as one whole event left it, never half an event, and waits for one event rather than the batch. Nobody
+waiting, ``on_boundary`` is None and an event costs the worker one test, no call. A batch spends part of its
+time outside event boundaries (parsing lines, taking its outputs), so the reader also polls the lock every
+``POLL_S`` and reads itself once the worker let go.
+
+While a reader waits, the interpreter's switch interval is ``WAITING_SWITCH_INTERVAL_S``: the reader, woken
+(its read done, or its poll due), waits for the GIL the worker holds for up to that long, several times per read.
+When nobody waits the default is restored: the worker's other threads then switch no more often than usual.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final, Generic, TypeVar
 
-from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
 POLL_S: Final = 0.001
+WAITING_SWITCH_INTERVAL_S: Final = 0.001
+_switch_lock = threading.Lock()
+_switch: list[float] = []  # the interval to restore, while reads wait (one per waiting read)
+
+
+def _waiting(begins: bool) -> None:
+    """A read begins (True) or ends (False) waiting for a worker: the switch interval short while any waits."""
+    with _switch_lock:
+        if begins:
+            _switch.append(sys.getswitchinterval() if not _switch else _switch[0])
+            sys.setswitchinterval(WAITING_SWITCH_INTERVAL_S)
+        else:
+            before = _switch.pop()
+            if not _switch:
+                sys.setswitchinterval(before)
 
 
 class _Read(Generic[T]):
@@ -50,24 +71,12 @@ class ShardGate:
         self._waiting: list[_Read[Any]] = []
         self._mutex = threading.Lock()  # guards _waiting only (held for a list operation)
 
-    def attach(self, shard: Shard) -> None:
-        """Make the shard call ``checkpoint`` after each event it applies (its ``_apply`` hook, wrapped)."""
-        inner: Callable[[Event], None] = shard._apply
-        waiting = self._waiting
-        checkpoint = self.checkpoint
-
-        def apply(ev: Event) -> None:
-            inner(ev)
-            if waiting:  # a list's truth is read atomically: the common case costs one test per event
-                checkpoint(shard)
-
-        shard._apply = apply
-
     def checkpoint(self, shard: Shard) -> None:
-        """Run the waiting reads (the worker, holding ``lock``, between two events)."""
+        """Run the waiting reads (the worker, holding ``lock``, between two events: ``Shard.on_boundary``)."""
         with self._mutex:
             reads = self._waiting[:]
             self._waiting.clear()
+            shard.on_boundary = None
         for r in reads:
             r.run(shard)
 
@@ -83,8 +92,17 @@ class ShardGate:
             finally:
                 self.lock.release()
         req: _Read[T] = _Read(fn)
-        with self._mutex:
-            self._waiting.append(req)
+        _waiting(True)
+        try:
+            with self._mutex:
+                self._waiting.append(req)
+                shard.on_boundary = partial(self.checkpoint, shard)
+            return self._wait(shard, req)
+        finally:
+            _waiting(False)
+
+    def _wait(self, shard: Shard, req: _Read[T]) -> T:
+        fn = req.fn
         while not req.done.wait(POLL_S):
             if not self.lock.acquire(blocking=False):
                 continue
@@ -93,6 +111,8 @@ class ShardGate:
                     mine = any(r is req for r in self._waiting)
                     if mine:
                         self._waiting.remove(req)
+                        if not self._waiting:
+                            shard.on_boundary = None
                 if mine:
                     return fn(shard)
             finally:
