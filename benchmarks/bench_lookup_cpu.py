@@ -107,7 +107,6 @@ def lookups(sample: Path, before: str, n: int, counted: bool) -> float:
     proc.stdin.flush()
     cpu1 = float(proc.stdout.readline())
     conn.close()
-    proc.stdin.close()
     _, err = proc.communicate(timeout=600)
     return float(_collected(err)) if counted else cpu1 - cpu0
 
