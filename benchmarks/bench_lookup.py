@@ -170,15 +170,13 @@ def main() -> None:
                     help="replay a file the simulator wrote once (default), or simulate inside the worker")
     ap.add_argument("--sink", choices=("chdb", "jsonl"), default="chdb",
                     help="embedded ClickHouse (default, as shipped) or JSONL files (a database elsewhere)")
-    ap.add_argument("--before", default="", metavar="STEPS",
+    ap.add_argument("--before", action="append", default=[], metavar="STEPS",
                     help="also serve look-ups with these costs put back (benchmarks.lookup_before: "
-                         "parse,switch,gate), in the same rounds")
+                         "parse,switch,gate), in the same rounds; repeat for several variants")
     a = ap.parse_args()
     source = events_file(a.customers, a.minutes) if a.source == "file" else None
     modes = ("no-events", "shipped", "lookups") if a.sink == "chdb" else ("shipped", "lookups")
-    if a.before:
-        modes += ("before",)
-    prelude = f"from benchmarks.lookup_before import install\ninstall({a.before.split(',')!r})\n"
+    modes += tuple(f"before:{b}" for b in a.before)
     rates: dict[str, list[float]] = {m: [] for m in modes}
     per_cpu: dict[str, list[float]] = {m: [] for m in rates}
     lat: dict[str, list[tuple[int, float]]] = {m: [] for m in rates}
@@ -187,8 +185,10 @@ def main() -> None:
     for i in range(a.runs):
         for mode in rates if i % 2 == 0 else reversed(rates):  # alternating: a trend of the load hits both ends
             loads.append(_load())
-            r, got, secs, c = run(a.customers, a.minutes, "lookups" if mode == "before" else mode, source, a.sink,
-                                  prelude if mode == "before" else "")
+            before = mode.partition("before:")[2]
+            prelude = f"from benchmarks.lookup_before import install\ninstall({before.split(',')!r})\n"
+            r, got, secs, c = run(a.customers, a.minutes, "lookups" if before else mode, source, a.sink,
+                                  prelude if before else "")
             rates[mode].append(r)
             per_cpu[mode].append(c)
             lat[mode] += got
@@ -207,13 +207,14 @@ def main() -> None:
         Figure("events per CPU-second with look-ups / without", tuple(
             s / n for s, n in zip(per_cpu["lookups"], per_cpu["shipped"], strict=True)), "×"),
     ]
-    if a.before:
+    for b in a.before:
+        m = f"before:{b}"
         figures += [
-            Figure(f"replay into {into}, with 200 look-ups/s, before ({a.before})", tuple(rates["before"])),
-            Figure("ratio with look-ups before / without", tuple(
-                s / n for s, n in zip(rates["before"], rates["shipped"], strict=True)), "×"),
-            Figure("events per CPU-second with look-ups before / without", tuple(
-                s / n for s, n in zip(per_cpu["before"], per_cpu["shipped"], strict=True)), "×"),
+            Figure(f"replay into {into}, with 200 look-ups/s, {b} as before", tuple(rates[m])),
+            Figure(f"ratio with look-ups ({b} as before) / without", tuple(
+                s / n for s, n in zip(rates[m], rates["shipped"], strict=True)), "×"),
+            Figure(f"events per CPU-second with look-ups ({b} as before) / without", tuple(
+                s / n for s, n in zip(per_cpu[m], per_cpu["shipped"], strict=True)), "×"),
         ]
     if a.sink == "chdb":
         figures[:0] = [Figure("replay into chDB, events table off", tuple(rates["no-events"])),
@@ -227,8 +228,8 @@ def main() -> None:
             f"(median {statistics.median(loads):.1f}).\n\n"
             f"Look-ups at {RATE:.0f}/s from {CLIENTS} open-loop client threads (kept-alive connections) while events "
             f"flowed: {len(lat['lookups']):,} requests ({sent_rate:.0f}/s), {_latency(lat['lookups'])}.")
-    if a.before:
-        body += f"\n\nBefore ({a.before}), the same rounds: {_latency(lat['before'])}."
+    for b in a.before:
+        body += f"\n\nWith {b} as before, the same rounds: {_latency(lat[f'before:{b}'])}."
     write_section("lookup" if a.sink == "chdb" else "lookup-jsonl", body)
     print(body)
 

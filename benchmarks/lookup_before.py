@@ -5,7 +5,8 @@ instructions with and without it. Steps:
 
 - ``parse``: request headers parsed by http.server (``email.feedparser``), not ``flows.http_request``;
 - ``switch``: the GIL switch interval at 1 ms for the whole run, not only while a look-up waits for the worker;
-- ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``.
+- ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``;
+  a waiting read polls the lock every millisecond, not woken by the batch that lets go of it.
 """
 
 from __future__ import annotations
@@ -48,9 +49,23 @@ def _read(gate: Any, shard: Shard, fn: Callable[[Shard], T]) -> T:
     try:
         with gate._mutex:
             gate._waiting.append(req)
-        return gate._wait(shard, req)  # type: ignore[no-any-return]
+        while not req.done.wait(0.001):  # polling the lock every millisecond
+            if not gate.lock.acquire(blocking=False):
+                continue
+            try:
+                with gate._mutex:
+                    mine = any(r is req for r in gate._waiting)
+                    if mine:
+                        gate._waiting.remove(req)
+                if mine:
+                    return fn(shard)
+            finally:
+                gate.lock.release()
     finally:
         shard_gate._waiting(False)
+    if req.error is not None:
+        raise req.error
+    return req.value  # type: ignore[return-value]
 
 
 def install(steps: Iterable[str]) -> None:
@@ -79,6 +94,7 @@ def install(steps: Iterable[str]) -> None:
         def logic_init(self: Any, *a: Any, **k: Any) -> None:
             init(self, *a, **k)
             _attach(self._gate, self.shard)
+            self._lock = self._gate.lock  # batches let go of a bare lock: waiting reads poll for it
 
         operators.ShardLogic.__init__ = logic_init  # type: ignore[method-assign]
         shard_gate.ShardGate.read = _read  # type: ignore[method-assign, assignment]
