@@ -1,17 +1,15 @@
-"""The look-up path's three costs as they were before they were cut (issue 17), for same-run comparisons.
+"""The look-up path's costs as they were before they were cut (issue 17), for same-run comparisons.
 
 ``bench_lookup --before STEPS`` runs a worker with ``install(STEPS)`` first; ``bench_lookup_cpu`` counts
 instructions with and without it. Steps:
 
 - ``parse``: request headers parsed by http.server (``email.feedparser``), not ``flows.http_request``;
-- ``switch``: the GIL switch interval at 1 ms for the whole run, not only while a look-up waits for the worker;
 - ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``;
   a waiting read polls the lock every millisecond, not woken by the batch that lets go of it.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
@@ -20,7 +18,7 @@ from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
-STEPS = ("parse", "switch", "gate")
+STEPS = ("parse", "gate")
 
 
 def _attach(gate: Any, shard: Shard) -> None:
@@ -45,24 +43,20 @@ def _read(gate: Any, shard: Shard, fn: Callable[[Shard], T]) -> T:
         finally:
             gate.lock.release()
     req: shard_gate._Read[T] = shard_gate._Read(fn)
-    shard_gate._waiting(True)
-    try:
-        with gate._mutex:
-            gate._waiting.append(req)
-        while not req.done.wait(0.001):  # polling the lock every millisecond
-            if not gate.lock.acquire(blocking=False):
-                continue
-            try:
-                with gate._mutex:
-                    mine = any(r is req for r in gate._waiting)
-                    if mine:
-                        gate._waiting.remove(req)
+    with gate._mutex:
+        gate._waiting.append(req)
+    while not req.done.wait(0.001):  # polling the lock every millisecond
+        if not gate.lock.acquire(blocking=False):
+            continue
+        try:
+            with gate._mutex:
+                mine = any(r is req for r in gate._waiting)
                 if mine:
-                    return fn(shard)
-            finally:
-                gate.lock.release()
-    finally:
-        shard_gate._waiting(False)
+                    gate._waiting.remove(req)
+            if mine:
+                return fn(shard)
+        finally:
+            gate.lock.release()
     if req.error is not None:
         raise req.error
     return req.value  # type: ignore[return-value]
@@ -75,17 +69,6 @@ def install(steps: Iterable[str]) -> None:
         from flows import http_endpoint
 
         http_endpoint._Handler.parse_request = BaseHTTPRequestHandler.parse_request  # type: ignore[method-assign]
-    if "switch" in steps:
-        from flows import runner, shard_gate
-
-        serve = runner.serve_lookups
-
-        def serve_lookups(*a: Any, **k: Any) -> None:
-            serve(*a, **k)
-            sys.setswitchinterval(0.001)
-
-        runner.serve_lookups = serve_lookups
-        shard_gate._waiting = lambda begins: None
     if "gate" in steps:
         from flows import operators, shard_gate
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 from flows.config import PipelineConfig
 from flows.http_token import TOKEN_ENV, http_token
@@ -10,6 +11,8 @@ from state.rules import RulePack
 
 log = logging.getLogger("cx.run")
 
+LOOKUP_SWITCH_INTERVAL_S = 0.001
+_switch_interval: list[float] = []  # the interpreter's switch interval before look-ups were served
 
 
 def serve_lookups(cfg: PipelineConfig, pack: RulePack | None = None) -> None:
@@ -28,6 +31,10 @@ def serve_lookups(cfg: PipelineConfig, pack: RulePack | None = None) -> None:
         history = History(resolve_dsn(cfg.clickhouse_dsn, cfg.process_id if cfg.addresses else None))
     shard_registry.SHARDS.clear()
     RECENT.clear(enabled=True, max_customers=max_customers_setting())
+    # A look-up's thread wakes (its request arrived) and waits for the GIL, which the worker thread gives up
+    # only after the switch interval (5 ms by default), once or twice per look-up: 1 ms (RESULTS.md, look-ups).
+    _switch_interval.append(sys.getswitchinterval())
+    sys.setswitchinterval(LOOKUP_SWITCH_INTERVAL_S)
     service = serving.Service(shard_registry.SHARDS, history, cfg.peers, cfg.process_id or 0, cfg.shards, cfg.workers,
                               resumed=cfg.recovery_dir is not None, pack=pack)
     http_endpoint.set_service(service)
@@ -73,3 +80,5 @@ def stop_lookups() -> None:
         service.history.close()
     shard_registry.SHARDS.clear()
     RECENT.clear()
+    if _switch_interval:
+        sys.setswitchinterval(_switch_interval.pop())

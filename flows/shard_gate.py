@@ -8,15 +8,10 @@ waiting, ``on_boundary`` is None and an event costs the worker one test, no call
 event boundaries (parsing lines, taking its outputs): whoever lets go of the lock runs the reads still waiting
 (``release``), so a reader sleeps until its read is done rather than waking to poll for the lock (each wake-up
 takes the GIL from the worker). It polls only every ``POLL_S``, for an owner that lets go of a bare lock.
-
-While a reader waits, the interpreter's switch interval is ``WAITING_SWITCH_INTERVAL_S``: the reader, woken
-(its read done), waits for the GIL the worker holds for up to that long. When nobody waits the default is
-restored: the worker's other threads then switch no more often than usual.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from functools import partial
@@ -26,21 +21,6 @@ from state.shard import Shard
 
 T = TypeVar("T")
 POLL_S: Final = 0.02
-WAITING_SWITCH_INTERVAL_S: Final = 0.001
-_switch_lock = threading.Lock()
-_switch: list[float] = []  # the interval to restore, while reads wait (one per waiting read)
-
-
-def _waiting(begins: bool) -> None:
-    """A read begins (True) or ends (False) waiting for a worker: the switch interval short while any waits."""
-    with _switch_lock:
-        if begins:
-            _switch.append(sys.getswitchinterval() if not _switch else _switch[0])
-            sys.setswitchinterval(WAITING_SWITCH_INTERVAL_S)
-        else:
-            before = _switch.pop()
-            if not _switch:
-                sys.setswitchinterval(before)
 
 
 class _Read(Generic[T]):
@@ -119,19 +99,15 @@ class ShardGate:
             finally:
                 self.release(shard)
         req: _Read[T] = _Read(fn)
-        _waiting(True)
-        try:
-            with self._mutex:
-                self._waiting.append(req)
-                shard.on_boundary = partial(self.checkpoint, shard)
-            # Whoever holds the lock from now runs it when letting go; if nobody does, this thread runs it.
-            while not req.done.is_set():
-                if self.lock.acquire(blocking=False):
-                    self.release(shard)
-                else:
-                    req.done.wait(POLL_S)
-        finally:
-            _waiting(False)
+        with self._mutex:
+            self._waiting.append(req)
+            shard.on_boundary = partial(self.checkpoint, shard)
+        # Whoever holds the lock from now runs it when letting go; if nobody does, this thread runs it.
+        while not req.done.is_set():
+            if self.lock.acquire(blocking=False):
+                self.release(shard)
+            else:
+                req.done.wait(POLL_S)
         if req.error is not None:
             raise req.error
         return req.value  # type: ignore[return-value]  # set by run() before done
