@@ -1,4 +1,4 @@
-"""The shard gate (flows.shard_gate): a look-up waiting for the worker is run by the worker, and costs nothing else."""
+"""The shard gate (flows.shard_gate): a look-up waiting for the worker is run by it after its next event."""
 
 from __future__ import annotations
 
@@ -23,23 +23,11 @@ def _waiting_read(gate: ShardGate, shard: Shard) -> tuple[threading.Thread, list
     return t, ran_on
 
 
-def test_a_read_waiting_for_a_batch_is_run_by_the_worker_letting_go_not_by_polling() -> None:
-    shard = Shard(PACK, lateness_ms=0)
-    gate = ShardGate()
-    gate.attach(shard)
-    with gate:  # a batch that applies no event (parsing lines, taking its outputs)
-        reader, ran_on = _waiting_read(gate, shard)
-    # Letting go ran it, on the worker's thread: the reader did not have to wake up to find the lock free.
-    assert ran_on == [threading.current_thread().name]
-    reader.join(30)
-    assert shard.on_boundary is None
-
-
 def test_a_read_waiting_while_events_are_applied_is_run_after_the_next_one() -> None:
     shard = Shard(PACK, lateness_ms=0)
     gate = ShardGate()
-    gate.attach(shard)
-    with gate:
+    assert shard.on_boundary is None  # nobody waiting: no call per event
+    with gate.lock:  # the worker's batch
         reader, ran_on = _waiting_read(gate, shard)
         # Two: an event is released once a later one moves the watermark past it.
         process(shard, [RawBatch("file:t", 0, raws([ev("e1", 1, "view"), ev("e2", 2, "view")]), [0, 1])])
