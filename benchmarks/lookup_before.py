@@ -4,8 +4,7 @@
 instructions with and without it. Steps:
 
 - ``parse``: request headers parsed by http.server (``email.feedparser``), not ``flows.http_request``;
-- ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``;
-  a waiting read polls the lock every millisecond, not woken by the batch that lets go of it.
+- ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``.
 """
 
 from __future__ import annotations
@@ -77,7 +76,6 @@ def install(steps: Iterable[str]) -> None:
         def logic_init(self: Any, *a: Any, **k: Any) -> None:
             init(self, *a, **k)
             _attach(self._gate, self.shard)
-            self._lock = self._gate.lock  # batches let go of a bare lock: waiting reads poll for it
 
         operators.ShardLogic.__init__ = logic_init  # type: ignore[method-assign]
         shard_gate.ShardGate.read = _read  # type: ignore[method-assign, assignment]
