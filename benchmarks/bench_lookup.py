@@ -144,6 +144,22 @@ def _ms(xs: list[float], q: float) -> float:
     return 1000 * statistics.quantiles(xs, n=100)[int(q) - 1] if len(xs) > 1 else float("nan")
 
 
+def _latency(lat: list[tuple[int, float]]) -> str:
+    ok = [s for c, s in lat if c == 200]
+    miss = [s for c, s in lat if c == 404]
+    stored = [s for c, s in lat if c == 299]
+    alls = [s for _, s in lat]
+    return (f"{len(ok):,} answered 200 from memory (p50 {_ms(ok, 50):.1f} ms, p99 {_ms(ok, 99):.1f} ms), "
+            f"{len(stored):,} 200 for an evicted customer from ClickHouse (p50 {_ms(stored, 50):.1f} ms, p99 "
+            f"{_ms(stored, 99):.1f} ms), {len(miss):,} 404 (p50 {_ms(miss, 50):.1f} ms, p99 {_ms(miss, 99):.1f} ms), "
+            f"{len(lat) - len(ok) - len(miss) - len(stored)} other; all answers: p50 {_ms(alls, 50):.1f} ms, "
+            f"p99 {_ms(alls, 99):.1f} ms")
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
 def main() -> None:
     """Run the comparison and write its RESULTS.md section."""
     ap = argparse.ArgumentParser()
@@ -154,26 +170,32 @@ def main() -> None:
                     help="replay a file the simulator wrote once (default), or simulate inside the worker")
     ap.add_argument("--sink", choices=("chdb", "jsonl"), default="chdb",
                     help="embedded ClickHouse (default, as shipped) or JSONL files (a database elsewhere)")
+    ap.add_argument("--before", action="append", default=[], metavar="STEPS",
+                    help="also serve look-ups with these costs put back (benchmarks.lookup_before: "
+                         "parse,switch,gate), in the same rounds; repeat for several variants")
     a = ap.parse_args()
     source = events_file(a.customers, a.minutes) if a.source == "file" else None
     modes = ("no-events", "shipped", "lookups") if a.sink == "chdb" else ("shipped", "lookups")
+    modes += tuple(f"before:{b}" for b in a.before)
     rates: dict[str, list[float]] = {m: [] for m in modes}
     per_cpu: dict[str, list[float]] = {m: [] for m in rates}
-    lat: list[tuple[int, float]] = []
+    lat: dict[str, list[tuple[int, float]]] = {m: [] for m in rates}
     span = 0.0
-    for _ in range(a.runs):
-        for mode in rates:
-            r, got, secs, c = run(a.customers, a.minutes, mode, source, a.sink)
+    loads: list[float] = []
+    for i in range(a.runs):
+        for mode in rates if i % 2 == 0 else reversed(rates):  # alternating: a trend of the load hits both ends
+            loads.append(_load())
+            before = mode.partition("before:")[2]
+            prelude = f"from benchmarks.lookup_before import install\ninstall({before.split(',')!r})\n"
+            r, got, secs, c = run(a.customers, a.minutes, "lookups" if before else mode, source, a.sink,
+                                  prelude if before else "")
             rates[mode].append(r)
             per_cpu[mode].append(c)
-            lat += got
-            span += secs
-            print(f"{mode}: {r:,.0f} events/s, {c:,.0f} events per CPU-second, {len(got)} look-ups", flush=True)
-    sent_rate = len(lat) / max(span, 1e-9)
-    ok = [s for c, s in lat if c == 200]
-    miss = [s for c, s in lat if c == 404]
-    stored = [s for c, s in lat if c == 299]
-    alls = [s for _, s in lat]
+            lat[mode] += got
+            span += secs if mode == "lookups" else 0.0
+            print(f"{mode}: {r:,.0f} events/s, {c:,.0f} events per CPU-second, {len(got)} look-ups, "
+                  f"load {loads[-1]:.1f}", flush=True)
+    sent_rate = len(lat["lookups"]) / max(span, 1e-9)
     into = "chDB" if a.sink == "chdb" else "JSONL"
     figures = [
         Figure(f"replay into {into}, as shipped", tuple(rates["shipped"])),
@@ -185,6 +207,15 @@ def main() -> None:
         Figure("events per CPU-second with look-ups / without", tuple(
             s / n for s, n in zip(per_cpu["lookups"], per_cpu["shipped"], strict=True)), "×"),
     ]
+    for b in a.before:
+        m = f"before:{b}"
+        figures += [
+            Figure(f"replay into {into}, with 200 look-ups/s, {b} as before", tuple(rates[m])),
+            Figure(f"ratio with look-ups ({b} as before) / without", tuple(
+                s / n for s, n in zip(rates[m], rates["shipped"], strict=True)), "×"),
+            Figure(f"events per CPU-second with look-ups ({b} as before) / without", tuple(
+                s / n for s, n in zip(per_cpu[m], per_cpu["shipped"], strict=True)), "×"),
+        ]
     if a.sink == "chdb":
         figures[:0] = [Figure("replay into chDB, events table off", tuple(rates["no-events"])),
                        Figure("ratio events table on / off", tuple(
@@ -193,13 +224,12 @@ def main() -> None:
     sink = "embedded ClickHouse" if a.sink == "chdb" else "JSONL outputs"
     body = (f"## Look-ups while the worker runs (issue 17; {what}, {a.customers:,} customers, {a.minutes:g} min, "
             f"{sink})\n\n{machine()}\n\n{table(figures)}\n\n"
+            f"Load average (1 min) at the start of each run: {min(loads):.1f}–{max(loads):.1f} "
+            f"(median {statistics.median(loads):.1f}).\n\n"
             f"Look-ups at {RATE:.0f}/s from {CLIENTS} open-loop client threads (kept-alive connections) while events "
-            f"flowed: {len(lat):,} requests ({sent_rate:.0f}/s), "
-            f"{len(ok):,} answered 200 from memory (p50 {_ms(ok, 50):.1f} ms, p99 {_ms(ok, 99):.1f} ms), "
-            f"{len(stored):,} 200 for an evicted customer from ClickHouse (p50 {_ms(stored, 50):.1f} ms, p99 "
-            f"{_ms(stored, 99):.1f} ms), {len(miss):,} 404 (p50 {_ms(miss, 50):.1f} ms, p99 {_ms(miss, 99):.1f} ms), "
-            f"{len(lat) - len(ok) - len(miss) - len(stored)} other; all answers: p50 {_ms(alls, 50):.1f} ms, "
-            f"p99 {_ms(alls, 99):.1f} ms.")
+            f"flowed: {len(lat['lookups']):,} requests ({sent_rate:.0f}/s), {_latency(lat['lookups'])}.")
+    for b in a.before:
+        body += f"\n\nWith {b} as before, the same rounds: {_latency(lat[f'before:{b}'])}."
     write_section("lookup" if a.sink == "chdb" else "lookup-jsonl", body)
     print(body)
 

@@ -24,6 +24,7 @@ import orjson
 from prometheus_client.exposition import choose_encoder
 
 from flows.http_admission import Connections as _Connections
+from flows.http_request import parse_request
 from flows.metrics import REGISTRY
 from state.events import id_problem
 
@@ -147,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
         conns: _Connections = self.server.connections  # type: ignore[attr-defined]
         conns.waiting(self.connection)
         super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """http.server's, with a lean strict header parser (``flows.http_request``) in place of email's."""
+        return parse_request(self)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.connections.answering(self.connection)  # type: ignore[attr-defined]

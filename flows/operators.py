@@ -118,7 +118,6 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         # Held while a batch is applied; the HTTP thread's look-ups read a customer whole through it, between two
         # events (flows.shard_gate).
         self._gate = ShardGate()
-        self._gate.attach(shard)
         self._lock = self._gate.lock
         SHARDS.add(self, self._gate)
         self._tick = timedelta(seconds=tick_s)

@@ -1,20 +1,21 @@
 """How an HTTP thread reads a shard the worker is changing, without waiting for the worker's whole batch.
 
 The worker applies a Bytewax batch (thousands of events) holding the gate's ``lock``. A reader that finds the
-lock free reads at once, holding it. Otherwise it leaves its read with the gate, and the worker runs it at its
-next event boundary (``checkpoint``, called after each applied event): the reader sees the state as one
-whole event left it, never half an event, and waits for one event rather than the batch. A batch spends part
-of its time outside event boundaries (parsing lines, taking its outputs), so the reader also polls the lock
-every ``POLL_S`` and reads itself once the worker let go.
+lock free reads at once, holding it. Otherwise it leaves its read with the gate and sets the shard's
+``on_boundary``, which the worker calls after the next event it applies (``checkpoint``): the reader sees the
+state as one whole event left it, never half an event, and waits for one event rather than the batch. Nobody
+waiting, ``on_boundary`` is None and an event costs the worker one test, no call. A batch spends part of its
+time outside event boundaries (parsing lines, taking its outputs), so the reader also polls the lock every
+``POLL_S`` and reads itself once the worker let go.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Final, Generic, TypeVar
 
-from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
@@ -50,24 +51,12 @@ class ShardGate:
         self._waiting: list[_Read[Any]] = []
         self._mutex = threading.Lock()  # guards _waiting only (held for a list operation)
 
-    def attach(self, shard: Shard) -> None:
-        """Make the shard call ``checkpoint`` after each event it applies (its ``_apply`` hook, wrapped)."""
-        inner: Callable[[Event], None] = shard._apply
-        waiting = self._waiting
-        checkpoint = self.checkpoint
-
-        def apply(ev: Event) -> None:
-            inner(ev)
-            if waiting:  # a list's truth is read atomically: the common case costs one test per event
-                checkpoint(shard)
-
-        shard._apply = apply
-
     def checkpoint(self, shard: Shard) -> None:
-        """Run the waiting reads (the worker, holding ``lock``, between two events)."""
+        """Run the waiting reads (the worker, holding ``lock``, between two events: ``Shard.on_boundary``)."""
         with self._mutex:
             reads = self._waiting[:]
             self._waiting.clear()
+            shard.on_boundary = None
         for r in reads:
             r.run(shard)
 
@@ -85,6 +74,7 @@ class ShardGate:
         req: _Read[T] = _Read(fn)
         with self._mutex:
             self._waiting.append(req)
+            shard.on_boundary = partial(self.checkpoint, shard)
         while not req.done.wait(POLL_S):
             if not self.lock.acquire(blocking=False):
                 continue
@@ -93,6 +83,8 @@ class ShardGate:
                     mine = any(r is req for r in self._waiting)
                     if mine:
                         self._waiting.remove(req)
+                        if not self._waiting:
+                            shard.on_boundary = None
                 if mine:
                     return fn(shard)
             finally:

@@ -120,6 +120,9 @@ class Shard(Watermark):
         if self.lane is not None:
             self.lane.attach(self.held, self.customers, self._apply_one, self._apply_late)
             self._apply = self.lane.apply
+        # Set while a look-up waits for an event boundary (flows.shard_gate): called after the next event applied.
+        # None the rest of the time: a test per event, no call.
+        self.on_boundary: Callable[[], None] | None = None
 
     @property
     def out(self) -> Outputs:
@@ -261,6 +264,8 @@ class Shard(Watermark):
         apply_event(ctx, c, ev)
         if ctx.pending:
             decide(ctx, c, cid)
+        if self.on_boundary is not None:
+            self.on_boundary()
 
     def _apply_late(self, ev: Event) -> bool:
         # A straggler of an attempt that ended since is left out (applied, it would open a new attempt whose rules

@@ -1,0 +1,81 @@
+"""The look-up path's costs as they were before they were cut (issue 17), for same-run comparisons.
+
+``bench_lookup --before STEPS`` runs a worker with ``install(STEPS)`` first; ``bench_lookup_cpu`` counts
+instructions with and without it. Steps:
+
+- ``parse``: request headers parsed by http.server (``email.feedparser``), not ``flows.http_request``;
+- ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler
+from typing import Any, TypeVar
+
+from state.events import Event
+from state.shard import Shard
+
+T = TypeVar("T")
+STEPS = ("parse", "gate")
+
+
+def _attach(gate: Any, shard: Shard) -> None:
+    inner: Callable[[Event], None] = shard._apply
+    waiting = gate._waiting
+    checkpoint = gate.checkpoint
+
+    def apply(ev: Event) -> None:
+        inner(ev)
+        if waiting:
+            checkpoint(shard)
+
+    shard._apply = apply
+
+
+def _read(gate: Any, shard: Shard, fn: Callable[[Shard], T]) -> T:
+    from flows import shard_gate
+
+    if gate.lock.acquire(blocking=False):
+        try:
+            return fn(shard)
+        finally:
+            gate.lock.release()
+    req: shard_gate._Read[T] = shard_gate._Read(fn)
+    with gate._mutex:
+        gate._waiting.append(req)
+    while not req.done.wait(0.001):  # polling the lock every millisecond
+        if not gate.lock.acquire(blocking=False):
+            continue
+        try:
+            with gate._mutex:
+                mine = any(r is req for r in gate._waiting)
+                if mine:
+                    gate._waiting.remove(req)
+            if mine:
+                return fn(shard)
+        finally:
+            gate.lock.release()
+    if req.error is not None:
+        raise req.error
+    return req.value  # type: ignore[return-value]
+
+
+def install(steps: Iterable[str]) -> None:
+    """Put back the named costs in this process (before the dataflow is built)."""
+    steps = set(steps)
+    if "parse" in steps:
+        from flows import http_endpoint
+
+        http_endpoint._Handler.parse_request = BaseHTTPRequestHandler.parse_request  # type: ignore[method-assign]
+    if "gate" in steps:
+        from flows import operators, shard_gate
+
+        init = operators.ShardLogic.__init__
+
+        def logic_init(self: Any, *a: Any, **k: Any) -> None:
+            init(self, *a, **k)
+            _attach(self._gate, self.shard)
+
+        operators.ShardLogic.__init__ = logic_init  # type: ignore[method-assign]
+        shard_gate.ShardGate.read = _read  # type: ignore[method-assign, assignment]

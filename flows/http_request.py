@@ -1,0 +1,184 @@
+"""A lean, strict parser for an HTTP/1.x request's line and header fields (``flows.http_endpoint``'s).
+
+http.server parses the header fields with ``email.feedparser``: about a third of a look-up's CPU, taken from the
+worker while it processes events (RESULTS.md, look-ups). The header section of a request to this endpoint is a
+few short ``Name: value`` lines; this reads them with one ``readline`` and one ``partition`` each.
+
+It refuses what http.server refuses, with the same statuses: a bad request line (400), an HTTP/0.9 request other
+than GET (400), a version from 2.0 on (505), a header line over 65,536 bytes (431), more than 100 header lines
+(431); and, stricter, what RFC 9112 says a server must or may reject and email's parser let through as defects: a
+field line without a colon or with whitespace before it, and an obsolete folded (continued) line (400). A request
+cut short in its headers (the client went, or the header deadline shut the connection) gets no answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Final
+
+MAX_LINE: Final = 65536  # http.client's _MAXLINE
+MAX_HEADERS: Final = 100  # http.client's _MAXHEADERS
+_END: Final = (b"\r\n", b"\n")
+
+
+class Headers:
+    """A request's header fields: looked up by name in any case, repeated names kept, in order.
+
+    The part of ``email.message.Message`` that a handler uses (``get``, ``get_all``, ``[]``, ``in``, ``items``).
+
+    Args:
+        fields: ``(name, value)`` in the order received, values without their surrounding whitespace.
+    """
+
+    __slots__ = ("_by_name", "_fields")
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self._fields = fields
+        by_name: dict[str, list[str]] = {}
+        for name, value in fields:
+            by_name.setdefault(name.lower(), []).append(value)
+        self._by_name = by_name
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of a field (``default`` when absent)."""
+        values = self._by_name.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str, default: list[str] | None = None) -> list[str] | None:
+        """Every value of a field, in order (``default`` when absent)."""
+        values = self._by_name.get(name.lower())
+        return list(values) if values else default
+
+    def __getitem__(self, name: str) -> str | None:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._by_name
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._fields)
+
+    def keys(self) -> list[str]:
+        """The field names, in order (repeated names repeated)."""
+        return [name for name, _ in self._fields]
+
+    def items(self) -> list[tuple[str, str]]:
+        """The fields, in order."""
+        return list(self._fields)
+
+    def __str__(self) -> str:
+        return "".join(f"{name}: {value}\r\n" for name, value in self._fields) + "\r\n"
+
+
+class RequestError(Exception):
+    """A request refused: its status and the reason sent in the answer."""
+
+    def __init__(self, status: HTTPStatus, message: str, explain: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.explain = explain
+
+
+def read_headers(readline: Callable[[int], bytes]) -> Headers | None:
+    """Read a request's header section, up to its empty line.
+
+    Args:
+        readline: The connection's ``rfile.readline``.
+
+    Returns:
+        The fields; None when the input ended before the empty line (nothing to answer).
+
+    Raises:
+        RequestError: a line too long or too many lines (431), a line that is not a field (400).
+    """
+    fields: list[tuple[str, str]] = []
+    while True:
+        line = readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", "header line")
+        if line in _END:
+            return Headers(fields)
+        if not line.endswith(b"\n"):
+            return None  # the input ended, here or within the line
+        if len(fields) >= MAX_HEADERS:
+            raise RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers",
+                               f"got more than {MAX_HEADERS} headers")
+        name, colon, value = line.decode("iso-8859-1").partition(":")
+        # RFC 9112 §5.1: no whitespace between the name and its colon (a proxy may read the name otherwise);
+        # §5.2: a line folded onto the one before it may be refused.
+        if not colon or name.split() != [name]:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Bad header line",
+                               "a header line is not 'name: value' (or is folded)")
+        fields.append((name, value.strip(" \t\r\n")))
+
+
+def parse_request(handler: BaseHTTPRequestHandler) -> bool:
+    """``BaseHTTPRequestHandler.parse_request`` with ``read_headers`` in place of ``http.client.parse_headers``.
+
+    Reads ``handler.raw_requestline`` and the header section from ``handler.rfile``; sets ``command``, ``path``,
+    ``request_version``, ``headers`` and ``close_connection`` as http.server does.
+
+    Returns:
+        True to answer the request; False when it was refused (the error already sent) or there is none.
+    """
+    handler.command = None  # type: ignore[assignment]  # as http.server: set in case of an error on the first line
+    handler.request_version = version = handler.default_request_version
+    handler.close_connection = True
+    raw: bytes = handler.raw_requestline  # type: ignore[attr-defined]  # set by handle_one_request
+    requestline = str(raw, "iso-8859-1").rstrip("\r\n")
+    handler.requestline = requestline
+    words = requestline.split()
+    if not words:
+        return False
+    if len(words) >= 3:
+        version = words[-1]
+        major, dot, minor = version[5:].partition(".")
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if not (version.startswith("HTTP/") and dot and major.isascii() and major.isdigit() and minor.isascii()
+                and minor.isdigit() and len(major) <= 10 and len(minor) <= 10):
+            handler.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+            return False
+        number = (int(major), int(minor))
+        if number >= (2, 0):
+            handler.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Invalid HTTP version ({version[5:]})")
+            return False
+        if number >= (1, 1) and handler.protocol_version >= "HTTP/1.1":
+            handler.close_connection = False
+        handler.request_version = version
+    if not 2 <= len(words) <= 3:
+        handler.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({requestline!r})")
+        return False
+    command, path = words[:2]
+    if len(words) == 2:
+        handler.close_connection = True
+        if command != "GET":
+            handler.send_error(HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})")
+            return False
+    handler.command = command
+    # gh-87389, as http.server: a path starting with // reads as a host to clients (an open redirect).
+    handler.path = "/" + path.lstrip("/") if path.startswith("//") else path
+    try:
+        headers = read_headers(handler.rfile.readline)
+    except RequestError as e:
+        handler.send_error(e.status, e.message, e.explain)
+        return False
+    if headers is None:
+        handler.close_connection = True
+        return False
+    handler.headers = headers  # type: ignore[assignment]  # the part of email.message.Message handlers use
+    conntype = (headers.get("Connection") or "").lower()
+    if conntype == "close":
+        handler.close_connection = True
+    elif conntype == "keep-alive" and handler.protocol_version >= "HTTP/1.1":
+        handler.close_connection = False
+    expect = (headers.get("Expect") or "").lower()
+    if (expect == "100-continue" and handler.protocol_version >= "HTTP/1.1"
+            and handler.request_version >= "HTTP/1.1"):
+        return handler.handle_expect_100()
+    return True
