@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -102,3 +103,16 @@ def uplift_half_width(n_t: int, s_t: int, n_c: int, s_c: int, confidence: float,
     rho2 = (-2 * math.log(a) + math.log(1 - 2 * math.log(a))) / (2 * min_sample)
     return math.sqrt((1 + rho2 * tau) / (rho2 * tau * tau) * math.log((1 + rho2 * tau) / a**2))
 
+
+def raw_http(port: int, request: bytes, timeout: float = 10) -> bytes:
+    """Send ``request`` bytes to the loopback ``port`` and read until the server closes the connection (a reset
+    after an answer, input left unread, ends it too), or ``timeout`` seconds pass without a byte."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except (TimeoutError, ConnectionResetError):
+            pass
+        return got

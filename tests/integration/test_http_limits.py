@@ -16,7 +16,7 @@ from flows.http_endpoint import MetricsServer, start_http
 from flows.recent import Recent
 from flows.serving import Service
 from flows.shard_registry import ShardRegistry
-from tests.helpers import wait_until
+from tests.helpers import raw_http, wait_until
 
 
 @pytest.fixture
@@ -125,22 +125,10 @@ def api(server: MetricsServer) -> Iterator[tuple[MetricsServer, threading.Event,
     http_endpoint.set_service(old)
 
 
-def _raw(port: int, request: bytes) -> bytes:
-    """Send ``request`` and read until the server closes the connection (or 10 s pass without a byte)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except TimeoutError:
-            pass
-        return got
-
 
 def test_a_get_with_a_body_is_refused_and_its_body_never_read_as_a_request(server: MetricsServer) -> None:
     smuggled = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
-    got = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
                % (len(smuggled), smuggled))
     assert got.startswith(b"HTTP/1.1 400 "), got[:200]
     assert got.count(b"HTTP/1.1 ") == 1, got[:2000]  # one answer, and the connection closed after it
@@ -149,7 +137,7 @@ def test_a_get_with_a_body_is_refused_and_its_body_never_read_as_a_request(serve
 def test_two_content_length_headers_are_refused_and_the_second_never_read_as_a_body(server: MetricsServer) -> None:
     """An adversary's: only the first Content-Length was checked, so `0` then `41` served the body as a request."""
     smuggled = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
-    got = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n%s"
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: %d\r\n\r\n%s"
                % (len(smuggled), smuggled))
     assert got.startswith(b"HTTP/1.1 400 "), got[:200]
     assert got.count(b"HTTP/1.1 ") == 1, got[:2000]
@@ -159,18 +147,18 @@ def test_the_bearer_scheme_is_case_insensitive_and_spaces_are_tolerated(
         api: tuple[MetricsServer, threading.Event, threading.Event]) -> None:
     port = api[0].port
     for auth in (b"bearer tok", b"BEARER tok", b"  Bearer   tok  ", b"Bearer tok"):
-        got = _raw(port, b"GET /v1/customers/nobody HTTP/1.1\r\nConnection: close\r\nAuthorization: %s\r\n\r\n"
+        got = raw_http(port, b"GET /v1/customers/nobody HTTP/1.1\r\nConnection: close\r\nAuthorization: %s\r\n\r\n"
                    % auth)
         assert got.startswith(b"HTTP/1.1 404 "), (auth, got[:200])
     for auth in (b"Basic tok", b"Bearer to", b"Bearertok", b"tok"):
-        got = _raw(port, b"GET /v1/customers/nobody HTTP/1.1\r\nConnection: close\r\nAuthorization: %s\r\n\r\n"
+        got = raw_http(port, b"GET /v1/customers/nobody HTTP/1.1\r\nConnection: close\r\nAuthorization: %s\r\n\r\n"
                    % auth)
         assert got.startswith(b"HTTP/1.1 401 "), (auth, got[:200])
 
 
 def test_a_report_bound_beyond_int64_is_a_bad_parameter(
         api: tuple[MetricsServer, threading.Event, threading.Event]) -> None:
-    got = _raw(api[0].port, b"GET /v1/reports/rules?from=" + b"9" * 30
+    got = raw_http(api[0].port, b"GET /v1/reports/rules?from=" + b"9" * 30
                + b" HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer tok\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 400 "), got[:300]
 
@@ -178,7 +166,7 @@ def test_a_report_bound_beyond_int64_is_a_bad_parameter(
 def test_a_report_min_sample_beyond_its_bounds_is_a_bad_parameter(
         api: tuple[MetricsServer, threading.Event, threading.Event]) -> None:
     for value in (b"9" * 23, b"0"):
-        got = _raw(api[0].port, b"GET /v1/reports/rules?min_sample=" + value
+        got = raw_http(api[0].port, b"GET /v1/reports/rules?min_sample=" + value
                    + b" HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer tok\r\n\r\n")
         assert got.startswith(b"HTTP/1.1 400 "), (value, got[:300])
 
@@ -188,14 +176,14 @@ def test_reports_run_one_at_a_time_and_the_others_are_told_to_retry(
     server, entered, release = api
     req = b"GET /v1/reports/overview%s HTTP/1.1\r\nConnection: close\r\nAuthorization: Bearer tok\r\n\r\n"
     first: list[bytes] = []
-    t = threading.Thread(target=lambda: first.append(_raw(server.port, req % b"?slow=1")))
+    t = threading.Thread(target=lambda: first.append(raw_http(server.port, req % b"?slow=1")))
     t.start()
     assert entered.wait(60), "the first report never started"
-    second = _raw(server.port, req % b"")
+    second = raw_http(server.port, req % b"")
     release.set()
     t.join(60)
     assert second.startswith(b"HTTP/1.1 429 "), second[:300]
     assert b"Retry-After: " in second
     assert first
     assert first[0].startswith(b"HTTP/1.1 404 ")
-    assert _raw(server.port, req % b"").startswith(b"HTTP/1.1 404 ")  # the next one runs
+    assert raw_http(server.port, req % b"").startswith(b"HTTP/1.1 404 ")  # the next one runs

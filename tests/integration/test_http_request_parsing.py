@@ -4,13 +4,13 @@ refused, kept-alive connections served in turn (flows.http_request)."""
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from flows.http_endpoint import MetricsServer, start_http
 from flows.http_request import MAX_HEADERS, MAX_LINE
+from tests.helpers import raw_http
 
 
 @pytest.fixture
@@ -19,18 +19,6 @@ def server() -> Iterator[MetricsServer]:
     yield s
     s.stop()
 
-
-def _raw(port: int, request: bytes) -> bytes:
-    """Send ``request`` and read until the server closes the connection (a reset after an answer: input left unread)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(request)
-        got = b""
-        try:
-            while chunk := sock.recv(65536):
-                got += chunk
-        except ConnectionResetError:
-            pass
-        return got
 
 
 @pytest.mark.parametrize(("request_bytes", "status"), [
@@ -46,26 +34,26 @@ def _raw(port: int, request: bytes) -> bytes:
 ])
 def test_http_servers_refusals_keep_their_status_and_close(server: MetricsServer, request_bytes: bytes,
                                                           status: bytes) -> None:
-    got = _raw(server.port, request_bytes)  # returns once the server closed the connection
+    got = raw_http(server.port, request_bytes)  # returns once the server closed the connection
     # Refused before the version is known, http.server answers as to HTTP/0.9: the error page, no status line.
     assert re.findall(rb"Error code: (\d{3})", got) == [status], got[:300]
 
 
 def test_an_http_0_9_request_other_than_get_is_refused(server: MetricsServer) -> None:
-    assert b"Bad HTTP/0.9 request type" in _raw(server.port, b"POST /healthz\r\n")
+    assert b"Bad HTTP/0.9 request type" in raw_http(server.port, b"POST /healthz\r\n")
 
 
 @pytest.mark.parametrize("line", [b"Host : x", b" folded onto Host", b"not a field"])
 def test_a_header_line_that_is_not_a_field_is_a_bad_request_and_closes(server: MetricsServer, line: bytes) -> None:
     """email.feedparser let these through as defects; another parser in front (a proxy) may read them otherwise."""
     smuggled = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
-    got = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n" + smuggled)
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + line + b"\r\n\r\n" + smuggled)
     assert got.startswith(b"HTTP/1.1 400 "), got[:200]
     assert got.count(b"HTTP/1.1 ") == 1, got[:2000]
 
 
 def test_a_kept_alive_connection_answers_in_turn_until_connection_close(server: MetricsServer) -> None:
-    got = _raw(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
                             b"GET /nowhere HTTP/1.1\r\nhost: x\r\naccept: */*\r\n\r\n"
                             b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
                             b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -73,7 +61,7 @@ def test_a_kept_alive_connection_answers_in_turn_until_connection_close(server: 
 
 
 def test_an_http_1_0_request_is_answered_and_closed(server: MetricsServer) -> None:
-    got = _raw(server.port, b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
+    got = raw_http(server.port, b"GET /healthz HTTP/1.0\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
     assert got.startswith(b"HTTP/1.1 200 ")
     assert got.endswith(b"ok\n")
     assert got.count(b"HTTP/1.1 ") == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from state.outputs import Outputs
 from state.rules import DEFAULT_PACK, RulePack, load_rule_pack
 from state.shard import Shard
 from state.version_switch import install
@@ -358,16 +359,21 @@ def test_a_rule_the_earlier_run_had_keeps_its_timer_when_the_restarts_directory_
     got, w = _restarted([first], [load_rule_pack(d / "v1.toml"), v2])
     assert w > T0 + MIN  # the restart's v2 was in force from before the boundary on: no gap
     assert got == _in_one_go([first]) == [("w", "cart.left_checkout", 20 * MIN)]
-    one, two = PackVersions.of([first]), PackVersions.of([load_rule_pack(d / "v1.toml"), v2])
-    shard = Shard(one.latest, versions=one)
-    run([ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", 5 * MIN, customer="f", step="product")],
-        shard=shard, end=False)
-    restored = Shard(two.latest, versions=two)
-    restored.restore(shard.snapshot())
-    out = run([ev("end", 300 * MIN, customer="z", step="product")], shard=restored)
+    out = _w_then_restart(PackVersions.of([first]), PackVersions.of([load_rule_pack(d / "v1.toml"), v2]), 5 * MIN)
     fired = sorted((m["customer_id"], m["rule"], m["due_ts"] - T0, m["rule_version"]) for m in out.moments
                    if m["customer_id"] == "w")
     assert fired == [("w", "cart.abandoned", 10 * MIN, 2), ("w", "cart.left_checkout", 20 * MIN, 2)]
+
+
+def _w_then_restart(one: PackVersions, two: PackVersions, until: int) -> Outputs:
+    """w at checkout at 0 and another customer at ``until`` under ``one``; a restart under ``two`` to the end: the
+    restarted run's outputs."""
+    shard = Shard(one.latest, versions=one)
+    run([ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", until, customer="f", step="product")],
+        shard=shard, end=False)
+    restored = Shard(two.latest, versions=two)
+    restored.restore(shard.snapshot())
+    return run([ev("end", 300 * MIN, customer="z", step="product")], shard=restored)
 
 
 def _abandoned_idle(d: Path, name: str, version: int, effective: int, idle: str | None) -> RulePack:
@@ -390,10 +396,5 @@ def test_a_rule_the_restart_removes_fires_no_timer_whatever_idle_another_version
         d = tmp_path / case.replace(" ", "_")
         two = PackVersions.of([_abandoned_idle(d, "v1.toml", 1, e1, idle1),
                                _abandoned_idle(d, "v2.toml", 2, e2, idle2)])
-        shard = Shard(first.latest, versions=first)
-        run([ev("w1", 0, "submit", customer="w", step="checkout"), ev("f1", 16 * MIN, customer="f", step="product")],
-            shard=shard, end=False)
-        restored = Shard(two.latest, versions=two)
-        restored.restore(shard.snapshot())
-        out = run([ev("end", 300 * MIN, customer="z", step="product")], shard=restored)
+        out = _w_then_restart(first, two, 16 * MIN)
         assert [m for m in out.moments if m["customer_id"] == "w"] == [], case
