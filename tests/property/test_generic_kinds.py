@@ -183,3 +183,23 @@ def test_reference_rules_and_customers_are_independent(drawn: tuple[dict[str, An
         for m in ref.run(pack, [e for e in events if e["customer_id"] == c] + [marker])
     )
     assert by_customer == moments
+
+
+def test_a_dropped_duplicate_with_a_later_ts_still_moves_the_end_of_input() -> None:
+    """Hypothesis found it (CI, session 10): the pipeline's driver dropped duplicates before the shard, so their
+    times no longer moved the end of input, while the reference's end counts every line: an absence due between
+    the kept copy's and the dropped copy's time fired in the reference only."""
+    pack = {"pack": {"name": "random", "version": 1, "attempt_timeout": "2h"},
+            "journey": [{"id": "cart", "steps": ["product", "cart", "checkout", "payment"],
+                         "key_steps": ["checkout", "payment"], "complete_type": "complete"}],
+            "moment": [{"kind": "absence", "name": "r0", "idle": "1m"}]}
+    t0 = 1_767_225_600_000
+
+    def view(eid: str, cid: str, ts: int) -> dict[str, Any]:
+        return {"event_id": eid, "customer_id": cid, "ts": ts, "channel": "app", "type": "view", "journey": "cart"}
+
+    events = [view("c1-000", "c1", t0), view("c2-000", "c2", t0 + 59_999), view("c2-001", "c2", t0),
+              view("c2-001", "c2", t0 + 119_998)]
+    want = [("c1", "cart.r0", t0 + 60_000, "c1-000", ("c1-000",))]
+    assert ref.run(pack, events) == want
+    assert_same_moments(want, pipeline_run(pack, events), _context(pack, events))
