@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
-from state.rule_model import RulePackError
+from state.rule_model import RulePack, RulePackError
 from state.rules import MAX_PACK_BYTES
 from state.shard import wall_ms
 from state.versions import PackVersions, RuleLayout, is_pack_name, journeys_fingerprint, load_versions
@@ -59,9 +59,9 @@ def directory_state(directory: Path) -> tuple[tuple[str, str], ...]:
             out.append((f.name, "(not a regular file)"))
             continue
         try:
-            size = f.stat().st_size
-            if size > MAX_PACK_BYTES:  # refused by loading: not read (nor hashed) at every poll
-                out.append((f.name, f"(too large: {size} bytes, {f.stat().st_mtime_ns})"))
+            st = f.stat()
+            if st.st_size > MAX_PACK_BYTES:  # refused by loading: not read (nor hashed) at every poll
+                out.append((f.name, f"(too large: {st.st_size} bytes, {st.st_mtime_ns})"))
                 continue
             out.append((f.name, hashlib.blake2b(f.read_bytes(), digest_size=8).hexdigest()))
         except OSError:
@@ -126,7 +126,7 @@ class RuleReloader:
             for line in str(e).splitlines():
                 log.error("rule pack reload refused, the versions in force stay: %s", line)
             return INVALID
-        if _same(new, self.current):
+        if _keys(new) == _keys(self.current):
             # A refused file removed, or a file touched: the versions in force are those of the directory again.
             log.info("rule pack directory %s changed; its versions are those in force: nothing to apply",
                      self.directory)
@@ -144,8 +144,8 @@ class RuleReloader:
         # ahead of that (events from the future), so that history is never rewritten.
         limit = max(wm, now + MARGIN_MS - 1)
         if new.history(limit) != self.current.history(limit):
-            known = {(q.version, q.effective_from_ms, q.full_fingerprint()) for q in self.current.packs}
-            changed = [q for q in new.packs if (q.version, q.effective_from_ms, q.full_fingerprint()) not in known]
+            known = _keys(self.current)
+            changed = [q for q in new.packs if _key(q) not in known]
             where = changed[0].path if changed else f"{self.directory} (a version in force was removed)"
             edited = [q for q in changed if (q.effective_from_ms or 0) <= limit and any(
                 o.version == q.version and o.effective_from_ms == q.effective_from_ms for o in self.current.packs)]
@@ -185,8 +185,11 @@ class RuleReloader:
         self._stop.set()
 
 
-def _same(a: PackVersions, b: PackVersions) -> bool:
-    """Whether ``a`` and ``b`` hold the same versions (number, effective_from and rules)."""
-    def key(v: PackVersions) -> list[tuple[int, int | None, str]]:
-        return sorted((q.version, q.effective_from_ms, q.full_fingerprint()) for q in v.packs)
-    return key(a) == key(b)
+def _key(q: RulePack) -> tuple[int, int | None, str]:
+    """What tells a version apart: its number, effective_from and everything it decides."""
+    return q.version, q.effective_from_ms, q.full_fingerprint()
+
+
+def _keys(v: PackVersions) -> set[tuple[int, int | None, str]]:
+    """The ``_key`` of each of ``v``'s versions: equal sets, the same versions."""
+    return {_key(q) for q in v.packs}
