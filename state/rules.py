@@ -99,9 +99,10 @@ def load_rule_pack(path: str | Path | None = None) -> RulePack:
         # A FIFO would block the read for ever and /dev/zero fill memory.
         raise RulePackError(p, "(file)", "is not a regular file (a directory, FIFO or device)")
     try:
-        if p.exists() and p.stat().st_size > MAX_PACK_BYTES:
-            raise RulePackError(p, "(file)", f"is {p.stat().st_size} bytes; a pack file may have at most "
-                                             f"{MAX_PACK_BYTES} (a pack holds at most {_MAX_RULES} rules)")
+        size = p.stat().st_size if p.exists() else 0
+        if size > MAX_PACK_BYTES:
+            raise RulePackError(p, "(file)", f"is {size} bytes; a pack file may have at most {MAX_PACK_BYTES} (a "
+                                             f"pack holds at most {_MAX_RULES} rules)")
         data = tomllib.loads(p.read_text(encoding="utf-8-sig"))  # an editor's byte-order mark is not TOML
     except FileNotFoundError:
         raise RulePackError(p, "(file)", "file not found") from None
