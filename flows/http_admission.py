@@ -5,9 +5,10 @@ then failed with EMFILE and the worker died). So at most ``MAX_CONNECTIONS`` are
 client that does not play its part: a request's line and headers get ``HEADER_DEADLINE_S`` in all, an answer
 ``WRITE_DEADLINE_S`` to be taken by the client (it is not read: pipelined requests never read filled the cap, each
 connection "answering" for ever). At the cap a new client closes the connection that has waited longest on its
-client (for a request, or for an answer to be read). ``/v1/`` look-ups may be answered on at most
-``MAX_CONNECTIONS - V1_RESERVE`` connections at once (the rest answer 503 at once): however look-up clients
-misbehave, connections remain for ``/metrics``, ``/healthz`` and ``/readyz``.
+client (for a request, or for an answer to be read), a connection silent past ``SILENT_GRACE_S`` first: a
+flood of connections that send nothing closes each other, not a scrape waiting for its answer. ``/v1/`` look-ups
+may be answered on at most ``MAX_CONNECTIONS - V1_RESERVE`` connections at once (the rest answer 503 at once):
+however look-up clients misbehave, connections remain for ``/metrics``, ``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ WRITE_DEADLINE_S = 5.0
 MAX_CONNECTIONS = 64
 # Connections kept from /v1/ look-ups for scrapes and probes: look-ups are answered on at most 64 - 8 at once.
 V1_RESERVE = 8
+# A client sends its request within milliseconds of connecting: one silent for longer is closed first for a new one
+# (and an answer untaken for longer, next), before a scrape or probe that is being answered.
+SILENT_GRACE_S = 0.5
 # Connections closed for a new client but not yet gone: beyond the cap by this many, new clients are refused.
 _EVICT_SLACK = 16
 
@@ -43,22 +47,30 @@ class _Conn:
         self.sock, self.state, self.since, self.deadline = sock, state, since, deadline
         self.served = False  # has written an answer: an idle kept-alive connection, not one yet to send its request
 
-    def eviction_order(self) -> tuple[int, float]:
-        """Closed first for a new client: stuck writing, idle after an answer, a queued scrape, new; oldest first."""
+    def eviction_order(self, now: float) -> tuple[int, float]:
+        """Closed first for a new client, oldest first within each: silent past the grace (never sent a request),
+        an answer untaken past the grace, idle after an answer, new (within the grace), a queued scrape, an answer
+        being taken (within the grace).
+
+        Ranked by what the connection waits for: silent ones ranked after a queued scrape let a flood of them
+        (more than 64 in the 10 s header deadline) close every scrape before its answer.
+        """
         state = self.state
-        return (0 if state == _WRITING else 1 if state == _WAITING and self.served else 2 if state == _QUEUED
-                else 3), self.since
+        late = now - self.since > SILENT_GRACE_S
+        if state == _WAITING:
+            return (2 if self.served else 0 if late else 3), self.since
+        if state == _WRITING:
+            return (1 if late else 5), self.since
+        return 4, self.since  # _QUEUED
 
 
 class Connections:
     """The open connections, each waiting for a request, answering one, or writing the answer (with a deadline).
 
     A watchdog (``expire``) closes those past their deadline; at the cap a new client closes the connection that
-    has waited longest on its client (an answer it does not take first, then an idle kept-alive one, a scrape
-    queued for the registry's shared encoding, and last one yet to send its first request: a probe admitted
-    under load is not closed before its thread reads its request),
-    so a scrape or probe is admitted while clients misbehave; only when every connection is answering is a new
-    one refused.
+    has waited longest on its client, in the order of ``_Conn.eviction_order`` (a probe admitted under load is not
+    closed before its thread reads its request unless younger ones are all that is left), so a scrape or probe is
+    admitted and answered while clients misbehave; only when every connection is answering is a new one refused.
     """
 
     def __init__(self) -> None:
@@ -74,7 +86,7 @@ class Connections:
         now = time.monotonic()
         with self._lock:
             if len(self._open) >= MAX_CONNECTIONS:
-                on_client = [(c.eviction_order(), k) for k, c in self._open.items()
+                on_client = [(c.eviction_order(now), k) for k, c in self._open.items()
                              if c.state in (_WAITING, _WRITING, _QUEUED)]
                 if not on_client or len(self._open) >= MAX_CONNECTIONS + _EVICT_SLACK:
                     HTTP_DROPPED.labels("full").inc()

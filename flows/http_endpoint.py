@@ -156,7 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self.server.connections.answering(self.connection)  # type: ignore[attr-defined]
         lengths = self.headers.get_all("Content-Length") or []
-        if (self.headers.get("Transfer-Encoding") or len(lengths) > 1
+        # Any Transfer-Encoding field, even an empty one before "chunked" (``get`` gave the empty first value).
+        if ("Transfer-Encoding" in self.headers or len(lengths) > 1
                 or any(v.strip() not in ("", "0") for v in lengths)):
             # Unread, a body would be parsed as the next request of a kept-alive connection (smuggled past a
             # proxy that saw one request, or read another of two Content-Length headers): refused, and closed.
@@ -191,12 +192,20 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] in ("/metrics", "/healthz", "/readyz"):
             self.do_GET()
         else:
-            self._send(405, b"HEAD: only /metrics, /healthz and /readyz\n", "text/plain; charset=utf-8")
+            self._send(405, b"HEAD: only /metrics, /healthz and /readyz\n", "text/plain; charset=utf-8",
+                       headers={"Allow": "GET"})  # RFC 9110 §15.5.6: a 405 names the methods the path takes
 
     def send_response(self, code: int, message: str | None = None) -> None:
         """http.server's, once the answer is made: from now the client must take it by the write deadline."""
         self.server.connections.writing(self.connection)  # type: ignore[attr-defined]
         super().send_response(code, message)
+
+    def end_headers(self) -> None:
+        """http.server's; an HTTP/1.0 connection kept alive (its ``Connection: keep-alive``) is told it is, or its
+        client, which assumes a 1.0 server closes, waits for the end of the connection."""
+        if self.request_version == "HTTP/1.0" and not self.close_connection:
+            self.send_header("Connection", "keep-alive")
+        super().end_headers()
 
     def _v1(self, path: str, query: str) -> None:
         """A look-up: checked (token, path, id), answered, and logged by its route only (ids are customer data)."""
@@ -272,8 +281,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         return code
 
-    def _send(self, code: int, body: bytes, ctype: str, close: bool = False) -> None:
+    def _send(self, code: int, body: bytes, ctype: str, close: bool = False,
+              headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")  # http.server then closes the connection after the answer
         self.send_header("Content-Type", ctype)

@@ -5,22 +5,30 @@ worker while it processes events (RESULTS.md, look-ups). The header section of a
 few short ``Name: value`` lines; this reads them with one ``readline`` and one ``partition`` each.
 
 It refuses what http.server refuses, with the same statuses: a bad request line (400), an HTTP/0.9 request other
-than GET (400), a version from 2.0 on (505), a header line over 65,536 bytes (431), more than 100 header lines
-(431); and, stricter, what RFC 9112 says a server must or may reject and email's parser let through as defects: a
-field line without a colon or with whitespace before it, and an obsolete folded (continued) line (400). A request
-cut short in its headers (the client went, or the header deadline shut the connection) gets no answer.
+than GET (400), a version from 2.0 on (505), more than 100 header lines (431); and, stricter, what RFC 9110/9112
+say a server must or may reject and email's parser let through as defects: a field line without a colon or with
+whitespace before it, an obsolete folded (continued) line, a field name that is not a token, a value holding a
+control character (a bare CR, a NUL), two Host fields, a control character in the request line (400). The whole
+header section is bounded (``MAX_HEADER_BYTES``, 431): 100 lines of 64 KiB each, as http.server allows, let 64
+connections hold 430 MB for the header deadline. The request line splits on ASCII whitespace only (``str.split``
+also splits on U+0085 and U+00A0, which a proxy in front does not). A request cut short in its headers (the client
+went, or the header deadline shut the connection) gets no answer.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Final
 
-MAX_LINE: Final = 65536  # http.client's _MAXLINE
 MAX_HEADERS: Final = 100  # http.client's _MAXHEADERS
+MAX_HEADER_BYTES: Final = 32768  # the whole header section (nginx's default allows 4 lines of 8 KiB)
 _END: Final = (b"\r\n", b"\n")
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1: a field name is a token
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: CR, LF, NUL, other controls; HTAB is fine
+_REQUEST_WS: Final = re.compile(r"[ \t]+")  # RFC 9112 §3: SP (and HTAB, leniently); other controls are refused
 
 
 class Headers:
@@ -95,13 +103,18 @@ def read_headers(readline: Callable[[int], bytes]) -> Headers | None:
         The fields; None when the input ended before the empty line (nothing to answer).
 
     Raises:
-        RequestError: a line too long or too many lines (431), a line that is not a field (400).
+        RequestError: a header section over ``MAX_HEADER_BYTES`` or too many lines (431), a line that is not a
+            field, a control character in a value, two Host fields (400).
     """
     fields: list[tuple[str, str]] = []
+    left = MAX_HEADER_BYTES
+    hosts = 0
     while True:
-        line = readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", "header line")
+        line = readline(left + 1)
+        left -= len(line)
+        if left < 0:
+            raise RequestError(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Headers too large",
+                               f"the header section is over {MAX_HEADER_BYTES} bytes")
         if line in _END:
             return Headers(fields)
         if not line.endswith(b"\n"):
@@ -112,10 +125,18 @@ def read_headers(readline: Callable[[int], bytes]) -> Headers | None:
         name, colon, value = line.decode("iso-8859-1").partition(":")
         # RFC 9112 §5.1: no whitespace between the name and its colon (a proxy may read the name otherwise);
         # §5.2: a line folded onto the one before it may be refused.
-        if not colon or name.split() != [name]:
+        if not colon or not _TOKEN.fullmatch(name):
             raise RequestError(HTTPStatus.BAD_REQUEST, "Bad header line",
                                "a header line is not 'name: value' (or is folded)")
-        fields.append((name, value.strip(" \t\r\n")))
+        value = value[:-2] if value.endswith("\r\n") else value[:-1]
+        if _CONTROL.search(value):
+            # A bare CR or a NUL read as a line's end by another parser in front splits one field into two.
+            raise RequestError(HTTPStatus.BAD_REQUEST, "Bad header value", "a header value holds a control character")
+        if len(name) == 4 and name.lower() == "host":
+            hosts += 1
+            if hosts > 1:  # RFC 9112 §3.2: a server must refuse two
+                raise RequestError(HTTPStatus.BAD_REQUEST, "Bad request", "two Host header fields")
+        fields.append((name, value.strip(" \t")))
 
 
 def parse_request(handler: BaseHTTPRequestHandler) -> bool:
@@ -133,8 +154,11 @@ def parse_request(handler: BaseHTTPRequestHandler) -> bool:
     raw: bytes = handler.raw_requestline  # type: ignore[attr-defined]  # set by handle_one_request
     requestline = str(raw, "iso-8859-1").rstrip("\r\n")
     handler.requestline = requestline
-    words = requestline.split()
-    if not words:
+    words = _REQUEST_WS.split(requestline.strip(" \t"))
+    if words == [""]:
+        return False
+    if _CONTROL.search(requestline):
+        handler.send_error(HTTPStatus.BAD_REQUEST, "Bad request line (a control character)")
         return False
     if len(words) >= 3:
         version = words[-1]

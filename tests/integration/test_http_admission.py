@@ -4,10 +4,12 @@ little at a time, and look-up clients holding connections, must not lock out /me
 from __future__ import annotations
 
 import fcntl
+import http.client
 import socket
 import struct
 import termios
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -175,6 +177,46 @@ def test_head_is_answered_on_health_and_metrics(server: MetricsServer) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         _get(server.port, "/v1/customers/c1", "HEAD")
     assert e.value.code == 405
+    assert e.value.headers["Allow"] == "GET"  # RFC 9110: a 405 names the methods the path takes
+
+
+def test_a_flood_of_silent_connections_does_not_close_scrapes_being_answered(
+        server: MetricsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An adversary's (issue 17): connections that send nothing, opened faster than the cap over the header
+    deadline, each closed the oldest scrape waiting for its encoding (ranked before them): /metrics failed."""
+    from prometheus_client.exposition import generate_latest
+
+    def slow(registry: Any) -> bytes:  # a large registry's encoding: the scrape waits, queued, meanwhile
+        time.sleep(0.2)
+        return bytes(generate_latest(registry))
+
+    monkeypatch.setattr(http_endpoint, "choose_encoder", lambda accept: (slow, "text/plain"))
+    stop = threading.Event()
+    silent: list[socket.socket] = []
+
+    def flood() -> None:  # 50 a second: the cap (8) is full of them within 0.2 s, each evicted 0.16 s old
+        while not stop.wait(0.02):
+            try:
+                silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            except OSError:
+                continue
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        wait_until(lambda: len(server.connections._open) >= CAP, 60, "the silent connections to fill the cap")
+        codes = []
+        for _ in range(10):
+            try:
+                codes.append(_get(server.port, "/metrics")[0])
+            except (OSError, http.client.HTTPException) as e:
+                codes.append(type(e).__name__)  # type: ignore[arg-type]
+        assert codes == [200] * 10
+    finally:
+        stop.set()
+        flooder.join(10)
+        for c in silent:
+            c.close()
 
 
 def test_scrapes_at_once_share_an_encoding_started_after_they_arrived(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from flows.http_endpoint import MetricsServer, start_http
-from flows.http_request import MAX_HEADERS, MAX_LINE
+from flows.http_request import MAX_HEADER_BYTES, MAX_HEADERS
 from tests.helpers import raw_http
 
 
@@ -27,7 +27,7 @@ def server() -> Iterator[MetricsServer]:
     (b"GET /healthz HTTP/1.x\r\n\r\n", b"400"),
     (b"GET /healthz HTTP/1.\xb2\r\n\r\n", b"400"),  # a digit to str.isdigit(), not to int()
     (b"GET /healthz HTTP/2.0\r\n\r\n", b"505"),
-    (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * MAX_LINE + b"\r\n\r\n", b"431"),
+    (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * MAX_HEADER_BYTES + b"\r\n\r\n", b"431"),
     (b"GET /healthz HTTP/1.1\r\n" + b"X: 1\r\n" * (MAX_HEADERS + 1) + b"\r\n", b"431"),
     (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
     (b"PUT /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"501"),
@@ -65,3 +65,33 @@ def test_an_http_1_0_request_is_answered_and_closed(server: MetricsServer) -> No
     assert got.startswith(b"HTTP/1.1 200 ")
     assert got.endswith(b"ok\n")
     assert got.count(b"HTTP/1.1 ") == 1
+
+
+def test_a_get_with_an_empty_transfer_encoding_then_chunked_is_refused(server: MetricsServer) -> None:
+    """An adversary's (issue 17): the first, empty, value hid the second from the body check; a proxy in front
+    reads a chunked body, which the endpoint then read as the next request of the connection."""
+    smuggled = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(smuggled) + smuggled
+                                + b"\r\n0\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400 "), got[:200]
+    assert got.count(b"HTTP/1.1 ") == 1, got[:2000]
+
+
+@pytest.mark.parametrize("line", [b"GET\x85/healthz HTTP/1.1", b"GET\xa0/healthz\xa0HTTP/1.1",
+                                  b"GET /healthz\x00 HTTP/1.1", b"GET /hea\x0bdz HTTP/1.1"])
+def test_a_request_line_split_by_non_ascii_whitespace_or_holding_a_control_is_refused(
+        server: MetricsServer, line: bytes) -> None:
+    # str.split() splits on U+0085 and U+00A0 (bytes 0x85, 0xA0 read as Latin-1): a proxy in front does not.
+    got = raw_http(server.port, line + b"\r\nHost: x\r\n\r\n")
+    assert re.findall(rb"Error code: (\d{3})", got) == [b"400"] or got.startswith(b"HTTP/1.1 400 "), got[:300]
+    assert b"ok\n" not in got
+
+
+def test_an_http_1_0_request_kept_alive_is_told_so_and_answered_in_turn(server: MetricsServer) -> None:
+    # A 1.0 client assumes the server closes unless the answer says "Connection: keep-alive": it waited for an end.
+    req = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    got = raw_http(server.port, req + req + b"GET /healthz HTTP/1.0\r\n\r\n")
+    answers = got.split(b"HTTP/1.1 200 ")[1:]
+    assert len(answers) == 3, got
+    assert [b"\r\nConnection: keep-alive\r\n" in a for a in answers] == [True, True, False]
