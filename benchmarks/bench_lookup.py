@@ -8,6 +8,13 @@ customers. Throughput is valid events (``cx_events_total``) per second between t
 polled from /metrics; latency is each request's wall time from the client, split by answer (200 from memory: the
 customer is held; 200 with ``"held": false``: evicted, read from ClickHouse; 404: unknown).
 
+``--decoy`` adds a baseline with the client's load matched: the same client threads, at the same rate, ask a decoy
+process (the same HTTP endpoint code answering a fixed body of a look-up's size) while the worker replays without
+look-ups. On a 2-core machine the client's threads and the answering compete with the worker for the cores,
+which the agent desktops of a deployment do not: with the load matched in both runs, the ratio is what serving
+costs the worker itself (its HTTP thread, the GIL it shares, the shard gate), not what a client on the same
+machine costs.
+
 ``--sink jsonl`` writes the outputs to JSONL files instead (as a worker whose ClickHouse runs on another machine
 spends no CPU on the database; the embedded one shares this machine's cores with the worker); its section is
 ``lookup-jsonl`` and it has no events-table comparison.
@@ -44,6 +51,30 @@ NO_EVENTS = ("import state.shard as _s\n_i = _s.Shard.__init__\n"
              "_s.Shard.__init__ = _init\n")
 RUN_CLI = "import runpy; runpy.run_module('flows.cli', run_name='__main__', alter_sys=True)\n"
 _EVENTS = re.compile(rb"^cx_events_total\{[^}]*\} ([0-9.e+]+)$", re.M)
+
+
+# The decoy: the endpoint's own HTTP code answering every customer look-up with a fixed body of a held customer's
+# size (two journeys, a tag, three moments), so its CPU per request is close to the worker's HTTP thread's.
+DECOY = """
+import sys, threading
+from flows import http_endpoint
+J = {"journey": "order", "attempt": 3, "stage": "checkout", "status": "open", "step": "payment",
+     "entry": "app", "entries": ["app", "web"], "channels": ["app", "web"], "updated_at": 1700000000000}
+M = {"moment_id": "0" * 32, "rule": "payment_failed", "rule_version": 1, "kind": "failure", "journey": "order",
+     "step": "payment", "urgency": "P2", "due_ts": 1700000000000, "detected_at": 1700000000000,
+     "evidence": ["e" * 32], "action": "sms_help", "decision": {"status": "sent", "reason": "", "channel": "sms",
+     "template": "t", "control": False, "suppressed_channels": [], "send_ts": 1700000000000}}
+class Decoy:
+    def ready(self): return True
+    def customer(self, cid, local=False, token=None):
+        return 200, {"customer_id": cid, "process": 0, "held": True, "journeys": [J, J], "tags": [
+            {"tag": "pay_fail", "journey": "order", "moment_id": "0" * 32, "opened_ts": 1, "state": "open",
+             "expires_at": 2}], "sends": [], "last_seen": 1, "moments": [M, M, M], "context": None}
+http_endpoint.set_service(Decoy())
+http_endpoint._api[0] = (http_endpoint._api[0][0], None)  # no token, whatever the environment says
+http_endpoint.start_http(int(sys.argv[1]), "127.0.0.1")
+threading.Event().wait()
+"""
 
 
 def _free_port() -> int:
@@ -100,6 +131,14 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
     in it; a shared machine moves it less than the wall-clock rate, but it still moves.
     """
     port = _free_port()
+    decoy = None
+    ask = port
+    if mode == "decoy":
+        ask = _free_port()
+        decoy = subprocess.Popen([sys.executable, "-c", DECOY, str(ask)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        while _events(ask) is None:  # its /metrics answers once it listens
+            time.sleep(0.05)
     cpu0 = _children_cpu()
     with tempfile.TemporaryDirectory() as tmp:
         src = ["--source", f"file:{source}"] if source is not None else \
@@ -118,8 +157,8 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
             n = _events(port)
             if n is not None:
                 samples.append((time.perf_counter(), n))
-                if mode == "lookups" and not threads and n > 0:
-                    threads = [threading.Thread(target=_lookups, args=(port, customers, stop, lat, i))
+                if mode in ("lookups", "decoy") and not threads and n > 0:
+                    threads = [threading.Thread(target=_lookups, args=(ask, customers, stop, lat, i))
                                for i in range(CLIENTS)]
                     for t in threads:
                         t.start()
@@ -129,6 +168,9 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
             t.join()
         proc.wait(timeout=600)
     cpu = _children_cpu() - cpu0  # this run's worker only: it is the one child reaped meanwhile
+    if decoy is not None:  # reaped after the worker's CPU was read: its own is not counted
+        decoy.kill()
+        decoy.wait()
     # From the first sample that counted events to the first that reached the final count (the end of input).
     flowing = [(t, n) for t, n in samples if n > 0]
     first = flowing[0]
@@ -170,12 +212,15 @@ def main() -> None:
                     help="replay a file the simulator wrote once (default), or simulate inside the worker")
     ap.add_argument("--sink", choices=("chdb", "jsonl"), default="chdb",
                     help="embedded ClickHouse (default, as shipped) or JSONL files (a database elsewhere)")
+    ap.add_argument("--decoy", action="store_true",
+                    help="also a baseline with the client's load matched: it asks a decoy process meanwhile")
     ap.add_argument("--before", action="append", default=[], metavar="STEPS",
                     help="also serve look-ups with these costs put back (benchmarks.lookup_before: "
                          "parse,switch,gate), in the same rounds; repeat for several variants")
     a = ap.parse_args()
     source = events_file(a.customers, a.minutes) if a.source == "file" else None
-    modes = ("no-events", "shipped", "lookups") if a.sink == "chdb" else ("shipped", "lookups")
+    modes: tuple[str, ...] = ("no-events", "shipped", "lookups") if a.sink == "chdb" else ("shipped", "lookups")
+    modes += ("decoy",) if a.decoy else ()
     modes += tuple(f"before:{b}" for b in a.before)
     rates: dict[str, list[float]] = {m: [] for m in modes}
     per_cpu: dict[str, list[float]] = {m: [] for m in rates}
@@ -207,6 +252,15 @@ def main() -> None:
         Figure("events per CPU-second with look-ups / without", tuple(
             s / n for s, n in zip(per_cpu["lookups"], per_cpu["shipped"], strict=True)), "×"),
     ]
+    if a.decoy:
+        figures += [
+            Figure(f"replay into {into}, client asking a decoy (load matched)", tuple(rates["decoy"])),
+            Figure("ratio with look-ups / without, client load matched", tuple(
+                s / n for s, n in zip(rates["lookups"], rates["decoy"], strict=True)), "×"),
+            Figure("worker's events per CPU-second, client asking a decoy", tuple(per_cpu["decoy"])),
+            Figure("events per CPU-second with look-ups / without, client load matched", tuple(
+                s / n for s, n in zip(per_cpu["lookups"], per_cpu["decoy"], strict=True)), "×"),
+        ]
     for b in a.before:
         m = f"before:{b}"
         figures += [
@@ -228,6 +282,8 @@ def main() -> None:
             f"(median {statistics.median(loads):.1f}).\n\n"
             f"Look-ups at {RATE:.0f}/s from {CLIENTS} open-loop client threads (kept-alive connections) while events "
             f"flowed: {len(lat['lookups']):,} requests ({sent_rate:.0f}/s), {_latency(lat['lookups'])}.")
+    if a.decoy:
+        body += f"\n\nThe decoy's answers, the same rounds: {_latency(lat['decoy'])}."
     for b in a.before:
         body += f"\n\nWith {b} as before, the same rounds: {_latency(lat[f'before:{b}'])}."
     write_section("lookup" if a.sink == "chdb" else "lookup-jsonl", body)
