@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig
@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
     from flows.http_endpoint import MetricsServer
+
+# Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the cyclic GC
+# rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md). A young generation of 100,000
+# objects took 70-150 ms to collect, holding the GIL: look-ups waited as long (their p99). 10,000 keeps each
+# pause near a tenth of it; the middle generation's 500 keeps its collections as rare (every 5 M objects).
+GC_THRESHOLDS: Final = (10_000, 500, 1000)
 
 log = logging.getLogger("cx.run")
 
@@ -111,9 +117,7 @@ def _prepare(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | None 
     if versions is not None and len(versions.packs) > 1:
         log.info("rule pack versions in %s: %s", versions.path, versions.describe())
     metrics.set_latency_targets(pack)
-    # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the
-    # cyclic GC rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md).
-    gc.set_threshold(100_000, 50, 1000)
+    gc.set_threshold(*GC_THRESHOLDS)
     STATS.live = cfg.live
     if cfg.source == "kafka" or cfg.wants_kafka:
         _check_kafka(cfg)
