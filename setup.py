@@ -72,6 +72,10 @@ def ext_modules() -> list[Any]:
         from mypyc.build import mypycify  # noqa: PLC0415
     except ImportError as e:
         return _pure(f"mypyc not importable: {e}")
+    # An earlier build's modules go first: one whose source is no longer compiled (a subpackage's __init__.py)
+    # would otherwise stay beside it and be imported in its place.
+    for old in build_info.compiled_files(STATE):
+        old.unlink(missing_ok=True)
     sources = [p.relative_to(ROOT).as_posix() for p in build_info.sources(STATE)]
     # The digests of the sources as mypyc is about to read them: a source edited while it translates (a minute)
     # must show as stale at import, not be recorded as what the compiled modules were built from.

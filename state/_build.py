@@ -22,7 +22,9 @@ from types import ModuleType
 from typing import Final, NamedTuple
 
 MANIFEST: Final = "_build.json"
-# Modules that decide the build, so they always run from source.
+# Modules that decide the build, so they always run from source (the package's own ``__init__.py`` and this one),
+# and every subpackage's ``__init__.py``: compiled, its ``__path__`` pointed at ``state/state/<sub>``, so a first
+# ``import state.generic.base`` failed (a package whose ``__init__`` imports its modules hid it).
 NOT_COMPILED: Final = frozenset({"__init__.py", "_build.py"})
 PURE_ENV: Final = "CX_PURE_PYTHON"
 
@@ -37,7 +39,8 @@ class Build(NamedTuple):
 
 def sources(root: Path) -> list[Path]:
     """The modules of the package at ``root`` that mypyc compiles, in a stable order."""
-    return sorted(p for p in root.rglob("*.py") if p.name not in NOT_COMPILED or p.parent != root)
+    return sorted(p for p in root.rglob("*.py") if p.name != "__init__.py" and (p.name not in NOT_COMPILED
+                                                                               or p.parent != root))
 
 
 def digests(root: Path) -> dict[str, str]:

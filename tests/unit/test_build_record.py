@@ -50,3 +50,32 @@ def test_a_source_edited_while_mypyc_translates_is_stale_at_import(tmp_path: Pat
     assert record["digests"]["moments.py"] != now["moments.py"]  # so the import finds it stale
     assert {k: v for k, v in record["digests"].items() if k != "moments.py"} == \
         {k: v for k, v in now.items() if k != "moments.py"}
+
+
+def test_a_build_removes_the_compiled_modules_of_an_earlier_one_first(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # A subpackage's __init__ compiled by an earlier build, no longer compiled now, stayed beside its source and
+    # was imported in its place.
+    import importlib.machinery
+
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT / "state", tree / "state", ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.json"))
+    shutil.copy(ROOT / "setup.py", tree / "setup.py")
+    stale = tree / "state" / "generic" / f"__init__{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    stale.write_bytes(b"\x7fELF")
+    seen: list[list[str]] = []
+
+    def mypycify(sources: list[str], **_kw: Any) -> list[Any]:
+        seen.append(sources)
+        assert not stale.exists()  # gone before the new build's modules are written
+        return []
+
+    fake = types.ModuleType("mypyc.build")
+    fake.mypycify = mypycify  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mypyc.build", fake)
+    monkeypatch.delenv("CX_PURE_PYTHON", raising=False)
+    ns = _setup_module(tree)
+    monkeypatch.setitem(ns, "_missing_toolchain", lambda: "")
+    ns["ext_modules"]()
+    assert seen
+    assert not [s for s in seen[0] if s.endswith("__init__.py")]
