@@ -23,6 +23,18 @@ def _setup_module(tree: Path) -> dict[str, Any]:
     return ns
 
 
+def _build_with(tree: Path, mypycify: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run setup.py's ``ext_modules`` in ``tree`` with ``mypycify`` standing in for mypyc's (a C toolchain assumed)."""
+    fake = types.ModuleType("mypyc.build")
+    fake.mypycify = mypycify  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mypyc.build", fake)
+    monkeypatch.delenv("CX_PURE_PYTHON", raising=False)
+    ns = _setup_module(tree)
+    monkeypatch.setitem(ns, "_missing_toolchain", lambda: "")
+    ns["ext_modules"]()
+    return ns
+
+
 def test_a_source_edited_while_mypyc_translates_is_stale_at_import(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: the digests were taken after mypycify returned, so an edit made while it ran was recorded as
@@ -37,13 +49,7 @@ def test_a_source_edited_while_mypyc_translates_is_stale_at_import(tmp_path: Pat
         edited.write_text(edited.read_text() + "\n# edited while mypyc ran\n")
         return []
 
-    fake = types.ModuleType("mypyc.build")
-    fake.mypycify = mypycify  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mypyc.build", fake)
-    monkeypatch.delenv("CX_PURE_PYTHON", raising=False)
-    ns = _setup_module(tree)
-    monkeypatch.setitem(ns, "_missing_toolchain", lambda: "")
-    ns["ext_modules"]()
+    ns = _build_with(tree, mypycify, monkeypatch)
     record = json.loads((tree / "state" / "_build.json").read_text())
     assert record["compiled"]
     now = ns["build_info"].digests(tree / "state")
@@ -70,12 +76,6 @@ def test_a_build_removes_the_compiled_modules_of_an_earlier_one_first(tmp_path: 
         assert not stale.exists()  # gone before the new build's modules are written
         return []
 
-    fake = types.ModuleType("mypyc.build")
-    fake.mypycify = mypycify  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mypyc.build", fake)
-    monkeypatch.delenv("CX_PURE_PYTHON", raising=False)
-    ns = _setup_module(tree)
-    monkeypatch.setitem(ns, "_missing_toolchain", lambda: "")
-    ns["ext_modules"]()
+    _build_with(tree, mypycify, monkeypatch)
     assert seen
     assert not [s for s in seen[0] if s.endswith("__init__.py")]
