@@ -122,3 +122,27 @@ class History:
         return self._query(
             "SELECT tag, rule, journey, state, moment_id, opened_ts FROM customer_tags WHERE customer_id = "
             "{cid:String} ORDER BY version DESC, moment_id LIMIT 1 BY tag", {"cid": cid})
+
+    def attempt_steps(self, cid: str, attempts: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[list[str],
+                                                                                                   list[str]]]:
+        """The entry points and channels of the customer's given ``(journey, attempt)``s, from their step rows.
+
+        One query for all of them. Each list is in the order of the steps and holds each name once (a replayed
+        row, an exact copy, changes neither); an attempt without stored steps is left out.
+        """
+        rows = self._query(
+            "SELECT journey, attempt_id, entry, channel FROM journey_steps WHERE customer_id = {cid:String} "
+            "AND attempt_id IN {ids:Array(String)} ORDER BY ts, event_id",
+            {"cid": cid, "ids": sorted({a for _, a in attempts})})
+        wanted = set(attempts)
+        out: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        for r in rows:
+            key = (r["journey"], r["attempt_id"])
+            if key not in wanted:
+                continue  # the same attempt id in another journey
+            entries, channels = out.setdefault(key, ([], []))
+            if r["entry"] and r["entry"] not in entries:
+                entries.append(r["entry"])
+            if r["channel"] and r["channel"] not in channels:
+                channels.append(r["channel"])
+        return out

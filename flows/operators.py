@@ -128,6 +128,8 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         try:
             with self._lock:
                 outs, retain = self._on_batch(values)
+                for out in outs:
+                    RECENT.note_shed(out)  # before a look-up can see the shed customer's new record as it is
         except ShardCountMismatchError as e:  # a Kafka batch from a process with more shards
             note_failure(e)  # a peer's failure may surface first: the runner names this one
             raise
@@ -184,6 +186,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             self._reload()
             self.shard.on_wall_clock()
             out = self.shard.take_outputs()
+            RECENT.note_shed(out)
         RECENT.note(out)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
@@ -200,6 +203,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
                 note_failure(ClusterSilenceError(sorted(expect[1] - self._greeters), ours))
         with self._lock:
             out = self.shard.take_outputs(states=True)
+            RECENT.note_shed(out)
         RECENT.note(out)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 

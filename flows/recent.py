@@ -12,6 +12,10 @@ store does not see the state evict, and a customer dropped here is still answere
 contexts are kept JSON-encoded (about 430 and 720 bytes): smaller than their dicts, and a look-up splices the
 bytes into its answer (``orjson.Fragment``) without encoding them again. What it costs per customer is in
 benchmarks/RESULTS.md ("Look-ups' recent history in memory").
+
+It also keeps a one-hash filter (1 MiB) of the ids the shards shed (``--max-customers``, ``Outputs.shed_ids``): a
+customer shed and seen again has a new state record that knows nothing of before, and only such a customer's
+look-up asks ClickHouse for its open tags and earlier journeys (``flows.serving``).
 """
 
 from __future__ import annotations
@@ -79,6 +83,17 @@ class Recent:
     def maybe_dropped(self, cid: str) -> bool:
         """Whether the bound may have dropped the customer (False: it never was here, or still is)."""
         return self._trail.maybe_dropped(cid)
+
+    def note_shed(self, out: Outputs) -> None:
+        """Remember the customers a shard batch shed (``--max-customers``): call it holding the shard's lock, so
+        that a look-up never sees a customer's new record before its shed is noted (``flows.operators``)."""
+        if self.enabled and out.shed_ids:  # rare: most batches shed nobody
+            with self._lock:
+                self._trail.note_shed(out.shed_ids)
+
+    def maybe_shed(self, cid: str) -> bool:
+        """Whether the state may have shed the customer (``--max-customers``) in this run (False: it never did)."""
+        return self._trail.maybe_shed(cid)
 
     def get(self, cid: str) -> dict[str, Any] | None:
         """The customer's remembered parts, None if none are kept.

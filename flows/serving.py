@@ -12,9 +12,11 @@ A customer look-up is answered from the worker's memory:
   points of the customer's attempts) is kept from the worker's outputs in ``flows.recent`` (bounded).
 
 ClickHouse is asked only for what memory cannot answer (``flows.lookup_history``): a customer the state evicted
-(its stored journeys, moments and context), one the recent store dropped, and a moment's explanation (its
-evidence events, the steps around it), through the client the worker's own sink holds: on the embedded default
-(chDB) no other process may open the path while the worker runs, so the worker answers for it.
+(its stored journeys, moments and context), one the recent store dropped, one the state shed and saw again (its
+open tags and earlier journeys), the entry points and channels of attempts memory did not note (restored from
+snapshots, stored), and a moment's explanation (its evidence events, the steps around it), through the client
+the worker's own sink holds: on the embedded default (chDB) no other process may open the path while the worker
+runs, so the worker answers for it.
 
 In a cluster each process serves the customers of its own shards. A process asked about a customer it does
 not hold asks the process that runs the customer's shard (``Placement.process_of``, the placement Bytewax
@@ -131,27 +133,48 @@ class Service:
                                "context": None}
         kept = self.recent.get(cid)
         attempts = kept["attempts"] if kept is not None else {}
-        for j in out["journeys"]:
-            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
-            j["entry"] = entries[-1] if entries else ""
-            j["entries"] = list(entries)
-            j["channels"] += [ch for ch in channels if ch not in j["channels"]]
+        complete = False  # the newest moments and context are all from this run: memory alone has them
         if kept is not None:
             out["moments"], out["context"] = kept["moments"], kept["context"]
-            if len(kept["moments"]) >= MAX_MOMENTS and kept["context"] is not None:
-                return out  # the newest moments and context are all from this run: memory alone is complete
-        if self.history is not None and self._may_be_stored(cid):
-            # Memory holds only what happened since the run started (or since the store dropped the customer):
-            # the earlier moments and context are in ClickHouse, merged with memory's.
+            complete = len(kept["moments"]) >= MAX_MOMENTS and kept["context"] is not None
+        # The state's record began empty (a restart without snapshots) or anew (the customer was shed and seen
+        # again): the tags it held open and the journeys it was on before are in ClickHouse only.
+        lost = self.restarted or out.pop("shed", False) or self.recent.maybe_shed(cid)
+        if self.history is not None and (lost or (not complete and self._may_be_stored(cid))):
             try:
-                out["moments"] = _merged(out["moments"], self.history.moments(cid))
-                out["context"] = _latest(out["context"], self.history.context(cid))
-                if self.restarted:  # a state started empty: tags held before the restart are stored only
+                if not complete and self._may_be_stored(cid):
+                    # Memory holds only what happened since the run started (or since the store dropped the
+                    # customer): the earlier moments and context are in ClickHouse, merged with memory's.
+                    out["moments"] = _merged(out["moments"], self.history.moments(cid))
+                    out["context"] = _latest(out["context"], self.history.context(cid))
+                if lost:
                     out["tags"] = self._tags(cid, out["tags"], out["last_seen"])
+                    live = {j["journey"] for j in out["journeys"]}  # one attempt per journey: the live one is newer
+                    out["journeys"] += [j for j in self.history.journeys(cid) if j["journey"] not in live]
             except Exception as e:  # noqa: BLE001 - the live part still answers; the problem is named
                 log.warning("look-up history unavailable: %s", type(e).__name__)
                 out["history"] = f"unavailable: {type(e).__name__}"
+        self._trails(cid, out, attempts)
         return out
+
+    def _trails(self, cid: str, out: dict[str, Any], attempts: dict[tuple[str, str], Any]) -> None:
+        """Set each journey's ``entry``, ``entries`` and ``channels``: from memory (``flows.recent``), and for the
+        attempts memory lacks (from before a resume or a restart, a shed record, a stored customer) from their
+        stored steps, in one query; none when memory holds every attempt.
+        """
+        keys = [(j["journey"], j["attempt"]) for j in out["journeys"]]
+        lacking = [k for k in keys if k not in attempts]
+        if lacking and self.history is not None:
+            try:
+                attempts = {**self.history.attempt_steps(cid, lacking), **attempts}
+            except Exception as e:  # noqa: BLE001 - what memory holds still answers; the problem is named
+                log.warning("look-up of stored steps failed: %s", type(e).__name__)
+                out["history"] = f"unavailable: {type(e).__name__}"
+        for j in out["journeys"]:
+            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
+            live = j.get("channels", [])  # a live open attempt's channels (ChannelHop); stored journeys have none
+            j.update(entry=entries[-1] if entries else "", entries=list(entries),
+                     channels=[*live, *(ch for ch in channels if ch not in live)])
 
     def _tags(self, cid: str, held: list[dict[str, Any]], seen: int) -> list[dict[str, Any]]:
         """The tags ``held`` by the state, and those stored open (or actioned) and not expired, in ClickHouse.
@@ -197,11 +220,8 @@ class Service:
                 out["history"] = f"unavailable: {type(e).__name__}"
         if not (kept is not None or out["journeys"] or out["moments"] or out["context"]):
             return None
-        attempts = kept["attempts"] if kept is not None else {}
-        for j in out["journeys"]:
-            # What memory still holds of the attempt (entry points, channels): stored journey states have none.
-            entries, channels = attempts.get((j["journey"], j["attempt"]), ((), ()))
-            j.update(entry=entries[-1] if entries else "", entries=list(entries), channels=list(channels))
+        # What memory still holds of each attempt (entry points, channels), the stored steps for the rest.
+        self._trails(cid, out, kept["attempts"] if kept is not None else {})
         out["last_seen"] = max((j["updated_at"] for j in out["journeys"]), default=0)
         return out
 

@@ -60,12 +60,21 @@ class ShardRegistry:
     def customer(self, cid: str) -> dict[str, Any] | None:
         """Return the live view of a customer (``customer_view``), or None when no shard here holds it.
 
+        ``"shed": True`` is added when the batch being applied shed the customer's earlier record (its outputs,
+        which note it, are not taken yet).
+
         The shard holding it is found without its lock (a dict's ``in`` is atomic under the GIL); the view is read
         between two of its worker's events (``ShardGate.read``), so a look-up waits for one event, not a batch.
         """
         def view(shard: Shard) -> dict[str, Any] | None:
             c = shard.customers.get(cid)
-            return customer_view(shard, c) if c is not None else None
+            if c is None:
+                return None
+            found = customer_view(shard, c)
+            if cid in shard.ctx.out.shed_ids:
+                # Read mid-batch: the batch shed the customer's earlier record, not yet noted (flows.recent).
+                found["shed"] = True
+            return found
 
         for shard, gate in self:
             if cid in shard.customers:

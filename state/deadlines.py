@@ -169,10 +169,13 @@ def shed_oldest(ctx: BatchContext, customers: dict[str, CustomerState]) -> None:
     Dicts keep insertion order and the capped shard moves a customer to the end when seen: the first
     key is the customer seen least recently.
     """
-    c = customers.pop(next(iter(customers)))
+    cid = next(iter(customers))
+    c = customers.pop(cid)
     out = ctx.out
     out.evicted += 1
     out.shed += 1
+    # Its open tags and journeys are then in ClickHouse only: a look-up of it seen again merges them.
+    out.shed_ids.append(cid)
     # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
     # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
     pending = 0

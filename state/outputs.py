@@ -101,6 +101,7 @@ class Outputs:
         "shed",
         "shed_pending",
         "shed_moments",
+        "shed_ids",
         "customers",
         "watermark_ms",
         "max_ts_ms",
@@ -133,6 +134,8 @@ class Outputs:
         self.shed = 0
         self.shed_pending = 0
         self.shed_moments = 0
+        # The ids shed (a rare path): a look-up of one seen again merges what its shed record held (flows.recent).
+        self.shed_ids: list[str] = []
         self.customers = 0
         self.watermark_ms = 0
         self.max_ts_ms = 0

@@ -35,8 +35,18 @@ DECISION_FIELDS: Final = ("status", "reason", "channel", "template", "control", 
 
 
 def dropped_bit(cid: str) -> int:
-    """The bit of the dropped-ids filter that stands for ``cid``."""
+    """The bit of the dropped-ids filter (and of the shed-ids filter) that stands for ``cid``."""
     return zlib.crc32(cid.encode("utf-8", "surrogatepass")) % DROPPED_BITS
+
+
+def _set_bit(bits: bytearray, cid: str) -> None:
+    h = dropped_bit(cid)
+    bits[h >> 3] |= 1 << (h & 7)
+
+
+def _has_bit(bits: bytearray, cid: str) -> bool:
+    h = dropped_bit(cid)
+    return bool(bits[h >> 3] & (1 << (h & 7)))
 
 
 class Trail:
@@ -51,6 +61,9 @@ class Trail:
         self.dropped = 0
         # Which ids were dropped (a one-hash Bloom filter): an id never seen needs no ClickHouse query to be a 404.
         self.dropped_bits = bytearray(DROPPED_BITS // 8)
+        # Which ids the state shed (``--max-customers``): a look-up of one seen again merges its stored tags and
+        # journeys, which its new record lacks; a customer never shed costs no query (same one-hash filter).
+        self.shed_bits = bytearray(DROPPED_BITS // 8)
         # In order of last noting (re-inserted when noted): a dict is half the size of an OrderedDict.
         self.customers: dict[str, list[Any]] = {}
 
@@ -62,8 +75,7 @@ class Trail:
             if len(customers) >= self.max_customers:
                 oldest = next(iter(customers))
                 del customers[oldest]
-                h = dropped_bit(oldest)
-                self.dropped_bits[h >> 3] |= 1 << (h & 7)
+                _set_bit(self.dropped_bits, oldest)
                 self.dropped += 1
             e = [(), None, ()]
         customers[cid] = e
@@ -71,8 +83,16 @@ class Trail:
 
     def maybe_dropped(self, cid: str) -> bool:
         """Whether the bound may have dropped the customer (False: it never was here, or still is)."""
-        h = dropped_bit(cid)
-        return bool(self.dropped_bits[h >> 3] & (1 << (h & 7)))
+        return _has_bit(self.dropped_bits, cid)
+
+    def note_shed(self, ids: list[str]) -> None:
+        """Note the ids a shard batch shed."""
+        for cid in ids:
+            _set_bit(self.shed_bits, cid)
+
+    def maybe_shed(self, cid: str) -> bool:
+        """Whether the state may have shed the customer (False: it never did)."""
+        return _has_bit(self.shed_bits, cid)
 
     def note(self, out: Outputs, max_moments: int, max_attempts: int) -> None:
         """Note a shard batch's journey steps, moments (with their decisions) and hand-off contexts."""

@@ -284,3 +284,96 @@ def test_a_customer_evicted_from_memory_is_answered_from_clickhouse(kafka: str, 
     assert body["context"]["moment_id"] == moment_id("cust-a", "cart.handoff", "e3")
     assert _get(port, "/v1/customers/cust-b")[1]["held"] is True
     assert _get(port, "/v1/customers/nobody")[0] == 404
+
+
+def test_a_customer_shed_and_seen_again_shows_its_open_tags_and_journeys(kafka: str, topics: dict[str, str],
+                                                                          workers: list[Worker],
+                                                                          tmp_path: Path) -> None:
+    # One customer in the state (--max-customers 1 on one shard): cust-b sheds cust-a, which then comes back with
+    # an event of no journey. Its new record knows nothing of before: the look-up showed no tags and no journeys,
+    # though its tag was still open in ClickHouse.
+    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0", "--shards", "1", "--max-customers", "1")
+    w = Worker(args, tmp_path / "w.log", env=env)
+    workers.append(w)
+    port = _port(w)
+    t = _now()
+    produce(kafka, topics["events"], [
+        _ev("e1", t, "view", "cust-a", journey="cart", step="product", entry="home_banner"),
+        _ev("e2", t + 1, "fail", "cust-a", journey="cart", step="payment", attrs={"reason": "card_declined"}),
+    ], key_of=_key)
+
+    def tagged() -> bool:
+        code, body = _get(port, "/v1/customers/cust-a")
+        return code == 200 and [tg["tag"] for tg in body["tags"]] == ["cart.failed"]
+
+    wait_until(tagged, 60, "the customer's tag, from memory")
+    produce(kafka, topics["events"], [_ev("b1", t + 2, "view", "cust-b", journey="cart", step="product")],
+            key_of=_key)
+
+    def shed() -> bool:  # answered from ClickHouse: the sink has written its tag and journey state
+        code, body = _get(port, "/v1/customers/cust-a")
+        return code == 200 and body["held"] is False and [tg["tag"] for tg in body["tags"]] == ["cart.failed"]
+
+    wait_until(shed, 60, "cust-a shed, its tag stored")
+    produce(kafka, topics["events"], [_ev("a3", t + 3, "view", "cust-a")], key_of=_key)
+
+    def back() -> dict[str, Any] | None:
+        code, body = _get(port, "/v1/customers/cust-a")
+        return body if code == 200 and body.get("held") is True else None
+
+    body = wait_until(back, 60, "cust-a held again")
+    assert isinstance(body, dict)
+    assert [(tg["tag"], tg["moment_id"]) for tg in body["tags"]] == [
+        ("cart.failed", moment_id("cust-a", "cart.failed", "e2"))], body
+    [cart] = body["journeys"]
+    assert (cart["journey"], cart["attempt"], cart["step"]) == ("cart", "e1", "payment")
+    assert (cart["entry"], cart["entries"], cart["channels"]) == ("home_banner", ["home_banner"], ["app"])
+    assert "cust-a" not in w.log()
+
+
+def test_after_a_resume_restored_journeys_show_their_entries_and_channels(kafka: str, topics: dict[str, str],
+                                                                          workers: list[Worker],
+                                                                          tmp_path: Path) -> None:
+    # Memory's entry points and channels per attempt are not in the snapshot, and the state keeps channels only
+    # for open attempts: after a resume they were empty.
+    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0", "--recovery-dir", str(tmp_path / "rec"),
+                      "--snapshot-interval", "0.5")
+    t = _now()
+    produce(kafka, topics["events"], [
+        _ev("e1", t, "view", "cust-a", journey="cart", step="product", entry="home_banner"),
+        _ev("e2", t + 1, "start", "cust-a", journey="cart", step="cart", entry="search"),
+        _ev("e3", t + 2, "view", "cust-a", journey="5g_upgrade", step="landing", entry="ad"),
+        orjson.dumps({"event_id": "e4", "customer_id": "cust-a", "ts": t + 3, "channel": "web", "type": "complete",
+                      "journey": "5g_upgrade", "step": "payment"}),
+    ], key_of=_key)
+
+    def complete(port: int) -> Any:
+        def ready() -> dict[str, Any] | None:
+            code, body = _get(port, "/v1/customers/cust-a")
+            js = {j["journey"]: j for j in body.get("journeys", [])} if code == 200 else {}
+            return js if len(js) == 2 and js["5g_upgrade"]["status"] == "completed" and js["cart"]["entries"] else None
+        return ready
+
+    first = Worker(args, tmp_path / "first.log", env=env)
+    workers.append(first)
+    before = wait_until(complete(_port(first)), 60, "the customer's journeys, from memory")
+    assert isinstance(before, dict)
+    time.sleep(3)  # snapshots every 0.5 s: the state after the last event is in one
+    first.stop()
+    second = Worker(args, tmp_path / "second.log", env=env)
+    workers.append(second)
+    port = _port(second)
+
+    def held() -> dict[str, Any] | None:  # answered from ClickHouse ("held": false) until the shard is back
+        code, body = _get(port, "/v1/customers/cust-a")
+        return body if code == 200 and body["held"] is True else None
+
+    body = wait_until(held, 60, "the resumed worker to hold the restored customer")
+    assert isinstance(body, dict)
+    js = {j["journey"]: j for j in body["journeys"]}
+    assert (js["cart"]["entry"], js["cart"]["entries"]) == ("search", ["home_banner", "search"]), js
+    assert js["cart"]["channels"] == ["app"]
+    assert (js["5g_upgrade"]["status"], js["5g_upgrade"]["entries"]) == ("completed", ["ad"])
+    assert js["5g_upgrade"]["channels"] == ["app", "web"]
+    assert before["5g_upgrade"]["channels"] == ["app", "web"]  # what memory showed before the stop
+    assert "cust-a" not in second.log()
