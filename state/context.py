@@ -205,6 +205,20 @@ class BatchContext:
             t = prev[1]
         self.dirty[k] = (c, t)
 
+    def write_marked(self, cid: str) -> None:
+        """Write now the customer's journey state rows marked for the batch's end (it leaves the shard).
+
+        A marked row names the record it was marked on: left marked, the customer's next record (seen again in
+        the same interval) found its own mark taken, and the row written was the old record's.
+        """
+        for jidx in range(len(self.journey_defs)):
+            marked = self.dirty.pop((cid, jidx), None)
+            if marked is not None:
+                c, changed = marked
+                a = c.attempts[jidx]
+                if a is not None:
+                    self.out.states.append(self.state_record(cid, jidx, a, changed))
+
     def state_row(self, c: CustomerState, cid: str, jidx: int, a: Attempt, ts: int) -> None:
         """Emit a journey state row now (attempt ended)."""
         self.dirty.pop((cid, jidx), None)

@@ -176,6 +176,7 @@ def shed_oldest(ctx: BatchContext, customers: dict[str, CustomerState]) -> None:
     out.shed += 1
     # Its open tags and journeys are then in ClickHouse only: a look-up of it seen again merges them.
     out.shed_ids.append(cid)
+    ctx.write_marked(cid)
     # Its pending abandonments (armed, not yet due: due ones fired before this event) would have fired
     # before its eviction; shedding drops them, which operators must see (a cap set too low halved them).
     pending = 0

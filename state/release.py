@@ -63,6 +63,7 @@ def release(held: ReorderBuffer, ctx: BatchContext, customers: dict[str, Custome
             if on_wake(ctx, c, cid, due):
                 del customers[cid]
                 ctx.out.evicted += 1
+                ctx.write_marked(cid)  # a mark left would take the place of its next record's
         elif ev is not None and ev.ts_ms < wm:
             if from_heap:
                 pop(buf)

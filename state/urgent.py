@@ -184,6 +184,7 @@ class UrgentLane:
             if on_wake(ctx, c, cid, due):
                 del customers[cid]
                 ctx.out.evicted += 1
+                ctx.write_marked(cid)  # as state.release does
                 return
             if c.wake == due:
                 return  # nothing moved it: never spin

@@ -275,7 +275,10 @@ def test_a_customer_evicted_from_memory_is_answered_from_clickhouse(kafka: str, 
 
     def stored() -> dict[str, Any] | None:
         code, body = _get(port, "/v1/customers/cust-a")
-        return body if code == 200 and body.get("held") is False and len(body["moments"]) == 2 else None
+        # The sink writes moments, decisions and contexts in separate inserts: wait for all three.
+        return body if (code == 200 and body.get("held") is False and len(body["moments"]) == 2
+                        and all(m["decision"] is not None for m in body["moments"])
+                        and body["context"] is not None) else None
 
     body = wait_until(stored, 60, "the evicted customer's history, from ClickHouse")
     assert isinstance(body, dict)

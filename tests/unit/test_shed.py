@@ -10,7 +10,7 @@ from flows import accounting, metrics
 from state.batches import RawBatch, Tick
 from state.outputs import Outputs
 from state.shard import Shard, process
-from tests.helpers import MIN, PACK, ev, raws
+from tests.helpers import MIN, PACK, T0, ev, raws
 
 
 def _feed(sh: Shard, events: list[dict[str, object]]) -> Outputs:
@@ -70,3 +70,17 @@ def test_shed_metrics_and_a_rate_limited_warning_without_customer_ids(caplog: py
     assert len(warnings) == 1
     assert "1 customer(s) with pending moments were shed, dropping 1 pending moment(s)" in warnings[0]
     assert "cust-secret" not in warnings[0]
+
+
+def test_a_customer_shed_and_back_within_a_state_interval_gets_the_state_rows_of_both_records() -> None:
+    # The shed record's journey state row was still marked for the next write: the returning customer's own
+    # mark was taken for it (setdefault), so the row written described the shed record's attempt, at its time,
+    # and the new attempt had none (a helper's finding, issue 17).
+    sh = Shard(PACK, lateness_ms=0, max_customers=1)
+    first = _feed(sh, [ev("a1", 0, "view", customer="a", step="product"),
+                       ev("b1", MIN, "view", customer="b", step="product"),  # sheds a
+                       ev("a2", 2 * MIN, "submit", customer="a", step="checkout"),  # sheds b; a is new again
+                       ev("a3", 3 * MIN, "view", customer="a", step="checkout")])  # releases a2
+    rest = sh.take_outputs(states=True)
+    rows = [(r["customer_id"], r["last_ts"] - T0, r["last_step"]) for r in first.states + rest.states]
+    assert sorted(rows) == [("a", 0, "product"), ("a", 2 * MIN, "checkout"), ("b", MIN, "product")]
