@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -84,6 +86,7 @@ def readiness() -> dict[str, bool]:
 _api: list[tuple[Service, str | None]] = []  # the look-up service and the bearer token (at most one)
 _MOMENT_ID = re.compile(r"[0-9a-f]{32}")
 _report_lock = threading.Lock()
+_report_next = [0.0]  # monotonic time from which the next report may run
 
 
 def set_service(service: Service | None, token: str | None = None) -> Service | None:
@@ -153,15 +156,23 @@ class _Handler(BaseHTTPRequestHandler):
         """http.server's, with a lean strict header parser (``flows.http_request``) in place of email's."""
         return parse_request(self)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.server.connections.answering(self.connection)  # type: ignore[attr-defined]
+    def _has_body(self) -> bool:
+        """Whether the request says it has a body; if so it is refused (400) and the connection closed.
+
+        Unread, a body would be parsed as the next request of a kept-alive connection (smuggled past a proxy that
+        saw one request, or read another of two Content-Length headers). Any Transfer-Encoding field counts, even
+        an empty one before "chunked".
+        """
         lengths = self.headers.get_all("Content-Length") or []
-        # Any Transfer-Encoding field, even an empty one before "chunked" (``get`` gave the empty first value).
         if ("Transfer-Encoding" in self.headers or len(lengths) > 1
                 or any(v.strip() not in ("", "0") for v in lengths)):
-            # Unread, a body would be parsed as the next request of a kept-alive connection (smuggled past a
-            # proxy that saw one request, or read another of two Content-Length headers): refused, and closed.
-            self._send(400, b"a GET has no body\n", "text/plain; charset=utf-8", close=True)
+            self._send(400, f"a {self.command} has no body\n".encode(), "text/plain; charset=utf-8", close=True)
+            return True
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.server.connections.answering(self.connection)  # type: ignore[attr-defined]
+        if self._has_body():
             return
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
@@ -191,6 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
         """The health and metrics paths' headers, without the body (a monitor's availability check)."""
         if self.path.split("?", 1)[0] in ("/metrics", "/healthz", "/readyz"):
             self.do_GET()
+        elif self._has_body():  # before the 405: its body would be read as the next request (smuggled)
+            return
         else:
             self._send(405, b"HEAD: only /metrics, /healthz and /readyz\n", "text/plain; charset=utf-8",
                        headers={"Allow": "GET"})  # RFC 9110 §15.5.6: a 405 names the methods the path takes
@@ -225,8 +238,10 @@ class _Handler(BaseHTTPRequestHandler):
             # in the time of the answer.
             if not (scheme.lower() == "bearer"
                     and hmac.compare_digest(given.strip().encode("utf-8", "replace"), token.encode())):
+                # And closed: a client without the token gets one answer per connection, so pipelining wrong
+                # tokens does not keep connections answering (they would hold the cap from probes).
                 return self._json(401, {"error": "missing or wrong Authorization: Bearer token"},
-                                  {"WWW-Authenticate": 'Bearer realm="cx-moments"'})
+                                  {"WWW-Authenticate": 'Bearer realm="cx-moments"', "Connection": "close"})
         if not service.ready():
             return self._json(503, {"error": "starting: the worker does not answer look-ups yet"},
                               {"Retry-After": "1"})
@@ -257,6 +272,15 @@ class _Handler(BaseHTTPRequestHandler):
         if not _report_lock.acquire(blocking=False):
             return self._json(429, {"error": "another report is running here: retry shortly"},
                               {"Retry-After": "2"})
+        # Nor back to back: a report holds the ClickHouse client the sink inserts through, and reports asked one
+        # after another stalled the dataflow for seconds at a time. After one that took d seconds, the next waits
+        # d seconds (reports take at most half of the client's time).
+        wait = _report_next[0] - time.monotonic()
+        if wait > 0:
+            _report_lock.release()
+            return self._json(429, {"error": "the last report just ended: retry shortly"},
+                              {"Retry-After": str(max(1, math.ceil(wait)))})
+        started = time.monotonic()
         try:
             code, body = service.report(view, dict(parse_qsl(query)))
         except ValueError as e:
@@ -265,6 +289,8 @@ class _Handler(BaseHTTPRequestHandler):
             log.warning("report %s failed: %s", view, type(e).__name__)
             return self._json(500, {"error": f"report failed: {type(e).__name__}"})
         finally:
+            ended = time.monotonic()
+            _report_next[0] = ended + (ended - started)
             _report_lock.release()
         return self._json(code, body)
 

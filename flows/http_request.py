@@ -8,11 +8,13 @@ It refuses what http.server refuses, with the same statuses: a bad request line 
 than GET (400), a version from 2.0 on (505), more than 100 header lines (431); and, stricter, what RFC 9110/9112
 say a server must or may reject and email's parser let through as defects: a field line without a colon or with
 whitespace before it, an obsolete folded (continued) line, a field name that is not a token, a value holding a
-control character (a bare CR, a NUL), two Host fields, a control character in the request line (400). The whole
-header section is bounded (``MAX_HEADER_BYTES``, 431): 100 lines of 64 KiB each, as http.server allows, let 64
-connections hold 430 MB for the header deadline. The request line splits on ASCII whitespace only (``str.split``
-also splits on U+0085 and U+00A0, which a proxy in front does not). A request cut short in its headers (the client
-went, or the header deadline shut the connection) gets no answer.
+control character (a bare CR, a NUL), two Host or Authorization fields, a control character or a byte beyond
+ASCII in the request line (400). The whole header section is bounded (``MAX_HEADER_BYTES``, 431): 100 lines of
+64 KiB each, as http.server allows, let 64 connections hold 430 MB for the header deadline. The request line
+splits on SP and HTAB only (``str.split`` also splits on U+0085 and U+00A0, which a proxy in front does not); one
+empty line before it is skipped and an absolute-form target (``http://host/path``) is read as its path, as RFC 9112
+asks; ``Connection`` is read as a list of options. A request cut short in its headers (the client went, or the
+header deadline shut the connection) gets no answer.
 """
 
 from __future__ import annotations
@@ -24,10 +26,15 @@ from http.server import BaseHTTPRequestHandler
 from typing import Final
 
 MAX_HEADERS: Final = 100  # http.client's _MAXHEADERS
+MAX_REQUEST_LINE: Final = 65536  # http.server's (414 beyond)
 MAX_HEADER_BYTES: Final = 32768  # the whole header section (nginx's default allows 4 lines of 8 KiB)
 _END: Final = (b"\r\n", b"\n")
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 §5.1: a field name is a token
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 9110 §5.5: CR, LF, NUL, other controls; HTAB is fine
+_SINGLE: Final = frozenset({"host", "authorization"})  # fields a request may have once
+# A request line is ASCII (RFC 9112 §3; a target's other bytes are percent-encoded): raw UTF-8 in a path was read
+# as Latin-1 and answered as another id.
+_NOT_ASCII_TEXT: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\xff]")
 _REQUEST_WS: Final = re.compile(r"[ \t]+")  # RFC 9112 §3: SP (and HTAB, leniently); other controls are refused
 
 
@@ -108,7 +115,7 @@ def read_headers(readline: Callable[[int], bytes]) -> Headers | None:
     """
     fields: list[tuple[str, str]] = []
     left = MAX_HEADER_BYTES
-    hosts = 0
+    once: set[str] = set()
     while True:
         line = readline(left + 1)
         left -= len(line)
@@ -132,10 +139,11 @@ def read_headers(readline: Callable[[int], bytes]) -> Headers | None:
         if _CONTROL.search(value):
             # A bare CR or a NUL read as a line's end by another parser in front splits one field into two.
             raise RequestError(HTTPStatus.BAD_REQUEST, "Bad header value", "a header value holds a control character")
-        if len(name) == 4 and name.lower() == "host":
-            hosts += 1
-            if hosts > 1:  # RFC 9112 §3.2: a server must refuse two
-                raise RequestError(HTTPStatus.BAD_REQUEST, "Bad request", "two Host header fields")
+        lower = name.lower()
+        if lower in _SINGLE:
+            if lower in once:  # RFC 9112 §3.2: a server must refuse two Host fields; two tokens, which wins?
+                raise RequestError(HTTPStatus.BAD_REQUEST, "Bad request", f"two {name} header fields")
+            once.add(lower)
         fields.append((name, value.strip(" \t")))
 
 
@@ -152,13 +160,22 @@ def parse_request(handler: BaseHTTPRequestHandler) -> bool:
     handler.request_version = version = handler.default_request_version
     handler.close_connection = True
     raw: bytes = handler.raw_requestline  # type: ignore[attr-defined]  # set by handle_one_request
+    if raw in _END:
+        # RFC 9112 §2.2: an empty line before the request line should be ignored (a client's stray CRLF after a
+        # body); one only.
+        raw = handler.raw_requestline = handler.rfile.readline(MAX_REQUEST_LINE + 1)  # type: ignore[attr-defined]
+        if len(raw) > MAX_REQUEST_LINE:
+            handler.requestline = handler.request_version = ""
+            handler.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+            return False
     requestline = str(raw, "iso-8859-1").rstrip("\r\n")
     handler.requestline = requestline
     words = _REQUEST_WS.split(requestline.strip(" \t"))
     if words == [""]:
         return False
-    if _CONTROL.search(requestline):
-        handler.send_error(HTTPStatus.BAD_REQUEST, "Bad request line (a control character)")
+    if _NOT_ASCII_TEXT.search(requestline):
+        handler.send_error(HTTPStatus.BAD_REQUEST, "Bad request line (a control character or a byte beyond ASCII: "
+                                                   "percent-encode it)")
         return False
     if len(words) >= 3:
         version = words[-1]
@@ -185,6 +202,9 @@ def parse_request(handler: BaseHTTPRequestHandler) -> bool:
             handler.send_error(HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})")
             return False
     handler.command = command
+    if path[:8].lower().startswith(("http://", "https://")):
+        # RFC 9112 §3.2.2: the absolute form (a proxy's) must be accepted; its path is what is asked.
+        path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
     # gh-87389, as http.server: a path starting with // reads as a host to clients (an open redirect).
     handler.path = "/" + path.lstrip("/") if path.startswith("//") else path
     try:
@@ -196,10 +216,11 @@ def parse_request(handler: BaseHTTPRequestHandler) -> bool:
         handler.close_connection = True
         return False
     handler.headers = headers  # type: ignore[assignment]  # the part of email.message.Message handlers use
-    conntype = (headers.get("Connection") or "").lower()
-    if conntype == "close":
+    # A list of options, in one field or several (RFC 9110 §7.6.1): "close, te" closes.
+    options = {o.strip().lower() for v in headers.get_all("Connection") or () for o in v.split(",")}
+    if "close" in options:
         handler.close_connection = True
-    elif conntype == "keep-alive" and handler.protocol_version >= "HTTP/1.1":
+    elif "keep-alive" in options and handler.protocol_version >= "HTTP/1.1":
         handler.close_connection = False
     expect = (headers.get("Expect") or "").lower()
     if (expect == "100-continue" and handler.protocol_version >= "HTTP/1.1"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 import urllib.parse
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -19,6 +20,7 @@ from flows.http_token import TOKEN_ENV, http_token
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_METRICS_PORT}"
 URL_ENV = "CX_LOOKUP_URL"
+RETRY_FOR_S: Final = 60.0  # how long a command waits, in all, on a worker that answers 429 (a report runs)
 
 
 def add_lookup_args(p: argparse.ArgumentParser) -> None:
@@ -55,23 +57,44 @@ def fetch(url: str, path: str) -> dict[str, Any]:
     token = http_token()
     if token:
         req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) checked above
-            return orjson.loads(r.read())  # type: ignore[no-any-return]
-    except HTTPError as e:
+    waited = 0.0
+    while True:
         try:
-            problem = orjson.loads(e.read()).get("error", "")
-        except ValueError:
-            problem = ""
-        if e.code == 401:
-            problem = f"the worker requires a token: set {TOKEN_ENV} ({problem})"
-        if e.code in (502, 503, 504):
-            # Not "unknown": the worker could not answer (yet); status 4 lets a script retry.
-            raise RunError(f"{shown}: HTTP {e.code}: no answer now, retry: {problem}", 4) from None
-        raise RunError(f"{shown}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
-    except (OSError, ValueError) as e:
-        raise RunError(f"{shown}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
-                       f"with its HTTP port there? (--url, {URL_ENV})") from None
+            with urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) checked above
+                return orjson.loads(r.read())  # type: ignore[no-any-return]
+        except HTTPError as e:
+            # 429: a report runs, or one just ended (the worker spaces them); wait as told, a minute at most.
+            wait = _retry_after(e.headers.get("Retry-After")) if e.code == 429 else None
+            if wait is None or waited + wait > RETRY_FOR_S:
+                _refused(shown, e)
+            e.close()
+            time.sleep(wait)
+            waited += wait
+        except (OSError, ValueError) as e:
+            raise RunError(f"{shown}: no answer from a worker ({getattr(e, 'reason', e)}); is `moments run` running "
+                           f"with its HTTP port there? (--url, {URL_ENV})") from None
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` asks for (delay-seconds form), 2 when absent or not a number."""
+    try:
+        return min(max(float(value or 2), 0.1), RETRY_FOR_S)
+    except ValueError:
+        return 2.0
+
+
+def _refused(shown: str, e: Any) -> NoReturn:
+    """Raise the RunError for a worker's refusal (an ``HTTPError``): status 4 when it could not answer now."""
+    try:
+        problem = orjson.loads(e.read()).get("error", "")
+    except ValueError:
+        problem = ""
+    if e.code == 401:
+        problem = f"the worker requires a token: set {TOKEN_ENV} ({problem})"
+    if e.code in (429, 502, 503, 504):
+        # Not "unknown": the worker could not answer (yet); status 4 lets a script retry.
+        raise RunError(f"{shown}: HTTP {e.code}: no answer now, retry: {problem}", 4) from None
+    raise RunError(f"{shown}: HTTP {e.code}: {problem}", 1 if e.code != 404 else 3) from None
 
 
 def _shown(url: str) -> str:

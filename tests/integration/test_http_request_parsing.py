@@ -95,3 +95,29 @@ def test_an_http_1_0_request_kept_alive_is_told_so_and_answered_in_turn(server: 
     answers = got.split(b"HTTP/1.1 200 ")[1:]
     assert len(answers) == 3, got
     assert [b"\r\nConnection: keep-alive\r\n" in a for a in answers] == [True, True, False]
+
+
+def test_raw_non_ascii_in_the_request_line_is_refused(server: MetricsServer) -> None:
+    # An adversary's (issue 17): "/v1/customers/café" sent as raw UTF-8 was read as Latin-1 and answered 404 for
+    # a customer that exists; percent-encoded it is found.
+    got = raw_http(server.port, "GET /v1/customers/café HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert re.findall(rb"Error code: (\d{3})", got) == [b"400"], got[:300]
+    assert b"percent-encode" in got
+
+
+def test_connection_close_among_other_options_closes(server: MetricsServer) -> None:
+    got = raw_http(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close, te\r\n\r\n"
+                                b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert got.count(b"HTTP/1.1 200 ") == 1, got
+
+
+def test_an_empty_line_before_the_request_line_is_skipped(server: MetricsServer) -> None:
+    got = raw_http(server.port, b"\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 200 "), got[:300]
+
+
+@pytest.mark.parametrize(("target", "status"), [(b"http://x:9464/healthz", b"200"), (b"HTTPS://x/healthz?a=1", b"200"),
+                                                (b"http://x", b"404"), (b"http://x/nowhere", b"404")])
+def test_an_absolute_form_target_is_read_as_its_path(server: MetricsServer, target: bytes, status: bytes) -> None:
+    got = raw_http(server.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 " + status), got[:300]
