@@ -46,6 +46,8 @@ _STATE_BYTE: Final = (b"\0", b"\1")  # a tag record's state byte: open, actioned
 _COUNTS: Final = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
 _OPENED_END: Final = TAG_OPENED_AT + TS_BYTES
 _MID_END: Final = TAG_MID_AT + 16
+# A contact history holding one completion only: time zone length 0, no sends, one completion record follows.
+_FIRST_DONE: Final = b"\0" + (0).to_bytes(2, "little") + (1).to_bytes(2, "little")
 
 
 def _u(b: bytes, i: int, n: int) -> int:
@@ -224,6 +226,28 @@ class CustomerState:
             if r[k : k + 2] == key:
                 return int.from_bytes(r[k + 2 : k + 8], "little")
         return None
+
+    def remember_completion(self, jidx: int, t: int) -> None:
+        """Note that the customer completed journey ``jidx`` at ``t``: the latest per journey is kept.
+
+        The same as setting ``contact`` to ``policy.remember_completion(contact, jidx, t)``, edited in the packed
+        record without decoding the history (this runs for every completion): the completions are its last part,
+        the other records keep their order and the new one goes last.
+        """
+        r = self.rec
+        i = self._contact_at()
+        new = jidx.to_bytes(2, "little") + t.to_bytes(_TS, "little")
+        if i == len(r):
+            self.rec = r + _FIRST_DONE + new  # no time zone, no sends, one completion
+            return
+        i += 1 + r[i]  # past the time zone: at the sends' count
+        for _ in range(int.from_bytes(r[i : i + 2], "little")):
+            i += _TS + 1 + r[i + 2 + _TS]
+        done = i + 4
+        key = new[:2]
+        kept = [r[k : k + 8] for k in range(done, done + int.from_bytes(r[i + 2 : done], "little") * 8, 8)
+                if r[k : k + 2] != key]
+        self.rec = b"".join((r[: i + 2], (len(kept) + 1).to_bytes(2, "little"), *kept, new))
 
     @property
     def tz(self) -> str | None:
