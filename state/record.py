@@ -282,11 +282,16 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
     r = c.rec
     n = r[_IDS]
     end = _RING + n * _ID
-    i = r.find(key, _RING, end)
-    while i >= 0:
-        if (i - _RING) % _ID == 0:  # only whole entries count
-            return True
-        i = r.find(key, i + 1, end)
+    # Most ids are new: one search of the whole record settles that, and only a hit (a copy, or the key's bytes
+    # elsewhere in the record) looks for a whole entry of the ring. ``partition`` takes its one argument as is
+    # (``find`` builds an argument tuple; ``in`` first tries the key as an int and raises inside), and finding
+    # nothing it returns the record itself and two empty bytes: only the result tuple is allocated.
+    if r.partition(key)[1]:
+        i = r.find(key, _RING, end)
+        while i >= 0:
+            if (i - _RING) % _ID == 0:  # only whole entries count
+                return True
+            i = r.find(key, i + 1, end)
     # One join builds the new record (this runs for every event): last_seen (if later), the id count,
     # the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
     if n >= DEDUP_SLOTS:
@@ -294,7 +299,9 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
     else:
         first, count = _RING, _COUNTS[n + 1]
     ts = ev.ts_ms
-    if ts > int.from_bytes(r[:_TS], "little"):
+    # last_seen (6 bytes, little-endian) read byte by byte: compiled, six indexed loads rather than a call of
+    # int.from_bytes on a slice.
+    if ts > (r[0] | r[1] << 8 | r[2] << 16 | r[3] << 24 | r[4] << 32 | r[5] << 40):
         c.rec = b"".join((ts.to_bytes(_TS, "little"), count, r[first:end], key, r[end:]))
     else:
         c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))
