@@ -18,7 +18,7 @@ from state.generic.dispatch import JourneyRules
 from state.journey import COMPLETED, EXPIRED, Attempt, GenericAttempt
 from state.moments import SCHEMA_VERSION
 from state.plan import JourneyPlan
-from state.policy import remember_completion, remember_tz
+from state.policy import remember_tz
 from state.record import TAG_FIELDS, CustomerState
 from state.rule_model import STAGE_REUSE, STAGE_USE
 from state.tags import resolve_tags
@@ -171,7 +171,7 @@ def _complete(ctx: BatchContext, c: CustomerState, cid: str, jidx: int, jp: Jour
     a.last_key = False
     a.stage = STAGE_REUSE if a.stage >= STAGE_USE else STAGE_USE
     if ctx.pack.policy.after_complete_ms:
-        c.contact = remember_completion(c.contact, jidx, t)
+        c.remember_completion(jidx, t)  # in the packed record (``policy.remember_completion`` decoded)
     ctx.step_row(cid, jp.id, a, "(complete)", len(jp.steps), ev)
     resolve_tags(ctx, c, cid, jp.id, t)
     ctx.state_row(c, cid, jidx, a, t)

@@ -46,6 +46,8 @@ _STATE_BYTE: Final = (b"\0", b"\1")  # a tag record's state byte: open, actioned
 _COUNTS: Final = tuple(bytes((k,)) for k in range(DEDUP_SLOTS + 1))  # id-count bytes, prebuilt
 _OPENED_END: Final = TAG_OPENED_AT + TS_BYTES
 _MID_END: Final = TAG_MID_AT + 16
+# A contact history holding one completion only: time zone length 0, no sends, one completion record follows.
+_FIRST_DONE: Final = b"\0" + (0).to_bytes(2, "little") + (1).to_bytes(2, "little")
 
 
 def _u(b: bytes, i: int, n: int) -> int:
@@ -225,6 +227,28 @@ class CustomerState:
                 return int.from_bytes(r[k + 2 : k + 8], "little")
         return None
 
+    def remember_completion(self, jidx: int, t: int) -> None:
+        """Note that the customer completed journey ``jidx`` at ``t``: the latest per journey is kept.
+
+        The same as setting ``contact`` to ``policy.remember_completion(contact, jidx, t)``, edited in the packed
+        record without decoding the history (this runs for every completion): the completions are its last part,
+        the other records keep their order and the new one goes last.
+        """
+        r = self.rec
+        i = self._contact_at()
+        new = jidx.to_bytes(2, "little") + t.to_bytes(_TS, "little")
+        if i == len(r):
+            self.rec = r + _FIRST_DONE + new  # no time zone, no sends, one completion
+            return
+        i += 1 + r[i]  # past the time zone: at the sends' count
+        for _ in range(int.from_bytes(r[i : i + 2], "little")):
+            i += _TS + 1 + r[i + 2 + _TS]
+        done = i + 4
+        key = new[:2]
+        kept = [r[k : k + 8] for k in range(done, done + int.from_bytes(r[i + 2 : done], "little") * 8, 8)
+                if r[k : k + 2] != key]
+        self.rec = b"".join((r[: i + 2], (len(kept) + 1).to_bytes(2, "little"), *kept, new))
+
     @property
     def tz(self) -> str | None:
         """The customer's time zone, if known (without decoding the rest of the contact history)."""
@@ -258,11 +282,16 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
     r = c.rec
     n = r[_IDS]
     end = _RING + n * _ID
-    i = r.find(key, _RING, end)
-    while i >= 0:
-        if (i - _RING) % _ID == 0:  # only whole entries count
-            return True
-        i = r.find(key, i + 1, end)
+    # Most ids are new: one search of the whole record settles that, and only a hit (a copy, or the key's bytes
+    # elsewhere in the record) looks for a whole entry of the ring. ``partition`` takes its one argument as is
+    # (``find`` builds an argument tuple; ``in`` first tries the key as an int and raises inside), and finding
+    # nothing it returns the record itself and two empty bytes: only the result tuple is allocated.
+    if r.partition(key)[1]:
+        i = r.find(key, _RING, end)
+        while i >= 0:
+            if (i - _RING) % _ID == 0:  # only whole entries count
+                return True
+            i = r.find(key, i + 1, end)
     # One join builds the new record (this runs for every event): last_seen (if later), the id count,
     # the ids with the oldest dropped when the ring is full, the new id, then the rest untouched.
     if n >= DEDUP_SLOTS:
@@ -270,7 +299,9 @@ def seen_before(c: CustomerState, ev: Event) -> bool:
     else:
         first, count = _RING, _COUNTS[n + 1]
     ts = ev.ts_ms
-    if ts > int.from_bytes(r[:_TS], "little"):
+    # last_seen (6 bytes, little-endian) read byte by byte: compiled, six indexed loads rather than a call of
+    # int.from_bytes on a slice.
+    if ts > (r[0] | r[1] << 8 | r[2] << 16 | r[3] << 24 | r[4] << 32 | r[5] << 40):
         c.rec = b"".join((ts.to_bytes(_TS, "little"), count, r[first:end], key, r[end:]))
     else:
         c.rec = b"".join((r[:_IDS], count, r[first:end], key, r[end:]))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from state.events import Event
-from state.policy import Contact
+from state.policy import Contact, remember_completion
 from state.record import DEDUP_SLOTS, RING_AT, TAG_BYTES, CustomerState, seen_before
 
 _TS = st.integers(0, 2**47)  # event times as stored: 6 bytes
@@ -60,3 +60,22 @@ def test_a_tag_record_has_the_documented_size(tags: list[tuple[int, str, int, in
     before = len(c.rec)
     c.tags = tuple(x for t in tags for x in t) or None
     assert len(c.rec) - before == TAG_BYTES * len(tags)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TAGS, st.booleans(), _ZONE, _SENDS, _DONE, st.integers(0, 20), _TS)
+def test_a_completion_edited_in_the_record_is_the_policys_remember_completion(
+    tags: list[tuple[int, str, int, int]], has_contact: bool, tz: str | None, sends: list[tuple[int, str]],
+    done: list[tuple[int, int]], jidx: int, t: int,
+) -> None:
+    c = CustomerState(2, 0, "c")
+    seen_before(c, Event("e", "c", 5, "app", "view"))
+    flat: tuple[Any, ...] | None = tuple(x for tg in tags for x in tg) or None
+    c.tags = flat
+    contact = Contact.of(tz, sends, done) if has_contact else None
+    c.contact = contact
+    c.remember_completion(jidx, t)
+    assert c.contact == remember_completion(contact, jidx, t)
+    assert c.tags == flat
+    assert c.last_event == 5
+    assert seen_before(c, Event("e", "c", 5, "app", "view"))
