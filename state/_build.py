@@ -39,8 +39,11 @@ class Build(NamedTuple):
 
 def sources(root: Path) -> list[Path]:
     """The modules of the package at ``root`` that mypyc compiles, in a stable order."""
+    # Files only: an editor's lock (``.#journey.py``, a dangling link) or a directory named ``*.py`` made every
+    # import of state fail once compiled modules were there (their digests were read).
     return sorted(p for p in root.rglob("*.py") if p.name != "__init__.py" and (p.name not in NOT_COMPILED
-                                                                               or p.parent != root))
+                                                                               or p.parent != root)
+                  and p.is_file())
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -75,8 +78,16 @@ def _changed(root: Path) -> list[str]:
         built: dict[str, str] = json.loads((root / MANIFEST).read_text())["digests"]
     except (OSError, ValueError, KeyError, TypeError):
         return ["(no readable state/_build.json)"]
+    if not isinstance(built, dict):
+        return ["(no readable state/_build.json)"]
     now = digests(root)
-    return sorted(name for name in built.keys() | now.keys() if built.get(name) != now.get(name))
+    changed = {name for name in built.keys() | now.keys() if built.get(name) != now.get(name)}
+    # A source whose compiled module is gone would load from source beside compiled ones that import their own
+    # copy of it (two classes of one name in a process).
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    changed |= {p.relative_to(root).as_posix() for p in sources(root)
+                if not any(p.with_name(p.stem + sfx).is_file() for sfx in suffixes)}
+    return sorted(changed)
 
 
 def decide(root: Path, environ: Mapping[str, str]) -> Build:

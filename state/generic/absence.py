@@ -56,6 +56,10 @@ class AbsenceState(RuleState):
         self.arm_ms = NO_TS
         self.arm_id = ""
 
+    def fields(self) -> tuple[str, ...]:
+        """The names a snapshot keeps, in order."""
+        return ("fired", "unless_ms", "arm_id", "arm_ms")
+
     def end_attempt(self) -> None:
         """Disarm and clear the fired flag."""
         self.fired = False

@@ -8,7 +8,7 @@ ts), and calls ``end_attempt`` when the attempt ends (completion or attempt time
 
 from __future__ import annotations
 
-from typing import Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from state.events import Event
 
@@ -63,6 +63,26 @@ class RuleState:
         """An empty state: nothing seen."""
         self.fired = False
         self.unless_ms = NO_TS
+
+    def fields(self) -> tuple[str, ...]:
+        """The names a snapshot keeps, in order (a subclass adds its own)."""
+        return ("fired", "unless_ms")
+
+    # Snapshots: one format for both builds. Without these, pickle kept pure Python's (None, {slot: value}) and
+    # mypyc's {attribute: value}, and each build misread the other's: restoring a compiled build's snapshot in
+    # pure Python failed, and a pure one's restored in the compiled build came back empty (timers disarmed).
+    def __getstate__(self) -> tuple[object, ...]:
+        return tuple(getattr(self, n) for n in self.fields())
+
+    def __setstate__(self, st: Any) -> None:
+        if isinstance(st, tuple) and len(st) == 2 and st[0] is None and isinstance(st[1], dict):
+            st = st[1]  # pure Python's default, in a snapshot taken before the format was set
+        if isinstance(st, dict):  # either build's default, by name
+            for name, value in st.items():
+                setattr(self, name, value)
+            return
+        for name, value in zip(self.fields(), st, strict=True):
+            setattr(self, name, value)
 
     def end_attempt(self) -> None:
         """Forget the attempt (windows, timers, fired flag), keep the ``unless`` look-back."""

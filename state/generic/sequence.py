@@ -56,6 +56,10 @@ class SequenceState(RuleState):
         self.first_ms = NO_TS
         self.first_id = ""
 
+    def fields(self) -> tuple[str, ...]:
+        """The names a snapshot keeps, in order."""
+        return ("fired", "unless_ms", "first_id", "first_ms")
+
     def end_attempt(self) -> None:
         """Close the open ``first`` and clear the fired flag."""
         self.fired = False

@@ -84,6 +84,10 @@ class WindowState(RuleState):
         self.recs: Records | None = None
         self.groups: dict[FieldValue | None, Records] | None = None
 
+    def fields(self) -> tuple[str, ...]:
+        """The names a snapshot keeps, in order."""
+        return ("fired", "unless_ms", "groups", "recs")
+
     def end_attempt(self) -> None:
         """Clear the windows and the fired flag."""
         self.fired = False

@@ -133,3 +133,34 @@ def test_a_subpackage_module_imports_first_in_either_build(module: str, pure: bo
     compiled, path = out.stdout.split()
     assert compiled == str(state.BUILD.compiled and not pure)
     assert path.endswith(SUFFIX if compiled == "True" else ".py")
+
+
+@pytest.mark.parametrize("stray", ["link", "directory"])
+def test_a_stray_py_name_that_is_not_a_file_is_ignored(tmp_path: Path, stray: str) -> None:
+    # An adversary's (issue 18): an editor's lock `.#journey.py` (a dangling link) or a directory named `old.py`
+    # made every `import state` fail once compiled modules were there (their digests were read).
+    root = _package(tmp_path, compiled=True)
+    if stray == "link":
+        (root / ".#a.py").symlink_to(tmp_path / "nowhere")
+    else:
+        (root / "old.py").mkdir()
+    assert decide(root, {}).compiled
+
+
+@pytest.mark.parametrize("digests_value", [None, [], "x"])
+def test_a_record_whose_digests_are_not_a_mapping_runs_pure(tmp_path: Path, digests_value: object) -> None:
+    root = _package(tmp_path, compiled=True)
+    (root / MANIFEST).write_text(json.dumps({"compiled": True, "mypyc": "2.4.1", "digests": digests_value}))
+    build = decide(root, {})
+    assert not build.compiled
+    assert "_build.json" in build.line
+
+
+def test_a_source_whose_compiled_module_is_gone_runs_pure_and_names_it(tmp_path: Path) -> None:
+    # An adversary's (issue 18): with one module's .so removed the build still said compiled; that module then
+    # loaded from source beside compiled ones importing their own copy (two classes of one name).
+    root = _package(tmp_path, compiled=True)
+    (root / f"a{SUFFIX}").unlink()
+    build = decide(root, {})
+    assert not build.compiled
+    assert "a.py" in build.line
