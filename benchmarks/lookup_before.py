@@ -6,7 +6,9 @@ instructions with and without it. Steps:
 - ``parse``: request headers parsed by http.server (``email.feedparser``), not ``flows.http_request``;
 - ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``;
 - ``gc``: the cyclic GC's young generation at 10,000 objects (``gc.set_threshold(10_000, 500, 1000)``), not
-  ``flows.runner.GC_THRESHOLDS`` (tried in session 11: shorter pauses, a slower replay).
+  ``flows.runner.GC_THRESHOLDS`` (tried in session 11: shorter pauses, a slower replay);
+- ``freeze``: the heap not frozen after each batch (``flows.heap``): the young generation's collections walk the
+  customer state, as before session 12.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
-STEPS = ("parse", "gate", "gc")
+STEPS = ("parse", "gate", "gc", "freeze")
 
 
 def _attach(gate: Any, shard: Shard) -> None:
@@ -70,6 +72,10 @@ def install(steps: Iterable[str]) -> None:
         from flows import runner
 
         runner.GC_THRESHOLDS = (10_000, 500, 1000)  # type: ignore[misc]  # the thresholds tried
+    if "freeze" in steps:
+        from flows.heap import Heap
+
+        Heap.settle = lambda self: None  # type: ignore[method-assign]
     if "parse" in steps:
         from flows import http_endpoint
 

@@ -12,6 +12,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from flows.heap import HEAP
 from flows.recent import RECENT
 from flows.rule_reload import RuleReloader
 from flows.shard_gate import ShardGate
@@ -135,6 +136,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             raise
         for out in outs:
             RECENT.note(out)  # outside the lock: the look-ups' memory (flows.recent)
+        HEAP.settle()
         return outs, retain
 
     def _reload(self) -> None:
@@ -188,6 +190,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
             out = self.shard.take_outputs()
             RECENT.note_shed(out)
         RECENT.note(out)
+        HEAP.settle()
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Outputs], bool]:

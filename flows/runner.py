@@ -24,6 +24,7 @@ from flows import stopping
 from flows.cluster_preflight import PreflightStoppedError, check_cluster
 from flows.config import ConfigError, PipelineConfig, redacted_dsn
 from flows.dataflow import build_dataflow, check_clickhouse_schema
+from flows.heap import HEAP
 from flows.http_token import http_token
 from flows.lookup_serve import lookups_running, serve_lookups, stop_lookups
 from flows.operators import ClusterSettingsError
@@ -45,9 +46,8 @@ if TYPE_CHECKING:
     from flows.http_endpoint import MetricsServer
 
 # Customer state is millions of small long-lived objects: the default thresholds (700, 10, 10) make the cyclic GC
-# rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md). A young generation of 100,000
-# objects takes 70-150 ms to collect, holding the GIL (look-ups wait as long: their p99); 10,000 cut that p99 by a
-# third but cost the replay 10-20 % by wall time in the same rounds (RESULTS.md, look-ups), so it stays.
+# rescan them constantly (measured ~30% of the hot path, benchmarks/RESULTS.md). What survives a batch is also
+# frozen (flows.heap): a young generation of 100,000 state objects took 70-150 ms to collect, the GIL held.
 GC_THRESHOLDS: Final = (100_000, 50, 1000)
 
 log = logging.getLogger("cx.run")
@@ -192,6 +192,7 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         status = threading.Thread(target=_status_loop, args=(stop, cfg.status, 2.0), daemon=True)
         status.start()
     lookups_running()
+    HEAP.start()
     try:
         cli_main(
             flow,
@@ -225,6 +226,7 @@ def _run_pipeline(cfg: PipelineConfig, pack: RulePack, versions: PackVersions | 
         raise named from None
     finally:
         _RUN_ENDED.set()
+        HEAP.stop()
         flush_all()
         stop.set()
         if server is not None:
