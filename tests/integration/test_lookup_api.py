@@ -85,12 +85,18 @@ def _args(kafka: str, topics: dict[str, str], where: Path, *extra: str) -> tuple
     return args, env
 
 
+def _start(kafka: str, topics: dict[str, str], where: Path, workers: list[Worker], *extra: str,
+           env: dict[str, str] | None = None) -> tuple[Worker, int]:
+    """A worker on a free look-up port (``env`` added to ``_args``'s); returns it and its port."""
+    args, base = _args(kafka, topics, where, "--metrics-port", "0", *extra)
+    w = Worker(args, where / "w.log", env={**base, **(env or {})})
+    workers.append(w)
+    return w, _port(w)
+
+
 def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str, str], workers: list[Worker],
                                                    tmp_path: Path) -> None:
-    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0")
-    w = Worker(args, tmp_path / "w.log", env=env)
-    workers.append(w)
-    port = _port(w)
+    w, port = _start(kafka, topics, tmp_path, workers)
     t = _now()
     produce(kafka, topics["events"], [
         _ev("e1", t, "view", "cust-a", journey="cart", step="product", entry="home_banner"),
@@ -185,10 +191,7 @@ def test_lookup_and_explain_a_customer_mid_journey(kafka: str, topics: dict[str,
 
 def test_lookups_are_protected_validated_and_never_stop_the_worker(kafka: str, topics: dict[str, str],
                                                                    workers: list[Worker], tmp_path: Path) -> None:
-    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0")
-    w = Worker(args, tmp_path / "w.log", env={**env, "CX_LOG_LEVEL": "debug"})
-    workers.append(w)
-    port = _port(w)
+    w, port = _start(kafka, topics, tmp_path, workers, env={"CX_LOG_LEVEL": "debug"})
     produce(kafka, topics["events"], [_ev("p1", _now(), "view", "cust-p", journey="cart", step="product")],
             key_of=_key)
     wait_until(lambda: _get(port, "/v1/customers/cust-p")[0] == 200, 60, "the customer to be known")
@@ -254,10 +257,8 @@ def test_a_customer_evicted_from_memory_is_answered_from_clickhouse(kafka: str, 
                                                                     workers: list[Worker], tmp_path: Path) -> None:
     # One customer in the state (--max-customers 1 on one shard) and in the look-ups' memory (CX_LOOKUP_CUSTOMERS):
     # a second customer evicts the first from both. Before, the first was a 404 although ClickHouse held it.
-    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0", "--shards", "1", "--max-customers", "1")
-    w = Worker(args, tmp_path / "w.log", env={**env, "CX_LOOKUP_CUSTOMERS": "1"})
-    workers.append(w)
-    port = _port(w)
+    w, port = _start(kafka, topics, tmp_path, workers, "--shards", "1", "--max-customers", "1",
+                     env={"CX_LOOKUP_CUSTOMERS": "1"})
     t = _now()
     produce(kafka, topics["events"], [
         _ev("e1", t, "view", "cust-a", journey="cart", step="product"),
@@ -296,10 +297,7 @@ def test_a_customer_shed_and_seen_again_shows_its_open_tags_and_journeys(kafka: 
     # One customer in the state (--max-customers 1 on one shard): cust-b sheds cust-a, which then comes back with
     # an event of no journey. Its new record knows nothing of before: the look-up showed no tags and no journeys,
     # though its tag was still open in ClickHouse.
-    args, env = _args(kafka, topics, tmp_path, "--metrics-port", "0", "--shards", "1", "--max-customers", "1")
-    w = Worker(args, tmp_path / "w.log", env=env)
-    workers.append(w)
-    port = _port(w)
+    w, port = _start(kafka, topics, tmp_path, workers, "--shards", "1", "--max-customers", "1")
     t = _now()
     produce(kafka, topics["events"], [
         _ev("e1", t, "view", "cust-a", journey="cart", step="product", entry="home_banner"),
