@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--callgrind", type=int, default=0, metavar="N", help="also count instructions over N lines")
     ap.add_argument("--ratios", action="store_true", help="also the 2-process and ClickHouse-sink ratios (compiled)")
+    ap.add_argument("--section", default="builds", help="RESULTS.md section to write (another file, another name)")
     a = ap.parse_args()
     events = events_file(a.customers, a.minutes)
     n = sum(1 for _ in events.open("rb"))
@@ -199,8 +200,8 @@ def main() -> None:
                         tuple(o / t for o, t in zip(one, two, strict=True)), "×"),
                  Figure("ratio with ClickHouse / without, compiled (JSONL + embedded ClickHouse / JSONL)",
                         tuple(o / c for o, c in zip(one, chd, strict=True)), "×")]
-    body = (f"## Compiled (mypyc) against pure-Python state/, same run\n\n{machine()}\n\n"
-            f"`python -m benchmarks.bench_builds --runs {a.runs}{' --ratios' if a.ratios else ''}`: {n:,} events "
+    body = (f"## Compiled (mypyc) against pure-Python state/, same run ({n:,} events)\n\n{machine()}\n\n"
+            f"`python -m benchmarks.bench_builds {' '.join(sys.argv[1:])}`: {n:,} events "
             f"({a.customers:,} customers, "
             f"{a.minutes:g} simulated minutes), {moments.pop():,} moments in both builds; builds alternate within "
             f"each round, each measurement in a fresh child process.\n\n{table(figs)}\n\n"
@@ -211,7 +212,7 @@ def main() -> None:
                  f"subtracted): pure {per['pure']:,.0f}, compiled {per['compiled']:,.0f}: "
                  f"{per['pure'] / per['compiled']:.2f}× fewer.")
     print(body)
-    write_section("builds", body)
+    write_section(a.section, body)
 
 
 if __name__ == "__main__":
