@@ -115,6 +115,21 @@ def _lookups(port: int, customers: int, stop: threading.Event, out: list[tuple[f
     conn.close()
 
 
+def _switches(pid: int) -> int:
+    """Voluntary context switches of every thread of process ``pid`` so far (0 once it is gone): each time one of
+    its threads blocked, e.g. waiting for the GIL another thread holds; an HTTP request that makes the worker thread
+    hand the GIL over shows there, whatever else runs on the machine."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M)
+        total += int(m.group(1)) if m else 0
+    return total
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -122,9 +137,10 @@ def _children_cpu() -> float:
 
 def run(customers: int, minutes: float, mode: str, source: Path | None = None, sink: str = "chdb",
         prelude: str = "") -> tuple[
-        float, list[tuple[int, float]], float, float]:
+        float, list[tuple[int, float]], float, float, float]:
     """One replay (of ``source``, else the simulator); returns (events/s, [(status, seconds)] of the look-ups made
-    while events flowed, their span, the worker's events per CPU-second).
+    while events flowed, their span, the worker's events per CPU-second, its voluntary context switches per second
+    while events flowed).
 
     Events per CPU-second counts the CPU time of the whole worker process (every thread: Bytewax's, the writers',
     the HTTP threads', embedded ClickHouse's; start-up and the final flush included), so the look-ups' cost shows
@@ -150,6 +166,7 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
         proc = subprocess.Popen([sys.executable, *cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, "CX_LOG_LEVEL": "warning"})
         samples: list[tuple[float, float]] = []
+        switched: list[tuple[float, int]] = []
         lat: list[tuple[float, int, float]] = []
         stop = threading.Event()
         threads: list[threading.Thread] = []
@@ -157,6 +174,7 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
             n = _events(port)
             if n is not None:
                 samples.append((time.perf_counter(), n))
+                switched.append((samples[-1][0], _switches(proc.pid)))
                 if mode in ("lookups", "decoy") and not threads and n > 0:
                     threads = [threading.Thread(target=_lookups, args=(ask, customers, stop, lat, i))
                                for i in range(CLIENTS)]
@@ -178,8 +196,10 @@ def run(customers: int, minutes: float, mode: str, source: Path | None = None, s
     # Only the look-ups made while events flowed (after the end of input the worker flushes and exits).
     during = [(t, c, d) for t, c, d in lat if t <= last[0]]
     span = last[0] - during[0][0] if during else 0.0
+    sw = [(t, k) for t, k in switched if first[0] <= t <= last[0] and k > 0]
+    per_s = (sw[-1][1] - sw[0][1]) / max(sw[-1][0] - sw[0][0], 1e-9) if len(sw) > 1 else float("nan")
     return ((last[1] - first[1]) / max(last[0] - first[0], 1e-9), [(c, d) for _, c, d in during], span,
-            flowing[-1][1] / max(cpu, 1e-9))
+            flowing[-1][1] / max(cpu, 1e-9), per_s)
 
 
 def _ms(xs: list[float], q: float) -> float:
@@ -224,6 +244,7 @@ def main() -> None:
     modes += tuple(f"before:{b}" for b in a.before)
     rates: dict[str, list[float]] = {m: [] for m in modes}
     per_cpu: dict[str, list[float]] = {m: [] for m in rates}
+    switches: dict[str, list[float]] = {m: [] for m in rates}
     lat: dict[str, list[tuple[int, float]]] = {m: [] for m in rates}
     span = 0.0
     loads: list[float] = []
@@ -232,10 +253,11 @@ def main() -> None:
             loads.append(_load())
             before = mode.partition("before:")[2]
             prelude = f"from benchmarks.lookup_before import install\ninstall({before.split(',')!r})\n"
-            r, got, secs, c = run(a.customers, a.minutes, "lookups" if before else mode, source, a.sink,
-                                  prelude if before else "")
+            r, got, secs, c, sw = run(a.customers, a.minutes, "lookups" if before else mode, source, a.sink,
+                                      prelude if before else "")
             rates[mode].append(r)
             per_cpu[mode].append(c)
+            switches[mode].append(sw)
             lat[mode] += got
             span += secs if mode == "lookups" else 0.0
             print(f"{mode}: {r:,.0f} events/s, {c:,.0f} events per CPU-second, {len(got)} look-ups, "
@@ -270,6 +292,12 @@ def main() -> None:
             Figure(f"events per CPU-second with look-ups ({b} as before) / without", tuple(
                 s / n for s, n in zip(per_cpu[m], per_cpu["shipped"], strict=True)), "×"),
         ]
+    # What a look-up costs the worker in hand-overs: its process's voluntary switches per second with the client
+    # asking it, less without (the decoy's run when there is one: the same client load on the machine), per look-up.
+    base = "decoy" if a.decoy else "shipped"
+    for m in ("lookups", *(f"before:{b}" for b in a.before)):
+        figures.append(Figure(f"worker's voluntary context switches per look-up ({m})", tuple(
+            (s - n) / RATE for s, n in zip(switches[m], switches[base], strict=True)), "switches"))
     if a.sink == "chdb":
         figures[:0] = [Figure("replay into chDB, events table off", tuple(rates["no-events"])),
                        Figure("ratio events table on / off", tuple(

@@ -7,6 +7,8 @@ instructions with and without it. Steps:
 - ``gate``: every applied event wrapped in a Python closure that checks for waiting reads, not ``on_boundary``;
 - ``gc``: the cyclic GC's young generation at 10,000 objects (``gc.set_threshold(10_000, 500, 1000)``), not
   ``flows.runner.GC_THRESHOLDS`` (tried in session 11: shorter pauses, a slower replay);
+- ``timeout``: the HTTP handlers' sockets with a 10 s timeout (CPython then polls before each read and write: two
+  GIL hand-overs each instead of one), as before session 12;
 - ``freeze``: the heap not frozen after each batch (``flows.heap``): the young generation's collections walk the
   customer state, as before session 12.
 """
@@ -21,7 +23,7 @@ from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
-STEPS = ("parse", "gate", "gc", "freeze")
+STEPS = ("parse", "gate", "gc", "freeze", "timeout")
 
 
 def _attach(gate: Any, shard: Shard) -> None:
@@ -76,6 +78,10 @@ def install(steps: Iterable[str]) -> None:
         from flows.heap import Heap
 
         Heap.settle = lambda self: None  # type: ignore[method-assign]
+    if "timeout" in steps:
+        from flows import http_endpoint
+
+        http_endpoint._Handler.timeout = 10.0  # type: ignore[assignment]
     if "parse" in steps:
         from flows import http_endpoint
 

@@ -150,6 +150,13 @@ class Connections:
                 self._close(k)
                 HTTP_DROPPED.labels("deadline" if state == _WAITING else "stalled").inc()
 
+    def close_all(self) -> None:
+        """Shut every connection down (the server stops): threads blocked on a client return at once."""
+        with self._lock:
+            for k in list(self._open):
+                if self._open[k].state != _CLOSING:
+                    self._close(k)
+
     def _close(self, key: int) -> None:
         # Shut down, not closed: the handler's thread blocked in a read or a write returns at once and closes it
         # itself; it stays counted until then, marked as closing.

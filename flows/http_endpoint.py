@@ -132,12 +132,12 @@ def _exposition(encoder: Callable[..., bytes]) -> bytes:
         return body
 
 
-# A client that connects and then sends nothing (or half a request) would hold its handler thread for ever.
-HTTP_READ_TIMEOUT_S = 10.0
-
-
 class _Handler(BaseHTTPRequestHandler):
-    timeout = HTTP_READ_TIMEOUT_S  # socket timeout: http.server then drops the connection (silently)
+    # Blocking sockets, no socket timeout: with one, CPython polls before each read and each write, each wait let
+    # go of the GIL and had to take it back from the worker thread (up to the switch interval each time): a request
+    # cost the worker 4 hand-overs, 2 without. A client that sends nothing, half a request, or does not take its
+    # answer is still closed: the connections' watchdog shuts it down past its deadline (flows.http_admission).
+    timeout = None
     # Keep-alive: a desktop asking look-ups in a row reuses its connection (no connect, no new handler thread).
     protocol_version = "HTTP/1.1"
     # Headers and body leave in one write (http.server flushes after each request): a second write is a second
@@ -332,7 +332,7 @@ class MetricsServer(ThreadingHTTPServer):
     """The endpoint's server; ``port`` is the bound port (useful after asking for port 0)."""
 
     daemon_threads = True
-    block_on_close = False  # stopping never waits on a client's connection (threads end by HTTP_READ_TIMEOUT_S)
+    block_on_close = False  # stopping never waits on a client's connection (stop() shuts them all down)
     # Bursts of new connections (many look-up clients, a scrape during them) queue in the kernel, not refused
     # and retried a second later as with socketserver's 5.
     request_queue_size = 128
@@ -378,9 +378,10 @@ class MetricsServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
     def stop(self) -> None:
-        """Stop serving and close the socket, without waiting for open connections."""
+        """Stop serving and close the socket; open connections are shut down (their threads end), not waited for."""
         self.shutdown()
         self.server_close()
+        self.connections.close_all()
 
 
 class _MetricsServer6(MetricsServer):

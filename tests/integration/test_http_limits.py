@@ -218,3 +218,29 @@ def test_a_head_with_a_body_is_refused_and_its_body_never_read_as_a_request(
         got = raw_http(api[0].port, b"HEAD /v1/customers/x HTTP/1.1\r\nHost: x\r\n" + framing)
         assert got.startswith(b"HTTP/1.1 400 "), got[:200]
         assert got.count(b"HTTP/1.1 ") == 1, got[:2000]
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"], ids=["silent", "idle after one"])
+def test_a_connection_with_nothing_more_to_say_is_closed_at_the_header_deadline(server: MetricsServer,
+                                                                               sent: bytes) -> None:
+    # The handlers' sockets have no timeout of their own (a poll before each read and write cost the worker
+    # thread GIL hand-overs): the deadline alone closes a client that connects and says nothing, or says no more.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(sent)
+        if sent:
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        wait_until(lambda: _closed_by_server(sock), 30, "the server to close the connection", interval=0.1)
+        assert time.monotonic() - t0 < 5  # the 1 s deadline (and the watchdog's half-second rounds), not later
+
+
+def test_stopping_the_server_closes_its_open_connections_at_once() -> None:
+    s = start_http(0, "127.0.0.1")
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # kept alive: its thread now waits for a request
+        before = threading.active_count()
+        s.stop()
+        sock.settimeout(3)
+        assert sock.recv(4096) == b""  # shut down by the server, not left to a client that never speaks again
+        wait_until(lambda: threading.active_count() < before, 10, "the connection's thread to end", interval=0.05)
