@@ -3,7 +3,10 @@
 A snapshot records where each rule's state lives (``state.versions.RuleLayout``): it restores under a pack or
 directory with other rules (their places are kept; new rules are laid out after them). Format 5 (issue 14)
 keeps the detectors' per-attempt state in the attempt's generic slots; format 4 had a named slot per kind. A
-format-4 snapshot still restores: its attempts are rearranged here.
+format-4 snapshot still restores: its attempts are rearranged here. Format 6 (issue 18) pickles generic rule
+states in one layout for both builds (``RuleState.__getstate__``); format 5 wrote each build's own, which
+``RuleState.__setstate__`` still reads. The number changed so that a build from before refuses a format-6
+snapshot instead of restoring its rule states empty (a downgrade lost moments, exit 0).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from state.reorder import ReorderBuffer, upgrade_heap
 from state.rule_model import RulePack
 from state.versions import PackVersions, RuleLayout
 
-SNAPSHOT_FORMAT: Final = 5
-UPGRADABLE: Final = frozenset({4})
+SNAPSHOT_FORMAT: Final = 6
+UPGRADABLE: Final = frozenset({4, 5})
 
 
 Dirty = dict[tuple[str, int], tuple[CustomerState, int]]
@@ -134,8 +137,8 @@ def check_format(fmt: object) -> None:
 
 def upgrade(fmt: int, customers: dict[str, CustomerState], plans: list[JourneyPlan]) -> None:
     """Bring customers unpickled from a snapshot of (checked) format ``fmt`` to the current format, in place."""
-    if fmt == SNAPSHOT_FORMAT:
-        return
+    if fmt != 4:
+        return  # format 5 differs only in how rule states pickled, which they read either way
     for c in customers.values():
         for jidx, a in enumerate(c.attempts):
             if a is not None:
