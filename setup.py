@@ -33,11 +33,16 @@ def _say(line: str) -> None:
     print(f"cx-moments build: {line}", file=sys.stderr, flush=True)
 
 
-def _record(compiled: bool, reason: str = "", mypyc: str = "", digests: dict[str, str] | None = None) -> None:
+def _record(compiled: bool, reason: str = "", mypyc: str = "", digests: dict[str, str] | None = None,
+            library: str = "") -> None:
     (STATE / build_info.MANIFEST).write_text(json.dumps(
-        {"compiled": compiled, "reason": reason, "mypyc": mypyc,
+        {"compiled": compiled, "reason": reason, "mypyc": mypyc, "library": library,
          "digests": digests if digests is not None else build_info.digests(STATE)},
         indent=1, sort_keys=True) + "\n")
+
+
+# What the C build finishes (BuildExt.run): the digests and mypyc version recorded once it has.
+_PENDING: dict[str, Any] = {}
 
 
 def _pure(reason: str) -> list[Any]:
@@ -86,8 +91,10 @@ def ext_modules() -> list[Any]:
         exts: list[Any] = mypycify(sources, opt_level="3", group_name="state.compiled")
     except (Exception, SystemExit) as e:  # mypy's own errors exit; the type check (test.sh) reports them
         return _pure(f"mypyc refused state/: {e}")
-    _record(True, mypyc=mypy.version.__version__, digests=read)
-    _say(f"state/ compiled with mypyc {mypy.version.__version__}")
+    # Until the C build (minutes) has finished, the record says it has not: a build stopped half-way leaves
+    # state/ pure Python, saying why, and setup.sh builds it again.
+    _record(False, build_info.UNFINISHED, mypyc=mypy.version.__version__, digests=read)
+    _PENDING.update(mypyc=mypy.version.__version__, digests=read)
     return exts
 
 
@@ -99,6 +106,20 @@ class BuildExt(build_ext):
             super().run()
         except Exception as e:  # noqa: BLE001  # compiler errors come as several distutils/setuptools types
             _pure(f"the C build failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+            return
+        _finished()
+
+
+def _finished() -> None:
+    """The C build has finished: record the compiled modules as built (with their group library's digest)."""
+    if not _PENDING:
+        return
+    library = build_info.library_digest(STATE)
+    if not library:
+        _pure(f"the C build left no state/{build_info.LIBRARY} library")
+        return
+    _record(True, mypyc=_PENDING["mypyc"], digests=_PENDING["digests"], library=library)
+    _say(f"state/ compiled with mypyc {_PENDING['mypyc']}")
 
 
 # pip runs this file for metadata too (egg_info, dist_info): only a build compiles or records anything.

@@ -22,6 +22,11 @@ from types import ModuleType
 from typing import Final, NamedTuple
 
 MANIFEST: Final = "_build.json"
+# The group library mypyc puts all compiled code in (``mypycify(group_name="state.compiled")``); the per-module
+# extensions only load it. Its digest is recorded once the C build has finished.
+LIBRARY: Final = "compiled__mypyc"
+# The record's reason while a C build runs: seen at import, the build was stopped before it finished.
+UNFINISHED: Final = "the last build of state/ did not finish"
 # Modules that decide the build, so they always run from source (the package's own ``__init__.py`` and this one),
 # and every subpackage's ``__init__.py``: compiled, its ``__path__`` pointed at ``state/state/<sub>``, so a first
 # ``import state.generic.base`` failed (a package whose ``__init__`` imports its modules hid it).
@@ -56,6 +61,15 @@ def compiled_files(root: Path) -> list[Path]:
     return sorted({p for suffix in importlib.machinery.EXTENSION_SUFFIXES for p in root.rglob(f"*{suffix}")})
 
 
+def library_digest(root: Path) -> str:
+    """SHA-256 of the group library (``LIBRARY``) for this interpreter, or ``""`` when there is none."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        lib = root / f"{LIBRARY}{suffix}"
+        if lib.is_file():
+            return hashlib.sha256(lib.read_bytes()).hexdigest()
+    return ""
+
+
 class _SourceOnly(importlib.abc.MetaPathFinder):
     """Finds ``state.*`` modules as ``.py`` sources only, so compiled modules beside them are never loaded."""
 
@@ -69,17 +83,27 @@ class _SourceOnly(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname)
             if spec is not None:
                 return spec
-        return None
+        # Not None: the next finders would load a compiled module left where its source was removed.
+        raise ModuleNotFoundError(f"No module named {fullname!r} (state/ runs as pure Python: only sources load)",
+                                  name=fullname)
 
 
 def _changed(root: Path) -> list[str]:
-    """Sources that differ from those compiled (added, removed or edited); every one when no record is readable."""
+    """Sources that differ from those compiled (added, removed or edited); every one when no record is readable;
+    or why the compiled modules are not those of the last finished build."""
     try:
-        built: dict[str, str] = json.loads((root / MANIFEST).read_text())["digests"]
+        record = json.loads((root / MANIFEST).read_text())
+        built: dict[str, str] = record["digests"]
     except (OSError, ValueError, KeyError, TypeError):
         return ["(no readable state/_build.json)"]
     if not isinstance(built, dict):
         return ["(no readable state/_build.json)"]
+    if record.get("reason") == UNFINISHED:
+        return [f"({UNFINISHED})"]
+    # All compiled code is in the group library: one missing, or another build's (copied from another checkout or
+    # version), is not what the sources say, whatever the per-module files.
+    if library_digest(root) != record.get("library"):
+        return [f"(state/{LIBRARY}.*.so is missing or not the one this build made)"]
     now = digests(root)
     changed = {name for name in built.keys() | now.keys() if built.get(name) != now.get(name)}
     # A source whose compiled module is gone would load from source beside compiled ones that import their own
@@ -110,6 +134,8 @@ def rebuild_reason(root: Path, environ: Mapping[str, str]) -> str:
     """Why ``pip install -e .`` should run again for the package at ``root`` (setup.sh), or ``""``."""
     if not (root / MANIFEST).is_file():
         return "not built by setup.py yet"
+    if _recorded(root, "reason") == UNFINISHED:
+        return UNFINISHED
     if decide(root, environ).stale:
         return "its sources changed since they were compiled"
     if environ.get(PURE_ENV) != "1" and _recorded(root, "reason") == f"{PURE_ENV}=1":

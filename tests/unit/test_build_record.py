@@ -51,7 +51,16 @@ def test_a_source_edited_while_mypyc_translates_is_stale_at_import(tmp_path: Pat
 
     ns = _build_with(tree, mypycify, monkeypatch)
     record = json.loads((tree / "state" / "_build.json").read_text())
+    # Until the C build has finished, the record says so (a build stopped half-way is built again by setup.sh).
+    assert not record["compiled"]
+    assert record["reason"] == ns["build_info"].UNFINISHED
+    import importlib.machinery
+
+    (tree / "state" / f"{ns['build_info'].LIBRARY}{importlib.machinery.EXTENSION_SUFFIXES[0]}").write_bytes(b"lib")
+    ns["_finished"]()
+    record = json.loads((tree / "state" / "_build.json").read_text())
     assert record["compiled"]
+    assert record["library"] == ns["build_info"].library_digest(tree / "state")
     now = ns["build_info"].digests(tree / "state")
     assert record["digests"]["moments.py"] != now["moments.py"]  # so the import finds it stale
     assert {k: v for k, v in record["digests"].items() if k != "moments.py"} == \

@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 import state
-from state._build import MANIFEST, PURE_ENV, decide, digests, rebuild_reason, sources
+from state._build import (
+    LIBRARY,
+    MANIFEST,
+    PURE_ENV,
+    UNFINISHED,
+    decide,
+    digests,
+    library_digest,
+    rebuild_reason,
+    sources,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -27,9 +37,10 @@ def _package(tmp_path: Path, compiled: bool) -> Path:
     (root / "a.py").write_text("A = 1\n")
     (root / "sub" / "b.py").write_text("B = 2\n")
     if compiled:
-        for name in ("a", "sub/b", "compiled__mypyc"):
+        for name in ("a", "sub/b", LIBRARY):
             (root / f"{name}{SUFFIX}").write_bytes(b"\x7fELF")
     (root / MANIFEST).write_text(json.dumps({"compiled": compiled, "mypyc": "2.4.1", "digests": digests(root),
+                                             "library": library_digest(root),
                                              "reason": "" if compiled else "no C compiler: 'cc' not found"}))
     return root
 
@@ -166,3 +177,47 @@ def test_a_source_whose_compiled_module_is_gone_runs_pure_and_names_it(tmp_path:
     build = decide(root, {})
     assert not build.compiled
     assert "a.py" in build.line
+
+
+@pytest.mark.parametrize("left", ["nothing", "some modules"])
+def test_a_build_stopped_before_it_finished_runs_pure_says_so_and_is_built_again(tmp_path: Path, left: str) -> None:
+    # An adversary's (issue 18): setup.py removed the old modules and recorded "compiled" before the C build (minutes);
+    # stopped during it, the tree ran pure Python with an empty reason, and setup.sh never built it again.
+    root = _package(tmp_path, compiled=left == "some modules")
+    record = json.loads((root / MANIFEST).read_text())
+    (root / MANIFEST).write_text(json.dumps({**record, "compiled": False, "reason": UNFINISHED, "library": ""}))
+    build = decide(root, {})
+    assert not build.compiled
+    assert UNFINISHED in build.line
+    assert rebuild_reason(root, {}) == UNFINISHED
+
+
+@pytest.mark.parametrize("library", ["missing", "another build's"])
+def test_a_group_library_missing_or_from_another_build_runs_pure(tmp_path: Path, library: str) -> None:
+    # All compiled code is in the group library; the per-module files only load it. Missing, every command failed
+    # (No module named 'state.compiled__mypyc'); copied from another version, its old code ran as "compiled".
+    root = _package(tmp_path, compiled=True)
+    lib = root / f"{LIBRARY}{SUFFIX}"
+    if library == "missing":
+        lib.unlink()
+    else:
+        lib.write_bytes(b"\x7fELF another")
+    build = decide(root, {})
+    assert not build.compiled
+    assert build.stale
+    assert LIBRARY in build.line
+
+
+def test_running_pure_a_compiled_module_whose_source_was_removed_is_not_loaded(tmp_path: Path) -> None:
+    # Pure Python loads sources only: a module left compiled where its source was deleted was loaded all the same
+    # (and failed later: "interpreted classes cannot inherit from compiled").
+    from state._build import _SourceOnly
+
+    (tmp_path / "kept.py").write_text("")
+    (tmp_path / f"gone{SUFFIX}").write_bytes(b"\x7fELF")
+    finder = _SourceOnly()
+    spec = finder.find_spec("state.kept", [str(tmp_path)])
+    assert spec is not None
+    assert spec.origin == str(tmp_path / "kept.py")
+    with pytest.raises(ModuleNotFoundError, match="state.gone"):
+        finder.find_spec("state.gone", [str(tmp_path)])
