@@ -299,6 +299,18 @@ def test_produce_jsonl_keys_lines_by_customer_id_at_the_chosen_rate(kafka: str, 
     assert sorted(got, key=lambda kv: kv[1]) == sorted(((_key(v), v) for v in lines), key=lambda kv: kv[1])
 
 
+def test_produce_jsonl_drops_a_byte_order_mark_as_the_file_source_does(kafka: str, tmp_path: Path) -> None:
+    # A tester's (session 12): the same file gave one event fewer through `moments produce` and Kafka than read
+    # directly (the file source drops a leading UTF-8 BOM; this tool sent it, a `not_json` dead letter).
+    topic = unique("cx.events")
+    create_topics(kafka, [topic], partitions=1)
+    path = tmp_path / "events.jsonl"
+    lines = [_event(i, "c1") for i in range(3)]
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(lines) + b"\n")
+    assert produce_jsonl(path, topic, {"bootstrap.servers": kafka}, create=False) == 3
+    assert [v for _, v in read_topic_to_end(kafka, topic)] == lines
+
+
 @pytest.mark.parametrize("idempotence", ["true", "false"])
 def test_writer_keeps_retrying_while_the_broker_is_down_and_delivers_after_restart(
     own_broker: Broker, idempotence: str
