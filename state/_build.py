@@ -120,9 +120,12 @@ def decide(root: Path, environ: Mapping[str, str]) -> Build:
     if environ.get(PURE_ENV) == "1":
         return Build(False, bool(stale), f"state/ runs as pure Python ({PURE_ENV}=1)")
     if stale:
+        rebuild = "rebuild with `bash infra/dev/setup.sh` or `pip install -e .`"
+        if stale[0].startswith("("):  # not a source: the record, an unfinished build, the group library
+            return Build(False, True, f"state/ runs as pure Python: {stale[0][1:-1]}; {rebuild}")
         shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
         return Build(False, True, f"state/ runs as pure Python: its sources changed since they were compiled "
-                                  f"({shown}); rebuild with `bash infra/dev/setup.sh` or `pip install -e .`")
+                                  f"({shown}); {rebuild}")
     if compiled_files(root):
         return Build(True, False, f"state/ compiled with mypyc {_recorded(root, 'mypyc')}")
     reason = _recorded(root, "reason")

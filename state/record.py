@@ -277,9 +277,10 @@ def id_key(event_id: str) -> bytes:
     """The 6 bytes an event id is remembered by: the same in every process, build and run.
 
     CRC-32 of its UTF-8 bytes (ids that differ in one burst of up to 32 bits, such as one changed or two swapped
-    characters, never share it) and the position-weighted half of Adler-32: 48 bits, a false match ~1 in 3·10^13
-    per event. Python's ``hash`` was used before: salted per process, so after a restart from a snapshot no
-    remembered id matched again and a copy of an event read before the restart was applied a second time after it.
+    characters, never share it) and the position-weighted half of Adler-32: 48 bits, ≈40 of them spread for short
+    ids (a false match ~1 in 10^11 per event). Not secret: ids can be built to share a key (docs/events.md).
+    Python's ``hash`` was used before: salted per process, so after a restart from a snapshot no remembered id
+    matched again and a copy of an event read before the restart was applied a second time after it.
     """
     b = event_id.encode("utf-8", "surrogatepass")
     return (_CRC32(b) | (_ADLER32(b) >> 16) << 32).to_bytes(_ID, "little")

@@ -206,6 +206,8 @@ def test_a_group_library_missing_or_from_another_build_runs_pure(tmp_path: Path,
     assert not build.compiled
     assert build.stale
     assert LIBRARY in build.line
+    assert "sources changed" not in build.line  # they did not (an adversary's: the line said so, in double brackets)
+    assert "((" not in build.line
 
 
 def test_running_pure_a_compiled_module_whose_source_was_removed_is_not_loaded(tmp_path: Path) -> None:
