@@ -10,7 +10,9 @@ instructions with and without it. Steps:
 - ``timeout``: the HTTP handlers' sockets with a 10 s timeout (CPython then polls before each read and write: two
   GIL hand-overs each instead of one), as before session 12;
 - ``freeze``: the heap not frozen after each batch (``flows.heap``): the young generation's collections walk the
-  customer state, as before session 12.
+  customer state, as before session 12;
+- ``letgo``: compiled loops not calling ``connectors.let_go`` (a thread wanting the GIL waits for a whole source
+  batch's split or shard batch), as before session 13.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from state.events import Event
 from state.shard import Shard
 
 T = TypeVar("T")
-STEPS = ("parse", "gate", "gc", "freeze", "timeout")
+STEPS = ("parse", "gate", "gc", "freeze", "timeout", "letgo")
 
 
 def _attach(gate: Any, shard: Shard) -> None:
@@ -78,6 +80,18 @@ def install(steps: Iterable[str]) -> None:
         from flows.heap import Heap
 
         Heap.settle = lambda self: None  # type: ignore[method-assign]
+    if "letgo" in steps:
+        from connectors import replay_source
+        from flows import operators
+
+        replay_source.let_go = None  # type: ignore[assignment]
+        logic_init_0 = operators.ShardLogic.__init__
+
+        def no_let_go(self: Any, *a: Any, **k: Any) -> None:
+            logic_init_0(self, *a, **k)
+            self.shard.ctx.let_go = None
+
+        operators.ShardLogic.__init__ = no_let_go  # type: ignore[method-assign]
     if "timeout" in steps:
         from flows import http_endpoint
 

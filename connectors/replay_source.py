@@ -31,6 +31,7 @@ from pathlib import Path
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from connectors.disorder import DisorderHook
+from connectors.let_go import let_go
 from connectors.placement import Placement, hello_items
 from state.batches import Hello, RawBatch, Tick
 from state.events import BASE_TYPES
@@ -125,7 +126,7 @@ class _RawPartition(StatefulSourcePartition[Item, Position]):
         # Disorder against the newest time, from the validated one: a hostile future ts skews one batch at most.
         behind: list[int] | None = [] if self._on_disorder is not None else None
         pos, n, ended, held = split_lines(lines, limit, shards, keep, values, offsets, pos, max_ts, candidates, behind,
-                                          now)
+                                          now, let_go)
         if held is not None:
             self._held = held
             t = ts_of_raw(held) or 0  # split_lines held it back for its ts

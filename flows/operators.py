@@ -12,6 +12,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
+from connectors.let_go import let_go
 from flows.heap import HEAP
 from flows.recent import RECENT
 from flows.rule_reload import RuleReloader
@@ -119,6 +120,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         # Held while a batch is applied; the HTTP thread's look-ups read a customer whole through it, between two
         # events (flows.shard_gate).
         self._gate = ShardGate()
+        shard.ctx.let_go = let_go  # and the HTTP threads get the GIL within a few hundred events (connectors.let_go)
         self._lock = self._gate.lock
         SHARDS.add(self, self._gate)
         self._tick = timedelta(seconds=tick_s)

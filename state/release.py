@@ -60,6 +60,8 @@ def release(held: ReorderBuffer, ctx: BatchContext, customers: dict[str, Custome
             if c is None or c.wake != due:
                 continue  # a stale filing: the customer's wake-up moved, or it is gone
             ctx.event_now = due
+            if ctx.let_go is not None:
+                ctx.count_let_go()
             if on_wake(ctx, c, cid, due):
                 del customers[cid]
                 ctx.out.evicted += 1

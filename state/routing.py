@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Final
 
 import orjson
@@ -19,6 +19,8 @@ from state import BUILD
 from state.events import MAX_TS_MS, MIN_TS_MS, Event, _RejectError, parse_event, parse_ts, unframed
 
 _CUSTOMER_KEY: Final = b'"customer_id"'
+# How many lines ``split_lines`` reads between two calls of its ``let_go``.
+LET_GO_LINES: Final = 256
 # Compiled, a loop over the bytes costs less than a regex match, which builds a match object (callgrind: a few
 # hundred instructions a line each; the two ``find`` calls around it cost more); pure Python, the patterns are faster.
 _BYTE_LOOPS: Final = BUILD.compiled
@@ -287,13 +289,15 @@ def _first(c: tuple[int, bytes]) -> int:
 
 def split_lines(lines: Iterator[bytes], limit: int, shards: int, keep: list[bool], values: list[list[bytes]],
                 offsets: list[list[int]], pos: int, max_ts: int, candidates: list[tuple[int, bytes]],
-                behind: list[int] | None, now: int | None) -> tuple[int, int, bool, bytes | None]:
+                behind: list[int] | None, now: int | None,
+                let_go: Callable[[], None] | None = None) -> tuple[int, int, bool, bytes | None]:
     """Read up to ``limit`` lines into per-shard batches: a replay source's per-line work, here to be compiled.
 
     Each line, unframed, goes to ``values[s]`` and its position to ``offsets[s]`` when ``keep[s]`` (``s`` its
     shard, ``shard_of_raw``); a line whose ts (sliced, or parsed when it holds an escape) is above ``max_ts`` is a
     ``candidates`` entry (``validated_max_ts``). With ``behind``, how far each kept line's ts is behind the newest
     before it (disorder). With ``now`` (a live simulation), a line whose ts is later stops the batch unread.
+    With ``let_go``, it is called every ``LET_GO_LINES`` lines (``Shard.let_go``: other threads get the GIL).
 
     Returns:
         The position after the last line read, the non-empty lines read, whether the input ended, and the line
@@ -327,6 +331,8 @@ def split_lines(lines: Iterator[bytes], limit: int, shards: int, keep: list[bool
         n += 1
         if n >= limit:
             return pos, n, False, None
+        if let_go is not None and n % LET_GO_LINES == 0:
+            let_go()
     return pos, n, True, None
 
 

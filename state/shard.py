@@ -173,6 +173,7 @@ class Shard(Watermark):
         known = len(offsets) == len(batch.values)
         keep = self.ctx.out.inputs.append if self.keep_events else None
         for i, raw in enumerate(batch.values):
+            self.ctx.count_let_go()
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
                              origin=place + offsets[i] if known else -1)
             if type(ev) is not Event or (vary and ev.type not in self.ctx.pack_at(ev.ts_ms).types):
@@ -266,6 +267,7 @@ class Shard(Watermark):
             decide(ctx, c, cid)
         if self.on_boundary is not None:
             self.on_boundary()
+        ctx.count_let_go()
 
     def _apply_late(self, ev: Event) -> bool:
         # A straggler of an attempt that ended since is left out (applied, it would open a new attempt whose rules
