@@ -89,6 +89,7 @@ class RuleReloader:
         self.live = live
         self._on_result = on_result
         self._seen = directory_state(directory)
+        self._unreadable: str | None = None  # why the directory could not be read at the last poll (logged once)
         self._watermark = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -104,8 +105,15 @@ class RuleReloader:
         try:
             now = directory_state(self.directory)
         except OSError as e:
-            log.error("rule pack reload: %s: (directory): cannot be read: %s", self.directory, e.strerror or e)
+            why = str(e.strerror or e)
+            if why != self._unreadable:  # once, not at every poll (every 2 s) while it stays so
+                log.error("rule pack reload: %s: (directory): cannot be read: %s; the versions in force stay, and "
+                          "this is logged again only when it changes", self.directory, why)
+                self._unreadable = why
             return None
+        if self._unreadable is not None:
+            self._unreadable = None
+            log.info("rule pack reload: %s: (directory): can be read again", self.directory)
         if now == self._seen:
             return None
         self._seen = now

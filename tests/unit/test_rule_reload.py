@@ -218,3 +218,22 @@ def test_an_edit_of_the_version_in_force_is_refused_saying_so(tmp_path: Path,
         assert r.check() == TOO_LATE
     assert f"{tmp_path / 'default.toml'}: (file): edits version 1, in force" in caplog.text
     assert "put the change in a new version" in caplog.text
+
+
+def test_an_unreadable_directory_is_logged_once_until_it_is_readable_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = tmp_path / "rules"
+    d.mkdir()
+    r, seen = _reloader(d)
+    hidden = tmp_path / "elsewhere"
+    with caplog.at_level(logging.INFO, "cx.rules"):
+        d.rename(hidden)
+        assert [r.check() for _ in range(3)] == [None, None, None]  # three polls
+        assert caplog.text.count("cannot be read") == 1
+        hidden.rename(d)
+        assert r.check() is None  # the same files: nothing to judge
+        assert "can be read again" in caplog.text
+        d.rename(hidden)
+        assert r.check() is None
+        assert caplog.text.count("cannot be read") == 2  # a new spell of it is logged again
+    assert (r.generation, seen) == (0, [])
