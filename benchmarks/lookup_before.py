@@ -89,7 +89,7 @@ def install(steps: Iterable[str]) -> None:
 
         def no_let_go(self: Any, *a: Any, **k: Any) -> None:
             logic_init_0(self, *a, **k)
-            self.shard.ctx.let_go = None
+            self.shard.let_go = None
 
         operators.ShardLogic.__init__ = no_let_go  # type: ignore[method-assign]
     if "timeout" in steps:

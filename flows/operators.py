@@ -20,6 +20,7 @@ from flows.shard_gate import ShardGate
 from flows.shard_registry import SHARDS
 from flows.stopping import note_failure, stop_for, stop_requested
 from state.batches import Hello, RawBatch, Tick
+from state.let_go import LetGo
 from state.outputs import Outputs
 from state.routing import ShardCountMismatchError
 from state.shard import Shard, process
@@ -120,7 +121,7 @@ class ShardLogic(StatefulBatchLogic[ShardItem, Outputs, bytes | None]):
         # Held while a batch is applied; the HTTP thread's look-ups read a customer whole through it, between two
         # events (flows.shard_gate).
         self._gate = ShardGate()
-        shard.ctx.let_go = let_go  # and the HTTP threads get the GIL within a few hundred events (connectors.let_go)
+        shard.let_go = LetGo(let_go)  # and the HTTP threads get the GIL within a few hundred events (connectors.let_go)
         self._lock = self._gate.lock
         SHARDS.add(self, self._gate)
         self._tick = timedelta(seconds=tick_s)

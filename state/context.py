@@ -25,8 +25,6 @@ from state.versions import PackVersions
 from state.wheel import TimerWheel
 
 _STATUS_RANK: Final = {"active": 0, "completed": 1, "expired": 2}
-# How many events parsed or applied and wake-ups handled between two calls of ``let_go`` (when set).
-LET_GO_EVERY: Final = 128
 _CANON_MAX: Final = 10_000  # distinct strings and paths shared; more are kept as they come
 
 
@@ -67,20 +65,6 @@ class BatchContext:
         # (customer, journey) -> (state, event time of its latest change): the row's version must grow with
         # every change, including those made by timers, which do not move the attempt's last event time.
         self.dirty: dict[tuple[str, int], tuple[CustomerState, int]] = {}
-        # Called every LET_GO_EVERY events parsed or applied and wake-ups handled, when set (flows sets an
-        # interpreted no-op, connectors.let_go): compiled loops never offer the GIL to other threads, a call into
-        # the interpreter does when one asks for it, so an HTTP thread waits for that many, not for a whole batch.
-        self.let_go: Callable[[], None] | None = None
-        self._let_go_in = LET_GO_EVERY
-
-    def count_let_go(self) -> None:
-        """One more event or wake-up: every LET_GO_EVERY, call ``let_go`` (when set)."""
-        let_go = self.let_go
-        if let_go is not None:
-            self._let_go_in -= 1
-            if self._let_go_in <= 0:
-                self._let_go_in = LET_GO_EVERY
-                let_go()
 
     def set_versions(self, versions: PackVersions, now: int) -> None:
         """Compile ``versions`` (laid out alike, ``state.versions.RuleLayout``) and use the one in force at ``now``."""

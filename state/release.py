@@ -15,13 +15,14 @@ from collections.abc import Callable
 from state.context import BatchContext
 from state.deadlines import on_wake
 from state.events import Event
+from state.let_go import LetGo
 from state.record import CustomerState
 from state.reorder import ReorderBuffer
 from state.wheel import BUCKET_BITS
 
 
 def release(held: ReorderBuffer, ctx: BatchContext, customers: dict[str, CustomerState],
-            apply: Callable[[Event], None], wm: int, tlimit: int, shortcut: bool) -> None:
+            apply: Callable[[Event], None], wm: int, tlimit: int, shortcut: bool, let_go: LetGo | None = None) -> None:
     """Apply the held events before ``wm`` and fire the wake-ups due by ``tlimit``, in event-time order.
 
     Args:
@@ -32,6 +33,7 @@ def release(held: ReorderBuffer, ctx: BatchContext, customers: dict[str, Custome
         wm: The new watermark: events before it are released.
         tlimit: Wake-ups due at or before it fire.
         shortcut: Use ``release_in_order`` while only in-order arrivals wait.
+        let_go: Counts each wake-up handled (``Shard.let_go``; events count where they are applied).
     """
     wheel = ctx.wheel
     buf, near, buckets, queue = held.heap, wheel.near, wheel.buckets, held.queue
@@ -60,8 +62,8 @@ def release(held: ReorderBuffer, ctx: BatchContext, customers: dict[str, Custome
             if c is None or c.wake != due:
                 continue  # a stale filing: the customer's wake-up moved, or it is gone
             ctx.event_now = due
-            if ctx.let_go is not None:
-                ctx.count_let_go()
+            if let_go is not None:
+                let_go.count()
             if on_wake(ctx, c, cid, due):
                 del customers[cid]
                 ctx.out.evicted += 1

@@ -297,7 +297,8 @@ def split_lines(lines: Iterator[bytes], limit: int, shards: int, keep: list[bool
     shard, ``shard_of_raw``); a line whose ts (sliced, or parsed when it holds an escape) is above ``max_ts`` is a
     ``candidates`` entry (``validated_max_ts``). With ``behind``, how far each kept line's ts is behind the newest
     before it (disorder). With ``now`` (a live simulation), a line whose ts is later stops the batch unread.
-    With ``let_go``, it is called every ``LET_GO_LINES`` lines (``Shard.let_go``: other threads get the GIL).
+    With ``let_go``, it is called every ``LET_GO_LINES`` lines read, blank ones too (``state.let_go``: other threads
+    get the GIL).
 
     Returns:
         The position after the last line read, the non-empty lines read, whether the input ended, and the line
@@ -311,6 +312,8 @@ def split_lines(lines: Iterator[bytes], limit: int, shards: int, keep: list[bool
         if now is not None and t is not None and t > now:
             return pos, n, False, raw  # not yet: a live simulation releases each event at its own time
         pos += 1
+        if let_go is not None and pos % LET_GO_LINES == 0:  # every line read counts (blank ones too)
+            let_go()
         if not raw:
             continue
         s = shard_of_raw(raw, shards)
@@ -331,8 +334,6 @@ def split_lines(lines: Iterator[bytes], limit: int, shards: int, keep: list[bool
         n += 1
         if n >= limit:
             return pos, n, False, None
-        if let_go is not None and n % LET_GO_LINES == 0:
-            let_go()
     return pos, n, True, None
 
 

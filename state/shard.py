@@ -22,6 +22,7 @@ from state.deadlines import next_deadline, shed_oldest
 from state.events import ORIGIN_BITS, Event, Invalid, InvalidReason, parse_event
 from state.feedback import Feedback, parse_feedback
 from state.firing import decide
+from state.let_go import LetGo
 from state.outputs import DEFAULT_DEAD_LETTER_MAX_BYTES, Outputs
 from state.plan import JourneyPlan
 from state.record import CustomerState, seen_before
@@ -123,6 +124,10 @@ class Shard(Watermark):
         # Set while a look-up waits for an event boundary (flows.shard_gate): called after the next event applied.
         # None the rest of the time: a test per event, no call.
         self.on_boundary: Callable[[], None] | None = None
+        # Counts events parsed and applied and wake-ups handled, calling an interpreted function every few hundred
+        # (``state.let_go``; flows sets it): an HTTP thread then waits for the GIL that long, not a whole batch.
+        # None: a test per event.
+        self.let_go: LetGo | None = None
 
     @property
     def out(self) -> Outputs:
@@ -173,7 +178,7 @@ class Shard(Watermark):
         known = len(offsets) == len(batch.values)
         keep = self.ctx.out.inputs.append if self.keep_events else None
         for i, raw in enumerate(batch.values):
-            self.ctx.count_let_go()
+            self._count()
             ev = parse_event(raw, types=types, now_ms=now, max_future_ms=self.max_future_ms,
                              origin=place + offsets[i] if known else -1)
             if type(ev) is not Event or (vary and ev.type not in self.ctx.pack_at(ev.ts_ms).types):
@@ -267,7 +272,12 @@ class Shard(Watermark):
             decide(ctx, c, cid)
         if self.on_boundary is not None:
             self.on_boundary()
-        ctx.count_let_go()
+        self._count()
+
+    def _count(self) -> None:
+        let_go = self.let_go
+        if let_go is not None:
+            let_go.count()
 
     def _apply_late(self, ev: Event) -> bool:
         # A straggler of an attempt that ended since is left out (applied, it would open a new attempt whose rules

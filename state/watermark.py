@@ -10,6 +10,7 @@ from collections.abc import Callable
 from state.batches import Tick
 from state.context import BatchContext
 from state.events import Event
+from state.let_go import LetGo
 from state.record import CustomerState
 from state.release import release, slowest_partition
 from state.reorder import ReorderBuffer
@@ -35,6 +36,7 @@ class Watermark:
     lane: UrgentLane | None
     now_ms: Callable[[], int]
     _apply: Callable[[Event], None]
+    let_go: LetGo | None
 
     def tick(self, t: Tick) -> None:
         """Follow the input's progress: note a partition's largest time, note or act on a final tick.
@@ -133,4 +135,4 @@ class Watermark:
             return
         self.wm = wm
         release(self.held, self.ctx, self.customers, self._apply, wm, wm if timers_to is None else timers_to,
-                self.shortcut)
+                self.shortcut, self.let_go)
