@@ -69,6 +69,19 @@ def _read(gate: Any, shard: Shard, fn: Callable[[Shard], T]) -> T:
     return req.value  # type: ignore[return-value]
 
 
+def _after_logic_init(then: Callable[[Any], None]) -> None:
+    """Run ``then(logic)`` after each ``flows.operators.ShardLogic`` is built (its shard and gate exist)."""
+    from flows import operators
+
+    init = operators.ShardLogic.__init__
+
+    def logic_init(self: Any, *a: Any, **k: Any) -> None:
+        init(self, *a, **k)
+        then(self)
+
+    operators.ShardLogic.__init__ = logic_init  # type: ignore[method-assign]
+
+
 def install(steps: Iterable[str]) -> None:
     """Put back the named costs in this process (before the dataflow is built)."""
     steps = set(steps)
@@ -82,16 +95,9 @@ def install(steps: Iterable[str]) -> None:
         Heap.settle = lambda self: None  # type: ignore[method-assign]
     if "letgo" in steps:
         from connectors import replay_source
-        from flows import operators
 
-        replay_source.let_go = None  # type: ignore[assignment]
-        logic_init_0 = operators.ShardLogic.__init__
-
-        def no_let_go(self: Any, *a: Any, **k: Any) -> None:
-            logic_init_0(self, *a, **k)
-            self.shard.let_go = None
-
-        operators.ShardLogic.__init__ = no_let_go  # type: ignore[method-assign]
+        replay_source.let_go = None  # type: ignore[attr-defined, assignment]
+        _after_logic_init(lambda logic: setattr(logic.shard, "let_go", None))
     if "timeout" in steps:
         from flows import http_endpoint
 
@@ -101,13 +107,7 @@ def install(steps: Iterable[str]) -> None:
 
         http_endpoint._Handler.parse_request = BaseHTTPRequestHandler.parse_request  # type: ignore[method-assign]
     if "gate" in steps:
-        from flows import operators, shard_gate
+        from flows import shard_gate
 
-        init = operators.ShardLogic.__init__
-
-        def logic_init(self: Any, *a: Any, **k: Any) -> None:
-            init(self, *a, **k)
-            _attach(self._gate, self.shard)
-
-        operators.ShardLogic.__init__ = logic_init  # type: ignore[method-assign]
+        _after_logic_init(lambda logic: _attach(logic._gate, logic.shard))
         shard_gate.ShardGate.read = _read  # type: ignore[method-assign, assignment]
